@@ -1,0 +1,20 @@
+//! Configuration: YAML files -> validated model.
+//!
+//! `defs` holds the raw serde shapes, `load` turns a config directory into a
+//! [`model::Config`] or a list of every error found ([`ConfigErrors`]).
+pub mod defs;
+pub mod error;
+mod listeners;
+pub mod load;
+pub mod model;
+mod policies;
+mod tables;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_policies;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{load, Overrides};

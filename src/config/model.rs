@@ -1,0 +1,159 @@
+//! Validated configuration: what the rest of mxgate runs on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::policy::flow::MailFlowPolicy;
+use crate::policy::hat::HostAccessTable;
+use crate::policy::rat::RecipientAccessTable;
+
+/// Public (MX, RAT applies) or private (relay for internal hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Internet-facing: recipients checked against the RAT.
+    Public,
+    /// Internal: hosts the HAT relays for may send anywhere.
+    Private,
+}
+
+impl ListenerKind {
+    /// Name used in config and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Public => "public",
+            ListenerKind::Private => "private",
+        }
+    }
+}
+
+/// SMTP timeouts of a listener (RFC 5321 §4.5.3.2 defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the next command (default 5 min).
+    pub command: Duration,
+    /// Waiting for the next chunk of DATA (default 3 min).
+    pub data: Duration,
+    /// TLS handshake after STARTTLS (default 30 s).
+    pub tls_handshake: Duration,
+    /// Whole session (default 30 min).
+    pub session: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(300),
+            data: Duration::from_secs(180),
+            tls_handshake: Duration::from_secs(30),
+            session: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// PROXY protocol settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Networks (load balancers) whose PROXY header is trusted.
+    pub trusted: Vec<IpNet>,
+    /// How long to wait for the header.
+    pub timeout: Duration,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Listener name (`Data 1`, `inbound`, ...), used in logs and metrics.
+    pub name: String,
+    /// Public or private.
+    pub kind: ListenerKind,
+    /// Addresses to bind.
+    pub bind: Vec<SocketAddr>,
+    /// Host name in the banner and EHLO reply.
+    pub hostname: String,
+    /// Certificate chain PEM; `None` = the generated demo certificate.
+    pub certificate: Option<PathBuf>,
+    /// Private key PEM matching `certificate`.
+    pub key: Option<PathBuf>,
+    /// The HAT.
+    pub hat: Arc<HostAccessTable>,
+    /// The RAT (public listeners).
+    pub rat: Option<Arc<RecipientAccessTable>>,
+    /// Maximum concurrent connections on this listener.
+    pub max_connections: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Longest accepted command line, CRLF included (RFC 5321: 512).
+    pub max_command_line: usize,
+    /// Bad commands tolerated before the session is closed with 421.
+    pub max_bad_commands: u32,
+    /// PROXY protocol, when the listener sits behind a load balancer.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Where the mail log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailLogTarget {
+    /// Standard output.
+    Stdout,
+    /// A file, reopened on SIGHUP/SIGUSR1.
+    File(PathBuf),
+}
+
+/// Mail-log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailLogFormat {
+    /// ESA text lines.
+    Text,
+    /// One JSON object per line with the same fields.
+    Json,
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Resolvers to ask; empty = the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    /// Timeout for one connection's lookups together.
+    pub timeout: Duration,
+}
+
+/// Settings from the global file (`mxgate.yaml`).
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Mail log destination.
+    pub mail_log: MailLogTarget,
+    /// Mail log format.
+    pub mail_log_format: MailLogFormat,
+    /// DNS.
+    pub dns: DnsSettings,
+    /// Certificates directory (demo certificate is written here).
+    pub certs_dir: PathBuf,
+    /// How long SIGTERM waits for sessions before 421 and close.
+    pub shutdown_grace: Duration,
+    /// Prometheus endpoint (`None` = disabled).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The whole loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory it was loaded from.
+    pub dir: PathBuf,
+    /// Global settings.
+    pub global: Global,
+    /// Listeners in file-name order.
+    pub listeners: Vec<Listener>,
+    /// Every HAT by name.
+    pub hats: BTreeMap<String, Arc<HostAccessTable>>,
+    /// Every mail-flow policy by name (inheritance resolved).
+    pub policies: BTreeMap<String, Arc<MailFlowPolicy>>,
+    /// Every RAT by name.
+    pub rats: BTreeMap<String, Arc<RecipientAccessTable>>,
+}

@@ -1,0 +1,449 @@
+//! The mail log: ESA-format lines (SPEC §3) with ICID/MID/RID/DCID ids, to stdout or a file.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::config::model::{MailLogFormat, MailLogTarget};
+
+/// Severity word printed after the timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Normal events.
+    Info,
+    /// Things an admin should look at.
+    Warning,
+}
+
+/// One mail-log event. Each variant renders to exactly one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new inbound connection.
+    NewIcid {
+        /// Connection id.
+        icid: u64,
+        /// Listener name.
+        listener: String,
+        /// Local address the client connected to.
+        local_ip: IpAddr,
+        /// Client address.
+        peer_ip: IpAddr,
+        /// Reverse-DNS host name or `unknown`.
+        rdns_host: String,
+        /// FCrDNS verified.
+        verified: bool,
+    },
+    /// The HAT decision for a connection.
+    Hat {
+        /// Connection id (0 for TCPREFUSE, as ESA logs it).
+        icid: u64,
+        /// `ACCEPT`, `REJECT`, `RELAY`, `TCPREFUSE`.
+        action: &'static str,
+        /// Sender group.
+        group: String,
+        /// The criterion that matched.
+        matched: String,
+    },
+    /// Inbound TLS negotiated.
+    TlsSuccess {
+        /// Connection id.
+        icid: u64,
+        /// `TLSv1.3` / `TLSv1.2`.
+        protocol: String,
+        /// Cipher suite name.
+        cipher: String,
+    },
+    /// Inbound TLS handshake failed.
+    TlsFailed {
+        /// Connection id.
+        icid: u64,
+        /// Reason.
+        reason: String,
+    },
+    /// TLS was required and the client did not start it.
+    TlsRequiredNotInitiated {
+        /// Connection id.
+        icid: u64,
+    },
+    /// A command or recipient refused by a rule; names the rule for the admin.
+    Refused {
+        /// Connection id.
+        icid: u64,
+        /// Message id when inside a transaction.
+        mid: Option<u64>,
+        /// What was refused (`RCPT TO: <a@b>`, `MAIL FROM: <x>`, `connection`).
+        what: String,
+        /// Which rule fired and the reply sent.
+        rule: String,
+    },
+    /// A recipient refused by the RAT.
+    RatRejected {
+        /// Connection id.
+        icid: u64,
+        /// Message id.
+        mid: u64,
+        /// The address.
+        rcpt: String,
+    },
+    /// MAIL FROM accepted: a message id starts.
+    StartMid {
+        /// Message id.
+        mid: u64,
+        /// Connection id.
+        icid: u64,
+    },
+    /// Envelope sender.
+    From {
+        /// Message id.
+        mid: u64,
+        /// Connection id.
+        icid: u64,
+        /// Address (empty for the null sender).
+        from: String,
+    },
+    /// Accepted recipient.
+    To {
+        /// Message id.
+        mid: u64,
+        /// Connection id.
+        icid: u64,
+        /// Recipient id, 0-based per message.
+        rid: u32,
+        /// Address.
+        rcpt: String,
+    },
+    /// Message-ID header.
+    MessageIdHeader {
+        /// Message id.
+        mid: u64,
+        /// Header value.
+        message_id: String,
+    },
+    /// Subject header.
+    Subject {
+        /// Message id.
+        mid: u64,
+        /// Header value.
+        subject: String,
+    },
+    /// End of DATA received.
+    Ready {
+        /// Message id.
+        mid: u64,
+        /// Size in bytes as stored.
+        bytes: u64,
+        /// Envelope sender.
+        from: String,
+    },
+    /// Message durably queued.
+    Queued {
+        /// Message id.
+        mid: u64,
+    },
+    /// Message not accepted after DATA started.
+    ReceivingFailed {
+        /// Message id.
+        mid: u64,
+        /// Connection id.
+        icid: u64,
+        /// Reason.
+        reason: String,
+    },
+    /// Pipelined plaintext behind STARTTLS thrown away.
+    StartTlsInjection {
+        /// Connection id.
+        icid: u64,
+        /// Bytes discarded.
+        bytes: usize,
+    },
+    /// Client spoke before the greeting.
+    PreGreet {
+        /// Connection id.
+        icid: u64,
+    },
+    /// The connection ended without QUIT.
+    Lost {
+        /// Connection id.
+        icid: u64,
+    },
+    /// The connection closed.
+    Close {
+        /// Connection id.
+        icid: u64,
+    },
+    /// Free-form line (start-up, warnings).
+    Note {
+        /// Severity.
+        level: Level,
+        /// Text.
+        text: String,
+    },
+}
+
+impl Event {
+    /// Severity of the event.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::Note { level, .. } => *level,
+            Event::TlsFailed { .. } | Event::StartTlsInjection { .. } | Event::PreGreet { .. } => {
+                Level::Warning
+            }
+            _ => Level::Info,
+        }
+    }
+
+    /// A short snake_case name for the JSON form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::NewIcid { .. } => "new_icid",
+            Event::Hat { .. } => "hat",
+            Event::TlsSuccess { .. } => "tls_success",
+            Event::TlsFailed { .. } => "tls_failed",
+            Event::TlsRequiredNotInitiated { .. } => "tls_required_not_initiated",
+            Event::Refused { .. } => "refused",
+            Event::RatRejected { .. } => "rat_rejected",
+            Event::StartMid { .. } => "start_mid",
+            Event::From { .. } => "from",
+            Event::To { .. } => "to",
+            Event::MessageIdHeader { .. } => "message_id",
+            Event::Subject { .. } => "subject",
+            Event::Ready { .. } => "ready",
+            Event::Queued { .. } => "queued",
+            Event::ReceivingFailed { .. } => "receiving_failed",
+            Event::StartTlsInjection { .. } => "starttls_injection",
+            Event::PreGreet { .. } => "pregreet",
+            Event::Lost { .. } => "lost",
+            Event::Close { .. } => "close",
+            Event::Note { .. } => "note",
+        }
+    }
+
+    /// The ESA text of the event (without timestamp and level).
+    pub fn text(&self) -> String {
+        match self {
+            Event::NewIcid { icid, listener, local_ip, peer_ip, rdns_host, verified } => format!(
+                "New SMTP ICID {icid} interface {listener} ({local_ip}) address {peer_ip} reverse dns host {rdns_host} verified {}",
+                if *verified { "yes" } else { "no" }
+            ),
+            Event::Hat { icid, action, group, matched } => {
+                format!("ICID {icid} {action} SG {group} match {matched} SBRS None")
+            }
+            Event::TlsSuccess { icid, protocol, cipher } => {
+                format!("ICID {icid} TLS success protocol {protocol} cipher {cipher}")
+            }
+            Event::TlsFailed { icid, reason } => format!("ICID {icid} TLS failed: {reason}"),
+            Event::TlsRequiredNotInitiated { icid } => {
+                format!("ICID {icid} TLS was required but remote host did not initiate it")
+            }
+            Event::Refused { icid, mid: Some(mid), what, rule } => format!("MID {mid} ICID {icid} {what} refused: {rule}"),
+            Event::Refused { icid, mid: None, what, rule } => format!("ICID {icid} {what} refused: {rule}"),
+            Event::RatRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by RAT"),
+            Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
+            Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
+            Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
+            Event::MessageIdHeader { mid, message_id } => format!("MID {mid} Message-ID '{}'", sanitize(message_id)),
+            Event::Subject { mid, subject } => format!("MID {mid} Subject '{}'", sanitize(subject)),
+            Event::Ready { mid, bytes, from } => format!("MID {mid} ready {bytes} bytes from <{from}>"),
+            Event::Queued { mid } => format!("MID {mid} queued for delivery"),
+            Event::ReceivingFailed { mid, icid, reason } => format!("MID {mid} ICID {icid} Receiving Failed: {reason}"),
+            Event::StartTlsInjection { icid, bytes } => {
+                format!("ICID {icid} discarded {bytes} bytes pipelined after STARTTLS")
+            }
+            Event::PreGreet { icid } => format!("ICID {icid} pre-greeting traffic, rejected"),
+            Event::Lost { icid } => format!("ICID {icid} lost"),
+            Event::Close { icid } => format!("ICID {icid} close"),
+            Event::Note { text, .. } => text.clone(),
+        }
+    }
+}
+
+/// Keeps log lines one line each whatever a header contains.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('\'', "\\'")
+}
+
+/// Formats an ESA timestamp (`Tue Apr 17 00:57:53 2018`) in local time.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%a %b %e %H:%M:%S %Y")
+        .to_string()
+}
+
+fn json_escape(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Renders one full line (with timestamp) in the given format.
+pub fn render(event: &Event, format: MailLogFormat, ts: &str) -> String {
+    let level = match event.level() {
+        Level::Info => "Info",
+        Level::Warning => "Warning",
+    };
+    match format {
+        MailLogFormat::Text => format!("{ts} {level}: {}\n", event.text()),
+        MailLogFormat::Json => {
+            let mut s = String::from("{\"time\":");
+            json_escape(ts, &mut s);
+            s.push_str(",\"level\":");
+            json_escape(level, &mut s);
+            s.push_str(",\"event\":");
+            json_escape(event.kind(), &mut s);
+            s.push_str(",\"text\":");
+            json_escape(&event.text(), &mut s);
+            s.push_str("}\n");
+            s
+        }
+    }
+}
+
+/// Errors opening the mail log.
+#[derive(Debug, thiserror::Error)]
+pub enum MailLogError {
+    /// The log file could not be opened.
+    #[error("cannot open mail log {path}: {source}")]
+    Open {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+enum Sink {
+    Stdout,
+    File(PathBuf, File),
+}
+
+/// The mail-log writer, shared by every connection.
+pub struct MailLog {
+    format: MailLogFormat,
+    sink: Mutex<Sink>,
+}
+
+impl std::fmt::Debug for MailLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailLog")
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+fn open_append(path: &PathBuf) -> Result<File, MailLogError> {
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| MailLogError::Open {
+            path: path.clone(),
+            source,
+        })
+}
+
+impl MailLog {
+    /// Opens the log at its configured target.
+    pub fn open(target: &MailLogTarget, format: MailLogFormat) -> Result<Self, MailLogError> {
+        let sink = match target {
+            MailLogTarget::Stdout => Sink::Stdout,
+            MailLogTarget::File(p) => Sink::File(p.clone(), open_append(p)?),
+        };
+        Ok(MailLog {
+            format,
+            sink: Mutex::new(sink),
+        })
+    }
+
+    /// Writes one event as one line (one write call, so lines never interleave).
+    pub fn log(&self, event: &Event) {
+        let line = render(event, self.format, &timestamp());
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match &mut *sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes()).and_then(|_| out.flush())
+            }
+            Sink::File(_, f) => f.write_all(line.as_bytes()),
+        };
+        if let Err(e) = result {
+            tracing::error!("mail log write failed: {e}");
+        }
+    }
+
+    /// Reopens the file (after logrotate moved it); a no-op for stdout.
+    pub fn reopen(&self) -> Result<(), MailLogError> {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Sink::File(path, file) = &mut *sink {
+            *file = open_append(path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esa_lines() {
+        let e = Event::NewIcid {
+            icid: 7,
+            listener: "inbound".into(),
+            local_ip: "127.0.0.1".parse().unwrap(),
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            rdns_host: "mail.example.com".into(),
+            verified: true,
+        };
+        assert_eq!(
+            e.text(),
+            "New SMTP ICID 7 interface inbound (127.0.0.1) address 192.0.2.1 reverse dns host mail.example.com verified yes"
+        );
+        let line = render(
+            &Event::Queued { mid: 3 },
+            MailLogFormat::Text,
+            "Tue Apr 17 00:57:53 2018",
+        );
+        assert_eq!(
+            line,
+            "Tue Apr 17 00:57:53 2018 Info: MID 3 queued for delivery\n"
+        );
+        let sub = Event::Subject {
+            mid: 1,
+            subject: "a\r\nb'c".into(),
+        };
+        assert_eq!(sub.text(), "MID 1 Subject 'a  b\\'c'");
+    }
+
+    #[test]
+    fn json_lines_are_one_object() {
+        let line = render(&Event::Lost { icid: 9 }, MailLogFormat::Json, "T");
+        assert_eq!(
+            line,
+            "{\"time\":\"T\",\"level\":\"Info\",\"event\":\"lost\",\"text\":\"ICID 9 lost\"}\n"
+        );
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let t = timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+    }
+}

@@ -1,0 +1,351 @@
+//! The `mxgate` command: serve, check the configuration, trace a host through the HAT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use mxgate::config::model::{Config, MailLogTarget};
+use mxgate::config::{load, Overrides};
+use mxgate::policy::flow::{Limit, MailFlowPolicy};
+use mxgate::policy::hat::{Peer, ReverseDns};
+
+/// Inbound SMTP gateway with HAT sender groups, mail-flow policies and TLS enforcement.
+#[derive(Parser, Debug)]
+#[command(name = "mxgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway.
+    Serve(ConfigArgs),
+    /// Load and validate every configuration file; print all errors as file:line:column.
+    Check(ConfigArgs),
+    /// Host access table tools.
+    Hat {
+        #[command(subcommand)]
+        command: HatCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HatCmd {
+    /// Show which sender group and mail-flow policy a client gets (no socket, no DNS).
+    Trace {
+        /// Client IP address.
+        ip: IpAddr,
+        /// Treat this as the client's verified reverse-DNS name.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Listener whose HAT to use (default: the first listener).
+        #[arg(long)]
+        listener: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArgs {
+    /// Configuration directory (holds mxgate.yaml, listeners/, policies/, certs/).
+    #[arg(long, env = "MXGATE_CONFIG_DIR", default_value = ".")]
+    config_dir: PathBuf,
+    /// Spool directory (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Mail log file, or `-` for stdout (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_MAIL_LOG")]
+    mail_log: Option<String>,
+    /// Certificates directory (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Listener bind address override, `NAME=ADDR` (repeatable; comma-separated in the env var).
+    #[arg(long = "bind", env = "MXGATE_BIND", value_delimiter = ',')]
+    binds: Vec<String>,
+    /// DNS resolver `IP[:PORT]` (repeatable; comma-separated in the env var).
+    #[arg(
+        long = "dns-resolver",
+        env = "MXGATE_DNS_RESOLVERS",
+        value_delimiter = ','
+    )]
+    dns_resolvers: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> anyhow::Result<Overrides> {
+        let mut o = Overrides {
+            spool_dir: self.spool_dir.clone(),
+            certs_dir: self.certs_dir.clone(),
+            mail_log: self.mail_log.as_ref().map(|m| {
+                if m == "-" {
+                    MailLogTarget::Stdout
+                } else {
+                    MailLogTarget::File(PathBuf::from(m))
+                }
+            }),
+            ..Overrides::default()
+        };
+        for b in &self.binds {
+            let (name, addr) = b
+                .split_once('=')
+                .with_context(|| format!("--bind {b:?}: expected NAME=ADDR"))?;
+            let addr: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--bind {b:?}: bad address"))?;
+            match o.binds.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(addr),
+                None => o.binds.push((name.to_string(), vec![addr])),
+            }
+        }
+        if !self.dns_resolvers.is_empty() {
+            let mut v = Vec::new();
+            for r in &self.dns_resolvers {
+                let sa = r
+                    .parse::<SocketAddr>()
+                    .or_else(|_| r.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .with_context(|| format!("--dns-resolver {r:?}: expected IP or IP:PORT"))?;
+                v.push(sa);
+            }
+            o.dns_resolvers = Some(v);
+        }
+        Ok(o)
+    }
+
+    fn load(&self) -> anyhow::Result<Result<Config, String>> {
+        let o = self.overrides()?;
+        Ok(load(&self.config_dir, &o).map_err(|e| e.to_string()))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MXGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mxgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Check(args) => match args.load()? {
+            Ok(cfg) => {
+                println!(
+                    "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
+                    args.config_dir.display(),
+                    cfg.listeners.len(),
+                    cfg.hats.len(),
+                    cfg.policies.len(),
+                    cfg.rats.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                print!("{errors}");
+                if !errors.ends_with('\n') {
+                    println!();
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+        Cmd::Hat {
+            command:
+                HatCmd::Trace {
+                    ip,
+                    hostname,
+                    listener,
+                    config,
+                },
+        } => {
+            let cfg = match config.load()? {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            print!("{}", trace(&cfg, ip, hostname, listener.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve(args) => {
+            let cfg = match args.load()? {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
+            rt.block_on(serve(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let running = mxgate::app::start(&cfg).await?;
+    for (name, addr) in &running.bound {
+        // Tests and scripts read this line to learn ports bound as :0.
+        eprintln!("mxgate: listener {name} listening on {addr}");
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reopen(&running),
+            _ = usr1.recv() => reopen(&running),
+        }
+    }
+    eprintln!(
+        "mxgate: shutting down (grace {:?})",
+        cfg.global.shutdown_grace
+    );
+    running.shutdown(cfg.global.shutdown_grace).await;
+    Ok(())
+}
+
+fn reopen(running: &mxgate::app::Running) {
+    match running.mail_log.reopen() {
+        Ok(()) => tracing::info!("mail log reopened"),
+        Err(e) => tracing::error!("{e}"),
+    }
+}
+
+fn trace(
+    cfg: &Config,
+    ip: IpAddr,
+    hostname: Option<String>,
+    listener: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let l = match listener {
+        Some(name) => cfg
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .with_context(|| format!("no listener named {name:?}"))?,
+        None => cfg.listeners.first().context("no listeners configured")?,
+    };
+    let rdns = match &hostname {
+        Some(h) => ReverseDns::Verified(h.trim_end_matches('.').to_ascii_lowercase()),
+        None => ReverseDns::NotChecked,
+    };
+    let c = l.hat.classify(&Peer {
+        ip,
+        rdns: rdns.clone(),
+        dnslists_listed: Vec::new(),
+    });
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "listener      {} ({}, HAT {})",
+        l.name,
+        l.kind.as_str(),
+        l.hat.name
+    );
+    let _ = writeln!(s, "client        {ip}");
+    let _ = writeln!(
+        s,
+        "reverse dns   {}",
+        match &rdns {
+            ReverseDns::Verified(n) => format!("{n} (treated as verified)"),
+            _ => "not looked up (use --hostname NAME to match host/suffix entries)".into(),
+        }
+    );
+    for g in &c.continued {
+        let _ = writeln!(s, "continue      {g} matched but its policy says continue");
+    }
+    let _ = writeln!(s, "sender group  {}", c.group);
+    let _ = writeln!(s, "matched       {}", c.matched);
+    let _ = writeln!(
+        s,
+        "log line      ICID n {} SG {} match {} SBRS None",
+        c.policy.action.log_word(),
+        c.group,
+        c.matched
+    );
+    describe_policy(&mut s, &c.policy, &l.hostname);
+    Ok(s)
+}
+
+fn describe_policy(s: &mut String, p: &MailFlowPolicy, hostname: &str) {
+    use std::fmt::Write;
+    let lim = |l: &Limit| match l.max {
+        Some(m) => format!("{m}  (exceeded: {})", l.reply),
+        None => "unlimited".into(),
+    };
+    let _ = writeln!(s, "policy        ${}", p.name);
+    let _ = writeln!(
+        s,
+        "  action                            {}",
+        p.action.as_str()
+    );
+    let _ = writeln!(s, "  tls                               {}", p.tls.as_str());
+    let _ = writeln!(
+        s,
+        "  max_message_size                  {}",
+        lim(&p.max_message_size)
+    );
+    let _ = writeln!(
+        s,
+        "  max_messages_per_connection       {}",
+        lim(&p.max_messages_per_connection)
+    );
+    let _ = writeln!(
+        s,
+        "  max_recipients_per_message        {}",
+        lim(&p.max_recipients_per_message)
+    );
+    let _ = writeln!(
+        s,
+        "  max_concurrent_connections_per_ip {}",
+        lim(&p.max_concurrent_connections_per_ip)
+    );
+    let _ = writeln!(
+        s,
+        "  max_recipients_per_hour           {}",
+        lim(&p.max_recipients_per_hour)
+    );
+    let host = p.override_hostname.as_deref().unwrap_or(hostname);
+    let _ = writeln!(
+        s,
+        "  banner                            {} {}",
+        p.banner.code,
+        p.banner.text.replace("$Hostname", host)
+    );
+    let _ = writeln!(
+        s,
+        "  reject_banner                     {} {}",
+        p.reject_banner.code,
+        p.reject_banner.text.replace("$Hostname", host)
+    );
+    if let Some(h) = &p.override_hostname {
+        let _ = writeln!(s, "  override_hostname                 {h}");
+    }
+    if !p.tls_mandatory_senders.is_empty() {
+        let _ = writeln!(
+            s,
+            "  tls_mandatory_senders             {}",
+            p.tls_mandatory_senders.join(", ")
+        );
+    }
+}

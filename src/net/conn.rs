@@ -1,0 +1,422 @@
+//! The connection driver: PROXY header, reverse DNS, HAT, then feeding the session and doing
+//! what it asks (replies, STARTTLS, spool writes) under the listener's timeouts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::model::Listener;
+use crate::mail_log::{Event, Level, MailLog};
+use crate::net::dns::ReverseResolver;
+use crate::net::proxy::{self, ProxyParse};
+use crate::net::tls;
+use crate::policy::flow::Action as PolicyAction;
+use crate::policy::hat::{Peer, ReverseDns};
+use crate::policy::rate::RateLimiter;
+use crate::smtp::session::{Action, Session, SessionEnv, SessionParams, TlsInfo};
+use crate::spool::{Incoming, Spool};
+
+/// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
+const READ_CHUNK: usize = 4 * 1024;
+/// Read size during DATA.
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// Everything a connection on one listener needs.
+pub struct ListenerContext {
+    /// The listener's configuration.
+    pub listener: Listener,
+    /// TLS acceptor (always present: a demo certificate is generated when none is configured).
+    pub tls: Option<TlsAcceptor>,
+    /// Reverse DNS.
+    pub resolver: ReverseResolver,
+    /// Per-IP counters shared by all listeners.
+    pub rate: Arc<RateLimiter>,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// The mail log.
+    pub log: Arc<MailLog>,
+    /// Ids and time for sessions.
+    pub env: Arc<dyn SessionEnv>,
+}
+
+enum Flow<S> {
+    Done,
+    Upgrade(S),
+}
+
+struct Conn<'a> {
+    ctx: &'a ListenerContext,
+    session: Session,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    incoming: Option<Incoming>,
+    body_error: Option<String>,
+    deadline: Instant,
+    force_close: watch::Receiver<bool>,
+}
+
+/// Handles one accepted TCP connection to the end.
+pub async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    force_close: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut peer_ip = peer.ip();
+    let mut local_ip = local.ip();
+    if let Some(pp) = &ctx.listener.proxy_protocol {
+        if !pp.trusted.iter().any(|n| n.contains(&peer.ip())) {
+            ctx.log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!(
+                    "interface {} refused connection from {}: not a trusted PROXY source",
+                    ctx.listener.name,
+                    peer.ip()
+                ),
+            });
+            return;
+        }
+        match read_proxy_header(&mut stream, &mut buf, pp.timeout).await {
+            Ok((Some(src), dst)) => {
+                peer_ip = src.ip();
+                if let Some(d) = dst {
+                    local_ip = d.ip();
+                }
+            }
+            Ok((None, _)) => {}
+            Err(reason) => {
+                ctx.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!(
+                        "interface {} PROXY header from {} refused: {reason}",
+                        ctx.listener.name,
+                        peer.ip()
+                    ),
+                });
+                return;
+            }
+        }
+    }
+    let icid = match ctx.spool.next_icid() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("cannot allocate ICID: {e}");
+            let _ = stream
+                .write_all(b"421 4.3.0 Local error, try again later\r\n")
+                .await;
+            return;
+        }
+    };
+    let rdns = ctx.resolver.lookup(peer_ip).await;
+    let classification = ctx.listener.hat.classify(&Peer {
+        ip: peer_ip,
+        rdns: rdns.clone(),
+        dnslists_listed: Vec::new(),
+    });
+    let policy = classification.policy.clone();
+    let params = SessionParams {
+        icid,
+        listener: ctx.listener.name.clone(),
+        kind: ctx.listener.kind,
+        hostname: ctx.listener.hostname.clone(),
+        local_ip,
+        peer_ip,
+        rdns_host: rdns.host_for_log().to_string(),
+        rdns_verified: matches!(rdns, ReverseDns::Verified(_)),
+        classification,
+        rat: ctx.listener.rat.clone(),
+        max_command_line: ctx.listener.max_command_line,
+        max_bad_commands: ctx.listener.max_bad_commands,
+        tls_available: ctx.tls.is_some(),
+        rate: ctx.rate.clone(),
+        env: ctx.env.clone(),
+    };
+    let mut session = Session::new(params);
+    let _slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
+        None
+    } else {
+        match ctx
+            .rate
+            .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                session.refuse_concurrency();
+                None
+            }
+        }
+    };
+    if !session.is_closed() {
+        if !buf.is_empty() || has_pending_input(&stream) {
+            session.refuse_pregreet();
+        } else {
+            session.start();
+        }
+    }
+    let mut conn = Conn {
+        ctx: &ctx,
+        session,
+        buf,
+        out: Vec::new(),
+        incoming: None,
+        body_error: None,
+        deadline: Instant::now() + ctx.listener.timeouts.session,
+        force_close,
+    };
+    if let Flow::Upgrade(tcp) = conn.run(stream).await {
+        conn.upgrade(tcp).await;
+    }
+    conn.session.finish();
+    conn.process_final_actions();
+}
+
+/// True when the client already sent bytes (it spoke before our greeting).
+fn has_pending_input(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Ok(n) if n > 0)
+}
+
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match proxy::parse(buf) {
+            ProxyParse::Header {
+                consumed,
+                source,
+                destination,
+            } => {
+                buf.drain(..consumed);
+                return Ok((source, destination));
+            }
+            ProxyParse::Invalid(e) => return Err(e),
+            ProxyParse::Incomplete => {}
+        }
+        let mut chunk = [0u8; 256];
+        // Read only what is there: bytes after the header belong to SMTP.
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Err("timeout waiting for PROXY header".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(0)) => return Err("connection closed before PROXY header".into()),
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl Conn<'_> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> Flow<S> {
+        loop {
+            for action in self.session.take_actions() {
+                match action {
+                    Action::Reply(r) => r.write_to(&mut self.out),
+                    Action::Log(e) => self.ctx.log.log(&e),
+                    Action::StartTls => {
+                        if self.flush(&mut stream).await.is_err() {
+                            return Flow::Done;
+                        }
+                        if !self.buf.is_empty() {
+                            // CVE-2011-0411: plaintext pipelined behind STARTTLS must never be read as commands.
+                            self.session.discarded_after_starttls(self.buf.len());
+                            self.buf.clear();
+                            self.log_pending();
+                        }
+                        return Flow::Upgrade(stream);
+                    }
+                    Action::BeginMessage(mid) => {
+                        self.incoming = Some(self.ctx.spool.begin(mid));
+                        self.body_error = None;
+                    }
+                    Action::CommitMessage(env) => {
+                        self.drain_body();
+                        let result = match (self.incoming.take(), self.body_error.take()) {
+                            (Some(inc), None) => {
+                                let spool = self.ctx.spool.clone();
+                                match tokio::task::spawn_blocking(move || spool.commit(inc, &env))
+                                    .await
+                                {
+                                    Ok(r) => r.map_err(|e| e.to_string()),
+                                    Err(e) => Err(format!("commit task failed: {e}")),
+                                }
+                            }
+                            (Some(inc), Some(err)) => {
+                                self.ctx.spool.abort(inc);
+                                Err(err)
+                            }
+                            (None, _) => Err("no message in progress".into()),
+                        };
+                        if let Err(e) = &result {
+                            tracing::error!("spool commit failed: {e}");
+                        }
+                        self.session.committed(result);
+                    }
+                    Action::AbortMessage => {
+                        if let Some(inc) = self.incoming.take() {
+                            self.ctx.spool.abort(inc);
+                        }
+                        self.session.body_mut().clear();
+                    }
+                    Action::Close => {
+                        let _ = self.flush(&mut stream).await;
+                        let _ = stream.shutdown().await;
+                        return Flow::Done;
+                    }
+                }
+            }
+            self.drain_body();
+            if self.session.is_closed() {
+                let _ = self.flush(&mut stream).await;
+                return Flow::Done;
+            }
+            if !self.buf.is_empty() && !self.session.is_waiting() {
+                let used = self.session.feed(&self.buf);
+                self.buf.drain(..used);
+                if used > 0 || self.session.is_waiting() {
+                    continue;
+                }
+            }
+            if self.session.is_waiting() {
+                continue;
+            }
+            // Out of input: answer everything pipelined so far, then wait (RFC 2920).
+            if self.flush(&mut stream).await.is_err() {
+                return Flow::Done;
+            }
+            if self.buf.capacity() > 2 * DATA_CHUNK && self.buf.is_empty() {
+                self.buf = Vec::new();
+            }
+            match self.read(&mut stream).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::Closed => return Flow::Done,
+                ReadOutcome::Timeout(what) => self.session.timeout(what),
+                ReadOutcome::Shutdown => self.session.shutdown(),
+            }
+        }
+    }
+
+    async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> ReadOutcome {
+        let in_data = self.session.is_in_data();
+        let t = &self.ctx.listener.timeouts;
+        let (limit, what) = if in_data {
+            (t.data, "data")
+        } else {
+            (t.command, "command")
+        };
+        let session_left = self.deadline.saturating_duration_since(Instant::now());
+        let (limit, what) = if session_left < limit {
+            (session_left, "session")
+        } else {
+            (limit, what)
+        };
+        self.buf
+            .reserve(if in_data { DATA_CHUNK } else { READ_CHUNK });
+        if *self.force_close.borrow() {
+            return ReadOutcome::Shutdown;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(limit, stream.read_buf(&mut self.buf)) => match r {
+                Err(_) => ReadOutcome::Timeout(what),
+                Ok(Ok(0)) | Ok(Err(_)) => ReadOutcome::Closed,
+                Ok(Ok(_)) => ReadOutcome::Data,
+            },
+            _ = self.force_close.changed() => ReadOutcome::Shutdown,
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = stream.write_all(&self.out).await;
+        self.out.clear();
+        r?;
+        stream.flush().await
+    }
+
+    fn drain_body(&mut self) {
+        let body = self.session.body_mut();
+        if body.is_empty() {
+            return;
+        }
+        if let (Some(inc), None) = (self.incoming.as_mut(), self.body_error.as_ref()) {
+            if let Err(e) = inc.write(body) {
+                self.body_error = Some(e.to_string());
+            }
+        }
+        body.clear();
+    }
+
+    fn log_pending(&mut self) {
+        for a in self.session.take_actions() {
+            if let Action::Log(e) = a {
+                self.ctx.log.log(&e);
+            }
+        }
+    }
+
+    fn process_final_actions(&mut self) {
+        for a in self.session.take_actions() {
+            match a {
+                Action::Log(e) => self.ctx.log.log(&e),
+                Action::AbortMessage => {
+                    if let Some(inc) = self.incoming.take() {
+                        self.ctx.spool.abort(inc);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(inc) = self.incoming.take() {
+            self.ctx.spool.abort(inc);
+        }
+    }
+
+    async fn upgrade(&mut self, tcp: TcpStream) {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            self.session.tls_failed("no certificate");
+            return;
+        };
+        let hs = self.ctx.listener.timeouts.tls_handshake;
+        match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
+            Ok(Ok(tls_stream)) => {
+                let (_, conn) = tls_stream.get_ref();
+                let info = TlsInfo {
+                    protocol: tls::protocol_name(conn.protocol_version()),
+                    cipher: tls::cipher_name(conn.negotiated_cipher_suite()),
+                };
+                self.session.tls_established(info);
+                // A second STARTTLS is refused by the session, so this returns Done.
+                let _ = self.run(tls_stream).await;
+            }
+            Ok(Err(e)) => self.session.tls_failed(&e.to_string()),
+            Err(_) => self.session.tls_failed("handshake timeout"),
+        }
+    }
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+    Timeout(&'static str),
+    Shutdown,
+}
+
+/// Used by `hat trace` and tests: the peer as the HAT sees it.
+pub fn peer_for(ip: IpAddr, rdns: ReverseDns) -> Peer {
+    Peer {
+        ip,
+        rdns,
+        dnslists_listed: Vec::new(),
+    }
+}

@@ -1,0 +1,112 @@
+//! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+
+use crate::config::model::DnsSettings;
+use crate::policy::hat::ReverseDns;
+
+/// Errors building the resolver.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// The resolver could not be constructed (bad system configuration).
+    #[error("DNS resolver: {0}")]
+    Build(String),
+}
+
+/// Resolver used for every connection's PTR and forward lookups.
+#[derive(Clone)]
+pub struct ReverseResolver {
+    resolver: TokioResolver,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ReverseResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseResolver")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ReverseResolver {
+    /// Builds a resolver on the configured servers (or the system's when none are configured).
+    pub fn new(settings: &DnsSettings) -> Result<Self, DnsError> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = settings.timeout;
+        opts.attempts = 1;
+        let builder = if settings.resolvers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| DnsError::Build(e.to_string()))?
+        } else {
+            let servers = settings
+                .resolvers
+                .iter()
+                .map(|sa| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = sa.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = sa.port();
+                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let resolver = builder
+            .with_options(opts)
+            .build()
+            .map_err(|e| DnsError::Build(e.to_string()))?;
+        Ok(ReverseResolver {
+            resolver,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// PTR, then forward A/AAAA of each name must contain `ip`. The whole lookup is bounded by
+    /// the configured timeout; a timeout counts as a temporary failure.
+    pub async fn lookup(&self, ip: IpAddr) -> ReverseDns {
+        match tokio::time::timeout(self.timeout, self.lookup_inner(ip)).await {
+            Ok(r) => r,
+            Err(_) => ReverseDns::TempFail,
+        }
+    }
+
+    async fn lookup_inner(&self, ip: IpAddr) -> ReverseDns {
+        let names: Vec<String> = match self.resolver.reverse_lookup(ip).await {
+            Ok(l) => l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => {
+                        Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => return ReverseDns::Missing,
+            Err(_) => return ReverseDns::TempFail,
+        };
+        let Some(first) = names.first().cloned() else {
+            return ReverseDns::Missing;
+        };
+        // Only a few PTR names are checked: a host with dozens is not worth the lookups.
+        for name in names.iter().take(3) {
+            match self.resolver.lookup_ip(format!("{name}.")).await {
+                Ok(addrs) if addrs.iter().any(|a| a == ip) => {
+                    return ReverseDns::Verified(name.clone())
+                }
+                Ok(_) => {}
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
+                Err(_) => return ReverseDns::TempFail,
+            }
+        }
+        ReverseDns::Mismatch(first)
+    }
+}

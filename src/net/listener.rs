@@ -1,0 +1,71 @@
+//! Accept loop of one listener: connection cap, backoff on accept errors, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::mail_log::{Event, Level};
+use crate::net::conn::{self, ListenerContext};
+
+/// Accepts until `stop` turns true, then waits for open sessions (they get 421 when `force_close` fires).
+pub async fn serve(
+    socket: TcpListener,
+    ctx: Arc<ListenerContext>,
+    mut stop: watch::Receiver<bool>,
+    force_close: watch::Receiver<bool>,
+) {
+    let cap = Arc::new(Semaphore::new(ctx.listener.max_connections));
+    let mut tasks = JoinSet::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = stop.changed() => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let (mut stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning.
+                tracing::warn!("accept on {}: {e}", ctx.listener.name);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            ctx.log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!(
+                    "interface {} max_connections {} reached: refused {}",
+                    ctx.listener.name,
+                    ctx.listener.max_connections,
+                    peer.ip()
+                ),
+            });
+            tasks.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let local = stream.local_addr().unwrap_or(peer);
+        let ctx = ctx.clone();
+        let force = force_close.clone();
+        tasks.spawn(async move {
+            conn::handle(stream, peer, local, ctx, force).await;
+            drop(permit);
+        });
+    }
+    drop(socket);
+    while tasks.join_next().await.is_some() {}
+}

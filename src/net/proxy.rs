@@ -1,0 +1,149 @@
+//! PROXY protocol v1/v2 (HAProxy) header parsing, for listeners behind a load balancer.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ppp::v1;
+use ppp::v2;
+use ppp::{HeaderResult, PartialResult};
+
+/// Longest header we wait for: v1 is at most 107 bytes; v2 is 16 + a 16-bit length, but
+/// addresses plus the TLVs load balancers send fit well within this.
+pub const MAX_HEADER: usize = 1024;
+
+/// Result of looking at the first bytes of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyParse {
+    /// More bytes are needed.
+    Incomplete,
+    /// A header of `consumed` bytes; `source` is the real client (`None` for LOCAL/UNKNOWN,
+    /// meaning the load balancer's own health check: use the socket's address).
+    Header {
+        /// Header length.
+        consumed: usize,
+        /// Real client address.
+        source: Option<SocketAddr>,
+        /// Address the client connected to at the load balancer.
+        destination: Option<SocketAddr>,
+    },
+    /// Not a valid PROXY header.
+    Invalid(String),
+}
+
+/// Parses a PROXY v1 or v2 header at the start of `buf`.
+pub fn parse(buf: &[u8]) -> ProxyParse {
+    if buf.is_empty() {
+        return ProxyParse::Incomplete;
+    }
+    let result = HeaderResult::parse(buf);
+    if result.is_incomplete() {
+        return if buf.len() >= MAX_HEADER {
+            ProxyParse::Invalid("PROXY header too long".into())
+        } else {
+            ProxyParse::Incomplete
+        };
+    }
+    match result {
+        HeaderResult::V1(Ok(h)) => {
+            let (source, destination) = match h.addresses {
+                v1::Addresses::Tcp4(a) => (
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+                    Some(SocketAddr::new(
+                        IpAddr::V4(a.destination_address),
+                        a.destination_port,
+                    )),
+                ),
+                v1::Addresses::Tcp6(a) => (
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+                    Some(SocketAddr::new(
+                        IpAddr::V6(a.destination_address),
+                        a.destination_port,
+                    )),
+                ),
+                v1::Addresses::Unknown => (None, None),
+            };
+            ProxyParse::Header {
+                consumed: h.header.len(),
+                source,
+                destination,
+            }
+        }
+        HeaderResult::V2(Ok(h)) => {
+            let (source, destination) = match (h.command, h.addresses) {
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => (
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+                    Some(SocketAddr::new(
+                        IpAddr::V4(a.destination_address),
+                        a.destination_port,
+                    )),
+                ),
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => (
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+                    Some(SocketAddr::new(
+                        IpAddr::V6(a.destination_address),
+                        a.destination_port,
+                    )),
+                ),
+                _ => (None, None),
+            };
+            ProxyParse::Header {
+                consumed: h.header.len(),
+                source,
+                destination,
+            }
+        }
+        HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
+        HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_header_and_following_bytes() {
+        let input = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\nEHLO x\r\n";
+        match parse(input) {
+            ProxyParse::Header {
+                consumed, source, ..
+            } => {
+                assert_eq!(&input[consumed..], b"EHLO x\r\n");
+                assert_eq!(source, Some("192.0.2.7:40000".parse().unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(b"PROXY TCP4 192.0.2.7"), ProxyParse::Incomplete);
+        assert!(matches!(
+            parse(b"EHLO client.example\r\n"),
+            ProxyParse::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn v2_header() {
+        let addrs: v2::Addresses = (
+            "192.0.2.9:1234".parse::<SocketAddr>().unwrap(),
+            "127.0.0.1:25".parse::<SocketAddr>().unwrap(),
+        )
+            .into();
+        let header = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            addrs,
+        )
+        .build()
+        .unwrap();
+        let mut input = header.clone();
+        input.extend_from_slice(b"QUIT\r\n");
+        match parse(&input) {
+            ProxyParse::Header {
+                consumed, source, ..
+            } => {
+                assert_eq!(consumed, header.len());
+                assert_eq!(source, Some("192.0.2.9:1234".parse().unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(&header[..10]), ProxyParse::Incomplete);
+    }
+}

@@ -1,0 +1,252 @@
+//! Mail-flow policies: what a sender group may do (SPEC §1.2).
+
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// What happens to a connection whose sender group names this policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Accept mail for recipients the RAT accepts.
+    Accept,
+    /// Greet with the reject banner, then close.
+    Reject,
+    /// Close the TCP connection before any greeting.
+    TcpRefuse,
+    /// Accept mail for any recipient (internal hosts); the RAT is skipped.
+    Relay,
+    /// Ignore this group and keep matching below it.
+    Continue,
+}
+
+impl Action {
+    /// The word used in the mail log (`ACCEPT`, `REJECT`, ...).
+    pub fn log_word(self) -> &'static str {
+        match self {
+            Action::Accept => "ACCEPT",
+            Action::Reject => "REJECT",
+            Action::TcpRefuse => "TCPREFUSE",
+            Action::Relay => "RELAY",
+            Action::Continue => "CONTINUE",
+        }
+    }
+
+    /// Lower-case name used in configuration and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+            Action::TcpRefuse => "tcprefuse",
+            Action::Relay => "relay",
+            Action::Continue => "continue",
+        }
+    }
+}
+
+/// Inbound TLS mode of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// STARTTLS not offered.
+    Off,
+    /// STARTTLS offered; plaintext allowed.
+    Preferred,
+    /// STARTTLS offered; mail commands refused with 530 until TLS is active.
+    Required,
+}
+
+impl TlsMode {
+    /// Name used in configuration and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Preferred => "preferred",
+            TlsMode::Required => "required",
+        }
+    }
+}
+
+/// A numeric limit together with the reply sent when it is exceeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// The limit; `None` means unlimited.
+    pub max: Option<u64>,
+    /// Reply used when the limit is exceeded.
+    pub reply: Reply,
+}
+
+impl Limit {
+    /// True when `count` is beyond the limit.
+    pub fn is_exceeded_by(&self, count: u64) -> bool {
+        self.max.is_some_and(|m| count > m)
+    }
+}
+
+/// A banner template: code and text with `$RemoteIP`, `$Hostname`, `$Group` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Banner {
+    /// Reply code (220 for a greeting, 554 for a reject banner, ...).
+    pub code: u16,
+    /// Enhanced code, used for reject banners.
+    pub enhanced: Option<Enhanced>,
+    /// Template text.
+    pub text: String,
+}
+
+impl Banner {
+    /// Expands the template variables into a reply.
+    pub fn render(&self, remote_ip: &str, hostname: &str, group: &str) -> Reply {
+        let text = self
+            .text
+            .replace("$RemoteIP", remote_ip)
+            .replace("$Hostname", hostname)
+            .replace("$Group", group);
+        Reply {
+            code: self.code,
+            enhanced: self.enhanced,
+            text: text.into(),
+        }
+    }
+}
+
+/// A fully resolved mail-flow policy (inheritance from the default already applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailFlowPolicy {
+    /// Policy name as written in config (e.g. `ACCEPTED`; shown as `$ACCEPTED`).
+    pub name: String,
+    /// Connection action.
+    pub action: Action,
+    /// Maximum message size in bytes, advertised in EHLO SIZE.
+    pub max_message_size: Limit,
+    /// Maximum messages per connection.
+    pub max_messages_per_connection: Limit,
+    /// Maximum recipients per message.
+    pub max_recipients_per_message: Limit,
+    /// Maximum concurrent connections from one client IP.
+    pub max_concurrent_connections_per_ip: Limit,
+    /// Maximum recipients per hour from one client IP, across all listeners.
+    pub max_recipients_per_hour: Limit,
+    /// Greeting banner (code 220 by default).
+    pub banner: Banner,
+    /// Banner sent before closing when the action is `reject`.
+    pub reject_banner: Banner,
+    /// Host name used in the greeting and EHLO instead of the listener's.
+    pub override_hostname: Option<String>,
+    /// Inbound TLS mode.
+    pub tls: TlsMode,
+    /// Ask the client for a certificate and verify it (informational; never required to send mail).
+    pub tls_verify_client: bool,
+    /// Envelope senders (addresses or `@domain` / `domain`) for whom TLS is mandatory even under `preferred`.
+    pub tls_mandatory_senders: Vec<String>,
+}
+
+impl MailFlowPolicy {
+    /// True when `sender` (an envelope address) must use TLS under this policy.
+    pub fn is_tls_mandatory_for(&self, sender: &str) -> bool {
+        let sender = sender.to_ascii_lowercase();
+        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.tls_mandatory_senders.iter().any(|entry| {
+            let entry = entry.to_ascii_lowercase();
+            if let Some(d) = entry.strip_prefix('@') {
+                d == domain
+            } else if entry.contains('@') {
+                entry == sender
+            } else {
+                entry == domain
+            }
+        })
+    }
+
+    /// The built-in defaults every policy inherits from when the config sets nothing.
+    pub fn builtin_default(name: &str) -> Self {
+        MailFlowPolicy {
+            name: name.to_string(),
+            action: Action::Accept,
+            max_message_size: Limit {
+                max: Some(10 * 1024 * 1024),
+                reply: Reply::new(
+                    552,
+                    Enhanced(5, 3, 4),
+                    "Message size exceeds fixed maximum message size",
+                ),
+            },
+            max_messages_per_connection: Limit {
+                max: Some(10),
+                reply: Reply::new(452, Enhanced(4, 5, 3), "Too many messages for this session"),
+            },
+            max_recipients_per_message: Limit {
+                max: Some(50),
+                reply: Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"),
+            },
+            max_concurrent_connections_per_ip: Limit {
+                max: Some(10),
+                reply: Reply::new(
+                    421,
+                    Enhanced(4, 7, 0),
+                    "Too many concurrent connections from your address",
+                ),
+            },
+            max_recipients_per_hour: Limit {
+                max: None,
+                reply: Reply::new(
+                    452,
+                    Enhanced(4, 5, 3),
+                    "Too many recipients received this hour",
+                ),
+            },
+            banner: Banner {
+                code: 220,
+                enhanced: None,
+                text: "$Hostname ESMTP mxgate".to_string(),
+            },
+            reject_banner: Banner {
+                code: 554,
+                enhanced: Some(Enhanced(5, 7, 1)),
+                text: "Access denied".to_string(),
+            },
+            override_hostname: None,
+            tls: TlsMode::Preferred,
+            tls_verify_client: false,
+            tls_mandatory_senders: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_variables_expand() {
+        let b = Banner {
+            code: 554,
+            enhanced: Some(Enhanced(5, 7, 1)),
+            text: "$Hostname refuses $RemoteIP ($Group)".into(),
+        };
+        let r = b.render("192.0.2.1", "mx.example.com", "BLOCKLIST");
+        assert_eq!(
+            r.to_wire(),
+            "554 5.7.1 mx.example.com refuses 192.0.2.1 (BLOCKLIST)\r\n"
+        );
+    }
+
+    #[test]
+    fn limit_exceeded() {
+        let p = MailFlowPolicy::builtin_default("X");
+        assert!(!p.max_recipients_per_message.is_exceeded_by(50));
+        assert!(p.max_recipients_per_message.is_exceeded_by(51));
+        assert!(!p.max_recipients_per_hour.is_exceeded_by(u64::MAX));
+    }
+
+    #[test]
+    fn tls_mandatory_senders_match_forms() {
+        let mut p = MailFlowPolicy::builtin_default("X");
+        p.tls_mandatory_senders = vec![
+            "@bank.example".into(),
+            "ceo@corp.example".into(),
+            "gov.example".into(),
+        ];
+        assert!(p.is_tls_mandatory_for("Alice@BANK.example"));
+        assert!(p.is_tls_mandatory_for("ceo@corp.example"));
+        assert!(!p.is_tls_mandatory_for("cfo@corp.example"));
+        assert!(p.is_tls_mandatory_for("x@gov.example"));
+        assert!(!p.is_tls_mandatory_for("x@sub.gov.example"));
+    }
+}

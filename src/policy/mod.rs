@@ -1,0 +1,6 @@
+//! Pure policy evaluation over the loaded configuration: HAT, mail-flow policies, RAT, rate limits.
+
+pub mod flow;
+pub mod hat;
+pub mod rat;
+pub mod rate;

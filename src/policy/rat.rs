@@ -1,0 +1,206 @@
+//! RAT — recipient access table: which recipients a public listener accepts (SPEC §1.3).
+
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// What a RAT entry matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientPattern {
+    /// A whole domain (`example.com`), exactly.
+    Domain(String),
+    /// Every domain below a domain (`.example.com`), not the domain itself.
+    Subdomain(String),
+    /// One full address (`postmaster@example.com`).
+    Address(String),
+    /// A local part at any domain (`postmaster@`).
+    LocalPart(String),
+    /// Every recipient (`ALL`).
+    All,
+}
+
+impl RecipientPattern {
+    /// Parses the YAML form.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.trim_end_matches('.');
+        if t.is_empty() {
+            return Err("empty recipient pattern".into());
+        }
+        if t == "all" {
+            return Ok(RecipientPattern::All);
+        }
+        if let Some(local) = t.strip_suffix('@') {
+            if local.is_empty() || local.contains('@') {
+                return Err(format!("{s:?} is not a valid user@ pattern"));
+            }
+            return Ok(RecipientPattern::LocalPart(local.to_string()));
+        }
+        if let Some((local, domain)) = t.rsplit_once('@') {
+            if local.is_empty() || local.contains('@') || !is_domain(domain) {
+                return Err(format!("{s:?} is not a valid address"));
+            }
+            return Ok(RecipientPattern::Address(t.to_string()));
+        }
+        if let Some(rest) = t.strip_prefix('.') {
+            if !is_domain(rest) {
+                return Err(format!("{s:?} is not a valid .subdomain pattern"));
+            }
+            return Ok(RecipientPattern::Subdomain(format!(".{rest}")));
+        }
+        if is_domain(t) {
+            return Ok(RecipientPattern::Domain(t.to_string()));
+        }
+        Err(format!(
+            "{s:?} is not a domain, .subdomain, address, user@ or ALL"
+        ))
+    }
+
+    /// True when the pattern matches `local@domain` (both already lower-cased).
+    pub fn matches(&self, local: &str, domain: &str) -> bool {
+        match self {
+            RecipientPattern::Domain(d) => domain == d,
+            RecipientPattern::Subdomain(s) => domain.ends_with(s.as_str()),
+            RecipientPattern::Address(a) => {
+                a.len() == local.len() + 1 + domain.len()
+                    && a.starts_with(local)
+                    && a.as_bytes()[local.len()] == b'@'
+                    && a.ends_with(domain)
+            }
+            RecipientPattern::LocalPart(l) => local == l,
+            RecipientPattern::All => true,
+        }
+    }
+}
+
+fn is_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Accept or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RatAction {
+    /// Accept the recipient.
+    Accept,
+    /// Reject the recipient.
+    Reject,
+}
+
+/// One RAT entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatEntry {
+    /// What it matches.
+    pub pattern: RecipientPattern,
+    /// What it does.
+    pub action: RatAction,
+    /// Custom reply (for accept: the 250 text; for reject: the refusal).
+    pub reply: Option<Reply>,
+}
+
+/// Why a recipient was refused by the RAT (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatDenied {
+    /// Reply to send.
+    pub reply: Reply,
+    /// Entry that fired (`default` when none matched).
+    pub rule: String,
+}
+
+/// An ordered recipient access table; the implicit last entry rejects.
+#[derive(Debug, Clone)]
+pub struct RecipientAccessTable {
+    /// Table name.
+    pub name: String,
+    /// Entries in order; first match wins.
+    pub entries: Vec<RatEntry>,
+}
+
+impl RecipientAccessTable {
+    /// The reply given when no entry accepts a recipient.
+    pub fn default_reply() -> Reply {
+        Reply::new(550, Enhanced(5, 7, 1), "Recipient address rejected")
+    }
+
+    /// Checks a recipient; `Ok` carries an optional custom 250 reply.
+    pub fn check(&self, local: &str, domain: &str) -> Result<Option<Reply>, RatDenied> {
+        let local = local.to_ascii_lowercase();
+        let domain = domain.to_ascii_lowercase();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.pattern.matches(&local, &domain) {
+                return match e.action {
+                    RatAction::Accept => Ok(e.reply.clone()),
+                    RatAction::Reject => Err(RatDenied {
+                        reply: e.reply.clone().unwrap_or_else(Self::default_reply),
+                        rule: format!("entry {i}"),
+                    }),
+                };
+            }
+        }
+        Err(RatDenied {
+            reply: Self::default_reply(),
+            rule: "default".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rat(entries: &[(&str, RatAction)]) -> RecipientAccessTable {
+        RecipientAccessTable {
+            name: "t".into(),
+            entries: entries
+                .iter()
+                .map(|(p, a)| RatEntry {
+                    pattern: RecipientPattern::parse(p).unwrap(),
+                    action: *a,
+                    reply: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn default_rejects() {
+        let t = rat(&[("example.com", RatAction::Accept)]);
+        assert!(t.check("a", "example.com").is_ok());
+        assert!(t.check("a", "EXAMPLE.COM").is_ok());
+        let d = t.check("a", "other.test").unwrap_err();
+        assert_eq!(
+            d.reply.to_wire(),
+            "550 5.7.1 Recipient address rejected\r\n"
+        );
+        assert!(t.check("a", "sub.example.com").is_err());
+        assert!(t.check("a", "example.com.evil.test").is_err());
+    }
+
+    #[test]
+    fn forms_and_order() {
+        let t = rat(&[
+            ("spam-trap@example.com", RatAction::Reject),
+            ("postmaster@", RatAction::Accept),
+            (".example.com", RatAction::Accept),
+            ("example.com", RatAction::Accept),
+        ]);
+        assert!(t.check("spam-trap", "example.com").is_err());
+        assert!(t.check("postmaster", "anything.test").is_ok());
+        assert!(t.check("x", "eu.example.com").is_ok());
+        assert!(t.check("x", "badexample.com").is_err());
+        assert!(t.check("x", "example.com").is_ok());
+    }
+
+    #[test]
+    fn pattern_errors() {
+        assert!(RecipientPattern::parse("").is_err());
+        assert!(RecipientPattern::parse("a@@b").is_err());
+        assert!(RecipientPattern::parse("exa mple.com").is_err());
+        assert_eq!(
+            RecipientPattern::parse("ALL").unwrap(),
+            RecipientPattern::All
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Sans-IO SMTP: framing, parsing, replies and the session state machine.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod line;
+pub mod reply;
+pub mod session;

@@ -1,0 +1,191 @@
+//! The DATA phase: 354, streaming the body through the smuggling-safe reader, size limit, commit.
+
+use super::{Action, DataState, Phase, Session};
+use crate::mail_log::Event;
+use crate::smtp::data::{DataReader, DataStatus};
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::spool::Envelope;
+
+use super::headers::HeaderScanner;
+
+impl Session {
+    pub(super) fn start_data(&mut self) {
+        let Some(txn) = &self.txn else {
+            return self.reply(Reply::new(503, Enhanced(5, 5, 1), "Need MAIL command"));
+        };
+        if txn.rcpts.is_empty() {
+            return self.reply(Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"));
+        }
+        let mid = txn.mid;
+        let received = self.received_header();
+        self.actions.push(Action::BeginMessage(mid));
+        self.body.extend_from_slice(received.as_bytes());
+        self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+        self.phase = Phase::Data(Box::new(DataState {
+            reader: DataReader::new(),
+            headers: HeaderScanner::default(),
+            size: 0,
+            too_big: false,
+        }));
+    }
+
+    /// The trace header we prepend (RFC 5321 §4.4), with the TLS parameters when used.
+    fn received_header(&self) -> String {
+        let txn = self.txn.as_ref();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let mut proto = String::from(if self.esmtp { "ESMTP" } else { "SMTP" });
+        if txn.is_some_and(|t| t.smtputf8) {
+            proto = "UTF8SMTP".into();
+        }
+        if self.tls.is_some() {
+            proto.push('S');
+        }
+        let using = match &self.tls {
+            Some(t) => format!("\r\n\t(using {} with cipher {})", t.protocol, t.cipher),
+            None => String::new(),
+        };
+        let mid = txn.map(|t| t.mid).unwrap_or(0);
+        let for_clause = match txn.map(|t| t.rcpts.as_slice()) {
+            Some([one]) => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ({} [{}]){using}\r\n\tby {} (mxgate) with {proto} id {mid}{for_clause};\r\n\t{}\r\n",
+            self.p.rdns_host,
+            self.p.peer_ip,
+            self.hostname,
+            self.p.env.now_rfc2822()
+        )
+    }
+
+    /// Feeds DATA bytes; returns (bytes used, end of data reached).
+    pub(super) fn data(&mut self, input: &[u8]) -> (usize, bool) {
+        let Phase::Data(st) = &mut self.phase else {
+            return (0, true);
+        };
+        let before = self.body.len();
+        let result = st.reader.feed(input, &mut self.body);
+        let produced = self.body.len() - before;
+        st.size += produced as u64;
+        if !st.too_big {
+            if let Some(h) = st.headers.feed(&self.body[before..]) {
+                self.log_headers(h);
+            }
+        }
+        let Phase::Data(st) = &mut self.phase else {
+            return (0, true);
+        };
+        if !st.too_big && self.policy.max_message_size.is_exceeded_by(st.size) {
+            st.too_big = true;
+        }
+        if st.too_big {
+            // Keep reading to the end of DATA so the session stays in sync, but store nothing.
+            self.body.truncate(before);
+        }
+        match result {
+            Err(e) => {
+                let reply = e.reply();
+                let mid = self.txn.as_ref().map(|t| t.mid).unwrap_or(0);
+                self.log(Event::ReceivingFailed {
+                    mid,
+                    icid: self.p.icid,
+                    reason: format!("{e}"),
+                });
+                self.txn = None;
+                self.body.clear();
+                self.actions.push(Action::AbortMessage);
+                self.phase = Phase::Command;
+                self.reply(reply);
+                // The rest of the stream cannot be framed safely: close.
+                self.close();
+                (input.len(), true)
+            }
+            Ok(p) if matches!(p.status, DataStatus::Done) => {
+                self.end_of_data();
+                (p.consumed, true)
+            }
+            Ok(p) => (p.consumed, false),
+        }
+    }
+
+    fn log_headers(&mut self, h: super::headers::FoundHeaders) {
+        let Some(mid) = self.txn.as_ref().map(|t| t.mid) else {
+            return;
+        };
+        if let Some(message_id) = h.message_id {
+            self.log(Event::MessageIdHeader { mid, message_id });
+        }
+        if let Some(subject) = h.subject {
+            self.log(Event::Subject { mid, subject });
+        }
+    }
+
+    fn end_of_data(&mut self) {
+        let Phase::Data(st) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let mut st = st;
+        if !st.too_big {
+            if let Some(h) = st.headers.finish() {
+                self.log_headers(h);
+            }
+        }
+        let Some(txn) = &self.txn else { return };
+        let mid = txn.mid;
+        if st.too_big {
+            let limit = self.policy.max_message_size.clone();
+            self.log(Event::ReceivingFailed {
+                mid,
+                icid: self.p.icid,
+                reason: format!(
+                    "message size exceeds max_message_size {} (policy {})",
+                    limit.max.unwrap_or(0),
+                    self.policy.name
+                ),
+            });
+            self.txn = None;
+            self.body.clear();
+            self.actions.push(Action::AbortMessage);
+            return self.reply(limit.reply);
+        }
+        let from = txn.from.clone();
+        self.log(Event::Ready {
+            mid,
+            bytes: st.size,
+            from: from.clone(),
+        });
+        let Some(txn) = &self.txn else { return };
+        let env = Envelope {
+            mid,
+            icid: self.p.icid,
+            listener: self.p.listener.clone(),
+            sender_group: self.p.classification.group.clone(),
+            policy: self.policy.name.clone(),
+            peer_ip: self.p.peer_ip,
+            helo: self.helo.clone().unwrap_or_default(),
+            from,
+            rcpts: txn.rcpts.clone(),
+            received_unix: self.p.env.now_unix(),
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| format!("{} {}", t.protocol, t.cipher)),
+        };
+        self.actions.push(Action::CommitMessage(env));
+        self.phase = Phase::Committing;
+    }
+
+    /// Drops the message being received (timeout, shutdown, lost connection).
+    pub(super) fn abort_data(&mut self) {
+        if let Some(txn) = self.txn.take() {
+            self.log(Event::ReceivingFailed {
+                mid: txn.mid,
+                icid: self.p.icid,
+                reason: "connection ended during DATA".into(),
+            });
+        }
+        self.body.clear();
+        self.actions.push(Action::AbortMessage);
+        self.phase = Phase::Command;
+    }
+}

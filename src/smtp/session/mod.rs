@@ -1,0 +1,502 @@
+//! The SMTP session as a pure state machine: bytes and events in, replies and actions out.
+//!
+//! The connection driver feeds received bytes with [`Session::feed`] and carries out the
+//! [`Action`]s it finds in [`Session::take_actions`]. The session never touches a socket,
+//! the disk or the clock: ids and time come from [`SessionEnv`], per-IP counters from
+//! [`RateLimiter`].
+
+mod commands;
+mod data;
+pub mod headers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::model::ListenerKind;
+use crate::mail_log::Event;
+use crate::policy::flow::{Action as PolicyAction, MailFlowPolicy, TlsMode};
+use crate::policy::hat::Classification;
+use crate::policy::rat::RecipientAccessTable;
+use crate::policy::rate::RateLimiter;
+use crate::smtp::address::Mailbox;
+use crate::smtp::data::DataReader;
+use crate::smtp::line::{LineEvent, LineReader};
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::spool::Envelope;
+
+use headers::HeaderScanner;
+
+/// What the session needs from the outside world, injectable for tests.
+pub trait SessionEnv: Send + Sync {
+    /// A fresh message id (persisted counter).
+    fn next_mid(&self) -> Result<u64, String>;
+    /// Current time as an RFC 5322 date for `Received:`.
+    fn now_rfc2822(&self) -> String;
+    /// Current time in seconds since the Unix epoch.
+    fn now_unix(&self) -> u64;
+}
+
+/// The negotiated TLS parameters, as the driver reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub protocol: String,
+    /// Cipher suite name.
+    pub cipher: String,
+}
+
+/// Everything fixed for one connection, decided before the greeting.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// Connection id.
+    pub icid: u64,
+    /// Listener name.
+    pub listener: String,
+    /// Public or private listener.
+    pub kind: ListenerKind,
+    /// Host name of the listener (the policy may override it).
+    pub hostname: String,
+    /// Local address the client connected to.
+    pub local_ip: IpAddr,
+    /// Client address (real client when behind PROXY protocol).
+    pub peer_ip: IpAddr,
+    /// Reverse-DNS name for logs and `Received:` (`unknown` when none).
+    pub rdns_host: String,
+    /// FCrDNS verified.
+    pub rdns_verified: bool,
+    /// HAT result: group, criterion, policy.
+    pub classification: Classification,
+    /// Recipient access table (public listeners).
+    pub rat: Option<Arc<RecipientAccessTable>>,
+    /// Longest command line accepted, CRLF included.
+    pub max_command_line: usize,
+    /// Bad commands tolerated before 421.
+    pub max_bad_commands: u32,
+    /// A certificate is loaded, so STARTTLS can work.
+    pub tls_available: bool,
+    /// Per-IP counters shared by all listeners.
+    pub rate: Arc<RateLimiter>,
+    /// Ids and time.
+    pub env: Arc<dyn SessionEnv>,
+}
+
+/// Something the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this reply (the driver flushes when it has no more input to process).
+    Reply(Reply),
+    /// Write this mail-log event.
+    Log(Event),
+    /// Flush replies, drop any buffered input, run the TLS handshake, then call
+    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    StartTls,
+    /// Open a spool file for this message id; body bytes follow in [`Session::body_mut`].
+    BeginMessage(u64),
+    /// Write the remaining body, make the message durable, then call [`Session::committed`].
+    CommitMessage(Envelope),
+    /// Throw the message being received away.
+    AbortMessage,
+    /// Flush and close the connection.
+    Close,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    Data(Box<DataState>),
+    TlsPending,
+    Committing,
+    Closed,
+}
+
+#[derive(Debug)]
+struct DataState {
+    reader: DataReader,
+    headers: HeaderScanner,
+    /// Message bytes received (without our `Received:` header).
+    size: u64,
+    too_big: bool,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    mid: u64,
+    from: String,
+    rcpts: Vec<String>,
+    smtputf8: bool,
+}
+
+/// One SMTP session.
+pub struct Session {
+    p: SessionParams,
+    policy: Arc<MailFlowPolicy>,
+    hostname: String,
+    phase: Phase,
+    lines: LineReader,
+    actions: Vec<Action>,
+    body: Vec<u8>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    txn: Option<Transaction>,
+    messages: u64,
+    bad_commands: u32,
+    quit: bool,
+    tls_required_logged: bool,
+}
+
+impl Session {
+    /// A session for a classified connection; call [`Session::start`] next.
+    pub fn new(p: SessionParams) -> Self {
+        let policy = p.classification.policy.clone();
+        let hostname = policy
+            .override_hostname
+            .clone()
+            .unwrap_or_else(|| p.hostname.clone());
+        let lines = LineReader::new(p.max_command_line);
+        Session {
+            p,
+            policy,
+            hostname,
+            phase: Phase::Command,
+            lines,
+            actions: Vec::new(),
+            body: Vec::new(),
+            helo: None,
+            esmtp: false,
+            tls: None,
+            txn: None,
+            messages: 0,
+            bad_commands: 0,
+            quit: false,
+            tls_required_logged: false,
+        }
+    }
+
+    /// Logs the connection and the HAT decision, and greets (or rejects, or refuses).
+    pub fn start(&mut self) {
+        let c = self.p.classification.clone();
+        let action = self.policy.action;
+        if action == PolicyAction::TcpRefuse {
+            // ESA logs refused connections under ICID 0: no SMTP session ever existed.
+            self.log(Event::Hat {
+                icid: 0,
+                action: action.log_word(),
+                group: c.group.clone(),
+                matched: format!("{} address {}", c.matched, self.p.peer_ip),
+            });
+            self.phase = Phase::Closed;
+            self.actions.push(Action::Close);
+            return;
+        }
+        self.log(Event::NewIcid {
+            icid: self.p.icid,
+            listener: self.p.listener.clone(),
+            local_ip: self.p.local_ip,
+            peer_ip: self.p.peer_ip,
+            rdns_host: self.p.rdns_host.clone(),
+            verified: self.p.rdns_verified,
+        });
+        self.log(Event::Hat {
+            icid: self.p.icid,
+            action: action.log_word(),
+            group: c.group.clone(),
+            matched: c.matched.clone(),
+        });
+        let ip = self.p.peer_ip.to_string();
+        match action {
+            PolicyAction::Reject => {
+                let r = self
+                    .policy
+                    .reject_banner
+                    .render(&ip, &self.hostname, &c.group);
+                self.reply(r);
+                self.close();
+            }
+            _ => {
+                let r = self.policy.banner.render(&ip, &self.hostname, &c.group);
+                self.reply(r);
+            }
+        }
+    }
+
+    /// The connection hit the per-IP concurrency limit: refuse with the policy's reply.
+    pub fn refuse_concurrency(&mut self) {
+        let limit = self.policy.max_concurrent_connections_per_ip.clone();
+        self.log(Event::Refused {
+            icid: self.p.icid,
+            mid: None,
+            what: format!("connection from {}", self.p.peer_ip),
+            rule: format!(
+                "max_concurrent_connections_per_ip {} (policy {}) -> {}",
+                limit.max.unwrap_or(0),
+                self.policy.name,
+                limit.reply
+            ),
+        });
+        self.reply(limit.reply);
+        self.close();
+    }
+
+    /// The client sent data before the greeting.
+    pub fn refuse_pregreet(&mut self) {
+        self.log(Event::PreGreet { icid: self.p.icid });
+        self.reply(Reply::new(
+            554,
+            Enhanced(5, 5, 0),
+            "Protocol error: data sent before greeting",
+        ));
+        self.close();
+    }
+
+    /// Consumes as much input as the current phase allows; returns the bytes used.
+    /// Stops early while waiting for TLS, a spool commit, or after close.
+    pub fn feed(&mut self, input: &[u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            match &mut self.phase {
+                Phase::Command => match self.lines.next(&input[pos..]) {
+                    LineEvent::Incomplete => break,
+                    LineEvent::Line { line, consumed } => {
+                        pos += consumed;
+                        self.command(line);
+                    }
+                    LineEvent::TooLong { consumed, complete } => {
+                        pos += consumed;
+                        if !complete {
+                            break;
+                        }
+                        self.bad_command(Reply::new(500, Enhanced(5, 5, 2), "Line too long"));
+                    }
+                    LineEvent::BareNewline { consumed } => {
+                        pos += consumed;
+                        self.bad_command(Reply::new(
+                            500,
+                            Enhanced(5, 5, 2),
+                            "Bare CR or LF in command line refused (RFC 5321 section 2.3.8)",
+                        ));
+                    }
+                },
+                Phase::Data(_) => {
+                    let (used, done) = self.data(&input[pos..]);
+                    pos += used;
+                    if !done {
+                        break;
+                    }
+                }
+                Phase::TlsPending | Phase::Committing | Phase::Closed => break,
+            }
+            if pos >= input.len() && !matches!(self.phase, Phase::Data(_)) {
+                break;
+            }
+            if pos >= input.len() {
+                break;
+            }
+        }
+        pos
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Body bytes produced so far for the current message; the driver drains them to the spool.
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    /// True once the session wants the connection closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// True while the session waits for the driver (TLS handshake or spool commit).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.phase, Phase::TlsPending | Phase::Committing)
+    }
+
+    /// True inside DATA (the driver applies the data timeout).
+    pub fn is_in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(_))
+    }
+
+    /// The active TLS parameters.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The policy applied to this session.
+    pub fn policy(&self) -> &Arc<MailFlowPolicy> {
+        &self.policy
+    }
+
+    /// Connection id.
+    pub fn icid(&self) -> u64 {
+        self.p.icid
+    }
+
+    /// The handshake succeeded: RFC 3207 §4.2 — forget everything learned before it.
+    pub fn tls_established(&mut self, info: TlsInfo) {
+        self.log(Event::TlsSuccess {
+            icid: self.p.icid,
+            protocol: info.protocol.clone(),
+            cipher: info.cipher.clone(),
+        });
+        self.tls = Some(info);
+        self.helo = None;
+        self.esmtp = false;
+        self.txn = None;
+        self.lines = LineReader::new(self.p.max_command_line);
+        self.phase = Phase::Command;
+    }
+
+    /// The handshake failed; the connection cannot continue.
+    pub fn tls_failed(&mut self, reason: &str) {
+        self.log(Event::TlsFailed {
+            icid: self.p.icid,
+            reason: reason.to_string(),
+        });
+        self.phase = Phase::Closed;
+        self.actions.push(Action::Close);
+    }
+
+    /// The driver discarded plaintext pipelined behind STARTTLS.
+    pub fn discarded_after_starttls(&mut self, bytes: usize) {
+        self.log(Event::StartTlsInjection {
+            icid: self.p.icid,
+            bytes,
+        });
+    }
+
+    /// The spool commit finished.
+    pub fn committed(&mut self, result: Result<(), String>) {
+        let Some(txn) = self.txn.take() else { return };
+        self.phase = Phase::Command;
+        match result {
+            Ok(()) => {
+                self.messages += 1;
+                self.log(Event::Queued { mid: txn.mid });
+                self.reply(Reply::new(
+                    250,
+                    Enhanced(2, 0, 0),
+                    format!("Ok: queued as {}", txn.mid),
+                ));
+            }
+            Err(reason) => {
+                self.log(Event::ReceivingFailed {
+                    mid: txn.mid,
+                    icid: self.p.icid,
+                    reason: format!("spool error: {reason}"),
+                });
+                self.reply(Reply::new(
+                    452,
+                    Enhanced(4, 3, 1),
+                    "Insufficient system storage",
+                ));
+            }
+        }
+    }
+
+    /// A timeout fired: `what` names it for the log.
+    pub fn timeout(&mut self, what: &str) {
+        if matches!(self.phase, Phase::Data(_)) {
+            self.abort_data();
+        }
+        self.log(Event::Refused {
+            icid: self.p.icid,
+            mid: None,
+            what: "session".into(),
+            rule: format!("{what} timeout"),
+        });
+        let text = format!("{} Error: timeout exceeded", self.hostname);
+        self.reply(Reply::new(421, Enhanced(4, 4, 2), text));
+        self.close();
+    }
+
+    /// The server is shutting down.
+    pub fn shutdown(&mut self) {
+        if matches!(self.phase, Phase::Data(_)) {
+            self.abort_data();
+        }
+        let text = format!(
+            "{} Service shutting down, closing transmission channel",
+            self.hostname
+        );
+        self.reply(Reply::new(421, Enhanced(4, 3, 2), text));
+        self.close();
+    }
+
+    /// The connection is over (peer closed, or the driver closed it): final log lines.
+    pub fn finish(&mut self) {
+        if matches!(self.phase, Phase::Data(_)) {
+            self.abort_data();
+        }
+        if self.policy.action == PolicyAction::TcpRefuse {
+            return;
+        }
+        if !self.quit {
+            self.log(Event::Lost { icid: self.p.icid });
+        }
+        if self.policy.tls == TlsMode::Required && self.tls.is_none() {
+            self.log_tls_required();
+        }
+        self.log(Event::Close { icid: self.p.icid });
+        self.phase = Phase::Closed;
+    }
+
+    fn log_tls_required(&mut self) {
+        if !self.tls_required_logged {
+            self.tls_required_logged = true;
+            self.log(Event::TlsRequiredNotInitiated { icid: self.p.icid });
+        }
+    }
+
+    fn log(&mut self, e: Event) {
+        self.actions.push(Action::Log(e));
+    }
+
+    fn reply(&mut self, r: Reply) {
+        // A 421 always ends the session (RFC 5321 §3.8).
+        let closing = r.code == 421;
+        self.actions.push(Action::Reply(r));
+        if closing && !matches!(self.phase, Phase::Closed) {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.actions.push(Action::Close);
+    }
+
+    fn bad_command(&mut self, r: Reply) {
+        self.bad_commands += 1;
+        if self.bad_commands > self.p.max_bad_commands {
+            self.log(Event::Refused {
+                icid: self.p.icid,
+                mid: self.txn.as_ref().map(|t| t.mid),
+                what: "session".into(),
+                rule: format!("max_bad_commands {} exceeded", self.p.max_bad_commands),
+            });
+            self.reply(Reply::new(
+                421,
+                Enhanced(4, 7, 0),
+                "Too many errors, closing connection",
+            ));
+        } else {
+            self.reply(r);
+        }
+    }
+
+    fn new_transaction(&mut self, from: &Option<Mailbox>, smtputf8: bool) -> Result<u64, String> {
+        let mid = self.p.env.next_mid()?;
+        self.txn = Some(Transaction {
+            mid,
+            from: from.as_ref().map(|m| m.address()).unwrap_or_default(),
+            rcpts: Vec::new(),
+            smtputf8,
+        });
+        Ok(mid)
+    }
+}

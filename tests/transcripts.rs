@@ -1,0 +1,369 @@
+//! Transcript tests: `tests/transcripts/*.txt` replayed against the sans-IO session.
+//!
+//! Format (one directive per line; `#` starts a comment):
+//! - `@config DIR` config dir relative to the repo (default: the shipped config `.`)
+//! - `@listener NAME`, `@peer IP`, `@rdns verified NAME|missing|tempfail|mismatch NAME`
+//! - `@tls-available no` (no certificate loaded)
+//! - `C: line` a command line (CRLF appended); consecutive C: lines are sent in one packet
+//! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
+//! - `S: line` the next reply line, exactly; `S: <close>` the session closed the connection
+//! - `L: text` a mail-log line containing `text` appears (in order)
+//! - `B: text` the last committed message body contains `text` (escapes as in R:)
+//! - `=TLS` the driver completed the handshake; `=TLS-FAIL reason`
+//! - `=COMMIT-FAIL` the next spool commit fails; `=TIMEOUT what`; `=SHUTDOWN`; `=EOF` peer closed
+//! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke first
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mxgate::config::{load, Overrides};
+use mxgate::mail_log::Event;
+use mxgate::policy::hat::{Peer, ReverseDns};
+use mxgate::policy::rate::RateLimiter;
+use mxgate::smtp::session::{Action, Session, SessionEnv, SessionParams, TlsInfo};
+
+struct TestEnv {
+    mid: AtomicU64,
+}
+
+impl SessionEnv for TestEnv {
+    fn next_mid(&self) -> Result<u64, String> {
+        Ok(self.mid.fetch_add(1, Ordering::SeqCst))
+    }
+    fn now_rfc2822(&self) -> String {
+        "Tue, 17 Apr 2018 00:57:53 +0000".into()
+    }
+    fn now_unix(&self) -> u64 {
+        1_523_926_673
+    }
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            i += 1;
+            match b[i] {
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'0' => out.push(0),
+                b'\\' => out.push(b'\\'),
+                b'x' => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 2;
+                }
+                other => panic!("unknown escape \\{}", other as char),
+            }
+        } else {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+struct Runner {
+    name: String,
+    session: Session,
+    replies: VecDeque<String>,
+    logs: Vec<String>,
+    log_cursor: usize,
+    body: Vec<u8>,
+    last_body: Vec<u8>,
+    pending: Vec<u8>,
+    closed: bool,
+    tls_pending: bool,
+    commit_fail: bool,
+}
+
+impl Runner {
+    fn pump(&mut self) {
+        loop {
+            let actions = self.session.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions {
+                match a {
+                    Action::Reply(r) => {
+                        for l in r.to_wire().split("\r\n").filter(|l| !l.is_empty()) {
+                            self.replies.push_back(l.to_string());
+                        }
+                    }
+                    Action::Log(e) => self.logs.push(log_text(&e)),
+                    Action::StartTls => {
+                        self.tls_pending = true;
+                        // What a client pipelined behind STARTTLS is dropped, as the driver does.
+                        if !self.pending.is_empty() {
+                            let n = self.pending.len();
+                            self.pending.clear();
+                            self.session.discarded_after_starttls(n);
+                        }
+                    }
+                    Action::BeginMessage(_) => self.body.clear(),
+                    Action::CommitMessage(_) => {
+                        self.body.append(self.session.body_mut());
+                        let r = if std::mem::take(&mut self.commit_fail) {
+                            Err("No space left on device".to_string())
+                        } else {
+                            self.last_body = std::mem::take(&mut self.body);
+                            Ok(())
+                        };
+                        self.session.committed(r);
+                    }
+                    Action::AbortMessage => self.body.clear(),
+                    Action::Close => self.closed = true,
+                }
+            }
+            self.body.append(self.session.body_mut());
+        }
+        self.body.append(self.session.body_mut());
+    }
+
+    fn send(&mut self) {
+        while !self.pending.is_empty() && !self.session.is_closed() && !self.session.is_waiting() {
+            let input = std::mem::take(&mut self.pending);
+            let used = self.session.feed(&input);
+            self.pending = input[used..].to_vec();
+            self.pump();
+            if used == 0 {
+                break;
+            }
+        }
+        self.pump();
+    }
+
+    fn fail(&self, lineno: usize, msg: String) -> ! {
+        panic!(
+            "{}:{lineno}: {msg}\n  unread replies: {:?}\n  log so far:\n    {}",
+            self.name,
+            self.replies,
+            self.logs.join("\n    ")
+        );
+    }
+}
+
+fn log_text(e: &Event) -> String {
+    e.text()
+}
+
+fn run_transcript(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut config_dir = root.clone();
+    let mut listener = None;
+    let mut peer_ip: IpAddr = "192.0.2.1".parse().unwrap();
+    let mut rdns = ReverseDns::Missing;
+    let mut tls_available = true;
+    let mut body_lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
+        match directive {
+            "@config" => config_dir = root.join(arg),
+            "@listener" => listener = Some(arg.to_string()),
+            "@peer" => peer_ip = arg.parse().unwrap(),
+            "@rdns" => {
+                let (kind, n) = arg.split_once(' ').unwrap_or((arg, ""));
+                rdns = match kind {
+                    "verified" => ReverseDns::Verified(n.into()),
+                    "missing" => ReverseDns::Missing,
+                    "tempfail" => ReverseDns::TempFail,
+                    "mismatch" => ReverseDns::Mismatch(n.into()),
+                    _ => panic!("{name}:{}: bad @rdns", i + 1),
+                }
+            }
+            "@tls-available" => tls_available = arg != "no",
+            _ => body_lines.push((i + 1, line.to_string())),
+        }
+    }
+    let overrides = Overrides {
+        spool_dir: Some(std::env::temp_dir().join("mxgate-transcripts-unused")),
+        ..Overrides::default()
+    };
+    let cfg = load(&config_dir, &overrides).unwrap_or_else(|e| panic!("{name}: config: {e}"));
+    let l = match &listener {
+        Some(n) => cfg.listeners.iter().find(|l| &l.name == n).unwrap(),
+        None => &cfg.listeners[0],
+    };
+    let classification = l.hat.classify(&Peer {
+        ip: peer_ip,
+        rdns: rdns.clone(),
+        dnslists_listed: vec![],
+    });
+    let params = SessionParams {
+        icid: 1,
+        listener: l.name.clone(),
+        kind: l.kind,
+        hostname: l.hostname.clone(),
+        local_ip: "127.0.0.1".parse().unwrap(),
+        peer_ip,
+        rdns_host: rdns.host_for_log().to_string(),
+        rdns_verified: matches!(rdns, ReverseDns::Verified(_)),
+        classification,
+        rat: l.rat.clone(),
+        max_command_line: l.max_command_line,
+        max_bad_commands: l.max_bad_commands,
+        tls_available,
+        rate: RateLimiter::system(),
+        env: Arc::new(TestEnv {
+            mid: AtomicU64::new(1),
+        }),
+    };
+    let mut r = Runner {
+        name: name.clone(),
+        session: Session::new(params),
+        replies: VecDeque::new(),
+        logs: Vec::new(),
+        log_cursor: 0,
+        body: Vec::new(),
+        last_body: Vec::new(),
+        pending: Vec::new(),
+        closed: false,
+        tls_pending: false,
+        commit_fail: false,
+    };
+    let mut started = false;
+    let check_drained = |r: &mut Runner, lineno: usize| {
+        if !r.replies.is_empty() {
+            r.fail(lineno, "more replies than the transcript expects".into());
+        }
+    };
+    for (lineno, line) in body_lines {
+        let line = line.trim_end();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (tag, arg) = match line.find(' ') {
+            Some(p) => (&line[..p], &line[p + 1..]),
+            None => (line, ""),
+        };
+        if !started && !matches!(tag, "=CONCURRENCY-FULL" | "=PREGREET") {
+            r.session.start();
+            r.pump();
+            started = true;
+        }
+        match tag {
+            "C:" | "R:" => {
+                if tag == "C:" {
+                    r.pending.extend_from_slice(arg.as_bytes());
+                    r.pending.extend_from_slice(b"\r\n");
+                } else {
+                    r.pending.extend_from_slice(&unescape(arg));
+                }
+                continue;
+            }
+            _ => {
+                if !r.pending.is_empty() {
+                    check_drained(&mut r, lineno);
+                    r.send();
+                }
+            }
+        }
+        match tag {
+            "S:" if arg == "<close>" => {
+                if !r.closed {
+                    r.fail(lineno, "expected the session to close".into());
+                }
+            }
+            "S:" => match r.replies.pop_front() {
+                Some(got) if got == arg => {}
+                Some(got) => r.fail(lineno, format!("expected reply {arg:?}, got {got:?}")),
+                None => r.fail(lineno, format!("expected reply {arg:?}, got nothing")),
+            },
+            "L:" => match r.logs[r.log_cursor..].iter().position(|l| l.contains(arg)) {
+                Some(p) => r.log_cursor += p + 1,
+                None => r.fail(
+                    lineno,
+                    format!("no log line containing {arg:?} after line {}", r.log_cursor),
+                ),
+            },
+            "B:" => {
+                let want = unescape(arg);
+                if !r
+                    .last_body
+                    .windows(want.len())
+                    .any(|w| w == want.as_slice())
+                {
+                    r.fail(
+                        lineno,
+                        format!(
+                            "last body does not contain {arg:?}: {:?}",
+                            String::from_utf8_lossy(&r.last_body)
+                        ),
+                    );
+                }
+            }
+            "=TLS" | "=TLS-FAIL" => {
+                assert!(r.tls_pending, "{name}:{lineno}: no STARTTLS pending");
+                r.tls_pending = false;
+                if tag == "=TLS" {
+                    r.session.tls_established(TlsInfo {
+                        protocol: "TLSv1.3".into(),
+                        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    });
+                } else {
+                    r.session.tls_failed(arg);
+                }
+                r.pump();
+            }
+            "=COMMIT-FAIL" => r.commit_fail = true,
+            "=TIMEOUT" => {
+                r.session.timeout(arg);
+                r.pump();
+            }
+            "=SHUTDOWN" => {
+                r.session.shutdown();
+                r.pump();
+            }
+            "=EOF" => {
+                r.session.finish();
+                r.pump();
+            }
+            "=CONCURRENCY-FULL" => {
+                r.session.refuse_concurrency();
+                r.pump();
+                started = true;
+            }
+            "=PREGREET" => {
+                r.session.refuse_pregreet();
+                r.pump();
+                started = true;
+            }
+            other => panic!("{name}:{lineno}: unknown directive {other:?}"),
+        }
+    }
+    if !r.pending.is_empty() {
+        r.send();
+    }
+    if !r.replies.is_empty() {
+        r.fail(0, "transcript ended with unread replies".into());
+    }
+}
+
+#[test]
+fn transcripts() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "expected the transcript suite, found {}",
+        files.len()
+    );
+    for f in &files {
+        run_transcript(f);
+    }
+    eprintln!("{} transcripts passed", files.len());
+}
