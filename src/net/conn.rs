@@ -275,6 +275,10 @@ impl Conn<'_> {
                 }
             }
             self.drain_body();
+            // Callbacks above (committed, ...) may have queued more actions: run them first.
+            if self.session.has_actions() {
+                continue;
+            }
             if self.session.is_closed() {
                 let _ = self.flush(&mut stream).await;
                 return Flow::Done;

@@ -301,6 +301,11 @@ impl Session {
         std::mem::take(&mut self.actions)
     }
 
+    /// True when actions are waiting to be taken.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// Body bytes produced so far for the current message; the driver drains them to the spool.
     pub fn body_mut(&mut self) -> &mut Vec<u8> {
         &mut self.body

@@ -1,0 +1,259 @@
+//! Shared helpers for integration tests: an in-process server on 127.0.0.1:0 and a line-level SMTP client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxgate::app::Running;
+use mxgate::config::model::MailLogTarget;
+use mxgate::config::{load, Overrides};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running in-process gateway with its own spool, certs and mail log.
+pub struct Server {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: PathBuf,
+    pub spool: PathBuf,
+}
+
+impl Server {
+    /// Starts the fixture config `tests/fixtures/NAME` with `tweak` applied to the overrides.
+    pub async fn start(fixture: &str, tweak: impl FnOnce(&mut Overrides, &Path)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        let spool = dir.path().join("spool");
+        let mut o = Overrides {
+            spool_dir: Some(spool.clone()),
+            certs_dir: Some(dir.path().join("certs")),
+            mail_log: Some(MailLogTarget::File(log.clone())),
+            ..Overrides::default()
+        };
+        tweak(&mut o, dir.path());
+        let spool = o.spool_dir.clone().unwrap();
+        let cfg = load(&repo().join("tests/fixtures").join(fixture), &o)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let running = mxgate::app::start(&cfg).await.unwrap();
+        let addrs = running.bound.iter().cloned().collect();
+        Server {
+            running: Some(running),
+            dir,
+            addrs,
+            log,
+            spool,
+        }
+    }
+
+    /// Address of a listener.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs[listener]
+    }
+
+    /// The mail log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a log line matches `re`; returns it.
+    pub async fn wait_log(&self, re: &str) -> String {
+        let rx = regex_lite(re);
+        for _ in 0..200 {
+            if let Some(l) = self.log_text().lines().find(|l| rx(l)) {
+                return l.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no log line matching {re:?}; log:\n{}", self.log_text());
+    }
+
+    /// Files in spool/queue.
+    pub fn queued(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.spool.join("queue"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Stops the server.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// A tiny matcher: the pattern is a literal except `\d+` (digits) and `.*` (anything).
+pub fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+    let pat = pattern.to_string();
+    move |s: &str| {
+        (0..=s.len()).any(|start| s.is_char_boundary(start) && match_at(&pat, &s[start..]))
+    }
+}
+
+fn match_at(p: &str, s: &str) -> bool {
+    if p.is_empty() {
+        return true;
+    }
+    if let Some(rest) = p.strip_prefix("\\d+") {
+        let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+        return (1..=n).rev().any(|k| match_at(rest, &s[k..]));
+    }
+    if let Some(rest) = p.strip_prefix(".*") {
+        return (0..=s.len()).any(|k| s.is_char_boundary(k) && match_at(rest, &s[k..]));
+    }
+    let c = p.chars().next().unwrap();
+    s.starts_with(c) && match_at(&p[c.len_utf8()..], &s[c.len_utf8()..])
+}
+
+/// Line-level SMTP client over any stream.
+pub struct Client<S> {
+    pub io: BufReader<S>,
+}
+
+impl Client<TcpStream> {
+    /// Connects; with `proxy_from`, sends a PROXY v1 header claiming that client address first.
+    pub async fn connect(addr: SocketAddr, proxy_from: Option<&str>) -> Self {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if let Some(ip) = proxy_from {
+            let h = format!("PROXY TCP4 {ip} 127.0.0.1 40000 {}\r\n", addr.port());
+            s.write_all(h.as_bytes()).await.unwrap();
+        }
+        Client {
+            io: BufReader::new(s),
+        }
+    }
+
+    /// Upgrades to TLS after a 220 to STARTTLS (accepting any certificate: the demo one).
+    pub async fn into_tls(self) -> Client<TlsStream<TcpStream>> {
+        assert!(
+            self.io.buffer().is_empty(),
+            "server sent bytes after 220 to STARTTLS"
+        );
+        let tcp = self.io.into_inner();
+        let tls = tls_connector()
+            .connect(ServerName::try_from("mx.test.example").unwrap(), tcp)
+            .await
+            .unwrap();
+        Client {
+            io: BufReader::new(tls),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Reads one whole (possibly multi-line) reply; empty string on EOF.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.io.read_line(&mut line))
+                .await
+                .expect("reply timeout")
+                .unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command line and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Sends a whole message through EHLO..DATA; returns the final reply.
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let mut out = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        for r in to {
+            out = self.cmd(&format!("RCPT TO:<{r}>")).await;
+        }
+        let d = self.cmd("DATA").await;
+        if !d.starts_with("354") {
+            return format!("{out}{d}");
+        }
+        self.send(body.as_bytes()).await;
+        self.send(b".\r\n").await;
+        self.reply().await
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls client that accepts the demo certificate.
+pub fn tls_connector() -> TlsConnector {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
