@@ -416,10 +416,11 @@ impl Dnsmasq {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start dnsmasq");
+        let d = Dnsmasq { child, port };
         // Wait until it answers on TCP (it listens on both).
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Dnsmasq { child, port });
+                return Some(d);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -432,4 +433,34 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[tokio::test]
+async fn listener_connection_cap_and_command_timeout() {
+    let mut srv = Server::start("e2e", |_, _| {}).await;
+    let addr = srv.addr("tiny");
+    let mut a = Client::connect(addr, None).await;
+    let mut b = Client::connect(addr, None).await;
+    assert!(a.reply().await.starts_with("220"));
+    assert!(b.reply().await.starts_with("220"));
+    let mut c = Client::connect(addr, None).await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    srv.wait_log("interface tiny max_connections 2 reached: refused 127.0.0.1")
+        .await;
+    // The idle sessions are cut by the 2 s command timeout with 421 4.4.2.
+    assert_eq!(
+        a.reply().await,
+        "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
+    );
+    assert_eq!(a.reply().await, "");
+    srv.wait_log(r"ICID \d+ session refused: command timeout")
+        .await;
+    // Slots free again: a new client is served.
+    b.reply().await;
+    let mut d = Client::connect(addr, None).await;
+    assert!(d.reply().await.starts_with("220"));
+    srv.stop().await;
 }

@@ -99,15 +99,24 @@ pub fn ensure_demo_certificate(
     let write = |p: &Path, data: String| {
         std::fs::write(p, data).map_err(|e| TlsError::Generate(format!("{}: {e}", p.display())))
     };
-    write(&key_path, ck.signing_key.serialize_pem())?;
-    restrict_permissions(&key_path);
+    write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| TlsError::Generate(format!("{}: {e}", key_path.display())))?;
     write(&cert_path, ck.cert.pem())?;
     Ok((cert_path, key_path, true))
 }
 
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+/// Creates a file readable by its owner only (private keys), never briefly world-readable.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// A server config: TLS 1.2 and 1.3 only; rustls offers only forward-secret (ECDHE) suites.

@@ -1,0 +1,259 @@
+//! The `mxgate` command line: `check` on good and broken configs, `hat trace`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn mxgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mxgate"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_configuration() {
+    let out = mxgate()
+        .args(["check", "--config-dir"])
+        .arg(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration OK (2 listeners"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    copy_dir(&repo().join("listeners"), &cfg.join("listeners"));
+    copy_dir(&repo().join("policies"), &cfg.join("policies"));
+    // Three mistakes in three files: a misspelt policy, a bad CIDR, an unknown key.
+    let hat = std::fs::read_to_string(cfg.join("policies/hat.yaml")).unwrap();
+    let hat = hat.replacen("policy: THROTTLED", "policy: THROTLED", 1);
+    std::fs::write(cfg.join("policies/hat.yaml"), format!("{hat}\nbroken:\n  sender_groups:\n    - name: X\n      policy: ACCEPTED\n      match: [10.0.0.0/33]\n")).unwrap();
+    let l = std::fs::read_to_string(cfg.join("listeners/inbound.yaml")).unwrap();
+    std::fs::write(
+        cfg.join("listeners/inbound.yaml"),
+        format!("{l}\nmax_conections: 10\n"),
+    )
+    .unwrap();
+    let out = mxgate()
+        .args(["check", "--config-dir"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let has = |prefix: &str, text: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(prefix) && l.contains(text))
+    };
+    assert!(
+        has("policies/hat.yaml:", "unknown policy \"THROTLED\""),
+        "{stdout}"
+    );
+    assert!(has("policies/hat.yaml:", "10.0.0.0/33"), "{stdout}");
+    assert!(has("listeners/inbound.yaml:", "max_conections"), "{stdout}");
+    // Every line is file:line:column: path: message.
+    for l in &lines {
+        let mut parts = l.splitn(4, ':');
+        let (file, line, col) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert!(file.ends_with(".yaml"), "{l}");
+        assert!(
+            line.parse::<u32>().is_ok() && col.parse::<u32>().is_ok(),
+            "{l}"
+        );
+    }
+    assert!(lines.len() >= 3);
+}
+
+#[test]
+fn hat_trace_names_group_criterion_and_policy() {
+    let out = mxgate()
+        .args([
+            "hat",
+            "trace",
+            "192.0.2.60",
+            "--listener",
+            "proxied",
+            "--config-dir",
+        ])
+        .arg(repo().join("tests/fixtures/e2e"))
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("continue      SKIPPED matched but its policy says continue"),
+        "{s}"
+    );
+    assert!(s.contains("sender group  BLOCKLIST"), "{s}");
+    assert!(s.contains("matched       192.0.2.60"), "{s}");
+    assert!(s.contains("policy        $BLOCKED"), "{s}");
+    assert!(
+        s.contains("action                            reject"),
+        "{s}"
+    );
+
+    let out = mxgate()
+        .args([
+            "hat",
+            "trace",
+            "203.0.113.9",
+            "--hostname",
+            "MX2.Partner.Example.",
+            "--listener",
+            "proxied",
+            "--config-dir",
+        ])
+        .arg(repo().join("tests/fixtures/e2e"))
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("sender group  ALLOWLIST") && s.contains("matched       .partner.example"),
+        "{s}"
+    );
+    assert!(
+        s.contains("tls                               required"),
+        "{s}"
+    );
+}
+
+/// Runs `mxgate serve` on the shipped config with every path and address overridden.
+struct Serve {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        use std::io::BufRead;
+        let mut child = mxgate()
+            .arg("serve")
+            .arg("--config-dir")
+            .arg(repo())
+            .arg("--spool-dir")
+            .arg(dir.join("spool"))
+            .arg("--certs-dir")
+            .arg(dir.join("certs"))
+            .arg("--mail-log")
+            .arg(dir.join("mail.log"))
+            .args([
+                "--bind",
+                "inbound=127.0.0.1:0",
+                "--bind",
+                "relay=127.0.0.1:0",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("mxgate: listener inbound listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Serve { child, addr }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp_quit(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let greeting = String::from_utf8_lossy(&buf[..n]).into_owned();
+    s.write_all(b"QUIT\r\n").unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    greeting + &rest
+}
+
+fn wait_for(path: &Path, needle: &str) -> String {
+    for _ in 0..200 {
+        let t = std::fs::read_to_string(path).unwrap_or_default();
+        if t.contains(needle) {
+            return t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("{} never contained {needle:?}", path.display());
+}
+
+#[test]
+fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Serve::start(dir.path());
+    let t = smtp_quit(srv.addr);
+    assert!(t.starts_with("220 mx.example.com"), "{t}");
+    assert!(t.contains("221 2.0.0"), "{t}");
+    let log = dir.path().join("mail.log");
+    wait_for(&log, "ICID 1 close");
+    // Demo certificate generated on first start, key private.
+    let key = dir.path().join("certs/demo.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o077,
+        0
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("Warning: listener inbound uses the self-signed DEMO certificate"));
+    // logrotate: move the file away, SIGHUP, and new lines go to a new file.
+    std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
+    srv.signal(libc::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    smtp_quit(srv.addr);
+    let fresh = wait_for(&log, "ICID 2 close");
+    assert!(!fresh.contains("ICID 1 "), "{fresh}");
+    srv.signal(libc::SIGTERM);
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    wait_for(&log, "mxgate stopped");
+}
