@@ -17,5 +17,6 @@ pub mod config;
 pub mod mail_log;
 pub mod net;
 pub mod policy;
+pub mod relay;
 pub mod smtp;
 pub mod spool;

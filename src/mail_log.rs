@@ -174,6 +174,107 @@ pub enum Event {
         /// Connection id.
         icid: u64,
     },
+    /// A new delivery connection.
+    NewDcid {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Local address used.
+        interface: IpAddr,
+        /// Remote address.
+        address: IpAddr,
+        /// Remote port.
+        port: u16,
+    },
+    /// Outbound TLS negotiated (`verified` names the checked identity, e.g. `CN=mail.example.com`).
+    DcidTlsSuccess {
+        /// Delivery connection id.
+        dcid: u64,
+        /// `TLSv1.3` / `TLSv1.2`.
+        protocol: String,
+        /// Cipher suite.
+        cipher: String,
+        /// Verified identity, when the certificate was checked and passed.
+        verified: Option<String>,
+    },
+    /// Outbound TLS failed or the certificate did not verify.
+    DcidTlsFailed {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Reason (`STARTTLS unexpected response`, handshake error, verification error).
+        reason: String,
+    },
+    /// A `required*` destination could not negotiate (or verify) TLS: the alert line.
+    DcidTlsRequiredFailed {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Remote address.
+        address: IpAddr,
+        /// Destination domain.
+        domain: String,
+    },
+    /// Delivery of some recipients of a message starts on a connection.
+    DeliveryStart {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Message id.
+        mid: u64,
+        /// Recipient ids.
+        rids: Vec<u32>,
+    },
+    /// Recipients accepted by the downstream server.
+    MessageDone {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Message id.
+        mid: u64,
+        /// Recipient ids.
+        rids: Vec<u32>,
+    },
+    /// A temporary failure: retried later.
+    Delayed {
+        /// Delivery connection id (0 when no connection was made).
+        dcid: u64,
+        /// Message id.
+        mid: u64,
+        /// Recipient ids.
+        rids: Vec<u32>,
+        /// Enhanced status code.
+        enhanced: String,
+        /// Reason and remote reply.
+        reason: String,
+    },
+    /// A permanent failure for one recipient.
+    Bounced {
+        /// Delivery connection id.
+        dcid: u64,
+        /// Message id.
+        mid: u64,
+        /// Recipient id.
+        rid: u32,
+        /// Enhanced status code.
+        enhanced: String,
+        /// Reason and remote reply.
+        reason: String,
+    },
+    /// A DSN was queued for a bounced message.
+    BounceGenerated {
+        /// The DSN's message id.
+        mid: u64,
+        /// The bounced message.
+        original: u64,
+    },
+    /// Every recipient of a message has a final outcome; it left the queue.
+    MessageFinished {
+        /// Message id.
+        mid: u64,
+        /// `done`, `deleted by admin`, ...
+        how: String,
+    },
+    /// A delivery connection closed.
+    DcidClose {
+        /// Delivery connection id.
+        dcid: u64,
+    },
     /// Free-form line (start-up, warnings).
     Note {
         /// Severity.
@@ -188,9 +289,10 @@ impl Event {
     pub fn level(&self) -> Level {
         match self {
             Event::Note { level, .. } => *level,
-            Event::TlsFailed { .. } | Event::StartTlsInjection { .. } | Event::PreGreet { .. } => {
-                Level::Warning
-            }
+            Event::TlsFailed { .. }
+            | Event::StartTlsInjection { .. }
+            | Event::PreGreet { .. }
+            | Event::DcidTlsRequiredFailed { .. } => Level::Warning,
             _ => Level::Info,
         }
     }
@@ -217,6 +319,17 @@ impl Event {
             Event::PreGreet { .. } => "pregreet",
             Event::Lost { .. } => "lost",
             Event::Close { .. } => "close",
+            Event::NewDcid { .. } => "new_dcid",
+            Event::DcidTlsSuccess { .. } => "dcid_tls_success",
+            Event::DcidTlsFailed { .. } => "dcid_tls_failed",
+            Event::DcidTlsRequiredFailed { .. } => "dcid_tls_required_failed",
+            Event::DeliveryStart { .. } => "delivery_start",
+            Event::MessageDone { .. } => "message_done",
+            Event::Delayed { .. } => "delayed",
+            Event::Bounced { .. } => "bounced",
+            Event::BounceGenerated { .. } => "bounce_generated",
+            Event::MessageFinished { .. } => "message_finished",
+            Event::DcidClose { .. } => "dcid_close",
             Event::Note { .. } => "note",
         }
     }
@@ -255,9 +368,43 @@ impl Event {
             Event::PreGreet { icid } => format!("ICID {icid} pre-greeting traffic, rejected"),
             Event::Lost { icid } => format!("ICID {icid} lost"),
             Event::Close { icid } => format!("ICID {icid} close"),
+            Event::NewDcid { dcid, interface, address, port } => {
+                format!("New SMTP DCID {dcid} interface {interface} address {address} port {port}")
+            }
+            Event::DcidTlsSuccess { dcid, protocol, cipher, verified } => match verified {
+                Some(id) => format!("DCID {dcid} TLS success protocol {protocol} cipher {cipher} verified {id}"),
+                None => format!("DCID {dcid} TLS success protocol {protocol} cipher {cipher}"),
+            },
+            Event::DcidTlsFailed { dcid, reason } => format!("DCID {dcid} TLS failed: {reason}"),
+            Event::DcidTlsRequiredFailed { dcid, address, domain } => format!(
+                "DCID {dcid} IP {address} TLS was required but could not be successfully negotiated (destination {domain})"
+            ),
+            Event::DeliveryStart { dcid, mid, rids } => {
+                format!("Delivery start DCID {dcid} MID {mid} to RID {}", rid_list(rids))
+            }
+            Event::MessageDone { dcid, mid, rids } => {
+                format!("Message done DCID {dcid} MID {mid} to RID {}", rid_list(rids))
+            }
+            Event::Delayed { dcid, mid, rids, enhanced, reason } => {
+                format!("Delayed: DCID {dcid} MID {mid} to RID {} - {enhanced} - {reason}", rid_list(rids))
+            }
+            Event::Bounced { dcid, mid, rid, enhanced, reason } => {
+                format!("Bounced: DCID {dcid} MID {mid} to RID {rid} - {enhanced} - {reason}")
+            }
+            Event::BounceGenerated { mid, original } => {
+                format!("MID {mid} was generated for bounce of MID {original}")
+            }
+            Event::MessageFinished { mid, how } => format!("Message finished MID {mid} {how}"),
+            Event::DcidClose { dcid } => format!("DCID {dcid} close"),
             Event::Note { text, .. } => text.clone(),
         }
     }
+}
+
+/// `[0, 1, 2]` as ESA prints recipient id lists.
+fn rid_list(rids: &[u32]) -> String {
+    let inner: Vec<String> = rids.iter().map(|r| r.to_string()).collect();
+    format!("[{}]", inner.join(", "))
 }
 
 /// Keeps log lines one line each whatever a header contains.

@@ -23,7 +23,7 @@ use mxgate::config::{load, Overrides};
 use mxgate::mail_log::Event;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
-use mxgate::smtp::session::{Action, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
 
 struct TestEnv {
     mid: AtomicU64,
@@ -246,7 +246,7 @@ fn run_transcript(path: &Path) {
             None => (line, ""),
         };
         if !started && !matches!(tag, "=CONCURRENCY-FULL" | "=PREGREET") {
-            r.session.start();
+            r.session.start(Opening::Normal);
             r.pump();
             started = true;
         }
@@ -328,12 +328,12 @@ fn run_transcript(path: &Path) {
                 r.pump();
             }
             "=CONCURRENCY-FULL" => {
-                r.session.refuse_concurrency();
+                r.session.start(Opening::ConcurrencyFull);
                 r.pump();
                 started = true;
             }
             "=PREGREET" => {
-                r.session.refuse_pregreet();
+                r.session.start(Opening::PreGreet);
                 r.pump();
                 started = true;
             }

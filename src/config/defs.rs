@@ -74,6 +74,30 @@ pub struct GlobalDef {
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: Option<MetricsDef>,
+    /// Relay to the internal server: concurrency and retry schedule.
+    #[serde(default)]
+    pub delivery: Option<DeliveryDef>,
+}
+
+/// `delivery:` in `mxgate.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryDef {
+    /// Simultaneous delivery connections in total (default 20).
+    #[serde(default)]
+    pub concurrency: Option<SpannedStr>,
+    /// First retry delay after a temporary failure (default `1m`); it doubles each time.
+    #[serde(default)]
+    pub retry_initial: Option<SpannedStr>,
+    /// Longest delay between retries (default `1h`).
+    #[serde(default)]
+    pub retry_max: Option<SpannedStr>,
+    /// How long a message may stay queued before it bounces (default `5d`).
+    #[serde(default)]
+    pub max_queue_lifetime: Option<SpannedStr>,
+    /// Host name used in EHLO and DSNs (default: the first listener's host name).
+    #[serde(default)]
+    pub hostname: Option<SpannedStr>,
 }
 
 /// `mail_log:` in `mxgate.yaml`.
@@ -365,4 +389,100 @@ pub struct RatEntryDef {
     /// Custom reply: 2xx for accept, 4xx/5xx for reject.
     #[serde(default)]
     pub reply: Option<ReplyDef>,
+}
+
+/// `policies/routes.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesDef {
+    /// Routes; `ALL` (the default route) must be the last.
+    #[serde(default)]
+    pub routes: Option<Vec<Spanned<RouteDef>>>,
+}
+
+/// One SMTP route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDef {
+    /// `example.com`, `.example.com` (every subdomain) or `ALL` (required).
+    #[serde(default)]
+    pub domain: Option<SpannedStr>,
+    /// Hosts to deliver to (required, at least one).
+    #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Spanned<RouteHostDef>>>>,
+    /// `true` lets delivery fall back to MX lookups (default `false`).
+    #[serde(default)]
+    pub mx_lookup: Option<SpannedStr>,
+}
+
+/// One host of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteHostDef {
+    /// IP address or host name (required).
+    #[serde(default)]
+    pub host: Option<SpannedStr>,
+    /// TCP port, 1-65535 (default 25).
+    #[serde(default)]
+    pub port: Option<SpannedStr>,
+    /// 0-65535, lower first; equal priorities round-robin (default 0).
+    #[serde(default)]
+    pub priority: Option<SpannedStr>,
+}
+
+/// `policies/destinations.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsDef {
+    /// Values for every domain no entry covers, and inherited by the entries.
+    #[serde(default)]
+    pub default: Option<Spanned<DestinationDef>>,
+    /// Per-domain entries.
+    #[serde(default)]
+    pub destinations: Option<Vec<Spanned<DestinationDef>>>,
+    /// Alert when a `required*` destination cannot negotiate or verify TLS.
+    #[serde(default)]
+    pub alert_on_required_tls_failure: Option<TlsAlertDef>,
+    /// Certificate name in `certs_dir` presented to destinations; `null` = none.
+    #[serde(default, deserialize_with = "present")]
+    pub client_certificate: Option<Spanned<Option<String>>>,
+}
+
+/// One destination entry (or the `default` section); every key but `domain` is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationDef {
+    /// `example.com` or `.example.com` (required in entries, not allowed in `default`).
+    #[serde(default)]
+    pub domain: Option<SpannedStr>,
+    /// Simultaneous connections, at least 1.
+    #[serde(default)]
+    pub max_concurrent_connections: Option<SpannedStr>,
+    /// Messages per connection, at least 1.
+    #[serde(default)]
+    pub max_messages_per_connection: Option<SpannedStr>,
+    /// Recipients per message, at least 1.
+    #[serde(default)]
+    pub max_recipients_per_message: Option<SpannedStr>,
+    /// `no`, `preferred`, `required`, `preferred-verify`, `required-verify`, `required-verify-hosted`.
+    #[serde(default)]
+    pub tls: Option<SpannedStr>,
+    /// PEM trust roots, relative to the config dir; `null` = webpki roots.
+    #[serde(default, deserialize_with = "present")]
+    pub ca_file: Option<Spanned<Option<String>>>,
+}
+
+/// `alert_on_required_tls_failure:` in `policies/destinations.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAlertDef {
+    /// `true` or `false` (default `true`).
+    #[serde(default)]
+    pub enabled: Option<SpannedStr>,
+    /// At most one alert mail per destination per interval (default `1h`).
+    #[serde(default)]
+    pub interval: Option<SpannedStr>,
+    /// Administrator address for alert mails; `null` = no mail.
+    #[serde(default, deserialize_with = "present")]
+    pub mail_to: Option<Spanned<Option<String>>>,
 }

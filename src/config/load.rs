@@ -2,11 +2,13 @@
 //!
 //! Layout of the directory (paths in the files are relative to it):
 //! `mxgate.yaml` (optional), `listeners/*.yaml` (one listener each, in file-name order),
-//! `policies/mail_flow.yaml`, `policies/hat.yaml` and `policies/rat.yaml` (optional).
+//! `policies/mail_flow.yaml`, `policies/hat.yaml` and `policies/rat.yaml` (optional),
+//! `policies/routes.yaml` and `policies/destinations.yaml` (optional).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -17,8 +19,9 @@ use super::error::{index, ConfigError, ConfigErrors, FileErrors};
 use super::listeners::{
     build_listener, check_listeners, BuiltListener, CrossCheck, ListenerContext,
 };
-use super::model::{Config, DnsSettings, Global, MailLogFormat, MailLogTarget};
+use super::model::{Config, DeliverySettings, DnsSettings, Global, MailLogFormat, MailLogTarget};
 use super::policies::{build_policies, Named};
+use super::routes::load_outbound;
 use super::tables::{build_hats, build_rats};
 use super::values::{parse_duration, parse_listen_addr, parse_log_format, parse_resolver};
 use crate::policy::flow::MailFlowPolicy;
@@ -47,7 +50,7 @@ const DEFAULT_METRICS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9187);
 
 /// Outcome of reading one YAML file.
-enum Read<T> {
+pub(super) enum Read<T> {
     /// The file does not exist.
     Missing,
     /// It could not be read or parsed; the error is recorded.
@@ -57,7 +60,7 @@ enum Read<T> {
 }
 
 /// Reads and parses the file of `e` under `dir`, recording read and parse errors.
-fn read_yaml<T: DeserializeOwned>(dir: &Path, e: &mut FileErrors<'_>) -> Read<T> {
+pub(super) fn read_yaml<T: DeserializeOwned>(dir: &Path, e: &mut FileErrors<'_>) -> Read<T> {
     let full = dir.join(&e.file);
     if !full.exists() {
         return Read::Missing;
@@ -181,7 +184,50 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             }
         },
     };
+    let dl = d.delivery.as_ref();
+    let concurrency = match dl.and_then(|x| x.concurrency.as_ref()) {
+        Some(c) => match c.value.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                e.on(
+                    c,
+                    "delivery.concurrency",
+                    "must be a whole number of at least 1",
+                );
+                20
+            }
+        },
+        None => 20,
+    };
+    let delivery = DeliverySettings {
+        concurrency,
+        retry_initial: duration(
+            &dl.and_then(|x| x.retry_initial.clone()),
+            Duration::from_secs(60),
+            false,
+            "delivery.retry_initial",
+            e,
+        ),
+        retry_max: duration(
+            &dl.and_then(|x| x.retry_max.clone()),
+            Duration::from_secs(3600),
+            false,
+            "delivery.retry_max",
+            e,
+        ),
+        max_queue_lifetime: duration(
+            &dl.and_then(|x| x.max_queue_lifetime.clone()),
+            Duration::from_secs(5 * 24 * 3600),
+            false,
+            "delivery.max_queue_lifetime",
+            e,
+        ),
+        hostname: dl
+            .and_then(|x| x.hostname.as_ref())
+            .map(|h| h.value.trim().to_string()),
+    };
     Global {
+        delivery,
         spool_dir: o.spool_dir.clone().unwrap_or(spool_dir),
         mail_log: o.mail_log.clone().unwrap_or(mail_log),
         mail_log_format,
@@ -311,6 +357,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
     };
     let global = build_global(dir, &global_def, overrides, &mut e);
     let tables = load_policies(dir, &mut sink);
+    let (routes, destinations) = load_outbound(dir, &global.certs_dir, &mut sink);
     let ctx = ListenerContext {
         dir,
         certs_dir: &global.certs_dir,
@@ -349,5 +396,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         hats: tables.hats.map,
         policies: tables.policies.map,
         rats: tables.rats.map,
+        routes: Arc::new(routes),
+        destinations: Arc::new(destinations),
     })
 }

@@ -7,7 +7,9 @@ pub mod error;
 mod listeners;
 pub mod load;
 pub mod model;
+pub mod outbound;
 mod policies;
+mod routes;
 mod tables;
 pub mod values;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::outbound::{DestinationControls, RouteTable};
 use crate::policy::flow::MailFlowPolicy;
 use crate::policy::hat::HostAccessTable;
 use crate::policy::rat::RecipientAccessTable;
@@ -139,6 +140,23 @@ pub struct Global {
     pub shutdown_grace: Duration,
     /// Prometheus endpoint (`None` = disabled).
     pub metrics_listen: Option<SocketAddr>,
+    /// Delivery to the internal server.
+    pub delivery: DeliverySettings,
+}
+
+/// `delivery:` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Simultaneous delivery connections in total.
+    pub concurrency: usize,
+    /// First retry delay; doubles per attempt.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Queue lifetime before a bounce.
+    pub max_queue_lifetime: Duration,
+    /// EHLO/DSN host name; `None` = the first listener's.
+    pub hostname: Option<String>,
 }
 
 /// The whole loaded configuration.
@@ -156,4 +174,8 @@ pub struct Config {
     pub policies: BTreeMap<String, Arc<MailFlowPolicy>>,
     /// Every RAT by name.
     pub rats: BTreeMap<String, Arc<RecipientAccessTable>>,
+    /// SMTP routes (`policies/routes.yaml`; empty when the file is absent).
+    pub routes: Arc<RouteTable>,
+    /// Destination controls (`policies/destinations.yaml`; built-in defaults when absent).
+    pub destinations: Arc<DestinationControls>,
 }

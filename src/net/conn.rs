@@ -18,7 +18,7 @@ use crate::net::tls;
 use crate::policy::flow::Action as PolicyAction;
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
-use crate::smtp::session::{Action, Session, SessionEnv, SessionParams, TlsInfo};
+use crate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
 use crate::spool::{Incoming, Spool};
 
 /// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
@@ -140,27 +140,21 @@ pub async fn handle(
         env: ctx.env.clone(),
     };
     let mut session = Session::new(params);
-    let _slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
+    let slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
         None
     } else {
-        match ctx
-            .rate
+        ctx.rate
             .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
-        {
-            Some(slot) => Some(slot),
-            None => {
-                session.refuse_concurrency();
-                None
-            }
-        }
     };
-    if !session.is_closed() {
-        if !buf.is_empty() || has_pending_input(&stream) {
-            session.refuse_pregreet();
-        } else {
-            session.start();
-        }
-    }
+    let opening = if !buf.is_empty() || has_pending_input(&stream) {
+        Opening::PreGreet
+    } else if slot.is_none() && !matches!(policy.action, PolicyAction::TcpRefuse) {
+        Opening::ConcurrencyFull
+    } else {
+        Opening::Normal
+    };
+    let _slot = slot;
+    session.start(opening);
     let mut conn = Conn {
         ctx: &ctx,
         session,

@@ -261,9 +261,8 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
             }
             mp.body = Some(parse_body(val).ok_or(CommandError::BadParameterValue("BODY"))?);
         } else if kw.eq_ignore_ascii_case("SMTPUTF8") {
-            if mp.smtputf8 {
-                return Err(CommandError::Syntax("duplicate parameter"));
-            }
+            // A repeated flag means the same thing (Python's smtplib sends it twice when
+            // the caller also passes it): accept it, unlike a repeated SIZE or BODY.
             if val.is_some() {
                 return Err(CommandError::BadParameterValue("SMTPUTF8"));
             }
@@ -408,7 +407,6 @@ MAIL FROM:<> AUTH=<>|555 5.5.4 Unsupported parameter
 RCPT TO:<a@b> NOTIFY=NEVER|555 5.5.4 Unsupported parameter
 RCPT TO:<a@b> ORCPT=rfc822;a@b|555 5.5.4 Unsupported parameter
 MAIL FROM:<> SIZE=1 SIZE=2|501 5.5.4 Syntax error (duplicate parameter)
-MAIL FROM:<> smtputf8 SMTPUTF8|501 5.5.4 Syntax error (duplicate parameter)
 MAIL FROM:<> BODY=7BIT body=8bitmime|501 5.5.4 Syntax error (duplicate parameter)
 MAIL FROM:<> SIZE=|501 5.5.4 Syntax error (invalid parameter syntax)
 MAIL FROM:<> =5|501 5.5.4 Syntax error (invalid parameter syntax)

@@ -222,6 +222,39 @@ impl Spool {
         Ok(())
     }
 
+    /// Path of a message's delivery state.
+    pub fn state_path(&self, mid: u64) -> PathBuf {
+        self.queue_dir().join(format!("{mid}.dlv"))
+    }
+
+    /// Removes a delivered (or deleted) message: envelope first, so a crash never leaves
+    /// an envelope without its body.
+    pub fn remove_message(&self, mid: u64) {
+        let _ = fs::remove_file(self.envelope_path(mid));
+        let _ = fs::remove_file(self.message_path(mid));
+        let _ = fs::remove_file(self.state_path(mid));
+        let _ = File::open(self.queue_dir()).and_then(|d| d.sync_all());
+    }
+
+    /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
+    pub fn remove_orphans(&self) {
+        let Ok(entries) = fs::read_dir(self.queue_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((mid, ext)) = name.split_once('.') else {
+                continue;
+            };
+            let Ok(mid) = mid.parse::<u64>() else {
+                continue;
+            };
+            if ext != "env" && !self.envelope_path(mid).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Drops a message that will not be committed.
     pub fn abort(&self, inc: Incoming) {
         if inc.file.is_some() {

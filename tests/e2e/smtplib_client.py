@@ -3,8 +3,10 @@
 Usage: smtplib_client.py SCENARIO HOST PORT
 Scenarios:
   starttls   EHLO, STARTTLS, EHLO, sendmail with Message-ID <e2e-py@test> / Subject "from python"
-  oversize   a message over 2 KiB: sendmail (SIZE= at MAIL) and raw DATA (size counted in DATA)
-  smtputf8   send_message to josé@example.com with an 8-bit UTF-8 body and SMTPUTF8
+  oversize   a message over 2 KiB: sendmail (refused at MAIL via SIZE=), then sendmail with the
+             SIZE extension hidden from smtplib (refused at the end of DATA)
+  smtputf8   josé@example.com with an 8-bit UTF-8 body: send_message (smtplib adds SMTPUTF8
+             itself) and sendmail(mail_options=["SMTPUTF8", "BODY=8BITMIME"])
 Every line printed is `KEY value`; the Rust side asserts on them. Exit status 0 unless the
 scenario itself went wrong (an unexpected exception is printed and exits 1).
 """

@@ -80,6 +80,17 @@ pub struct SessionParams {
     pub env: Arc<dyn SessionEnv>,
 }
 
+/// How the connection opened, as the driver saw it before the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The client waited for the greeting.
+    Normal,
+    /// The client sent data before the greeting (early talker).
+    PreGreet,
+    /// The client's IP already holds its maximum of concurrent connections.
+    ConcurrencyFull,
+}
+
 /// Something the driver must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -142,6 +153,7 @@ pub struct Session {
     messages: u64,
     bad_commands: u32,
     quit: bool,
+    closed_by_server: bool,
     tls_required_logged: bool,
 }
 
@@ -169,12 +181,15 @@ impl Session {
             messages: 0,
             bad_commands: 0,
             quit: false,
+            closed_by_server: false,
             tls_required_logged: false,
         }
     }
 
-    /// Logs the connection and the HAT decision, and greets (or rejects, or refuses).
-    pub fn start(&mut self) {
+    /// Logs the connection and the HAT decision, then greets, rejects or refuses.
+    /// The HAT decision comes first: a refused or rejected host is treated as such even
+    /// when it also spoke early or is over its connection limit.
+    pub fn start(&mut self, opening: Opening) {
         let c = self.p.classification.clone();
         let action = self.policy.action;
         if action == PolicyAction::TcpRefuse {
@@ -204,49 +219,45 @@ impl Session {
             matched: c.matched.clone(),
         });
         let ip = self.p.peer_ip.to_string();
-        match action {
-            PolicyAction::Reject => {
-                let r = self
-                    .policy
-                    .reject_banner
-                    .render(&ip, &self.hostname, &c.group);
-                self.reply(r);
-                self.close();
-            }
-            _ => {
+        if action == PolicyAction::Reject {
+            let r = self
+                .policy
+                .reject_banner
+                .render(&ip, &self.hostname, &c.group);
+            self.reply(r);
+            return self.close();
+        }
+        match opening {
+            Opening::Normal => {
                 let r = self.policy.banner.render(&ip, &self.hostname, &c.group);
                 self.reply(r);
             }
+            Opening::PreGreet => {
+                self.log(Event::PreGreet { icid: self.p.icid });
+                self.reply(Reply::new(
+                    554,
+                    Enhanced(5, 5, 0),
+                    "Protocol error: data sent before greeting",
+                ));
+                self.close();
+            }
+            Opening::ConcurrencyFull => {
+                let limit = self.policy.max_concurrent_connections_per_ip.clone();
+                self.log(Event::Refused {
+                    icid: self.p.icid,
+                    mid: None,
+                    what: format!("connection from {}", self.p.peer_ip),
+                    rule: format!(
+                        "max_concurrent_connections_per_ip {} (policy {}) -> {}",
+                        limit.max.unwrap_or(0),
+                        self.policy.name,
+                        limit.reply
+                    ),
+                });
+                self.reply(limit.reply);
+                self.close();
+            }
         }
-    }
-
-    /// The connection hit the per-IP concurrency limit: refuse with the policy's reply.
-    pub fn refuse_concurrency(&mut self) {
-        let limit = self.policy.max_concurrent_connections_per_ip.clone();
-        self.log(Event::Refused {
-            icid: self.p.icid,
-            mid: None,
-            what: format!("connection from {}", self.p.peer_ip),
-            rule: format!(
-                "max_concurrent_connections_per_ip {} (policy {}) -> {}",
-                limit.max.unwrap_or(0),
-                self.policy.name,
-                limit.reply
-            ),
-        });
-        self.reply(limit.reply);
-        self.close();
-    }
-
-    /// The client sent data before the greeting.
-    pub fn refuse_pregreet(&mut self) {
-        self.log(Event::PreGreet { icid: self.p.icid });
-        self.reply(Reply::new(
-            554,
-            Enhanced(5, 5, 0),
-            "Protocol error: data sent before greeting",
-        ));
-        self.close();
     }
 
     /// Consumes as much input as the current phase allows; returns the bytes used.
@@ -440,7 +451,7 @@ impl Session {
         if self.policy.action == PolicyAction::TcpRefuse {
             return;
         }
-        if !self.quit {
+        if !self.quit && !self.closed_by_server {
             self.log(Event::Lost { icid: self.p.icid });
         }
         if self.policy.tls == TlsMode::Required && self.tls.is_none() {
@@ -471,6 +482,7 @@ impl Session {
     }
 
     fn close(&mut self) {
+        self.closed_by_server = true;
         self.phase = Phase::Closed;
         self.actions.push(Action::Close);
     }

@@ -1,0 +1,193 @@
+//! Queue administration: the running server's control socket (`spool/control.sock`) and
+//! read-only views of the spool for `mxgate queue list|show`.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use crate::relay::queue::{Command, QueueHandle};
+use crate::relay::state::{DeliveryState, Final};
+use crate::spool::Envelope;
+
+/// The control socket's path inside a spool directory.
+pub fn socket_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("control.sock")
+}
+
+/// Serves `retry all|MID`, `delete MID`, `bounce MID` until the task is dropped.
+pub async fn serve(path: PathBuf, handle: QueueHandle) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Only the gateway's own user may steer the queue.
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut r = BufReader::new(r);
+            if r.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = execute(&handle, line.trim()).await;
+            let _ = w.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+async fn execute(handle: &QueueHandle, line: &str) -> String {
+    let mut words = line.split_whitespace();
+    let verb = words.next().unwrap_or("");
+    let arg = words.next().unwrap_or("");
+    let mid = arg.parse::<u64>();
+    match (verb, arg, mid) {
+        ("retry", "all", _) => {
+            handle.send(Command::Retry(None));
+            "ok all messages scheduled for delivery now\n".into()
+        }
+        ("retry", _, Ok(m)) => {
+            handle.send(Command::Retry(Some(m)));
+            format!("ok MID {m} scheduled for delivery now\n")
+        }
+        ("delete", _, Ok(m)) | ("bounce", _, Ok(m)) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let cmd = if verb == "delete" {
+                Command::Delete(m, tx)
+            } else {
+                Command::Bounce(m, tx)
+            };
+            handle.send(cmd);
+            match rx.await {
+                Ok(true) => format!("ok MID {m} {verb}d\n"),
+                _ => format!("error MID {m} is not queued or is being delivered right now\n"),
+            }
+        }
+        _ => "error usage: retry all|MID, delete MID, bounce MID\n".into(),
+    }
+}
+
+/// Sends one control command to a running server; `Err` when none is listening.
+pub fn request(spool_dir: &Path, line: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let path = socket_path(spool_dir);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("no running mxgate at {} ({e})", path.display()))?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// One queued message as `mxgate queue list` shows it.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    /// The envelope.
+    pub env: Envelope,
+    /// Delivery progress.
+    pub state: DeliveryState,
+    /// Body size in bytes.
+    pub size: u64,
+}
+
+/// Reads every queued message (oldest first).
+pub fn entries(spool_dir: &Path) -> Vec<QueueEntry> {
+    let q = spool_dir.join("queue");
+    let mut mids: Vec<u64> = std::fs::read_dir(&q)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".env")?.parse().ok())
+        .collect();
+    mids.sort_unstable();
+    mids.into_iter()
+        .filter_map(|mid| {
+            let env = Envelope::parse(&std::fs::read_to_string(q.join(format!("{mid}.env"))).ok()?)
+                .ok()?;
+            let state = DeliveryState::load(&q.join(format!("{mid}.dlv")));
+            let size = std::fs::metadata(q.join(format!("{mid}.msg")))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Some(QueueEntry { env, state, size })
+        })
+        .collect()
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The `mxgate queue list` table (like `mailq`).
+pub fn render_list(entries: &[QueueEntry], now: u64) -> String {
+    let mut s = format!(
+        "{:<10} {:>6} {:>8} {:>8} {:>9}  {:<30} {}\n",
+        "MID", "AGE", "SIZE", "ATTEMPTS", "NEXT TRY", "SENDER", "RECIPIENTS (pending) / LAST ERROR"
+    );
+    for e in entries {
+        let pending: Vec<&str> = e
+            .env
+            .rcpts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !e.state.finals.contains_key(&(*i as u32)))
+            .map(|(_, r)| r.as_str())
+            .collect();
+        let next = match e.state.next_try {
+            0 => "now".to_string(),
+            t if t <= now => "now".to_string(),
+            u64::MAX => "running".to_string(),
+            t => format!("in {}", age(t - now)),
+        };
+        let from = if e.env.from.is_empty() {
+            "<>".to_string()
+        } else {
+            e.env.from.clone()
+        };
+        s.push_str(&format!(
+            "{:<10} {:>6} {:>8} {:>8} {:>9}  {:<30} {}\n",
+            e.env.mid,
+            age(now.saturating_sub(e.env.received_unix)),
+            e.size,
+            e.state.attempts,
+            next,
+            from,
+            pending.join(", ")
+        ));
+        if let Some(err) = &e.state.last_error {
+            s.push_str(&format!("{:>47}  last error: {err}\n", ""));
+        }
+    }
+    s.push_str(&format!("-- {} message(s) in queue\n", entries.len()));
+    s
+}
+
+/// The `mxgate queue show MID` text.
+pub fn render_show(e: &QueueEntry) -> String {
+    let mut s = e.env.to_text().replace("\nend\n", "\n");
+    s.push_str(&format!(
+        "size {}\nattempts {}\nnext_try {}\n",
+        e.size, e.state.attempts, e.state.next_try
+    ));
+    for (rid, r) in e.env.rcpts.iter().enumerate() {
+        let st = match e.state.finals.get(&(rid as u32)) {
+            Some(Final::Delivered) => "delivered",
+            Some(Final::Bounced) => "bounced",
+            None => "pending",
+        };
+        s.push_str(&format!("RID {rid} {r} {st}\n"));
+    }
+    if let Some(err) = &e.state.last_error {
+        s.push_str(&format!("last_error {err}\n"));
+    }
+    s
+}

@@ -1,0 +1,162 @@
+//! RFC 3464 delivery status notifications (bounces): multipart/report with
+//! message/delivery-status and the original headers as text/rfc822-headers.
+
+/// One recipient that failed permanently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    /// The recipient address.
+    pub rcpt: String,
+    /// Enhanced status code (`5.1.1`).
+    pub status: String,
+    /// The downstream reply (`550 5.1.1 No such user`) or our own reason.
+    pub diagnostic: String,
+    /// The server that gave the reply, when one did.
+    pub remote_mta: Option<String>,
+}
+
+/// Everything a DSN says.
+#[derive(Debug, Clone)]
+pub struct Dsn<'a> {
+    /// Our host name (Reporting-MTA, From: MAILER-DAEMON@...).
+    pub reporting_mta: &'a str,
+    /// Original envelope sender (the DSN goes to it).
+    pub to: &'a str,
+    /// Original message id (for the text and the boundary).
+    pub original_mid: u64,
+    /// Arrival time of the original, RFC 5322 date.
+    pub arrival_date: &'a str,
+    /// Now, RFC 5322 date.
+    pub date: &'a str,
+    /// Message-ID for the DSN (without angle brackets).
+    pub message_id: &'a str,
+    /// Failed recipients.
+    pub failed: &'a [FailedRecipient],
+    /// Header block of the original message (up to the blank line).
+    pub original_headers: &'a [u8],
+}
+
+/// Returns the header block of a message (up to and including the blank line), at most `max` bytes.
+pub fn header_block(message: &[u8], max: usize) -> &[u8] {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(message.len());
+    &message[..end.min(max)]
+}
+
+impl Dsn<'_> {
+    /// Renders the DSN as a CRLF message ready for the spool.
+    pub fn render(&self) -> Vec<u8> {
+        let boundary = format!("mxgate-dsn-{}-{}", self.original_mid, self.failed.len());
+        let mut m = String::new();
+        let mut h = |k: &str, v: &str| {
+            m.push_str(k);
+            m.push_str(": ");
+            m.push_str(v);
+            m.push_str("\r\n");
+        };
+        h(
+            "From",
+            &format!(
+                "Mail Delivery System <MAILER-DAEMON@{}>",
+                self.reporting_mta
+            ),
+        );
+        h("To", &format!("<{}>", self.to));
+        h("Subject", "Undelivered Mail Returned to Sender");
+        h("Date", self.date);
+        h("Message-ID", &format!("<{}>", self.message_id));
+        h("Auto-Submitted", "auto-replied");
+        h("MIME-Version", "1.0");
+        h(
+            "Content-Type",
+            &format!("multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""),
+        );
+        m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+        m.push_str(&format!(
+            "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        ));
+        m.push_str(&format!(
+            "This is the mail system at host {}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n",
+            self.reporting_mta
+        ));
+        for f in self.failed {
+            m.push_str(&format!("<{}>: {}\r\n", f.rcpt, one_line(&f.diagnostic)));
+        }
+        m.push_str(&format!(
+            "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        ));
+        m.push_str(&format!("Reporting-MTA: dns; {}\r\n", self.reporting_mta));
+        m.push_str(&format!("X-Mxgate-Queue-ID: {}\r\n", self.original_mid));
+        m.push_str(&format!("Arrival-Date: {}\r\n", self.arrival_date));
+        for f in self.failed {
+            m.push_str("\r\n");
+            m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.rcpt));
+            m.push_str(&format!("Original-Recipient: rfc822; {}\r\n", f.rcpt));
+            m.push_str("Action: failed\r\n");
+            m.push_str(&format!("Status: {}\r\n", f.status));
+            if let Some(r) = &f.remote_mta {
+                m.push_str(&format!("Remote-MTA: dns; {r}\r\n"));
+            }
+            m.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                one_line(&f.diagnostic)
+            ));
+        }
+        m.push_str(&format!(
+            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        ));
+        let mut out = m.into_bytes();
+        out.extend_from_slice(self.original_headers);
+        if !self.original_headers.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        out
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_has_the_rfc3464_parts() {
+        let failed = vec![FailedRecipient {
+            rcpt: "nobody@example.com".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 No such user".into(),
+            remote_mta: Some("127.0.0.1".into()),
+        }];
+        let orig = b"Received: x\r\nSubject: hi\r\n\r\nbody\r\n";
+        let d = Dsn {
+            reporting_mta: "mx.example.com",
+            to: "alice@other.example",
+            original_mid: 7,
+            arrival_date: "Tue, 17 Apr 2018 00:57:53 +0000",
+            date: "Tue, 17 Apr 2018 01:00:00 +0000",
+            message_id: "dsn.7@mx.example.com",
+            failed: &failed,
+            original_headers: header_block(orig, 64 * 1024),
+        };
+        let text = String::from_utf8(d.render()).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains(
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n"
+        ));
+        assert!(text.contains("Final-Recipient: rfc822; nobody@example.com\r\nOriginal-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user\r\n"));
+        assert!(text.contains("text/rfc822-headers\r\n\r\nReceived: x\r\nSubject: hi\r\n\r\n--"));
+        assert!(!text.contains("body\r\n"));
+        let bare_lf = text
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r');
+        assert!(!bare_lf, "every line ends in CRLF");
+    }
+}

@@ -1,0 +1,520 @@
+//! The queue manager: picks up spooled messages (also those left from before a restart),
+//! schedules delivery per destination, applies outcomes, retries, bounces and removes
+//! a message only when every recipient has a final outcome.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::mail_log::{Event, Level, MailLog};
+use crate::relay::bounce;
+use crate::relay::dsn::FailedRecipient;
+use crate::relay::schedule::RetryPolicy;
+use crate::relay::state::{DeliveryState, Final};
+use crate::relay::worker::{self, Job, JobResult, Outcome, WorkerContext};
+use crate::spool::{Envelope, Spool};
+
+/// Requests to the queue manager.
+#[derive(Debug)]
+pub enum Command {
+    /// A message was committed to the spool.
+    Enqueued(u64),
+    /// Deliver now: one message, or all.
+    Retry(Option<u64>),
+    /// Remove a message without delivering it.
+    Delete(u64, tokio::sync::oneshot::Sender<bool>),
+    /// Bounce every pending recipient of a message now.
+    Bounce(u64, tokio::sync::oneshot::Sender<bool>),
+}
+
+/// Handle used by listeners and the control socket.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl QueueHandle {
+    /// Tells the manager about a newly committed message.
+    pub fn enqueued(&self, mid: u64) {
+        let _ = self.tx.send(Command::Enqueued(mid));
+    }
+
+    /// Sends a command.
+    pub fn send(&self, c: Command) -> bool {
+        self.tx.send(c).is_ok()
+    }
+}
+
+/// Delivery settings from mxgate.yaml.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Simultaneous delivery connections in total.
+    pub concurrency: usize,
+    /// Retry schedule and queue lifetime.
+    pub retry: RetryPolicy,
+    /// Our host name in EHLO and DSNs.
+    pub hostname: String,
+}
+
+struct Queued {
+    env: Envelope,
+    state: DeliveryState,
+    jobs_in_flight: usize,
+    temp_this_round: bool,
+    bounced_this_round: Vec<FailedRecipient>,
+}
+
+struct Lane {
+    jobs: VecDeque<Job>,
+    active: usize,
+    turn: usize,
+}
+
+/// The queue manager task.
+pub struct QueueManager {
+    spool: Arc<Spool>,
+    log: Arc<MailLog>,
+    routes: Arc<RouteTable>,
+    controls: Arc<DestinationControls>,
+    settings: RelaySettings,
+    worker: Arc<WorkerContext>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    messages: BTreeMap<u64, Queued>,
+    lanes: HashMap<String, Lane>,
+    active_total: usize,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn domain_of(rcpt: &str) -> String {
+    rcpt.rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+impl QueueManager {
+    /// Creates the manager and its handle; run it with [`QueueManager::run`].
+    pub fn new(
+        spool: Arc<Spool>,
+        log: Arc<MailLog>,
+        routes: Arc<RouteTable>,
+        controls: Arc<DestinationControls>,
+        settings: RelaySettings,
+        worker: Arc<WorkerContext>,
+    ) -> (Self, QueueHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let m = QueueManager {
+            spool,
+            log,
+            routes,
+            controls,
+            settings,
+            worker,
+            rx,
+            messages: BTreeMap::new(),
+            lanes: HashMap::new(),
+            active_total: 0,
+        };
+        (m, QueueHandle { tx })
+    }
+
+    fn load(&mut self, mid: u64) {
+        if self.messages.contains_key(&mid) {
+            return;
+        }
+        let text = match std::fs::read_to_string(self.spool.envelope_path(mid)) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        let env = match Envelope::parse(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("MID {mid} envelope unreadable, left in queue: {e}"),
+                });
+                return;
+            }
+        };
+        let state = DeliveryState::load(&self.spool.state_path(mid));
+        self.messages.insert(
+            mid,
+            Queued {
+                env,
+                state,
+                jobs_in_flight: 0,
+                temp_this_round: false,
+                bounced_this_round: Vec::new(),
+            },
+        );
+    }
+
+    /// Runs until `stop` turns true; in-flight deliveries finish first.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.spool.remove_orphans();
+        for mid in self.spool.queued_mids() {
+            self.load(mid);
+        }
+        let mut workers: JoinSet<(String, Vec<JobResult>)> = JoinSet::new();
+        loop {
+            self.dispatch(&mut workers);
+            let next_due = self
+                .messages
+                .values()
+                .filter(|q| q.jobs_in_flight == 0)
+                .map(|q| q.state.next_try)
+                .min();
+            let sleep_for = match next_due {
+                Some(t) => Duration::from_secs(t.saturating_sub(now_unix()))
+                    .max(Duration::from_millis(200)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                c = self.rx.recv() => match c {
+                    Some(c) => self.command(c).await,
+                    None => break,
+                },
+                Some(done) = workers.join_next(), if !workers.is_empty() => {
+                    if let Ok((domain, results)) = done {
+                        self.finish_batch(&domain, results).await;
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        while let Some(done) = workers.join_next().await {
+            if let Ok((domain, results)) = done {
+                self.finish_batch(&domain, results).await;
+            }
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Enqueued(mid) => self.load(mid),
+            Command::Retry(which) => {
+                for (mid, q) in self.messages.iter_mut() {
+                    if which.is_none_or(|w| w == *mid) {
+                        q.state.next_try = 0;
+                    }
+                }
+            }
+            Command::Delete(mid, reply) => {
+                let ok = match self.messages.get(&mid) {
+                    Some(q) if q.jobs_in_flight == 0 => {
+                        self.messages.remove(&mid);
+                        self.spool.remove_message(mid);
+                        self.log.log(&Event::MessageFinished {
+                            mid,
+                            how: "deleted by administrator".into(),
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(ok);
+            }
+            Command::Bounce(mid, reply) => {
+                let ok = match self.messages.get_mut(&mid) {
+                    Some(q) if q.jobs_in_flight == 0 => {
+                        let pending: Vec<(u32, String)> = q
+                            .env
+                            .rcpts
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !q.state.finals.contains_key(&(*i as u32)))
+                            .map(|(i, r)| (i as u32, r.clone()))
+                            .collect();
+                        for (rid, rcpt) in pending {
+                            q.state.finals.insert(rid, Final::Bounced);
+                            self.log.log(&Event::Bounced {
+                                dcid: 0,
+                                mid,
+                                rid,
+                                enhanced: "5.0.0".into(),
+                                reason: "bounced by administrator".into(),
+                            });
+                            q.bounced_this_round.push(FailedRecipient {
+                                rcpt,
+                                status: "5.0.0".into(),
+                                diagnostic: "bounced by administrator".into(),
+                                remote_mta: None,
+                            });
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if ok {
+                    self.settle(mid).await;
+                }
+                let _ = reply.send(ok);
+            }
+        }
+    }
+
+    /// Turns due messages into jobs on their destination lanes and starts connections.
+    fn dispatch(&mut self, workers: &mut JoinSet<(String, Vec<JobResult>)>) {
+        let now = now_unix();
+        let due: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, q)| q.jobs_in_flight == 0 && q.state.next_try <= now)
+            .map(|(m, _)| *m)
+            .collect();
+        for mid in due {
+            let Some(q) = self.messages.get_mut(&mid) else {
+                continue;
+            };
+            let mut by_domain: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+            for (i, r) in q.env.rcpts.iter().enumerate() {
+                if !q.state.finals.contains_key(&(i as u32)) {
+                    by_domain
+                        .entry(domain_of(r))
+                        .or_default()
+                        .push((i as u32, r.clone()));
+                }
+            }
+            // Not due again until this round's results are in.
+            q.state.next_try = u64::MAX;
+            q.temp_this_round = false;
+            let size = std::fs::metadata(self.spool.message_path(mid))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            for (domain, rcpts) in by_domain {
+                let per = self
+                    .controls
+                    .for_domain(&domain)
+                    .max_recipients_per_message
+                    .max(1) as usize;
+                for chunk in rcpts.chunks(per) {
+                    q.jobs_in_flight += 1;
+                    let lane = self.lanes.entry(domain.clone()).or_insert_with(|| Lane {
+                        jobs: VecDeque::new(),
+                        active: 0,
+                        turn: 0,
+                    });
+                    lane.jobs.push_back(Job {
+                        mid,
+                        from: q.env.from.clone(),
+                        rcpts: chunk.to_vec(),
+                        body_path: self.spool.message_path(mid),
+                        size,
+                        smtputf8: q.env.rcpts.iter().any(|r| !r.is_ascii())
+                            || !q.env.from.is_ascii(),
+                    });
+                }
+            }
+            if q.jobs_in_flight == 0 {
+                // Every recipient already final (e.g. a crash right after the last save).
+                self.messages.remove(&mid);
+                self.spool.remove_message(mid);
+                self.log.log(&Event::MessageFinished {
+                    mid,
+                    how: "done".into(),
+                });
+            }
+        }
+        let domains: Vec<String> = self.lanes.keys().cloned().collect();
+        for domain in domains {
+            let control = self.controls.for_domain(&domain).clone();
+            let route = self.routes.route_for(&domain).cloned();
+            let lane = self
+                .lanes
+                .get_mut(&domain)
+                .expect("lane exists: keys just listed");
+            while !lane.jobs.is_empty()
+                && lane.active < control.max_concurrent_connections as usize
+                && self.active_total < self.settings.concurrency
+            {
+                let n = lane
+                    .jobs
+                    .len()
+                    .min(control.max_messages_per_connection.max(1) as usize);
+                let batch: Vec<Job> = lane.jobs.drain(..n).collect();
+                let Some(route) = route.clone() else {
+                    let results = batch
+                        .iter()
+                        .map(|j| JobResult {
+                            mid: j.mid,
+                            dcid: 0,
+                            remote: None,
+                            outcomes: j
+                                .rcpts
+                                .iter()
+                                .map(|(rid, _)| {
+                                    (
+                                        *rid,
+                                        Outcome::Temporary {
+                                            enhanced: "4.3.5".into(),
+                                            reason: format!(
+                                                "no SMTP route for {domain} (policies/routes.yaml)"
+                                            ),
+                                        },
+                                    )
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    let d = domain.clone();
+                    lane.active += 1;
+                    self.active_total += 1;
+                    workers.spawn(async move { (d, results) });
+                    continue;
+                };
+                lane.active += 1;
+                lane.turn = lane.turn.wrapping_add(1);
+                self.active_total += 1;
+                let ctx = self.worker.clone();
+                let d = domain.clone();
+                let turn = lane.turn;
+                let c = control.clone();
+                workers.spawn(async move {
+                    let r = worker::deliver_batch(ctx, d.clone(), route, c, turn, batch).await;
+                    (d, r)
+                });
+            }
+        }
+        self.lanes.retain(|_, l| !l.jobs.is_empty() || l.active > 0);
+    }
+
+    async fn finish_batch(&mut self, domain: &str, results: Vec<JobResult>) {
+        if let Some(l) = self.lanes.get_mut(domain) {
+            l.active = l.active.saturating_sub(1);
+        }
+        self.active_total = self.active_total.saturating_sub(1);
+        let now = now_unix();
+        for r in results {
+            let Some(q) = self.messages.get_mut(&r.mid) else {
+                continue;
+            };
+            let expired = self.settings.retry.is_expired(q.env.received_unix, now);
+            let mut temp_rids = Vec::new();
+            let mut temp_reason = None;
+            for (rid, outcome) in r.outcomes {
+                match outcome {
+                    Outcome::Delivered => {
+                        q.state.finals.insert(rid, Final::Delivered);
+                    }
+                    Outcome::Temporary { enhanced, reason } if !expired => {
+                        temp_rids.push(rid);
+                        temp_reason = Some((enhanced, reason));
+                    }
+                    Outcome::Temporary { reason, .. } => {
+                        q.state.finals.insert(rid, Final::Bounced);
+                        let why = format!("message expired in queue, last error: {reason}");
+                        self.log.log(&Event::Bounced {
+                            dcid: r.dcid,
+                            mid: r.mid,
+                            rid,
+                            enhanced: "4.4.7".into(),
+                            reason: why.clone(),
+                        });
+                        q.bounced_this_round.push(FailedRecipient {
+                            rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
+                            status: "4.4.7".into(),
+                            diagnostic: why,
+                            remote_mta: r.remote.clone(),
+                        });
+                    }
+                    Outcome::Permanent {
+                        enhanced,
+                        reason,
+                        diagnostic,
+                    } => {
+                        q.state.finals.insert(rid, Final::Bounced);
+                        self.log.log(&Event::Bounced {
+                            dcid: r.dcid,
+                            mid: r.mid,
+                            rid,
+                            enhanced: enhanced.clone(),
+                            reason,
+                        });
+                        q.bounced_this_round.push(FailedRecipient {
+                            rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
+                            status: enhanced,
+                            diagnostic,
+                            remote_mta: r.remote.clone(),
+                        });
+                    }
+                }
+            }
+            if let Some((enhanced, reason)) = temp_reason {
+                self.log.log(&Event::Delayed {
+                    dcid: r.dcid,
+                    mid: r.mid,
+                    rids: temp_rids,
+                    enhanced,
+                    reason: reason.clone(),
+                });
+                q.temp_this_round = true;
+                q.state.last_error = Some(reason);
+            }
+            q.jobs_in_flight = q.jobs_in_flight.saturating_sub(1);
+            // Persist after every job: a crash now re-delivers at most this job's recipients.
+            if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+                tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
+            }
+            if q.jobs_in_flight == 0 {
+                self.settle(r.mid).await;
+            }
+        }
+    }
+
+    /// After a round: send DSNs for bounced recipients, schedule a retry, or finish the message.
+    async fn settle(&mut self, mid: u64) {
+        let Some(q) = self.messages.get_mut(&mid) else {
+            return;
+        };
+        let bounced = std::mem::take(&mut q.bounced_this_round);
+        if q.temp_this_round {
+            q.state.attempts += 1;
+            q.state.next_try =
+                now_unix() + self.settings.retry.delay_after(q.state.attempts).as_secs();
+        } else {
+            q.state.next_try = now_unix();
+        }
+        let _ = q.state.save(&self.spool.state_path(mid));
+        let env = q.env.clone();
+        let all_final = (0..env.rcpts.len() as u32).all(|rid| q.state.finals.contains_key(&rid));
+        if !bounced.is_empty() {
+            match bounce::send_dsn(&self.spool, &self.settings.hostname, &env, &bounced).await {
+                Ok(Some(dsn_mid)) => {
+                    self.log.log(&Event::BounceGenerated {
+                        mid: dsn_mid,
+                        original: mid,
+                    });
+                    self.load(dsn_mid);
+                }
+                Ok(None) => self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!(
+                        "MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+                    ),
+                }),
+                Err(e) => self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("MID {mid} could not queue its DSN: {e}"),
+                }),
+            }
+        }
+        if all_final {
+            self.messages.remove(&mid);
+            self.spool.remove_message(mid);
+            self.log.log(&Event::MessageFinished {
+                mid,
+                how: "done".into(),
+            });
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! One delivery connection: pick a route host, open the connection, send a batch of jobs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::outbound::{DestinationControl, Route, RouteHost};
+use crate::mail_log::{Event, Level, MailLog};
+use crate::relay::client::{
+    ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
+};
+use crate::relay::outbound_tls::OutboundTlsContext;
+use crate::smtp::reply::Reply;
+use crate::spool::Spool;
+
+/// Some recipients of one message, bound for one destination domain.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Message id.
+    pub mid: u64,
+    /// Envelope sender.
+    pub from: String,
+    /// (RID, address) pairs.
+    pub rcpts: Vec<(u32, String)>,
+    /// Body file.
+    pub body_path: PathBuf,
+    /// Body size.
+    pub size: u64,
+    /// The message was received with SMTPUTF8 addresses.
+    pub smtputf8: bool,
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted downstream.
+    Delivered,
+    /// Try again later: enhanced code and the reason for the log.
+    Temporary {
+        /// Enhanced status code.
+        enhanced: String,
+        /// Reason with the remote reply.
+        reason: String,
+    },
+    /// Permanent failure.
+    Permanent {
+        /// Enhanced status code.
+        enhanced: String,
+        /// Reason with the remote reply.
+        reason: String,
+        /// The downstream reply, for the DSN.
+        diagnostic: String,
+    },
+}
+
+/// The result of one job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// Message id.
+    pub mid: u64,
+    /// Delivery connection id used (0 when none could be opened).
+    pub dcid: u64,
+    /// Remote host that answered, for DSNs.
+    pub remote: Option<String>,
+    /// Outcome per RID.
+    pub outcomes: Vec<(u32, Outcome)>,
+}
+
+/// Everything a worker needs, shared by all workers.
+pub struct WorkerContext {
+    /// The spool (DCIDs).
+    pub spool: Arc<Spool>,
+    /// The mail log.
+    pub log: Arc<MailLog>,
+    /// Outbound TLS configurations.
+    pub tls: Arc<OutboundTlsContext>,
+    /// EHLO name.
+    pub helo_name: String,
+    /// SMTP client timeouts.
+    pub timeouts: ClientTimeouts,
+    /// Log a Warning line on required-TLS failures (the alert switch).
+    pub alert_enabled: bool,
+}
+
+fn reply_reason(r: &Reply) -> (String, String) {
+    let enhanced = r
+        .enhanced
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("{}.0.0", r.code / 100));
+    (
+        enhanced,
+        format!("('{}', ['{}'])", r.code, r.text.replace('\n', "', '")),
+    )
+}
+
+fn outcome_of(o: &RcptOutcome) -> Outcome {
+    match o {
+        RcptOutcome::Delivered(_) => Outcome::Delivered,
+        RcptOutcome::TempFail(r) => {
+            let (enhanced, reason) = reply_reason(r);
+            Outcome::Temporary { enhanced, reason }
+        }
+        RcptOutcome::PermFail(r) => {
+            let (enhanced, reason) = reply_reason(r);
+            Outcome::Permanent {
+                enhanced,
+                reason,
+                diagnostic: r.to_string(),
+            }
+        }
+    }
+}
+
+fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
+    jobs.iter()
+        .map(|j| JobResult {
+            mid: j.mid,
+            dcid,
+            remote: None,
+            outcomes: j
+                .rcpts
+                .iter()
+                .map(|(rid, _)| {
+                    (
+                        *rid,
+                        Outcome::Temporary {
+                            enhanced: enhanced.to_string(),
+                            reason: reason.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+async fn resolve(host: &RouteHost) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, host.port));
+    }
+    tokio::net::lookup_host((host.host.as_str(), host.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", host.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", host.host))
+}
+
+/// Hosts in try order: by priority, equal priorities rotated by `turn` (round-robin per connection).
+pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
+    let mut hosts = route.hosts.clone();
+    hosts.sort_by_key(|h| h.priority);
+    let mut out = Vec::with_capacity(hosts.len());
+    let mut i = 0;
+    while i < hosts.len() {
+        let p = hosts[i].priority;
+        let group: Vec<RouteHost> = hosts[i..]
+            .iter()
+            .take_while(|h| h.priority == p)
+            .cloned()
+            .collect();
+        let n = group.len();
+        for k in 0..n {
+            out.push(group[(k + turn) % n].clone());
+        }
+        i += n;
+    }
+    out
+}
+
+/// Delivers `jobs` (all for `domain`) over one connection to the first route host that answers.
+pub async fn deliver_batch(
+    ctx: Arc<WorkerContext>,
+    domain: String,
+    route: Route,
+    control: DestinationControl,
+    turn: usize,
+    jobs: Vec<Job>,
+) -> Vec<JobResult> {
+    let log: &dyn DeliveryLog = ctx.log.as_ref();
+    let settings = ClientSettings {
+        helo_name: ctx.helo_name.clone(),
+        control: control.clone(),
+        tls: ctx.tls.clone(),
+        timeouts: ctx.timeouts.clone(),
+    };
+    let mut last = (
+        "4.4.1".to_string(),
+        "no route host could be reached".to_string(),
+        0u64,
+    );
+    for host in host_order(&route, turn) {
+        let addr = match resolve(&host).await {
+            Ok(a) => a,
+            Err(e) => {
+                last = ("4.4.3".into(), e, 0);
+                continue;
+            }
+        };
+        let dcid = match ctx.spool.next_dcid() {
+            Ok(d) => d,
+            Err(e) => {
+                return all_temporary(&jobs, 0, "4.3.0", &format!("cannot allocate DCID: {e}"))
+            }
+        };
+        let target = Target {
+            addr,
+            host: host.host.clone(),
+            domain: domain.clone(),
+        };
+        let mut conn = match Connection::open(dcid, &target, &settings, log).await {
+            Ok(c) => c,
+            Err(e) => {
+                if e.required_tls_failure && ctx.alert_enabled {
+                    ctx.log.log(&Event::Note {
+                        level: Level::Warning,
+                        text: format!(
+                            "ALERT: required TLS to destination {domain} failed (DCID {dcid}, {}): {}",
+                            control.tls.as_str(),
+                            e.reason
+                        ),
+                    });
+                }
+                last = (e.enhanced.clone(), e.reason.clone(), dcid);
+                continue;
+            }
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut lost = false;
+        for job in &jobs {
+            if lost {
+                results.extend(all_temporary(
+                    std::slice::from_ref(job),
+                    dcid,
+                    "4.4.2",
+                    "connection lost",
+                ));
+                continue;
+            }
+            let msg = OutgoingMessage {
+                mid: job.mid,
+                from: job.from.clone(),
+                rcpts: job.rcpts.clone(),
+                body_path: job.body_path.clone(),
+                size: job.size,
+                smtputf8: job.smtputf8,
+            };
+            let r = conn.send(&msg, log).await;
+            lost = r.connection_lost;
+            results.push(JobResult {
+                mid: job.mid,
+                dcid,
+                remote: Some(host.host.clone()),
+                outcomes: r
+                    .rcpts
+                    .iter()
+                    .map(|(rid, o)| (*rid, outcome_of(o)))
+                    .collect(),
+            });
+        }
+        if !lost {
+            conn.quit(log).await;
+        }
+        return results;
+    }
+    let (enhanced, reason, dcid) = last;
+    all_temporary(&jobs, dcid, &enhanced, &reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::outbound::DomainMatch;
+
+    fn h(host: &str, priority: u16) -> RouteHost {
+        RouteHost {
+            host: host.into(),
+            port: 25,
+            priority,
+        }
+    }
+
+    #[test]
+    fn equal_priorities_rotate_lower_first() {
+        let route = Route {
+            domain: DomainMatch::All,
+            hosts: vec![h("b1", 20), h("a1", 10), h("a2", 10), h("b2", 20)],
+            mx_lookup: false,
+        };
+        let names = |turn| {
+            host_order(&route, turn)
+                .into_iter()
+                .map(|h| h.host)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), vec!["a1", "a2", "b1", "b2"]);
+        assert_eq!(names(1), vec!["a2", "a1", "b2", "b1"]);
+        assert_eq!(names(2), names(0));
+    }
+}
