@@ -16,6 +16,13 @@ use crate::net::dns::{DnsError, ReverseResolver};
 use crate::net::listener;
 use crate::net::tls::{self, CertStore, TlsError};
 use crate::policy::rate::RateLimiter;
+use crate::relay::client::ClientTimeouts;
+use crate::relay::control;
+use crate::relay::handle::QueueHandle;
+use crate::relay::outbound_tls::OutboundTlsContext;
+use crate::relay::queue::{QueueManager, RelaySettings};
+use crate::relay::schedule::RetryPolicy;
+use crate::relay::worker::WorkerContext;
 use crate::smtp::session::SessionEnv;
 use crate::spool::{Spool, SpoolError};
 
@@ -34,6 +41,9 @@ pub enum AppError {
     /// Resolver problem.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// Outbound TLS (client certificate) problem.
+    #[error(transparent)]
+    OutboundTls(#[from] crate::relay::outbound_tls::OutboundTlsError),
     /// A bind address could not be bound.
     #[error("listener {listener}: cannot bind {addr}: {source}")]
     Bind {
@@ -80,6 +90,9 @@ pub struct Running {
     stop: watch::Sender<bool>,
     force_close: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    queue_stop: watch::Sender<bool>,
+    queue_task: tokio::task::JoinHandle<()>,
+    control_task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -90,6 +103,15 @@ impl Running {
         if tokio::time::timeout(grace, all_done).await.is_err() {
             let _ = self.force_close.send(true);
             while self.tasks.join_next().await.is_some() {}
+        }
+        // Listeners are down: stop the queue; deliveries under way finish (bounded by grace).
+        self.control_task.abort();
+        let _ = self.queue_stop.send(true);
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut self.queue_task)
+            .await
+            .is_err()
+        {
+            self.queue_task.abort();
         }
         self.mail_log.log(&Event::Note {
             level: Level::Info,
@@ -110,6 +132,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let env: Arc<dyn SessionEnv> = Arc::new(SpoolEnv {
         spool: spool.clone(),
     });
+    let queue = start_queue(config, &spool, &mail_log)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (force_tx, force_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -144,6 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             spool: spool.clone(),
             log: mail_log.clone(),
             env: env.clone(),
+            queue: Some(queue.handle.clone()),
         });
         for addr in &l.bind {
             let socket = TcpListener::bind(addr)
@@ -176,5 +200,89 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         stop: stop_tx,
         force_close: force_tx,
         tasks,
+        queue_stop: queue.stop,
+        queue_task: queue.task,
+        control_task: queue.control,
+    })
+}
+
+struct QueueParts {
+    handle: QueueHandle,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the queue manager (delivery to the internal server) and its control socket.
+fn start_queue(
+    config: &Config,
+    spool: &Arc<Spool>,
+    log: &Arc<MailLog>,
+) -> Result<QueueParts, AppError> {
+    let hostname = config
+        .global
+        .delivery
+        .hostname
+        .clone()
+        .or_else(|| config.listeners.first().map(|l| l.hostname.clone()))
+        .unwrap_or_else(|| "localhost".into());
+    let client_cert = match &config.destinations.client_certificate {
+        None => None,
+        Some(name) if name == "demo" => {
+            let (c, k, _) = tls::ensure_demo_certificate(&config.global.certs_dir, &hostname)?;
+            Some((c, k))
+        }
+        Some(name) => Some((
+            config.global.certs_dir.join(format!("{name}.crt")),
+            config.global.certs_dir.join(format!("{name}.key")),
+        )),
+    };
+    let worker = Arc::new(WorkerContext {
+        spool: spool.clone(),
+        log: log.clone(),
+        tls: Arc::new(OutboundTlsContext::new(client_cert)?),
+        helo_name: hostname.clone(),
+        timeouts: ClientTimeouts::default(),
+        alert_enabled: config.destinations.alert.enabled,
+    });
+    let d = &config.global.delivery;
+    let settings = RelaySettings {
+        concurrency: d.concurrency,
+        retry: RetryPolicy {
+            initial: d.retry_initial,
+            max: d.retry_max,
+            max_queue_lifetime: d.max_queue_lifetime,
+        },
+        hostname,
+    };
+    let (manager, handle) = QueueManager::new(
+        spool.clone(),
+        log.clone(),
+        config.routes.clone(),
+        config.destinations.clone(),
+        settings,
+        worker,
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(manager.run(stop_rx));
+    let path = control::socket_path(spool.root());
+    // Bind now so a failure is a start-up error, not a silent background one.
+    let _ = std::fs::remove_file(&path);
+    let control = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => tokio::spawn(control::serve(listener, handle.clone())),
+        Err(e) => {
+            // The gateway still works; only `mxgate queue retry|delete|bounce` cannot reach it.
+            log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!("queue control socket {} unavailable: {e}", path.display()),
+            });
+            tokio::spawn(async {})
+        }
+    };
+    Ok(QueueParts {
+        handle,
+        stop,
+        task,
+        control,
     })
 }

@@ -41,6 +41,48 @@ enum Cmd {
         #[command(subcommand)]
         command: RoutesCmd,
     },
+    /// The mail queue, like `mailq` / `postqueue`: works while the server runs.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCmd {
+    /// List queued messages: id, age, size, attempts, next try, sender, pending recipients.
+    List(ConfigArgs),
+    /// Show one message's envelope and per-recipient state.
+    Show {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Deliver now (the running server retries at once).
+    Retry {
+        /// Message id; omit with --all.
+        mid: Option<u64>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove a message without delivering it.
+    Delete {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Bounce every pending recipient of a message now (a DSN goes to the sender).
+    Bounce {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +180,17 @@ impl ConfigArgs {
         Ok(o)
     }
 
+    /// Loads the config, printing every error to stderr; `None` when it has errors.
+    fn load_or_report(&self) -> anyhow::Result<Option<Config>> {
+        Ok(match self.load()? {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                eprintln!("{}", errors.trim_end());
+                None
+            }
+        })
+    }
+
     fn load(&self) -> anyhow::Result<Result<Config, String>> {
         let o = self.overrides()?;
         Ok(load(&self.config_dir, &o).map_err(|e| e.to_string()))
@@ -193,12 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config,
                 },
         } => {
-            let cfg = match config.load()? {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(cfg) = config.load_or_report()? else {
+                return Ok(ExitCode::from(1));
             };
             print!("{}", trace(&cfg, ip, hostname, listener.as_deref())?);
             Ok(ExitCode::SUCCESS)
@@ -206,12 +255,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Destinations {
             command: DestinationsCmd::List(args),
         } => {
-            let cfg = match args.load()? {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
             };
             print!("{}", destinations_list(&cfg));
             Ok(ExitCode::SUCCESS)
@@ -219,23 +264,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Routes {
             command: RoutesCmd::List(args),
         } => {
-            let cfg = match args.load()? {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
             };
             print!("{}", routes_list(&cfg));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Queue { command } => queue_command(command),
         Cmd::Serve(args) => {
-            let cfg = match args.load()? {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
             };
             let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
             rt.block_on(serve(cfg))?;
@@ -376,15 +414,13 @@ fn describe_policy(s: &mut String, p: &MailFlowPolicy, hostname: &str) {
     let host = p.override_hostname.as_deref().unwrap_or(hostname);
     let _ = writeln!(
         s,
-        "  banner                            {} {}",
-        p.banner.code,
-        p.banner.text.replace("$Hostname", host)
+        "  banner                            {}",
+        p.banner.render("$RemoteIP", host, "$Group")
     );
     let _ = writeln!(
         s,
-        "  reject_banner                     {} {}",
-        p.reject_banner.code,
-        p.reject_banner.text.replace("$Hostname", host)
+        "  reject_banner                     {}",
+        p.reject_banner.render("$RemoteIP", host, "$Group")
     );
     if let Some(h) = &p.override_hostname {
         let _ = writeln!(s, "  override_hostname                 {h}");
@@ -551,4 +587,68 @@ fn routes_list(cfg: &Config) -> String {
         &[&["Domain", "Host", "Port", "Priority", "MX Lookup"]],
         &rows,
     )
+}
+
+fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
+    use mxgate::relay::control;
+    let spool_of = |c: &ConfigArgs| -> anyhow::Result<Option<PathBuf>> {
+        Ok(c.load_or_report()?.map(|cfg| cfg.global.spool_dir))
+    };
+    let ask = |c: &ConfigArgs, line: String| -> anyhow::Result<ExitCode> {
+        let Some(spool) = spool_of(c)? else {
+            return Ok(ExitCode::from(1));
+        };
+        match control::request(&spool, &line) {
+            Ok(answer) => {
+                print!("{answer}");
+                Ok(if answer.starts_with("ok") {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+            Err(e) => {
+                eprintln!("mxgate: {e}");
+                Ok(ExitCode::from(1))
+            }
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match cmd {
+        QueueCmd::List(c) => {
+            let Some(spool) = spool_of(&c)? else {
+                return Ok(ExitCode::from(1));
+            };
+            print!("{}", control::render_list(&control::entries(&spool), now));
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Show { mid, config } => {
+            let Some(spool) = spool_of(&config)? else {
+                return Ok(ExitCode::from(1));
+            };
+            match control::entries(&spool)
+                .into_iter()
+                .find(|e| e.env.mid == mid)
+            {
+                Some(e) => {
+                    print!("{}", control::render_show(&e));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("mxgate: MID {mid} is not in the queue");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        QueueCmd::Retry { mid, all, config } => match (mid, all) {
+            (Some(m), false) => ask(&config, format!("retry {m}")),
+            (None, true) => ask(&config, "retry all".into()),
+            _ => anyhow::bail!("queue retry: give a MID or --all"),
+        },
+        QueueCmd::Delete { mid, config } => ask(&config, format!("delete {mid}")),
+        QueueCmd::Bounce { mid, config } => ask(&config, format!("bounce {mid}")),
+    }
 }

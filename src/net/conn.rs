@@ -42,6 +42,8 @@ pub struct ListenerContext {
     pub log: Arc<MailLog>,
     /// Ids and time for sessions.
     pub env: Arc<dyn SessionEnv>,
+    /// The queue manager, told about every committed message.
+    pub queue: Option<crate::relay::handle::QueueHandle>,
 }
 
 enum Flow<S> {
@@ -234,6 +236,7 @@ impl Conn<'_> {
                     }
                     Action::CommitMessage(env) => {
                         self.drain_body();
+                        let committed_mid = Some(env.mid);
                         let result = match (self.incoming.take(), self.body_error.take()) {
                             (Some(inc), None) => {
                                 let spool = self.ctx.spool.clone();
@@ -250,8 +253,13 @@ impl Conn<'_> {
                             }
                             (None, _) => Err("no message in progress".into()),
                         };
-                        if let Err(e) = &result {
-                            tracing::error!("spool commit failed: {e}");
+                        match &result {
+                            Err(e) => tracing::error!("spool commit failed: {e}"),
+                            Ok(()) => {
+                                if let (Some(q), Some(mid)) = (&self.ctx.queue, committed_mid) {
+                                    q.enqueued(mid);
+                                }
+                            }
                         }
                         self.session.committed(result);
                     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use crate::relay::queue::{Command, QueueHandle};
+use crate::relay::handle::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
 use crate::spool::Envelope;
 
@@ -15,17 +15,20 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("control.sock")
 }
 
-/// Serves `retry all|MID`, `delete MID`, `bounce MID` until the task is dropped.
-pub async fn serve(path: PathBuf, handle: QueueHandle) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Only the gateway's own user may steer the queue.
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+/// Serves `retry all|MID`, `delete MID`, `bounce MID` on a bound socket until aborted.
+pub async fn serve(listener: UnixListener, handle: QueueHandle) {
+    if let Ok(addr) = listener.local_addr() {
+        if let Some(path) = addr.as_pathname() {
+            use std::os::unix::fs::PermissionsExt;
+            // Only the gateway's own user may steer the queue.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
     }
     loop {
-        let (stream, _) = listener.accept().await?;
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();

@@ -13,41 +13,11 @@ use crate::config::outbound::{DestinationControls, RouteTable};
 use crate::mail_log::{Event, Level, MailLog};
 use crate::relay::bounce;
 use crate::relay::dsn::FailedRecipient;
+use crate::relay::handle::{Command, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::{DeliveryState, Final};
 use crate::relay::worker::{self, Job, JobResult, Outcome, WorkerContext};
 use crate::spool::{Envelope, Spool};
-
-/// Requests to the queue manager.
-#[derive(Debug)]
-pub enum Command {
-    /// A message was committed to the spool.
-    Enqueued(u64),
-    /// Deliver now: one message, or all.
-    Retry(Option<u64>),
-    /// Remove a message without delivering it.
-    Delete(u64, tokio::sync::oneshot::Sender<bool>),
-    /// Bounce every pending recipient of a message now.
-    Bounce(u64, tokio::sync::oneshot::Sender<bool>),
-}
-
-/// Handle used by listeners and the control socket.
-#[derive(Debug, Clone)]
-pub struct QueueHandle {
-    tx: mpsc::UnboundedSender<Command>,
-}
-
-impl QueueHandle {
-    /// Tells the manager about a newly committed message.
-    pub fn enqueued(&self, mid: u64) {
-        let _ = self.tx.send(Command::Enqueued(mid));
-    }
-
-    /// Sends a command.
-    pub fn send(&self, c: Command) -> bool {
-        self.tx.send(c).is_ok()
-    }
-}
 
 /// Delivery settings from mxgate.yaml.
 #[derive(Debug, Clone)]
@@ -124,7 +94,7 @@ impl QueueManager {
             lanes: HashMap::new(),
             active_total: 0,
         };
-        (m, QueueHandle { tx })
+        (m, QueueHandle::new(tx))
     }
 
     fn load(&mut self, mid: u64) {

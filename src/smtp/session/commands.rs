@@ -241,18 +241,22 @@ impl Session {
             );
             return self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"));
         }
+        let mut accept_reply = None;
         if !relay {
             let verdict = match &self.p.rat {
                 Some(rat) => rat.check(&to.local, &to.domain).map_err(|d| d.reply),
                 None => Err(crate::policy::rat::RecipientAccessTable::default_reply()),
             };
-            if let Err(reply) = verdict {
-                self.log(Event::RatRejected {
-                    icid: self.p.icid,
-                    mid,
-                    rcpt: addr,
-                });
-                return self.reply(reply);
+            match verdict {
+                Ok(custom) => accept_reply = custom,
+                Err(reply) => {
+                    self.log(Event::RatRejected {
+                        icid: self.p.icid,
+                        mid,
+                        rcpt: addr,
+                    });
+                    return self.reply(reply);
+                }
             }
         }
         let per_msg = self.policy.max_recipients_per_message.clone();
@@ -286,7 +290,9 @@ impl Session {
             rid: count as u32,
             rcpt: addr,
         });
-        self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient ok"));
+        self.reply(
+            accept_reply.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")),
+        );
     }
 
     fn refused(&mut self, mid: Option<u64>, what: String, rule: String) {
