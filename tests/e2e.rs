@@ -181,12 +181,14 @@ impl Server {
         }
     }
 
-    /// Names in `<spool>/queue`, sorted.
+    /// Message and envelope names in `<spool>/queue`, sorted (delivery state files left out:
+    /// the fixture has no route, so the queue manager records its attempts beside them).
     fn queue_files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.queue())
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".msg") || n.ends_with(".env"))
                     .collect()
             })
             .unwrap_or_default();

@@ -343,8 +343,8 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
         .send_mail("a@other.example", &["bob@example.com"], MSG)
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
-    let before = srv.queued();
-    assert_eq!(before.len(), 2);
+    let before = srv.queued_mids();
+    assert_eq!(before.len(), 1);
     // Fill the disk, then try another message.
     let filler = mnt.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 200 * 1024]);
@@ -353,10 +353,13 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
         .await;
     assert_eq!(r, "452 4.3.1 Insufficient system storage\r\n");
     assert_eq!(
-        srv.queued(),
+        srv.queued_mids(),
         before,
         "nothing half-written in queue/, the first message kept"
     );
+    for mid in &before {
+        assert!(srv.spool.join(format!("queue/{mid}.msg")).exists());
+    }
     assert!(
         std::fs::read_dir(mnt.join("tmp")).unwrap().next().is_none(),
         "tmp/ cleaned"

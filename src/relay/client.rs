@@ -59,7 +59,7 @@ pub struct Target {
 }
 
 /// RFC 5321 §4.5.3.2 timeouts (plus connect).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTimeouts {
     /// TCP connect.
     pub connect: Duration,
@@ -286,8 +286,7 @@ impl ReplyParser {
         }
         let text = String::from_utf8_lossy(line);
         let b = text.as_bytes();
-        if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&b[0])
-        {
+        if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&b[0]) {
             return Err(format!("malformed reply line {:?}", shorten(&text)));
         }
         let code: u16 = text[..3].parse().map_err(|_| "malformed reply code")?;
@@ -426,7 +425,11 @@ impl Wire {
         self.buf.len() - self.pos
     }
 
-    async fn read_reply(&mut self, limit: Duration, stage: &'static str) -> Result<Reply, WireError> {
+    async fn read_reply(
+        &mut self,
+        limit: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, WireError> {
         match timeout(limit, self.read_reply_inner()).await {
             Ok(r) => r,
             Err(_) => Err(WireError::Timeout(stage)),
@@ -553,8 +556,7 @@ impl Connection {
         settings: &ClientSettings,
         log: &dyn DeliveryLog,
     ) -> Result<Connection, ConnectError> {
-        let tcp = match timeout(settings.timeouts.connect, TcpStream::connect(target.addr)).await
-        {
+        let tcp = match timeout(settings.timeouts.connect, TcpStream::connect(target.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(connect_error(
@@ -596,7 +598,7 @@ impl Connection {
             remote: target.addr,
             caps: Capabilities::default(),
             tls: TlsOutcome::NotAttempted,
-            timeouts: settings.timeouts,
+            timeouts: settings.timeouts.clone(),
             transactions: 0,
             broken: false,
         };
@@ -623,7 +625,7 @@ impl Connection {
         settings: &ClientSettings,
         log: &dyn DeliveryLog,
     ) -> Result<(), (ConnectError, Teardown)> {
-        let t = settings.timeouts;
+        let t = &settings.timeouts;
         let mode = settings.control.tls;
         let peer = target.addr.ip();
         let dcid = self.dcid;
@@ -657,9 +659,7 @@ impl Connection {
                 Teardown::Quit,
             ));
         }
-        self.hello(&settings.helo_name, t.ehlo, peer)
-            .await
-            .map_err(|e| (e, Teardown::Quit))?;
+        self.hello(&settings.helo_name, t.ehlo, peer).await?;
 
         if !mode.uses_starttls() {
             self.tls = TlsOutcome::NotAttempted;
@@ -678,7 +678,10 @@ impl Connection {
                 required_failed(log);
                 return Err((
                     connect_error(
-                        format!("TLS is required for {} but {peer} does not offer STARTTLS", target.domain),
+                        format!(
+                            "TLS is required for {} but {peer} does not offer STARTTLS",
+                            target.domain
+                        ),
                         "4.7.5",
                         None,
                         TlsOutcome::NotOffered,
@@ -704,7 +707,10 @@ impl Connection {
                 required_failed(log);
                 return Err((
                     connect_error(
-                        format!("TLS is required for {} but STARTTLS was answered {reply}", target.domain),
+                        format!(
+                            "TLS is required for {} but STARTTLS was answered {reply}",
+                            target.domain
+                        ),
                         "4.7.5",
                         Some(reply.clone()),
                         TlsOutcome::Failed(format!("STARTTLS answered {reply}")),
@@ -762,7 +768,9 @@ impl Connection {
             (
                 protocol_name(c.protocol_version()),
                 cipher_name(c.negotiated_cipher_suite()),
-                c.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
+                c.peer_certificates()
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default(),
             )
         };
         self.wire.stream = Stream::Tls(Box::new(tls));
@@ -823,9 +831,9 @@ impl Connection {
         let outcome = self.tls.clone();
         self.hello(&settings.helo_name, t.ehlo, peer)
             .await
-            .map_err(|mut e| {
+            .map_err(|(mut e, teardown)| {
                 e.tls = outcome;
-                (e, Teardown::Quit)
+                (e, teardown)
             })
     }
 
@@ -835,24 +843,26 @@ impl Connection {
         helo_name: &str,
         limit: Duration,
         peer: IpAddr,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<(), (ConnectError, Teardown)> {
         let lost = |e: WireError| {
-            connect_error(
+            let err = connect_error(
                 format!("lost connection with {peer}: {e}"),
                 "4.4.2",
                 None,
                 TlsOutcome::NotAttempted,
                 false,
-            )
+            );
+            (err, Teardown::Close)
         };
         let refused = |verb: &str, r: Reply| {
-            connect_error(
+            let err = connect_error(
                 format!("{peer} refused {verb}: {r}"),
                 "4.4.2",
                 Some(r),
                 TlsOutcome::NotAttempted,
                 false,
-            )
+            );
+            (err, Teardown::Quit)
         };
         let ehlo = self
             .wire
@@ -929,15 +939,15 @@ impl Connection {
             return all(out, RcptOutcome::TempFail(r), true);
         }
         if self.transactions > 0 {
-            match self.wire.command("RSET\r\n", self.timeouts.mail, "the reply to RSET").await {
+            match self
+                .wire
+                .command("RSET\r\n", self.timeouts.mail, "the reply to RSET")
+                .await
+            {
                 Ok(r) if r.code / 100 == 2 => {}
                 Ok(r) => {
                     self.broken = true;
-                    let r = Reply::new(
-                        451,
-                        Enhanced(4, 4, 2),
-                        format!("{peer} refused RSET: {r}"),
-                    );
+                    let r = Reply::new(451, Enhanced(4, 4, 2), format!("{peer} refused RSET: {r}"));
                     return all(out, RcptOutcome::TempFail(r), true);
                 }
                 Err(e) => {
@@ -969,7 +979,10 @@ impl Connection {
             );
             return all(out, RcptOutcome::PermFail(r), false);
         }
-        let bad_addr = |a: &str| a.bytes().any(|b| b.is_ascii_control() || b == b'<' || b == b'>');
+        let bad_addr = |a: &str| {
+            a.bytes()
+                .any(|b| b.is_ascii_control() || b == b'<' || b == b'>')
+        };
         if bad_addr(&msg.from) {
             let r = Reply::new(553, Enhanced(5, 1, 7), "malformed envelope sender");
             return all(out, RcptOutcome::PermFail(r), false);
@@ -1001,7 +1014,13 @@ impl Connection {
         log.log(Event::DeliveryStart {
             dcid: self.dcid,
             mid: msg.mid,
-            rids: msg.rcpts.iter().map(|(rid, _)| *rid).collect(),
+            rids: msg
+                .rcpts
+                .iter()
+                .zip(&out)
+                .filter(|(_, refused)| refused.is_none())
+                .map(|((rid, _), _)| *rid)
+                .collect(),
         });
         match self.transaction(msg, body, &mut out, log).await {
             Ok(saw_421) => {
@@ -1035,7 +1054,7 @@ impl Connection {
         out: &mut [Option<RcptOutcome>],
         log: &dyn DeliveryLog,
     ) -> Result<bool, TxError> {
-        let t = self.timeouts;
+        let t = self.timeouts.clone();
         let mut mail = format!("MAIL FROM:<{}>", msg.from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", msg.size));
@@ -1071,13 +1090,19 @@ impl Connection {
                     out[i] = Some(failure(&r));
                 }
             }
-            let data = self.wire.read_reply(t.data_init, "the reply to DATA").await?;
+            let data = self
+                .wire
+                .read_reply(t.data_init, "the reply to DATA")
+                .await?;
             saw_421 |= data.code == 421;
             if accepted.is_empty() {
                 if data.code == 354 {
                     // RFC 2920 §3.1: the server took DATA anyway; send an empty message.
                     self.wire.write(b".\r\n", t.data_block, "DATA").await?;
-                    let r = self.wire.read_reply(t.data_term, "the reply to end of DATA").await?;
+                    let r = self
+                        .wire
+                        .read_reply(t.data_term, "the reply to end of DATA")
+                        .await?;
                     saw_421 |= r.code == 421;
                 }
                 return Ok(saw_421);
@@ -1145,7 +1170,11 @@ impl Connection {
     }
 
     /// Streams the spool file with dot-stuffing, then `.`; never holds the whole body.
-    async fn send_body(&mut self, mut body: tokio::fs::File, limit: Duration) -> Result<(), TxError> {
+    async fn send_body(
+        &mut self,
+        mut body: tokio::fs::File,
+        limit: Duration,
+    ) -> Result<(), TxError> {
         let mut chunk = vec![0u8; BODY_CHUNK];
         let mut wire_buf: Vec<u8> = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
         let mut at_line_start = true;
@@ -1180,7 +1209,10 @@ impl Connection {
     pub async fn quit(mut self, log: &dyn DeliveryLog) {
         if !self.broken {
             let limit = QUIT_TIMEOUT.min(self.timeouts.mail);
-            let _ = self.wire.command("QUIT\r\n", limit, "the reply to QUIT").await;
+            let _ = self
+                .wire
+                .command("QUIT\r\n", limit, "the reply to QUIT")
+                .await;
         }
         let _ = timeout(QUIT_TIMEOUT, self.wire.stream.shutdown()).await;
         log.log(Event::DcidClose { dcid: self.dcid });
@@ -1240,10 +1272,7 @@ mod tests {
         let mut p = ReplyParser::default();
         let mut last = Ok(None);
         for l in lines {
-            last = p.push_line(l.as_bytes());
-            if last.is_err() {
-                return last;
-            }
+            last = Ok(p.push_line(l.as_bytes())?);
         }
         last
     }
@@ -1258,7 +1287,9 @@ mod tests {
         let caps = Capabilities::from_ehlo(&r);
         assert!(caps.pipelining && caps.esmtp && !caps.starttls);
         assert_eq!(caps.size, Some(1000));
-        let r = parse(&["550-5.1.1 no such", "550 5.1.1 user"]).unwrap().unwrap();
+        let r = parse(&["550-5.1.1 no such", "550 5.1.1 user"])
+            .unwrap()
+            .unwrap();
         assert_eq!(r.enhanced, Some(Enhanced(5, 1, 1)));
         assert_eq!(r.text, "no such\nuser");
         let r = parse(&["250"]).unwrap().unwrap();
@@ -1297,6 +1328,20 @@ mod tests {
         dot_stuff(b"\n.", &mut bol, &mut out);
         dot_stuff(b".\r\n", &mut bol, &mut out);
         assert_eq!(out, b"..a\r\nb\r\n...\r\n");
+    }
+
+    /// The queue manager runs deliveries in spawned tasks: the futures must be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        c: &mut Connection,
+        m: &OutgoingMessage,
+        t: &Target,
+        s: &ClientSettings,
+        l: &dyn DeliveryLog,
+    ) {
+        fn send<T: Send>(_: &T) {}
+        send(&Connection::open(1, t, s, l));
+        send(&c.send(m, l));
     }
 
     #[test]

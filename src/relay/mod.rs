@@ -3,8 +3,8 @@
 pub mod bounce;
 pub mod client;
 pub mod control;
-pub mod handle;
 pub mod dsn;
+pub mod handle;
 pub mod outbound_tls;
 pub mod queue;
 pub mod schedule;

@@ -108,12 +108,12 @@ impl OutboundTlsContext {
                         path: key.clone(),
                         message: e.to_string(),
                     })?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| OutboundTlsError::ClientCert {
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    OutboundTlsError::ClientCert {
                         path: cert.clone(),
                         message: e.to_string(),
-                    })?
+                    }
+                })?
             }
         };
         // Every handshake is a full one, so the certificate checked after it is
@@ -373,10 +373,9 @@ mod tests {
     use super::*;
 
     fn cert(sans: &[&str], cn: Option<&str>) -> Vec<u8> {
-        let mut p = rcgen::CertificateParams::new(
-            sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = cn {
             p.distinguished_name.push(rcgen::DnType::CommonName, cn);

@@ -257,9 +257,8 @@ pub async fn deliver_batch(
                     .collect(),
             });
         }
-        if !lost {
-            conn.quit(log).await;
-        }
+        // Safe on a broken connection too: it skips QUIT but still closes and logs `DCID n close`.
+        conn.quit(log).await;
         return results;
     }
     let (enhanced, reason, dcid) = last;

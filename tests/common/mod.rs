@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod sink;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,11 @@ pub struct Server {
 impl Server {
     /// Starts the fixture config `tests/fixtures/NAME` with `tweak` applied to the overrides.
     pub async fn start(fixture: &str, tweak: impl FnOnce(&mut Overrides, &Path)) -> Server {
+        Self::start_dir(&repo().join("tests/fixtures").join(fixture), tweak).await
+    }
+
+    /// Starts the config in `config_dir`.
+    pub async fn start_dir(config_dir: &Path, tweak: impl FnOnce(&mut Overrides, &Path)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("mail.log");
         let spool = dir.path().join("spool");
@@ -47,8 +54,7 @@ impl Server {
         };
         tweak(&mut o, dir.path());
         let spool = o.spool_dir.clone().unwrap();
-        let cfg = load(&repo().join("tests/fixtures").join(fixture), &o)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = load(config_dir, &o).unwrap_or_else(|e| panic!("{e}"));
         let running = mxgate::app::start(&cfg).await.unwrap();
         let addrs = running.bound.iter().cloned().collect();
         Server {
@@ -80,6 +86,17 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("no log line matching {re:?}; log:\n{}", self.log_text());
+    }
+
+    /// Message ids with an envelope in spool/queue.
+    pub fn queued_mids(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .queued()
+            .iter()
+            .filter_map(|n| n.strip_suffix(".env")?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Files in spool/queue.
@@ -256,4 +273,40 @@ pub fn tls_connector() -> TlsConnector {
     .with_custom_certificate_verifier(Arc::new(AcceptAny))
     .with_no_client_auth();
     TlsConnector::from(Arc::new(cfg))
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// A copy of the e2e fixture whose default route goes to `downstream`, with fast retries.
+pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), dir.path());
+    std::fs::write(
+        dir.path().join("policies/routes.yaml"),
+        format!(
+            "routes:\n  - domain: ALL\n    hosts:\n      - host: {}\n        port: {}\n",
+            downstream.ip(),
+            downstream.port()
+        ),
+    )
+    .unwrap();
+    let global = std::fs::read_to_string(dir.path().join("mxgate.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("mxgate.yaml"),
+        format!("{global}delivery:\n  retry_initial: {retry_initial}\n  retry_max: {retry_initial}\n  hostname: mx.test.example\n"),
+    )
+    .unwrap();
+    dir
 }

@@ -156,7 +156,10 @@ fn note(st: &Mutex<SinkState>, line: String) {
 
 async fn session(tcp: TcpStream, cfg: Arc<SinkConfig>, st: Arc<Mutex<SinkState>>) {
     let mut r = BufReader::new(tcp);
-    if say(&mut r, &st, &format!("{}\r\n", cfg.greeting)).await.is_err() {
+    if say(&mut r, &st, &format!("{}\r\n", cfg.greeting))
+        .await
+        .is_err()
+    {
         return;
     }
     if !cfg.greeting.starts_with('2') {

@@ -1,0 +1,467 @@
+//! Relay tests: accepted mail reaches the internal server; retries while it is down; DSNs for
+//! 5xx recipients; the queue CLI against a running server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sink::Sink;
+use common::{relay_config, Client, Server};
+
+fn msg(id: &str) -> String {
+    format!("Message-ID: <{id}>\r\nSubject: relay {id}\r\n\r\nbody of {id}\r\n")
+}
+
+async fn send(srv: &Server, from: &str, to: &[&str], id: &str) -> String {
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c.send_mail(from, to, &msg(id)).await;
+    c.cmd("QUIT").await;
+    r
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn message_ids(sink: &Sink) -> Vec<String> {
+    sink.messages()
+        .iter()
+        .filter_map(|m| {
+            m.body.lines().find_map(|l| {
+                l.strip_prefix("Message-ID: <")
+                    .map(|v| v.trim_end_matches('>').to_string())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn accepted_mail_is_relayed_and_leaves_the_queue() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(
+        &srv,
+        "alice@other.example",
+        &["bob@example.com", "carol@example.com"],
+        "r1",
+    )
+    .await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    wait_until("delivery", || !sink.messages().is_empty()).await;
+    let m = &sink.messages()[0];
+    assert_eq!(m.from, "alice@other.example");
+    assert_eq!(m.rcpts, vec!["bob@example.com", "carol@example.com"]);
+    assert!(
+        m.body.starts_with("Received: from client.test"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.ends_with("\r\nbody of r1\r\n"), "{:?}", m.body);
+    let dcid_line = srv
+        .wait_log(&format!(
+            "Info: New SMTP DCID \\d+ interface 127.0.0.1 address 127.0.0.1 port {}",
+            sink.addr.port()
+        ))
+        .await;
+    let dcid: u64 = dcid_line
+        .split("DCID ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    srv.wait_log(&format!(
+        "Info: Delivery start DCID {dcid} MID {mid} to RID [0, 1]"
+    ))
+    .await;
+    srv.wait_log(&format!(
+        "Info: Message done DCID {dcid} MID {mid} to RID [0, 1]"
+    ))
+    .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: DCID {dcid} close")).await;
+    wait_until("queue empty", || srv.queued().is_empty()).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn downstream_down_then_up_every_message_arrives_once() {
+    // Reserve a port and leave it closed: the internal server is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = relay_config(addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let mut tasks = Vec::new();
+    let srv_ref = std::sync::Arc::new(srv.addr("preferred"));
+    for client in 0..4 {
+        let a = *srv_ref;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(a, None).await;
+            c.reply().await;
+            c.cmd("EHLO load.test").await;
+            for i in 0..3 {
+                let id = format!("down-{client}-{i}");
+                let r = c
+                    .send_mail("load@other.example", &["bob@example.com"], &msg(&id))
+                    .await;
+                assert!(r.starts_with("250 2.0.0"), "{r}");
+            }
+            c.cmd("QUIT").await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    srv.wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0] - 4.4.1 - ")
+        .await;
+    assert_eq!(srv.queued_mids().len(), 12);
+    let listed = mxgate::relay::control::entries(&srv.spool);
+    assert_eq!(listed.len(), 12);
+    // Up again on the same port: the retries deliver everything.
+    let sink = Sink::start(&addr.to_string()).await;
+    wait_until("all 12 delivered", || message_ids(&sink).len() >= 12).await;
+    wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    let mut ids = message_ids(&sink);
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "every message arrived");
+    assert_eq!(before, 12, "and none twice");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_5xx_recipient_bounces_with_an_rfc3464_dsn() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(
+        &srv,
+        "alice@other.example",
+        &["ok@example.com", "nouser@example.com"],
+        "b1",
+    )
+    .await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(&format!(
+        "Info: Bounced: DCID \\d+ MID {mid} to RID 1 - 5.1.1 - ('550', ['No such user'])"
+    ))
+    .await;
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid: u64 = gen
+        .split("MID ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    let msgs = sink.messages();
+    let original = msgs
+        .iter()
+        .find(|m| m.rcpts == ["ok@example.com"])
+        .expect("the good recipient got it");
+    assert_eq!(original.from, "alice@other.example");
+    let dsn = msgs
+        .iter()
+        .find(|m| m.from.is_empty())
+        .expect("a DSN with the null sender");
+    assert_eq!(dsn.rcpts, vec!["alice@other.example"]);
+    // A real MIME parser judges the DSN.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dsn.eml");
+    std::fs::write(&path, &dsn.body).unwrap();
+    let script = r#"
+import email, sys
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+assert m.get_content_type() == 'multipart/report', m.get_content_type()
+assert m.get_param('report-type') == 'delivery-status'
+parts = m.get_payload()
+assert [p.get_content_type() for p in parts] == ['text/plain', 'message/delivery-status', 'text/rfc822-headers'], [p.get_content_type() for p in parts]
+blocks = parts[1].get_payload()
+per_msg, per_rcpt = blocks[0], blocks[1]
+assert per_msg['Reporting-MTA'] == 'dns; mx.test.example', per_msg['Reporting-MTA']
+assert per_rcpt['Final-Recipient'] == 'rfc822; nouser@example.com'
+assert per_rcpt['Action'] == 'failed'
+assert per_rcpt['Status'] == '5.1.1'
+assert '550 5.1.1 No such user' in per_rcpt['Diagnostic-Code']
+assert 'Message-ID: <b1>' in parts[2].get_payload() or 'Message-ID: <b1>' in str(parts[2])
+print('DSN OK')
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DSN OK"),
+        "python rejected the DSN: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dsn.body
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_bounce_of_a_bounce_is_dropped() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "", &["nouser@example.com"], "dbl").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(&format!(
+        "Warning: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+    ))
+    .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    assert!(sink.messages().is_empty());
+    assert!(!srv.log_text().contains("was generated for bounce"));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Long retry delay: only `queue retry` makes the next attempt happen in this test.
+    let cfg = relay_config(addr, "1h");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let mut mids = Vec::new();
+    for id in ["q1", "q2", "q3"] {
+        let r = send(&srv, "alice@other.example", &["bob@example.com"], id).await;
+        mids.push(
+            r.trim_end()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    for m in &mids {
+        srv.wait_log(&format!(
+            r"Info: Delayed: DCID \d+ MID {m} to RID [0] - 4.4.1"
+        ))
+        .await;
+    }
+    // The CLI runs as its own process while this runtime keeps serving the control socket.
+    let spool = srv.spool.clone();
+    let cfg_path = cfg.path().to_path_buf();
+    let cli = move |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxgate"));
+        cmd.args(args)
+            .arg("--config-dir")
+            .arg(&cfg_path)
+            .arg("--spool-dir")
+            .arg(&spool);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (ok, list) = cli(&["queue", "list"]).await;
+    assert!(ok, "{list}");
+    for m in &mids {
+        assert!(
+            list.lines().any(|l| l.starts_with(&format!("{m} "))
+                && l.contains("alice@other.example")
+                && l.contains("bob@example.com")),
+            "{list}"
+        );
+    }
+    assert!(list.contains("last error: "), "{list}");
+    assert!(list.contains("-- 3 message(s) in queue"), "{list}");
+    let (ok, show) = cli(&["queue", "show", &mids[0].to_string()]).await;
+    assert!(
+        ok && show.contains("RID 0 bob@example.com pending") && show.contains("attempts 1"),
+        "{show}"
+    );
+
+    let (ok, out) = cli(&["queue", "delete", &mids[1].to_string()]).await;
+    assert!(ok, "{out}");
+    srv.wait_log(&format!(
+        "Info: Message finished MID {} deleted by administrator",
+        mids[1]
+    ))
+    .await;
+
+    let sink = Sink::start(&addr.to_string()).await;
+    let (ok, out) = cli(&["queue", "bounce", &mids[2].to_string()]).await;
+    assert!(ok, "{out}");
+    srv.wait_log(&format!("was generated for bounce of MID {}", mids[2]))
+        .await;
+
+    let (ok, out) = cli(&["queue", "retry", "--all"]).await;
+    assert!(ok && out.starts_with("ok"), "{out}");
+    wait_until("q1 and the DSN delivered", || sink.messages().len() >= 2).await;
+    wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    let ids = message_ids(&sink);
+    assert!(ids.contains(&"q1".to_string()), "{ids:?}");
+    assert!(
+        !ids.contains(&"q2".to_string()),
+        "deleted message must not be delivered"
+    );
+    let (ok, list) = cli(&["queue", "list"]).await;
+    assert!(ok && list.contains("-- 0 message(s) in queue"), "{list}");
+    srv.stop().await;
+}
+
+/// Kills the child server when a test ends, even by panic.
+struct Killer(std::process::Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mxgate serve` as a child process on a relay config.
+fn spawn_server(cfg: &std::path::Path, work: &std::path::Path) -> (Killer, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .arg("serve")
+        .arg("--config-dir")
+        .arg(cfg)
+        .arg("--spool-dir")
+        .arg(work.join("spool"))
+        .arg("--certs-dir")
+        .arg(work.join("certs"))
+        .arg("--mail-log")
+        .arg(work.join("mail.log"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let l = lines.next().expect("server exited early").unwrap();
+        if let Some(a) = l.strip_prefix("mxgate: listener preferred listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Killer(child), addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_delivery_loses_nothing() {
+    // A slow internal server: each message takes 100 ms to be acknowledged.
+    let sink = Sink::start_with_delay("127.0.0.1:0", Duration::from_millis(100)).await;
+    let cfg = relay_config(sink.addr, "1s");
+    let work = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(cfg.path(), work.path());
+    let mut tasks = Vec::new();
+    for client in 0..3 {
+        tasks.push(tokio::spawn(async move {
+            // The fixture allows 3 messages per connection: one connection per message.
+            for i in 0..10 {
+                let mut c = Client::connect(addr, None).await;
+                c.reply().await;
+                c.cmd("EHLO crash.test").await;
+                let r = c
+                    .send_mail(
+                        "crash@other.example",
+                        &["bob@example.com"],
+                        &msg(&format!("k-{client}-{i}")),
+                    )
+                    .await;
+                assert!(r.starts_with("250 2.0.0"), "{r}");
+                c.cmd("QUIT").await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every message is acknowledged; kill the server while deliveries are under way.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let spool = work.path().join("spool");
+    let left = mxgate::relay::control::entries(&spool).len();
+    let delivered_before = message_ids(&sink).len();
+    assert!(
+        left > 0,
+        "the kill came after all deliveries: nothing was tested"
+    );
+    let (mut child, _) = spawn_server(cfg.path(), work.path());
+    wait_until("every message delivered after restart", || {
+        let mut ids = message_ids(&sink);
+        ids.sort();
+        ids.dedup();
+        ids.len() == 30
+    })
+    .await;
+    wait_until("queue empty", || {
+        mxgate::relay::control::entries(&spool).is_empty()
+    })
+    .await;
+    let total = message_ids(&sink).len();
+    // At-least-once: only messages in flight at the kill may arrive twice.
+    assert!(
+        total - 30 <= left,
+        "{total} deliveries for 30 messages, {left} were queued at the kill"
+    );
+    eprintln!("kill -9: {delivered_before} delivered before, {left} queued at the kill, {total} deliveries in all");
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_message_older_than_the_queue_lifetime_bounces() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = relay_config(addr, "1s");
+    let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
+    std::fs::write(
+        cfg.path().join("mxgate.yaml"),
+        format!("{global}  max_queue_lifetime: 1s\n"),
+    )
+    .unwrap();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "alice@other.example", &["bob@example.com"], "old").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(&format!(r"Info: Bounced: DCID \d+ MID {mid} to RID 0 - 4.4.7 - message expired in queue, last error: ")).await;
+    srv.wait_log(&format!("was generated for bounce of MID {mid}"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    srv.stop().await;
+}
