@@ -41,6 +41,9 @@ pub enum AppError {
     /// Resolver problem.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// Metrics endpoint problem.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Outbound TLS (client certificate) problem.
     #[error(transparent)]
     OutboundTls(#[from] crate::relay::outbound_tls::OutboundTlsError),
@@ -83,6 +86,8 @@ impl SessionEnv for SpoolEnv {
 pub struct Running {
     /// Every bound address by listener name (useful with port 0).
     pub bound: Vec<(String, SocketAddr)>,
+    /// The metrics endpoint, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The mail log (reopened on SIGHUP/SIGUSR1).
     pub mail_log: Arc<MailLog>,
     /// The spool.
@@ -90,6 +95,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     force_close: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
     queue_stop: watch::Sender<bool>,
     queue_task: tokio::task::JoinHandle<()>,
     control_task: tokio::task::JoinHandle<()>,
@@ -106,6 +112,9 @@ impl Running {
         }
         // Listeners are down: stop the queue; deliveries under way finish (bounded by grace).
         self.control_task.abort();
+        if let Some(t) = &self.metrics_task {
+            t.abort();
+        }
         let _ = self.queue_stop.send(true);
         if tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut self.queue_task)
             .await
@@ -132,6 +141,15 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let env: Arc<dyn SessionEnv> = Arc::new(SpoolEnv {
         spool: spool.clone(),
     });
+    let ready = Arc::new(crate::metrics::Readiness::default());
+    let (metrics_addr, metrics_task) = match config.global.metrics_listen {
+        Some(addr) => {
+            let handle = crate::metrics::recorder()?;
+            let (bound, task) = crate::metrics::serve(addr, handle, ready.clone()).await?;
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     let queue = start_queue(config, &spool, &mail_log)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (force_tx, force_rx) = watch::channel(false);
@@ -158,6 +176,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             }
         };
         let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
+        crate::metrics::certificate_expiry(&l.name, &cert);
         let acceptor = TlsAcceptor::from(tls::server_config(store));
         let ctx = Arc::new(ListenerContext {
             listener: l.clone(),
@@ -187,6 +206,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ));
         }
     }
+    // Listeners are bound and the spool is open: ready for traffic.
+    ready.set(true);
     for (name, addr) in &bound {
         mail_log.log(&Event::Note {
             level: Level::Info,
@@ -195,6 +216,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     }
     Ok(Running {
         bound,
+        metrics_addr,
+        metrics_task,
         mail_log,
         spool,
         stop: stop_tx,

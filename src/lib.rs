@@ -15,6 +15,7 @@
 pub mod app;
 pub mod config;
 pub mod mail_log;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod relay;

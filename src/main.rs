@@ -131,6 +131,9 @@ struct ConfigArgs {
     /// Listener bind address override, `NAME=ADDR` (repeatable; comma-separated in the env var).
     #[arg(long = "bind", env = "MXGATE_BIND", value_delimiter = ',')]
     binds: Vec<String>,
+    /// Metrics endpoint `IP:PORT`, or `off` (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// DNS resolver `IP[:PORT]` (repeatable; comma-separated in the env var).
     #[arg(
         long = "dns-resolver",
@@ -165,6 +168,16 @@ impl ConfigArgs {
                 Some((_, v)) => v.push(addr),
                 None => o.binds.push((name.to_string(), vec![addr])),
             }
+        }
+        if let Some(m) = &self.metrics_listen {
+            o.metrics_listen =
+                Some(if m == "off" {
+                    None
+                } else {
+                    Some(m.parse().with_context(|| {
+                        format!("--metrics-listen {m:?}: expected IP:PORT or off")
+                    })?)
+                });
         }
         if !self.dns_resolvers.is_empty() {
             let mut v = Vec::new();
@@ -288,6 +301,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for (name, addr) in &running.bound {
         // Tests and scripts read this line to learn ports bound as :0.
         eprintln!("mxgate: listener {name} listening on {addr}");
+    }
+    if let Some(addr) = running.metrics_addr {
+        eprintln!("mxgate: metrics listening on http://{addr}/metrics");
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

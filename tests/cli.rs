@@ -149,6 +149,7 @@ fn hat_trace_names_group_criterion_and_policy() {
 struct Serve {
     child: std::process::Child,
     addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
 }
 
 impl Serve {
@@ -170,23 +171,33 @@ impl Serve {
                 "--bind",
                 "relay=127.0.0.1:0",
             ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
-        let addr = loop {
+        let mut addr = None;
+        let metrics = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
             if let Some(a) = line.strip_prefix("mxgate: listener inbound listening on ") {
-                break a.parse().unwrap();
+                addr = Some(a.parse().unwrap());
+            }
+            if let Some(a) = line.strip_prefix("mxgate: metrics listening on http://") {
+                break a.trim_end_matches("/metrics").parse().unwrap();
             }
         };
+        let addr = addr.expect("the inbound listener line comes first");
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Serve { child, addr }
+        Serve {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     fn signal(&self, sig: i32) {
@@ -256,4 +267,48 @@ fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
     let status = srv.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     wait_for(&log, "mxgate stopped");
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_health_and_ready_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Serve::start(dir.path());
+    assert!(http_get(srv.metrics, "/health").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(srv.metrics, "/ready").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(srv.metrics, "/nope").starts_with("HTTP/1.1 404"));
+    smtp_quit(srv.addr);
+    let log = dir.path().join("mail.log");
+    wait_for(&log, "ICID 1 close");
+    let m = http_get(srv.metrics, "/metrics");
+    assert!(m.contains("mxgate_build_info{version=\""), "{m}");
+    assert!(
+        m.contains("mxgate_connections_total{listener=\"inbound\",sender_group=\"ALL\",action=\"accept\"} 1"),
+        "{m}"
+    );
+    // The client quit without STARTTLS under a `preferred` policy: one plaintext outcome.
+    assert!(
+        m.contains("mxgate_inbound_tls_total{listener=\"inbound\",sender_group=\"ALL\",policy=\"ACCEPTED\",outcome=\"plaintext\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mxgate_certificate_expiry_timestamp_seconds{listener=\"inbound\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mxgate_connections_active{listener=\"inbound\"} 0"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("127.0.0.1"),
+        "no client address as a label value: {m}"
+    );
 }

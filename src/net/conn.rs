@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::model::Listener;
 use crate::mail_log::{Event, Level, MailLog};
+use crate::metrics::{self, InboundLabels};
 use crate::net::dns::ReverseResolver;
 use crate::net::proxy::{self, ProxyParse};
 use crate::net::tls;
@@ -53,6 +54,7 @@ enum Flow<S> {
 
 struct Conn<'a> {
     ctx: &'a ListenerContext,
+    labels: InboundLabels,
     session: Session,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -71,6 +73,7 @@ pub async fn handle(
     force_close: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _active = metrics::ActiveConnection::new(&ctx.listener.name);
     let mut buf = Vec::new();
     let mut peer_ip = peer.ip();
     let mut local_ip = local.ip();
@@ -124,6 +127,11 @@ pub async fn handle(
         dnslists_listed: Vec::new(),
     });
     let policy = classification.policy.clone();
+    let labels = InboundLabels {
+        listener: ctx.listener.name.clone(),
+        sender_group: classification.group.clone(),
+        policy: policy.name.clone(),
+    };
     let params = SessionParams {
         icid,
         listener: ctx.listener.name.clone(),
@@ -159,6 +167,7 @@ pub async fn handle(
     session.start(opening);
     let mut conn = Conn {
         ctx: &ctx,
+        labels,
         session,
         buf,
         out: Vec::new(),
@@ -172,6 +181,9 @@ pub async fn handle(
     }
     conn.session.finish();
     conn.process_final_actions();
+    if let Some(outcome) = conn.session.tls_outcome() {
+        metrics::inbound_tls_outcome(&conn.labels, outcome);
+    }
 }
 
 /// True when the client already sent bytes (it spoke before our greeting).
@@ -217,7 +229,7 @@ impl Conn<'_> {
             for action in self.session.take_actions() {
                 match action {
                     Action::Reply(r) => r.write_to(&mut self.out),
-                    Action::Log(e) => self.ctx.log.log(&e),
+                    Action::Log(e) => self.log(&e),
                     Action::StartTls => {
                         if self.flush(&mut stream).await.is_err() {
                             return Flow::Done;
@@ -366,7 +378,7 @@ impl Conn<'_> {
     fn log_pending(&mut self) {
         for a in self.session.take_actions() {
             if let Action::Log(e) = a {
-                self.ctx.log.log(&e);
+                self.log(&e);
             }
         }
     }
@@ -374,7 +386,7 @@ impl Conn<'_> {
     fn process_final_actions(&mut self) {
         for a in self.session.take_actions() {
             match a {
-                Action::Log(e) => self.ctx.log.log(&e),
+                Action::Log(e) => self.log(&e),
                 Action::AbortMessage => {
                     if let Some(inc) = self.incoming.take() {
                         self.ctx.spool.abort(inc);
@@ -388,14 +400,22 @@ impl Conn<'_> {
         }
     }
 
+    fn log(&self, e: &Event) {
+        self.ctx.log.log(e);
+        metrics::observe_inbound(e, &self.labels);
+    }
+
     async fn upgrade(&mut self, tcp: TcpStream) {
         let Some(acceptor) = self.ctx.tls.clone() else {
             self.session.tls_failed("no certificate");
             return;
         };
         let hs = self.ctx.listener.timeouts.tls_handshake;
+        let started = Instant::now();
         match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
             Ok(Ok(tls_stream)) => {
+                ::metrics::histogram!(metrics::TLS_HANDSHAKE_SECONDS, "listener" => self.labels.listener.clone())
+                    .record(started.elapsed().as_secs_f64());
                 let (_, conn) = tls_stream.get_ref();
                 let info = TlsInfo {
                     protocol: tls::protocol_name(conn.protocol_version()),

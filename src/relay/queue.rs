@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
 use crate::mail_log::{Event, Level, MailLog};
+use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::dsn::FailedRecipient;
 use crate::relay::handle::{Command, QueueHandle};
@@ -137,6 +138,11 @@ impl QueueManager {
         let mut workers: JoinSet<(String, Vec<JobResult>)> = JoinSet::new();
         loop {
             self.dispatch(&mut workers);
+            let oldest = self.messages.values().map(|q| q.env.received_unix).min();
+            metrics::queue_state(
+                self.messages.len(),
+                oldest.map(|t| now_unix().saturating_sub(t)).unwrap_or(0),
+            );
             let next_due = self
                 .messages
                 .values()
@@ -364,7 +370,16 @@ impl QueueManager {
         }
         self.active_total = self.active_total.saturating_sub(1);
         let now = now_unix();
+        let dest = metrics::destination_label(self.controls.for_domain(domain));
         for r in results {
+            for (_, o) in &r.outcomes {
+                let result = match o {
+                    Outcome::Delivered => "delivered",
+                    Outcome::Temporary { .. } => "deferred",
+                    Outcome::Permanent { .. } => "bounced",
+                };
+                metrics::delivery_attempt(&dest, result, 1);
+            }
             let Some(q) = self.messages.get_mut(&r.mid) else {
                 continue;
             };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::outbound::{DestinationControl, Route, RouteHost};
 use crate::mail_log::{Event, Level, MailLog};
+use crate::metrics;
 use crate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
 };
@@ -207,9 +208,21 @@ pub async fn deliver_batch(
             host: host.host.clone(),
             domain: domain.clone(),
         };
+        let dest_label = metrics::destination_label(&control);
         let mut conn = match Connection::open(dcid, &target, &settings, log).await {
-            Ok(c) => c,
+            Ok(c) => {
+                metrics::outbound_tls(&dest_label, control.tls.as_str(), c.tls());
+                c
+            }
             Err(e) => {
+                if e.required_tls_failure {
+                    metrics::required_tls_failure(&dest_label);
+                }
+                if e.required_tls_failure
+                    || !matches!(e.tls, crate::relay::client::TlsOutcome::NotAttempted)
+                {
+                    metrics::outbound_tls(&dest_label, control.tls.as_str(), &e.tls);
+                }
                 if e.required_tls_failure && ctx.alert_enabled {
                     ctx.log.log(&Event::Note {
                         level: Level::Warning,

@@ -153,6 +153,7 @@ pub struct Session {
     messages: u64,
     bad_commands: u32,
     quit: bool,
+    tls_failed: bool,
     closed_by_server: bool,
     tls_required_logged: bool,
 }
@@ -181,6 +182,7 @@ impl Session {
             messages: 0,
             bad_commands: 0,
             quit: false,
+            tls_failed: false,
             closed_by_server: false,
             tls_required_logged: false,
         }
@@ -342,6 +344,28 @@ impl Session {
         self.tls.as_ref()
     }
 
+    /// The inbound TLS outcome of the connection for metrics: `success`, `handshake_failed`,
+    /// `plaintext`, `required_refused` or `not_offered`; `None` for rejected or refused hosts.
+    pub fn tls_outcome(&self) -> Option<&'static str> {
+        if matches!(
+            self.policy.action,
+            PolicyAction::Reject | PolicyAction::TcpRefuse
+        ) {
+            return None;
+        }
+        Some(if self.tls.is_some() {
+            "success"
+        } else if self.tls_failed {
+            "handshake_failed"
+        } else if self.policy.tls == TlsMode::Off || !self.p.tls_available {
+            "not_offered"
+        } else if self.policy.tls == TlsMode::Required {
+            "required_refused"
+        } else {
+            "plaintext"
+        })
+    }
+
     /// The policy applied to this session.
     pub fn policy(&self) -> &Arc<MailFlowPolicy> {
         &self.policy
@@ -369,6 +393,7 @@ impl Session {
 
     /// The handshake failed; the connection cannot continue.
     pub fn tls_failed(&mut self, reason: &str) {
+        self.tls_failed = true;
         self.log(Event::TlsFailed {
             icid: self.p.icid,
             reason: reason.to_string(),

@@ -1,0 +1,371 @@
+//! Prometheus metrics: every name in one place, the recorder, and the HTTP endpoint
+//! (`/metrics`, `/health`, `/ready`). Label values come from configuration (listener, sender
+//! group, policy, destination domain), never from a client address or a message.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Inbound TLS outcome per connection: `{listener, sender_group, policy, outcome}` with outcome
+/// `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`.
+pub const INBOUND_TLS: &str = "mxgate_inbound_tls_total";
+/// Negotiated inbound TLS sessions: `{listener, protocol, cipher}`.
+pub const INBOUND_TLS_SESSIONS: &str = "mxgate_inbound_tls_sessions_total";
+/// Inbound TLS handshake duration histogram (seconds): `{listener}`.
+pub const TLS_HANDSHAKE_SECONDS: &str = "mxgate_tls_handshake_seconds";
+/// Connections by HAT action: `{listener, sender_group, action}`.
+pub const CONNECTIONS: &str = "mxgate_connections_total";
+/// Open inbound connections: `{listener}`.
+pub const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
+/// Messages accepted and queued: `{listener, sender_group}`.
+pub const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
+/// Messages refused after DATA: `{listener, reason}` (size, data_syntax, spool).
+pub const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
+/// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit, tls_required, syntax).
+pub const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
+/// Recipients accepted: `{listener, sender_group}`.
+pub const RECIPIENTS_ACCEPTED: &str = "mxgate_recipients_accepted_total";
+/// Message bytes received (as stored, before our `Received:` header): `{listener}`.
+pub const BYTES_RECEIVED: &str = "mxgate_bytes_received_total";
+/// Outbound TLS outcome per delivery connection: `{destination, mode, outcome}` with outcome
+/// `success`, `verified`, `not_verified`, `fell_back_plaintext`, `failed`, `not_offered`, `not_attempted`.
+pub const OUTBOUND_TLS: &str = "mxgate_outbound_tls_total";
+/// Delivery attempts per recipient: `{destination, result}` (delivered, deferred, bounced).
+pub const DELIVERY_ATTEMPTS: &str = "mxgate_delivery_attempts_total";
+/// Required-TLS destinations that could not negotiate or verify TLS: `{destination}`.
+pub const REQUIRED_TLS_FAILURES: &str = "mxgate_required_tls_failures_total";
+/// Messages in the queue.
+pub const QUEUE_MESSAGES: &str = "mxgate_queue_messages";
+/// Age of the oldest queued message (seconds).
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "mxgate_queue_oldest_age_seconds";
+/// Listener certificate expiry (Unix seconds): `{listener}`.
+pub const CERTIFICATE_EXPIRY: &str = "mxgate_certificate_expiry_timestamp_seconds";
+/// Configuration reloads: `{result}` (success, failure).
+pub const CONFIG_RELOADS: &str = "mxgate_config_reloads_total";
+/// Build information, value 1: `{version}`.
+pub const BUILD_INFO: &str = "mxgate_build_info";
+
+/// Handshake histogram buckets: most handshakes take a few milliseconds on loopback.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Errors starting metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The recorder could not be installed.
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
+    /// The endpoint could not be bound.
+    #[error("metrics endpoint {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Installs the global Prometheus recorder once; later calls return the same handle.
+pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(TLS_HANDSHAKE_SECONDS.into()),
+            HANDSHAKE_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError::Recorder(e.to_string()))?;
+    let _ = HANDLE.set(handle.clone());
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(HANDLE.get().cloned().unwrap_or(handle))
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(INBOUND_TLS, "Inbound TLS outcome per connection");
+    describe_counter!(
+        INBOUND_TLS_SESSIONS,
+        "Inbound TLS sessions by protocol and cipher"
+    );
+    describe_histogram!(
+        TLS_HANDSHAKE_SECONDS,
+        Unit::Seconds,
+        "Inbound TLS handshake duration"
+    );
+    describe_counter!(CONNECTIONS, "Inbound connections by HAT action");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open inbound connections");
+    describe_counter!(MESSAGES_ACCEPTED, "Messages accepted and queued");
+    describe_counter!(MESSAGES_REJECTED, "Messages refused at or after DATA");
+    describe_counter!(RECIPIENTS_REJECTED, "Recipients refused");
+    describe_counter!(RECIPIENTS_ACCEPTED, "Recipients accepted");
+    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Message bytes received");
+    describe_counter!(OUTBOUND_TLS, "Outbound TLS outcome per delivery connection");
+    describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "Delivery attempts per recipient by result"
+    );
+    describe_counter!(
+        REQUIRED_TLS_FAILURES,
+        "Required-TLS destinations that failed TLS"
+    );
+    describe_gauge!(QUEUE_MESSAGES, "Messages in the queue");
+    describe_gauge!(
+        QUEUE_OLDEST_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest queued message"
+    );
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "Listener certificate expiry time"
+    );
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_gauge!(BUILD_INFO, "Build information");
+}
+
+/// Readiness, flipped by the app once listeners are bound and the spool is writable.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    /// Marks the gateway ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// True when ready.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds the endpoint now (so a bad address fails start-up) and serves it in the background.
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    ready: Arc<Readiness>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let handle = handle.clone();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let n =
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let path = path.split('?').next().unwrap_or(path);
+                let (status, ctype, body) = match path {
+                    "/metrics" => {
+                        handle.run_upkeep();
+                        ("200 OK", "text/plain; version=0.0.4", handle.render())
+                    }
+                    "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+                    "/ready" if ready.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+                    "/ready" => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "not ready\n".to_string(),
+                    ),
+                    _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Labels of one inbound connection, fixed once the HAT has classified it.
+#[derive(Debug, Clone)]
+pub struct InboundLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Sender group.
+    pub sender_group: String,
+    /// Mail-flow policy name.
+    pub policy: String,
+}
+
+/// Counts what an inbound mail-log event means for the metrics.
+pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
+    use crate::mail_log::Event;
+    let listener = l.listener.clone();
+    match e {
+        Event::Hat { action, group, .. } => {
+            metrics::counter!(CONNECTIONS, "listener" => listener, "sender_group" => group.clone(),
+                "action" => action.to_ascii_lowercase())
+            .increment(1);
+        }
+        Event::TlsSuccess {
+            protocol, cipher, ..
+        } => {
+            metrics::counter!(INBOUND_TLS_SESSIONS, "listener" => listener, "protocol" => protocol.clone(),
+                "cipher" => cipher.clone())
+            .increment(1);
+        }
+        Event::Queued { .. } => {
+            metrics::counter!(MESSAGES_ACCEPTED, "listener" => listener, "sender_group" => l.sender_group.clone())
+                .increment(1);
+        }
+        Event::Ready { bytes, .. } => {
+            metrics::counter!(BYTES_RECEIVED, "listener" => listener).increment(*bytes);
+        }
+        Event::To { .. } => {
+            metrics::counter!(RECIPIENTS_ACCEPTED, "listener" => listener, "sender_group" => l.sender_group.clone())
+                .increment(1);
+        }
+        Event::RatRejected { .. } => {
+            metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => "rat")
+                .increment(1);
+        }
+        Event::Refused { what, rule, .. } if what.starts_with("RCPT") => {
+            let reason = if rule.starts_with("address form") {
+                "relay_attempt"
+            } else {
+                "limit"
+            };
+            metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => reason)
+                .increment(1);
+        }
+        Event::Refused { what, rule, .. } if what.starts_with("MAIL") => {
+            let reason = if rule.starts_with("tls_mandatory") {
+                "tls_required"
+            } else if rule.starts_with("max_message_size") {
+                "size"
+            } else {
+                "limit"
+            };
+            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason)
+                .increment(1);
+        }
+        Event::ReceivingFailed { reason, .. } => {
+            let kind = if reason.starts_with("message size") {
+                "size"
+            } else if reason.starts_with("spool error") {
+                "spool"
+            } else if reason.starts_with("connection ended") {
+                "aborted"
+            } else {
+                "data_syntax"
+            };
+            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => kind)
+                .increment(1);
+        }
+        _ => {}
+    }
+}
+
+/// Counts the connection's inbound TLS outcome once, at its end.
+pub fn inbound_tls_outcome(l: &InboundLabels, outcome: &'static str) {
+    metrics::counter!(INBOUND_TLS, "listener" => l.listener.clone(), "sender_group" => l.sender_group.clone(),
+        "policy" => l.policy.clone(), "outcome" => outcome)
+    .increment(1);
+}
+
+/// Tracks one open inbound connection in `mxgate_connections_active`.
+#[derive(Debug)]
+pub struct ActiveConnection(String);
+
+impl ActiveConnection {
+    /// Counts a connection as open until dropped.
+    pub fn new(listener: &str) -> Self {
+        metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => listener.to_string()).increment(1.0);
+        ActiveConnection(listener.to_string())
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => self.0.clone()).decrement(1.0);
+    }
+}
+
+/// The `destination` label: the destination-control entry that applies (bounded by config).
+pub fn destination_label(control: &crate::config::outbound::DestinationControl) -> String {
+    match &control.domain {
+        crate::config::outbound::DomainMatch::All => "default".to_string(),
+        d => d.to_string(),
+    }
+}
+
+/// Counts the TLS outcome of one delivery connection.
+pub fn outbound_tls(destination: &str, mode: &'static str, tls: &crate::relay::client::TlsOutcome) {
+    use crate::relay::client::TlsOutcome;
+    let outcome = match tls {
+        TlsOutcome::NotAttempted => "not_attempted",
+        TlsOutcome::NotOffered => "not_offered",
+        TlsOutcome::Success {
+            verified: Some(true),
+            ..
+        } => "verified",
+        TlsOutcome::Success {
+            verified: Some(false),
+            ..
+        } => "not_verified",
+        TlsOutcome::Success { verified: None, .. } => "success",
+        TlsOutcome::FellBackPlaintext => "fell_back_plaintext",
+        TlsOutcome::Failed(_) => "failed",
+    };
+    metrics::counter!(OUTBOUND_TLS, "destination" => destination.to_string(), "mode" => mode, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Counts a required-TLS failure for a destination.
+pub fn required_tls_failure(destination: &str) {
+    metrics::counter!(REQUIRED_TLS_FAILURES, "destination" => destination.to_string()).increment(1);
+}
+
+/// Counts per-recipient delivery results.
+pub fn delivery_attempt(destination: &str, result: &'static str, n: u64) {
+    metrics::counter!(DELIVERY_ATTEMPTS, "destination" => destination.to_string(), "result" => result).increment(n);
+}
+
+/// Sets the queue gauges.
+pub fn queue_state(messages: usize, oldest_age_seconds: u64) {
+    metrics::gauge!(QUEUE_MESSAGES).set(messages as f64);
+    metrics::gauge!(QUEUE_OLDEST_AGE_SECONDS).set(oldest_age_seconds as f64);
+}
+
+/// Sets a listener's certificate expiry gauge from its PEM chain (leaf first).
+pub fn certificate_expiry(listener: &str, cert_pem: &std::path::Path) {
+    let Ok(pem) = std::fs::read(cert_pem) else {
+        return;
+    };
+    let Ok((_, p)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return;
+    };
+    let Ok(cert) = p.parse_x509() else { return };
+    let not_after = cert.validity().not_after.timestamp();
+    metrics::gauge!(CERTIFICATE_EXPIRY, "listener" => listener.to_string()).set(not_after as f64);
+}
