@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -84,6 +85,8 @@ impl SessionEnv for SpoolEnv {
 
 /// A running gateway.
 pub struct Running {
+    slots: Vec<ListenerSlot>,
+    shared: Shared,
     /// Every bound address by listener name (useful with port 0).
     pub bound: Vec<(String, SocketAddr)>,
     /// The metrics endpoint, when enabled.
@@ -101,7 +104,129 @@ pub struct Running {
     control_task: tokio::task::JoinHandle<()>,
 }
 
+/// One listener's swappable context: new connections take the current one.
+struct ListenerSlot {
+    name: String,
+    bind: Vec<SocketAddr>,
+    ctx: Arc<ArcSwap<ListenerContext>>,
+}
+
+/// What every listener context shares and a reload keeps.
+#[derive(Clone)]
+struct Shared {
+    resolver: ReverseResolver,
+    rate: Arc<RateLimiter>,
+    spool: Arc<Spool>,
+    log: Arc<MailLog>,
+    env: Arc<dyn SessionEnv>,
+    queue: QueueHandle,
+}
+
+/// Loads a listener's certificate (the demo one when none is configured) and builds its context.
+fn build_context(
+    l: &crate::config::model::Listener,
+    shared: &Shared,
+    certs_dir: &std::path::Path,
+    announce_demo: bool,
+) -> Result<ListenerContext, AppError> {
+    let (cert, key) = match (&l.certificate, &l.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let (c, k, created) = tls::ensure_demo_certificate(certs_dir, &l.hostname)?;
+            if announce_demo {
+                let text = format!(
+                    "listener {} uses the self-signed DEMO certificate {} ({}): clients cannot verify it; install a real certificate",
+                    l.name,
+                    c.display(),
+                    if created { "generated now" } else { "generated earlier" }
+                );
+                tracing::warn!("{text}");
+                shared.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text,
+                });
+            }
+            (c, k)
+        }
+    };
+    let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
+    crate::metrics::certificate_expiry(&l.name, &cert);
+    Ok(ListenerContext {
+        listener: l.clone(),
+        tls: Some(TlsAcceptor::from(tls::server_config(store))),
+        resolver: shared.resolver.clone(),
+        rate: shared.rate.clone(),
+        spool: shared.spool.clone(),
+        log: shared.log.clone(),
+        env: shared.env.clone(),
+        queue: Some(shared.queue.clone()),
+    })
+}
+
 impl Running {
+    /// Applies a newly loaded configuration: new connections use the new HAT, policies, RAT
+    /// and certificates; open ones finish under the old. Routes and destination controls go
+    /// to the queue manager. Bind addresses and global settings need a restart (logged).
+    pub fn apply(&self, config: &Config) -> Result<(), AppError> {
+        let mut contexts = Vec::new();
+        for l in &config.listeners {
+            let Some(slot) = self.slots.iter().find(|s| s.name == l.name) else {
+                self.warn(format!("reload: new listener {} needs a restart to be bound", l.name));
+                continue;
+            };
+            if slot.bind != l.bind {
+                self.warn(format!(
+                    "reload: listener {} bind addresses changed; the change needs a restart",
+                    l.name
+                ));
+            }
+            // Build everything first: one bad certificate keeps the whole old configuration.
+            contexts.push((slot, build_context(l, &self.shared, &config.global.certs_dir, false)?));
+        }
+        for slot in &self.slots {
+            if !config.listeners.iter().any(|l| l.name == slot.name) {
+                self.warn(format!(
+                    "reload: listener {} was removed from the configuration; it stops after a restart",
+                    slot.name
+                ));
+            }
+        }
+        for (slot, ctx) in contexts {
+            slot.ctx.store(Arc::new(ctx));
+        }
+        self.shared.queue.send(crate::relay::handle::Command::Reconfigure {
+            routes: config.routes.clone(),
+            destinations: config.destinations.clone(),
+        });
+        Ok(())
+    }
+
+    /// Certificate files of every listener (for change detection).
+    pub fn certificate_files(config: &Config) -> Vec<std::path::PathBuf> {
+        let mut v = Vec::new();
+        for l in &config.listeners {
+            match (&l.certificate, &l.key) {
+                (Some(c), Some(k)) => {
+                    v.push(c.clone());
+                    v.push(k.clone());
+                }
+                _ => {
+                    v.push(config.global.certs_dir.join("demo.crt"));
+                    v.push(config.global.certs_dir.join("demo.key"));
+                }
+            }
+        }
+        v
+    }
+
+    fn warn(&self, text: String) {
+        tracing::warn!("{text}");
+        self.mail_log.log(&Event::Note {
+            level: Level::Warning,
+            text,
+        });
+    }
+
     /// Stops accepting, lets sessions finish for `grace`, then closes the rest with 421.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -151,42 +276,25 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         None => (None, None),
     };
     let queue = start_queue(config, &spool, &mail_log)?;
+    let shared = Shared {
+        resolver,
+        rate,
+        spool: spool.clone(),
+        log: mail_log.clone(),
+        env,
+        queue: queue.handle.clone(),
+    };
+    let mut slots = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (force_tx, force_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let (cert, key) = match (&l.certificate, &l.key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
-            _ => {
-                let (c, k, created) =
-                    tls::ensure_demo_certificate(&config.global.certs_dir, &l.hostname)?;
-                let text = format!(
-                    "listener {} uses the self-signed DEMO certificate {} ({}): clients cannot verify it; install a real certificate",
-                    l.name,
-                    c.display(),
-                    if created { "generated now" } else { "generated earlier" }
-                );
-                tracing::warn!("{text}");
-                mail_log.log(&Event::Note {
-                    level: Level::Warning,
-                    text,
-                });
-                (c, k)
-            }
-        };
-        let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
-        crate::metrics::certificate_expiry(&l.name, &cert);
-        let acceptor = TlsAcceptor::from(tls::server_config(store));
-        let ctx = Arc::new(ListenerContext {
-            listener: l.clone(),
-            tls: Some(acceptor),
-            resolver: resolver.clone(),
-            rate: rate.clone(),
-            spool: spool.clone(),
-            log: mail_log.clone(),
-            env: env.clone(),
-            queue: Some(queue.handle.clone()),
+        let ctx = Arc::new(ArcSwap::from_pointee(build_context(l, &shared, &config.global.certs_dir, true)?));
+        slots.push(ListenerSlot {
+            name: l.name.clone(),
+            bind: l.bind.clone(),
+            ctx: ctx.clone(),
         });
         for addr in &l.bind {
             let socket = TcpListener::bind(addr)
@@ -215,6 +323,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         });
     }
     Ok(Running {
+        slots,
+        shared,
         bound,
         metrics_addr,
         metrics_task,

@@ -41,6 +41,8 @@ enum Cmd {
         #[command(subcommand)]
         command: RoutesCmd,
     },
+    /// Tell the running server to reload configuration and certificates (SIGHUP via its pid file).
+    Reload(ConfigArgs),
     /// The mail queue, like `mailq` / `postqueue`: works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -284,18 +286,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Queue { command } => queue_command(command),
+        Cmd::Reload(args) => {
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            let pid_file = cfg.global.spool_dir.join("mxgate.pid");
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .with_context(|| format!("no running mxgate ({} unreadable)", pid_file.display()))?
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+            // SAFETY: kill(2) with a pid read from our own pid file and a standard signal.
+            if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+                anyhow::bail!("cannot signal mxgate pid {pid}: {}", std::io::Error::last_os_error());
+            }
+            println!("configuration valid; reload signalled to mxgate pid {pid}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Serve(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));
             };
             let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
-            rt.block_on(serve(cfg))?;
+            rt.block_on(serve(args, cfg))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let running = mxgate::app::start(&cfg).await?;
     for (name, addr) in &running.bound {
@@ -305,24 +324,105 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(addr) = running.metrics_addr {
         eprintln!("mxgate: metrics listening on http://{addr}/metrics");
     }
+    let pid_file = cfg.global.spool_dir.join("mxgate.pid");
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!("cannot write {}: {e} (`mxgate reload` will not find this server)", pid_file.display());
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // Certificate files are watched so a renewed certificate is used without a signal.
+    let mut watched = CertWatch::new(mxgate::app::Running::certificate_files(&cfg));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut grace = cfg.global.shutdown_grace;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reopen(&running),
+            _ = hup.recv() => {
+                reopen(&running);
+                if let Some(new) = reload(&args, &running) {
+                    grace = new.global.shutdown_grace;
+                    watched = CertWatch::new(mxgate::app::Running::certificate_files(&new));
+                }
+            }
             _ = usr1.recv() => reopen(&running),
+            _ = tick.tick() => {
+                if watched.changed() {
+                    running.mail_log.log(&mxgate::mail_log::Event::Note {
+                        level: mxgate::mail_log::Level::Info,
+                        text: "certificate file changed: reloading".into(),
+                    });
+                    if let Some(new) = reload(&args, &running) {
+                        watched = CertWatch::new(mxgate::app::Running::certificate_files(&new));
+                    }
+                }
+            }
         }
     }
-    eprintln!(
-        "mxgate: shutting down (grace {:?})",
-        cfg.global.shutdown_grace
-    );
-    running.shutdown(cfg.global.shutdown_grace).await;
+    eprintln!("mxgate: shutting down (grace {grace:?})");
+    running.shutdown(grace).await;
+    let _ = std::fs::remove_file(&pid_file);
     Ok(())
+}
+
+/// Modification times of certificate files, to notice renewals.
+struct CertWatch {
+    files: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+impl CertWatch {
+    fn new(paths: Vec<PathBuf>) -> Self {
+        let files = paths.into_iter().map(|p| {
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        });
+        CertWatch { files: files.collect() }
+    }
+
+    fn changed(&mut self) -> bool {
+        let mut changed = false;
+        for (p, seen) in &mut self.files {
+            let now = std::fs::metadata(&*p).and_then(|m| m.modified()).ok();
+            if now != *seen {
+                *seen = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// Reloads configuration and certificates; on any error the running configuration stays.
+fn reload(args: &ConfigArgs, running: &mxgate::app::Running) -> Option<Config> {
+    use mxgate::mail_log::{Event, Level};
+    let result = match args.load() {
+        Ok(Ok(cfg)) => running.apply(&cfg).map(|_| cfg).map_err(|e| e.to_string()),
+        Ok(Err(errors)) => Err(errors),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(cfg) => {
+            metrics::counter!(mxgate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+            running.mail_log.log(&Event::Note {
+                level: Level::Info,
+                text: "configuration reloaded: new connections use it, open ones finish under the old".into(),
+            });
+            Some(cfg)
+        }
+        Err(errors) => {
+            metrics::counter!(mxgate::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+            for line in errors.lines().filter(|l| !l.trim().is_empty()) {
+                tracing::error!("reload: {line}");
+                running.mail_log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("reload refused, old configuration kept: {line}"),
+                });
+            }
+            None
+        }
+    }
 }
 
 fn reopen(running: &mxgate::app::Running) {

@@ -13,11 +13,12 @@ use crate::net::conn::{self, ListenerContext};
 /// Accepts until `stop` turns true, then waits for open sessions (they get 421 when `force_close` fires).
 pub async fn serve(
     socket: TcpListener,
-    ctx: Arc<ListenerContext>,
+    current: Arc<arc_swap::ArcSwap<ListenerContext>>,
     mut stop: watch::Receiver<bool>,
     force_close: watch::Receiver<bool>,
 ) {
-    let cap = Arc::new(Semaphore::new(ctx.listener.max_connections));
+    // The connection cap is fixed at start (a changed max_connections needs a restart).
+    let cap = Arc::new(Semaphore::new(current.load().listener.max_connections));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -26,6 +27,8 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
+        // Each connection takes the configuration current at accept time (live reload).
+        let ctx = current.load_full();
         let (mut stream, peer) = match accepted {
             Ok(x) => {
                 backoff = Duration::from_millis(10);

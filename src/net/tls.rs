@@ -93,15 +93,21 @@ pub fn ensure_demo_certificate(
     }
     std::fs::create_dir_all(certs_dir)
         .map_err(|e| TlsError::Generate(format!("{}: {e}", certs_dir.display())))?;
-    let names = vec![hostname.to_string()];
-    let ck =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(gen)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, hostname);
+    // Says what it is to anyone who inspects it with openssl.
+    dn.push(rcgen::DnType::OrganizationName, "mxgate demo certificate (not verifiable)");
+    params.distinguished_name = dn;
+    let signing_key = rcgen::KeyPair::generate().map_err(gen)?;
+    let cert = params.self_signed(&signing_key).map_err(gen)?;
     let write = |p: &Path, data: String| {
         std::fs::write(p, data).map_err(|e| TlsError::Generate(format!("{}: {e}", p.display())))
     };
-    write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())
+    write_private(&key_path, signing_key.serialize_pem().as_bytes())
         .map_err(|e| TlsError::Generate(format!("{}: {e}", key_path.display())))?;
-    write(&cert_path, ck.cert.pem())?;
+    write(&cert_path, cert.pem())?;
     Ok((cert_path, key_path, true))
 }
 

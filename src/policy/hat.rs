@@ -1,7 +1,7 @@
 //! HAT — host access table: ordered sender groups, first match wins (SPEC §1.1).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -48,8 +48,65 @@ pub struct Peer {
     pub ip: IpAddr,
     /// Reverse-DNS state.
     pub rdns: ReverseDns,
-    /// DNS block-list zones on which the client is listed (with the matching answer).
+    /// DNS block-list answers for the client: `zone=127.0.0.2` for each A record the zone
+    /// returned (see [`dnslist_entry`]), or a bare `zone` when only "listed" is known
+    /// (matches criteria without answer codes).
     pub dnslists_listed: Vec<String>,
+}
+
+/// The [`Peer::dnslists_listed`] entry recording that `zone` answered `answer`.
+pub fn dnslist_entry(zone: &str, answer: Ipv4Addr) -> String {
+    format!("{zone}={answer}")
+}
+
+/// A DNS block-list zone and the answers that count as "listed" (`dnslist: ZONE=CODE,CODE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsListZone {
+    /// The zone, lower case, no trailing dot (`zen.example-rbl.test`).
+    pub zone: String,
+    /// Answer codes that count; empty = the default rule of [`DnsListZone::counts`].
+    pub codes: Vec<Ipv4Addr>,
+}
+
+impl DnsListZone {
+    /// True when an answer from this zone means "listed".
+    ///
+    /// With codes configured, only those answers count. Without, any answer in 127.0.0.0/8
+    /// counts except 127.255.255.0/24, which lists use to report errors rather than listings
+    /// (e.g. 127.255.255.254: "query through a public resolver"): counting those would put
+    /// every client on the list at once. Answers outside 127.0.0.0/8 (RFC 5782 §2.3) are
+    /// typically a resolver rewriting NXDOMAIN and never count by default either.
+    pub fn counts(&self, answer: Ipv4Addr) -> bool {
+        if !self.codes.is_empty() {
+            return self.codes.contains(&answer);
+        }
+        is_default_listing_answer(answer)
+    }
+
+    /// True when the peer's recorded answers include one that counts for this zone.
+    pub fn is_listed(&self, entries: &[String]) -> bool {
+        entries.iter().any(|e| match e.split_once('=') {
+            Some((z, a)) => z == self.zone && a.parse().is_ok_and(|a| self.counts(a)),
+            // Only "listed" is known: enough for a criterion without codes.
+            None => e == &self.zone && self.codes.is_empty(),
+        })
+    }
+}
+
+/// The default listing rule: 127.0.0.0/8 except the 127.255.255.0/24 error codes.
+pub fn is_default_listing_answer(answer: Ipv4Addr) -> bool {
+    let o = answer.octets();
+    o[0] == 127 && !(o[1] == 255 && o[2] == 255)
+}
+
+impl From<&str> for DnsListZone {
+    /// A zone without answer codes.
+    fn from(zone: &str) -> Self {
+        DnsListZone {
+            zone: zone.to_string(),
+            codes: Vec::new(),
+        }
+    }
 }
 
 /// One match criterion of a sender group.
@@ -69,8 +126,8 @@ pub enum Criterion {
     PtrTempfail,
     /// PTR does not resolve back to the client IP.
     PtrMismatch,
-    /// Listed on a DNS block list zone.
-    DnsList(String),
+    /// Listed on a DNS block list zone (optionally: with one of the given answer codes).
+    DnsList(DnsListZone),
     /// Every host.
     All,
 }
@@ -90,12 +147,8 @@ impl Criterion {
             "ptr_mismatch" => return Ok(Criterion::PtrMismatch),
             _ => {}
         }
-        if let Some(zone) = lower.strip_prefix("dnslist:") {
-            let zone = zone.trim().trim_end_matches('.');
-            if !is_dns_name(zone) {
-                return Err(format!("dnslist zone {zone:?} is not a DNS name"));
-            }
-            return Ok(Criterion::DnsList(zone.to_string()));
+        if let Some(spec) = lower.strip_prefix("dnslist:") {
+            return parse_dnslist(spec).map(Criterion::DnsList);
         }
         if let Ok(ip) = t.parse::<IpAddr>() {
             return Ok(Criterion::Net(IpNet::from(ip)));
@@ -148,7 +201,7 @@ impl Criterion {
             Criterion::PtrMissing => peer.rdns == ReverseDns::Missing,
             Criterion::PtrTempfail => peer.rdns == ReverseDns::TempFail,
             Criterion::PtrMismatch => matches!(peer.rdns, ReverseDns::Mismatch(_)),
-            Criterion::DnsList(z) => peer.dnslists_listed.iter().any(|l| l == z),
+            Criterion::DnsList(z) => z.is_listed(&peer.dnslists_listed),
             Criterion::All => true,
         }
     }
@@ -165,10 +218,37 @@ impl fmt::Display for Criterion {
             Criterion::PtrMissing => f.write_str("ptr_missing"),
             Criterion::PtrTempfail => f.write_str("ptr_tempfail"),
             Criterion::PtrMismatch => f.write_str("ptr_mismatch"),
-            Criterion::DnsList(z) => write!(f, "dnslist[{z}]"),
+            Criterion::DnsList(z) => write!(f, "dnslist[{}]", z.zone),
             Criterion::All => f.write_str("ALL"),
         }
     }
+}
+
+/// `ZONE` or `ZONE=CODE,CODE` (codes are IPv4 answers such as `127.0.0.2`).
+fn parse_dnslist(spec: &str) -> Result<DnsListZone, String> {
+    let (zone, codes) = match spec.split_once('=') {
+        Some((z, c)) => (z, Some(c)),
+        None => (spec, None),
+    };
+    let zone = zone.trim().trim_end_matches('.');
+    if !is_dns_name(zone) {
+        return Err(format!("dnslist zone {zone:?} is not a DNS name"));
+    }
+    let mut parsed = Vec::new();
+    if let Some(codes) = codes {
+        for c in codes.split(',').map(str::trim) {
+            let a: Ipv4Addr = c.parse().map_err(|_| {
+                format!("dnslist {zone}: answer code {c:?} is not an IPv4 address like 127.0.0.2")
+            })?;
+            if !parsed.contains(&a) {
+                parsed.push(a);
+            }
+        }
+    }
+    Ok(DnsListZone {
+        zone: zone.to_string(),
+        codes: parsed,
+    })
 }
 
 fn is_dns_name(s: &str) -> bool {
@@ -220,6 +300,20 @@ pub struct Classification {
 }
 
 impl HostAccessTable {
+    /// The distinct DNS block-list zones the table refers to, in order of first use: the
+    /// connection driver queries each once per connection.
+    pub fn dnslist_zones(&self) -> Vec<&str> {
+        let mut zones: Vec<&str> = Vec::new();
+        for c in self.groups.iter().flat_map(|g| &g.criteria) {
+            if let Criterion::DnsList(z) = c {
+                if !zones.contains(&z.zone.as_str()) {
+                    zones.push(&z.zone);
+                }
+            }
+        }
+        zones
+    }
+
     /// Matches the peer top to bottom; `continue` groups are skipped.
     pub fn classify(&self, peer: &Peer) -> Classification {
         let mut continued = Vec::new();
@@ -378,6 +472,73 @@ mod tests {
         );
         let spoof = ReverseDns::Mismatch("mail.partner.example".into());
         assert_eq!(hat.classify(&peer("192.0.2.1", spoof)).group, "MISMATCH");
+    }
+
+    #[test]
+    fn dnslist_answer_codes() {
+        let c = Criterion::parse("dnslist: Zen.Example-RBL.test.=127.0.0.2, 127.0.0.4").unwrap();
+        assert_eq!(
+            c,
+            Criterion::DnsList(DnsListZone {
+                zone: "zen.example-rbl.test".into(),
+                codes: vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4)],
+            })
+        );
+        // The log names the list, not the codes.
+        assert_eq!(c.to_string(), "dnslist[zen.example-rbl.test]");
+        assert_eq!(
+            Criterion::parse("dnslist:bl.example-rbl.test").unwrap().to_string(),
+            "dnslist[bl.example-rbl.test]"
+        );
+        assert!(Criterion::parse("dnslist: zen.example-rbl.test=127.0.0").is_err());
+        assert!(Criterion::parse("dnslist: zen.example-rbl.test=").is_err());
+        assert!(Criterion::parse("dnslist: =127.0.0.2").is_err());
+        assert!(Criterion::parse("dnslist: bad zone").is_err());
+
+        let any = Criterion::parse("dnslist: zen.example-rbl.test").unwrap();
+        let listed = |entries: &[&str]| Peer {
+            ip: "192.0.2.2".parse().unwrap(),
+            rdns: ReverseDns::Missing,
+            dnslists_listed: entries.iter().map(|e| e.to_string()).collect(),
+        };
+        let p = listed(&["zen.example-rbl.test=127.0.0.4"]);
+        assert!(c.matches(&p) && any.matches(&p));
+        let p = listed(&["zen.example-rbl.test=127.0.0.10"]);
+        assert!(!c.matches(&p) && any.matches(&p));
+        // Error codes and non-loopback answers never count by default; a bare zone entry counts
+        // only for criteria without codes; another zone's answer never counts.
+        let p = listed(&["zen.example-rbl.test=127.255.255.254"]);
+        assert!(!c.matches(&p) && !any.matches(&p));
+        let p = listed(&["zen.example-rbl.test=192.0.2.99"]);
+        assert!(!any.matches(&p));
+        let p = listed(&["zen.example-rbl.test"]);
+        assert!(!c.matches(&p) && any.matches(&p));
+        let p = listed(&["other.example-rbl.test=127.0.0.2"]);
+        assert!(!c.matches(&p) && !any.matches(&p));
+        assert_eq!(
+            dnslist_entry("zen.example-rbl.test", Ipv4Addr::new(127, 0, 0, 2)),
+            "zen.example-rbl.test=127.0.0.2"
+        );
+    }
+
+    #[test]
+    fn dnslist_zones_are_distinct_and_ordered() {
+        let hat = HostAccessTable {
+            name: "t".into(),
+            groups: vec![
+                group("A", &["192.0.2.1", "dnslist: b.test=127.0.0.2"], Action::Reject),
+                group("B", &["dnslist: a.test", "dnslist: b.test"], Action::Accept),
+            ],
+            fallback: policy("ACCEPTED", Action::Accept),
+        };
+        assert_eq!(hat.dnslist_zones(), vec!["b.test", "a.test"]);
+        // First match wins across codes: b.test=127.0.0.3 is not A's code, so B matches.
+        let mut p = peer("192.0.2.9", ReverseDns::Missing);
+        p.dnslists_listed = vec!["b.test=127.0.0.3".into()];
+        let c = hat.classify(&p);
+        assert_eq!((c.group.as_str(), c.matched.as_str()), ("B", "dnslist[b.test]"));
+        p.dnslists_listed = vec!["b.test=127.0.0.2".into()];
+        assert_eq!(hat.classify(&p).group, "A");
     }
 
     #[test]

@@ -13,6 +13,13 @@ pub enum Command {
     Delete(u64, tokio::sync::oneshot::Sender<bool>),
     /// Bounce every pending recipient of a message now.
     Bounce(u64, tokio::sync::oneshot::Sender<bool>),
+    /// New routes and destination controls after a configuration reload.
+    Reconfigure {
+        /// SMTP routes.
+        routes: std::sync::Arc<crate::config::outbound::RouteTable>,
+        /// Destination controls.
+        destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
+    },
 }
 
 /// Handle used by listeners and the control socket.

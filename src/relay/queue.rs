@@ -178,6 +178,10 @@ impl QueueManager {
     async fn command(&mut self, c: Command) {
         match c {
             Command::Enqueued(mid) => self.load(mid),
+            Command::Reconfigure { routes, destinations } => {
+                self.routes = routes;
+                self.controls = destinations;
+            }
             Command::Retry(which) => {
                 for (mid, q) in self.messages.iter_mut() {
                     if which.is_none_or(|w| w == *mid) {
