@@ -171,7 +171,10 @@ impl Running {
         let mut contexts = Vec::new();
         for l in &config.listeners {
             let Some(slot) = self.slots.iter().find(|s| s.name == l.name) else {
-                self.warn(format!("reload: new listener {} needs a restart to be bound", l.name));
+                self.warn(format!(
+                    "reload: new listener {} needs a restart to be bound",
+                    l.name
+                ));
                 continue;
             };
             if slot.bind != l.bind {
@@ -181,7 +184,10 @@ impl Running {
                 ));
             }
             // Build everything first: one bad certificate keeps the whole old configuration.
-            contexts.push((slot, build_context(l, &self.shared, &config.global.certs_dir, false)?));
+            contexts.push((
+                slot,
+                build_context(l, &self.shared, &config.global.certs_dir, false)?,
+            ));
         }
         for slot in &self.slots {
             if !config.listeners.iter().any(|l| l.name == slot.name) {
@@ -194,10 +200,12 @@ impl Running {
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
-        self.shared.queue.send(crate::relay::handle::Command::Reconfigure {
-            routes: config.routes.clone(),
-            destinations: config.destinations.clone(),
-        });
+        self.shared
+            .queue
+            .send(crate::relay::handle::Command::Reconfigure {
+                routes: config.routes.clone(),
+                destinations: config.destinations.clone(),
+            });
         Ok(())
     }
 
@@ -290,7 +298,12 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let mut tasks = JoinSet::new();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let ctx = Arc::new(ArcSwap::from_pointee(build_context(l, &shared, &config.global.certs_dir, true)?));
+        let ctx = Arc::new(ArcSwap::from_pointee(build_context(
+            l,
+            &shared,
+            &config.global.certs_dir,
+            true,
+        )?));
         slots.push(ListenerSlot {
             name: l.name.clone(),
             bind: l.bind.clone(),

@@ -298,7 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
             // SAFETY: kill(2) with a pid read from our own pid file and a standard signal.
             if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-                anyhow::bail!("cannot signal mxgate pid {pid}: {}", std::io::Error::last_os_error());
+                anyhow::bail!(
+                    "cannot signal mxgate pid {pid}: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             println!("configuration valid; reload signalled to mxgate pid {pid}");
             Ok(ExitCode::SUCCESS)
@@ -326,7 +329,10 @@ async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
     }
     let pid_file = cfg.global.spool_dir.join("mxgate.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
-        tracing::warn!("cannot write {}: {e} (`mxgate reload` will not find this server)", pid_file.display());
+        tracing::warn!(
+            "cannot write {}: {e} (`mxgate reload` will not find this server)",
+            pid_file.display()
+        );
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -378,7 +384,9 @@ impl CertWatch {
             let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
             (p, m)
         });
-        CertWatch { files: files.collect() }
+        CertWatch {
+            files: files.collect(),
+        }
     }
 
     fn changed(&mut self) -> bool {
@@ -407,7 +415,9 @@ fn reload(args: &ConfigArgs, running: &mxgate::app::Running) -> Option<Config> {
             metrics::counter!(mxgate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
             running.mail_log.log(&Event::Note {
                 level: Level::Info,
-                text: "configuration reloaded: new connections use it, open ones finish under the old".into(),
+                text:
+                    "configuration reloaded: new connections use it, open ones finish under the old"
+                        .into(),
             });
             Some(cfg)
         }

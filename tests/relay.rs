@@ -465,3 +465,49 @@ async fn a_message_older_than_the_queue_lifetime_bounces() {
         .await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn required_tls_failure_logs_a_warning_and_mails_the_admin_once() {
+    // The internal server offers no STARTTLS, but the destination requires TLS.
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    std::fs::write(
+        cfg.path().join("policies/destinations.yaml"),
+        "default:\n  tls: required\ndestinations:\n  - domain: admin.test\n    tls: \"no\"\n\
+         alert_on_required_tls_failure:\n  enabled: true\n  interval: 1h\n  mail_to: ops@admin.test\n",
+    )
+    .unwrap();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "alice@other.example", &["bob@example.com"], "tls1").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(r"IP 127.0.0.1 TLS was required but could not be successfully negotiated (destination example.com)")
+        .await;
+    srv.wait_log("Warning: ALERT: required TLS to destination example.com failed")
+        .await;
+    srv.wait_log(&format!(
+        r"Info: Delayed: DCID \d+ MID {mid} to RID [0] - 4.7."
+    ))
+    .await;
+    srv.wait_log("alert to ops@admin.test: required TLS to example.com failed")
+        .await;
+    // The alert goes out (admin.test needs no TLS); nothing of the message itself.
+    wait_until("alert delivered", || !sink.messages().is_empty()).await;
+    let alert = &sink.messages()[0];
+    assert_eq!(alert.rcpts, vec!["ops@admin.test"]);
+    assert!(
+        alert
+            .body
+            .contains("Subject: [mxgate] required TLS to example.com failed"),
+        "{}",
+        alert.body
+    );
+    // The retry fails again, but within the interval no second alert mail is sent.
+    let delayed = |log: &str| log.matches(&format!("MID {mid} to RID [0] - 4.7.")).count();
+    wait_until("a retry", || delayed(&srv.log_text()) >= 2).await;
+    assert_eq!(srv.log_text().matches("alert to ops@admin.test").count(), 1);
+    assert!(
+        !message_ids(&sink).contains(&"tls1".to_string()),
+        "never sent in plaintext"
+    );
+    srv.stop().await;
+}

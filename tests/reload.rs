@@ -114,7 +114,9 @@ fn connect_as(addr: SocketAddr, ip: &str) -> (BufReader<TcpStream>, String) {
 }
 
 fn cmd(r: &mut BufReader<TcpStream>, line: &str) -> String {
-    r.get_mut().write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    r.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .unwrap();
     let mut all = String::new();
     loop {
         let mut l = String::new();
@@ -147,7 +149,10 @@ fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_onl
     let good = std::fs::read_to_string(&hat).unwrap();
     std::fs::write(&hat, good.replacen("policy: BLOCKED", "policy: BLOKED", 1)).unwrap();
     let out = srv.reload_cmd();
-    assert!(!out.status.success(), "mxgate reload validates before signalling");
+    assert!(
+        !out.status.success(),
+        "mxgate reload validates before signalling"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy \"BLOKED\""));
     unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
     srv.wait_log("reload refused, old configuration kept: policies/hat.yaml:");
@@ -156,12 +161,23 @@ fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_onl
     assert!(greet.starts_with("554 5.7.1"), "still the old HAT: {greet}");
 
     // Good: 192.0.2.20 leaves the block list.
-    std::fs::write(&hat, good.replacen("match: [192.0.2.20, 192.0.2.60]", "match: [192.0.2.60]", 1)).unwrap();
+    std::fs::write(
+        &hat,
+        good.replacen("match: [192.0.2.20, 192.0.2.60]", "match: [192.0.2.60]", 1),
+    )
+    .unwrap();
     let out = srv.reload_cmd();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     srv.wait_log("configuration reloaded");
     let (mut fresh, greet) = connect_as(proxied, "192.0.2.20");
-    assert!(greet.starts_with("220 "), "new HAT for new connections: {greet}");
+    assert!(
+        greet.starts_with("220 "),
+        "new HAT for new connections: {greet}"
+    );
     assert!(cmd(&mut fresh, "QUIT").starts_with("221"));
     // The session opened before the reload still works to the end.
     assert!(cmd(&mut old, "NOOP").starts_with("250 2.0.0"));
@@ -171,7 +187,15 @@ fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_onl
 
 fn openssl_subject(addr: SocketAddr) -> String {
     let mut child = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-connect", &addr.to_string(), "-servername", "mx.test.example"])
+        .args([
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "mx.test.example",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -179,15 +203,26 @@ fn openssl_subject(addr: SocketAddr) -> String {
         .expect("openssl");
     drop(child.stdin.take());
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let _ = child.wait();
-    out.lines().find(|l| l.starts_with("subject=")).unwrap_or("").to_string()
+    out.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
 fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue() {
     if Command::new("openssl").arg("version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "openssl must be installed in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl must be installed in CI"
+        );
         eprintln!("SKIP: openssl missing");
         return;
     }
@@ -206,15 +241,34 @@ fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue(
     // Renew: a new key and certificate with another subject, written over the demo files.
     let certs = work.path().join("certs");
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
-        .args(["-subj", "/CN=renewed.test.example", "-addext", "subjectAltName=DNS:renewed.test.example"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=renewed.test.example",
+            "-addext",
+            "subjectAltName=DNS:renewed.test.example",
+        ])
         .arg("-keyout")
         .arg(certs.join("new.key"))
         .arg("-out")
         .arg(certs.join("new.crt"))
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     std::fs::rename(certs.join("new.key"), certs.join("demo.key")).unwrap();
     std::fs::rename(certs.join("new.crt"), certs.join("demo.crt")).unwrap();
     // No signal: the file change is noticed.
@@ -222,6 +276,9 @@ fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue(
     srv.wait_log("configuration reloaded");
     let after = openssl_subject(addr);
     assert!(after.contains("renewed.test.example"), "{after}");
-    assert!(cmd(&mut old, "NOOP").starts_with("250 2.0.0"), "the old session keeps working");
+    assert!(
+        cmd(&mut old, "NOOP").starts_with("250 2.0.0"),
+        "the old session keeps working"
+    );
     assert!(cmd(&mut old, "QUIT").starts_with("221"));
 }

@@ -98,7 +98,10 @@ pub fn ensure_demo_certificate(
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, hostname);
     // Says what it is to anyone who inspects it with openssl.
-    dn.push(rcgen::DnType::OrganizationName, "mxgate demo certificate (not verifiable)");
+    dn.push(
+        rcgen::DnType::OrganizationName,
+        "mxgate demo certificate (not verifiable)",
+    );
     params.distinguished_name = dn;
     let signing_key = rcgen::KeyPair::generate().map_err(gen)?;
     let cert = params.self_signed(&signing_key).map_err(gen)?;

@@ -487,7 +487,9 @@ mod tests {
         // The log names the list, not the codes.
         assert_eq!(c.to_string(), "dnslist[zen.example-rbl.test]");
         assert_eq!(
-            Criterion::parse("dnslist:bl.example-rbl.test").unwrap().to_string(),
+            Criterion::parse("dnslist:bl.example-rbl.test")
+                .unwrap()
+                .to_string(),
             "dnslist[bl.example-rbl.test]"
         );
         assert!(Criterion::parse("dnslist: zen.example-rbl.test=127.0.0").is_err());
@@ -526,7 +528,11 @@ mod tests {
         let hat = HostAccessTable {
             name: "t".into(),
             groups: vec![
-                group("A", &["192.0.2.1", "dnslist: b.test=127.0.0.2"], Action::Reject),
+                group(
+                    "A",
+                    &["192.0.2.1", "dnslist: b.test=127.0.0.2"],
+                    Action::Reject,
+                ),
                 group("B", &["dnslist: a.test", "dnslist: b.test"], Action::Accept),
             ],
             fallback: policy("ACCEPTED", Action::Accept),
@@ -536,7 +542,10 @@ mod tests {
         let mut p = peer("192.0.2.9", ReverseDns::Missing);
         p.dnslists_listed = vec!["b.test=127.0.0.3".into()];
         let c = hat.classify(&p);
-        assert_eq!((c.group.as_str(), c.matched.as_str()), ("B", "dnslist[b.test]"));
+        assert_eq!(
+            (c.group.as_str(), c.matched.as_str()),
+            ("B", "dnslist[b.test]")
+        );
         p.dnslists_listed = vec!["b.test=127.0.0.2".into()];
         assert_eq!(hat.classify(&p).group, "A");
     }

@@ -66,3 +66,53 @@ pub async fn send_dsn(
     .await
     .map_err(|e| format!("DSN task failed: {e}"))?
 }
+
+/// Queues an alert mail to the administrator about a required-TLS failure.
+pub async fn send_alert(
+    spool: &Arc<Spool>,
+    hostname: &str,
+    to: &str,
+    domain: &str,
+    reason: &str,
+) -> Result<u64, String> {
+    let spool = spool.clone();
+    let (hostname, to, domain, reason) = (
+        hostname.to_string(),
+        to.to_string(),
+        domain.to_string(),
+        reason.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mid = spool.next_mid().map_err(|e| e.to_string())?;
+        let now = chrono::Local::now();
+        let body = format!(
+            "From: mxgate <MAILER-DAEMON@{hostname}>\r\nTo: <{to}>\r\nSubject: [mxgate] required TLS to {domain} failed\r\n\
+             Date: {}\r\nMessage-ID: <alert.{mid}@{hostname}>\r\nAuto-Submitted: auto-generated\r\n\r\n\
+             mxgate on {hostname} could not deliver to {domain}: its destination controls require TLS,\r\n\
+             and TLS could not be negotiated or verified:\r\n\r\n  {}\r\n\r\n\
+             Mail for {domain} stays queued and is retried. See the mail log (DCID lines) and\r\n\
+             mxgate_required_tls_failures_total. Further alerts for {domain} are held back for the configured interval.\r\n",
+            now.to_rfc2822(),
+            reason.replace(['\r', '\n'], " ")
+        );
+        let mut inc = spool.begin(mid);
+        inc.write(body.as_bytes()).map_err(|e| e.to_string())?;
+        let env = Envelope {
+            mid,
+            icid: 0,
+            listener: "alert".into(),
+            sender_group: "-".into(),
+            policy: "-".into(),
+            peer_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            helo: hostname.clone(),
+            from: String::new(),
+            rcpts: vec![to],
+            received_unix: now.timestamp().max(0) as u64,
+            tls: None,
+        };
+        spool.commit(inc, &env).map_err(|e| e.to_string())?;
+        Ok(mid)
+    })
+    .await
+    .map_err(|e| format!("alert task failed: {e}"))?
+}

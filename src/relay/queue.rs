@@ -57,6 +57,8 @@ pub struct QueueManager {
     messages: BTreeMap<u64, Queued>,
     lanes: HashMap<String, Lane>,
     active_total: usize,
+    /// When the last required-TLS alert mail went out, per destination domain.
+    alerts_sent: HashMap<String, std::time::Instant>,
 }
 
 fn now_unix() -> u64 {
@@ -94,6 +96,7 @@ impl QueueManager {
             messages: BTreeMap::new(),
             lanes: HashMap::new(),
             active_total: 0,
+            alerts_sent: HashMap::new(),
         };
         (m, QueueHandle::new(tx))
     }
@@ -178,7 +181,10 @@ impl QueueManager {
     async fn command(&mut self, c: Command) {
         match c {
             Command::Enqueued(mid) => self.load(mid),
-            Command::Reconfigure { routes, destinations } => {
+            Command::Reconfigure {
+                routes,
+                destinations,
+            } => {
                 self.routes = routes;
                 self.controls = destinations;
             }
@@ -329,6 +335,7 @@ impl QueueManager {
                             mid: j.mid,
                             dcid: 0,
                             remote: None,
+                            tls_alert: None,
                             outcomes: j
                                 .rcpts
                                 .iter()
@@ -375,6 +382,9 @@ impl QueueManager {
         self.active_total = self.active_total.saturating_sub(1);
         let now = now_unix();
         let dest = metrics::destination_label(self.controls.for_domain(domain));
+        if let Some(reason) = results.iter().find_map(|r| r.tls_alert.clone()) {
+            self.alert(domain, &reason).await;
+        }
         for r in results {
             for (_, o) in &r.outcomes {
                 let result = match o {
@@ -457,6 +467,36 @@ impl QueueManager {
             if q.jobs_in_flight == 0 {
                 self.settle(r.mid).await;
             }
+        }
+    }
+
+    /// Mails the administrator about a required-TLS failure, at most once per domain per interval.
+    async fn alert(&mut self, domain: &str, reason: &str) {
+        let alert = &self.controls.alert;
+        let (true, Some(to)) = (alert.enabled, alert.mail_to.clone()) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if self
+            .alerts_sent
+            .get(domain)
+            .is_some_and(|t| now.duration_since(*t) < alert.interval)
+        {
+            return;
+        }
+        self.alerts_sent.insert(domain.to_string(), now);
+        match bounce::send_alert(&self.spool, &self.settings.hostname, &to, domain, reason).await {
+            Ok(mid) => {
+                self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("MID {mid} alert to {to}: required TLS to {domain} failed"),
+                });
+                self.load(mid);
+            }
+            Err(e) => self.log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!("could not queue the required-TLS alert for {domain}: {e}"),
+            }),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct JobResult {
     pub remote: Option<String>,
     /// Outcome per RID.
     pub outcomes: Vec<(u32, Outcome)>,
+    /// A `required*` TLS destination failed TLS: the reason, for the alert mail.
+    pub tls_alert: Option<String>,
 }
 
 /// Everything a worker needs, shared by all workers.
@@ -118,6 +120,7 @@ fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<J
             mid: j.mid,
             dcid,
             remote: None,
+            tls_alert: None,
             outcomes: j
                 .rcpts
                 .iter()
@@ -184,6 +187,7 @@ pub async fn deliver_batch(
         tls: ctx.tls.clone(),
         timeouts: ctx.timeouts.clone(),
     };
+    let mut tls_alert = None;
     let mut last = (
         "4.4.1".to_string(),
         "no route host could be reached".to_string(),
@@ -233,6 +237,14 @@ pub async fn deliver_batch(
                         ),
                     });
                 }
+                if e.required_tls_failure {
+                    tls_alert = Some(format!(
+                        "{} (DCID {dcid}, host {}): {}",
+                        control.tls.as_str(),
+                        host.host,
+                        e.reason
+                    ));
+                }
                 last = (e.enhanced.clone(), e.reason.clone(), dcid);
                 continue;
             }
@@ -263,6 +275,7 @@ pub async fn deliver_batch(
                 mid: job.mid,
                 dcid,
                 remote: Some(host.host.clone()),
+                tls_alert: None,
                 outcomes: r
                     .rcpts
                     .iter()
@@ -275,7 +288,11 @@ pub async fn deliver_batch(
         return results;
     }
     let (enhanced, reason, dcid) = last;
-    all_temporary(&jobs, dcid, &enhanced, &reason)
+    let mut results = all_temporary(&jobs, dcid, &enhanced, &reason);
+    if let Some(r) = results.first_mut() {
+        r.tls_alert = tls_alert;
+    }
+    results
 }
 
 #[cfg(test)]
