@@ -13,6 +13,7 @@
 //! - [`app`]: wires it all together and owns shutdown.
 
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod mail_log;
 pub mod metrics;

@@ -48,6 +48,11 @@ enum Cmd {
         #[command(subcommand)]
         command: QueueCmd,
     },
+    /// Certificates (the `certs/` directory), like ESA `certconfig`.
+    Certs {
+        #[command(subcommand)]
+        command: mxgate::certs::cli::CertsCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
         Cmd::Check(args) => match args.load()? {
             Ok(cfg) => {
                 println!(

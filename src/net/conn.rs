@@ -14,6 +14,7 @@ use crate::config::model::Listener;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics::{self, InboundLabels};
 use crate::net::dns::ReverseResolver;
+use crate::net::dnsbl;
 use crate::net::proxy::{self, ProxyParse};
 use crate::net::tls;
 use crate::policy::flow::Action as PolicyAction;
@@ -120,11 +121,19 @@ pub async fn handle(
             return;
         }
     };
-    let rdns = ctx.resolver.lookup(peer_ip).await;
+    // PTR + forward and every block list at once: a slow DNS costs one timeout, not the sum.
+    let zones = ctx.listener.hat.dnslist_zones();
+    let (rdns, dnslists) = tokio::join!(
+        ctx.resolver.lookup(peer_ip),
+        dnsbl::check_zones(&ctx.resolver, peer_ip, &zones)
+    );
+    for (level, text) in dnsbl::log_notes(icid, peer_ip, &dnslists) {
+        ctx.log.log(&Event::Note { level, text });
+    }
     let classification = ctx.listener.hat.classify(&Peer {
         ip: peer_ip,
         rdns: rdns.clone(),
-        dnslists_listed: Vec::new(),
+        dnslists_listed: dnsbl::peer_entries(&dnslists),
     });
     let policy = classification.policy.clone();
     let labels = InboundLabels {

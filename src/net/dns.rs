@@ -1,6 +1,7 @@
-//! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver.
+//! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver; also
+//! the plain A lookups of DNS block lists ([`crate::net::dnsbl`]), on the same resolver.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -17,6 +18,17 @@ pub enum DnsError {
     /// The resolver could not be constructed (bad system configuration).
     #[error("DNS resolver: {0}")]
     Build(String),
+}
+
+/// Outcome of one bounded A lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ALookup {
+    /// The name exists with these IPv4 addresses.
+    Found(Vec<Ipv4Addr>),
+    /// NXDOMAIN or no A record.
+    NotFound,
+    /// Timeout or server failure; the text says which.
+    Failed(String),
 }
 
 /// Resolver used for every connection's PTR and forward lookups.
@@ -67,6 +79,41 @@ impl ReverseResolver {
             resolver,
             timeout: settings.timeout,
         })
+    }
+
+    /// The per-lookup timeout (`dns.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A records of the fully qualified `name` (trailing dot: no search domains), bounded by
+    /// the configured timeout like [`ReverseResolver::lookup`].
+    pub async fn lookup_a(&self, name: &str) -> ALookup {
+        let query = async {
+            match self.resolver.ipv4_lookup(name).await {
+                Ok(l) => {
+                    let addrs: Vec<Ipv4Addr> = l
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(a.0),
+                            _ => None,
+                        })
+                        .collect();
+                    if addrs.is_empty() {
+                        ALookup::NotFound
+                    } else {
+                        ALookup::Found(addrs)
+                    }
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => ALookup::NotFound,
+                Err(e) => ALookup::Failed(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(r) => r,
+            Err(_) => ALookup::Failed(format!("timeout after {:?}", self.timeout)),
+        }
     }
 
     /// PTR, then forward A/AAAA of each name must contain `ip`. The whole lookup is bounded by

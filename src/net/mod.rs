@@ -1,7 +1,9 @@
-//! Network edge: accept loops, the connection driver, TLS, reverse DNS and PROXY protocol.
+//! Network edge: accept loops, the connection driver, TLS, reverse DNS, DNS block lists and
+//! PROXY protocol.
 
 pub mod conn;
 pub mod dns;
+pub mod dnsbl;
 pub mod listener;
 pub mod proxy;
 pub mod tls;

@@ -329,30 +329,8 @@ impl QueueManager {
                     .min(control.max_messages_per_connection.max(1) as usize);
                 let batch: Vec<Job> = lane.jobs.drain(..n).collect();
                 let Some(route) = route.clone() else {
-                    let results = batch
-                        .iter()
-                        .map(|j| JobResult {
-                            mid: j.mid,
-                            dcid: 0,
-                            remote: None,
-                            tls_alert: None,
-                            outcomes: j
-                                .rcpts
-                                .iter()
-                                .map(|(rid, _)| {
-                                    (
-                                        *rid,
-                                        Outcome::Temporary {
-                                            enhanced: "4.3.5".into(),
-                                            reason: format!(
-                                                "no SMTP route for {domain} (policies/routes.yaml)"
-                                            ),
-                                        },
-                                    )
-                                })
-                                .collect(),
-                        })
-                        .collect();
+                    let reason = format!("no SMTP route for {domain} (policies/routes.yaml)");
+                    let results = worker::all_temporary(&batch, 0, "4.3.5", &reason);
                     let d = domain.clone();
                     lane.active += 1;
                     self.active_total += 1;

@@ -114,7 +114,8 @@ fn outcome_of(o: &RcptOutcome) -> Outcome {
     }
 }
 
-fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
+/// The same temporary failure for every recipient of every job.
+pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
     jobs.iter()
         .map(|j| JobResult {
             mid: j.mid,
