@@ -74,7 +74,11 @@ pub struct ZoneAnswer {
 
 /// Asks every zone about `ip` concurrently; each lookup is bounded by the resolver's timeout,
 /// so the whole call is too. Answers come back in the order of `zones`.
-pub async fn check_zones(resolver: &ReverseResolver, ip: IpAddr, zones: &[&str]) -> Vec<ZoneAnswer> {
+pub async fn check_zones(
+    resolver: &ReverseResolver,
+    ip: IpAddr,
+    zones: &[&str],
+) -> Vec<ZoneAnswer> {
     let lookups = zones.iter().map(|zone| {
         let query = query_name(ip, zone);
         let zone = zone.to_string();

@@ -120,6 +120,15 @@ impl QueueManager {
             }
         };
         let state = DeliveryState::load(&self.spool.state_path(mid));
+        if (0..env.rcpts.len() as u32).all(|rid| state.finals.contains_key(&rid)) {
+            // Every recipient was final before a crash or restart: finish the removal now.
+            self.spool.remove_message(mid);
+            self.log.log(&Event::MessageFinished {
+                mid,
+                how: "done".into(),
+            });
+            return;
+        }
         self.messages.insert(
             mid,
             Queued {
@@ -271,8 +280,8 @@ impl QueueManager {
                         .push((i as u32, r.clone()));
                 }
             }
-            // Not due again until this round's results are in.
-            q.state.next_try = u64::MAX;
+            // Not due again until this round's results are in: `jobs_in_flight` keeps it out of
+            // `due`. `next_try` is left alone so a saved state is never "never" after a crash.
             q.temp_this_round = false;
             let size = std::fs::metadata(self.spool.message_path(mid))
                 .map(|m| m.len())
@@ -523,5 +532,92 @@ impl QueueManager {
                 how: "done".into(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::{MailLogFormat, MailLogTarget};
+    use crate::relay::client::ClientTimeouts;
+    use crate::relay::outbound_tls::OutboundTlsContext;
+
+    fn manager(spool: Arc<Spool>, log_path: std::path::PathBuf) -> QueueManager {
+        let log =
+            Arc::new(MailLog::open(&MailLogTarget::File(log_path), MailLogFormat::Text).unwrap());
+        let worker = Arc::new(WorkerContext {
+            spool: spool.clone(),
+            log: log.clone(),
+            tls: Arc::new(OutboundTlsContext::new(None).unwrap()),
+            helo_name: "mx.test".into(),
+            timeouts: ClientTimeouts::default(),
+            alert_enabled: true,
+        });
+        let settings = RelaySettings {
+            concurrency: 1,
+            retry: RetryPolicy::default(),
+            hostname: "mx.test".into(),
+        };
+        QueueManager::new(spool, log, Arc::default(), Arc::default(), settings, worker).0
+    }
+
+    fn queue_one(spool: &Spool) -> u64 {
+        let mid = spool.next_mid().unwrap();
+        let mut inc = spool.begin(mid);
+        inc.write(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let env = Envelope {
+            mid,
+            icid: 1,
+            listener: "l".into(),
+            sender_group: "G".into(),
+            policy: "P".into(),
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            helo: "h".into(),
+            from: "a@b.example".into(),
+            rcpts: vec!["c@example.com".into(), "d@example.com".into()],
+            received_unix: 1,
+            tls: None,
+        };
+        spool.commit(inc, &env).unwrap();
+        mid
+    }
+
+    #[test]
+    fn a_message_final_before_a_crash_is_removed_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let mid = queue_one(&spool);
+        let mut st = DeliveryState::default();
+        st.finals.insert(0, Final::Delivered);
+        st.finals.insert(1, Final::Bounced);
+        st.save(&spool.state_path(mid)).unwrap();
+        let mut m = manager(spool.clone(), dir.path().join("mail.log"));
+        m.load(mid);
+        assert!(m.messages.is_empty());
+        assert!(!spool.envelope_path(mid).exists() && !spool.message_path(mid).exists());
+        let log = std::fs::read_to_string(dir.path().join("mail.log")).unwrap();
+        assert!(
+            log.contains(&format!("Message finished MID {mid} done")),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn a_partly_delivered_message_keeps_its_pending_recipients_and_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let mid = queue_one(&spool);
+        let mut st = DeliveryState::default();
+        st.finals.insert(0, Final::Delivered);
+        st.next_try = 5;
+        st.save(&spool.state_path(mid)).unwrap();
+        let mut m = manager(spool.clone(), dir.path().join("mail.log"));
+        m.load(mid);
+        let q = &m.messages[&mid];
+        assert!(
+            q.state.next_try <= now_unix(),
+            "due at once after a restart"
+        );
+        assert!(q.state.finals.contains_key(&0) && !q.state.finals.contains_key(&1));
     }
 }
