@@ -11,6 +11,11 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # Postfix ships smtp-sink/smtp-source and plays the internal mail server in relay tests.
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+# A real Prometheus (and promtool) scrapes mxgate and evaluates the dashboard and alert rules.
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import yaml' 2>/dev/null || need+=(python3 python3-yaml)
+# HAProxy sends PROXY v1/v2 headers in the load-balancer tests.
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo_cmd=""

@@ -61,6 +61,9 @@ pub struct QueueManager {
     alerts_sent: HashMap<String, std::time::Instant>,
 }
 
+/// Longest the manager sleeps without refreshing `mxgate_queue_*` gauges.
+const GAUGE_REFRESH: Duration = Duration::from_secs(2);
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -165,7 +168,9 @@ impl QueueManager {
                 Some(t) => Duration::from_secs(t.saturating_sub(now_unix()))
                     .max(Duration::from_millis(200)),
                 None => Duration::from_secs(3600),
-            };
+            }
+            // Wake at least every few seconds so the queue gauges (oldest age) stay current.
+            .min(GAUGE_REFRESH);
             tokio::select! {
                 c = self.rx.recv() => match c {
                     Some(c) => self.command(c).await,
