@@ -103,6 +103,10 @@ pub fn ensure_demo_certificate(
         "mxgate demo certificate (not verifiable)",
     );
     params.distinguished_name = dn;
+    // Ten years, not rcgen's default of year 4096: the expiry gauge and `certs list` stay meaningful.
+    let year = chrono::Datelike::year(&chrono::Utc::now());
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
     let signing_key = rcgen::KeyPair::generate().map_err(gen)?;
     let cert = params.self_signed(&signing_key).map_err(gen)?;
     let write = |p: &Path, data: String| {
