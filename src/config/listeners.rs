@@ -64,11 +64,11 @@ pub(crate) struct ListenerContext<'a> {
 
 /// A HAT that never matches anything, standing in for one that could not be built.
 fn placeholder_hat(name: &str) -> Arc<HostAccessTable> {
-    Arc::new(HostAccessTable {
-        name: name.to_string(),
-        groups: Vec::new(),
-        fallback: Arc::new(MailFlowPolicy::builtin_default("ACCEPTED")),
-    })
+    Arc::new(HostAccessTable::new(
+        name.to_string(),
+        Vec::new(),
+        Arc::new(MailFlowPolicy::builtin_default("ACCEPTED")),
+    ))
 }
 
 /// A required key, or an error at the top of the file.

@@ -183,11 +183,7 @@ pub(crate) fn build_hats(
             ));
         }
         relay_all.insert(hat_name.clone(), open);
-        let table = HostAccessTable {
-            name: hat_name.clone(),
-            groups,
-            fallback,
-        };
+        let table = HostAccessTable::new(hat_name.clone(), groups, fallback);
         hats.insert(hat_name, Arc::new(table));
     }
     (hats, relay_all)

@@ -201,13 +201,14 @@ fn durations_parse_and_reject() {
     for (s, d) in ok {
         assert_eq!(parse_duration(s), Ok(d), "{s}");
     }
+    assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
     for s in [
         "",
         "s",
         "5 minutes",
         "1.5s",
         "-1s",
-        "5d",
+        "5w",
         "99999999999999999999s",
         "18446744073709551615h",
     ] {

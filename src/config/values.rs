@@ -25,14 +25,16 @@ fn split_number(t: &str) -> Option<(u64, &str)> {
 /// Parses `250ms`, `30s`, `5m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let bad =
-        || format!("{t:?} is not a duration: write e.g. 250ms, 30s, 5m, 1h or a number of seconds");
+    let bad = || {
+        format!("{t:?} is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d or a number of seconds")
+    };
     let (n, unit) = split_number(t).ok_or_else(bad)?;
     let d = match unit.to_ascii_lowercase().as_str() {
         "ms" => Some(Duration::from_millis(n)),
         "" | "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => return Err(bad()),
     };
     d.ok_or_else(|| format!("duration {t:?} is too large"))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::flow::{Action, MailFlowPolicy};
+use super::hat_index::HatIndex;
 
 /// Reverse-DNS state of the connecting host, as found by the connection driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,6 +285,8 @@ pub struct HostAccessTable {
     pub groups: Vec<SenderGroup>,
     /// Policy applied when no group matches (the implicit `ALL`).
     pub fallback: Arc<MailFlowPolicy>,
+    /// Lookup index over `groups` (built by [`HostAccessTable::new`]).
+    index: HatIndex,
 }
 
 /// The outcome of classifying a peer.
@@ -314,22 +317,38 @@ impl HostAccessTable {
         zones
     }
 
-    /// Matches the peer top to bottom; `continue` groups are skipped.
+    /// A table; builds the lookup index once.
+    pub fn new(name: String, groups: Vec<SenderGroup>, fallback: Arc<MailFlowPolicy>) -> Self {
+        let index = HatIndex::build(&groups);
+        HostAccessTable {
+            name,
+            groups,
+            fallback,
+            index,
+        }
+    }
+
+    /// Matches the peer top to bottom; `continue` groups are skipped. The index finds the
+    /// matching criteria without scanning the table; their order keeps first-match-wins.
     pub fn classify(&self, peer: &Peer) -> Classification {
         let mut continued = Vec::new();
-        for g in &self.groups {
-            if let Some(c) = g.criteria.iter().find(|c| c.matches(peer)) {
-                if g.policy.action == Action::Continue {
-                    continued.push(g.name.clone());
-                    continue;
-                }
-                return Classification {
-                    group: g.name.clone(),
-                    matched: c.to_string(),
-                    policy: g.policy.clone(),
-                    continued,
-                };
+        let mut last_group = u32::MAX;
+        for (g, c) in self.index.matches(&self.groups, peer) {
+            if g == last_group {
+                continue; // a later criterion of a group already decided
             }
+            last_group = g;
+            let group = &self.groups[g as usize];
+            if group.policy.action == Action::Continue {
+                continued.push(group.name.clone());
+                continue;
+            }
+            return Classification {
+                group: group.name.clone(),
+                matched: group.criteria[c as usize].to_string(),
+                policy: group.policy.clone(),
+                continued,
+            };
         }
         Classification {
             group: "ALL".into(),
@@ -343,6 +362,16 @@ impl HostAccessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Parts {
+        name: String,
+        groups: Vec<SenderGroup>,
+        fallback: Arc<MailFlowPolicy>,
+    }
+
+    fn table(p: Parts) -> HostAccessTable {
+        HostAccessTable::new(p.name, p.groups, p.fallback)
+    }
     use crate::policy::flow::Action;
 
     fn policy(name: &str, action: Action) -> Arc<MailFlowPolicy> {
@@ -414,7 +443,7 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_continue_skips() {
-        let hat = HostAccessTable {
+        let hat = table(Parts {
             name: "t".into(),
             groups: vec![
                 group("SKIP", &["10.0.0.0/8"], Action::Continue),
@@ -422,7 +451,7 @@ mod tests {
                 group("WIDE", &["10.0.0.0/8"], Action::Accept),
             ],
             fallback: policy("ACCEPTED", Action::Accept),
-        };
+        });
         let c = hat.classify(&peer("10.1.2.3", ReverseDns::Missing));
         assert_eq!(
             (c.group.as_str(), c.matched.as_str()),
@@ -440,7 +469,7 @@ mod tests {
 
     #[test]
     fn names_match_only_when_verified() {
-        let hat = HostAccessTable {
+        let hat = table(Parts {
             name: "t".into(),
             groups: vec![
                 group("EXACT", &["mail.partner.example"], Action::Accept),
@@ -448,7 +477,7 @@ mod tests {
                 group("MISMATCH", &["ptr_mismatch"], Action::Accept),
             ],
             fallback: policy("ACCEPTED", Action::Accept),
-        };
+        });
         let v = |n: &str| ReverseDns::Verified(n.into());
         assert_eq!(
             hat.classify(&peer("192.0.2.1", v("MAIL.partner.example.")))
@@ -525,7 +554,7 @@ mod tests {
 
     #[test]
     fn dnslist_zones_are_distinct_and_ordered() {
-        let hat = HostAccessTable {
+        let hat = table(Parts {
             name: "t".into(),
             groups: vec![
                 group(
@@ -536,7 +565,7 @@ mod tests {
                 group("B", &["dnslist: a.test", "dnslist: b.test"], Action::Accept),
             ],
             fallback: policy("ACCEPTED", Action::Accept),
-        };
+        });
         assert_eq!(hat.dnslist_zones(), vec!["b.test", "a.test"]);
         // First match wins across codes: b.test=127.0.0.3 is not A's code, so B matches.
         let mut p = peer("192.0.2.9", ReverseDns::Missing);
@@ -552,7 +581,7 @@ mod tests {
 
     #[test]
     fn ranges_and_ptr_states() {
-        let hat = HostAccessTable {
+        let hat = table(Parts {
             name: "t".into(),
             groups: vec![
                 group("R", &["192.0.2.10-192.0.2.20"], Action::Accept),
@@ -560,7 +589,7 @@ mod tests {
                 group("NOPTR", &["ptr_missing"], Action::Accept),
             ],
             fallback: policy("ACCEPTED", Action::Accept),
-        };
+        });
         assert_eq!(
             hat.classify(&peer("192.0.2.20", ReverseDns::Missing)).group,
             "R"

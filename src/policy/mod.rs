@@ -2,5 +2,6 @@
 
 pub mod flow;
 pub mod hat;
+pub mod hat_index;
 pub mod rat;
 pub mod rate;
