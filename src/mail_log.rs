@@ -439,23 +439,31 @@ fn json_escape(s: &str, out: &mut String) {
 
 /// Renders one full line (with timestamp) in the given format.
 pub fn render(event: &Event, format: MailLogFormat, ts: &str) -> String {
+    let mut s = String::new();
+    render_into(event, format, ts, &mut s);
+    s
+}
+
+/// Appends one full line (with timestamp) in the given format to `s`.
+fn render_into(event: &Event, format: MailLogFormat, ts: &str, s: &mut String) {
     let level = match event.level() {
         Level::Info => "Info",
         Level::Warning => "Warning",
     };
     match format {
-        MailLogFormat::Text => format!("{ts} {level}: {}\n", event.text()),
+        MailLogFormat::Text => {
+            let _ = writeln!(s, "{ts} {level}: {}", event.text());
+        }
         MailLogFormat::Json => {
-            let mut s = String::from("{\"time\":");
-            json_escape(ts, &mut s);
+            s.push_str("{\"time\":");
+            json_escape(ts, s);
             s.push_str(",\"level\":");
-            json_escape(level, &mut s);
+            json_escape(level, s);
             s.push_str(",\"event\":");
-            json_escape(event.kind(), &mut s);
+            json_escape(event.kind(), s);
             s.push_str(",\"text\":");
-            json_escape(&event.text(), &mut s);
+            json_escape(&event.text(), s);
             s.push_str("}\n");
-            s
         }
     }
 }
@@ -482,6 +490,9 @@ enum Sink {
 pub struct MailLog {
     format: MailLogFormat,
     sink: Mutex<Sink>,
+    /// The timestamp text of the current second (formatting local time costs more than
+    /// the rest of a line): (seconds since the epoch, text).
+    clock: Mutex<(u64, String)>,
 }
 
 impl std::fmt::Debug for MailLog {
@@ -516,19 +527,42 @@ impl MailLog {
         Ok(MailLog {
             format,
             sink: Mutex::new(sink),
+            clock: Mutex::new((0, String::new())),
         })
     }
 
     /// Writes one event as one line (one write call, so lines never interleave).
     pub fn log(&self, event: &Event) {
-        let line = render(event, self.format, &timestamp());
+        self.log_many(std::slice::from_ref(event));
+    }
+
+    /// Writes events as consecutive lines with one write call: the lines of one burst of a
+    /// session stay together and cost one system call.
+    pub fn log_many(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut text = String::with_capacity(events.len() * 96);
+        {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            if clock.0 != secs || clock.1.is_empty() {
+                *clock = (secs, timestamp());
+            }
+            for e in events {
+                render_into(e, self.format, &clock.1, &mut text);
+            }
+        }
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let result = match &mut *sink {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(line.as_bytes()).and_then(|_| out.flush())
+                out.write_all(text.as_bytes()).and_then(|_| out.flush())
             }
-            Sink::File(_, f) => f.write_all(line.as_bytes()),
+            Sink::File(_, f) => f.write_all(text.as_bytes()),
         };
         if let Err(e) = result {
             tracing::error!("mail log write failed: {e}");

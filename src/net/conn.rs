@@ -234,12 +234,18 @@ async fn read_proxy_header(
 
 impl Conn<'_> {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> Flow<S> {
+        // Log lines of one burst of actions, written with one call before anything waits.
+        let mut logs: Vec<Event> = Vec::new();
         loop {
             for action in self.session.take_actions() {
                 match action {
                     Action::Reply(r) => r.write_to(&mut self.out),
-                    Action::Log(e) => self.log(&e),
+                    Action::Log(e) => {
+                        metrics::observe_inbound(&e, &self.labels);
+                        logs.push(e);
+                    }
                     Action::StartTls => {
+                        write_logs(&self.ctx.log, &mut logs);
                         if self.flush(&mut stream).await.is_err() {
                             return Flow::Done;
                         }
@@ -256,6 +262,7 @@ impl Conn<'_> {
                         self.body_error = None;
                     }
                     Action::CommitMessage(env) => {
+                        write_logs(&self.ctx.log, &mut logs);
                         self.drain_body();
                         let committed_mid = Some(env.mid);
                         let result = match (self.incoming.take(), self.body_error.take()) {
@@ -291,12 +298,14 @@ impl Conn<'_> {
                         self.session.body_mut().clear();
                     }
                     Action::Close => {
+                        write_logs(&self.ctx.log, &mut logs);
                         let _ = self.flush(&mut stream).await;
                         let _ = stream.shutdown().await;
                         return Flow::Done;
                     }
                 }
             }
+            write_logs(&self.ctx.log, &mut logs);
             self.drain_body();
             // Callbacks above (committed, ...) may have queued more actions: run them first.
             if self.session.has_actions() {
@@ -445,6 +454,14 @@ enum ReadOutcome {
     Closed,
     Timeout(&'static str),
     Shutdown,
+}
+
+/// Writes and clears the log lines `run` collected.
+fn write_logs(log: &MailLog, logs: &mut Vec<Event>) {
+    if !logs.is_empty() {
+        log.log_many(logs);
+        logs.clear();
+    }
 }
 
 /// Used by `hat trace` and tests: the peer as the HAT sees it.

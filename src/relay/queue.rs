@@ -59,6 +59,8 @@ pub struct QueueManager {
     active_total: usize,
     /// When the last required-TLS alert mail went out, per destination domain.
     alerts_sent: HashMap<String, std::time::Instant>,
+    /// Delivered messages whose files are to be removed after the current batch.
+    finished: Vec<u64>,
 }
 
 /// Longest the manager sleeps without refreshing `mxgate_queue_*` gauges.
@@ -100,6 +102,7 @@ impl QueueManager {
             lanes: HashMap::new(),
             active_total: 0,
             alerts_sent: HashMap::new(),
+            finished: Vec::new(),
         };
         (m, QueueHandle::new(tx))
     }
@@ -452,13 +455,26 @@ impl QueueManager {
                 q.state.last_error = Some(reason);
             }
             q.jobs_in_flight = q.jobs_in_flight.saturating_sub(1);
-            // Persist after every job: a crash now re-delivers at most this job's recipients.
-            if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+            if q.jobs_in_flight == 0 {
+                // Persists the state, or removes the message when every recipient is final.
+                self.settle(r.mid).await;
+            } else if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+                // Persist after every job: a crash now re-delivers at most this job's recipients.
                 tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
             }
-            if q.jobs_in_flight == 0 {
-                self.settle(r.mid).await;
-            }
+        }
+        let done = std::mem::take(&mut self.finished);
+        if !done.is_empty() {
+            // Off the manager's (and the listeners') threads: renames in queue/ can wait for
+            // its directory fsync. One fsync, shared with inbound commits, covers the batch;
+            // nothing has to wait for it (a crash before it delivers these again).
+            let spool = self.spool.clone();
+            tokio::task::spawn_blocking(move || {
+                for mid in done {
+                    spool.unlink_message(mid);
+                }
+                spool.sync_queue_dir()
+            });
         }
     }
 
@@ -498,6 +514,18 @@ impl QueueManager {
             return;
         };
         let bounced = std::mem::take(&mut q.bounced_this_round);
+        let all_final = (0..q.env.rcpts.len() as u32).all(|rid| q.state.finals.contains_key(&rid));
+        if all_final && bounced.is_empty() {
+            // The common case, every recipient delivered: no state to persist, just remove
+            // (a crash before the removal is durable delivers the message again: at least once).
+            self.messages.remove(&mid);
+            self.finished.push(mid);
+            self.log.log(&Event::MessageFinished {
+                mid,
+                how: "done".into(),
+            });
+            return;
+        }
         if q.temp_this_round {
             q.state.attempts += 1;
             q.state.next_try =
@@ -507,7 +535,6 @@ impl QueueManager {
         }
         let _ = q.state.save(&self.spool.state_path(mid));
         let env = q.env.clone();
-        let all_final = (0..env.rcpts.len() as u32).all(|rid| q.state.finals.contains_key(&rid));
         if !bounced.is_empty() {
             match bounce::send_dsn(&self.spool, &self.settings.hostname, &env, &bounced).await {
                 Ok(Some(dsn_mid)) => {
