@@ -97,13 +97,13 @@ pids+=($!)
 pids+=($!)
 
 pf_maxproc=$((IDLE + 100))
-"$bench/postfix-instance.sh" "$work/postfix" "$p_pf" "$p_sink" "$work/bench.crt" "$work/bench.key" "$pf_maxproc" \
+bash "$bench/postfix-instance.sh" "$work/postfix" "$p_pf" "$p_sink" "$work/bench.crt" "$work/bench.key" "$pf_maxproc" \
   || { tail -5 "$work/postfix/log/maillog" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 postfix -c "$pf_conf" start >/dev/null || { tail -5 "$work/postfix/log/maillog" >&2; exit 1; }
 pf_started=1
 
-"$bench/mxgate-config.sh" "$work/mxgate" "$p_mx" "$p_sink" "$p_dns" "$work/bench.crt" "$work/bench.key"
+bash "$bench/mxgate-config.sh" "$work/mxgate" "$p_mx" "$p_sink" "$p_dns" "$work/bench.crt" "$work/bench.key"
 (cd "$work/mxgate" && exec "$mxgate" serve --config-dir "$work/mxgate" > "$work/mxgate/stdout.log" 2>&1) &
 mx_pid=$!
 pids+=($mx_pid)
