@@ -419,11 +419,20 @@ impl Dnsmasq {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        let d = Dnsmasq { child, port };
-        // Wait until it answers on TCP (it listens on both).
-        for _ in 0..100 {
+        let mut d = Dnsmasq { child, port };
+        // A loaded CI machine may take a while; a port taken meanwhile makes dnsmasq exit.
+        for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Some(d);
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                static RETRIES: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = RETRIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert!(n < 5, "dnsmasq keeps exiting ({status})");
+                eprintln!("dnsmasq exited ({status}) on port {port}: trying another port");
+                drop(d);
+                return Self::start();
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
