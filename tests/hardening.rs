@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::dnsmasq::Dnsmasq;
 use common::{copy_dir, repo, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -78,88 +79,30 @@ fn fixture_with_dns_timeout(timeout: &str) -> tempfile::TempDir {
 // DNS servers for the tests
 // ---------------------------------------------------------------------------------------------
 
-/// dnsmasq serving the block-list zones (and empty reverse zones) on a free loopback port.
-struct Dnsmasq {
-    child: std::process::Child,
-    port: u16,
-}
+/// 2001:db8::2 in nibble form on zen.
+const V6_ZEN: &str =
+    "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.example-rbl.test";
 
-impl Dnsmasq {
-    fn start() -> Option<Dnsmasq> {
-        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "dnsmasq must be installed in CI"
-            );
-            eprintln!("SKIP: dnsmasq not installed");
-            return None;
-        };
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // 2001:db8::2 in nibble form on zen.
-        let v6 = "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2";
-        let child = std::process::Command::new(bin)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file",
-                &format!("--port={port}"),
-                // Authoritative-style: anything not listed below is NXDOMAIN at once.
-                "--local=/zen.example-rbl.test/",
-                "--local=/dul.example-rbl.test/",
-                "--local=/2.0.192.in-addr.arpa/",
-                "--local=/8.b.d.0.1.0.0.2.ip6.arpa/",
-                // 192.0.2.2: listed on zen with a configured code (127.0.0.2).
-                "--address=/2.2.0.192.zen.example-rbl.test/127.0.0.2",
-                // 192.0.2.4: on zen, but with a code the HAT does not count (127.0.0.10).
-                "--address=/4.2.0.192.zen.example-rbl.test/127.0.0.10",
-                // 192.0.2.5: on dul (any listing code counts there).
-                "--address=/5.2.0.192.dul.example-rbl.test/127.0.0.11",
-                // 192.0.2.6: dul answers a list error code, which is not a listing.
-                "--address=/6.2.0.192.dul.example-rbl.test/127.255.255.254",
-                // 2001:db8::2: listed on zen with the other configured code (127.0.0.4).
-                &format!("--address=/{v6}.zen.example-rbl.test/127.0.0.4"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
-        let mut d = Dnsmasq { child, port };
-        // A loaded CI machine may take a while; a port taken meanwhile makes dnsmasq exit.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(d);
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                static RETRIES: std::sync::atomic::AtomicUsize =
-                    std::sync::atomic::AtomicUsize::new(0);
-                let n = RETRIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                assert!(n < 5, "dnsmasq keeps exiting ({status})");
-                eprintln!("dnsmasq exited ({status}) on port {port}: trying another port");
-                drop(d);
-                return Self::start();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("dnsmasq did not start on port {port}");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// dnsmasq serving the block-list zones (and empty reverse zones).
+fn block_list_dns() -> Option<Dnsmasq> {
+    let v6 = format!("--address=/{V6_ZEN}/127.0.0.4");
+    Dnsmasq::start(&[
+        // Authoritative-style: anything not listed below is NXDOMAIN at once.
+        "--local=/zen.example-rbl.test/",
+        "--local=/dul.example-rbl.test/",
+        "--local=/2.0.192.in-addr.arpa/",
+        "--local=/8.b.d.0.1.0.0.2.ip6.arpa/",
+        // 192.0.2.2: listed on zen with a configured code (127.0.0.2).
+        "--address=/2.2.0.192.zen.example-rbl.test/127.0.0.2",
+        // 192.0.2.4: on zen, but with a code the HAT does not count (127.0.0.10).
+        "--address=/4.2.0.192.zen.example-rbl.test/127.0.0.10",
+        // 192.0.2.5: on dul (any listing code counts there).
+        "--address=/5.2.0.192.dul.example-rbl.test/127.0.0.11",
+        // 192.0.2.6: dul answers a list error code, which is not a listing.
+        "--address=/6.2.0.192.dul.example-rbl.test/127.255.255.254",
+        // 2001:db8::2: listed on zen with the other configured code (127.0.0.4).
+        &v6,
+    ])
 }
 
 /// An in-process UDP "DNS server": answers every query NXDOMAIN at once, or (`silent`) reads
@@ -226,7 +169,7 @@ impl Drop for FakeDns {
 
 #[tokio::test]
 async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
-    let Some(dns) = Dnsmasq::start() else { return };
+    let Some(dns) = block_list_dns() else { return };
     let port = dns.port;
     let mut srv = Server::start("e2e", |o, _| {
         o.dns_resolvers = Some(vec![format!("127.0.0.1:{port}").parse().unwrap()]);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::dnsmasq::Dnsmasq;
 use common::{Client, Server};
 
 const MSG: &str = "Subject: integration\r\nMessage-ID: <it@test>\r\n\r\nhello\r\n";
@@ -270,7 +271,7 @@ async fn proxy_header_from_untrusted_or_garbled_source_is_refused() {
 
 #[tokio::test]
 async fn reverse_dns_from_a_real_dns_server_selects_groups() {
-    let Some(dns) = Dnsmasq::start() else { return };
+    let Some(dns) = partner_dns() else { return };
     let port = dns.port;
     let mut srv = Server::start("e2e", |o, _| {
         o.dns_resolvers = Some(vec![format!("127.0.0.1:{port}").parse().unwrap()]);
@@ -374,77 +375,16 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
     srv.stop().await;
 }
 
-/// dnsmasq serving a test zone on a free loopback port.
-struct Dnsmasq {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Dnsmasq {
-    fn start() -> Option<Dnsmasq> {
-        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "dnsmasq must be installed in CI"
-            );
-            eprintln!("SKIP: dnsmasq not installed");
-            return None;
-        };
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file",
-                &format!("--port={port}"),
-                "--local=/2.0.192.in-addr.arpa/",
-                "--local=/partner.example/",
-                "--ptr-record=11.2.0.192.in-addr.arpa,mail.partner.example",
-                "--host-record=mail.partner.example,192.0.2.11",
-                "--ptr-record=12.2.0.192.in-addr.arpa,fake.partner.example",
-                "--host-record=fake.partner.example,198.51.100.250",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
-        let mut d = Dnsmasq { child, port };
-        // A loaded CI machine may take a while; a port taken meanwhile makes dnsmasq exit.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(d);
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                static RETRIES: std::sync::atomic::AtomicUsize =
-                    std::sync::atomic::AtomicUsize::new(0);
-                let n = RETRIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                assert!(n < 5, "dnsmasq keeps exiting ({status})");
-                eprintln!("dnsmasq exited ({status}) on port {port}: trying another port");
-                drop(d);
-                return Self::start();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("dnsmasq did not start on port {port}");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// dnsmasq serving the partner zone: one verified name, one whose forward lookup disagrees.
+fn partner_dns() -> Option<Dnsmasq> {
+    Dnsmasq::start(&[
+        "--local=/2.0.192.in-addr.arpa/",
+        "--local=/partner.example/",
+        "--ptr-record=11.2.0.192.in-addr.arpa,mail.partner.example",
+        "--host-record=mail.partner.example,192.0.2.11",
+        "--ptr-record=12.2.0.192.in-addr.arpa,fake.partner.example",
+        "--host-record=fake.partner.example,198.51.100.250",
+    ])
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod sink;
 
 use std::collections::HashMap;
