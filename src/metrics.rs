@@ -168,14 +168,17 @@ pub async fn serve(
             let handle = handle.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let n =
-                    match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
+                let mut buf = Vec::with_capacity(1024);
+                // A request may arrive in several segments: read up to the end of its headers.
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    let mut chunk = [0u8; 1024];
+                    match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let n = buf.len();
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let path = path.split('?').next().unwrap_or(path);

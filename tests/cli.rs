@@ -272,7 +272,11 @@ fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Written in two parts on purpose: the endpoint must read a request that arrives in pieces.
+    s.write_all(format!("GET {path} HTTP/1.1\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    s.write_all(b"Host: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
