@@ -17,7 +17,7 @@ use crate::relay::dsn::FailedRecipient;
 use crate::relay::handle::{Command, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::{DeliveryState, Final};
-use crate::relay::worker::{self, Job, JobResult, Outcome, WorkerContext};
+use crate::relay::worker::{self, Feed, Job, JobResult, Outcome, SharedFeed, WorkerContext};
 use crate::spool::{Envelope, Spool};
 
 /// Delivery settings from mxgate.yaml.
@@ -43,6 +43,8 @@ struct Lane {
     jobs: VecDeque<Job>,
     active: usize,
     turn: usize,
+    /// Feeds of this lane's open connections (closed ones are dropped at each dispatch).
+    feeds: Vec<SharedFeed>,
 }
 
 /// The queue manager task.
@@ -306,6 +308,7 @@ impl QueueManager {
                         jobs: VecDeque::new(),
                         active: 0,
                         turn: 0,
+                        feeds: Vec::new(),
                     });
                     lane.jobs.push_back(Job {
                         mid,
@@ -336,14 +339,26 @@ impl QueueManager {
                 .lanes
                 .get_mut(&domain)
                 .expect("lane exists: keys just listed");
+            let max_per_conn = control.max_messages_per_connection.max(1) as usize;
+            // An open connection with nothing waiting takes the next job as soon as its current
+            // transaction ends, sooner than a new connection would be ready: feed those first.
+            lane.feeds.retain(Feed::is_open);
+            for feed in &lane.feeds {
+                if !Feed::is_idle(feed) {
+                    continue;
+                }
+                let Some(job) = lane.jobs.pop_front() else {
+                    break;
+                };
+                if let Err(job) = Feed::offer(feed, job, max_per_conn) {
+                    lane.jobs.push_front(job);
+                }
+            }
             while !lane.jobs.is_empty()
                 && lane.active < control.max_concurrent_connections as usize
                 && self.active_total < self.settings.concurrency
             {
-                let n = lane
-                    .jobs
-                    .len()
-                    .min(control.max_messages_per_connection.max(1) as usize);
+                let n = lane.jobs.len().min(max_per_conn);
                 let batch: Vec<Job> = lane.jobs.drain(..n).collect();
                 let Some(route) = route.clone() else {
                     let reason = format!("no SMTP route for {domain} (policies/routes.yaml)");
@@ -361,10 +376,23 @@ impl QueueManager {
                 let d = domain.clone();
                 let turn = lane.turn;
                 let c = control.clone();
+                let feed = Feed::new(batch.len());
+                lane.feeds.push(feed.clone());
                 workers.spawn(async move {
-                    let r = worker::deliver_batch(ctx, d.clone(), route, c, turn, batch).await;
+                    let r =
+                        worker::deliver_batch(ctx, d.clone(), route, c, turn, batch, feed).await;
                     (d, r)
                 });
+            }
+            // No connection to spare: queue the rest on the open connections, up to their
+            // per-connection limit; what does not fit waits for a connection to end.
+            for feed in &lane.feeds {
+                while let Some(job) = lane.jobs.pop_front() {
+                    if let Err(job) = Feed::offer(feed, job, max_per_conn) {
+                        lane.jobs.push_front(job);
+                        break;
+                    }
+                }
             }
         }
         self.lanes.retain(|_, l| !l.jobs.is_empty() || l.active > 0);

@@ -1,8 +1,9 @@
 //! One delivery connection: pick a route host, open the connection, send a batch of jobs.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::outbound::{DestinationControl, Route, RouteHost};
 use crate::mail_log::{Event, Level, MailLog};
@@ -67,6 +68,72 @@ pub struct JobResult {
     pub outcomes: Vec<(u32, Outcome)>,
     /// A `required*` TLS destination failed TLS: the reason, for the alert mail.
     pub tls_alert: Option<String>,
+}
+
+/// Jobs handed to a delivery connection that is already open: it takes them after its own,
+/// up to the destination's `max_messages_per_connection`, so a busy destination is served
+/// over few connections instead of one connection per message. The worker closes the feed
+/// (under its lock) when it stops taking, so a job is never left behind in it.
+#[derive(Debug)]
+pub struct Feed {
+    jobs: VecDeque<Job>,
+    open: bool,
+    /// Jobs the connection was given in all: its first batch and those fed since.
+    given: usize,
+}
+
+/// A feed shared by the queue manager (which offers) and one worker (which takes).
+pub type SharedFeed = Arc<Mutex<Feed>>;
+
+impl Feed {
+    /// An open feed for a connection that starts with `first_batch` jobs.
+    pub fn new(first_batch: usize) -> SharedFeed {
+        Arc::new(Mutex::new(Feed {
+            jobs: VecDeque::new(),
+            open: true,
+            given: first_batch,
+        }))
+    }
+
+    /// Gives `job` to the connection unless it stopped taking or has `max` jobs already.
+    pub fn offer(feed: &SharedFeed, job: Job, max: usize) -> Result<(), Job> {
+        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.open && f.given < max {
+            f.given += 1;
+            f.jobs.push_back(job);
+            Ok(())
+        } else {
+            Err(job)
+        }
+    }
+
+    /// True while the connection takes jobs and none are waiting in the feed.
+    pub fn is_idle(feed: &SharedFeed) -> bool {
+        let f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        f.open && f.jobs.is_empty()
+    }
+
+    /// True while the connection takes jobs.
+    pub fn is_open(feed: &SharedFeed) -> bool {
+        feed.lock().unwrap_or_else(|e| e.into_inner()).open
+    }
+
+    /// The next fed job; when there is none the feed closes.
+    fn take(feed: &SharedFeed) -> Option<Job> {
+        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        let job = f.jobs.pop_front();
+        if job.is_none() {
+            f.open = false;
+        }
+        job
+    }
+
+    /// Closes the feed and returns what was waiting in it.
+    fn close(feed: &SharedFeed) -> Vec<Job> {
+        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        f.open = false;
+        f.jobs.drain(..).collect()
+    }
 }
 
 /// Everything a worker needs, shared by all workers.
@@ -172,14 +239,17 @@ pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
     out
 }
 
-/// Delivers `jobs` (all for `domain`) over one connection to the first route host that answers.
+/// Delivers `jobs` (all for `domain`) over one connection to the first route host that
+/// answers, then the jobs the queue manager feeds it meanwhile (see [`Feed`]). Every job
+/// given, fed ones included, gets a result.
 pub async fn deliver_batch(
     ctx: Arc<WorkerContext>,
     domain: String,
     route: Route,
     control: DestinationControl,
     turn: usize,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
+    feed: SharedFeed,
 ) -> Vec<JobResult> {
     let log: &dyn DeliveryLog = ctx.log.as_ref();
     let settings = ClientSettings {
@@ -205,7 +275,8 @@ pub async fn deliver_batch(
         let dcid = match ctx.spool.next_dcid() {
             Ok(d) => d,
             Err(e) => {
-                return all_temporary(&jobs, 0, "4.3.0", &format!("cannot allocate DCID: {e}"))
+                jobs.extend(Feed::close(&feed));
+                return all_temporary(&jobs, 0, "4.3.0", &format!("cannot allocate DCID: {e}"));
             }
         };
         let target = Target {
@@ -252,15 +323,17 @@ pub async fn deliver_batch(
         };
         let mut results = Vec::with_capacity(jobs.len());
         let mut lost = false;
-        for job in &jobs {
+        let mut first = std::mem::take(&mut jobs).into_iter();
+        while let Some(job) = first.next().or_else(|| Feed::take(&feed)) {
+            let job = &job;
             if lost {
-                results.extend(all_temporary(
-                    std::slice::from_ref(job),
-                    dcid,
-                    "4.4.2",
-                    "connection lost",
-                ));
-                continue;
+                // Nothing more is sent on a broken connection: the rest, fed jobs included,
+                // is tried again later.
+                let mut rest = vec![job.clone()];
+                rest.extend(first.by_ref());
+                rest.extend(Feed::close(&feed));
+                results.extend(all_temporary(&rest, dcid, "4.4.2", "connection lost"));
+                break;
             }
             let msg = OutgoingMessage {
                 mid: job.mid,
@@ -289,6 +362,7 @@ pub async fn deliver_batch(
         return results;
     }
     let (enhanced, reason, dcid) = last;
+    jobs.extend(Feed::close(&feed));
     let mut results = all_temporary(&jobs, dcid, &enhanced, &reason);
     if let Some(r) = results.first_mut() {
         r.tls_alert = tls_alert;
