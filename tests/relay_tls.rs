@@ -65,6 +65,7 @@ fn message(dir: &Path, mid: u64, rcpts: &[&str], body: &[u8]) -> OutgoingMessage
             .map(|(i, r)| (i as u32, r.to_string()))
             .collect(),
         body_path,
+        body: None,
         size: body.len() as u64,
         smtputf8: false,
     }
@@ -517,13 +518,50 @@ async fn big_body_is_dot_stuffed_and_arrives_byte_identical() {
 }
 
 #[tokio::test]
-async fn two_messages_on_one_connection_with_rset_between() {
+async fn rset_follows_a_transaction_left_open_by_refused_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = plain_sink(|c| {
+        c.pipelining = false;
+        c.rcpt_replies = vec![("nobody@tls.test".into(), "550 5.1.1 no such user".into())];
+    })
+    .await;
+    let log = Collect::default();
+    let mut conn = open_plain(&sink, &log).await;
+    let refused = conn
+        .send(&message(dir.path(), 21, &["nobody@tls.test"], BODY), &log)
+        .await;
+    assert_eq!(code(&refused.rcpts[0].1), ("perm", 550));
+    let ok = conn
+        .send(&message(dir.path(), 22, &["a@tls.test"], BODY), &log)
+        .await;
+    assert_eq!(code(&ok.rcpts[0].1), ("delivered", 250));
+    conn.quit(&log).await;
+    let verbs: Vec<String> = sink
+        .commands()
+        .iter()
+        .map(|c| c.split([' ', ':']).next().unwrap().to_string())
+        .collect();
+    // MAIL was accepted and no DATA followed: the transaction is open until RSET.
+    assert_eq!(
+        verbs,
+        ["EHLO", "MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA", "<53", ".", "QUIT"]
+    );
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn two_messages_on_one_connection_without_rset_after_a_completed_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let sink = plain_sink(|c| c.pipelining = false).await;
     let log = Collect::default();
     let mut conn = open_plain(&sink, &log).await;
     for mid in [11, 12] {
-        let msg = message(dir.path(), mid, &["a@tls.test"], BODY);
+        let mut msg = message(dir.path(), mid, &["a@tls.test"], BODY);
+        if mid == 12 {
+            // The first attempt's body comes from memory: the file must not be needed.
+            std::fs::remove_file(&msg.body_path).unwrap();
+            msg.body = Some(BODY.into());
+        }
         let res = conn.send(&msg, &log).await;
         assert_eq!(code(&res.rcpts[0].1), ("delivered", 250));
     }
@@ -534,14 +572,15 @@ async fn two_messages_on_one_connection_with_rset_between() {
         .iter()
         .map(|c| c.split([' ', ':']).next().unwrap().to_string())
         .collect();
+    // After the reply to the final dot the server has reset the transaction itself
+    // (RFC 5321 4.1.1.4): no RSET is needed before the next MAIL.
     assert_eq!(
         verbs,
-        [
-            "EHLO", "MAIL", "RCPT", "DATA", "<53", ".", "RSET", "MAIL", "RCPT", "DATA", "<53", ".",
-            "QUIT"
-        ]
+        ["EHLO", "MAIL", "RCPT", "DATA", "<53", ".", "MAIL", "RCPT", "DATA", "<53", ".", "QUIT"]
     );
-    assert_eq!(sink.messages().len(), 2);
+    let got = sink.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, got[1].body);
     assert_eq!(
         log.texts(),
         vec![

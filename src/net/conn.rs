@@ -264,14 +264,24 @@ impl Conn<'_> {
                     Action::CommitMessage(env) => {
                         write_logs(&self.ctx.log, &mut logs);
                         self.drain_body();
-                        let committed_mid = Some(env.mid);
                         let result = match (self.incoming.take(), self.body_error.take()) {
                             (Some(inc), None) => {
                                 let spool = self.ctx.spool.clone();
-                                match tokio::task::spawn_blocking(move || spool.commit(inc, &env))
-                                    .await
+                                match tokio::task::spawn_blocking(move || {
+                                    let r = spool.commit(inc, &env);
+                                    (r, env)
+                                })
+                                .await
                                 {
-                                    Ok(r) => r.map_err(|e| e.to_string()),
+                                    Ok((Ok(body), env)) => {
+                                        // The queue manager gets envelope and body as they are:
+                                        // the first delivery reads nothing back from disk.
+                                        if let Some(q) = &self.ctx.queue {
+                                            q.committed(env, body);
+                                        }
+                                        Ok(())
+                                    }
+                                    Ok((Err(e), _)) => Err(e.to_string()),
                                     Err(e) => Err(format!("commit task failed: {e}")),
                                 }
                             }
@@ -300,7 +310,11 @@ impl Conn<'_> {
                     Action::Close => {
                         write_logs(&self.ctx.log, &mut logs);
                         let _ = self.flush(&mut stream).await;
-                        let _ = stream.shutdown().await;
+                        // TLS says close_notify; plain TCP sends its FIN when the socket is
+                        // closed right after this, so a separate shutdown call is not needed.
+                        if self.session.tls().is_some() {
+                            let _ = stream.shutdown().await;
+                        }
                         return Flow::Done;
                     }
                 }

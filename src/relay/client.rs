@@ -185,6 +185,8 @@ pub struct OutgoingMessage {
     pub rcpts: Vec<(u32, String)>,
     /// Spool file with the message (CRLF lines, not dot-stuffed).
     pub body_path: PathBuf,
+    /// The same bytes in memory when the caller has them (the file is then not read).
+    pub body: Option<std::sync::Arc<[u8]>>,
     /// Size in bytes (for `SIZE=`).
     pub size: u64,
     /// The envelope needs SMTPUTF8.
@@ -507,7 +509,19 @@ pub struct Connection {
     tls: TlsOutcome,
     timeouts: ClientTimeouts,
     transactions: u32,
+    /// A transaction was started and not ended by the reply to the final dot: the next
+    /// one needs RSET first (RFC 5321 §4.1.1.5; after a final reply the server has
+    /// already reset its state, §4.1.1.4).
+    open_transaction: bool,
     broken: bool,
+}
+
+/// Where a message body comes from.
+enum BodySource {
+    /// Held in memory (a message's first attempt).
+    Memory(std::sync::Arc<[u8]>),
+    /// Read from the spool file as it is sent.
+    File(tokio::fs::File),
 }
 
 impl fmt::Debug for Connection {
@@ -600,6 +614,7 @@ impl Connection {
             tls: TlsOutcome::NotAttempted,
             timeouts: settings.timeouts.clone(),
             transactions: 0,
+            open_transaction: false,
             broken: false,
         };
         match conn.establish(target, settings, log).await {
@@ -918,7 +933,7 @@ impl Connection {
         !self.broken
     }
 
-    /// Sends one message: RSET first unless it is the first transaction, then
+    /// Sends one message: RSET first if an earlier transaction was left open, then
     /// MAIL, RCPT (pipelined when offered), DATA and the body.
     pub async fn send(&mut self, msg: &OutgoingMessage, log: &dyn DeliveryLog) -> MessageResult {
         let n = msg.rcpts.len();
@@ -938,7 +953,7 @@ impl Connection {
             let r = Reply::new(421, Enhanced(4, 4, 2), "connection is no longer usable");
             return all(out, RcptOutcome::TempFail(r), true);
         }
-        if self.transactions > 0 {
+        if self.open_transaction {
             match self
                 .wire
                 .command("RSET\r\n", self.timeouts.mail, "the reply to RSET")
@@ -996,8 +1011,14 @@ impl Connection {
                 )));
             }
         }
-        let body = match tokio::fs::File::open(&msg.body_path).await {
-            Ok(f) => f,
+        let opened = match &msg.body {
+            Some(bytes) => Ok(BodySource::Memory(bytes.clone())),
+            None => tokio::fs::File::open(&msg.body_path)
+                .await
+                .map(BodySource::File),
+        };
+        let body = match opened {
+            Ok(b) => b,
             Err(e) => {
                 let r = Reply::new(
                     451,
@@ -1050,7 +1071,7 @@ impl Connection {
     async fn transaction(
         &mut self,
         msg: &OutgoingMessage,
-        body: tokio::fs::File,
+        body: BodySource,
         out: &mut [Option<RcptOutcome>],
         log: &dyn DeliveryLog,
     ) -> Result<bool, TxError> {
@@ -1068,6 +1089,8 @@ impl Connection {
         let rcpt_cmd = |i: usize| format!("RCPT TO:<{}>\r\n", msg.rcpts[i].1);
         let mut saw_421 = false;
         let mut accepted: Vec<usize> = Vec::new();
+        // Until the reply to the final dot; cleared below only on a path that reads it.
+        self.open_transaction = true;
 
         let data_reply = if self.caps.pipelining {
             let mut batch = mail.clone();
@@ -1104,6 +1127,7 @@ impl Connection {
                         .read_reply(t.data_term, "the reply to end of DATA")
                         .await?;
                     saw_421 |= r.code == 421;
+                    self.open_transaction = false;
                 }
                 return Ok(saw_421);
             }
@@ -1117,6 +1141,8 @@ impl Connection {
                 for &i in &wanted {
                     out[i] = Some(failure(&mail_reply));
                 }
+                // MAIL refused: no transaction was started.
+                self.open_transaction = false;
                 return Ok(mail_reply.code == 421);
             }
             for &i in &wanted {
@@ -1152,6 +1178,7 @@ impl Connection {
             .wire
             .read_reply(t.data_term, "the reply to end of DATA")
             .await?;
+        self.open_transaction = false;
         if done.code / 100 == 2 {
             for &i in &accepted {
                 out[i] = Some(RcptOutcome::Delivered(done.clone()));
@@ -1169,39 +1196,52 @@ impl Connection {
         Ok(saw_421 || done.code == 421)
     }
 
-    /// Streams the spool file with dot-stuffing, then `.`; never holds the whole body.
-    async fn send_body(
-        &mut self,
-        mut body: tokio::fs::File,
-        limit: Duration,
-    ) -> Result<(), TxError> {
-        let mut chunk = vec![0u8; BODY_CHUNK];
-        let mut wire_buf: Vec<u8> = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
+    /// Sends the body dot-stuffed, then `.`: from memory in one write, or streamed from the
+    /// spool file (never holding the whole body), with the final dot in the last write.
+    async fn send_body(&mut self, body: BodySource, limit: Duration) -> Result<(), TxError> {
         let mut at_line_start = true;
         let mut tail = [0u8; 2];
         let mut empty = true;
-        loop {
-            let n = body.read(&mut chunk).await.map_err(TxError::Local)?;
-            if n == 0 {
-                break;
+        let mut wire_buf: Vec<u8>;
+        match body {
+            BodySource::Memory(bytes) => {
+                wire_buf = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 5);
+                dot_stuff(&bytes, &mut at_line_start, &mut wire_buf);
+                if let [.., a, b] = bytes[..] {
+                    tail = [a, b];
+                }
+                empty = bytes.is_empty();
             }
-            empty = false;
-            dot_stuff(&chunk[..n], &mut at_line_start, &mut wire_buf);
-            tail = if n >= 2 {
-                [chunk[n - 2], chunk[n - 1]]
-            } else {
-                [tail[1], chunk[0]]
-            };
-            self.wire.write(&wire_buf, limit, "DATA").await?;
-            wire_buf.clear();
+            BodySource::File(mut file) => {
+                let mut chunk = vec![0u8; BODY_CHUNK];
+                wire_buf = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
+                loop {
+                    let n = file.read(&mut chunk).await.map_err(TxError::Local)?;
+                    if n == 0 {
+                        break;
+                    }
+                    empty = false;
+                    dot_stuff(&chunk[..n], &mut at_line_start, &mut wire_buf);
+                    tail = if n >= 2 {
+                        [chunk[n - 2], chunk[n - 1]]
+                    } else {
+                        [tail[1], chunk[0]]
+                    };
+                    if wire_buf.len() >= BODY_CHUNK {
+                        self.wire.write(&wire_buf, limit, "DATA").await?;
+                        wire_buf.clear();
+                    }
+                }
+            }
         }
         // The body always ends with CRLF before the terminating dot.
-        let tail: &[u8] = if empty || tail == *b"\r\n" {
+        let end: &[u8] = if empty || tail == *b"\r\n" {
             b".\r\n"
         } else {
             b"\r\n.\r\n"
         };
-        self.wire.write(tail, limit, "DATA").await?;
+        wire_buf.extend_from_slice(end);
+        self.wire.write(&wire_buf, limit, "DATA").await?;
         Ok(())
     }
 

@@ -5,8 +5,9 @@ use tokio::sync::mpsc;
 /// Requests to the queue manager.
 #[derive(Debug)]
 pub enum Command {
-    /// A message was committed to the spool.
-    Enqueued(u64),
+    /// A message was committed to the spool; with its envelope and body when the caller
+    /// has them at hand (the manager then need not read them back).
+    Enqueued(u64, Option<Box<Committed>>),
     /// Deliver now: one message, or all.
     Retry(Option<u64>),
     /// Remove a message without delivering it.
@@ -20,6 +21,15 @@ pub enum Command {
         /// Destination controls.
         destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
     },
+}
+
+/// A freshly committed message as its listener had it.
+#[derive(Debug)]
+pub struct Committed {
+    /// The envelope just written.
+    pub env: crate::spool::Envelope,
+    /// The body, when it was held in memory (not spilled to disk).
+    pub body: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Handle used by listeners and the control socket.
@@ -36,7 +46,17 @@ impl QueueHandle {
 
     /// Tells the manager about a newly committed message.
     pub fn enqueued(&self, mid: u64) {
-        let _ = self.tx.send(Command::Enqueued(mid));
+        let _ = self.tx.send(Command::Enqueued(mid, None));
+    }
+
+    /// Tells the manager about a message just committed, handing over its envelope and body.
+    pub fn committed(&self, env: crate::spool::Envelope, body: Option<Vec<u8>>) {
+        let mid = env.mid;
+        let body = body.map(std::sync::Arc::from);
+        let _ = self.tx.send(Command::Enqueued(
+            mid,
+            Some(Box::new(Committed { env, body })),
+        ));
     }
 
     /// Sends a command.

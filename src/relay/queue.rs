@@ -3,6 +3,7 @@
 //! a message only when every recipient has a final outcome.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::dsn::FailedRecipient;
-use crate::relay::handle::{Command, QueueHandle};
+use crate::relay::handle::{Command, Committed, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::{DeliveryState, Final};
 use crate::relay::worker::{self, Feed, Job, JobResult, Outcome, SharedFeed, WorkerContext};
@@ -31,9 +32,32 @@ pub struct RelaySettings {
     pub hostname: String,
 }
 
+/// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
+/// (a slow or unreachable destination with a long queue) bodies are read from the spool.
+const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
+
+/// A just-committed body kept in memory so its first delivery need not read it back;
+/// counted against [`BODY_CACHE_MAX`] until the last job holding it is dropped.
+#[derive(Debug)]
+pub struct CachedBody {
+    /// The message as spooled (CRLF lines, not dot-stuffed).
+    pub bytes: Arc<[u8]>,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for CachedBody {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
 struct Queued {
     env: Envelope,
     state: DeliveryState,
+    /// A delivery state file may exist (so removal must delete it).
+    state_on_disk: bool,
+    /// The body in memory, for the first delivery attempt only.
+    body: Option<Arc<CachedBody>>,
     jobs_in_flight: usize,
     temp_this_round: bool,
     bounced_this_round: Vec<FailedRecipient>,
@@ -61,8 +85,11 @@ pub struct QueueManager {
     active_total: usize,
     /// When the last required-TLS alert mail went out, per destination domain.
     alerts_sent: HashMap<String, std::time::Instant>,
-    /// Delivered messages whose files are to be removed after the current batch.
-    finished: Vec<u64>,
+    /// Delivered messages whose files are to be removed after the current batch, and
+    /// whether each may have a delivery state file.
+    finished: Vec<(u64, bool)>,
+    /// Bytes of [`CachedBody`] alive.
+    body_budget: Arc<AtomicUsize>,
 }
 
 /// Longest the manager sleeps without refreshing `mxgate_queue_*` gauges.
@@ -105,6 +132,7 @@ impl QueueManager {
             active_total: 0,
             alerts_sent: HashMap::new(),
             finished: Vec::new(),
+            body_budget: Arc::new(AtomicUsize::new(0)),
         };
         (m, QueueHandle::new(tx))
     }
@@ -142,6 +170,38 @@ impl QueueManager {
             Queued {
                 env,
                 state,
+                state_on_disk: true,
+                body: None,
+                jobs_in_flight: 0,
+                temp_this_round: false,
+                bounced_this_round: Vec::new(),
+            },
+        );
+    }
+
+    /// Takes a message a listener has just committed, with its envelope and body: nothing
+    /// to read back, and no delivery state can exist yet.
+    fn load_committed(&mut self, mid: u64, c: Committed) {
+        if self.messages.contains_key(&mid) {
+            return;
+        }
+        let body = c.body.and_then(|bytes| {
+            let len = bytes.len();
+            let used = self.body_budget.fetch_add(len, Ordering::Relaxed);
+            let body = CachedBody {
+                bytes,
+                budget: self.body_budget.clone(),
+            };
+            // Over budget: dropping it gives the bytes back, the relay reads the spool file.
+            (used + len <= BODY_CACHE_MAX).then(|| Arc::new(body))
+        });
+        self.messages.insert(
+            mid,
+            Queued {
+                env: c.env,
+                state: DeliveryState::default(),
+                state_on_disk: false,
+                body,
                 jobs_in_flight: 0,
                 temp_this_round: false,
                 bounced_this_round: Vec::new(),
@@ -199,7 +259,8 @@ impl QueueManager {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::Enqueued(mid) => self.load(mid),
+            Command::Enqueued(mid, None) => self.load(mid),
+            Command::Enqueued(mid, Some(c)) => self.load_committed(mid, *c),
             Command::Reconfigure {
                 routes,
                 destinations,
@@ -293,9 +354,14 @@ impl QueueManager {
             // Not due again until this round's results are in: `jobs_in_flight` keeps it out of
             // `due`. `next_try` is left alone so a saved state is never "never" after a crash.
             q.temp_this_round = false;
-            let size = std::fs::metadata(self.spool.message_path(mid))
-                .map(|m| m.len())
-                .unwrap_or(0);
+            // Only the first round sends from memory; retries read the spool file.
+            let body = q.body.take();
+            let size = match &body {
+                Some(b) => b.bytes.len() as u64,
+                None => std::fs::metadata(self.spool.message_path(mid))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            };
             for (domain, rcpts) in by_domain {
                 let per = self
                     .controls
@@ -315,6 +381,7 @@ impl QueueManager {
                         from: q.env.from.clone(),
                         rcpts: chunk.to_vec(),
                         body_path: self.spool.message_path(mid),
+                        body: body.clone(),
                         size,
                         smtputf8: q.env.rcpts.iter().any(|r| !r.is_ascii())
                             || !q.env.from.is_ascii(),
@@ -486,9 +553,12 @@ impl QueueManager {
             if q.jobs_in_flight == 0 {
                 // Persists the state, or removes the message when every recipient is final.
                 self.settle(r.mid).await;
-            } else if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+            } else {
                 // Persist after every job: a crash now re-delivers at most this job's recipients.
-                tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
+                q.state_on_disk = true;
+                if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+                    tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
+                }
             }
         }
         let done = std::mem::take(&mut self.finished);
@@ -498,8 +568,8 @@ impl QueueManager {
             // nothing has to wait for it (a crash before it delivers these again).
             let spool = self.spool.clone();
             tokio::task::spawn_blocking(move || {
-                for mid in done {
-                    spool.unlink_message(mid);
+                for (mid, state) in done {
+                    spool.unlink_message_files(mid, state);
                 }
                 spool.sync_queue_dir()
             });
@@ -546,8 +616,9 @@ impl QueueManager {
         if all_final && bounced.is_empty() {
             // The common case, every recipient delivered: no state to persist, just remove
             // (a crash before the removal is durable delivers the message again: at least once).
+            let state_on_disk = q.state_on_disk;
             self.messages.remove(&mid);
-            self.finished.push(mid);
+            self.finished.push((mid, state_on_disk));
             self.log.log(&Event::MessageFinished {
                 mid,
                 how: "done".into(),
@@ -561,6 +632,7 @@ impl QueueManager {
         } else {
             q.state.next_try = now_unix();
         }
+        q.state_on_disk = true;
         let _ = q.state.save(&self.spool.state_path(mid));
         let env = q.env.clone();
         if !bounced.is_empty() {

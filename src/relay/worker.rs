@@ -12,6 +12,7 @@ use crate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
 };
 use crate::relay::outbound_tls::OutboundTlsContext;
+use crate::relay::queue::CachedBody;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
@@ -26,6 +27,8 @@ pub struct Job {
     pub rcpts: Vec<(u32, String)>,
     /// Body file.
     pub body_path: PathBuf,
+    /// The body in memory, on a message's first attempt (else it is read from `body_path`).
+    pub body: Option<Arc<CachedBody>>,
     /// Body size.
     pub size: u64,
     /// The message was received with SMTPUTF8 addresses.
@@ -340,6 +343,7 @@ pub async fn deliver_batch(
                 from: job.from.clone(),
                 rcpts: job.rcpts.clone(),
                 body_path: job.body_path.clone(),
+                body: job.body.as_ref().map(|b| b.bytes.clone()),
                 size: job.size,
                 smtputf8: job.smtputf8,
             };

@@ -102,6 +102,8 @@ pub struct Incoming {
     tmp_env: Option<PathBuf>,
     buf: Vec<u8>,
     file: Option<File>,
+    /// The body went to `tmp/` rather than staying in `buf`.
+    spilled: bool,
     bytes: u64,
 }
 
@@ -205,6 +207,7 @@ impl Spool {
             tmp_env: None,
             buf: Vec::new(),
             file: None,
+            spilled: false,
             bytes: 0,
         }
     }
@@ -223,9 +226,12 @@ impl Spool {
     /// The directory fsync is a group commit: one fsync covers every commit whose renames
     /// completed before it started, and this returns only after such an fsync succeeded.
     /// Blocking: call from a blocking thread. On error nothing is left in `queue/`.
-    pub fn commit(&self, mut inc: Incoming, env: &Envelope) -> Result<(), SpoolError> {
+    ///
+    /// Returns the body when it was held in memory (not spilled), so the relay can send it
+    /// without reading it back from disk.
+    pub fn commit(&self, mut inc: Incoming, env: &Envelope) -> Result<Option<Vec<u8>>, SpoolError> {
         let result = self.commit_inner(&mut inc, env);
-        if result.is_err() {
+        if let Err(e) = result {
             // Envelope first: an envelope in queue/ always has its body beside it.
             let _ = fs::remove_file(self.envelope_path(inc.mid));
             let _ = fs::remove_file(self.message_path(inc.mid));
@@ -233,8 +239,9 @@ impl Spool {
             if let Some(p) = &inc.tmp_env {
                 let _ = fs::remove_file(p);
             }
+            return Err(e);
         }
-        result
+        Ok((!inc.spilled).then(|| std::mem::take(&mut inc.buf)))
     }
 
     fn tmp_env(&self, mid: u64) -> PathBuf {
@@ -245,9 +252,11 @@ impl Spool {
         let body = match inc.file.take() {
             // Spilled: the body is in tmp/ already.
             Some(mut file) => {
+                inc.spilled = true;
                 if !inc.buf.is_empty() {
                     file.write_all(&inc.buf)
                         .map_err(io("write", &inc.tmp_msg))?;
+                    inc.buf = Vec::new();
                 }
                 file
             }
@@ -372,9 +381,17 @@ impl Spool {
     /// fsync to the caller, who batches it with [`Spool::sync_queue_dir`]: until then a
     /// crash may bring the message back, and it is delivered again (at least once).
     pub fn unlink_message(&self, mid: u64) {
+        self.unlink_message_files(mid, true);
+    }
+
+    /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
+    /// none was ever written.
+    pub fn unlink_message_files(&self, mid: u64, state: bool) {
         self.recycle(&self.envelope_path(mid), true);
         self.recycle(&self.message_path(mid), false);
-        let _ = fs::remove_file(self.state_path(mid));
+        if state {
+            let _ = fs::remove_file(self.state_path(mid));
+        }
     }
 
     /// Fsyncs `queue/`, sharing the fsync with concurrent commits (blocking).
@@ -475,8 +492,14 @@ mod tests {
             for chunk in body.chunks(1000) {
                 inc.write(chunk).unwrap();
             }
-            spool.commit(inc, &env(mid)).unwrap();
+            let in_memory = spool.commit(inc, &env(mid)).unwrap();
             assert_eq!(fs::read(spool.message_path(mid)).unwrap(), body);
+            // The relay gets the body back only when it never left memory.
+            if size <= SPILL_AT {
+                assert_eq!(in_memory.as_deref(), Some(&body[..]));
+            } else {
+                assert_eq!(in_memory, None);
+            }
             let e =
                 Envelope::parse(&fs::read_to_string(spool.envelope_path(mid)).unwrap()).unwrap();
             assert_eq!(e, env(mid));
