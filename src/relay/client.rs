@@ -1295,12 +1295,24 @@ fn lost_reply(peer: IpAddr, e: &WireError) -> Reply {
 /// Appends `input` to `out`, doubling a `.` at the start of every line; `at_line_start`
 /// carries the state across chunks.
 pub fn dot_stuff(input: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-    for &b in input {
-        if *at_line_start && b == b'.' {
+    // Line by line: whole lines are copied at once, a dot is inserted only at line starts.
+    let mut rest = input;
+    while let Some(&first) = rest.first() {
+        if *at_line_start && first == b'.' {
             out.push(b'.');
         }
-        out.push(b);
-        *at_line_start = b == b'\n';
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                out.extend_from_slice(&rest[..=i]);
+                rest = &rest[i + 1..];
+                *at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                *at_line_start = false;
+                return;
+            }
+        }
     }
 }
 
@@ -1368,6 +1380,35 @@ mod tests {
         dot_stuff(b"\n.", &mut bol, &mut out);
         dot_stuff(b".\r\n", &mut bol, &mut out);
         assert_eq!(out, b"..a\r\nb\r\n...\r\n");
+    }
+
+    proptest::proptest! {
+        /// Any split of any body stuffs exactly like the byte-at-a-time definition
+        /// (a dot is doubled at the start of every line, and nowhere else).
+        #[test]
+        fn dot_stuffing_matches_the_definition(
+            body in proptest::collection::vec(proptest::sample::select(b".\r\na".to_vec()), 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let mut want = Vec::new();
+            let mut bol = true;
+            for &b in &body {
+                if bol && b == b'.' {
+                    want.push(b'.');
+                }
+                want.push(b);
+                bol = b == b'\n';
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let (mut out, mut at, mut from) = (Vec::new(), true, 0);
+            for c in cuts.into_iter().chain([body.len()]) {
+                dot_stuff(&body[from..c], &mut at, &mut out);
+                from = c;
+            }
+            proptest::prop_assert_eq!(out, want);
+            proptest::prop_assert_eq!(at, bol);
+        }
     }
 
     /// The queue manager runs deliveries in spawned tasks: the futures must be `Send`.
