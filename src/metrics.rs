@@ -46,6 +46,9 @@ pub const QUEUE_OLDEST_AGE_SECONDS: &str = "mxgate_queue_oldest_age_seconds";
 pub const CERTIFICATE_EXPIRY: &str = "mxgate_certificate_expiry_timestamp_seconds";
 /// Configuration reloads: `{result}` (success, failure).
 pub const CONFIG_RELOADS: &str = "mxgate_config_reloads_total";
+/// DNS block-list lookups: `{zone, result}` with result `listed`, `not_listed` or `error`
+/// (timeout, server failure, or only a list error code such as 127.255.255.254).
+pub const DNSBL_LOOKUPS: &str = "mxgate_dnsbl_lookups_total";
 /// Build information, value 1: `{version}`.
 pub const BUILD_INFO: &str = "mxgate_build_info";
 
@@ -130,6 +133,7 @@ fn describe() {
         "Listener certificate expiry time"
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_counter!(DNSBL_LOOKUPS, "DNS block-list lookups by zone and result");
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
@@ -352,6 +356,11 @@ pub fn required_tls_failure(destination: &str) {
 /// Counts per-recipient delivery results.
 pub fn delivery_attempt(destination: &str, result: &'static str, n: u64) {
     metrics::counter!(DELIVERY_ATTEMPTS, "destination" => destination.to_string(), "result" => result).increment(n);
+}
+
+/// Counts one block-list lookup; `zone` comes from the HAT, never from the client.
+pub fn dnsbl_lookup(zone: &str, result: &'static str) {
+    metrics::counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
 }
 
 /// Sets the queue gauges.

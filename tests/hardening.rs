@@ -75,6 +75,34 @@ fn fixture_with_dns_timeout(timeout: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The value of `mxgate_dnsbl_lookups_total{zone, result}` on the server's `/metrics` (0 when
+/// the series does not exist yet).
+async fn dnsbl_lookups(srv: &Server, zone: &str, result: &str) -> f64 {
+    let addr = srv
+        .running
+        .as_ref()
+        .and_then(|r| r.metrics_addr)
+        .expect("metrics enabled");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (zone, result) = (format!("zone=\"{zone}\""), format!("result=\"{result}\""));
+    text.lines()
+        .find(|l| {
+            l.starts_with("mxgate_dnsbl_lookups_total{") && l.contains(&zone) && l.contains(&result)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Metrics on a free loopback port, so the lookup counter can be read.
+fn metrics_on_loopback(o: &mut mxgate::config::Overrides) {
+    o.metrics_listen = Some(Some("127.0.0.1:0".parse().unwrap()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // DNS servers for the tests
 // ---------------------------------------------------------------------------------------------
@@ -173,6 +201,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     let port = dns.port;
     let mut srv = Server::start("e2e", |o, _| {
         o.dns_resolvers = Some(vec![format!("127.0.0.1:{port}").parse().unwrap()]);
+        metrics_on_loopback(o);
     })
     .await;
     let addr = srv.addr("dnsbl");
@@ -261,6 +290,17 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     let icid = icid_of(&l);
     assert!(!srv.log_text().contains(&format!("ICID {icid} dnslist[")));
     assert_nothing_spooled(&srv);
+
+    // Seven clients asked both lists. zen listed 192.0.2.2, .4 (a code the HAT does not
+    // count is still a listing) and 2001:db8::2; dul listed 192.0.2.5 and answered .6 with an
+    // error code. The other test of this file adds its timeouts to `error`, never to these.
+    let zen = "zen.example-rbl.test";
+    let dul = "dul.example-rbl.test";
+    assert_eq!(dnsbl_lookups(&srv, zen, "listed").await, 3.0);
+    assert_eq!(dnsbl_lookups(&srv, zen, "not_listed").await, 4.0);
+    assert_eq!(dnsbl_lookups(&srv, dul, "listed").await, 1.0);
+    assert_eq!(dnsbl_lookups(&srv, dul, "not_listed").await, 5.0);
+    assert!(dnsbl_lookups(&srv, dul, "error").await >= 1.0);
     srv.stop().await;
 }
 
@@ -272,6 +312,7 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
     let resolver = dns.addr;
     let mut srv = Server::start_dir(config.path(), |o, _| {
         o.dns_resolvers = Some(vec![resolver]);
+        metrics_on_loopback(o);
     })
     .await;
     let timeout = Duration::from_secs(1);
@@ -307,6 +348,12 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
     }
     srv.wait_log(r"Info: ICID \d+ ACCEPT SG TEMPFAIL match ptr_tempfail SBRS None")
         .await;
+    // Counted as errors: only this test makes zen fail (the other one may add to dul).
+    assert_eq!(
+        dnsbl_lookups(&srv, "zen.example-rbl.test", "error").await,
+        1.0
+    );
+    assert!(dnsbl_lookups(&srv, "dul.example-rbl.test", "error").await >= 1.0);
     assert!(c.cmd("QUIT").await.starts_with("221 "));
     srv.stop().await;
 }

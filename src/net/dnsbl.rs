@@ -13,6 +13,9 @@
 //! alerted on; a client that should not get through during an outage has to be kept out by
 //! criteria that do not depend on the list.
 //!
+//! Every lookup is counted in `mxgate_dnsbl_lookups_total{zone,result}` (see
+//! [`Outcome::metric_result`]), so a list that starts failing shows on the dashboard.
+//!
 //! [`Peer::dnslists_listed`]: crate::policy::hat::Peer::dnslists_listed
 
 use std::future::Future;
@@ -61,6 +64,20 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// The `result` label of `mxgate_dnsbl_lookups_total`: `listed` when an answer is a
+    /// listing code by the default rule (whether a criterion's own codes count it is policy),
+    /// `not_listed`, or `error` for a failure or an answer made only of list error codes
+    /// (127.255.255.x, e.g. a refused public resolver): those mean the list is not usable.
+    pub fn metric_result(&self) -> &'static str {
+        match self {
+            Outcome::Answered(ips) if ips.iter().any(|a| is_default_listing_answer(*a)) => "listed",
+            Outcome::Answered(_) | Outcome::Failed(_) => "error",
+            Outcome::NotListed => "not_listed",
+        }
+    }
+}
+
 /// The answer of one zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneAnswer {
@@ -88,6 +105,7 @@ pub async fn check_zones(
                 ALookup::NotFound => Outcome::NotListed,
                 ALookup::Failed(e) => Outcome::Failed(e),
             };
+            crate::metrics::dnsbl_lookup(&zone, outcome.metric_result());
             ZoneAnswer {
                 zone,
                 query,
@@ -247,6 +265,26 @@ mod tests {
         assert_eq!(
             notes[2],
             "Warning ICID 7 dnslist[c.test] lookup 2.2.0.192.c.test. failed: timeout after 1s; treated as not listed"
+        );
+    }
+
+    #[test]
+    fn metric_results() {
+        let answered =
+            |ips: &[[u8; 4]]| Outcome::Answered(ips.iter().map(|o| Ipv4Addr::from(*o)).collect());
+        assert_eq!(answered(&[[127, 0, 0, 2]]).metric_result(), "listed");
+        // A code the criterion may not count is still a listing by the list's own rule.
+        assert_eq!(answered(&[[127, 0, 0, 10]]).metric_result(), "listed");
+        assert_eq!(
+            answered(&[[127, 255, 255, 254], [127, 0, 0, 4]]).metric_result(),
+            "listed"
+        );
+        assert_eq!(answered(&[[127, 255, 255, 254]]).metric_result(), "error");
+        assert_eq!(answered(&[[192, 0, 2, 99]]).metric_result(), "error");
+        assert_eq!(Outcome::NotListed.metric_result(), "not_listed");
+        assert_eq!(
+            Outcome::Failed("timeout after 1s".into()).metric_result(),
+            "error"
         );
     }
 
