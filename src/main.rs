@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use mxgate::config::model::{Config, MailLogTarget};
 use mxgate::config::{load, Overrides};
 use mxgate::policy::flow::{Limit, MailFlowPolicy};
-use mxgate::policy::hat::{Peer, ReverseDns};
+use mxgate::policy::hat::{dnslist_entry, Criterion, DnsListZone, Peer, ReverseDns};
 
 /// Inbound SMTP gateway with HAT sender groups, mail-flow policies and TLS enforcement.
 #[derive(Parser, Debug)]
@@ -113,12 +113,24 @@ enum HatCmd {
         /// Treat this as the client's verified reverse-DNS name.
         #[arg(long)]
         hostname: Option<String>,
+        /// Pretend the client is listed on this block-list zone (answer 127.0.0.2, or the
+        /// codes given as ZONE=CODE,CODE); repeatable.
+        #[arg(long, value_name = "ZONE[=CODE,...]", value_parser = listed_arg)]
+        listed: Vec<DnsListZone>,
         /// Listener whose HAT to use (default: the first listener).
         #[arg(long)]
         listener: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+/// `--listed` takes the zone syntax of a `dnslist:` criterion, so it is checked the same way.
+fn listed_arg(s: &str) -> Result<DnsListZone, String> {
+    match Criterion::parse(&format!("dnslist:{s}"))? {
+        Criterion::DnsList(z) => Ok(z),
+        _ => Err(format!("{s:?} is not a block-list zone")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -263,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 HatCmd::Trace {
                     ip,
                     hostname,
+                    listed,
                     listener,
                     config,
                 },
@@ -270,7 +283,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(cfg) = config.load_or_report()? else {
                 return Ok(ExitCode::from(1));
             };
-            print!("{}", trace(&cfg, ip, hostname, listener.as_deref())?);
+            print!(
+                "{}",
+                trace(&cfg, ip, hostname, &listed, listener.as_deref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Destinations {
@@ -452,6 +468,7 @@ fn trace(
     cfg: &Config,
     ip: IpAddr,
     hostname: Option<String>,
+    listed: &[DnsListZone],
     listener: Option<&str>,
 ) -> anyhow::Result<String> {
     use std::fmt::Write;
@@ -467,10 +484,26 @@ fn trace(
         Some(h) => ReverseDns::Verified(h.trim_end_matches('.').to_ascii_lowercase()),
         None => ReverseDns::NotChecked,
     };
+    // The answers a real lookup would have recorded: 127.0.0.2 is the answer lists give for
+    // their test entries (RFC 5782 §5), and counts under every criterion without codes.
+    let answers: Vec<(&str, Vec<std::net::Ipv4Addr>)> = listed
+        .iter()
+        .map(|z| {
+            let codes = if z.codes.is_empty() {
+                vec![std::net::Ipv4Addr::new(127, 0, 0, 2)]
+            } else {
+                z.codes.clone()
+            };
+            (z.zone.as_str(), codes)
+        })
+        .collect();
     let c = l.hat.classify(&Peer {
         ip,
         rdns: rdns.clone(),
-        dnslists_listed: Vec::new(),
+        dnslists_listed: answers
+            .iter()
+            .flat_map(|(zone, codes)| codes.iter().map(|a| dnslist_entry(zone, *a)))
+            .collect(),
     });
     let mut s = String::new();
     let _ = writeln!(
@@ -489,6 +522,30 @@ fn trace(
             _ => "not looked up (use --hostname NAME to match host/suffix entries)".into(),
         }
     );
+    let zones = l.hat.dnslist_zones();
+    for (zone, codes) in &answers {
+        let codes: Vec<String> = codes.iter().map(ToString::to_string).collect();
+        let unused = if zones.contains(zone) {
+            String::new()
+        } else {
+            format!(
+                "; HAT {} names no such dnslist, so it changes nothing",
+                l.hat.name
+            )
+        };
+        let _ = writeln!(
+            s,
+            "dns lists     {zone} answers {} (simulated{unused})",
+            codes.join(",")
+        );
+    }
+    if answers.is_empty() && !zones.is_empty() {
+        let _ = writeln!(
+            s,
+            "dns lists     not looked up (use --listed ZONE to simulate a listing on {})",
+            zones.join(", ")
+        );
+    }
     for g in &c.continued {
         let _ = writeln!(s, "continue      {g} matched but its policy says continue");
     }

@@ -145,6 +145,81 @@ fn hat_trace_names_group_criterion_and_policy() {
     );
 }
 
+/// `hat trace` on the e2e fixture's `dnsbl` listener; stdout, stderr and success.
+fn trace_dnsbl(args: &[&str]) -> (String, String, bool) {
+    let out = mxgate()
+        .args(["hat", "trace", "192.0.2.9", "--listener", "dnsbl"])
+        .args(args)
+        .arg("--config-dir")
+        .arg(repo().join("tests/fixtures/e2e"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn hat_trace_simulates_block_list_listings() {
+    // zen counts only 127.0.0.2 and 127.0.0.4; dul counts any listing answer.
+    let (s, _, ok) = trace_dnsbl(&[]);
+    assert!(ok, "{s}");
+    assert!(
+        s.contains("dns lists     not looked up (use --listed ZONE to simulate a listing on zen.example-rbl.test, dul.example-rbl.test)"),
+        "{s}"
+    );
+    assert!(s.contains("sender group  ALL"), "{s}");
+
+    let (s, _, ok) = trace_dnsbl(&["--listed", "zen.example-rbl.test"]);
+    assert!(ok, "{s}");
+    assert!(
+        s.contains("dns lists     zen.example-rbl.test answers 127.0.0.2 (simulated)\n"),
+        "{s}"
+    );
+    assert!(s.contains("sender group  BLOCKLIST"), "{s}");
+    assert!(
+        s.contains("log line      ICID n REJECT SG BLOCKLIST match dnslist[zen.example-rbl.test] SBRS None"),
+        "{s}"
+    );
+
+    // A code zen does not count falls through to the next list; a zone the HAT does not
+    // name is shown as changing nothing.
+    let (s, _, ok) = trace_dnsbl(&[
+        "--listed",
+        "Zen.Example-RBL.test.=127.0.0.10",
+        "--listed",
+        "dul.example-rbl.test",
+        "--listed",
+        "other.example-rbl.test",
+    ]);
+    assert!(ok, "{s}");
+    assert!(
+        s.contains("dns lists     zen.example-rbl.test answers 127.0.0.10 (simulated)\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("dns lists     other.example-rbl.test answers 127.0.0.2 (simulated; HAT dnsbl names no such dnslist, so it changes nothing)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("sender group  SUSPECTLIST")
+            && s.contains("matched       dnslist[dul.example-rbl.test]"),
+        "{s}"
+    );
+
+    let (s, _, ok) = trace_dnsbl(&["--listed", "zen.example-rbl.test=127.0.0.4"]);
+    assert!(ok && s.contains("sender group  BLOCKLIST"), "{s}");
+
+    let (_, err, ok) = trace_dnsbl(&["--listed", "zen.example-rbl.test=127.0.0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("answer code \"127.0.0\" is not an IPv4 address like 127.0.0.2"),
+        "{err}"
+    );
+}
+
 /// Runs `mxgate serve` on the shipped config with every path and address overridden.
 struct Serve {
     child: std::process::Child,
