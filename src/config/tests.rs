@@ -321,7 +321,7 @@ fn broken_config_reports_every_error_with_its_location() {
         "listeners/third.yaml:6:1: unknown key `max_conections`, expected one of name, type, bind, hostname, \
          certificate, key, hat, rat, max_connections, timeouts, max_command_line, max_bad_commands, proxy_protocol",
         "mxgate.yaml:2:29: dns.resolvers[1]: \"nonsense\" is not a resolver address: write an IP or IP:port (e.g. 127.0.0.1:5353)",
-        "mxgate.yaml:3:12: dns.timeout: \"5 minutes\" is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d or a number of seconds",
+        "mxgate.yaml:3:12: dns.timeout: \"5 minutes\" is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds",
         "policies/hat.yaml:8:15: inbound.sender_groups[1].match[0]: \"10.0.0.0/33\" is not a valid CIDR network",
         "policies/hat.yaml:10:7: inbound.sender_groups[2].policy: missing required key `policy`",
         "policies/hat.yaml:14:15: inbound.sender_groups[3].policy: unknown policy \"THROTLED\"",

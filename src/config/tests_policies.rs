@@ -197,23 +197,63 @@ fn durations_parse_and_reject() {
         ("1h", Duration::from_secs(3600)),
         ("300", Duration::from_secs(300)),
         (" 2 m ", Duration::from_secs(120)),
+        ("5d", Duration::from_secs(5 * 86_400)),
+        ("1D", Duration::from_secs(86_400)),
+        ("0d", Duration::ZERO),
+        ("2w", Duration::from_secs(14 * 86_400)),
+        ("1W", Duration::from_secs(7 * 86_400)),
     ];
     for (s, d) in ok {
         assert_eq!(parse_duration(s), Ok(d), "{s}");
     }
-    assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
     for s in [
         "",
         "s",
+        "d",
         "5 minutes",
+        "5 days",
         "1.5s",
+        "1.5d",
         "-1s",
-        "5w",
+        "5y",
+        "1w2d",
         "99999999999999999999s",
         "18446744073709551615h",
+        "18446744073709551615d",
+        "30500568904944w",
     ] {
         assert!(parse_duration(s).is_err(), "{s:?} should be refused");
     }
+    assert_eq!(
+        parse_duration("5x"),
+        Err("\"5x\" is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds".into())
+    );
+    assert_eq!(
+        parse_duration("30500568904944w"),
+        Err("duration \"30500568904944w\" is too large".into())
+    );
+}
+
+#[test]
+fn delivery_durations_take_days_and_weeks() {
+    let d = config_dir(&[(
+        "mxgate.yaml",
+        Some("delivery:\n  retry_max: 1d\n  max_queue_lifetime: 5d\n"),
+    )]);
+    let dl = loaded(&d, &Overrides::default()).global.delivery;
+    assert_eq!(dl.max_queue_lifetime, Duration::from_secs(5 * 86_400));
+    assert_eq!(dl.retry_max, Duration::from_secs(86_400));
+    let d = config_dir(&[("mxgate.yaml", Some("delivery:\n  max_queue_lifetime: 2w\n"))]);
+    let dl = loaded(&d, &Overrides::default()).global.delivery;
+    assert_eq!(dl.max_queue_lifetime, Duration::from_secs(14 * 86_400));
+    let d = config_dir(&[(
+        "mxgate.yaml",
+        Some("delivery:\n  max_queue_lifetime: 5days\n"),
+    )]);
+    assert_eq!(
+        errors(&d, &Overrides::default()),
+        ["mxgate.yaml:2:23: delivery.max_queue_lifetime: \"5days\" is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds"]
+    );
 }
 
 #[test]

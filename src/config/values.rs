@@ -22,11 +22,13 @@ fn split_number(t: &str) -> Option<(u64, &str)> {
     Some((n, t[end..].trim()))
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a plain number of seconds.
+/// Parses `250ms`, `30s`, `5m`, `1h`, `5d`, `2w` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || {
-        format!("{t:?} is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d or a number of seconds")
+        format!(
+            "{t:?} is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds"
+        )
     };
     let (n, unit) = split_number(t).ok_or_else(bad)?;
     let d = match unit.to_ascii_lowercase().as_str() {
@@ -35,6 +37,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
         "d" => n.checked_mul(86_400).map(Duration::from_secs),
+        "w" => n.checked_mul(7 * 86_400).map(Duration::from_secs),
         _ => return Err(bad()),
     };
     d.ok_or_else(|| format!("duration {t:?} is too large"))
