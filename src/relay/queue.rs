@@ -2,7 +2,7 @@
 //! schedules delivery per destination, applies outcomes, retries, bounces and removes
 //! a message only when every recipient has a final outcome.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,8 @@ struct Queued {
     state_on_disk: bool,
     /// The body in memory, for the first delivery attempt only.
     body: Option<Arc<CachedBody>>,
+    /// Its `next_try` as filed in the manager's due index, while no job is in flight.
+    due_at: Option<u64>,
     jobs_in_flight: usize,
     temp_this_round: bool,
     bounced_this_round: Vec<FailedRecipient>,
@@ -81,6 +83,13 @@ pub struct QueueManager {
     worker: Arc<WorkerContext>,
     rx: mpsc::UnboundedReceiver<Command>,
     messages: BTreeMap<u64, Queued>,
+    /// (next_try, MID) of every message with no job in flight: what is due is a range of
+    /// it, so a long queue (a destination down for hours) costs nothing per new message.
+    due: BTreeSet<(u64, u64)>,
+    /// When the oldest-message gauge was last computed (a scan of the whole queue).
+    oldest_at: Option<std::time::Instant>,
+    /// Its value then.
+    oldest_age: u64,
     lanes: HashMap<String, Lane>,
     active_total: usize,
     /// When the last required-TLS alert mail went out, per destination domain.
@@ -128,6 +137,9 @@ impl QueueManager {
             worker,
             rx,
             messages: BTreeMap::new(),
+            due: BTreeSet::new(),
+            oldest_at: None,
+            oldest_age: 0,
             lanes: HashMap::new(),
             active_total: 0,
             alerts_sent: HashMap::new(),
@@ -172,11 +184,13 @@ impl QueueManager {
                 state,
                 state_on_disk: true,
                 body: None,
+                due_at: None,
                 jobs_in_flight: 0,
                 temp_this_round: false,
                 bounced_this_round: Vec::new(),
             },
         );
+        self.file_due(mid);
     }
 
     /// Takes a message a listener has just committed, with its envelope and body: nothing
@@ -202,11 +216,37 @@ impl QueueManager {
                 state: DeliveryState::default(),
                 state_on_disk: false,
                 body,
+                due_at: None,
                 jobs_in_flight: 0,
                 temp_this_round: false,
                 bounced_this_round: Vec::new(),
             },
         );
+        self.file_due(mid);
+    }
+
+    /// Files message `mid` in the due index under its current `next_try` when no job of it
+    /// is in flight (and takes out a stale entry). Call after every change of either.
+    fn file_due(&mut self, mid: u64) {
+        let Some(q) = self.messages.get_mut(&mid) else {
+            return;
+        };
+        if let Some(t) = q.due_at.take() {
+            self.due.remove(&(t, mid));
+        }
+        if q.jobs_in_flight == 0 {
+            q.due_at = Some(q.state.next_try);
+            self.due.insert((q.state.next_try, mid));
+        }
+    }
+
+    /// Takes message `mid` out of the queue's memory (its files are the caller's business).
+    fn forget(&mut self, mid: u64) {
+        if let Some(q) = self.messages.remove(&mid) {
+            if let Some(t) = q.due_at {
+                self.due.remove(&(t, mid));
+            }
+        }
     }
 
     /// Runs until `stop` turns true; in-flight deliveries finish first.
@@ -218,17 +258,20 @@ impl QueueManager {
         let mut workers: JoinSet<(String, Vec<JobResult>)> = JoinSet::new();
         loop {
             self.dispatch(&mut workers);
-            let oldest = self.messages.values().map(|q| q.env.received_unix).min();
-            metrics::queue_state(
-                self.messages.len(),
-                oldest.map(|t| now_unix().saturating_sub(t)).unwrap_or(0),
-            );
-            let next_due = self
-                .messages
-                .values()
-                .filter(|q| q.jobs_in_flight == 0)
-                .map(|q| q.state.next_try)
-                .min();
+            // The oldest message needs a scan of the queue: at most once a second.
+            if self
+                .oldest_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                let oldest = self.messages.values().map(|q| q.env.received_unix).min();
+                self.oldest_age = oldest.map(|t| now_unix().saturating_sub(t)).unwrap_or(0);
+                self.oldest_at = Some(std::time::Instant::now());
+            }
+            if self.messages.is_empty() {
+                self.oldest_age = 0;
+            }
+            metrics::queue_state(self.messages.len(), self.oldest_age);
+            let next_due = self.due.first().map(|(t, _)| *t);
             let sleep_for = match next_due {
                 Some(t) => Duration::from_secs(t.saturating_sub(now_unix()))
                     .max(Duration::from_millis(200)),
@@ -269,16 +312,21 @@ impl QueueManager {
                 self.controls = destinations;
             }
             Command::Retry(which) => {
-                for (mid, q) in self.messages.iter_mut() {
-                    if which.is_none_or(|w| w == *mid) {
+                let mids: Vec<u64> = match which {
+                    Some(mid) => vec![mid],
+                    None => self.messages.keys().copied().collect(),
+                };
+                for mid in mids {
+                    if let Some(q) = self.messages.get_mut(&mid) {
                         q.state.next_try = 0;
+                        self.file_due(mid);
                     }
                 }
             }
             Command::Delete(mid, reply) => {
                 let ok = match self.messages.get(&mid) {
                     Some(q) if q.jobs_in_flight == 0 => {
-                        self.messages.remove(&mid);
+                        self.forget(mid);
                         self.spool.remove_message(mid);
                         self.log.log(&Event::MessageFinished {
                             mid,
@@ -333,15 +381,18 @@ impl QueueManager {
     fn dispatch(&mut self, workers: &mut JoinSet<(String, Vec<JobResult>)>) {
         let now = now_unix();
         let due: Vec<u64> = self
-            .messages
-            .iter()
-            .filter(|(_, q)| q.jobs_in_flight == 0 && q.state.next_try <= now)
-            .map(|(m, _)| *m)
+            .due
+            .range(..=(now, u64::MAX))
+            .map(|(_, m)| *m)
             .collect();
         for mid in due {
             let Some(q) = self.messages.get_mut(&mid) else {
                 continue;
             };
+            // In flight from here on: out of the due index until its round is settled.
+            if let Some(t) = q.due_at.take() {
+                self.due.remove(&(t, mid));
+            }
             let mut by_domain: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
             for (i, r) in q.env.rcpts.iter().enumerate() {
                 if !q.state.finals.contains_key(&(i as u32)) {
@@ -390,7 +441,7 @@ impl QueueManager {
             }
             if q.jobs_in_flight == 0 {
                 // Every recipient already final (e.g. a crash right after the last save).
-                self.messages.remove(&mid);
+                self.forget(mid);
                 self.spool.remove_message(mid);
                 self.log.log(&Event::MessageFinished {
                     mid,
@@ -617,7 +668,7 @@ impl QueueManager {
             // The common case, every recipient delivered: no state to persist, just remove
             // (a crash before the removal is durable delivers the message again: at least once).
             let state_on_disk = q.state_on_disk;
-            self.messages.remove(&mid);
+            self.forget(mid);
             self.finished.push((mid, state_on_disk));
             self.log.log(&Event::MessageFinished {
                 mid,
@@ -635,6 +686,7 @@ impl QueueManager {
         q.state_on_disk = true;
         let _ = q.state.save(&self.spool.state_path(mid));
         let env = q.env.clone();
+        self.file_due(mid);
         if !bounced.is_empty() {
             match bounce::send_dsn(&self.spool, &self.settings.hostname, &env, &bounced).await {
                 Ok(Some(dsn_mid)) => {
@@ -657,7 +709,7 @@ impl QueueManager {
             }
         }
         if all_final {
-            self.messages.remove(&mid);
+            self.forget(mid);
             self.spool.remove_message(mid);
             self.log.log(&Event::MessageFinished {
                 mid,
@@ -751,5 +803,59 @@ mod tests {
             "due at once after a restart"
         );
         assert!(q.state.finals.contains_key(&0) && !q.state.finals.contains_key(&1));
+    }
+
+    #[tokio::test]
+    async fn only_due_messages_are_dispatched_and_the_due_index_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let later = queue_one(&spool);
+        let mut st = DeliveryState::default();
+        st.attempts = 3;
+        st.next_try = now_unix() + 3600;
+        st.save(&spool.state_path(later)).unwrap();
+        let now = queue_one(&spool);
+        let mut m = manager(spool.clone(), dir.path().join("mail.log"));
+        m.load(later);
+        m.load(now);
+        let fresh = 10_000;
+        m.load_committed(
+            fresh,
+            Committed {
+                env: Envelope {
+                    mid: fresh,
+                    ..m.messages[&now].env.clone()
+                },
+                body: Some(Arc::from(&b"Subject: x\r\n\r\nbody\r\n"[..])),
+            },
+        );
+        // Received just now (queue_one's envelopes are from 1970: they would expire and bounce).
+        for q in m.messages.values_mut() {
+            q.env.received_unix = now_unix();
+        }
+        assert_eq!(m.due.len(), 3);
+        assert_eq!(m.body_budget.load(Ordering::Relaxed), 20);
+        let mut workers = JoinSet::new();
+        m.dispatch(&mut workers);
+        // The two due messages are in flight (here: no route, so a temporary result each);
+        // the deferred one stays filed under its own time.
+        assert_eq!(
+            m.due.iter().copied().collect::<Vec<_>>(),
+            [(m.messages[&later].state.next_try, later)]
+        );
+        assert!(m.messages[&now].jobs_in_flight > 0 && m.messages[&fresh].jobs_in_flight > 0);
+        while let Some(Ok((domain, results))) = workers.join_next().await {
+            m.finish_batch(&domain, results).await;
+        }
+        // Settled as deferred: back in the index, after now; the cached body is given back.
+        assert_eq!(m.due.len(), 3);
+        assert!(m.due.iter().all(|(t, _)| *t > now_unix()));
+        assert_eq!(m.body_budget.load(Ordering::Relaxed), 0);
+        m.command(Command::Retry(Some(later))).await;
+        assert_eq!(m.due.first(), Some(&(0, later)));
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        m.command(Command::Delete(later, tx)).await;
+        assert_eq!(m.due.len(), 2);
+        assert!(!m.messages.contains_key(&later));
     }
 }
