@@ -25,7 +25,7 @@ pub const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
 pub const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
 /// Messages refused after DATA: `{listener, reason}` (size, data_syntax, spool).
 pub const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
-/// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit, tls_required, syntax).
+/// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit).
 pub const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
 /// Recipients accepted: `{listener, sender_group}`.
 pub const RECIPIENTS_ACCEPTED: &str = "mxgate_recipients_accepted_total";
