@@ -151,9 +151,12 @@ fn build_context(
     };
     let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
     crate::metrics::certificate_expiry(&l.name, &cert);
+    // Built for every listener: which policies ask for client certificates can change on reload.
+    let tls_verify = tls::ClientVerifyTls::new(store.clone(), l.client_ca_file.as_deref())?;
     Ok(ListenerContext {
         listener: l.clone(),
         tls: Some(TlsAcceptor::from(tls::server_config(store))),
+        tls_verify: Some(tls_verify),
         resolver: shared.resolver.clone(),
         rate: shared.rate.clone(),
         spool: shared.spool.clone(),

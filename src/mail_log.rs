@@ -55,6 +55,8 @@ pub enum Event {
         protocol: String,
         /// Cipher suite name.
         cipher: String,
+        /// The client certificate, when the policy asked for one (`tls_verify_client`).
+        client_cert: crate::policy::flow::ClientCert,
     },
     /// Inbound TLS handshake failed.
     TlsFailed {
@@ -344,9 +346,14 @@ impl Event {
             Event::Hat { icid, action, group, matched } => {
                 format!("ICID {icid} {action} SG {group} match {matched} SBRS None")
             }
-            Event::TlsSuccess { icid, protocol, cipher } => {
-                format!("ICID {icid} TLS success protocol {protocol} cipher {cipher}")
-            }
+            Event::TlsSuccess { icid, protocol, cipher, client_cert } => match client_cert.describe() {
+                // The subject comes from the client: no control characters in the log line.
+                Some(c) => {
+                    let c: String = c.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
+                    format!("ICID {icid} TLS success protocol {protocol} cipher {cipher} {c}")
+                }
+                None => format!("ICID {icid} TLS success protocol {protocol} cipher {cipher}"),
+            },
             Event::TlsFailed { icid, reason } => format!("ICID {icid} TLS failed: {reason}"),
             Event::TlsRequiredNotInitiated { icid } => {
                 format!("ICID {icid} TLS was required but remote host did not initiate it")

@@ -10,8 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Inbound TLS outcome per connection: `{listener, sender_group, policy, outcome}` with outcome
-/// `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`.
+/// Inbound TLS outcome per connection: `{listener, sender_group, policy, outcome, client_cert}`
+/// with outcome `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`,
+/// and client_cert `verified`, `missing`, `failed`, `not_requested`.
 pub const INBOUND_TLS: &str = "mxgate_inbound_tls_total";
 /// Negotiated inbound TLS sessions: `{listener, protocol, cipher}`.
 pub const INBOUND_TLS_SESSIONS: &str = "mxgate_inbound_tls_sessions_total";
@@ -23,7 +24,8 @@ pub const CONNECTIONS: &str = "mxgate_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
 /// Messages accepted and queued: `{listener, sender_group}`.
 pub const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
-/// Messages refused after DATA: `{listener, reason}` (size, data_syntax, spool).
+/// Messages refused at MAIL FROM or after DATA: `{listener, reason}` (tls_required, client_cert,
+/// size, limit, data_syntax, spool, aborted).
 pub const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
 /// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit).
 pub const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
@@ -268,6 +270,8 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
         Event::Refused { what, rule, .. } if what.starts_with("MAIL") => {
             let reason = if rule.starts_with("tls_mandatory") {
                 "tls_required"
+            } else if rule.starts_with("tls_verify_client") {
+                "client_cert"
             } else if rule.starts_with("max_message_size") {
                 "size"
             } else {
@@ -294,9 +298,9 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
 }
 
 /// Counts the connection's inbound TLS outcome once, at its end.
-pub fn inbound_tls_outcome(l: &InboundLabels, outcome: &'static str) {
+pub fn inbound_tls_outcome(l: &InboundLabels, o: crate::smtp::session::TlsOutcome) {
     metrics::counter!(INBOUND_TLS, "listener" => l.listener.clone(), "sender_group" => l.sender_group.clone(),
-        "policy" => l.policy.clone(), "outcome" => outcome)
+        "policy" => l.policy.clone(), "outcome" => o.outcome, "client_cert" => o.client_cert)
     .increment(1);
 }
 

@@ -375,7 +375,7 @@ fn metrics_health_and_ready_endpoints() {
     );
     // The client quit without STARTTLS under a `preferred` policy: one plaintext outcome.
     assert!(
-        m.contains("mxgate_inbound_tls_total{listener=\"inbound\",sender_group=\"ALL\",policy=\"ACCEPTED\",outcome=\"plaintext\"} 1"),
+        m.contains("mxgate_inbound_tls_total{listener=\"inbound\",sender_group=\"ALL\",policy=\"ACCEPTED\",outcome=\"plaintext\",client_cert=\"not_requested\"} 1"),
         "{m}"
     );
     assert!(

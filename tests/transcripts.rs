@@ -9,7 +9,9 @@
 //! - `S: line` the next reply line, exactly; `S: <close>` the session closed the connection
 //! - `L: text` a mail-log line containing `text` appears (in order)
 //! - `B: text` the last committed message body contains `text` (escapes as in R:)
-//! - `=TLS` the driver completed the handshake; `=TLS-FAIL reason`
+//! - `=TLS` the driver completed the handshake; `=TLS-FAIL reason`. Under `tls_verify_client`,
+//!   `=TLS cert-verified SUBJECT`, `=TLS cert-missing` or `=TLS cert-failed REASON` give the
+//!   client-certificate result
 //! - `=COMMIT-FAIL` the next spool commit fails; `=TIMEOUT what`; `=SHUTDOWN`; `=EOF` peer closed
 //! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke first
 
@@ -21,6 +23,7 @@ use std::sync::Arc;
 
 use mxgate::config::{load, Overrides};
 use mxgate::mail_log::Event;
+use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
 use mxgate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
@@ -305,9 +308,17 @@ fn run_transcript(path: &Path) {
                 assert!(r.tls_pending, "{name}:{lineno}: no STARTTLS pending");
                 r.tls_pending = false;
                 if tag == "=TLS" {
+                    let client_cert = match arg.split_once(' ').unwrap_or((arg, "")) {
+                        ("", _) => ClientCert::NotRequested,
+                        ("cert-missing", _) => ClientCert::Missing,
+                        ("cert-verified", subject) => ClientCert::Verified(subject.into()),
+                        ("cert-failed", why) => ClientCert::Failed(why.into()),
+                        _ => panic!("{name}:{lineno}: unknown =TLS argument {arg:?}"),
+                    };
                     r.session.tls_established(TlsInfo {
                         protocol: "TLSv1.3".into(),
                         cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                        client_cert,
                     });
                 } else {
                     r.session.tls_failed(arg);

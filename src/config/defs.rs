@@ -155,6 +155,9 @@ pub struct ListenerDef {
     /// Private key: a name in `certs_dir` (`NAME.key`) or a path (default: from `certificate`).
     #[serde(default)]
     pub key: Option<SpannedStr>,
+    /// PEM trust anchors for client certificates, relative to the config dir; `null` = webpki roots.
+    #[serde(default, deserialize_with = "present")]
+    pub client_ca_file: Option<Spanned<Option<String>>>,
     /// Name of the HAT in `policies/hat.yaml` (required).
     #[serde(default)]
     pub hat: Option<SpannedStr>,

@@ -298,6 +298,10 @@ pub(crate) fn build_listener(
         None => String::new(),
     };
     let (certificate, key) = cert_and_key(d, ctx, e);
+    let client_ca_file = d
+        .client_ca_file
+        .as_ref()
+        .and_then(|s| super::routes::ca_file(s, ctx.dir, "client_ca_file", e));
     let mut hat_ref = None;
     let hat = match required(&d.hat, top, "hat", e) {
         Some(h) => {
@@ -353,6 +357,7 @@ pub(crate) fn build_listener(
         hostname,
         certificate,
         key,
+        client_ca_file,
         hat,
         rat,
         max_connections: number(&d.max_connections, 1000, 1, "max_connections", e) as usize,

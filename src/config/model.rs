@@ -80,6 +80,8 @@ pub struct Listener {
     pub certificate: Option<PathBuf>,
     /// Private key PEM matching `certificate`.
     pub key: Option<PathBuf>,
+    /// Trust anchors (PEM) for client certificates under `tls_verify_client`; `None` = webpki roots.
+    pub client_ca_file: Option<PathBuf>,
     /// The HAT.
     pub hat: Arc<HostAccessTable>,
     /// The RAT (public listeners).

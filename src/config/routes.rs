@@ -252,7 +252,7 @@ fn count(v: &Option<SpannedStr>, base: u32, path: &str, e: &mut FileErrors<'_>) 
 }
 
 /// Resolves and checks a CA bundle: it must exist and hold at least one PEM certificate.
-fn ca_file(
+pub(super) fn ca_file(
     s: &Spanned<Option<String>>,
     dir: &Path,
     path: &str,

@@ -319,7 +319,7 @@ fn broken_config_reports_every_error_with_its_location() {
         "listeners/other.yaml:3:8: bind[0]: 127.0.0.1:2525 is already bound by listener \"inbound\" (listeners/inbound.yaml:3:8)",
         "listeners/other.yaml:5:6: hat: unknown HAT \"nonexistent\"",
         "listeners/third.yaml:6:1: unknown key `max_conections`, expected one of name, type, bind, hostname, \
-         certificate, key, hat, rat, max_connections, timeouts, max_command_line, max_bad_commands, proxy_protocol",
+         certificate, key, client_ca_file, hat, rat, max_connections, timeouts, max_command_line, max_bad_commands, proxy_protocol",
         "mxgate.yaml:2:29: dns.resolvers[1]: \"nonsense\" is not a resolver address: write an IP or IP:port (e.g. 127.0.0.1:5353)",
         "mxgate.yaml:3:12: dns.timeout: \"5 minutes\" is not a duration: write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds",
         "policies/hat.yaml:8:15: inbound.sender_groups[1].match[0]: \"10.0.0.0/33\" is not a valid CIDR network",
@@ -577,6 +577,46 @@ proxy_protocol: {trusted: [198.51.100.10, 10.1.2.3/8]}
             "listeners/inbound.yaml:9:27: proxy_protocol.trusted: list at least one network: a PROXY header from any other host is refused",
             "listeners/inbound.yaml:10:18: max_connections: must be at least 1",
         ]
+    );
+}
+
+#[test]
+fn listener_client_ca_file() {
+    // Unset or null: the webpki roots.
+    let c = loaded(&config_dir(&[]), &Overrides::default());
+    assert_eq!(c.listeners[0].client_ca_file, None);
+    let null = PUBLIC.to_string() + "client_ca_file: null\n";
+    let d = config_dir(&[("listeners/inbound.yaml", Some(&null))]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).listeners[0].client_ca_file,
+        None
+    );
+    // A PEM bundle, relative to the config dir.
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUb4HSiJ+uxuQ5JK4NTxNJ4s/ie8YwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+    let with = PUBLIC.to_string() + "client_ca_file: certs/partners.pem\n";
+    let d = config_dir(&[
+        ("listeners/inbound.yaml", Some(&with)),
+        ("certs/partners.pem", Some(ca)),
+    ]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).listeners[0].client_ca_file,
+        Some(d.path().join("certs/partners.pem"))
+    );
+    // Missing, empty and certificate-less files are reported where they are written.
+    let missing = PUBLIC.to_string() + "client_ca_file: certs/nope.pem\n";
+    let d = config_dir(&[("listeners/inbound.yaml", Some(&missing))]);
+    assert_eq!(
+        errors(&d, &Overrides::default()),
+        ["listeners/inbound.yaml:7:17: client_ca_file: CA bundle \"certs/nope.pem\" not found (relative paths start at the config directory)"]
+    );
+    let not_pem = PUBLIC.to_string() + "client_ca_file: ca.txt\n";
+    let d = config_dir(&[
+        ("listeners/inbound.yaml", Some(&not_pem)),
+        ("ca.txt", Some("not a certificate\n")),
+    ]);
+    assert_eq!(
+        errors(&d, &Overrides::default()),
+        ["listeners/inbound.yaml:7:17: client_ca_file: CA bundle \"ca.txt\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"]
     );
 }
 

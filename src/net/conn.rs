@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustls::pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -17,7 +18,7 @@ use crate::net::dns::ReverseResolver;
 use crate::net::dnsbl;
 use crate::net::proxy::{self, ProxyParse};
 use crate::net::tls;
-use crate::policy::flow::Action as PolicyAction;
+use crate::policy::flow::{Action as PolicyAction, ClientCert};
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
 use crate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
@@ -34,6 +35,8 @@ pub struct ListenerContext {
     pub listener: Listener,
     /// TLS acceptor (always present: a demo certificate is generated when none is configured).
     pub tls: Option<TlsAcceptor>,
+    /// Acceptor and check for policies with `tls_verify_client` (same certificate store).
+    pub tls_verify: Option<tls::ClientVerifyTls>,
     /// Reverse DNS.
     pub resolver: ReverseResolver,
     /// Per-IP counters shared by all listeners.
@@ -438,7 +441,12 @@ impl Conn<'_> {
     }
 
     async fn upgrade(&mut self, tcp: TcpStream) {
-        let Some(acceptor) = self.ctx.tls.clone() else {
+        // The policy is known since the HAT ran, so the config can be picked per connection.
+        let verify = match &self.ctx.tls_verify {
+            Some(v) if self.session.wants_client_cert() => Some(v),
+            _ => None,
+        };
+        let Some(acceptor) = verify.map(|v| v.acceptor.clone()).or(self.ctx.tls.clone()) else {
             self.session.tls_failed("no certificate");
             return;
         };
@@ -452,6 +460,10 @@ impl Conn<'_> {
                 let info = TlsInfo {
                     protocol: tls::protocol_name(conn.protocol_version()),
                     cipher: tls::cipher_name(conn.negotiated_cipher_suite()),
+                    client_cert: match verify {
+                        Some(v) => v.check.check(conn.peer_certificates(), UnixTime::now()),
+                        None => ClientCert::NotRequested,
+                    },
                 };
                 self.session.tls_established(info);
                 // A second STARTTLS is refused by the session, so this returns Done.

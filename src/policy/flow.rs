@@ -63,6 +63,41 @@ impl TlsMode {
     }
 }
 
+/// What the STARTTLS handshake learned about the client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCert {
+    /// The policy did not ask for one (`tls_verify_client: false`).
+    NotRequested,
+    /// The client sent none.
+    Missing,
+    /// It chains to a trusted root and allows client authentication; the subject for the log.
+    Verified(String),
+    /// It did not verify: why.
+    Failed(String),
+}
+
+impl ClientCert {
+    /// The metric label: `verified`, `missing` or `failed`; `None` when not requested.
+    pub fn result_label(&self) -> Option<&'static str> {
+        match self {
+            ClientCert::NotRequested => None,
+            ClientCert::Missing => Some("missing"),
+            ClientCert::Verified(_) => Some("verified"),
+            ClientCert::Failed(_) => Some("failed"),
+        }
+    }
+
+    /// What the mail log says about it (`no client certificate`, ...); `None` when not requested.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            ClientCert::NotRequested => None,
+            ClientCert::Missing => Some("no client certificate".into()),
+            ClientCert::Verified(subject) => Some(format!("client certificate verified {subject}")),
+            ClientCert::Failed(why) => Some(format!("client certificate failed: {why}")),
+        }
+    }
+}
+
 /// A numeric limit together with the reply sent when it is exceeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
@@ -131,7 +166,8 @@ pub struct MailFlowPolicy {
     pub override_hostname: Option<String>,
     /// Inbound TLS mode.
     pub tls: TlsMode,
-    /// Ask the client for a certificate and verify it (informational; never required to send mail).
+    /// Ask the client for a certificate at STARTTLS and verify it; under `tls: required` mail
+    /// needs a verified one, under `preferred` the result is only logged.
     pub tls_verify_client: bool,
     /// Envelope senders (addresses or `@domain` / `domain`) for whom TLS is mandatory even under `preferred`.
     pub tls_mandatory_senders: Vec<String>,
@@ -152,6 +188,23 @@ impl MailFlowPolicy {
                 entry == domain
             }
         })
+    }
+
+    /// Whether `MAIL FROM` must be refused for want of a verified client certificate, given
+    /// the certificate result of the active TLS session (`None` before STARTTLS). Returns the
+    /// reason for the log. Only `tls: required` with `tls_verify_client` refuses; plaintext under
+    /// `required` is refused earlier by the STARTTLS gate, and `preferred` only logs the result.
+    pub fn client_cert_refusal(&self, tls_client_cert: Option<&ClientCert>) -> Option<String> {
+        if self.tls != TlsMode::Required || !self.tls_verify_client {
+            return None;
+        }
+        match tls_client_cert? {
+            ClientCert::Verified(_) => None,
+            // A session set up without asking (not expected: the driver asks whenever the
+            // policy says so) has no verified certificate either.
+            ClientCert::NotRequested => Some("client certificate not requested".into()),
+            other => other.describe(),
+        }
     }
 
     /// The built-in defaults every policy inherits from when the config sets nothing.
@@ -233,6 +286,65 @@ mod tests {
         assert!(!p.max_recipients_per_message.is_exceeded_by(50));
         assert!(p.max_recipients_per_message.is_exceeded_by(51));
         assert!(!p.max_recipients_per_hour.is_exceeded_by(u64::MAX));
+    }
+
+    #[test]
+    fn client_cert_decision() {
+        let verified = ClientCert::Verified("CN=mx.partner.example".into());
+        let failed = ClientCert::Failed("UnknownIssuer".into());
+        let mut p = MailFlowPolicy::builtin_default("X");
+        // Without tls_verify_client nothing is refused, whatever the certificate.
+        p.tls = TlsMode::Required;
+        assert_eq!(p.client_cert_refusal(Some(&ClientCert::NotRequested)), None);
+        assert_eq!(p.client_cert_refusal(Some(&ClientCert::Missing)), None);
+        // required + verify: only a verified certificate lets mail through.
+        p.tls_verify_client = true;
+        assert_eq!(p.client_cert_refusal(Some(&verified)), None);
+        assert_eq!(
+            p.client_cert_refusal(Some(&ClientCert::Missing)).as_deref(),
+            Some("no client certificate")
+        );
+        assert_eq!(
+            p.client_cert_refusal(Some(&failed)).as_deref(),
+            Some("client certificate failed: UnknownIssuer")
+        );
+        assert!(p
+            .client_cert_refusal(Some(&ClientCert::NotRequested))
+            .is_some());
+        // Before STARTTLS the required-TLS gate answers, not this check.
+        assert_eq!(p.client_cert_refusal(None), None);
+        // preferred + verify (and off + verify): logged, never refused.
+        for mode in [TlsMode::Preferred, TlsMode::Off] {
+            p.tls = mode;
+            assert_eq!(p.client_cert_refusal(Some(&ClientCert::Missing)), None);
+            assert_eq!(p.client_cert_refusal(Some(&failed)), None);
+        }
+    }
+
+    #[test]
+    fn client_cert_log_text_and_labels() {
+        let cases = [
+            (ClientCert::NotRequested, None, None),
+            (
+                ClientCert::Missing,
+                Some("no client certificate"),
+                Some("missing"),
+            ),
+            (
+                ClientCert::Verified("CN=a.example".into()),
+                Some("client certificate verified CN=a.example"),
+                Some("verified"),
+            ),
+            (
+                ClientCert::Failed("expired".into()),
+                Some("client certificate failed: expired"),
+                Some("failed"),
+            ),
+        ];
+        for (c, text, label) in cases {
+            assert_eq!(c.describe().as_deref(), text);
+            assert_eq!(c.result_label(), label);
+        }
     }
 
     #[test]

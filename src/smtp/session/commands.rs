@@ -154,6 +154,15 @@ impl Session {
                 }
             }
         }
+        let client_cert = self.tls.as_ref().map(|t| &t.client_cert);
+        if let Some(reason) = self.policy.client_cert_refusal(client_cert) {
+            self.refused(None, what, format!("tls_verify_client ({reason})"));
+            return self.reply(Reply::new(
+                530,
+                Enhanced(5, 7, 0),
+                "A verified client certificate is required",
+            ));
+        }
         let limit = self.policy.max_messages_per_connection.clone();
         if limit.is_exceeded_by(self.messages + 1) {
             let rule = format!(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::config::model::ListenerKind;
 use crate::mail_log::Event;
-use crate::policy::flow::{Action as PolicyAction, MailFlowPolicy, TlsMode};
+use crate::policy::flow::{Action as PolicyAction, ClientCert, MailFlowPolicy, TlsMode};
 use crate::policy::hat::Classification;
 use crate::policy::rat::RecipientAccessTable;
 use crate::policy::rate::RateLimiter;
@@ -43,6 +43,17 @@ pub struct TlsInfo {
     pub protocol: String,
     /// Cipher suite name.
     pub cipher: String,
+    /// The client certificate, as the driver's verifier judged it.
+    pub client_cert: ClientCert,
+}
+
+/// The labels of `mxgate_inbound_tls_total` for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsOutcome {
+    /// `success`, `handshake_failed`, `plaintext`, `required_refused` or `not_offered`.
+    pub outcome: &'static str,
+    /// `verified`, `missing`, `failed`, or `not_requested` (no TLS, or the policy did not ask).
+    pub client_cert: &'static str,
 }
 
 /// Everything fixed for one connection, decided before the greeting.
@@ -344,16 +355,15 @@ impl Session {
         self.tls.as_ref()
     }
 
-    /// The inbound TLS outcome of the connection for metrics: `success`, `handshake_failed`,
-    /// `plaintext`, `required_refused` or `not_offered`; `None` for rejected or refused hosts.
-    pub fn tls_outcome(&self) -> Option<&'static str> {
+    /// The inbound TLS outcome of the connection for metrics; `None` for rejected or refused hosts.
+    pub fn tls_outcome(&self) -> Option<TlsOutcome> {
         if matches!(
             self.policy.action,
             PolicyAction::Reject | PolicyAction::TcpRefuse
         ) {
             return None;
         }
-        Some(if self.tls.is_some() {
+        let outcome = if self.tls.is_some() {
             "success"
         } else if self.tls_failed {
             "handshake_failed"
@@ -363,6 +373,15 @@ impl Session {
             "required_refused"
         } else {
             "plaintext"
+        };
+        let client_cert = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert.result_label())
+            .unwrap_or("not_requested");
+        Some(TlsOutcome {
+            outcome,
+            client_cert,
         })
     }
 
@@ -376,12 +395,18 @@ impl Session {
         self.p.icid
     }
 
+    /// True when the driver must ask for a client certificate at STARTTLS.
+    pub fn wants_client_cert(&self) -> bool {
+        self.policy.tls_verify_client
+    }
+
     /// The handshake succeeded: RFC 3207 §4.2 — forget everything learned before it.
     pub fn tls_established(&mut self, info: TlsInfo) {
         self.log(Event::TlsSuccess {
             icid: self.p.icid,
             protocol: info.protocol.clone(),
             cipher: info.cipher.clone(),
+            client_cert: info.client_cert.clone(),
         });
         self.tls = Some(info);
         self.helo = None;
