@@ -810,9 +810,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
         let later = queue_one(&spool);
-        let mut st = DeliveryState::default();
-        st.attempts = 3;
-        st.next_try = now_unix() + 3600;
+        let st = DeliveryState {
+            attempts: 3,
+            next_try: now_unix() + 3600,
+            ..Default::default()
+        };
         st.save(&spool.state_path(later)).unwrap();
         let now = queue_one(&spool);
         let mut m = manager(spool.clone(), dir.path().join("mail.log"));
