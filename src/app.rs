@@ -393,6 +393,8 @@ fn start_queue(
         helo_name: hostname.clone(),
         timeouts: ClientTimeouts::default(),
         alert_enabled: config.destinations.alert.enabled,
+        // Its own instance (and cache) of the listeners' resolver: same servers and timeout.
+        resolver: ReverseResolver::new(&config.global.dns)?,
     });
     let d = &config.global.delivery;
     let settings = RelaySettings {

@@ -326,8 +326,17 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     srv.wait_log(&format!("was generated for bounce of MID {}", mids[2]))
         .await;
 
+    let (ok, out) = cli(&["queue", "retry", "999999"]).await;
+    assert!(
+        !ok && out.contains("error MID 999999 is not queued"),
+        "{out}"
+    );
+    // q1 and the DSN of q3 are left.
     let (ok, out) = cli(&["queue", "retry", "--all"]).await;
-    assert!(ok && out.starts_with("ok"), "{out}");
+    assert!(
+        ok && out.starts_with("ok 2 message(s) scheduled for delivery now"),
+        "{out}"
+    );
     wait_until("q1 and the DSN delivered", || sink.messages().len() >= 2).await;
     wait_until("queue empty", || srv.queued_mids().is_empty()).await;
     let ids = message_ids(&sink);

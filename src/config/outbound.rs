@@ -237,7 +237,7 @@ pub struct Route {
     pub domain: DomainMatch,
     /// Hosts, at least one, sorted by priority (stable: file order within a priority).
     pub hosts: Vec<RouteHost>,
-    /// Whether delivery may fall back to MX lookups when no host can be reached.
+    /// Whether each host name in `hosts` stands for its MX hosts (see `relay::mx`).
     pub mx_lookup: bool,
 }
 

@@ -1,6 +1,9 @@
 //! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver; also
-//! the plain A lookups of DNS block lists ([`crate::net::dnsbl`]), on the same resolver.
+//! the plain A lookups of DNS block lists ([`crate::net::dnsbl`]) and the MX and A/AAAA lookups
+//! of `mx_lookup` routes ([`crate::relay::mx`]), on the same resolver.
 
+#[cfg(test)]
+use std::net::SocketAddr;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -29,6 +32,46 @@ pub enum ALookup {
     NotFound,
     /// Timeout or server failure; the text says which.
     Failed(String),
+}
+
+/// One MX record: preference and exchange (lower case, no trailing dot; `""` for the root, `.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    /// Lower is tried first.
+    pub preference: u16,
+    /// The exchange host name; empty for the RFC 7505 null MX target `.`.
+    pub exchange: String,
+}
+
+/// Outcome of one bounded MX lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxLookup {
+    /// The name has these MX records.
+    Found(Vec<MxRecord>),
+    /// NXDOMAIN or no MX record.
+    NotFound,
+    /// Timeout or server failure; the text says which.
+    Failed(String),
+}
+
+/// Outcome of one bounded A/AAAA lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpLookup {
+    /// The name has these addresses (IPv4 first, then IPv6 when there is no IPv4).
+    Found(Vec<IpAddr>),
+    /// NXDOMAIN or no A/AAAA record.
+    NotFound,
+    /// Timeout or server failure; the text says which.
+    Failed(String),
+}
+
+/// `name` fully qualified, so that no search domain is tried.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
 }
 
 /// Resolver used for every connection's PTR and forward lookups.
@@ -81,6 +124,17 @@ impl ReverseResolver {
         })
     }
 
+    /// A resolver on 127.0.0.1:53, for unit tests that need one but never look anything up
+    /// (the system configuration may be missing on a test machine).
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self::new(&DnsSettings {
+            resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            timeout: Duration::from_secs(1),
+        })
+        .expect("resolver on 127.0.0.1:53")
+    }
+
     /// The per-lookup timeout (`dns.timeout`).
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -113,6 +167,64 @@ impl ReverseResolver {
         match tokio::time::timeout(self.timeout, query).await {
             Ok(r) => r,
             Err(_) => ALookup::Failed(format!("timeout after {:?}", self.timeout)),
+        }
+    }
+
+    /// MX records of `name`, bounded by the configured timeout.
+    pub async fn lookup_mx(&self, name: &str) -> MxLookup {
+        let query = async {
+            match self.resolver.mx_lookup(fqdn(name)).await {
+                Ok(l) => {
+                    let records: Vec<MxRecord> = l
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::MX(mx) => Some(MxRecord {
+                                preference: mx.preference,
+                                exchange: mx
+                                    .exchange
+                                    .to_ascii()
+                                    .trim_end_matches('.')
+                                    .to_ascii_lowercase(),
+                            }),
+                            _ => None,
+                        })
+                        .collect();
+                    if records.is_empty() {
+                        MxLookup::NotFound
+                    } else {
+                        MxLookup::Found(records)
+                    }
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => MxLookup::NotFound,
+                Err(e) => MxLookup::Failed(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(r) => r,
+            Err(_) => MxLookup::Failed(format!("timeout after {:?}", self.timeout)),
+        }
+    }
+
+    /// A (else AAAA) addresses of `name`, bounded by the configured timeout.
+    pub async fn lookup_ip(&self, name: &str) -> IpLookup {
+        let query = async {
+            match self.resolver.lookup_ip(fqdn(name)).await {
+                Ok(l) => {
+                    let addrs: Vec<IpAddr> = l.iter().collect();
+                    if addrs.is_empty() {
+                        IpLookup::NotFound
+                    } else {
+                        IpLookup::Found(addrs)
+                    }
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => IpLookup::NotFound,
+                Err(e) => IpLookup::Failed(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(r) => r,
+            Err(_) => IpLookup::Failed(format!("timeout after {:?}", self.timeout)),
         }
     }
 

@@ -47,17 +47,19 @@ async fn execute(handle: &QueueHandle, line: &str) -> String {
     let mut words = line.split_whitespace();
     let verb = words.next().unwrap_or("");
     let arg = words.next().unwrap_or("");
-    let mid = arg.parse::<u64>();
+    let mid = arg.parse::<u64>().ok();
     match (verb, arg, mid) {
-        ("retry", "all", _) => {
-            handle.send(Command::Retry(None));
-            "ok all messages scheduled for delivery now\n".into()
+        ("retry", "all", _) | ("retry", _, Some(_)) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            handle.send(Command::Retry(mid, tx));
+            match (mid, rx.await) {
+                (None, Ok(n)) => format!("ok {n} message(s) scheduled for delivery now\n"),
+                (Some(m), Ok(1)) => format!("ok MID {m} scheduled for delivery now\n"),
+                (Some(m), Ok(_)) => format!("error MID {m} is not queued\n"),
+                (_, Err(_)) => "error the queue manager is not running\n".into(),
+            }
         }
-        ("retry", _, Ok(m)) => {
-            handle.send(Command::Retry(Some(m)));
-            format!("ok MID {m} scheduled for delivery now\n")
-        }
-        ("delete", _, Ok(m)) | ("bounce", _, Ok(m)) => {
+        ("delete", _, Some(m)) | ("bounce", _, Some(m)) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let cmd = if verb == "delete" {
                 Command::Delete(m, tx)

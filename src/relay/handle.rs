@@ -8,8 +8,8 @@ pub enum Command {
     /// A message was committed to the spool; with its envelope and body when the caller
     /// has them at hand (the manager then need not read them back).
     Enqueued(u64, Option<Box<Committed>>),
-    /// Deliver now: one message, or all.
-    Retry(Option<u64>),
+    /// Deliver now: one message, or all; answered with how many queued messages that was.
+    Retry(Option<u64>, tokio::sync::oneshot::Sender<usize>),
     /// Remove a message without delivering it.
     Delete(u64, tokio::sync::oneshot::Sender<bool>),
     /// Bounce every pending recipient of a message now.

@@ -5,6 +5,7 @@ pub mod client;
 pub mod control;
 pub mod dsn;
 pub mod handle;
+pub mod mx;
 pub mod outbound_tls;
 pub mod queue;
 pub mod schedule;

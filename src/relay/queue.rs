@@ -311,17 +311,20 @@ impl QueueManager {
                 self.routes = routes;
                 self.controls = destinations;
             }
-            Command::Retry(which) => {
+            Command::Retry(which, reply) => {
                 let mids: Vec<u64> = match which {
                     Some(mid) => vec![mid],
                     None => self.messages.keys().copied().collect(),
                 };
+                let mut found = 0;
                 for mid in mids {
                     if let Some(q) = self.messages.get_mut(&mid) {
                         q.state.next_try = 0;
                         self.file_due(mid);
+                        found += 1;
                     }
                 }
+                let _ = reply.send(found);
             }
             Command::Delete(mid, reply) => {
                 let ok = match self.messages.get(&mid) {
@@ -736,6 +739,7 @@ mod tests {
             helo_name: "mx.test".into(),
             timeouts: ClientTimeouts::default(),
             alert_enabled: true,
+            resolver: crate::net::dns::ReverseResolver::for_tests(),
         });
         let settings = RelaySettings {
             concurrency: 1,
@@ -853,8 +857,13 @@ mod tests {
         assert_eq!(m.due.len(), 3);
         assert!(m.due.iter().all(|(t, _)| *t > now_unix()));
         assert_eq!(m.body_budget.load(Ordering::Relaxed), 0);
-        m.command(Command::Retry(Some(later))).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.command(Command::Retry(Some(later), tx)).await;
+        assert_eq!(rx.await.unwrap(), 1);
         assert_eq!(m.due.first(), Some(&(0, later)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.command(Command::Retry(Some(999_999), tx)).await;
+        assert_eq!(rx.await.unwrap(), 0, "an unknown MID is not retried");
         let (tx, _rx) = tokio::sync::oneshot::channel();
         m.command(Command::Delete(later, tx)).await;
         assert_eq!(m.due.len(), 2);

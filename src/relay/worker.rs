@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use crate::config::outbound::{DestinationControl, Route, RouteHost};
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
+use crate::net::dns::ReverseResolver;
 use crate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
 };
+use crate::relay::mx::{self, MxError, MxTarget};
 use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::relay::queue::CachedBody;
 use crate::smtp::reply::Reply;
@@ -153,6 +155,8 @@ pub struct WorkerContext {
     pub timeouts: ClientTimeouts,
     /// Log a Warning line on required-TLS failures (the alert switch).
     pub alert_enabled: bool,
+    /// The configured resolver (`dns.resolvers`), for the MX lookups of `mx_lookup` routes.
+    pub resolver: ReverseResolver,
 }
 
 fn reply_reason(r: &Reply) -> (String, String) {
@@ -184,6 +188,37 @@ fn outcome_of(o: &RcptOutcome) -> Outcome {
     }
 }
 
+/// The same permanent failure for every recipient of every job (no connection was made).
+pub fn all_permanent(
+    jobs: &[Job],
+    enhanced: &str,
+    reason: &str,
+    diagnostic: &str,
+) -> Vec<JobResult> {
+    jobs.iter()
+        .map(|j| JobResult {
+            mid: j.mid,
+            dcid: 0,
+            remote: None,
+            tls_alert: None,
+            outcomes: j
+                .rcpts
+                .iter()
+                .map(|(rid, _)| {
+                    (
+                        *rid,
+                        Outcome::Permanent {
+                            enhanced: enhanced.to_string(),
+                            reason: reason.to_string(),
+                            diagnostic: diagnostic.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// The same temporary failure for every recipient of every job.
 pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
     jobs.iter()
@@ -209,6 +244,8 @@ pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> V
         .collect()
 }
 
+/// A route host without `mx_lookup`: through the system resolver (so `/etc/hosts` and container
+/// DNS names keep working for the internal server), first address only.
 async fn resolve(host: &RouteHost) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, host.port));
@@ -218,6 +255,44 @@ async fn resolve(host: &RouteHost) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {}: {e}", host.host))?
         .next()
         .ok_or_else(|| format!("{} has no address", host.host))
+}
+
+/// The addresses to try for one route host: its MX expansion under `mx_lookup`, else its
+/// (first) address.
+async fn targets(
+    ctx: &WorkerContext,
+    route: &Route,
+    host: &RouteHost,
+    turn: usize,
+) -> Result<Vec<MxTarget>, MxError> {
+    if route.mx_lookup {
+        return mx::resolve(&ctx.resolver, host, turn).await;
+    }
+    let addr = resolve(host).await.map_err(MxError::Temporary)?;
+    Ok(vec![MxTarget {
+        addr,
+        exchange: host.host.clone(),
+        preference: None,
+    }])
+}
+
+/// The mail log line naming the MX host of a delivery connection (logged once it is open, or
+/// with the reason when it fails); `None` when the route host was used as it is (an IP
+/// literal, or no `mx_lookup`).
+fn mx_note(dcid: u64, route: &Route, host: &RouteHost, t: &MxTarget) -> Option<String> {
+    if !route.mx_lookup || host.host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    Some(match t.preference {
+        Some(p) => format!(
+            "DCID {dcid} MX host {} preference {p} for route host {}",
+            t.exchange, host.host
+        ),
+        None => format!(
+            "DCID {dcid} MX host {} (implicit MX: no MX records)",
+            t.exchange
+        ),
+    })
 }
 
 /// Hosts in try order: by priority, equal priorities rotated by `turn` (round-robin per connection).
@@ -244,7 +319,8 @@ pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
 
 /// Delivers `jobs` (all for `domain`) over one connection to the first route host that
 /// answers, then the jobs the queue manager feeds it meanwhile (see [`Feed`]). Every job
-/// given, fed ones included, gets a result.
+/// given, fed ones included, gets a result. Under `mx_lookup` a route host stands for its MX
+/// hosts, tried in MX order before the next route host.
 pub async fn deliver_batch(
     ctx: Arc<WorkerContext>,
     domain: String,
@@ -267,110 +343,157 @@ pub async fn deliver_batch(
         "no route host could be reached".to_string(),
         0u64,
     );
+    // The recipients bounce for a null MX only when every route host has one: another host
+    // that is merely unreachable keeps the mail queued.
+    let mut null_mx: Option<String> = None;
+    let mut all_null_mx = true;
     for host in host_order(&route, turn) {
-        let addr = match resolve(&host).await {
-            Ok(a) => a,
-            Err(e) => {
-                last = ("4.4.3".into(), e, 0);
-                continue;
-            }
-        };
-        let dcid = match ctx.spool.next_dcid() {
-            Ok(d) => d,
-            Err(e) => {
-                jobs.extend(Feed::close(&feed));
-                return all_temporary(&jobs, 0, "4.3.0", &format!("cannot allocate DCID: {e}"));
-            }
-        };
-        let target = Target {
-            addr,
-            host: host.host.clone(),
-            domain: domain.clone(),
-        };
-        let dest_label = metrics::destination_label(&control);
-        let mut conn = match Connection::open(dcid, &target, &settings, log).await {
+        let candidates = match targets(&ctx, &route, &host, turn).await {
             Ok(c) => {
-                metrics::outbound_tls(&dest_label, control.tls.as_str(), c.tls());
+                all_null_mx = false;
                 c
             }
-            Err(e) => {
-                if e.required_tls_failure {
-                    metrics::required_tls_failure(&dest_label);
-                }
-                if e.required_tls_failure
-                    || !matches!(e.tls, crate::relay::client::TlsOutcome::NotAttempted)
-                {
-                    metrics::outbound_tls(&dest_label, control.tls.as_str(), &e.tls);
-                }
-                if e.required_tls_failure && ctx.alert_enabled {
-                    ctx.log.log(&Event::Note {
-                        level: Level::Warning,
-                        text: format!(
-                            "ALERT: required TLS to destination {domain} failed (DCID {dcid}, {}): {}",
-                            control.tls.as_str(),
-                            e.reason
-                        ),
-                    });
-                }
-                if e.required_tls_failure {
-                    tls_alert = Some(format!(
-                        "{} (DCID {dcid}, host {}): {}",
-                        control.tls.as_str(),
-                        host.host,
-                        e.reason
-                    ));
-                }
-                last = (e.enhanced.clone(), e.reason.clone(), dcid);
+            Err(e @ MxError::NullMx { .. }) => {
+                null_mx = Some(e.to_string());
+                continue;
+            }
+            Err(MxError::Temporary(e)) => {
+                all_null_mx = false;
+                last = (mx::DNS_FAILURE_ENHANCED.into(), e, 0);
                 continue;
             }
         };
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut lost = false;
-        let mut first = std::mem::take(&mut jobs).into_iter();
-        while let Some(job) = first.next().or_else(|| Feed::take(&feed)) {
-            let job = &job;
-            if lost {
-                // Nothing more is sent on a broken connection: the rest, fed jobs included,
-                // is tried again later.
-                let mut rest = vec![job.clone()];
-                rest.extend(first.by_ref());
-                rest.extend(Feed::close(&feed));
-                results.extend(all_temporary(&rest, dcid, "4.4.2", "connection lost"));
-                break;
-            }
-            let msg = OutgoingMessage {
-                mid: job.mid,
-                from: job.from.clone(),
-                rcpts: job.rcpts.clone(),
-                body_path: job.body_path.clone(),
-                body: job.body.as_ref().map(|b| b.bytes.clone()),
-                size: job.size,
-                smtputf8: job.smtputf8,
+        for target in candidates {
+            let dcid = match ctx.spool.next_dcid() {
+                Ok(d) => d,
+                Err(e) => {
+                    jobs.extend(Feed::close(&feed));
+                    let reason = format!("cannot allocate DCID: {e}");
+                    return all_temporary(&jobs, 0, "4.3.0", &reason);
+                }
             };
-            let r = conn.send(&msg, log).await;
-            lost = r.connection_lost;
-            results.push(JobResult {
-                mid: job.mid,
-                dcid,
-                remote: Some(host.host.clone()),
-                tls_alert: None,
-                outcomes: r
-                    .rcpts
-                    .iter()
-                    .map(|(rid, o)| (*rid, outcome_of(o)))
-                    .collect(),
-            });
+            let note = mx_note(dcid, &route, &host, &target);
+            let exchange = target.exchange;
+            // The exchange, not the route host, is the server's name: SNI and `-verify` identity.
+            let target = Target {
+                addr: target.addr,
+                host: exchange.clone(),
+                domain: domain.clone(),
+            };
+            let dest_label = metrics::destination_label(&control);
+            let e = match Connection::open(dcid, &target, &settings, log).await {
+                Ok(conn) => {
+                    metrics::outbound_tls(&dest_label, control.tls.as_str(), conn.tls());
+                    if let Some(text) = note {
+                        ctx.log.log(&Event::Note {
+                            level: Level::Info,
+                            text,
+                        });
+                    }
+                    return send_jobs(conn, dcid, &exchange, jobs, &feed, log).await;
+                }
+                Err(e) => e,
+            };
+            if e.required_tls_failure {
+                metrics::required_tls_failure(&dest_label);
+            }
+            if e.required_tls_failure
+                || !matches!(e.tls, crate::relay::client::TlsOutcome::NotAttempted)
+            {
+                metrics::outbound_tls(&dest_label, control.tls.as_str(), &e.tls);
+            }
+            if e.required_tls_failure && ctx.alert_enabled {
+                ctx.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!(
+                        "ALERT: required TLS to destination {domain} failed (DCID {dcid}, {}): {}",
+                        control.tls.as_str(),
+                        e.reason
+                    ),
+                });
+            }
+            if e.required_tls_failure {
+                tls_alert = Some(format!(
+                    "{} (DCID {dcid}, host {exchange}): {}",
+                    control.tls.as_str(),
+                    e.reason
+                ));
+            }
+            // The address alone does not say which MX host failed.
+            let reason = match note {
+                Some(note) => {
+                    ctx.log.log(&Event::Note {
+                        level: Level::Info,
+                        text: format!("{note}: {}", e.reason),
+                    });
+                    format!("{} (MX host {exchange})", e.reason)
+                }
+                None => e.reason,
+            };
+            last = (e.enhanced, reason, dcid);
         }
-        // Safe on a broken connection too: it skips QUIT but still closes and logs `DCID n close`.
-        conn.quit(log).await;
-        return results;
+    }
+    jobs.extend(Feed::close(&feed));
+    if let (true, Some(reason)) = (all_null_mx, null_mx) {
+        let diagnostic = format!("{} {} {reason}", mx::NULL_MX_CODE, mx::NULL_MX_ENHANCED);
+        return all_permanent(&jobs, mx::NULL_MX_ENHANCED, &reason, &diagnostic);
     }
     let (enhanced, reason, dcid) = last;
-    jobs.extend(Feed::close(&feed));
     let mut results = all_temporary(&jobs, dcid, &enhanced, &reason);
     if let Some(r) = results.first_mut() {
         r.tls_alert = tls_alert;
     }
+    results
+}
+
+/// Sends `jobs`, then what the feed brings, over the open connection `conn` to `remote`; closes it.
+async fn send_jobs(
+    mut conn: Connection,
+    dcid: u64,
+    remote: &str,
+    jobs: Vec<Job>,
+    feed: &SharedFeed,
+    log: &dyn DeliveryLog,
+) -> Vec<JobResult> {
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut lost = false;
+    let mut first = jobs.into_iter();
+    while let Some(job) = first.next().or_else(|| Feed::take(feed)) {
+        let job = &job;
+        if lost {
+            // Nothing more is sent on a broken connection: the rest, fed jobs included,
+            // is tried again later.
+            let mut rest = vec![job.clone()];
+            rest.extend(first.by_ref());
+            rest.extend(Feed::close(feed));
+            results.extend(all_temporary(&rest, dcid, "4.4.2", "connection lost"));
+            break;
+        }
+        let msg = OutgoingMessage {
+            mid: job.mid,
+            from: job.from.clone(),
+            rcpts: job.rcpts.clone(),
+            body_path: job.body_path.clone(),
+            body: job.body.as_ref().map(|b| b.bytes.clone()),
+            size: job.size,
+            smtputf8: job.smtputf8,
+        };
+        let r = conn.send(&msg, log).await;
+        lost = r.connection_lost;
+        results.push(JobResult {
+            mid: job.mid,
+            dcid,
+            remote: Some(remote.to_string()),
+            tls_alert: None,
+            outcomes: r
+                .rcpts
+                .iter()
+                .map(|(rid, o)| (*rid, outcome_of(o)))
+                .collect(),
+        });
+    }
+    // Safe on a broken connection too: it skips QUIT but still closes and logs `DCID n close`.
+    conn.quit(log).await;
     results
 }
 

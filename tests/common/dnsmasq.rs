@@ -1,4 +1,4 @@
-//! dnsmasq serving test zones on a free loopback port (reverse DNS, block lists).
+//! dnsmasq serving test zones on a free loopback port (reverse DNS, block lists, MX records).
 
 #![allow(dead_code)]
 
@@ -9,8 +9,8 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq with `zone_args` (`--local=…`, `--address=…`, `--ptr-record=…`);
-    /// `None` (after printing `SKIP:`) when dnsmasq is missing outside CI.
+    /// Starts dnsmasq with `zone_args` (`--local=…`, `--address=…`, `--ptr-record=…`,
+    /// `--mx-host=…`); `None` (after printing `SKIP:`) when dnsmasq is missing outside CI.
     pub fn start(zone_args: &[&str]) -> Option<Dnsmasq> {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
