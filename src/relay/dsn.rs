@@ -93,15 +93,14 @@ impl Dsn<'_> {
         for f in self.failed {
             m.push_str("\r\n");
             m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.rcpt));
-            m.push_str(&format!("Original-Recipient: rfc822; {}\r\n", f.rcpt));
             m.push_str("Action: failed\r\n");
             m.push_str(&format!("Status: {}\r\n", f.status));
             if let Some(r) = &f.remote_mta {
                 m.push_str(&format!("Remote-MTA: dns; {r}\r\n"));
             }
             m.push_str(&format!(
-                "Diagnostic-Code: smtp; {}\r\n",
-                one_line(&f.diagnostic)
+                "Diagnostic-Code: {}\r\n",
+                diagnostic_code(&f.diagnostic)
             ));
         }
         m.push_str(&format!(
@@ -119,6 +118,24 @@ impl Dsn<'_> {
 
 fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
+}
+
+/// The `Diagnostic-Code` value (RFC 3464 §2.3.6): type `smtp` for an SMTP reply (a
+/// server's, or one mxgate answers for the server, such as a null MX), else our own
+/// type `X-mxgate` for local reasons (an administrator's bounce, expiry).
+fn diagnostic_code(diagnostic: &str) -> String {
+    let text = one_line(diagnostic);
+    let b = text.as_bytes();
+    let is_reply = b.len() >= 3
+        && matches!(b[0], b'2'..=b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && b.get(3).is_none_or(|c| *c == b' ' || *c == b'-');
+    if is_reply {
+        format!("smtp; {text}")
+    } else {
+        format!("X-mxgate; {text}")
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +166,11 @@ mod tests {
         assert!(text.contains(
             "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n"
         ));
-        assert!(text.contains("Final-Recipient: rfc822; nobody@example.com\r\nOriginal-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        // No Original-Recipient: the client gave no ORCPT (RFC 3464 §2.3.1 wants it only then).
+        assert!(text.contains(
+            "Final-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+        assert!(!text.contains("Original-Recipient"));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user\r\n"));
         assert!(text.contains("text/rfc822-headers\r\n\r\nReceived: x\r\nSubject: hi\r\n\r\n--"));
         assert!(!text.contains("body\r\n"));
@@ -158,5 +179,23 @@ mod tests {
             .windows(2)
             .any(|w| w[1] == b'\n' && w[0] != b'\r');
         assert!(!bare_lf, "every line ends in CRLF");
+    }
+
+    #[test]
+    fn diagnostic_type_is_smtp_only_for_smtp_replies() {
+        assert_eq!(
+            diagnostic_code("550 5.1.1 No such user"),
+            "smtp; 550 5.1.1 No such user"
+        );
+        assert_eq!(diagnostic_code("421-busy"), "smtp; 421-busy");
+        assert_eq!(
+            diagnostic_code("bounced by administrator"),
+            "X-mxgate; bounced by administrator"
+        );
+        assert_eq!(
+            diagnostic_code("message expired in queue, last error: 451 4.3.0 x"),
+            "X-mxgate; message expired in queue, last error: 451 4.3.0 x"
+        );
+        assert_eq!(diagnostic_code("1234 nope"), "X-mxgate; 1234 nope");
     }
 }
