@@ -294,13 +294,8 @@ impl Conn<'_> {
                             }
                             (None, _) => Err("no message in progress".into()),
                         };
-                        match &result {
-                            Err(e) => tracing::error!("spool commit failed: {e}"),
-                            Ok(()) => {
-                                if let (Some(q), Some(mid)) = (&self.ctx.queue, committed_mid) {
-                                    q.enqueued(mid);
-                                }
-                            }
+                        if let Err(e) = &result {
+                            tracing::error!("spool commit failed: {e}");
                         }
                         self.session.committed(result);
                     }
