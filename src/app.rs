@@ -91,6 +91,8 @@ pub struct Running {
     pub bound: Vec<(String, SocketAddr)>,
     /// The metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// What `/ready` answers.
+    pub ready: Arc<crate::metrics::Readiness>,
     /// The mail log (reopened on SIGHUP/SIGUSR1).
     pub mail_log: Arc<MailLog>,
     /// The spool.
@@ -278,6 +280,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         spool: spool.clone(),
     });
     let ready = Arc::new(crate::metrics::Readiness::default());
+    // A full spool volume takes the gateway out of rotation rather than failing every DATA.
+    ready.watch_spool(
+        config.global.spool_dir.clone(),
+        crate::metrics::SPOOL_MIN_FREE_BYTES,
+    );
     let (metrics_addr, metrics_task) = match config.global.metrics_listen {
         Some(addr) => {
             let handle = crate::metrics::recorder()?;
@@ -343,6 +350,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         shared,
         bound,
         metrics_addr,
+        ready,
         metrics_task,
         mail_log,
         spool,

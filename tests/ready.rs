@@ -1,0 +1,130 @@
+//! `/ready` follows the spool's filesystem: `503` with the reason while free space is below the
+//! threshold, or for a while after a spool write failed for lack of space (a real full tmpfs,
+//! which needs root), and `200` again once space is back. In a test binary of its own because
+//! the failed-write state is process-wide: another test queueing mail would clear it.
+
+mod common;
+
+use common::{Client, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MSG: &str = "Subject: ready\r\nMessage-ID: <ready@test>\r\n\r\nhello\r\n";
+
+/// The e2e fixture with metrics on a free loopback port and `tweak` applied.
+async fn start(tweak: impl FnOnce(&mut mxgate::config::Overrides)) -> Server {
+    Server::start("e2e", |o, _| {
+        o.metrics_listen = Some(Some("127.0.0.1:0".parse().unwrap()));
+        tweak(o);
+    })
+    .await
+}
+
+/// Status code and body of `GET /ready`.
+async fn ready(srv: &Server) -> (u16, String) {
+    let addr = srv.running.as_ref().unwrap().metrics_addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
+}
+
+#[tokio::test]
+async fn ready_is_503_while_the_spool_filesystem_is_below_the_threshold() {
+    let mut srv = start(|_| {}).await;
+    assert_eq!(ready(&srv).await, (200, "ready\n".to_string()));
+    let r = srv.running.as_ref().unwrap().ready.clone();
+    // No disk has 16 EiB free: the threshold alone turns it to 503, with the numbers.
+    r.watch_spool(srv.spool.clone(), u64::MAX);
+    let (code, body) = ready(&srv).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: spool filesystem has ")
+            && body.ends_with(" MiB free, needs 17592186044415 MiB\n"),
+        "{body:?}"
+    );
+    r.watch_spool(srv.spool.clone(), mxgate::metrics::SPOOL_MIN_FREE_BYTES);
+    assert_eq!(ready(&srv).await, (200, "ready\n".to_string()));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_spool_write_failing_for_lack_of_space_makes_ready_503_until_mail_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("spool");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("SKIP: cannot mount tmpfs (not root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let spool = mnt.clone();
+    let mut srv = start(|o| o.spool_dir = Some(spool)).await;
+    // 64 KiB is far below the default threshold.
+    assert_eq!(
+        ready(&srv).await,
+        (
+            503,
+            "not ready: spool filesystem has 0 MiB free, needs 256 MiB\n".to_string()
+        )
+    );
+    // Without a threshold, only failed writes count.
+    let r = srv.running.as_ref().unwrap().ready.clone();
+    r.watch_spool(mnt.clone(), 0);
+    assert_eq!(ready(&srv).await, (200, "ready\n".to_string()));
+
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .send_mail("a@other.example", &["bob@example.com"], MSG)
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 200 * 1024]);
+    let r = c
+        .send_mail("a@other.example", &["bob@example.com"], MSG)
+        .await;
+    assert_eq!(r, "452 4.3.1 Insufficient system storage\r\n");
+    srv.wait_log(r"Receiving Failed: spool error: .*(os error 28)")
+        .await;
+    let (code, body) = ready(&srv).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: a spool write failed for lack of space "),
+        "{body:?}"
+    );
+    // Space is back: the next message is queued, and that proves writing works again.
+    std::fs::remove_file(&filler).unwrap();
+    let r = c
+        .send_mail("a@other.example", &["bob@example.com"], MSG)
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(ready(&srv).await, (200, "ready\n".to_string()));
+    srv.stop().await;
+}
