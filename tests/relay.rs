@@ -99,6 +99,47 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
 }
 
 #[tokio::test]
+async fn when_every_route_host_fails_each_failure_is_reported() {
+    let closed = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (primary, backup) = (closed(), closed());
+    let cfg = relay_config(format!("127.0.0.1:{primary}").parse().unwrap(), "1h");
+    std::fs::write(
+        cfg.path().join("policies/routes.yaml"),
+        format!(
+            "routes:\n  - domain: ALL\n    hosts:\n      - {{host: 127.0.0.1, port: {primary}, priority: 10}}\n      - {{host: 127.0.0.1, port: {backup}, priority: 20}}\n"
+        ),
+    )
+    .unwrap();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO load.test").await;
+    let r = c
+        .send_mail("a@other.example", &["bob@example.com"], &msg("both-down"))
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let line = srv
+        .wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0] - ")
+        .await;
+    // Both hosts, in the order tried, not only the backup's error.
+    let want = format!(
+        "2 hosts tried, all failed: connection to 127.0.0.1:{primary} failed: Connection refused (os error 111); connection to 127.0.0.1:{backup} failed"
+    );
+    assert!(line.contains(&want), "{line}");
+    let listed = mxgate::relay::control::entries(&srv.spool);
+    assert_eq!(listed.len(), 1);
+    let err = listed[0].state.last_error.clone().unwrap_or_default();
+    assert!(err.contains(&want), "{err}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn downstream_down_then_up_every_message_arrives_once() {
     // Reserve a port and leave it closed: the internal server is down.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

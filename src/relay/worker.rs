@@ -343,6 +343,10 @@ pub async fn deliver_batch(
         "no route host could be reached".to_string(),
         0u64,
     );
+    // Every host's failure, so `queue list` shows them all: a required-TLS failure of the
+    // primary must not hide behind a backup host's `connection refused`.
+    let mut failures: Vec<String> = Vec::new();
+    let mut tls_failure: Option<(String, u64)> = None;
     // The recipients bounce for a null MX only when every route host has one: another host
     // that is merely unreachable keeps the mail queued.
     let mut null_mx: Option<String> = None;
@@ -359,6 +363,7 @@ pub async fn deliver_batch(
             }
             Err(MxError::Temporary(e)) => {
                 all_null_mx = false;
+                failures.push(e.clone());
                 last = (mx::DNS_FAILURE_ENHANCED.into(), e, 0);
                 continue;
             }
@@ -430,6 +435,10 @@ pub async fn deliver_batch(
                 }
                 None => e.reason,
             };
+            failures.push(reason.clone());
+            if e.required_tls_failure && tls_failure.is_none() {
+                tls_failure = Some((e.enhanced.clone(), dcid));
+            }
             last = (e.enhanced, reason, dcid);
         }
     }
@@ -438,7 +447,18 @@ pub async fn deliver_batch(
         let diagnostic = format!("{} {} {reason}", mx::NULL_MX_CODE, mx::NULL_MX_ENHANCED);
         return all_permanent(&jobs, mx::NULL_MX_ENHANCED, &reason, &diagnostic);
     }
-    let (enhanced, reason, dcid) = last;
+    let (mut enhanced, mut reason, mut dcid) = last;
+    if failures.len() > 1 {
+        reason = format!(
+            "{} hosts tried, all failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+        // The required-TLS failure is the one the administrator must act on.
+        if let Some((e, d)) = tls_failure {
+            (enhanced, dcid) = (e, d);
+        }
+    }
     let mut results = all_temporary(&jobs, dcid, &enhanced, &reason);
     if let Some(r) = results.first_mut() {
         r.tls_alert = tls_alert;
