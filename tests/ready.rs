@@ -9,6 +9,9 @@ use common::{Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The two tests share the process-wide failed-write state: they take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const MSG: &str = "Subject: ready\r\nMessage-ID: <ready@test>\r\n\r\nhello\r\n";
 
 /// The e2e fixture with metrics on a free loopback port and `tweak` applied.
@@ -40,6 +43,7 @@ async fn ready(srv: &Server) -> (u16, String) {
 
 #[tokio::test]
 async fn ready_is_503_while_the_spool_filesystem_is_below_the_threshold() {
+    let _turn = TURN.lock().await;
     let mut srv = start(|_| {}).await;
     assert_eq!(ready(&srv).await, (200, "ready\n".to_string()));
     let r = srv.running.as_ref().unwrap().ready.clone();
@@ -59,6 +63,7 @@ async fn ready_is_503_while_the_spool_filesystem_is_below_the_threshold() {
 
 #[tokio::test]
 async fn a_spool_write_failing_for_lack_of_space_makes_ready_503_until_mail_is_queued() {
+    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("spool");
     std::fs::create_dir_all(&mnt).unwrap();

@@ -284,7 +284,10 @@ impl Conn<'_> {
                                         }
                                         Ok(())
                                     }
-                                    Ok((Err(e), _)) => Err(e.to_string()),
+                                    Ok((Err(e), _)) => {
+                                        metrics::spool_write_failed(e.is_out_of_space());
+                                        Err(e.to_string())
+                                    }
                                     Err(e) => Err(format!("commit task failed: {e}")),
                                 }
                             }
@@ -399,6 +402,7 @@ impl Conn<'_> {
         }
         if let (Some(inc), None) = (self.incoming.as_mut(), self.body_error.as_ref()) {
             if let Err(e) = inc.write(body) {
+                metrics::spool_write_failed(e.is_out_of_space());
                 self.body_error = Some(e.to_string());
             }
         }

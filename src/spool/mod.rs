@@ -48,6 +48,15 @@ impl SpoolError {
     pub fn is_temporary(&self) -> bool {
         true
     }
+
+    /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
+    pub fn is_out_of_space(&self) -> bool {
+        let SpoolError::Io { source, .. } = self;
+        matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -479,6 +488,19 @@ mod tests {
             received_unix: 1_700_000_000,
             tls: None,
         }
+    }
+
+    #[test]
+    fn a_full_filesystem_or_quota_is_out_of_space() {
+        let err = |n| SpoolError::Io {
+            op: "write",
+            path: PathBuf::from("/s/tmp/1.msg"),
+            source: std::io::Error::from_raw_os_error(n),
+        };
+        assert!(err(libc::ENOSPC).is_out_of_space());
+        assert!(err(libc::EDQUOT).is_out_of_space());
+        assert!(!err(libc::EACCES).is_out_of_space());
+        assert!(!err(libc::EIO).is_out_of_space());
     }
 
     #[test]
