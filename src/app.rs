@@ -202,6 +202,9 @@ impl Running {
                 ));
             }
         }
+        // Re-read too: the client certificate and the CA bundles (a renewed file behind an
+        // unchanged path is read again).
+        let outbound = Arc::new(outbound_tls(config)?);
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
@@ -210,6 +213,7 @@ impl Running {
             .send(crate::relay::handle::Command::Reconfigure {
                 routes: config.routes.clone(),
                 destinations: config.destinations.clone(),
+                outbound,
             });
         Ok(())
     }
@@ -229,6 +233,19 @@ impl Running {
                 }
             }
         }
+        // Outbound: the client certificate and the destinations' CA bundles.
+        if let Some((c, k)) = client_certificate_files(config) {
+            v.push(c);
+            v.push(k);
+        }
+        let d = &config.destinations;
+        for control in std::iter::once(&d.default).chain(&d.entries) {
+            if let Some(ca) = &control.ca_file {
+                v.push(ca.clone());
+            }
+        }
+        v.sort();
+        v.dedup();
         v
     }
 
@@ -370,34 +387,55 @@ struct QueueParts {
     control: tokio::task::JoinHandle<()>,
 }
 
+/// The name the relay says in EHLO and signs DSNs with.
+fn delivery_hostname(config: &Config) -> String {
+    config
+        .global
+        .delivery
+        .hostname
+        .clone()
+        .or_else(|| config.listeners.first().map(|l| l.hostname.clone()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The client certificate files `destinations.yaml` names (`demo` = the demo certificate).
+fn client_certificate_files(config: &Config) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = &config.global.certs_dir;
+    config.destinations.client_certificate.as_ref().map(|name| {
+        (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        )
+    })
+}
+
+/// Outbound TLS as configured: the client certificate read now, and every destination's
+/// `ca_file` loaded now, so a bad file fails start-up or the reload rather than a delivery.
+fn outbound_tls(config: &Config) -> Result<OutboundTlsContext, AppError> {
+    if config.destinations.client_certificate.as_deref() == Some("demo") {
+        tls::ensure_demo_certificate(&config.global.certs_dir, &delivery_hostname(config))?;
+    }
+    let ctx = OutboundTlsContext::new(client_certificate_files(config))?;
+    let d = &config.destinations;
+    for control in std::iter::once(&d.default).chain(&d.entries) {
+        if let Some(ca) = &control.ca_file {
+            ctx.roots(Some(ca))?;
+        }
+    }
+    Ok(ctx)
+}
+
 /// Starts the queue manager (delivery to the internal server) and its control socket.
 fn start_queue(
     config: &Config,
     spool: &Arc<Spool>,
     log: &Arc<MailLog>,
 ) -> Result<QueueParts, AppError> {
-    let hostname = config
-        .global
-        .delivery
-        .hostname
-        .clone()
-        .or_else(|| config.listeners.first().map(|l| l.hostname.clone()))
-        .unwrap_or_else(|| "localhost".into());
-    let client_cert = match &config.destinations.client_certificate {
-        None => None,
-        Some(name) if name == "demo" => {
-            let (c, k, _) = tls::ensure_demo_certificate(&config.global.certs_dir, &hostname)?;
-            Some((c, k))
-        }
-        Some(name) => Some((
-            config.global.certs_dir.join(format!("{name}.crt")),
-            config.global.certs_dir.join(format!("{name}.key")),
-        )),
-    };
+    let hostname = delivery_hostname(config);
     let worker = Arc::new(WorkerContext {
         spool: spool.clone(),
         log: log.clone(),
-        tls: Arc::new(OutboundTlsContext::new(client_cert)?),
+        tls: Arc::new(outbound_tls(config)?),
         helo_name: hostname.clone(),
         timeouts: ClientTimeouts::default(),
         alert_enabled: config.destinations.alert.enabled,

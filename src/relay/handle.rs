@@ -20,6 +20,8 @@ pub enum Command {
         routes: std::sync::Arc<crate::config::outbound::RouteTable>,
         /// Destination controls.
         destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
+        /// Outbound TLS with the client certificate and CA bundles read again.
+        outbound: std::sync::Arc<crate::relay::outbound_tls::OutboundTlsContext>,
     },
 }
 

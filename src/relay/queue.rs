@@ -307,7 +307,14 @@ impl QueueManager {
             Command::Reconfigure {
                 routes,
                 destinations,
+                outbound,
             } => {
+                // Connections under way finish with what they started with.
+                self.worker = Arc::new(WorkerContext {
+                    tls: outbound,
+                    alert_enabled: destinations.alert.enabled,
+                    ..(*self.worker).clone()
+                });
                 self.routes = routes;
                 self.controls = destinations;
             }

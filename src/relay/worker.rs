@@ -142,6 +142,7 @@ impl Feed {
 }
 
 /// Everything a worker needs, shared by all workers.
+#[derive(Clone)]
 pub struct WorkerContext {
     /// The spool (DCIDs).
     pub spool: Arc<Spool>,
