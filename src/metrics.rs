@@ -79,8 +79,11 @@ pub enum MetricsError {
 
 /// Installs the global Prometheus recorder once; later calls return the same handle.
 pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
+    // A lock, not a check-then-install: two servers starting at once (tests) must not both
+    // try to install, and the loser must get the winner's handle.
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = slot.as_ref() {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -91,10 +94,10 @@ pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
         .map_err(|e| MetricsError::Recorder(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError::Recorder(e.to_string()))?;
-    let _ = HANDLE.set(handle.clone());
+    *slot = Some(handle.clone());
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(HANDLE.get().cloned().unwrap_or(handle))
+    Ok(handle)
 }
 
 fn describe() {

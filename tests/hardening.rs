@@ -348,11 +348,9 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
     }
     srv.wait_log(r"Info: ICID \d+ ACCEPT SG TEMPFAIL match ptr_tempfail SBRS None")
         .await;
-    // Counted as errors: only this test makes zen fail (the other one may add to dul).
-    assert_eq!(
-        dnsbl_lookups(&srv, "zen.example-rbl.test", "error").await,
-        1.0
-    );
+    // Counted as errors. The recorder is process-wide and the other block-list test runs at
+    // the same time: under load its dnsmasq may time out too, so "at least".
+    assert!(dnsbl_lookups(&srv, "zen.example-rbl.test", "error").await >= 1.0);
     assert!(dnsbl_lookups(&srv, "dul.example-rbl.test", "error").await >= 1.0);
     assert!(c.cmd("QUIT").await.starts_with("221 "));
     srv.stop().await;

@@ -49,6 +49,7 @@ fn target(addr: SocketAddr) -> Target {
     Target {
         addr,
         host: "127.0.0.1".into(),
+        identity: "127.0.0.1".into(),
         domain: DOMAIN.into(),
     }
 }

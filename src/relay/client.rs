@@ -50,9 +50,13 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Target {
     /// Address and port to connect to.
     pub addr: SocketAddr,
-    /// The route host as configured (name or IP text): sent as SNI when it is a
-    /// name, and a reference identity for `required-verify` / `preferred-verify`.
+    /// The server's name (the route host as configured, or its MX host; or IP text): sent
+    /// as SNI when it is a name.
     pub host: String,
+    /// The name a `required-verify` / `preferred-verify` certificate may present besides
+    /// the domain: the route host, or an MX host within it (never a name taken from DNS
+    /// alone, which an attacker who forges one answer would choose).
+    pub identity: String,
     /// Destination domain: the reference identity of `required-verify-hosted`, also
     /// accepted by `required-verify`; named in the required-TLS alert line.
     pub domain: String,
@@ -796,7 +800,7 @@ impl Connection {
                 settings.control.ca_file.as_deref(),
                 &certs,
                 &target.domain,
-                &target.host,
+                &target.identity,
                 UnixTime::now(),
             );
             match result {

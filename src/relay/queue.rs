@@ -508,7 +508,8 @@ impl QueueManager {
                 lane.feeds.push(feed.clone());
                 workers.spawn(async move {
                     let r =
-                        worker::deliver_batch(ctx, d.clone(), route, c, turn, batch, feed).await;
+                        worker::deliver_batch_guarded(ctx, d.clone(), route, c, turn, batch, feed)
+                            .await;
                     (d, r)
                 });
             }

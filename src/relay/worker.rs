@@ -37,6 +37,16 @@ pub struct Job {
     pub smtputf8: bool,
 }
 
+impl Job {
+    /// The same job without its in-memory body (it is read from the spool if sent again).
+    fn without_body(&self) -> Job {
+        Job {
+            body: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -85,6 +95,9 @@ pub struct Feed {
     open: bool,
     /// Jobs the connection was given in all: its first batch and those fed since.
     given: usize,
+    /// The fed jobs the connection took (without their in-memory bodies), so they can be
+    /// answered for if the connection's task dies.
+    taken: Vec<Job>,
 }
 
 /// A feed shared by the queue manager (which offers) and one worker (which takes).
@@ -97,6 +110,7 @@ impl Feed {
             jobs: VecDeque::new(),
             open: true,
             given: first_batch,
+            taken: Vec::new(),
         }))
     }
 
@@ -127,10 +141,20 @@ impl Feed {
     fn take(feed: &SharedFeed) -> Option<Job> {
         let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
         let job = f.jobs.pop_front();
-        if job.is_none() {
-            f.open = false;
+        match &job {
+            Some(j) => f.taken.push(j.without_body()),
+            None => f.open = false,
         }
         job
+    }
+
+    /// Closes the feed and returns every job fed to it: taken or still waiting.
+    fn close_all(feed: &SharedFeed) -> Vec<Job> {
+        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        f.open = false;
+        let mut all = std::mem::take(&mut f.taken);
+        all.extend(f.jobs.drain(..));
+        all
     }
 
     /// Closes the feed and returns what was waiting in it.
@@ -277,6 +301,21 @@ async fn targets(
     }])
 }
 
+/// The name a `-verify` certificate may present for a connection to `exchange` found for
+/// the route host `route_host`: the exchange when it is the route host or a subdomain of
+/// it, else the route host. An MX answer is not authenticated (no DNSSEC here), so a name
+/// that only DNS supplied must not be what the certificate is checked against (like
+/// Postfix's `secure` level, `nexthop:dot-nexthop`).
+fn verify_identity(route_host: &str, exchange: &str) -> String {
+    let r = route_host.trim_end_matches('.').to_ascii_lowercase();
+    let x = exchange.trim_end_matches('.').to_ascii_lowercase();
+    if x == r || x.ends_with(&format!(".{r}")) {
+        exchange.to_string()
+    } else {
+        route_host.to_string()
+    }
+}
+
 /// The mail log line naming the MX host of a delivery connection (logged once it is open, or
 /// with the reason when it fails); `None` when the route host was used as it is (an IP
 /// literal, or no `mx_lookup`).
@@ -316,6 +355,56 @@ pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
         i += n;
     }
     out
+}
+
+/// [`deliver_batch`] in a task of its own, so that a panic in it (a bug) cannot strand its
+/// jobs: they, and every job fed to the connection, come back as temporary failures to be
+/// retried, and a Warning is logged.
+pub async fn deliver_batch_guarded(
+    ctx: Arc<WorkerContext>,
+    domain: String,
+    route: Route,
+    control: DestinationControl,
+    turn: usize,
+    jobs: Vec<Job>,
+    feed: SharedFeed,
+) -> Vec<JobResult> {
+    let first: Vec<Job> = jobs.iter().map(Job::without_body).collect();
+    let log = ctx.log.clone();
+    let delivery = deliver_batch(
+        ctx,
+        domain.clone(),
+        route,
+        control,
+        turn,
+        jobs,
+        feed.clone(),
+    );
+    guarded(&domain, &log, first, &feed, delivery).await
+}
+
+/// Runs `delivery` as a task; if it dies, every job it was given (`first`, and whatever was
+/// fed to it) gets a temporary result.
+async fn guarded(
+    domain: &str,
+    log: &MailLog,
+    first: Vec<Job>,
+    feed: &SharedFeed,
+    delivery: impl std::future::Future<Output = Vec<JobResult>> + Send + 'static,
+) -> Vec<JobResult> {
+    match tokio::spawn(delivery).await {
+        Ok(results) => results,
+        Err(e) => {
+            let mut all = first;
+            all.extend(Feed::close_all(feed));
+            let reason = format!("delivery task to {domain} failed: {e}");
+            log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!("{reason}; {} job(s) will be retried", all.len()),
+            });
+            all_temporary(&all, 0, "4.3.0", &reason)
+        }
+    }
 }
 
 /// Delivers `jobs` (all for `domain`) over one connection to the first route host that
@@ -380,9 +469,11 @@ pub async fn deliver_batch(
             };
             let note = mx_note(dcid, &route, &host, &target);
             let exchange = target.exchange;
-            // The exchange, not the route host, is the server's name: SNI and `-verify` identity.
+            // The exchange, not the route host, is the server's name (SNI). The `-verify`
+            // identity is the configured route host, or the exchange only when it lies within it.
             let target = Target {
                 addr: target.addr,
+                identity: verify_identity(&host.host, &exchange),
                 host: exchange.clone(),
                 domain: domain.clone(),
             };
@@ -547,5 +638,77 @@ mod tests {
         assert_eq!(names(0), vec!["a1", "a2", "b1", "b2"]);
         assert_eq!(names(1), vec!["a2", "a1", "b2", "b1"]);
         assert_eq!(names(2), names(0));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_task_that_panics_hands_back_every_job_it_was_given() {
+        let job = |mid: u64| Job {
+            mid,
+            from: "a@b.example".into(),
+            rcpts: vec![(0, "c@example.com".into()), (1, "d@example.com".into())],
+            body_path: PathBuf::from(format!("/nonexistent/{mid}.msg")),
+            body: None,
+            size: 10,
+            smtputf8: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = MailLog::open(
+            &crate::config::model::MailLogTarget::File(dir.path().join("mail.log")),
+            crate::config::model::MailLogFormat::Text,
+        )
+        .unwrap();
+        let feed = Feed::new(1);
+        Feed::offer(&feed, job(2), 10).unwrap();
+        Feed::offer(&feed, job(3), 10).unwrap();
+        // The connection took MID 2 before it died; MID 3 was still waiting.
+        assert_eq!(Feed::take(&feed).map(|j| j.mid), Some(2));
+        let results = guarded("example.com", &log, vec![job(1)], &feed, async {
+            panic!("a bug in the delivery code")
+        })
+        .await;
+        let mids: Vec<u64> = results.iter().map(|r| r.mid).collect();
+        assert_eq!(mids, [1, 2, 3]);
+        for r in &results {
+            assert_eq!(r.outcomes.len(), 2);
+            for (_, o) in &r.outcomes {
+                assert!(
+                    matches!(o, Outcome::Temporary { enhanced, reason }
+                        if enhanced == "4.3.0" && reason.starts_with("delivery task to example.com failed")),
+                    "{o:?}"
+                );
+            }
+        }
+        assert!(
+            !Feed::is_open(&feed),
+            "nothing more is fed to a dead connection"
+        );
+        let text = std::fs::read_to_string(dir.path().join("mail.log")).unwrap();
+        assert!(
+            text.contains("Warning: delivery task to example.com failed: task ")
+                && text.contains("panicked")
+                && text.contains("3 job(s) will be retried"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_an_mx_host_within_the_route_host_is_a_verify_identity() {
+        assert_eq!(
+            verify_identity("internal.example", "mx1.internal.example"),
+            "mx1.internal.example"
+        );
+        assert_eq!(
+            verify_identity("mx.internal.example", "MX.internal.example."),
+            "MX.internal.example."
+        );
+        // A name only DNS gave (a forged answer could name any host with a valid certificate).
+        assert_eq!(
+            verify_identity("internal.example", "mx.attacker.example"),
+            "internal.example"
+        );
+        assert_eq!(
+            verify_identity("internal.example", "evilinternal.example"),
+            "internal.example"
+        );
     }
 }
