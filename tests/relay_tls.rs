@@ -561,7 +561,7 @@ async fn two_messages_on_one_connection_without_rset_after_a_completed_transacti
         if mid == 12 {
             // The first attempt's body comes from memory: the file must not be needed.
             std::fs::remove_file(&msg.body_path).unwrap();
-            msg.body = Some(BODY.into());
+            msg.body = Some(Arc::new(BODY.to_vec()));
         }
         let res = conn.send(&msg, &log).await;
         assert_eq!(code(&res.rcpts[0].1), ("delivered", 250));

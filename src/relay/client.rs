@@ -190,7 +190,7 @@ pub struct OutgoingMessage {
     /// Spool file with the message (CRLF lines, not dot-stuffed).
     pub body_path: PathBuf,
     /// The same bytes in memory when the caller has them (the file is then not read).
-    pub body: Option<std::sync::Arc<[u8]>>,
+    pub body: Option<std::sync::Arc<Vec<u8>>>,
     /// Size in bytes (for `SIZE=`).
     pub size: u64,
     /// The envelope needs SMTPUTF8.
@@ -523,7 +523,7 @@ pub struct Connection {
 /// Where a message body comes from.
 enum BodySource {
     /// Held in memory (a message's first attempt).
-    Memory(std::sync::Arc<[u8]>),
+    Memory(std::sync::Arc<Vec<u8>>),
     /// Read from the spool file as it is sent.
     File(tokio::fs::File),
 }

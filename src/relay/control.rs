@@ -53,8 +53,12 @@ async fn execute(handle: &QueueHandle, line: &str) -> String {
             let (tx, rx) = tokio::sync::oneshot::channel();
             handle.send(Command::Retry(mid, tx));
             match (mid, rx.await) {
-                (None, Ok(n)) => format!("ok {n} message(s) scheduled for delivery now\n"),
-                (Some(m), Ok(1)) => format!("ok MID {m} scheduled for delivery now\n"),
+                (None, Ok((n, 0))) => format!("ok {n} message(s) scheduled for delivery now\n"),
+                (None, Ok((n, busy))) => format!(
+                    "ok {n} message(s) scheduled for delivery now, {busy} being delivered right now\n"
+                ),
+                (Some(m), Ok((1, _))) => format!("ok MID {m} scheduled for delivery now\n"),
+                (Some(m), Ok((_, 1))) => format!("ok MID {m} is being delivered right now\n"),
                 (Some(m), Ok(_)) => format!("error MID {m} is not queued\n"),
                 (_, Err(_)) => "error the queue manager is not running\n".into(),
             }

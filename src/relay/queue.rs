@@ -3,7 +3,7 @@
 //! a message only when every recipient has a final outcome.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::dsn::FailedRecipient;
-use crate::relay::handle::{Command, Committed, QueueHandle};
+use crate::relay::handle::{CachedBody, Command, Committed, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::{DeliveryState, Final};
 use crate::relay::worker::{self, Feed, Job, JobResult, Outcome, SharedFeed, WorkerContext};
@@ -30,25 +30,6 @@ pub struct RelaySettings {
     pub retry: RetryPolicy,
     /// Our host name in EHLO and DSNs.
     pub hostname: String,
-}
-
-/// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
-/// (a slow or unreachable destination with a long queue) bodies are read from the spool.
-const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
-
-/// A just-committed body kept in memory so its first delivery need not read it back;
-/// counted against [`BODY_CACHE_MAX`] until the last job holding it is dropped.
-#[derive(Debug)]
-pub struct CachedBody {
-    /// The message as spooled (CRLF lines, not dot-stuffed).
-    pub bytes: Arc<[u8]>,
-    budget: Arc<AtomicUsize>,
-}
-
-impl Drop for CachedBody {
-    fn drop(&mut self) {
-        self.budget.fetch_sub(self.bytes.len(), Ordering::Relaxed);
-    }
 }
 
 struct Queued {
@@ -146,7 +127,8 @@ impl QueueManager {
             finished: Vec::new(),
             body_budget: Arc::new(AtomicUsize::new(0)),
         };
-        (m, QueueHandle::new(tx))
+        let handle = QueueHandle::new(tx, m.body_budget.clone());
+        (m, handle)
     }
 
     fn load(&mut self, mid: u64) {
@@ -199,16 +181,7 @@ impl QueueManager {
         if self.messages.contains_key(&mid) {
             return;
         }
-        let body = c.body.and_then(|bytes| {
-            let len = bytes.len();
-            let used = self.body_budget.fetch_add(len, Ordering::Relaxed);
-            let body = CachedBody {
-                bytes,
-                budget: self.body_budget.clone(),
-            };
-            // Over budget: dropping it gives the bytes back, the relay reads the spool file.
-            (used + len <= BODY_CACHE_MAX).then(|| Arc::new(body))
-        });
+        let body = c.body.map(Arc::new);
         self.messages.insert(
             mid,
             Queued {
@@ -323,15 +296,20 @@ impl QueueManager {
                     Some(mid) => vec![mid],
                     None => self.messages.keys().copied().collect(),
                 };
-                let mut found = 0;
+                let (mut due, mut busy) = (0, 0);
                 for mid in mids {
-                    if let Some(q) = self.messages.get_mut(&mid) {
-                        q.state.next_try = 0;
-                        self.file_due(mid);
-                        found += 1;
+                    match self.messages.get_mut(&mid) {
+                        // Its round's outcome decides the next try: nothing to change now.
+                        Some(q) if q.jobs_in_flight > 0 => busy += 1,
+                        Some(q) => {
+                            q.state.next_try = 0;
+                            self.file_due(mid);
+                            due += 1;
+                        }
+                        None => {}
                     }
                 }
-                let _ = reply.send(found);
+                let _ = reply.send((due, busy));
             }
             Command::Delete(mid, reply) => {
                 let ok = match self.messages.get(&mid) {
@@ -736,6 +714,7 @@ mod tests {
     use crate::config::model::{MailLogFormat, MailLogTarget};
     use crate::relay::client::ClientTimeouts;
     use crate::relay::outbound_tls::OutboundTlsContext;
+    use std::sync::atomic::Ordering;
 
     fn manager(spool: Arc<Spool>, log_path: std::path::PathBuf) -> QueueManager {
         let log =
@@ -840,7 +819,7 @@ mod tests {
                     mid: fresh,
                     ..m.messages[&now].env.clone()
                 },
-                body: Some(Arc::from(&b"Subject: x\r\n\r\nbody\r\n"[..])),
+                body: CachedBody::reserve(b"Subject: x\r\n\r\nbody\r\n".to_vec(), &m.body_budget),
             },
         );
         // Received just now (queue_one's envelopes are from 1970: they would expire and bounce).
@@ -858,6 +837,11 @@ mod tests {
             [(m.messages[&later].state.next_try, later)]
         );
         assert!(m.messages[&now].jobs_in_flight > 0 && m.messages[&fresh].jobs_in_flight > 0);
+        // Retrying a message in delivery changes nothing, and says so.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.command(Command::Retry(Some(now), tx)).await;
+        assert_eq!(rx.await.unwrap(), (0, 1));
+        assert!(!m.due.iter().any(|(_, mid)| *mid == now));
         while let Some(Ok((domain, results))) = workers.join_next().await {
             m.finish_batch(&domain, results).await;
         }
@@ -867,11 +851,11 @@ mod tests {
         assert_eq!(m.body_budget.load(Ordering::Relaxed), 0);
         let (tx, rx) = tokio::sync::oneshot::channel();
         m.command(Command::Retry(Some(later), tx)).await;
-        assert_eq!(rx.await.unwrap(), 1);
+        assert_eq!(rx.await.unwrap(), (1, 0));
         assert_eq!(m.due.first(), Some(&(0, later)));
         let (tx, rx) = tokio::sync::oneshot::channel();
         m.command(Command::Retry(Some(999_999), tx)).await;
-        assert_eq!(rx.await.unwrap(), 0, "an unknown MID is not retried");
+        assert_eq!(rx.await.unwrap(), (0, 0), "an unknown MID is not retried");
         let (tx, _rx) = tokio::sync::oneshot::channel();
         m.command(Command::Delete(later, tx)).await;
         assert_eq!(m.due.len(), 2);

@@ -12,9 +12,9 @@ use crate::net::dns::ReverseResolver;
 use crate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
 };
+use crate::relay::handle::CachedBody;
 use crate::relay::mx::{self, MxError, MxTarget};
 use crate::relay::outbound_tls::OutboundTlsContext;
-use crate::relay::queue::CachedBody;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
