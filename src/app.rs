@@ -233,6 +233,13 @@ impl Running {
                 }
             }
         }
+        // Inbound client-certificate trust anchors.
+        v.extend(
+            config
+                .listeners
+                .iter()
+                .filter_map(|l| l.client_ca_file.clone()),
+        );
         // Outbound: the client certificate and the destinations' CA bundles.
         if let Some((c, k)) = client_certificate_files(config) {
             v.push(c);

@@ -16,6 +16,10 @@ use crate::net::dns::{IpLookup, MxLookup, ReverseResolver};
 /// `smtp_mx_address_limit` has the same purpose).
 pub const MAX_ADDRESSES: usize = 10;
 
+/// MX host names resolved per route host at most (Postfix looks at 5 addresses by default,
+/// `smtp_mx_address_limit`); the rest of a longer list is ignored.
+pub const MAX_EXCHANGES: usize = 5;
+
 /// RFC 7505 enhanced status code for a domain that accepts no mail.
 pub const NULL_MX_ENHANCED: &str = "5.1.10";
 
@@ -145,7 +149,9 @@ pub async fn resolve(
     };
     let mut out = Vec::new();
     let mut failure = None;
-    for ex in &exchanges {
+    // Each name costs a lookup of up to `dns.timeout`: a long MX list (or one an attacker
+    // answered with) must not hold a delivery slot for long.
+    for ex in exchanges.iter().take(MAX_EXCHANGES) {
         if out.len() >= MAX_ADDRESSES {
             break;
         }
