@@ -348,10 +348,7 @@ impl Event {
             }
             Event::TlsSuccess { icid, protocol, cipher, client_cert } => match client_cert.describe() {
                 // The subject comes from the client: no control characters in the log line.
-                Some(c) => {
-                    let c: String = c.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
-                    format!("ICID {icid} TLS success protocol {protocol} cipher {cipher} {c}")
-                }
+                Some(c) => format!("ICID {icid} TLS success protocol {protocol} cipher {cipher} {}", printable(&c)),
                 None => format!("ICID {icid} TLS success protocol {protocol} cipher {cipher}"),
             },
             Event::TlsFailed { icid, reason } => format!("ICID {icid} TLS failed: {reason}"),
@@ -414,12 +411,16 @@ fn rid_list(rids: &[u32]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-/// Keeps log lines one line each whatever a header contains.
-fn sanitize(s: &str) -> String {
+/// Keeps log lines one line each whatever a peer sent: control characters become spaces.
+fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .replace('\'', "\\'")
+        .collect()
+}
+
+/// [`printable`], for a value the line puts in single quotes (a header).
+fn sanitize(s: &str) -> String {
+    printable(s).replace('\'', "\\'")
 }
 
 /// Formats an ESA timestamp (`Tue Apr 17 00:57:53 2018`) in local time.

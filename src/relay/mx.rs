@@ -116,6 +116,35 @@ pub enum MxError {
     /// DNS failure or no address: temporary.
     #[error("{0}")]
     Temporary(String),
+    /// The most preferred MX host is this host: delivering would loop (RFC 5321 §5.1).
+    /// Temporary here, because a route host is configuration that the administrator fixes.
+    #[error(
+        "the MX list of {host} names this host ({own}) at the best preference: mail would loop"
+    )]
+    Loop {
+        /// The route host.
+        host: String,
+        /// Our own name as found in the list.
+        own: String,
+    },
+}
+
+/// Enhanced status code of a routing loop.
+pub const LOOP_ENHANCED: &str = "4.4.6";
+
+/// RFC 5321 §5.1: when this host (`own`) is in the MX list, it and every exchange of the same
+/// or a less preferred (higher) preference are dropped; `None` when nothing is left.
+pub fn without_self(exchanges: Vec<Exchange>, own: &str) -> Option<Vec<Exchange>> {
+    let own = own.trim_end_matches('.').to_ascii_lowercase();
+    let is_own = |e: &Exchange| e.name.trim_end_matches('.').eq_ignore_ascii_case(&own);
+    let Some(cut) = exchanges.iter().find(|e| is_own(e)).map(|e| e.preference) else {
+        return Some(exchanges);
+    };
+    let kept: Vec<Exchange> = exchanges
+        .into_iter()
+        .filter(|e| e.preference < cut && !is_own(e))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// Expands `host` into the addresses to try, in order: MX exchanges as [`plan`] orders them, each
@@ -125,6 +154,7 @@ pub async fn resolve(
     resolver: &ReverseResolver,
     host: &RouteHost,
     turn: usize,
+    own: &str,
 ) -> Result<Vec<MxTarget>, MxError> {
     if let Ok(ip) = host.host.parse::<IpAddr>() {
         return Ok(vec![MxTarget {
@@ -134,7 +164,10 @@ pub async fn resolve(
         }]);
     }
     let exchanges = match plan(&host.host, resolver.lookup_mx(&host.host).await, turn) {
-        MxPlan::Exchanges(e) => e,
+        MxPlan::Exchanges(e) => without_self(e, own).ok_or_else(|| MxError::Loop {
+            host: host.host.clone(),
+            own: own.to_string(),
+        })?,
         MxPlan::NullMx => {
             return Err(MxError::NullMx {
                 host: host.host.clone(),
@@ -288,6 +321,32 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "d.test has a null MX (RFC 7505): the domain accepts no mail"
+        );
+    }
+
+    #[test]
+    fn this_host_and_every_less_preferred_exchange_are_dropped() {
+        let ex = |p: u16, n: &str| Exchange {
+            name: n.into(),
+            preference: Some(p),
+        };
+        let list = vec![
+            ex(10, "a.test"),
+            ex(20, "mx.self.test"),
+            ex(20, "b.test"),
+            ex(30, "c.test"),
+        ];
+        let kept = without_self(list.clone(), "MX.Self.Test.").unwrap();
+        assert_eq!(kept, vec![ex(10, "a.test")]);
+        // Not in the list: unchanged.
+        assert_eq!(without_self(list.clone(), "other.test").unwrap(), list);
+        // The best preference is this host: nothing is left, delivering would loop.
+        assert_eq!(
+            without_self(
+                vec![ex(10, "mx.self.test"), ex(20, "b.test")],
+                "mx.self.test"
+            ),
+            None
         );
     }
 }

@@ -213,39 +213,9 @@ fn outcome_of(o: &RcptOutcome) -> Outcome {
     }
 }
 
-/// The same permanent failure for every recipient of every job (no connection was made).
-pub fn all_permanent(
-    jobs: &[Job],
-    enhanced: &str,
-    reason: &str,
-    diagnostic: &str,
-) -> Vec<JobResult> {
-    jobs.iter()
-        .map(|j| JobResult {
-            mid: j.mid,
-            dcid: 0,
-            remote: None,
-            tls_alert: None,
-            outcomes: j
-                .rcpts
-                .iter()
-                .map(|(rid, _)| {
-                    (
-                        *rid,
-                        Outcome::Permanent {
-                            enhanced: enhanced.to_string(),
-                            reason: reason.to_string(),
-                            diagnostic: diagnostic.to_string(),
-                        },
-                    )
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// The same temporary failure for every recipient of every job.
-pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
+/// The same outcome for every recipient of every job, with no remote host (a failure before
+/// or without a connection).
+pub fn all_with(jobs: &[Job], dcid: u64, outcome: &Outcome) -> Vec<JobResult> {
     jobs.iter()
         .map(|j| JobResult {
             mid: j.mid,
@@ -255,18 +225,34 @@ pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> V
             outcomes: j
                 .rcpts
                 .iter()
-                .map(|(rid, _)| {
-                    (
-                        *rid,
-                        Outcome::Temporary {
-                            enhanced: enhanced.to_string(),
-                            reason: reason.to_string(),
-                        },
-                    )
-                })
+                .map(|(rid, _)| (*rid, outcome.clone()))
                 .collect(),
         })
         .collect()
+}
+
+/// Every recipient of every job bounces (e.g. a null MX).
+pub fn all_permanent(
+    jobs: &[Job],
+    enhanced: &str,
+    reason: &str,
+    diagnostic: &str,
+) -> Vec<JobResult> {
+    let outcome = Outcome::Permanent {
+        enhanced: enhanced.to_string(),
+        reason: reason.to_string(),
+        diagnostic: diagnostic.to_string(),
+    };
+    all_with(jobs, 0, &outcome)
+}
+
+/// Every recipient of every job is deferred with the same reason.
+pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
+    let outcome = Outcome::Temporary {
+        enhanced: enhanced.to_string(),
+        reason: reason.to_string(),
+    };
+    all_with(jobs, dcid, &outcome)
 }
 
 /// A route host without `mx_lookup`: through the system resolver (so `/etc/hosts` and container
@@ -291,7 +277,7 @@ async fn targets(
     turn: usize,
 ) -> Result<Vec<MxTarget>, MxError> {
     if route.mx_lookup {
-        return mx::resolve(&ctx.resolver, host, turn).await;
+        return mx::resolve(&ctx.resolver, host, turn, &ctx.helo_name).await;
     }
     let addr = resolve(host).await.map_err(MxError::Temporary)?;
     Ok(vec![MxTarget {
@@ -455,6 +441,12 @@ pub async fn deliver_batch(
                 all_null_mx = false;
                 failures.push(e.clone());
                 last = (mx::DNS_FAILURE_ENHANCED.into(), e, 0);
+                continue;
+            }
+            Err(e @ MxError::Loop { .. }) => {
+                all_null_mx = false;
+                failures.push(e.to_string());
+                last = (mx::LOOP_ENHANCED.into(), e.to_string(), 0);
                 continue;
             }
         };
