@@ -78,24 +78,11 @@ fn fixture_with_dns_timeout(timeout: &str) -> tempfile::TempDir {
 /// The value of `mxgate_dnsbl_lookups_total{zone, result}` on the server's `/metrics` (0 when
 /// the series does not exist yet).
 async fn dnsbl_lookups(srv: &Server, zone: &str, result: &str) -> f64 {
-    let addr = srv
-        .running
-        .as_ref()
-        .and_then(|r| r.metrics_addr)
-        .expect("metrics enabled");
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (zone, result) = (format!("zone=\"{zone}\""), format!("result=\"{result}\""));
-    text.lines()
-        .find(|l| {
-            l.starts_with("mxgate_dnsbl_lookups_total{") && l.contains(&zone) && l.contains(&result)
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    srv.metric(
+        "mxgate_dnsbl_lookups_total",
+        &[("zone", zone), ("result", result)],
+    )
+    .await
 }
 
 /// Metrics on a free loopback port, so the lookup counter can be read.

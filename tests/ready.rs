@@ -6,8 +6,6 @@
 mod common;
 
 use common::{Client, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The two tests share the process-wide failed-write state: they take turns.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -25,20 +23,7 @@ async fn start(tweak: impl FnOnce(&mut mxgate::config::Overrides)) -> Server {
 
 /// Status code and body of `GET /ready`.
 async fn ready(srv: &Server) -> (u16, String) {
-    let addr = srv.running.as_ref().unwrap().metrics_addr.unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
+    srv.http_get("/ready").await
 }
 
 #[tokio::test]

@@ -77,6 +77,42 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `GET path` on the metrics endpoint (metrics must be enabled): status code and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::AsyncReadExt;
+        let addr = self
+            .running
+            .as_ref()
+            .and_then(|r| r.metrics_addr)
+            .expect("metrics enabled");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, body.to_string())
+    }
+
+    /// The value of the series `name` with these `labels` (among others) on `/metrics`; 0 when
+    /// the series does not exist yet.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.http_get("/metrics").await;
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x.as_str()))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Waits until a log line matches `re`; returns it.
     pub async fn wait_log(&self, re: &str) -> String {
         let rx = regex_lite(re);
