@@ -10,7 +10,7 @@
 //! evaluated by that Prometheus, and the required-TLS alert must become active.
 //!
 //! The other tests check the rest of `deploy/`: promtool (rules, rule unit tests, configs), the
-//! dashboard's structure and metric names against `src/metrics.rs`, every YAML file (parsed by
+//! dashboard's structure and metric names against `src/metrics/mod.rs`, every YAML file (parsed by
 //! Python's PyYAML) and the consistency of the Compose and Kubernetes files, the deployment
 //! `mxgate.yaml` files through `mxgate check`, the Dockerfile, and the systemd unit through
 //! `systemd-analyze verify`.
@@ -953,10 +953,10 @@ fn dashboard_is_provisioning_ready_and_queries_only_defined_metrics() {
     }
 
     // Panels: unique ids, on the 24-column grid, every query through ${datasource}.
-    let defined = promql::defined_metrics(&read("src/metrics.rs"));
+    let defined = promql::defined_metrics(&read("src/metrics/mod.rs"));
     assert!(
         defined.names.len() >= 15,
-        "src/metrics.rs: only {:?}",
+        "src/metrics/mod.rs: only {:?}",
         defined.names
     );
     let mut ids = BTreeSet::new();
@@ -1022,7 +1022,7 @@ fn dashboard_is_provisioning_ready_and_queries_only_defined_metrics() {
         for name in promql::metric_names(&s) {
             if name != "up" && !defined.series.contains(&name) {
                 bad.push(format!(
-                    "{title}: metric {name} is not defined in src/metrics.rs"
+                    "{title}: metric {name} is not defined in src/metrics/mod.rs"
                 ));
             }
             used.insert(name);
@@ -1031,7 +1031,7 @@ fn dashboard_is_provisioning_ready_and_queries_only_defined_metrics() {
     for name in &defined.names {
         if !used.iter().any(|u| u.starts_with(name.as_str())) {
             bad.push(format!(
-                "src/metrics.rs defines {name}, but no dashboard panel shows it"
+                "src/metrics/mod.rs defines {name}, but no dashboard panel shows it"
             ));
         }
     }
@@ -1115,7 +1115,7 @@ fn deploy_yaml_parses_and_the_files_agree_with_each_other() {
     assert_eq!(p.at("rule_files/0").str(), Some("alerts.yml"));
 
     // alerts.yml: every rule has for, severity, summary, description, and known metrics.
-    let defined = promql::defined_metrics(&read("src/metrics.rs"));
+    let defined = promql::defined_metrics(&read("src/metrics/mod.rs"));
     let mut alerts = BTreeSet::new();
     for g in doc("alerts.yml").get("groups").arr() {
         for r in g.get("rules").arr() {
@@ -1140,7 +1140,7 @@ fn deploy_yaml_parses_and_the_files_agree_with_each_other() {
             for m in promql::metric_names(expr) {
                 if m != "up" && !defined.series.contains(&m) {
                     bad.push(format!(
-                        "alert {name}: metric {m} is not defined in src/metrics.rs"
+                        "alert {name}: metric {m} is not defined in src/metrics/mod.rs"
                     ));
                 }
             }

@@ -1,5 +1,5 @@
 //! Just enough PromQL lexing to list the metric names an expression selects, and the metric
-//! names src/metrics.rs defines.
+//! names src/metrics/mod.rs defines.
 
 use std::collections::BTreeSet;
 
@@ -129,7 +129,7 @@ fn skip_to(b: &[u8], start: usize, close: u8) -> usize {
     i
 }
 
-/// The metric names in src/metrics.rs (`pub const NAME: &str = "mxgate_..."`), with the
+/// The metric names in src/metrics/mod.rs (`pub const NAME: &str = "mxgate_..."`), with the
 /// `_bucket`, `_sum` and `_count` series of those described as histograms.
 pub struct Defined {
     pub names: BTreeSet<String>,
