@@ -860,7 +860,7 @@ async fn prometheus_scrapes_every_outcome_and_evaluates_dashboard_and_alert_quer
     if !advanced {
         failures.push(format!(
             "{age} went from {before} to {after} in {:.0} s: the oldest queued message's age must \
-             keep growing while it waits, else MxgateQueueOld fires late (src/relay/queue.rs sets \
+             keep growing while it waits, else MxgateQueueOld fires late (src/relay/queue/mod.rs sets \
              the gauge only when the queue manager wakes up)",
             started.elapsed().as_secs_f64()
         ));

@@ -1,0 +1,107 @@
+//! Commands to the queue manager: a message queued by a listener, a reload, and the
+//! administrator's retry, delete and bounce.
+
+use std::sync::Arc;
+
+use crate::mail_log::Event;
+use crate::relay::dsn::FailedRecipient;
+use crate::relay::handle::Command;
+use crate::relay::state::Final;
+use crate::relay::worker::WorkerContext;
+
+use super::QueueManager;
+
+impl QueueManager {
+    /// Handles one command from a [`QueueHandle`](crate::relay::handle::QueueHandle).
+    pub(super) async fn command(&mut self, c: Command) {
+        match c {
+            Command::Enqueued(mid, None) => self.load(mid),
+            Command::Enqueued(mid, Some(c)) => self.load_committed(mid, *c),
+            Command::Reconfigure {
+                routes,
+                destinations,
+                outbound,
+            } => {
+                // Connections under way finish with what they started with.
+                self.worker = Arc::new(WorkerContext {
+                    tls: outbound,
+                    alert_enabled: destinations.alert.enabled,
+                    ..(*self.worker).clone()
+                });
+                self.routes = routes;
+                self.controls = destinations;
+            }
+            Command::Retry(which, reply) => {
+                let mids: Vec<u64> = match which {
+                    Some(mid) => vec![mid],
+                    None => self.messages.keys().copied().collect(),
+                };
+                let (mut due, mut busy) = (0, 0);
+                for mid in mids {
+                    match self.messages.get_mut(&mid) {
+                        // Its round's outcome decides the next try: nothing to change now.
+                        Some(q) if q.jobs_in_flight > 0 => busy += 1,
+                        Some(q) => {
+                            q.state.next_try = 0;
+                            self.file_due(mid);
+                            due += 1;
+                        }
+                        None => {}
+                    }
+                }
+                let _ = reply.send((due, busy));
+            }
+            Command::Delete(mid, reply) => {
+                let ok = match self.messages.get(&mid) {
+                    Some(q) if q.jobs_in_flight == 0 => {
+                        self.forget(mid);
+                        self.spool.remove_message(mid);
+                        self.log.log(&Event::MessageFinished {
+                            mid,
+                            how: "deleted by administrator".into(),
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(ok);
+            }
+            Command::Bounce(mid, reply) => {
+                let ok = match self.messages.get_mut(&mid) {
+                    Some(q) if q.jobs_in_flight == 0 => {
+                        let pending: Vec<(u32, String)> = q
+                            .env
+                            .rcpts
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !q.state.finals.contains_key(&(*i as u32)))
+                            .map(|(i, r)| (i as u32, r.clone()))
+                            .collect();
+                        for (rid, rcpt) in pending {
+                            q.state.finals.insert(rid, Final::Bounced);
+                            self.log.log(&Event::Bounced {
+                                dcid: 0,
+                                mid,
+                                rid,
+                                enhanced: "5.0.0".into(),
+                                reason: "bounced by administrator".into(),
+                            });
+                            q.bounced_this_round.push(FailedRecipient {
+                                rcpt,
+                                status: "5.0.0".into(),
+                                diagnostic: "bounced by administrator".into(),
+                                remote_mta: None,
+                            });
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if ok {
+                    self.settle(mid).await;
+                }
+                let _ = reply.send(ok);
+            }
+        }
+    }
+}

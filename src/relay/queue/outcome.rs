@@ -1,0 +1,216 @@
+//! Delivery results: a finished batch is applied per recipient, required-TLS failures are
+//! alerted, and each message is settled (DSN, next retry, or removal).
+
+use crate::mail_log::{Event, Level};
+use crate::metrics;
+use crate::relay::bounce;
+use crate::relay::dsn::FailedRecipient;
+use crate::relay::state::Final;
+use crate::relay::worker::{JobResult, Outcome};
+
+use super::{now_unix, QueueManager};
+
+impl QueueManager {
+    /// Applies the results of one delivery task on `domain`'s lane.
+    pub(super) async fn finish_batch(&mut self, domain: &str, results: Vec<JobResult>) {
+        if let Some(l) = self.lanes.get_mut(domain) {
+            l.active = l.active.saturating_sub(1);
+        }
+        self.active_total = self.active_total.saturating_sub(1);
+        let now = now_unix();
+        let dest = metrics::destination_label(self.controls.for_domain(domain));
+        if let Some(reason) = results.iter().find_map(|r| r.tls_alert.clone()) {
+            self.alert(domain, &reason).await;
+        }
+        for r in results {
+            for (_, o) in &r.outcomes {
+                let result = match o {
+                    Outcome::Delivered => "delivered",
+                    Outcome::Temporary { .. } => "deferred",
+                    Outcome::Permanent { .. } => "bounced",
+                };
+                metrics::delivery_attempt(&dest, result, 1);
+            }
+            let Some(q) = self.messages.get_mut(&r.mid) else {
+                continue;
+            };
+            let expired = self.settings.retry.is_expired(q.env.received_unix, now);
+            let mut temp_rids = Vec::new();
+            let mut temp_reason = None;
+            for (rid, outcome) in r.outcomes {
+                match outcome {
+                    Outcome::Delivered => {
+                        q.state.finals.insert(rid, Final::Delivered);
+                    }
+                    Outcome::Temporary { enhanced, reason } if !expired => {
+                        temp_rids.push(rid);
+                        temp_reason = Some((enhanced, reason));
+                    }
+                    Outcome::Temporary { reason, .. } => {
+                        q.state.finals.insert(rid, Final::Bounced);
+                        let why = format!("message expired in queue, last error: {reason}");
+                        self.log.log(&Event::Bounced {
+                            dcid: r.dcid,
+                            mid: r.mid,
+                            rid,
+                            enhanced: "4.4.7".into(),
+                            reason: why.clone(),
+                        });
+                        q.bounced_this_round.push(FailedRecipient {
+                            rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
+                            status: "4.4.7".into(),
+                            diagnostic: why,
+                            remote_mta: r.remote.clone(),
+                        });
+                    }
+                    Outcome::Permanent {
+                        enhanced,
+                        reason,
+                        diagnostic,
+                    } => {
+                        q.state.finals.insert(rid, Final::Bounced);
+                        self.log.log(&Event::Bounced {
+                            dcid: r.dcid,
+                            mid: r.mid,
+                            rid,
+                            enhanced: enhanced.clone(),
+                            reason,
+                        });
+                        q.bounced_this_round.push(FailedRecipient {
+                            rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
+                            status: enhanced,
+                            diagnostic,
+                            remote_mta: r.remote.clone(),
+                        });
+                    }
+                }
+            }
+            if let Some((enhanced, reason)) = temp_reason {
+                self.log.log(&Event::Delayed {
+                    dcid: r.dcid,
+                    mid: r.mid,
+                    rids: temp_rids,
+                    enhanced,
+                    reason: reason.clone(),
+                });
+                q.temp_this_round = true;
+                q.state.last_error = Some(reason);
+            }
+            q.jobs_in_flight = q.jobs_in_flight.saturating_sub(1);
+            if q.jobs_in_flight == 0 {
+                // Persists the state, or removes the message when every recipient is final.
+                self.settle(r.mid).await;
+            } else {
+                // Persist after every job: a crash now re-delivers at most this job's recipients.
+                q.state_on_disk = true;
+                if let Err(e) = q.state.save(&self.spool.state_path(r.mid)) {
+                    tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
+                }
+            }
+        }
+        let done = std::mem::take(&mut self.finished);
+        if !done.is_empty() {
+            // Off the manager's (and the listeners') threads: renames in queue/ can wait for
+            // its directory fsync. One fsync, shared with inbound commits, covers the batch;
+            // nothing has to wait for it (a crash before it delivers these again).
+            let spool = self.spool.clone();
+            tokio::task::spawn_blocking(move || {
+                for (mid, state) in done {
+                    spool.unlink_message_files(mid, state);
+                }
+                spool.sync_queue_dir()
+            });
+        }
+    }
+
+    /// Mails the administrator about a required-TLS failure, at most once per domain per interval.
+    async fn alert(&mut self, domain: &str, reason: &str) {
+        let alert = &self.controls.alert;
+        let (true, Some(to)) = (alert.enabled, alert.mail_to.clone()) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if self
+            .alerts_sent
+            .get(domain)
+            .is_some_and(|t| now.duration_since(*t) < alert.interval)
+        {
+            return;
+        }
+        self.alerts_sent.insert(domain.to_string(), now);
+        match bounce::send_alert(&self.spool, &self.settings.hostname, &to, domain, reason).await {
+            Ok(mid) => {
+                self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("MID {mid} alert to {to}: required TLS to {domain} failed"),
+                });
+                self.load(mid);
+            }
+            Err(e) => self.log.log(&Event::Note {
+                level: Level::Warning,
+                text: format!("could not queue the required-TLS alert for {domain}: {e}"),
+            }),
+        }
+    }
+
+    /// After a round: send DSNs for bounced recipients, schedule a retry, or finish the message.
+    pub(super) async fn settle(&mut self, mid: u64) {
+        let Some(q) = self.messages.get_mut(&mid) else {
+            return;
+        };
+        let bounced = std::mem::take(&mut q.bounced_this_round);
+        let all_final = (0..q.env.rcpts.len() as u32).all(|rid| q.state.finals.contains_key(&rid));
+        if all_final && bounced.is_empty() {
+            // The common case, every recipient delivered: no state to persist, just remove
+            // (a crash before the removal is durable delivers the message again: at least once).
+            let state_on_disk = q.state_on_disk;
+            self.forget(mid);
+            self.finished.push((mid, state_on_disk));
+            self.log.log(&Event::MessageFinished {
+                mid,
+                how: "done".into(),
+            });
+            return;
+        }
+        if q.temp_this_round {
+            q.state.attempts += 1;
+            q.state.next_try =
+                now_unix() + self.settings.retry.delay_after(q.state.attempts).as_secs();
+        } else {
+            q.state.next_try = now_unix();
+        }
+        q.state_on_disk = true;
+        let _ = q.state.save(&self.spool.state_path(mid));
+        let env = q.env.clone();
+        self.file_due(mid);
+        if !bounced.is_empty() {
+            match bounce::send_dsn(&self.spool, &self.settings.hostname, &env, &bounced).await {
+                Ok(Some(dsn_mid)) => {
+                    self.log.log(&Event::BounceGenerated {
+                        mid: dsn_mid,
+                        original: mid,
+                    });
+                    self.load(dsn_mid);
+                }
+                Ok(None) => self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!(
+                        "MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+                    ),
+                }),
+                Err(e) => self.log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("MID {mid} could not queue its DSN: {e}"),
+                }),
+            }
+        }
+        if all_final {
+            self.forget(mid);
+            self.spool.remove_message(mid);
+            self.log.log(&Event::MessageFinished {
+                mid,
+                how: "done".into(),
+            });
+        }
+    }
+}
