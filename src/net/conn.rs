@@ -266,7 +266,7 @@ impl Conn<'_> {
                     }
                     Action::CommitMessage(env) => {
                         write_logs(&self.ctx.log, &mut logs);
-                        self.drain_body();
+                        self.drain_body().await;
                         let result = match (self.incoming.take(), self.body_error.take()) {
                             (Some(inc), None) => {
                                 let spool = self.ctx.spool.clone();
@@ -321,7 +321,7 @@ impl Conn<'_> {
                 }
             }
             write_logs(&self.ctx.log, &mut logs);
-            self.drain_body();
+            self.drain_body().await;
             // Callbacks above (committed, ...) may have queued more actions: run them first.
             if self.session.has_actions() {
                 continue;
@@ -395,18 +395,51 @@ impl Conn<'_> {
         stream.flush().await
     }
 
-    fn drain_body(&mut self) {
+    /// Moves the body bytes the session produced into the spool. Bytes that stay in memory
+    /// are copied here; a write to disk (a body past the in-memory threshold) runs on the
+    /// blocking pool, because a write can stall on writeback and would stall every session
+    /// of this runtime thread with it.
+    async fn drain_body(&mut self) {
         let body = self.session.body_mut();
         if body.is_empty() {
             return;
         }
-        if let (Some(inc), None) = (self.incoming.as_mut(), self.body_error.as_ref()) {
-            if let Err(e) = inc.write(body) {
-                metrics::spool_write_failed(e.is_out_of_space());
-                self.body_error = Some(e.to_string());
+        let Some(inc) = self.incoming.as_mut().filter(|_| self.body_error.is_none()) else {
+            body.clear();
+            return;
+        };
+        let result = if inc.stays_in_memory(body.len()) {
+            let r = inc.write(body);
+            body.clear();
+            r
+        } else {
+            let data = std::mem::take(body);
+            let Some(mut inc) = self.incoming.take() else {
+                return;
+            };
+            match tokio::task::spawn_blocking(move || {
+                let r = inc.write(&data);
+                (inc, data, r)
+            })
+            .await
+            {
+                Ok((inc, mut data, r)) => {
+                    self.incoming = Some(inc);
+                    // The buffer goes back to the session for the next bytes.
+                    data.clear();
+                    *self.session.body_mut() = data;
+                    r
+                }
+                Err(e) => {
+                    self.body_error = Some(format!("spool write task failed: {e}"));
+                    return;
+                }
             }
+        };
+        if let Err(e) = result {
+            metrics::spool_write_failed(e.is_out_of_space());
+            self.body_error = Some(e.to_string());
         }
-        body.clear();
     }
 
     fn log_pending(&mut self) {

@@ -127,6 +127,11 @@ impl Incoming {
         self.bytes
     }
 
+    /// True when `n` more bytes stay in memory: [`Incoming::write`] then does no I/O.
+    pub fn stays_in_memory(&self, n: usize) -> bool {
+        self.file.is_none() && self.buf.len() + n <= SPILL_AT
+    }
+
     /// Appends body bytes; spills to disk beyond the in-memory threshold.
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.bytes += data.len() as u64;
