@@ -312,29 +312,9 @@ async fn reverse_dns_from_a_real_dns_server_selects_groups() {
 #[tokio::test]
 async fn full_disk_answers_452_and_keeps_what_was_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("spool");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must be able to mount a tmpfs"
-        );
-        eprintln!("SKIP: cannot mount tmpfs (not root)");
+    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let spool = mnt.clone();
     let mut srv = Server::start("e2e", |o, _| o.spool_dir = Some(spool)).await;
     let mut c = Client::connect(srv.addr("preferred"), None).await;

@@ -50,29 +50,9 @@ async fn ready_is_503_while_the_spool_filesystem_is_below_the_threshold() {
 async fn a_spool_write_failing_for_lack_of_space_makes_ready_503_until_mail_is_queued() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("spool");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must be able to mount a tmpfs"
-        );
-        eprintln!("SKIP: cannot mount tmpfs (not root)");
+    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let spool = mnt.clone();
     let mut srv = start(|o| o.spool_dir = Some(spool)).await;
     // 64 KiB is far below the default threshold.

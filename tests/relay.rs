@@ -7,7 +7,7 @@ mod relay_common;
 use std::time::Duration;
 
 use common::sink::Sink;
-use common::{relay_config, Client, Server};
+use common::{relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: relay {id}\r\n\r\nbody of {id}\r\n")
@@ -22,27 +22,8 @@ async fn send(srv: &Server, from: &str, to: &[&str], id: &str) -> String {
     r
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    // A generous bound for a loaded 2-core CI machine; the usual wait is well under a second.
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn message_ids(sink: &Sink) -> Vec<String> {
-    sink.messages()
-        .iter()
-        .filter_map(|m| {
-            m.body.lines().find_map(|l| {
-                l.strip_prefix("Message-ID: <")
-                    .map(|v| v.trim_end_matches('>').to_string())
-            })
-        })
-        .collect()
+    sink.message_ids()
 }
 
 #[tokio::test]

@@ -8,11 +8,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::dnsmasq::Dnsmasq;
 use common::sink::Sink;
-use common::{relay_config, Client, Server};
+use common::{relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: mx {id}\r\n\r\nbody of {id}\r\n")
@@ -28,27 +27,8 @@ async fn send(srv: &Server, to: &str, id: &str) -> u64 {
     r.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    // A generous bound for a loaded 2-core CI machine; the usual wait is well under a second.
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn ids(sink: &Sink) -> Vec<String> {
-    sink.messages()
-        .iter()
-        .filter_map(|m| {
-            m.body.lines().find_map(|l| {
-                l.strip_prefix("Message-ID: <")
-                    .map(|v| v.trim_end_matches('>').to_string())
-            })
-        })
-        .collect()
+    sink.message_ids()
 }
 
 /// Sinks on 127.0.0.2 and 127.0.0.3 with one port number, and that port.

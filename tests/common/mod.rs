@@ -347,3 +347,46 @@ pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::Te
     .unwrap();
     dir
 }
+
+/// Polls `f` until it holds; panics naming `what` after 30 s (a generous bound for a loaded
+/// 2-core CI machine; the usual wait is well under a second).
+pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Unmounts a tmpfs when dropped.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A 64 KiB tmpfs at `dir/spool`, to fill up: `None` (after printing SKIP) when it cannot be
+/// mounted, which CI, running as root, must always be able to do.
+pub fn tiny_tmpfs(dir: &Path) -> Option<(PathBuf, Unmount)> {
+    let mnt = dir.join("spool");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("SKIP: cannot mount tmpfs (not root)");
+        return None;
+    }
+    Some((mnt.clone(), Unmount(mnt)))
+}

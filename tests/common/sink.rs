@@ -115,6 +115,19 @@ impl Sink {
         Sink { addr, got, task }
     }
 
+    /// The Message-ID of each message received, in order (without the angle brackets).
+    pub fn message_ids(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .filter_map(|m| {
+                m.body.lines().find_map(|l| {
+                    l.strip_prefix("Message-ID: <")
+                        .map(|v| v.trim_end_matches('>').to_string())
+                })
+            })
+            .collect()
+    }
+
     /// Messages received so far.
     pub fn messages(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
