@@ -307,7 +307,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     // A full spool volume takes the gateway out of rotation rather than failing every DATA.
     ready.watch_spool(
         config.global.spool_dir.clone(),
-        crate::metrics::SPOOL_MIN_FREE_BYTES,
+        config.global.ready_min_free_space,
     );
     let (metrics_addr, metrics_task) = match config.global.metrics_listen {
         Some(addr) => {

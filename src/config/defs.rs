@@ -131,6 +131,8 @@ pub struct MetricsDef {
     /// `IP:port` of the Prometheus endpoint; `null` disables it (default `127.0.0.1:9187`).
     #[serde(default, deserialize_with = "present")]
     pub listen: Option<Spanned<Option<String>>>,
+    /// `/ready` answers 503 while the spool's filesystem has less free space (default 256M).
+    pub ready_min_free_space: Option<SpannedStr>,
 }
 
 /// `listeners/*.yaml`: one listener.

@@ -23,7 +23,9 @@ use super::model::{Config, DeliverySettings, DnsSettings, Global, MailLogFormat,
 use super::policies::{build_policies, Named};
 use super::routes::load_outbound;
 use super::tables::{build_hats, build_rats};
-use super::values::{parse_duration, parse_listen_addr, parse_log_format, parse_resolver};
+use super::values::{
+    parse_duration, parse_listen_addr, parse_log_format, parse_resolver, parse_size,
+};
 use crate::policy::flow::MailFlowPolicy;
 use crate::policy::hat::HostAccessTable;
 use crate::policy::rat::RecipientAccessTable;
@@ -184,6 +186,17 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             }
         },
     };
+    let ready_min_free_space = match d
+        .metrics
+        .as_ref()
+        .and_then(|m| m.ready_min_free_space.as_ref())
+    {
+        None => crate::metrics::SPOOL_MIN_FREE_BYTES,
+        Some(s) => parse_size(&s.value).unwrap_or_else(|m| {
+            e.on(s, "metrics.ready_min_free_space", m);
+            crate::metrics::SPOOL_MIN_FREE_BYTES
+        }),
+    };
     let dl = d.delivery.as_ref();
     let concurrency = match dl.and_then(|x| x.concurrency.as_ref()) {
         Some(c) => match c.value.trim().parse::<usize>() {
@@ -238,6 +251,7 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         certs_dir: o.certs_dir.clone().unwrap_or(certs_dir),
         shutdown_grace,
         metrics_listen: o.metrics_listen.unwrap_or(metrics_listen),
+        ready_min_free_space,
     }
 }
 

@@ -142,6 +142,8 @@ pub struct Global {
     pub shutdown_grace: Duration,
     /// Prometheus endpoint (`None` = disabled).
     pub metrics_listen: Option<SocketAddr>,
+    /// `/ready` answers 503 while the spool's filesystem has less free space than this (bytes).
+    pub ready_min_free_space: u64,
     /// Delivery to the internal server.
     pub delivery: DeliverySettings,
 }

@@ -638,3 +638,35 @@ fn minimal_private_only_config_needs_no_global_file_or_rat() {
         ["listeners/inbound.yaml:6:6: rat: unknown RAT \"inbound\" (policies/rat.yaml does not exist)"]
     );
 }
+
+#[test]
+fn ready_min_free_space_is_a_size_with_a_located_error() {
+    let d = config_dir(&[]);
+    assert_eq!(
+        loaded(&d, &Overrides::default())
+            .global
+            .ready_min_free_space,
+        256 << 20
+    );
+    let d = config_dir(&[(
+        "mxgate.yaml",
+        Some("metrics:\n  ready_min_free_space: 1G\n"),
+    )]);
+    assert_eq!(
+        loaded(&d, &Overrides::default())
+            .global
+            .ready_min_free_space,
+        1 << 30
+    );
+    let d = config_dir(&[(
+        "mxgate.yaml",
+        Some("metrics:\n  ready_min_free_space: lots\n"),
+    )]);
+    let errs = errors(&d, &Overrides::default());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0]
+            .starts_with("mxgate.yaml:2:25: metrics.ready_min_free_space: \"lots\" is not a size"),
+        "{errs:?}"
+    );
+}
