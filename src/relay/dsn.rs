@@ -8,10 +8,36 @@ pub struct FailedRecipient {
     pub rcpt: String,
     /// Enhanced status code (`5.1.1`).
     pub status: String,
-    /// The downstream reply (`550 5.1.1 No such user`) or our own reason.
-    pub diagnostic: String,
+    /// Why: the downstream reply, or our own reason.
+    pub diagnostic: Diagnostic,
     /// The server that gave the reply, when one did.
     pub remote_mta: Option<String>,
+}
+
+/// Why a recipient failed, typed for the DSN's `Diagnostic-Code` (RFC 3464 §2.3.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// An SMTP reply (`550 5.1.1 No such user`): the server's, or one given for it (a null MX).
+    Smtp(String),
+    /// A reason of our own (`bounced by administrator`, expiry).
+    Local(String),
+}
+
+impl Diagnostic {
+    /// The text, whatever its type.
+    pub fn text(&self) -> &str {
+        match self {
+            Diagnostic::Smtp(t) | Diagnostic::Local(t) => t,
+        }
+    }
+
+    /// The `Diagnostic-Code` value: type `smtp` for a reply, our own `X-mxgate` otherwise.
+    fn code(&self) -> String {
+        match self {
+            Diagnostic::Smtp(t) => format!("smtp; {}", one_line(t)),
+            Diagnostic::Local(t) => format!("X-mxgate; {}", one_line(t)),
+        }
+    }
 }
 
 /// Everything a DSN says.
@@ -82,7 +108,11 @@ impl Dsn<'_> {
             self.reporting_mta
         ));
         for f in self.failed {
-            m.push_str(&format!("<{}>: {}\r\n", f.rcpt, one_line(&f.diagnostic)));
+            m.push_str(&format!(
+                "<{}>: {}\r\n",
+                f.rcpt,
+                one_line(f.diagnostic.text())
+            ));
         }
         m.push_str(&format!(
             "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -98,10 +128,7 @@ impl Dsn<'_> {
             if let Some(r) = &f.remote_mta {
                 m.push_str(&format!("Remote-MTA: dns; {r}\r\n"));
             }
-            m.push_str(&format!(
-                "Diagnostic-Code: {}\r\n",
-                diagnostic_code(&f.diagnostic)
-            ));
+            m.push_str(&format!("Diagnostic-Code: {}\r\n", f.diagnostic.code()));
         }
         m.push_str(&format!(
             "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
@@ -120,24 +147,6 @@ fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
 }
 
-/// The `Diagnostic-Code` value (RFC 3464 §2.3.6): type `smtp` for an SMTP reply (a
-/// server's, or one mxgate answers for the server, such as a null MX), else our own
-/// type `X-mxgate` for local reasons (an administrator's bounce, expiry).
-fn diagnostic_code(diagnostic: &str) -> String {
-    let text = one_line(diagnostic);
-    let b = text.as_bytes();
-    let is_reply = b.len() >= 3
-        && matches!(b[0], b'2'..=b'5')
-        && b[1].is_ascii_digit()
-        && b[2].is_ascii_digit()
-        && b.get(3).is_none_or(|c| *c == b' ' || *c == b'-');
-    if is_reply {
-        format!("smtp; {text}")
-    } else {
-        format!("X-mxgate; {text}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +156,7 @@ mod tests {
         let failed = vec![FailedRecipient {
             rcpt: "nobody@example.com".into(),
             status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 No such user".into(),
+            diagnostic: Diagnostic::Smtp("550 5.1.1 No such user".into()),
             remote_mta: Some("127.0.0.1".into()),
         }];
         let orig = b"Received: x\r\nSubject: hi\r\n\r\nbody\r\n";
@@ -182,20 +191,16 @@ mod tests {
     }
 
     #[test]
-    fn diagnostic_type_is_smtp_only_for_smtp_replies() {
+    fn diagnostic_type_follows_where_the_reason_came_from() {
+        let smtp = Diagnostic::Smtp("550 5.1.1 No such user".into());
+        assert_eq!(smtp.code(), "smtp; 550 5.1.1 No such user");
+        let local = Diagnostic::Local("bounced by administrator".into());
+        assert_eq!(local.code(), "X-mxgate; bounced by administrator");
+        // A local reason that starts with digits is still local.
+        let expired = Diagnostic::Local("451 4.3.0 x, then the message expired".into());
         assert_eq!(
-            diagnostic_code("550 5.1.1 No such user"),
-            "smtp; 550 5.1.1 No such user"
+            expired.code(),
+            "X-mxgate; 451 4.3.0 x, then the message expired"
         );
-        assert_eq!(diagnostic_code("421-busy"), "smtp; 421-busy");
-        assert_eq!(
-            diagnostic_code("bounced by administrator"),
-            "X-mxgate; bounced by administrator"
-        );
-        assert_eq!(
-            diagnostic_code("message expired in queue, last error: 451 4.3.0 x"),
-            "X-mxgate; message expired in queue, last error: 451 4.3.0 x"
-        );
-        assert_eq!(diagnostic_code("1234 nope"), "X-mxgate; 1234 nope");
     }
 }

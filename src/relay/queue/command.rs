@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::mail_log::Event;
-use crate::relay::dsn::FailedRecipient;
+use crate::relay::dsn::{Diagnostic, FailedRecipient};
 use crate::relay::handle::Command;
 use crate::relay::state::Final;
 use crate::relay::worker::WorkerContext;
@@ -89,7 +89,7 @@ impl QueueManager {
                             q.bounced_this_round.push(FailedRecipient {
                                 rcpt,
                                 status: "5.0.0".into(),
-                                diagnostic: "bounced by administrator".into(),
+                                diagnostic: Diagnostic::Local("bounced by administrator".into()),
                                 remote_mta: None,
                             });
                         }

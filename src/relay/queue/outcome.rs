@@ -4,7 +4,7 @@
 use crate::mail_log::{Event, Level};
 use crate::metrics;
 use crate::relay::bounce;
-use crate::relay::dsn::FailedRecipient;
+use crate::relay::dsn::{Diagnostic, FailedRecipient};
 use crate::relay::state::Final;
 use crate::relay::worker::{JobResult, Outcome};
 
@@ -59,7 +59,7 @@ impl QueueManager {
                         q.bounced_this_round.push(FailedRecipient {
                             rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
                             status: "4.4.7".into(),
-                            diagnostic: why,
+                            diagnostic: Diagnostic::Local(why),
                             remote_mta: r.remote.clone(),
                         });
                     }
@@ -79,7 +79,7 @@ impl QueueManager {
                         q.bounced_this_round.push(FailedRecipient {
                             rcpt: q.env.rcpts.get(rid as usize).cloned().unwrap_or_default(),
                             status: enhanced,
-                            diagnostic,
+                            diagnostic: Diagnostic::Smtp(diagnostic),
                             remote_mta: r.remote.clone(),
                         });
                     }
