@@ -7,7 +7,7 @@ mod relay_common;
 use std::time::Duration;
 
 use common::sink::Sink;
-use common::{relay_config, wait_until, Client, Server};
+use common::{closed_port, relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: relay {id}\r\n\r\nbody of {id}\r\n")
@@ -149,14 +149,7 @@ async fn a_renewed_ca_bundle_behind_the_same_path_applies_on_reload() {
 
 #[tokio::test]
 async fn when_every_route_host_fails_each_failure_is_reported() {
-    let closed = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (primary, backup) = (closed(), closed());
+    let (primary, backup) = (closed_port(), closed_port());
     let cfg = relay_config(format!("127.0.0.1:{primary}").parse().unwrap(), "1h");
     std::fs::write(
         cfg.path().join("policies/routes.yaml"),
@@ -191,11 +184,7 @@ async fn when_every_route_host_fails_each_failure_is_reported() {
 #[tokio::test]
 async fn downstream_down_then_up_every_message_arrives_once() {
     // Reserve a port and leave it closed: the internal server is down.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = relay_config(addr, "1s");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
@@ -338,11 +327,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
 
 #[tokio::test]
 async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Long retry delay: only `queue retry` makes the next attempt happen in this test.
     let cfg = relay_config(addr, "1h");
@@ -543,11 +528,7 @@ async fn kill_9_mid_delivery_loses_nothing() {
 
 #[tokio::test]
 async fn a_message_older_than_the_queue_lifetime_bounces() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = relay_config(addr, "1s");
     let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();

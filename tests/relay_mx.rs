@@ -27,6 +27,14 @@ async fn send(srv: &Server, to: &str, id: &str) -> u64 {
     r.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// The DCID of a `New SMTP DCID n ...` line.
+fn dcid_of(line: &str) -> &str {
+    line.split("DCID ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no DCID in {line:?}"))
+}
+
 fn ids(sink: &Sink) -> Vec<String> {
     sink.message_ids()
 }
@@ -112,13 +120,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
             r"Info: New SMTP DCID \d+ interface 127.0.0.1 address 127.0.0.2 port {port}"
         ))
         .await;
-    let dcid = new
-        .split("DCID ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
+    let dcid = dcid_of(&new);
     srv.wait_log(&format!(
         "Info: DCID {dcid} MX host mx-a.mxtest.example preference 10 for route host pref.mxtest.example"
     ))
@@ -139,13 +141,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
             r"Info: New SMTP DCID \d+ interface 127.0.0.1 address 127.0.0.3 port {port}"
         ))
         .await;
-    let dcid = new
-        .split("DCID ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
+    let dcid = dcid_of(&new);
     srv.wait_log(&format!(
         "Info: DCID {dcid} MX host mx-b.mxtest.example preference 20 for route host failover.mxtest.example"
     ))

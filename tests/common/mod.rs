@@ -390,3 +390,12 @@ pub fn tiny_tmpfs(dir: &Path) -> Option<(PathBuf, Unmount)> {
     }
     Some((mnt.clone(), Unmount(mnt)))
 }
+
+/// A loopback port nothing listens on (it was free a moment ago): a downstream that is down.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
