@@ -128,6 +128,7 @@ struct Shared {
 fn build_context(
     l: &crate::config::model::Listener,
     shared: &Shared,
+    resolver: &ReverseResolver,
     certs_dir: &std::path::Path,
     announce_demo: bool,
 ) -> Result<ListenerContext, AppError> {
@@ -159,7 +160,7 @@ fn build_context(
         listener: l.clone(),
         tls: Some(TlsAcceptor::from(tls::server_config(store))),
         tls_verify: Some(tls_verify),
-        resolver: shared.resolver.clone(),
+        resolver: resolver.clone(),
         rate: shared.rate.clone(),
         spool: shared.spool.clone(),
         log: shared.log.clone(),
@@ -173,6 +174,8 @@ impl Running {
     /// and certificates; open ones finish under the old. Routes and destination controls go
     /// to the queue manager. Bind addresses and global settings need a restart (logged).
     pub fn apply(&self, config: &Config) -> Result<(), AppError> {
+        // `dns:` applies to new connections and the next delivery connections.
+        let resolver = ReverseResolver::new(&config.global.dns)?;
         let mut contexts = Vec::new();
         for l in &config.listeners {
             let Some(slot) = self.slots.iter().find(|s| s.name == l.name) else {
@@ -191,7 +194,7 @@ impl Running {
             // Build everything first: one bad certificate keeps the whole old configuration.
             contexts.push((
                 slot,
-                build_context(l, &self.shared, &config.global.certs_dir, false)?,
+                build_context(l, &self.shared, &resolver, &config.global.certs_dir, false)?,
             ));
         }
         for slot in &self.slots {
@@ -210,11 +213,15 @@ impl Running {
         }
         self.shared
             .queue
-            .send(crate::relay::handle::Command::Reconfigure {
-                routes: config.routes.clone(),
-                destinations: config.destinations.clone(),
-                outbound,
-            });
+            .send(crate::relay::handle::Command::Reconfigure(Box::new(
+                crate::relay::handle::Reconfiguration {
+                    routes: config.routes.clone(),
+                    destinations: config.destinations.clone(),
+                    outbound,
+                    settings: relay_settings(config),
+                    resolver,
+                },
+            )));
         Ok(())
     }
 
@@ -335,6 +342,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         let ctx = Arc::new(ArcSwap::from_pointee(build_context(
             l,
             &shared,
+            &shared.resolver,
             &config.global.certs_dir,
             true,
         )?));
@@ -432,6 +440,20 @@ fn outbound_tls(config: &Config) -> Result<OutboundTlsContext, AppError> {
     Ok(ctx)
 }
 
+/// `delivery:` of mxgate.yaml as the queue manager uses it.
+fn relay_settings(config: &Config) -> RelaySettings {
+    let d = &config.global.delivery;
+    RelaySettings {
+        concurrency: d.concurrency,
+        retry: RetryPolicy {
+            initial: d.retry_initial,
+            max: d.retry_max,
+            max_queue_lifetime: d.max_queue_lifetime,
+        },
+        hostname: delivery_hostname(config),
+    }
+}
+
 /// Starts the queue manager (delivery to the internal server) and its control socket.
 fn start_queue(
     config: &Config,
@@ -449,16 +471,7 @@ fn start_queue(
         // Its own instance (and cache) of the listeners' resolver: same servers and timeout.
         resolver: ReverseResolver::new(&config.global.dns)?,
     });
-    let d = &config.global.delivery;
-    let settings = RelaySettings {
-        concurrency: d.concurrency,
-        retry: RetryPolicy {
-            initial: d.retry_initial,
-            max: d.retry_max,
-            max_queue_lifetime: d.max_queue_lifetime,
-        },
-        hostname,
-    };
+    let settings = relay_settings(config);
     let (manager, handle) = QueueManager::new(
         spool.clone(),
         log.clone(),

@@ -81,6 +81,58 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_settings_apply_on_reload() {
+    use relay_common::SinkConfig;
+    let sink = relay_common::Sink::start(SinkConfig::default()).await;
+    let cfg = relay_config(sink.addr, "1h");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let send = |id: &'static str| {
+        let addr = srv.addr("preferred");
+        async move {
+            let mut c = Client::connect(addr, None).await;
+            c.reply().await;
+            c.cmd("EHLO client.test").await;
+            let r = c
+                .send_mail("a@other.example", &["bob@example.com"], &msg(id))
+                .await;
+            assert!(r.starts_with("250 2.0.0"), "{r}");
+            c.cmd("QUIT").await;
+        }
+    };
+    send("before").await;
+    wait_until("the first message", || sink.messages().len() == 1).await;
+    // Its connection is closed: the next message needs a new one.
+    srv.wait_log(r"Info: DCID \d+ close").await;
+
+    // A new delivery host name: the next delivery connection says it in EHLO.
+    let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
+    std::fs::write(
+        cfg.path().join("mxgate.yaml"),
+        global.replace("hostname: mx.test.example", "hostname: mx2.test.example"),
+    )
+    .unwrap();
+    let o = mxgate::config::Overrides {
+        spool_dir: Some(srv.spool.clone()),
+        certs_dir: Some(srv.dir.path().join("certs")),
+        mail_log: Some(mxgate::config::model::MailLogTarget::File(
+            srv.dir.path().join("mail.log"),
+        )),
+        ..Default::default()
+    };
+    let new = mxgate::config::load(cfg.path(), &o).unwrap();
+    srv.running.as_ref().unwrap().apply(&new).unwrap();
+    send("after").await;
+    wait_until("the second message", || sink.messages().len() == 2).await;
+    let ehlos: Vec<String> = sink
+        .commands()
+        .into_iter()
+        .filter(|c| c.starts_with("EHLO "))
+        .collect();
+    assert_eq!(ehlos, ["EHLO mx.test.example", "EHLO mx2.test.example"]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_ca_bundle_behind_the_same_path_applies_on_reload() {
     use relay_common::{server_config, ServerTls, SinkConfig, TestPki};
     let pki = TestPki::new();

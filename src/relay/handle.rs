@@ -18,15 +18,23 @@ pub enum Command {
     Delete(u64, tokio::sync::oneshot::Sender<bool>),
     /// Bounce every pending recipient of a message now.
     Bounce(u64, tokio::sync::oneshot::Sender<bool>),
-    /// New routes and destination controls after a configuration reload.
-    Reconfigure {
-        /// SMTP routes.
-        routes: std::sync::Arc<crate::config::outbound::RouteTable>,
-        /// Destination controls.
-        destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
-        /// Outbound TLS with the client certificate and CA bundles read again.
-        outbound: std::sync::Arc<crate::relay::outbound_tls::OutboundTlsContext>,
-    },
+    /// New routes, destination controls and delivery settings after a configuration reload.
+    Reconfigure(Box<Reconfiguration>),
+}
+
+/// What a configuration reload changes for the relay.
+#[derive(Debug)]
+pub struct Reconfiguration {
+    /// SMTP routes.
+    pub routes: std::sync::Arc<crate::config::outbound::RouteTable>,
+    /// Destination controls.
+    pub destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
+    /// Outbound TLS with the client certificate and CA bundles read again.
+    pub outbound: std::sync::Arc<crate::relay::outbound_tls::OutboundTlsContext>,
+    /// `delivery:` settings (concurrency, retries, host name).
+    pub settings: crate::relay::queue::RelaySettings,
+    /// A resolver on the new `dns:` settings, for MX lookups.
+    pub resolver: crate::net::dns::ReverseResolver,
 }
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::mail_log::Event;
 use crate::relay::dsn::{Diagnostic, FailedRecipient};
-use crate::relay::handle::Command;
+use crate::relay::handle::{Command, Reconfiguration};
 use crate::relay::state::Final;
 use crate::relay::worker::WorkerContext;
 
@@ -17,17 +17,24 @@ impl QueueManager {
         match c {
             Command::Enqueued(mid, None) => self.load(mid),
             Command::Enqueued(mid, Some(c)) => self.load_committed(mid, *c),
-            Command::Reconfigure {
-                routes,
-                destinations,
-                outbound,
-            } => {
-                // Connections under way finish with what they started with.
+            Command::Reconfigure(r) => {
+                let Reconfiguration {
+                    routes,
+                    destinations,
+                    outbound,
+                    settings,
+                    resolver,
+                } = *r;
+                // Connections under way finish with what they started with. A message's next
+                // try stays as scheduled; the new retry delays apply from its next failure.
                 self.worker = Arc::new(WorkerContext {
                     tls: outbound,
                     alert_enabled: destinations.alert.enabled,
+                    helo_name: settings.hostname.clone(),
+                    resolver,
                     ..(*self.worker).clone()
                 });
+                self.settings = settings;
                 self.routes = routes;
                 self.controls = destinations;
             }
