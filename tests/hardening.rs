@@ -44,11 +44,7 @@ async fn connect_as(addr: SocketAddr, ip: &str) -> Client<TcpStream> {
 
 /// The ICID from a log line `... ICID n ...`.
 fn icid_of(line: &str) -> u64 {
-    line.split("ICID ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ICID in {line:?}"))
+    common::id_after(line, "ICID ")
 }
 
 /// Nothing was spooled: no queued file, no leftover temporary file.

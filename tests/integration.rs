@@ -47,15 +47,7 @@ async fn starttls_upgrade_then_mail_is_spooled_before_250() {
         .next()
         .is_none());
     let icid_line = srv.wait_log(r"Info: New SMTP ICID \d+ interface preferred (127.0.0.1) address 127.0.0.1 reverse dns host").await;
-    let icid: u64 = icid_line
-        .split("ICID ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let icid: u64 = common::id_after(&icid_line, "ICID ");
     srv.wait_log(&format!(
         "Info: ICID {icid} ACCEPT SG ALL match ALL SBRS None"
     ))

@@ -7,7 +7,7 @@ mod relay_common;
 use std::time::Duration;
 
 use common::sink::Sink;
-use common::{closed_port, relay_config, wait_until, Client, Server};
+use common::{closed_addr, closed_port, relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: relay {id}\r\n\r\nbody of {id}\r\n")
@@ -56,15 +56,7 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
             sink.addr.port()
         ))
         .await;
-    let dcid: u64 = dcid_line
-        .split("DCID ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dcid: u64 = common::id_after(&dcid_line, "DCID ");
     srv.wait_log(&format!(
         "Info: Delivery start DCID {dcid} MID {mid} to RID [0, 1]"
     ))
@@ -236,8 +228,7 @@ async fn when_every_route_host_fails_each_failure_is_reported() {
 #[tokio::test]
 async fn downstream_down_then_up_every_message_arrives_once() {
     // Reserve a port and leave it closed: the internal server is down.
-    let port = closed_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = closed_addr();
     let cfg = relay_config(addr, "1s");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let mut tasks = Vec::new();
@@ -299,15 +290,7 @@ async fn a_5xx_recipient_bounces_with_an_rfc3464_dsn() {
     let gen = srv
         .wait_log(&format!(r"was generated for bounce of MID {mid}"))
         .await;
-    let dsn_mid: u64 = gen
-        .split("MID ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dsn_mid: u64 = common::id_after(&gen, "MID ");
     srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
         .await;
     srv.wait_log(&format!("Info: Message finished MID {mid} done"))
@@ -379,8 +362,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
 
 #[tokio::test]
 async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
-    let port = closed_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = closed_addr();
     // Long retry delay: only `queue retry` makes the next attempt happen in this test.
     let cfg = relay_config(addr, "1h");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
@@ -580,8 +562,7 @@ async fn kill_9_mid_delivery_loses_nothing() {
 
 #[tokio::test]
 async fn a_message_older_than_the_queue_lifetime_bounces() {
-    let port = closed_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = closed_addr();
     let cfg = relay_config(addr, "1s");
     let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
     std::fs::write(

@@ -28,11 +28,8 @@ async fn send(srv: &Server, to: &str, id: &str) -> u64 {
 }
 
 /// The DCID of a `New SMTP DCID n ...` line.
-fn dcid_of(line: &str) -> &str {
-    line.split("DCID ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("no DCID in {line:?}"))
+fn dcid_of(line: &str) -> u64 {
+    common::id_after(line, "DCID ")
 }
 
 fn ids(sink: &Sink) -> Vec<String> {

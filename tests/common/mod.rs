@@ -399,3 +399,17 @@ pub fn closed_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The number after `key` (`"ICID "`, `"DCID "`, `"MID "`) in a mail-log line.
+pub fn id_after(line: &str, key: &str) -> u64 {
+    line.split(key)
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} number in {line:?}"))
+}
+
+/// [`closed_port`] on 127.0.0.1: the address of an internal server that is down.
+pub fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], closed_port()))
+}
