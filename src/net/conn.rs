@@ -306,7 +306,8 @@ impl Conn<'_> {
                         if let Some(inc) = self.incoming.take() {
                             self.ctx.spool.abort(inc);
                         }
-                        self.session.body_mut().clear();
+                        // The session already dropped this message's bytes; what its body
+                        // holds now belongs to the next, pipelined message.
                     }
                     Action::Close => {
                         write_logs(&self.ctx.log, &mut logs);
