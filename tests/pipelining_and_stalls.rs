@@ -8,10 +8,15 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::sink::Sink;
-use common::{relay_config, wait_until, Client, Server};
+use common::{copy_dir, relay_config, repo, wait_until, Client, Server};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
 
 /// `max_message_size` of the fixture's default policy is 2K: this body is refused with 552.
 fn oversize_body() -> String {
@@ -99,6 +104,164 @@ async fn trust_01_pipelined_message_after_an_oversize_one_keeps_header_and_body(
     assert_eq!(got[1].from, "a3@b.example");
     assert_received_then(&got[1].body, mid3, third);
     srv.stop().await;
+}
+
+/// A copy of the e2e fixture plus a listener "stall" whose whole session lasts `session`.
+fn stall_config(session: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), dir.path());
+    std::fs::write(
+        dir.path().join("listeners/stall.yaml"),
+        format!(
+            "name: stall\ntype: public\nbind: [\"127.0.0.1:0\"]\nhostname: mx.test.example\n\
+             hat: preferred\nrat: inbound\ntimeouts:\n  session: {session}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Connects with a 2 KiB receive buffer (so our replies back up fast) and reads the greeting;
+/// returns the connection's ICID too.
+async fn connect_small_rcvbuf(srv: &Server, listener: &str) -> (Client<TcpStream>, u64) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let s = sock.connect(srv.addr(listener)).await.unwrap();
+    let mut c = Client {
+        io: BufReader::new(s),
+    };
+    assert!(c.reply().await.starts_with("220 "));
+    let mut icid = 0;
+    wait_until("the connection's ICID in the log", || {
+        // ESA format: "New SMTP ICID n interface L (ip) address ip" — pick the newest.
+        icid = srv
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&format!("interface {listener} (")))
+            .filter_map(|l| l.split("New SMTP ICID ").nth(1))
+            .filter_map(|r| r.split(' ').next()?.parse().ok())
+            .max()
+            .unwrap_or(0);
+        icid != 0
+    })
+    .await;
+    (c, icid)
+}
+
+/// Pipelines 4 MB of `HELP` and never reads a reply. The task holds the connection open until
+/// aborted; the counter says how many bytes the kernel took so far.
+fn pipeline_and_never_read<S>(mut s: S) -> (JoinHandle<()>, Arc<AtomicUsize>)
+where
+    S: AsyncWrite + Unpin + Send + 'static,
+{
+    let sent = Arc::new(AtomicUsize::new(0));
+    let n = sent.clone();
+    let task = tokio::spawn(async move {
+        let burst = b"HELP\r\n".repeat(64 * 1024 / 6);
+        for _ in 0..(4 * 1024 * 1024 / burst.len()) {
+            if s.write_all(&burst).await.is_err() {
+                break;
+            }
+            n.fetch_add(burst.len(), Ordering::SeqCst);
+        }
+        std::future::pending::<()>().await;
+        drop(s);
+    });
+    (task, sent)
+}
+
+/// Waits until the client's writes stop making progress: every buffer on the way is full and
+/// the server no longer reads (it is stuck writing replies nobody reads).
+async fn wait_until_stalled(sent: &AtomicUsize) {
+    let mut last = usize::MAX;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last && now > 0 {
+            return;
+        }
+        last = now;
+    }
+    panic!("the pipelined burst never stalled ({last} bytes sent)");
+}
+
+/// Waits (generously) for a log line containing `needle`.
+async fn wait_log_line(srv: &Server, needle: &str) {
+    wait_until(&format!("log line {needle:?}"), || {
+        srv.log_text().contains(needle)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_a_client_that_never_reads_is_closed_at_the_session_timeout() {
+    let cfg = stall_config("3s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+
+    // Plain TCP.
+    let (c, icid) = connect_small_rcvbuf(&srv, "stall").await;
+    let (writer, sent) = pipeline_and_never_read(c.io.into_inner());
+    wait_until_stalled(&sent).await;
+    wait_log_line(
+        &srv,
+        &format!("ICID {icid} session refused: session timeout"),
+    )
+    .await;
+    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    writer.abort();
+
+    // The same over TLS (replies and the closing close_notify are TLS records).
+    let (mut c, icid) = connect_small_rcvbuf(&srv, "stall").await;
+    assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
+    assert!(c.cmd("STARTTLS").await.starts_with("220 "));
+    let mut t = c.into_tls().await;
+    assert!(t.cmd("EHLO client.test").await.starts_with("250"));
+    let (writer, sent) = pipeline_and_never_read(t.io.into_inner());
+    wait_until_stalled(&sent).await;
+    wait_log_line(
+        &srv,
+        &format!("ICID {icid} session refused: session timeout"),
+    )
+    .await;
+    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    writer.abort();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_a_client_that_reads_nothing_for_the_command_timeout_is_closed() {
+    // Listener "tiny": `timeouts.command: 2s`, the session as long as the default 30 min.
+    let mut srv = Server::start("e2e", |_, _| {}).await;
+    let (c, icid) = connect_small_rcvbuf(&srv, "tiny").await;
+    let (writer, sent) = pipeline_and_never_read(c.io.into_inner());
+    wait_until_stalled(&sent).await;
+    wait_log_line(&srv, &format!("ICID {icid} session refused: write timeout")).await;
+    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    writer.abort();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_shutdown_closes_a_client_that_never_reads() {
+    // The default 30 min session: only shutdown can end this connection.
+    let mut srv = Server::start("e2e", |_, _| {}).await;
+    let (c, icid) = connect_small_rcvbuf(&srv, "preferred").await;
+    let (writer, sent) = pipeline_and_never_read(c.io.into_inner());
+    wait_until_stalled(&sent).await;
+    let running = srv.running.take().unwrap();
+    // Grace 1 s, then force_close; generous bound for the rest on a loaded machine.
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        running.shutdown(Duration::from_secs(1)),
+    )
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown did not finish: a stalled client kept it waiting"
+    );
+    assert!(srv.log_text().contains(&format!("ICID {icid} close")));
+    assert!(srv.log_text().contains("mxgate stopped"));
+    writer.abort();
 }
 
 mod properties {
