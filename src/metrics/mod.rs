@@ -150,6 +150,9 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
+/// How long a response of the metrics endpoint may take to write.
+const RESPONSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Binds the endpoint now (so a bad address fails start-up) and serves it in the background.
 pub async fn serve(
     addr: SocketAddr,
@@ -203,9 +206,13 @@ pub async fn serve(
                     "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(body.as_bytes()).await;
-                let _ = s.shutdown().await;
+                // A scraper that reads nothing must not hold this task forever.
+                let respond = async {
+                    s.write_all(head.as_bytes()).await?;
+                    s.write_all(body.as_bytes()).await?;
+                    s.shutdown().await
+                };
+                let _ = tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, respond).await;
             });
         }
     });

@@ -18,6 +18,9 @@ use crate::net::dns::ReverseResolver;
 use crate::net::dnsbl;
 use crate::net::proxy::{self, ProxyParse};
 use crate::net::tls;
+use crate::net::write_bound::{
+    bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
+};
 use crate::policy::flow::{Action as PolicyAction, ClientCert};
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
@@ -118,9 +121,16 @@ pub async fn handle(
         Ok(i) => i,
         Err(e) => {
             tracing::error!("cannot allocate ICID: {e}");
-            let _ = stream
-                .write_all(b"421 4.3.0 Local error, try again later\r\n")
-                .await;
+            let mut force_close = force_close;
+            let _ = bounded_write(
+                stream.write_all(b"421 4.3.0 Local error, try again later\r\n"),
+                write_deadline(
+                    &ctx.listener,
+                    Instant::now() + ctx.listener.timeouts.session,
+                ),
+                &mut force_close,
+            )
+            .await;
             return;
         }
     };
@@ -306,7 +316,8 @@ impl Conn<'_> {
                         if let Some(inc) = self.incoming.take() {
                             self.ctx.spool.abort(inc);
                         }
-                        self.session.body_mut().clear();
+                        // The session already dropped this message's bytes; what its body
+                        // holds now belongs to the next, pipelined message.
                     }
                     Action::Close => {
                         write_logs(&self.ctx.log, &mut logs);
@@ -314,7 +325,10 @@ impl Conn<'_> {
                         // TLS says close_notify; plain TCP sends its FIN when the socket is
                         // closed right after this, so a separate shutdown call is not needed.
                         if self.session.tls().is_some() {
-                            let _ = stream.shutdown().await;
+                            let deadline = self.write_deadline();
+                            let _ =
+                                bounded_write(stream.shutdown(), deadline, &mut self.force_close)
+                                    .await;
                         }
                         return Flow::Done;
                     }
@@ -341,8 +355,21 @@ impl Conn<'_> {
                 continue;
             }
             // Out of input: answer everything pipelined so far, then wait (RFC 2920).
-            if self.flush(&mut stream).await.is_err() {
-                return Flow::Done;
+            match self.flush(&mut stream).await {
+                Ok(()) => {}
+                Err(WriteStop::Failed) => return Flow::Done,
+                // A client that does not read gets no 421 (it would not read that either):
+                // log why, then close.
+                Err(WriteStop::Timeout(what)) => {
+                    self.session.timeout(what);
+                    self.log_pending();
+                    return Flow::Done;
+                }
+                Err(WriteStop::Shutdown) => {
+                    self.session.shutdown();
+                    self.log_pending();
+                    return Flow::Done;
+                }
             }
             if self.buf.capacity() > 2 * DATA_CHUNK && self.buf.is_empty() {
                 self.buf = Vec::new();
@@ -385,14 +412,29 @@ impl Conn<'_> {
         }
     }
 
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), WriteStop> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = stream.write_all(&self.out).await;
+        let deadline = self.write_deadline();
+        let out = &self.out;
+        let write = async move {
+            stream.write_all(out).await?;
+            stream.flush().await
+        };
+        let r = bounded_write(write, deadline, &mut self.force_close).await;
         self.out.clear();
-        r?;
-        stream.flush().await
+        r
+    }
+
+    /// Until when the next write may block: see [`write_deadline`]; once shutdown forced the
+    /// close, only [`CLOSING_WRITE`] for the 421.
+    fn write_deadline(&self) -> WriteDeadline {
+        let mut d = write_deadline(&self.ctx.listener, self.deadline);
+        if *self.force_close.borrow() {
+            d.at = d.at.min(Instant::now() + CLOSING_WRITE);
+        }
+        d
     }
 
     /// Moves the body bytes the session produced into the spool. Bytes that stay in memory

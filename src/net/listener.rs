@@ -52,12 +52,26 @@ pub async fn serve(
                     peer.ip()
                 ),
             });
+            // Bounded like every session write: a peer that reads nothing must not keep this
+            // task, and so shutdown, waiting.
+            let limit = ctx
+                .listener
+                .timeouts
+                .command
+                .min(ctx.listener.timeouts.session);
+            let mut force = force_close.clone();
             tasks.spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                let _ = stream
-                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
+                let refuse = async {
+                    stream
+                        .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                        .await?;
+                    stream.shutdown().await
+                };
+                tokio::select! {
+                    _ = tokio::time::timeout(limit, refuse) => {}
+                    _ = force.wait_for(|closing| *closing) => {}
+                }
             });
             continue;
         };

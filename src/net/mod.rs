@@ -7,3 +7,4 @@ pub mod dnsbl;
 pub mod listener;
 pub mod proxy;
 pub mod tls;
+mod write_bound;
