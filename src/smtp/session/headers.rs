@@ -200,7 +200,7 @@ mod tests {
                 big.extend_from_slice(&msg);
                 msg = big;
                 for c in &mut cuts {
-                    *c = MAX_HEADER_BYTES - 200 + *c;
+                    *c += MAX_HEADER_BYTES - 200;
                 }
             }
             cuts.sort_unstable();
