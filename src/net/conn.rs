@@ -171,9 +171,14 @@ pub async fn handle(
             .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
     };
     // Watch for a client that talks first until the pause is over (time spent on DNS counts).
-    let pause = match policy.action {
-        PolicyAction::TcpRefuse => std::time::Duration::ZERO,
-        _ => policy.pre_greet_pause_on(ctx.listener.kind),
+    // Only a client about to be greeted waits: refusals (tcprefuse, reject, per-IP limit) go
+    // out at once, so a flood does not hold sockets for the pause.
+    let greets =
+        slot.is_some() && matches!(policy.action, PolicyAction::Accept | PolicyAction::Relay);
+    let pause = if greets {
+        policy.pre_greet_pause_on(ctx.listener.kind)
+    } else {
+        std::time::Duration::ZERO
     };
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
