@@ -54,6 +54,8 @@ policies:
     max_recipients_per_message: 1000
     max_concurrent_connections_per_ip: unlimited
     max_recipients_per_hour: unlimited
+    # The Postfix instance has no postscreen: greet at once here too.
+    pre_greet_pause: 0
 YAML
 cat > "$dir/policies/rat.yaml" <<YAML
 inbound:

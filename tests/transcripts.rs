@@ -378,3 +378,12 @@ fn transcripts() {
     }
     eprintln!("{} transcripts passed", files.len());
 }
+
+/// Item 26: an IPv6 peer is written `[IPv6:::1]` in the Received header (RFC 5321 §4.1.3).
+#[test]
+fn trust_26_received_header_tags_ipv6_literal() {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transcripts/39_received_ipv6_literal.txt"),
+    );
+}

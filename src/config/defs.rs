@@ -265,6 +265,9 @@ pub struct PolicyDef {
     /// Senders (`user@domain`, `@domain`, `domain`) that must use TLS even under `preferred`.
     #[serde(default)]
     pub tls_mandatory_senders: Option<Vec<SpannedStr>>,
+    /// Wait before the greeting, refusing clients that talk first (`300ms`, `0`; at most 30s).
+    #[serde(default)]
+    pub pre_greet_pause: Option<SpannedStr>,
 }
 
 /// A limit: a plain value (`10M`, `50`, `unlimited`) or a map that also sets the reply.

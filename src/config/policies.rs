@@ -2,16 +2,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::defs::{LimitDef, MailFlowDef, PolicyDef, ReplyDef, SpannedStr};
 use super::error::{index, join, FileErrors, Pos};
 use super::values::{
     check_hostname, check_reply_text, check_sender, parse_action, parse_bool, parse_code,
-    parse_count, parse_enhanced, parse_policy_name, parse_size, parse_tls,
+    parse_count, parse_duration, parse_enhanced, parse_policy_name, parse_size, parse_tls,
 };
 use crate::policy::flow::{Action, Banner, Limit, MailFlowPolicy};
 use crate::smtp::reply::{Enhanced, Reply};
 use serde_saphyr::Spanned;
+
+/// Longest `pre_greet_pause`: the pause holds the connection and delays every sender.
+const MAX_PRE_GREET_PAUSE: Duration = Duration::from_secs(30);
 
 /// Tables of one kind by name, and whether the list is trustworthy for "unknown name" errors.
 #[derive(Debug)]
@@ -308,6 +312,17 @@ fn apply_policy(
         match parse_bool(&v.value) {
             Ok(x) => p.tls_verify_client = x,
             Err(m) => e.on(v, join(path, "tls_verify_client"), m),
+        }
+    }
+    if let Some(v) = &def.pre_greet_pause {
+        match parse_duration(&v.value) {
+            Ok(d) if d > MAX_PRE_GREET_PAUSE => e.on(
+                v,
+                join(path, "pre_greet_pause"),
+                "must be at most 30s: senders give up waiting for the greeting",
+            ),
+            Ok(d) => p.pre_greet_pause = Some(d),
+            Err(m) => e.on(v, join(path, "pre_greet_pause"), m),
         }
     }
     if let Some(list) = &def.tls_mandatory_senders {

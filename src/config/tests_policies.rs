@@ -148,6 +148,52 @@ policies:
 }
 
 #[test]
+fn trust_18_pre_greet_pause_parses_inherits_and_is_checked() {
+    let flow = "\
+default:
+  pre_greet_pause: 1s
+policies:
+  ACCEPTED: {action: accept}
+  FAST: {pre_greet_pause: 0}
+  SLOW: {pre_greet_pause: 250ms}
+  BLOCKED: {action: reject}
+  RELAYED: {action: relay}
+";
+    let c = loaded(
+        &config_dir(&[("policies/mail_flow.yaml", Some(flow))]),
+        &Overrides::default(),
+    );
+    let pause = |name: &str| c.policies[name].pre_greet_pause;
+    assert_eq!(pause("ACCEPTED"), Some(Duration::from_secs(1)));
+    assert_eq!(pause("FAST"), Some(Duration::ZERO));
+    assert_eq!(pause("SLOW"), Some(Duration::from_millis(250)));
+    // Unset everywhere: the listener kind decides (policy::flow::pre_greet_pause_on).
+    let c = loaded(&config_dir(&[]), &Overrides::default());
+    assert_eq!(c.policies["ACCEPTED"].pre_greet_pause, None);
+
+    let flow = "\
+default:
+  pre_greet_pause: soon
+policies:
+  ACCEPTED: {pre_greet_pause: 31s}
+  BLOCKED: {action: reject, pre_greet_pause: -1}
+  RELAYED: {action: relay}
+";
+    let d = config_dir(&[("policies/mail_flow.yaml", Some(flow))]);
+    assert_eq!(
+        errors(&d, &Overrides::default()),
+        [
+            "policies/mail_flow.yaml:2:20: default.pre_greet_pause: \"soon\" is not a duration: \
+             write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds",
+            "policies/mail_flow.yaml:4:31: policies.ACCEPTED.pre_greet_pause: must be at most 30s: \
+             senders give up waiting for the greeting",
+            "policies/mail_flow.yaml:5:46: policies.BLOCKED.pre_greet_pause: \"-1\" is not a duration: \
+             write e.g. 250ms, 30s, 5m, 1h, 5d, 2w or a number of seconds",
+        ]
+    );
+}
+
+#[test]
 fn rat_entries_and_replies() {
     let rat = "\
 inbound:

@@ -117,6 +117,8 @@ pub async fn handle(
             }
         }
     }
+    // The pre-greet pause counts from here: the real client's connection (after any PROXY header).
+    let connected = tokio::time::Instant::now();
     let icid = match ctx.spool.next_icid() {
         Ok(i) => i,
         Err(e) => {
@@ -178,7 +180,17 @@ pub async fn handle(
         ctx.rate
             .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
     };
-    let opening = if !buf.is_empty() || has_pending_input(&stream) {
+    // Watch for a client that talks first until the pause is over (time spent on DNS counts).
+    // Only a client about to be greeted waits: refusals (tcprefuse, reject, per-IP limit) go
+    // out at once, so a flood does not hold sockets for the pause.
+    let greets =
+        slot.is_some() && matches!(policy.action, PolicyAction::Accept | PolicyAction::Relay);
+    let pause = if greets {
+        policy.pre_greet_pause_on(ctx.listener.kind)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
     } else if slot.is_none() && !matches!(policy.action, PolicyAction::TcpRefuse) {
         Opening::ConcurrencyFull
@@ -208,10 +220,14 @@ pub async fn handle(
     }
 }
 
-/// True when the client already sent bytes (it spoke before our greeting).
-fn has_pending_input(stream: &TcpStream) -> bool {
+/// True when the client sends bytes before `until` (it spoke before our greeting); bytes
+/// already there count even when `until` has passed.
+async fn talks_before(stream: &TcpStream, until: tokio::time::Instant) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Ok(n) if n > 0)
+    matches!(
+        tokio::time::timeout_at(until, stream.peek(&mut probe)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 async fn read_proxy_header(

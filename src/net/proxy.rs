@@ -10,6 +10,9 @@ use ppp::{HeaderResult, PartialResult};
 /// addresses plus the TLVs load balancers send fit well within this.
 pub const MAX_HEADER: usize = 1024;
 
+/// Longest PROXY v1 header, CRLF included (the spec's limit).
+const MAX_V1_HEADER: usize = 107;
+
 /// Result of looking at the first bytes of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyParse {
@@ -33,6 +36,18 @@ pub enum ProxyParse {
 pub fn parse(buf: &[u8]) -> ProxyParse {
     if buf.is_empty() {
         return ProxyParse::Incomplete;
+    }
+    // ppp parses a v1 line as far as it goes and calls a cut-off port invalid: wait for the
+    // CRLF (v1 is one line of at most 107 bytes) so a header split across reads is whole.
+    if buf.starts_with(b"PROXY ") {
+        let line = &buf[..buf.len().min(MAX_V1_HEADER)];
+        if !line.windows(2).any(|w| w == b"\r\n") {
+            return if buf.len() >= MAX_V1_HEADER {
+                ProxyParse::Invalid(format!("PROXY v1: no CRLF within {MAX_V1_HEADER} bytes"))
+            } else {
+                ProxyParse::Incomplete
+            };
+        }
     }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
@@ -117,6 +132,34 @@ mod tests {
             parse(b"EHLO client.example\r\n"),
             ProxyParse::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn trust_22_v1_waits_for_crlf() {
+        let header = b"PROXY TCP4 192.0.2.43 127.0.0.1 4343 3402\r\n";
+        // Every cut of the header (a sender writing byte by byte) waits for more.
+        for cut in 1..header.len() {
+            assert_eq!(
+                parse(&header[..cut]),
+                ProxyParse::Incomplete,
+                "{:?}",
+                String::from_utf8_lossy(&header[..cut])
+            );
+        }
+        assert!(matches!(
+            parse(header),
+            ProxyParse::Header { consumed: 43, source: Some(s), .. } if s == "192.0.2.43:4343".parse().unwrap()
+        ));
+        // Bad fields are still refused once the line is complete.
+        assert!(matches!(
+            parse(b"PROXY TCP4 192.0.2.43 127.0.0.1 4343 \r\n"),
+            ProxyParse::Invalid(_)
+        ));
+        // No CRLF within the 107 bytes v1 allows: refused, not waited for.
+        let mut long = b"PROXY TCP4 192.0.2.43 127.0.0.1 4343 3402".to_vec();
+        long.resize(107, b' ');
+        assert_eq!(parse(&long[..106]), ProxyParse::Incomplete);
+        assert!(matches!(parse(&long), ProxyParse::Invalid(m) if m.contains("107")));
     }
 
     #[test]

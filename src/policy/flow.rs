@@ -1,6 +1,13 @@
 //! Mail-flow policies: what a sender group may do (SPEC §1.2).
 
+use std::time::Duration;
+
+use crate::config::model::ListenerKind;
 use crate::smtp::reply::{Enhanced, Reply};
+
+/// Pre-greet pause of a policy that sets none, on a public listener: long enough that a bot
+/// which talks first is caught, short enough that nobody waiting for the banner notices.
+pub const DEFAULT_PUBLIC_PRE_GREET_PAUSE: Duration = Duration::from_millis(300);
 
 /// What happens to a connection whose sender group names this policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +178,21 @@ pub struct MailFlowPolicy {
     pub tls_verify_client: bool,
     /// Envelope senders (addresses or `@domain` / `domain`) for whom TLS is mandatory even under `preferred`.
     pub tls_mandatory_senders: Vec<String>,
+    /// How long to wait before the greeting, watching for a client that talks first;
+    /// `None` = the listener kind's default (see [`MailFlowPolicy::pre_greet_pause_on`]).
+    pub pre_greet_pause: Option<Duration>,
 }
 
 impl MailFlowPolicy {
+    /// The pre-greet pause on a listener of `kind`: the policy's own, else 300 ms on public
+    /// listeners (where bots talk first) and none on private ones (internal hosts).
+    pub fn pre_greet_pause_on(&self, kind: ListenerKind) -> Duration {
+        self.pre_greet_pause.unwrap_or(match kind {
+            ListenerKind::Public => DEFAULT_PUBLIC_PRE_GREET_PAUSE,
+            ListenerKind::Private => Duration::ZERO,
+        })
+    }
+
     /// True when `sender` (an envelope address) must use TLS under this policy.
     pub fn is_tls_mandatory_for(&self, sender: &str) -> bool {
         let sender = sender.to_ascii_lowercase();
@@ -258,6 +277,7 @@ impl MailFlowPolicy {
             tls: TlsMode::Preferred,
             tls_verify_client: false,
             tls_mandatory_senders: Vec::new(),
+            pre_greet_pause: None,
         }
     }
 }
@@ -345,6 +365,24 @@ mod tests {
             assert_eq!(c.describe().as_deref(), text);
             assert_eq!(c.result_label(), label);
         }
+    }
+
+    #[test]
+    fn trust_18_pre_greet_pause_defaults_by_listener_kind() {
+        let mut p = MailFlowPolicy::builtin_default("X");
+        assert_eq!(
+            p.pre_greet_pause_on(ListenerKind::Public),
+            Duration::from_millis(300)
+        );
+        assert_eq!(p.pre_greet_pause_on(ListenerKind::Private), Duration::ZERO);
+        // A policy's own value wins on either kind, 0 included.
+        p.pre_greet_pause = Some(Duration::ZERO);
+        assert_eq!(p.pre_greet_pause_on(ListenerKind::Public), Duration::ZERO);
+        p.pre_greet_pause = Some(Duration::from_secs(2));
+        assert_eq!(
+            p.pre_greet_pause_on(ListenerKind::Private),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -8,6 +8,14 @@ use crate::spool::Envelope;
 
 use super::headers::HeaderScanner;
 
+/// The inside of an RFC 5321 §4.1.3 address literal: `192.0.2.1` or `IPv6:2001:db8::1`.
+fn address_literal(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    }
+}
+
 impl Session {
     pub(super) fn start_data(&mut self) {
         let Some(txn) = &self.txn else {
@@ -52,7 +60,7 @@ impl Session {
         format!(
             "Received: from {helo} ({} [{}]){using}\r\n\tby {} (mxgate) with {proto} id {mid}{for_clause};\r\n\t{}\r\n",
             self.p.rdns_host,
-            self.p.peer_ip,
+            address_literal(self.p.peer_ip),
             self.hostname,
             self.p.env.now_rfc2822()
         )
