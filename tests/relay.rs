@@ -360,6 +360,69 @@ async fn a_bounce_of_a_bounce_is_dropped() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+        return;
+    };
+    // The internal server is down at first, so the spool can be filled before the 550.
+    let addr = closed_addr();
+    let cfg = relay_config(addr, "1s");
+    let spool = mnt.clone();
+    let mut srv = Server::start_dir(cfg.path(), |o, _| o.spool_dir = Some(spool)).await;
+    let r = send(&srv, "alice@other.example", &["nouser@example.com"], "dsn1").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(&format!(
+        r"Info: Delayed: DCID \d+ MID {mid} to RID [0] - 4.4.1"
+    ))
+    .await;
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 256 * 1024]);
+    let sink = Sink::start(&addr.to_string()).await;
+    // The recipient bounces, but the DSN cannot be written: the original stays queued and
+    // is tried again (a second attempt proves it was not removed).
+    let failed = format!("Warning: MID {mid} could not queue its DSN");
+    wait_until("two failed DSN attempts", || {
+        srv.log_text().matches(failed.as_str()).count() >= 2
+    })
+    .await;
+    assert_eq!(srv.queued_mids(), [mid], "the original is still queued");
+    assert!(sink.messages().is_empty());
+    // Space again: the next attempt queues the DSN, then the original is removed.
+    std::fs::remove_file(&filler).unwrap();
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    let dsns: Vec<_> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.from.is_empty())
+        .collect();
+    assert_eq!(dsns.len(), 1, "exactly one DSN");
+    assert_eq!(dsns[0].rcpts, ["alice@other.example"]);
+    assert!(
+        dsns[0]
+            .body
+            .contains("Final-Recipient: rfc822; nouser@example.com"),
+        "{}",
+        dsns[0].body
+    );
+    assert_eq!(
+        srv.log_text()
+            .matches("was generated for bounce of MID")
+            .count(),
+        1
+    );
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     let addr = closed_addr();

@@ -50,7 +50,9 @@ struct Queued {
     due_at: Option<u64>,
     jobs_in_flight: usize,
     temp_this_round: bool,
-    bounced_this_round: Vec<FailedRecipient>,
+    /// Recipients bounced in this round (by RID), for its DSN: they count as final on disk
+    /// only once the DSN is committed.
+    bounced_this_round: Vec<(u32, FailedRecipient)>,
 }
 
 /// The queue manager task.
