@@ -623,6 +623,119 @@ async fn kill_9_mid_delivery_loses_nothing() {
     assert!(child.0.wait().unwrap().success());
 }
 
+/// Message-IDs in the bodies a `relay_common::Sink` accepted, in order.
+fn received_ids(sink: &relay_common::Sink) -> Vec<String> {
+    sink.messages()
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(&m.body).lines().find_map(|l| {
+                l.strip_prefix("Message-ID: <")
+                    .map(|v| v.trim_end_matches('>').to_string())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_delivered_again_after_kill_9(
+) {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let queued = |mid: u64| spool.join(format!("queue/{mid}.env")).exists();
+    let log = |s: &str| {
+        std::fs::read_to_string(work.path().join("mail.log"))
+            .unwrap_or_default()
+            .contains(s)
+    };
+    // Queue two messages while the internal server is down (retries an hour apart).
+    let down = relay_config(closed_addr(), "1h");
+    let (mut child, addr) = spawn_server(down.path(), work.path());
+    let mut mids = Vec::new();
+    for (id, rcpt) in [
+        ("once-1", "bob@example.com"),
+        ("once-2", "stall@example.com"),
+    ] {
+        let mut c = Client::connect(addr, None).await;
+        c.reply().await;
+        c.cmd("EHLO once.test").await;
+        let r = c.send_mail("alice@other.example", &[rcpt], &msg(id)).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        mids.push(
+            r.trim_end()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        c.cmd("QUIT").await;
+    }
+    let (m1, m2) = (mids[0], mids[1]);
+    // Deferred for an hour, and saved so: not due when the gateway starts again.
+    wait_until("both deferred", || {
+        let e = mxgate::relay::control::entries(&spool);
+        e.len() == 2 && e.iter().all(|e| e.state.attempts == 1)
+    })
+    .await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // The internal server accepts message 1, then never answers message 2's RCPT: the
+    // connection stays open with message 1 acknowledged.
+    let sink = relay_common::Sink::start(relay_common::SinkConfig {
+        rcpt_replies: vec![("stall@example.com".into(), "STALL".into())],
+        ..Default::default()
+    })
+    .await;
+    let up = relay_config(sink.addr, "1h");
+    let (mut child, _) = spawn_server(up.path(), work.path());
+    // Both due at once: one connection takes message 1, then message 2.
+    wait_until("both made due by `queue retry --all`", || {
+        mxgate::relay::control::request(&spool, "retry all").is_ok_and(|r| r.starts_with("ok 2 "))
+    })
+    .await;
+    wait_until(
+        "message 1 accepted and message 2 stalled on one connection",
+        || {
+            received_ids(&sink) == ["once-1"]
+                && sink
+                    .commands()
+                    .iter()
+                    .any(|c| c == "RCPT TO:<stall@example.com>")
+        },
+    )
+    .await;
+    wait_until(
+        "message 1 out of the queue while its connection is still open",
+        || !queued(m1),
+    )
+    .await;
+    assert!(log(&format!("Message finished MID {m1} done")));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(
+        queued(m2),
+        "message 2 was never acknowledged: it stays queued"
+    );
+    // Restart towards a server that accepts everything.
+    let good = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(good.addr, "1h");
+    let (mut child, _) = spawn_server(cfg.path(), work.path());
+    wait_until("message 2 made due by `queue retry --all`", || {
+        mxgate::relay::control::request(&spool, "retry all").is_ok_and(|r| r.starts_with("ok 1 "))
+    })
+    .await;
+    wait_until("message 2 delivered", || !message_ids(&good).is_empty()).await;
+    wait_until("queue empty", || {
+        mxgate::relay::control::entries(&spool).is_empty()
+    })
+    .await;
+    let mut all = received_ids(&sink);
+    all.extend(message_ids(&good));
+    assert_eq!(all, ["once-1", "once-2"], "every message exactly once");
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+}
+
 #[tokio::test]
 async fn a_message_older_than_the_queue_lifetime_bounces() {
     let addr = closed_addr();

@@ -23,6 +23,18 @@ impl QueueManager {
         self.remove_finished();
     }
 
+    /// Applies results a connection reported as each transaction ended (`first`, and any
+    /// others already waiting), while the connection may still be open: what was accepted
+    /// is saved now, so a crash before the connection ends does not deliver it again.
+    pub(super) async fn apply_reported(&mut self, first: (String, JobResult)) {
+        let mut next = Some(first);
+        while let Some((domain, r)) = next {
+            self.apply_results(&domain, vec![r]).await;
+            next = self.reported.try_recv().ok();
+        }
+        self.remove_finished();
+    }
+
     /// Applies delivery results for `domain` per recipient and settles each message whose
     /// round is complete.
     async fn apply_results(&mut self, domain: &str, results: Vec<JobResult>) {
