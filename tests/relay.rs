@@ -360,6 +360,69 @@ async fn a_bounce_of_a_bounce_is_dropped() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+        return;
+    };
+    // The internal server is down at first, so the spool can be filled before the 550.
+    let addr = closed_addr();
+    let cfg = relay_config(addr, "1s");
+    let spool = mnt.clone();
+    let mut srv = Server::start_dir(cfg.path(), |o, _| o.spool_dir = Some(spool)).await;
+    let r = send(&srv, "alice@other.example", &["nouser@example.com"], "dsn1").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    srv.wait_log(&format!(
+        r"Info: Delayed: DCID \d+ MID {mid} to RID [0] - 4.4.1"
+    ))
+    .await;
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 256 * 1024]);
+    let sink = Sink::start(&addr.to_string()).await;
+    // The recipient bounces, but the DSN cannot be written: the original stays queued and
+    // is tried again (a second attempt proves it was not removed).
+    let failed = format!("Warning: MID {mid} could not queue its DSN");
+    wait_until("two failed DSN attempts", || {
+        srv.log_text().matches(failed.as_str()).count() >= 2
+    })
+    .await;
+    assert_eq!(srv.queued_mids(), [mid], "the original is still queued");
+    assert!(sink.messages().is_empty());
+    // Space again: the next attempt queues the DSN, then the original is removed.
+    std::fs::remove_file(&filler).unwrap();
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    let dsns: Vec<_> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.from.is_empty())
+        .collect();
+    assert_eq!(dsns.len(), 1, "exactly one DSN");
+    assert_eq!(dsns[0].rcpts, ["alice@other.example"]);
+    assert!(
+        dsns[0]
+            .body
+            .contains("Final-Recipient: rfc822; nouser@example.com"),
+        "{}",
+        dsns[0].body
+    );
+    assert_eq!(
+        srv.log_text()
+            .matches("was generated for bounce of MID")
+            .count(),
+        1
+    );
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     let addr = closed_addr();
@@ -556,6 +619,119 @@ async fn kill_9_mid_delivery_loses_nothing() {
         "{total} deliveries for 30 messages, {left} were queued at the kill"
     );
     eprintln!("kill -9: {delivered_before} delivered before, {left} queued at the kill, {total} deliveries in all");
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// Message-IDs in the bodies a `relay_common::Sink` accepted, in order.
+fn received_ids(sink: &relay_common::Sink) -> Vec<String> {
+    sink.messages()
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(&m.body).lines().find_map(|l| {
+                l.strip_prefix("Message-ID: <")
+                    .map(|v| v.trim_end_matches('>').to_string())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_delivered_again_after_kill_9(
+) {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let queued = |mid: u64| spool.join(format!("queue/{mid}.env")).exists();
+    let log = |s: &str| {
+        std::fs::read_to_string(work.path().join("mail.log"))
+            .unwrap_or_default()
+            .contains(s)
+    };
+    // Queue two messages while the internal server is down (retries an hour apart).
+    let down = relay_config(closed_addr(), "1h");
+    let (mut child, addr) = spawn_server(down.path(), work.path());
+    let mut mids = Vec::new();
+    for (id, rcpt) in [
+        ("once-1", "bob@example.com"),
+        ("once-2", "stall@example.com"),
+    ] {
+        let mut c = Client::connect(addr, None).await;
+        c.reply().await;
+        c.cmd("EHLO once.test").await;
+        let r = c.send_mail("alice@other.example", &[rcpt], &msg(id)).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        mids.push(
+            r.trim_end()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        c.cmd("QUIT").await;
+    }
+    let (m1, m2) = (mids[0], mids[1]);
+    // Deferred for an hour, and saved so: not due when the gateway starts again.
+    wait_until("both deferred", || {
+        let e = mxgate::relay::control::entries(&spool);
+        e.len() == 2 && e.iter().all(|e| e.state.attempts == 1)
+    })
+    .await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // The internal server accepts message 1, then never answers message 2's RCPT: the
+    // connection stays open with message 1 acknowledged.
+    let sink = relay_common::Sink::start(relay_common::SinkConfig {
+        rcpt_replies: vec![("stall@example.com".into(), "STALL".into())],
+        ..Default::default()
+    })
+    .await;
+    let up = relay_config(sink.addr, "1h");
+    let (mut child, _) = spawn_server(up.path(), work.path());
+    // Both due at once: one connection takes message 1, then message 2.
+    wait_until("both made due by `queue retry --all`", || {
+        mxgate::relay::control::request(&spool, "retry all").is_ok_and(|r| r.starts_with("ok 2 "))
+    })
+    .await;
+    wait_until(
+        "message 1 accepted and message 2 stalled on one connection",
+        || {
+            received_ids(&sink) == ["once-1"]
+                && sink
+                    .commands()
+                    .iter()
+                    .any(|c| c == "RCPT TO:<stall@example.com>")
+        },
+    )
+    .await;
+    wait_until(
+        "message 1 out of the queue while its connection is still open",
+        || !queued(m1),
+    )
+    .await;
+    assert!(log(&format!("Message finished MID {m1} done")));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(
+        queued(m2),
+        "message 2 was never acknowledged: it stays queued"
+    );
+    // Restart towards a server that accepts everything.
+    let good = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(good.addr, "1h");
+    let (mut child, _) = spawn_server(cfg.path(), work.path());
+    wait_until("message 2 made due by `queue retry --all`", || {
+        mxgate::relay::control::request(&spool, "retry all").is_ok_and(|r| r.starts_with("ok 1 "))
+    })
+    .await;
+    wait_until("message 2 delivered", || !message_ids(&good).is_empty()).await;
+    wait_until("queue empty", || {
+        mxgate::relay::control::entries(&spool).is_empty()
+    })
+    .await;
+    let mut all = received_ids(&sink);
+    all.extend(message_ids(&good));
+    assert_eq!(all, ["once-1", "once-2"], "every message exactly once");
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     assert!(child.0.wait().unwrap().success());
 }

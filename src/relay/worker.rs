@@ -98,7 +98,14 @@ pub struct Feed {
     /// The fed jobs the connection took (without their in-memory bodies), so they can be
     /// answered for if the connection's task dies.
     taken: Vec<Job>,
+    /// Where each transaction's result goes as soon as it ends, with the lane's domain.
+    report: Option<(String, ResultSender)>,
+    /// Jobs whose result went through `report`: the first ones given, in order.
+    reported: usize,
 }
+
+/// The queue manager's end for results reported while a connection is open.
+pub type ResultSender = tokio::sync::mpsc::UnboundedSender<(String, JobResult)>;
 
 /// A feed shared by the queue manager (which offers) and one worker (which takes).
 pub type SharedFeed = Arc<Mutex<Feed>>;
@@ -111,7 +118,32 @@ impl Feed {
             open: true,
             given: first_batch,
             taken: Vec::new(),
+            report: None,
+            reported: 0,
         }))
+    }
+
+    /// [`Feed::new`], and the connection sends each message's result to `report` as soon as
+    /// its transaction ends (so it is saved before the connection closes).
+    pub fn reporting(first_batch: usize, domain: String, report: ResultSender) -> SharedFeed {
+        let feed = Feed::new(first_batch);
+        feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
+        feed
+    }
+
+    /// Hands `result` to the queue manager now; gives it back when nobody takes reports.
+    fn report(feed: &SharedFeed, result: JobResult) -> Option<JobResult> {
+        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((domain, tx)) = &f.report else {
+            return Some(result);
+        };
+        match tx.send((domain.clone(), result)) {
+            Ok(()) => {
+                f.reported += 1;
+                None
+            }
+            Err(e) => Some(e.0 .1),
+        }
     }
 
     /// Gives `job` to the connection unless it stopped taking or has `max` jobs already.
@@ -383,6 +415,9 @@ async fn guarded(
         Err(e) => {
             let mut all = first;
             all.extend(Feed::close_all(feed));
+            // Those reported already were settled: answer only for the rest.
+            let reported = feed.lock().unwrap_or_else(|e| e.into_inner()).reported;
+            all.drain(..reported.min(all.len()));
             let reason = format!("delivery task to {domain} failed: {e}");
             log.log(&Event::Note {
                 level: Level::Warning,
@@ -551,6 +586,8 @@ pub async fn deliver_batch(
 }
 
 /// Sends `jobs`, then what the feed brings, over the open connection `conn` to `remote`; closes it.
+/// Each message's result is reported through the feed as its transaction ends; what could not
+/// be reported (and the jobs a lost connection never sent) is returned.
 async fn send_jobs(
     mut conn: Connection,
     dcid: u64,
@@ -584,7 +621,7 @@ async fn send_jobs(
         };
         let r = conn.send(&msg, log).await;
         lost = r.connection_lost;
-        results.push(JobResult {
+        let result = JobResult {
             mid: job.mid,
             dcid,
             remote: Some(remote.to_string()),
@@ -594,7 +631,10 @@ async fn send_jobs(
                 .iter()
                 .map(|(rid, o)| (*rid, outcome_of(o)))
                 .collect(),
-        });
+        };
+        // Saved now, not after QUIT: a crash while the connection is still open (a slow
+        // QUIT, more messages to send) must not deliver this message again.
+        results.extend(Feed::report(feed, result));
     }
     // Safe on a broken connection too: it skips QUIT but still closes and logs `DCID n close`.
     conn.quit(log).await;
@@ -681,6 +721,41 @@ mod tests {
                 && text.contains("3 job(s) will be retried"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn trust_11_each_result_is_reported_at_once_and_a_dead_task_answers_only_for_the_rest() {
+        let job = |mid: u64| Job {
+            mid,
+            from: "a@b.example".into(),
+            rcpts: vec![(0, "c@example.com".into())],
+            body_path: PathBuf::from(format!("/nonexistent/{mid}.msg")),
+            body: None,
+            size: 10,
+            smtputf8: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = MailLog::open(
+            &crate::config::model::MailLogTarget::File(dir.path().join("mail.log")),
+            crate::config::model::MailLogFormat::Text,
+        )
+        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let feed = Feed::reporting(1, "example.com".into(), tx);
+        Feed::offer(&feed, job(2), 10).unwrap();
+        // MID 1 (the first batch) was accepted: its result goes to the queue manager now.
+        let done = all_with(&[job(1)], 5, &Outcome::Delivered).remove(0);
+        assert!(Feed::report(&feed, done).is_none());
+        let (domain, r) = rx.try_recv().unwrap();
+        assert_eq!((domain.as_str(), r.mid, r.dcid), ("example.com", 1, 5));
+        assert_eq!(Feed::take(&feed).map(|j| j.mid), Some(2));
+        let results = guarded("example.com", &log, vec![job(1)], &feed, async {
+            panic!("a bug in the delivery code")
+        })
+        .await;
+        // MID 1 is not answered for twice (a temporary result would send it again).
+        assert_eq!(results.iter().map(|r| r.mid).collect::<Vec<_>>(), [2]);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -93,20 +93,24 @@ impl QueueManager {
                                 enhanced: "5.0.0".into(),
                                 reason: "bounced by administrator".into(),
                             });
-                            q.bounced_this_round.push(FailedRecipient {
-                                rcpt,
-                                status: "5.0.0".into(),
-                                diagnostic: Diagnostic::Local("bounced by administrator".into()),
-                                remote_mta: None,
-                            });
+                            q.bounced_this_round.push((
+                                rid,
+                                FailedRecipient {
+                                    rcpt,
+                                    status: "5.0.0".into(),
+                                    diagnostic: Diagnostic::Local(
+                                        "bounced by administrator".into(),
+                                    ),
+                                    remote_mta: None,
+                                },
+                            ));
                         }
                         true
                     }
                     _ => false,
                 };
-                if ok {
-                    self.settle(mid).await;
-                }
+                // Not done when the DSN could not be queued: the recipients stay pending.
+                let ok = ok && self.settle(mid).await;
                 let _ = reply.send(ok);
             }
         }

@@ -140,7 +140,7 @@ impl QueueManager {
                 let d = domain.clone();
                 let turn = lane.turn;
                 let c = control.clone();
-                let feed = Feed::new(batch.len());
+                let feed = Feed::reporting(batch.len(), domain.clone(), self.reported_tx.clone());
                 lane.feeds.push(feed.clone());
                 workers.spawn(async move {
                     let r =

@@ -23,7 +23,7 @@ use crate::relay::dsn::FailedRecipient;
 use crate::relay::handle::{CachedBody, Command, Committed, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::DeliveryState;
-use crate::relay::worker::{JobResult, WorkerContext};
+use crate::relay::worker::{JobResult, ResultSender, WorkerContext};
 use crate::spool::{Envelope, Spool};
 
 use dispatch::Lane;
@@ -50,7 +50,9 @@ struct Queued {
     due_at: Option<u64>,
     jobs_in_flight: usize,
     temp_this_round: bool,
-    bounced_this_round: Vec<FailedRecipient>,
+    /// Recipients bounced in this round (by RID), for its DSN: they count as final on disk
+    /// only once the DSN is committed.
+    bounced_this_round: Vec<(u32, FailedRecipient)>,
 }
 
 /// The queue manager task.
@@ -79,6 +81,10 @@ pub struct QueueManager {
     finished: Vec<(u64, bool)>,
     /// Bytes of [`CachedBody`] alive.
     body_budget: Arc<AtomicUsize>,
+    /// Results connections report as each transaction ends (see [`Feed::reporting`](crate::relay::worker::Feed::reporting)).
+    reported: mpsc::UnboundedReceiver<(String, JobResult)>,
+    /// The sending end given to each new connection.
+    reported_tx: ResultSender,
 }
 
 /// Longest the manager sleeps without refreshing `mxgate_queue_*` gauges.
@@ -110,6 +116,7 @@ impl QueueManager {
         worker: Arc<WorkerContext>,
     ) -> (Self, QueueHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (reported_tx, reported) = mpsc::unbounded_channel();
         let m = QueueManager {
             spool,
             log,
@@ -127,6 +134,8 @@ impl QueueManager {
             alerts_sent: HashMap::new(),
             finished: Vec::new(),
             body_budget: Arc::new(AtomicUsize::new(0)),
+            reported,
+            reported_tx,
         };
         let handle = QueueHandle::new(tx, m.body_budget.clone());
         (m, handle)
@@ -259,6 +268,7 @@ impl QueueManager {
                     Some(c) => self.command(c).await,
                     None => break,
                 },
+                Some(r) = self.reported.recv() => self.apply_reported(r).await,
                 Some(done) = workers.join_next(), if !workers.is_empty() => {
                     if let Ok((domain, results)) = done {
                         self.finish_batch(&domain, results).await;
@@ -268,10 +278,20 @@ impl QueueManager {
                 _ = stop.changed() => break,
             }
         }
-        while let Some(done) = workers.join_next().await {
-            if let Ok((domain, results)) = done {
-                self.finish_batch(&domain, results).await;
+        // In-flight deliveries finish; what they accept meanwhile is saved as it comes.
+        loop {
+            tokio::select! {
+                Some(r) = self.reported.recv() => self.apply_reported(r).await,
+                done = workers.join_next() => match done {
+                    Some(Ok((domain, results))) => self.finish_batch(&domain, results).await,
+                    Some(Err(_)) => {}
+                    None => break,
+                },
             }
+        }
+        // Reported before their task ended, not yet applied.
+        if let Ok(r) = self.reported.try_recv() {
+            self.apply_reported(r).await;
         }
     }
 }
