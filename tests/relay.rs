@@ -424,10 +424,12 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     let (ok, out) = cli(&["queue", "delete", &mids[1].to_string()]).await;
     assert!(ok, "{out}");
     srv.wait_log(&format!(
-        "Info: Message finished MID {} deleted by administrator",
+        "Info: mxgate: MID {} deleted by administrator",
         mids[1]
     ))
     .await;
+    srv.wait_log(&format!("Info: Message finished MID {} aborted", mids[1]))
+        .await;
 
     let sink = Sink::start(&addr.to_string()).await;
     let (ok, out) = cli(&["queue", "bounce", &mids[2].to_string()]).await;

@@ -450,11 +450,7 @@ impl Session {
                 ));
             }
             Err(reason) => {
-                self.log(Event::ReceivingFailed {
-                    mid: txn.mid,
-                    icid: self.p.icid,
-                    reason: format!("spool error: {reason}"),
-                });
+                self.receiving_failed(txn.mid, format!("spool error: {reason}"));
                 self.reply(Reply::new(
                     452,
                     Enhanced(4, 3, 1),
