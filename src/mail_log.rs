@@ -336,8 +336,18 @@ impl Event {
         }
     }
 
-    /// The ESA text of the event (without timestamp and level).
+    /// The ESA text of the event (without timestamp and level). Whatever a peer or the
+    /// internal server sent, control characters become spaces: one event, one line.
     pub fn text(&self) -> String {
+        let t = self.raw_text();
+        if t.contains(char::is_control) {
+            printable(&t)
+        } else {
+            t
+        }
+    }
+
+    fn raw_text(&self) -> String {
         match self {
             Event::NewIcid { icid, listener, local_ip, peer_ip, rdns_host, verified } => format!(
                 "New SMTP ICID {icid} interface {listener} ({local_ip}) address {peer_ip} reverse dns host {rdns_host} verified {}",
@@ -416,7 +426,7 @@ fn rid_list(rids: &[u32]) -> String {
 }
 
 /// Keeps log lines one line each whatever a peer sent: control characters become spaces.
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -342,6 +342,44 @@ print('DSN OK')
     srv.stop().await;
 }
 
+/// The internal server answers with ESC and a bare CR in its reply: the mail-log line and the
+/// DSN carry it as spaces, never raw.
+#[tokio::test]
+async fn trust_16_control_characters_from_the_internal_server_are_filtered() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "alice@other.example", &["ctrl@example.com"], "c1").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    let log = srv.log_text();
+    let bounced = log
+        .lines()
+        .find(|l| l.contains(&format!("Bounced: DCID ")) && l.contains(&format!("MID {mid} ")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(bounced.contains("Bad  [31m INJ"), "{bounced:?}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    let dsn = sink
+        .messages()
+        .into_iter()
+        .find(|m| m.from.is_empty())
+        .expect("a DSN");
+    assert!(!dsn.body.contains('\x1b'), "{:?}", dsn.body);
+    assert!(dsn.body.contains("Bad  [31m INJ"), "{}", dsn.body);
+    let bare_cr = dsn
+        .body
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'\r' && w[1] != b'\n');
+    assert!(!bare_cr, "{:?}", dsn.body);
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_bounce_of_a_bounce_is_dropped() {
     let sink = Sink::start("127.0.0.1:0").await;

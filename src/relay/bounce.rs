@@ -93,7 +93,7 @@ pub async fn send_alert(
              Mail for {domain} stays queued and is retried. See the mail log (DCID lines) and\r\n\
              mxgate_required_tls_failures_total. Further alerts for {domain} are held back for the configured interval.\r\n",
             now.to_rfc2822(),
-            reason.replace(['\r', '\n'], " ")
+            crate::mail_log::printable(&reason)
         );
         let mut inc = spool.begin(mid);
         inc.write(body.as_bytes()).map_err(|e| e.to_string())?;

@@ -26,7 +26,8 @@ pub struct Sink {
 
 impl Sink {
     /// Starts on `addr` (port 0 for any); recipients whose local part starts with
-    /// `nouser` get `550 5.1.1`, those starting with `later` get `451 4.3.0`.
+    /// `nouser` get `550 5.1.1`, those starting with `later` get `451 4.3.0`, those starting
+    /// with `ctrl` a 550 whose text carries ESC and a bare CR.
     pub async fn start(addr: &str) -> Sink {
         Self::start_with_delay(addr, std::time::Duration::ZERO).await
     }
@@ -69,7 +70,10 @@ impl Sink {
                                 .trim()
                                 .trim_matches(|c| c == '<' || c == '>')
                                 .into();
-                            if to.starts_with("nouser") {
+                            if to.starts_with("ctrl") {
+                                // A hostile internal server: ESC and a bare CR in its text.
+                                "550 5.1.1 Bad \x1b[31m\rINJ\r\n".into()
+                            } else if to.starts_with("nouser") {
                                 "550 5.1.1 No such user\r\n".into()
                             } else if to.starts_with("later") {
                                 "451 4.3.0 Try again later\r\n".into()
