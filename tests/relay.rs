@@ -360,7 +360,7 @@ async fn trust_16_control_characters_from_the_internal_server_are_filtered() {
     let log = srv.log_text();
     let bounced = log
         .lines()
-        .find(|l| l.contains(&format!("Bounced: DCID ")) && l.contains(&format!("MID {mid} ")))
+        .find(|l| l.contains("Bounced: DCID ") && l.contains(&format!("MID {mid} ")))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(bounced.contains("Bad  [31m INJ"), "{bounced:?}");
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
