@@ -102,8 +102,19 @@ impl Dsn<'_> {
             &format!("multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""),
         );
         m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+        // 8-bit text (a UTF-8 reply, 8-bit original headers) is declared as such per part.
+        let eight_diag = self.failed.iter().any(|f| !f.diagnostic.text().is_ascii());
+        let cte = |eight: bool| {
+            if eight {
+                "Content-Transfer-Encoding: 8bit\r\n"
+            } else {
+                ""
+            }
+        };
         m.push_str(&format!(
-            "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            "--{boundary}\r\nContent-Type: text/plain; charset={}\r\n{}\r\n",
+            if eight_diag { "utf-8" } else { "us-ascii" },
+            cte(eight_diag)
         ));
         m.push_str(&format!(
             "This is the mail system at host {}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n",
@@ -117,7 +128,8 @@ impl Dsn<'_> {
             ));
         }
         m.push_str(&format!(
-            "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n{}\r\n",
+            cte(eight_diag)
         ));
         m.push_str(&format!("Reporting-MTA: dns; {}\r\n", self.reporting_mta));
         m.push_str(&format!("X-Mxgate-Queue-ID: {}\r\n", self.original_mid));
@@ -133,7 +145,8 @@ impl Dsn<'_> {
             m.push_str(&format!("Diagnostic-Code: {}\r\n", f.diagnostic.code()));
         }
         m.push_str(&format!(
-            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n{}\r\n",
+            cte(!self.original_headers.is_ascii())
         ));
         let mut out = m.into_bytes();
         out.extend_from_slice(self.original_headers);

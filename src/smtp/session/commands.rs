@@ -213,6 +213,9 @@ impl Session {
                 ));
             }
         };
+        if let Some(t) = self.txn.as_mut() {
+            t.body_8bitmime = params.body == Some(Body::EightBitMime);
+        }
         let icid = self.p.icid;
         self.log(Event::StartMid { mid, icid });
         let from_addr = from.as_ref().map(|m| m.address()).unwrap_or_default();

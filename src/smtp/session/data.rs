@@ -177,6 +177,7 @@ impl Session {
                 .tls
                 .as_ref()
                 .map(|t| format!("{} {}", t.protocol, t.cipher)),
+            body_8bitmime: txn.body_8bitmime,
         };
         self.actions.push(Action::CommitMessage(env));
         self.phase = Phase::Committing;

@@ -146,6 +146,7 @@ struct Transaction {
     from: String,
     rcpts: Vec<String>,
     smtputf8: bool,
+    body_8bitmime: bool,
 }
 
 /// One SMTP session.
@@ -559,6 +560,7 @@ impl Session {
             from: from.as_ref().map(|m| m.address()).unwrap_or_default(),
             rcpts: Vec::new(),
             smtputf8,
+            body_8bitmime: false,
         });
         Ok(mid)
     }
