@@ -886,11 +886,14 @@ async fn open_relay_battery() {
         "250 2.1.5 Recipient ok\r\n"
     );
     assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok\r\n");
-    // `<postmaster>` without a domain (RFC 5321 §4.1.1.3): parsed, then judged by the RAT like
-    // any recipient. This RAT has no `postmaster@` entry, so it is refused, and the log says so.
+    // `<postmaster>` without a domain (RFC 5321 §4.1.1.3, §4.5.1) is accepted even though this
+    // RAT has no `postmaster@` entry: it goes to postmaster@ the RAT's first domain.
     c.cmd("MAIL FROM:<a@other.test>").await;
-    assert_eq!(c.cmd("RCPT TO:<Postmaster>").await, rat);
-    srv.wait_log(r"To: <postmaster> Rejected by RAT").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<Postmaster>").await,
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    srv.wait_log(r"RID 0 To: <postmaster@example.com>").await;
     assert!(c.cmd("QUIT").await.starts_with("221 "));
 
     let log = srv.log_text();
