@@ -414,6 +414,10 @@ impl Event {
             }
             Event::MessageFinished { mid, how } => format!("Message finished MID {mid} {how}"),
             Event::DcidClose { dcid } => format!("DCID {dcid} close"),
+            // A note is mxgate's own line: one that would start like an ESA family gets the prefix.
+            Event::Note { text, .. } if ["ICID ", "MID ", "DCID "].iter().any(|f| text.starts_with(f)) => {
+                format!("mxgate: {text}")
+            }
             Event::Note { text, .. } => text.clone(),
         }
     }
@@ -680,6 +684,19 @@ mod tests {
             Event::StartTlsInjection { icid: 5, bytes: 9 }.text(),
             "mxgate: ICID 5 discarded 9 bytes pipelined after STARTTLS"
         );
+        let note = |text: &str| Event::Note {
+            level: Level::Info,
+            text: text.into(),
+        };
+        assert_eq!(
+            note("DCID 3 MX host mx.example preference 10 for route host example.com").text(),
+            "mxgate: DCID 3 MX host mx.example preference 10 for route host example.com"
+        );
+        assert_eq!(
+            note("MID 7 double bounce").text(),
+            "mxgate: MID 7 double bounce"
+        );
+        assert_eq!(note("mxgate stopped").text(), "mxgate stopped");
     }
 
     #[test]

@@ -462,7 +462,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
     let r = send(&srv, "", &["nouser@example.com"], "dbl").await;
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
     srv.wait_log(&format!(
-        "Warning: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+        "Warning: mxgate: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
     ))
     .await;
     srv.wait_log(&format!("Info: Message finished MID {mid} done"))
