@@ -47,7 +47,7 @@ pub struct Dsn<'a> {
     pub reporting_mta: &'a str,
     /// Original envelope sender (the DSN goes to it).
     pub to: &'a str,
-    /// Original message id (for the text and the boundary).
+    /// Original message id (for the text).
     pub original_mid: u64,
     /// Arrival time of the original, RFC 5322 date.
     pub arrival_date: &'a str,
