@@ -138,6 +138,7 @@ fn session_params() -> SessionParams {
                 action: RatAction::Accept,
                 reply: None,
             }],
+            postmaster: None,
         })),
         max_command_line: 512,
         max_bad_commands: 10,

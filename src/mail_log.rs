@@ -269,7 +269,7 @@ pub enum Event {
     MessageFinished {
         /// Message id.
         mid: u64,
-        /// `done`, `deleted by admin`, ...
+        /// `done` or `aborted` (ESA's words).
         how: String,
     },
     /// A delivery connection closed.
@@ -336,8 +336,18 @@ impl Event {
         }
     }
 
-    /// The ESA text of the event (without timestamp and level).
+    /// The ESA text of the event (without timestamp and level). Whatever a peer or the
+    /// internal server sent, control characters become spaces: one event, one line.
     pub fn text(&self) -> String {
+        let t = self.raw_text();
+        if t.contains(char::is_control) {
+            printable(&t)
+        } else {
+            t
+        }
+    }
+
+    fn raw_text(&self) -> String {
         match self {
             Event::NewIcid { icid, listener, local_ip, peer_ip, rdns_host, verified } => format!(
                 "New SMTP ICID {icid} interface {listener} ({local_ip}) address {peer_ip} reverse dns host {rdns_host} verified {}",
@@ -355,8 +365,11 @@ impl Event {
             Event::TlsRequiredNotInitiated { icid } => {
                 format!("ICID {icid} TLS was required but remote host did not initiate it")
             }
-            Event::Refused { icid, mid: Some(mid), what, rule } => format!("MID {mid} ICID {icid} {what} refused: {rule}"),
-            Event::Refused { icid, mid: None, what, rule } => format!("ICID {icid} {what} refused: {rule}"),
+            // ESA has no line for these: the `mxgate:` prefix keeps ESA parsers from misreading them.
+            Event::Refused { icid, mid: Some(mid), what, rule } => {
+                format!("mxgate: ICID {icid} MID {mid} {what} refused: {rule}")
+            }
+            Event::Refused { icid, mid: None, what, rule } => format!("mxgate: ICID {icid} {what} refused: {rule}"),
             Event::RatRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by RAT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
@@ -365,11 +378,12 @@ impl Event {
             Event::Subject { mid, subject } => format!("MID {mid} Subject '{}'", sanitize(subject)),
             Event::Ready { mid, bytes, from } => format!("MID {mid} ready {bytes} bytes from <{from}>"),
             Event::Queued { mid } => format!("MID {mid} queued for delivery"),
-            Event::ReceivingFailed { mid, icid, reason } => format!("MID {mid} ICID {icid} Receiving Failed: {reason}"),
+            // ESA's form carries no MID; the session follows it with `Message finished MID n aborted`.
+            Event::ReceivingFailed { icid, reason, .. } => format!("ICID {icid} Receiving Failed: {reason}"),
             Event::StartTlsInjection { icid, bytes } => {
-                format!("ICID {icid} discarded {bytes} bytes pipelined after STARTTLS")
+                format!("mxgate: ICID {icid} discarded {bytes} bytes pipelined after STARTTLS")
             }
-            Event::PreGreet { icid } => format!("ICID {icid} pre-greeting traffic, rejected"),
+            Event::PreGreet { icid } => format!("mxgate: ICID {icid} pre-greeting traffic, rejected"),
             Event::Lost { icid } => format!("ICID {icid} lost"),
             Event::Close { icid } => format!("ICID {icid} close"),
             Event::NewDcid { dcid, interface, address, port } => {
@@ -400,6 +414,10 @@ impl Event {
             }
             Event::MessageFinished { mid, how } => format!("Message finished MID {mid} {how}"),
             Event::DcidClose { dcid } => format!("DCID {dcid} close"),
+            // A note is mxgate's own line: one that would start like an ESA family gets the prefix.
+            Event::Note { text, .. } if ["ICID ", "MID ", "DCID "].iter().any(|f| text.starts_with(f)) => {
+                format!("mxgate: {text}")
+            }
             Event::Note { text, .. } => text.clone(),
         }
     }
@@ -412,7 +430,7 @@ fn rid_list(rids: &[u32]) -> String {
 }
 
 /// Keeps log lines one line each whatever a peer sent: control characters become spaces.
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
@@ -619,6 +637,66 @@ mod tests {
             subject: "a\r\nb'c".into(),
         };
         assert_eq!(sub.text(), "MID 1 Subject 'a  b\\'c'");
+    }
+
+    /// Lines in ESA's families use ESA's own forms; mxgate's own lines start with `mxgate:`.
+    #[test]
+    fn trust_15_lines_follow_esa_forms() {
+        let rcpt = Event::Refused {
+            icid: 5,
+            mid: Some(7),
+            what: "RCPT TO: <a@example.com>".into(),
+            rule: "max_recipients_per_message 2 (policy THROTTLED)".into(),
+        };
+        assert_eq!(
+            rcpt.text(),
+            "mxgate: ICID 5 MID 7 RCPT TO: <a@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)"
+        );
+        let mail = Event::Refused {
+            icid: 5,
+            mid: None,
+            what: "MAIL FROM: <a@example.com>".into(),
+            rule: "tls_mandatory_senders".into(),
+        };
+        assert_eq!(
+            mail.text(),
+            "mxgate: ICID 5 MAIL FROM: <a@example.com> refused: tls_mandatory_senders"
+        );
+        let failed = Event::ReceivingFailed {
+            mid: 7,
+            icid: 5,
+            reason: "Message size exceeds limit".into(),
+        };
+        assert_eq!(
+            failed.text(),
+            "ICID 5 Receiving Failed: Message size exceeds limit"
+        );
+        let aborted = Event::MessageFinished {
+            mid: 7,
+            how: "aborted".into(),
+        };
+        assert_eq!(aborted.text(), "Message finished MID 7 aborted");
+        assert_eq!(
+            Event::PreGreet { icid: 5 }.text(),
+            "mxgate: ICID 5 pre-greeting traffic, rejected"
+        );
+        assert_eq!(
+            Event::StartTlsInjection { icid: 5, bytes: 9 }.text(),
+            "mxgate: ICID 5 discarded 9 bytes pipelined after STARTTLS"
+        );
+        let note = |text: &str| Event::Note {
+            level: Level::Info,
+            text: text.into(),
+        };
+        assert_eq!(
+            note("DCID 3 MX host mx.example preference 10 for route host example.com").text(),
+            "mxgate: DCID 3 MX host mx.example preference 10 for route host example.com"
+        );
+        assert_eq!(
+            note("MID 7 double bounce").text(),
+            "mxgate: MID 7 double bounce"
+        );
+        assert_eq!(note("mxgate stopped").text(), "mxgate stopped");
     }
 
     #[test]

@@ -27,6 +27,42 @@ fn check_accepts_the_shipped_configuration() {
     assert!(stdout.contains("configuration OK (2 listeners"), "{stdout}");
 }
 
+/// `postmaster:` in a RAT (where `RCPT TO:<postmaster>` goes) must be a mail address.
+#[test]
+fn trust_13_check_validates_the_rat_postmaster_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    copy_dir(&repo().join("listeners"), &cfg.join("listeners"));
+    copy_dir(&repo().join("policies"), &cfg.join("policies"));
+    let rat = std::fs::read_to_string(cfg.join("policies/rat.yaml")).unwrap();
+    let check = |postmaster: &str| {
+        let text = rat.replacen(
+            "inbound:\n",
+            &format!("inbound:\n  postmaster: {postmaster}\n"),
+            1,
+        );
+        std::fs::write(cfg.join("policies/rat.yaml"), text).unwrap();
+        let out = mxgate()
+            .args(["check", "--config-dir"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check("hostmaster@example.com");
+    assert!(ok, "{out}");
+    let (ok, out) = check("\"not an address\"");
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("policies/rat.yaml:")
+            && l.contains("inbound.postmaster: \"not an address\" is not a mail address")),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();

@@ -919,16 +919,19 @@ fn python_smtplib_starttls_size_and_smtputf8() {
     server.wait_log(
         mark,
         &format!(
-            "ICID {icid} MAIL FROM: <py@other.example> refused: max_message_size 2048 < SIZE="
+            "mxgate: ICID {icid} MAIL FROM: <py@other.example> refused: max_message_size 2048 < SIZE="
         ),
+    );
+    server.wait_log(
+        mark,
+        &format!("ICID {icid} Receiving Failed: Message size exceeds limit"),
     );
     let mid = server.wait_log(
         mark,
-        &format!(
-            "MID {{n}} ICID {icid} Receiving Failed: message size exceeds max_message_size 2048"
-        ),
+        &format!("mxgate: ICID {icid} MID {{n}} message refused: max_message_size 2048"),
     )[0]
     .clone();
+    server.wait_log(mark, &format!("Message finished MID {mid} aborted"));
     server.wait_log(mark, &format!("ICID {icid} close"));
     server.assert_no_log(mark, &format!("MID {mid} queued for delivery"));
     assert_eq!(server.queue_files(), before, "oversize message was spooled");
@@ -1164,7 +1167,7 @@ fn pre_greeting_talker_is_rejected() {
     server.wait_log(mark, &format!("ICID {icid} close"));
     assert!(
         server.log_text().lines().any(|l| l.ends_with(&format!(
-            "Warning: ICID {icid} pre-greeting traffic, rejected"
+            "Warning: mxgate: ICID {icid} pre-greeting traffic, rejected"
         ))),
         "pre-greeting line is not a Warning:\n{}",
         server.log_text()

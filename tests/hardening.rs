@@ -203,7 +203,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
         .await;
     let icid = icid_of(&l);
     srv.wait_log(&format!(
-        "Info: ICID {icid} dnslist[zen.example-rbl.test] answered 127.0.0.2 for 192.0.2.2"
+        "Info: mxgate: ICID {icid} dnslist[zen.example-rbl.test] answered 127.0.0.2 for 192.0.2.2"
     ))
     .await;
 
@@ -245,7 +245,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     let mut c = connect_as(addr, "192.0.2.6").await;
     assert_eq!(c.reply().await, "220 mx.test.example ESMTP ready (ALL)\r\n");
     srv.wait_log(
-        r"Warning: ICID \d+ dnslist[dul.example-rbl.test] answer 127.255.255.254 for 192.0.2.6 is not a listing code",
+        r"Warning: mxgate: ICID \d+ dnslist[dul.example-rbl.test] answer 127.255.255.254 for 192.0.2.6 is not a listing code",
     )
     .await;
     drop(c);
@@ -325,7 +325,7 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
     );
     for zone in ["zen.example-rbl.test", "dul.example-rbl.test"] {
         srv.wait_log(&format!(
-            "Warning: ICID .* dnslist[{zone}] lookup 9.2.0.192.{zone}. failed: .*; treated as not listed"
+            "Warning: mxgate: ICID .* dnslist[{zone}] lookup 9.2.0.192.{zone}. failed: .*; treated as not listed"
         ))
         .await;
     }
@@ -886,11 +886,14 @@ async fn open_relay_battery() {
         "250 2.1.5 Recipient ok\r\n"
     );
     assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok\r\n");
-    // `<postmaster>` without a domain (RFC 5321 §4.1.1.3): parsed, then judged by the RAT like
-    // any recipient. This RAT has no `postmaster@` entry, so it is refused, and the log says so.
+    // `<postmaster>` without a domain (RFC 5321 §4.1.1.3, §4.5.1) is accepted even though this
+    // RAT has no `postmaster@` entry: it goes to postmaster@ the RAT's first domain.
     c.cmd("MAIL FROM:<a@other.test>").await;
-    assert_eq!(c.cmd("RCPT TO:<Postmaster>").await, rat);
-    srv.wait_log(r"To: <postmaster> Rejected by RAT").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<Postmaster>").await,
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    srv.wait_log(r"RID 0 To: <postmaster@example.com>").await;
     assert!(c.cmd("QUIT").await.starts_with("221 "));
 
     let log = srv.log_text();

@@ -126,7 +126,7 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
         t.cmd("RCPT TO:<victim@example.com>").await,
         "503 5.5.1 Need MAIL command\r\n"
     );
-    srv.wait_log(r"Warning: ICID \d+ discarded 65 bytes pipelined after STARTTLS")
+    srv.wait_log(r"Warning: mxgate: ICID \d+ discarded 65 bytes pipelined after STARTTLS")
         .await;
     assert!(!srv.log_text().contains("attacker@evil.example"));
     srv.stop().await;
@@ -210,7 +210,7 @@ async fn rat_and_limits_on_real_sockets() {
     srv.wait_log(r"ICID \d+ To: <x@other.example> Rejected by RAT")
         .await;
     srv.wait_log(
-        r"RCPT TO: <r3@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)",
+        r"mxgate: ICID \d+ MID \d+ RCPT TO: <r3@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)",
     )
     .await;
     // Size: 2 KiB limit in the fixture, checked on the real bytes.
@@ -243,7 +243,7 @@ async fn rat_and_limits_on_real_sockets() {
         "another client is still served"
     );
     drop(open);
-    srv.wait_log(r"connection from 192.0.2.77 refused: max_concurrent_connections_per_ip 5 (policy ACCEPTED)").await;
+    srv.wait_log(r"mxgate: ICID \d+ connection from 192.0.2.77 refused: max_concurrent_connections_per_ip 5 (policy ACCEPTED)").await;
     srv.stop().await;
 }
 
@@ -337,7 +337,8 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
         std::fs::read_dir(mnt.join("tmp")).unwrap().next().is_none(),
         "tmp/ cleaned"
     );
-    srv.wait_log(r"Receiving Failed: spool error:").await;
+    srv.wait_log(r"Info: ICID \d+ Receiving Failed: spool error:")
+        .await;
     // Space again: mail flows again on the same connection.
     std::fs::remove_file(&filler).unwrap();
     let r = c
@@ -380,7 +381,7 @@ async fn listener_connection_cap_and_command_timeout() {
         "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
     );
     assert_eq!(a.reply().await, "");
-    srv.wait_log(r"ICID \d+ session refused: command timeout")
+    srv.wait_log(r"mxgate: ICID \d+ session refused: command timeout")
         .await;
     // Slots free again: a new client is served.
     b.reply().await;

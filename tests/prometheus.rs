@@ -914,6 +914,42 @@ fn promtool_accepts_the_rules_their_unit_tests_and_the_configs() {
     check(&["check", "config", "prometheus.yml"], dir.path());
 }
 
+/// A failed handshake under `tls: required` also logs `TLS was required but remote host did
+/// not initiate it`; the dashboard must still show it apart from real plaintext refusals: each
+/// outcome has its own panel and no query adds the two together.
+#[test]
+fn trust_14_dashboard_keeps_handshake_failures_apart_from_required_refusals() {
+    let text = read("deploy/grafana/mxgate-dashboard.json");
+    let dash = Json::parse(&text).unwrap_or_else(|e| panic!("dashboard JSON: {e}"));
+    let (mut failed, mut refused) = (0, 0);
+    for panel in all_panels(&dash) {
+        let title = panel.get("title").str().unwrap_or("");
+        for t in panel.get("targets").arr() {
+            let expr = t.get("expr").str().unwrap_or("");
+            let f = expr.contains("outcome=\"handshake_failed\"");
+            let r = expr.contains("outcome=\"required_refused\"");
+            assert!(!(f && r), "{title}: one query mixes both outcomes: {expr}");
+            assert!(
+                !(expr.contains("outcome=~") && expr.contains("handshake_failed")),
+                "{title}: handshake_failed inside a regex: {expr}"
+            );
+            failed += usize::from(f);
+            refused += usize::from(r);
+        }
+        if title == "Handshake failures" {
+            let d = panel.get("description").str().unwrap_or("");
+            assert!(
+                d.contains("TLS was required but remote host did not initiate it"),
+                "{d}"
+            );
+        }
+    }
+    assert!(
+        failed > 0 && refused > 0,
+        "a panel per outcome: {failed} {refused}"
+    );
+}
+
 #[test]
 fn dashboard_is_provisioning_ready_and_queries_only_defined_metrics() {
     let text = read("deploy/grafana/mxgate-dashboard.json");

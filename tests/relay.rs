@@ -342,6 +342,118 @@ print('DSN OK')
     srv.stop().await;
 }
 
+/// The internal server answers with ESC and a bare CR in its reply: the mail-log line and the
+/// DSN carry it as spaces, never raw.
+#[tokio::test]
+async fn trust_16_control_characters_from_the_internal_server_are_filtered() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "alice@other.example", &["ctrl@example.com"], "c1").await;
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    let log = srv.log_text();
+    let bounced = log
+        .lines()
+        .find(|l| l.contains("Bounced: DCID ") && l.contains(&format!("MID {mid} ")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(bounced.contains("Bad  [31m INJ"), "{bounced:?}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    let dsn = sink
+        .messages()
+        .into_iter()
+        .find(|m| m.from.is_empty())
+        .expect("a DSN");
+    assert!(!dsn.body.contains('\x1b'), "{:?}", dsn.body);
+    assert!(dsn.body.contains("Bad  [31m INJ"), "{}", dsn.body);
+    let bare_cr = dsn
+        .body
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'\r' && w[1] != b'\n');
+    assert!(!bare_cr, "{:?}", dsn.body);
+    srv.stop().await;
+}
+
+/// `BODY=8BITMIME` is kept in the envelope and relayed; a DSN that quotes 8-bit headers is sent
+/// with `BODY=8BITMIME` too and declares its 8-bit part.
+#[tokio::test]
+async fn trust_23_body_8bitmime_is_stored_relayed_and_marks_dsns() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert!(c
+        .cmd("MAIL FROM:<alice@other.example> BODY=8BITMIME")
+        .await
+        .starts_with("250 "));
+    assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250 "));
+    assert!(c
+        .cmd("RCPT TO:<nouser@example.com>")
+        .await
+        .starts_with("250 "));
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    let r = c
+        .cmd("Message-ID: <e1>\r\nSubject: Grüße\r\n\r\nÄrger über Öl\r\n.")
+        .await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    c.cmd("QUIT").await;
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
+    let msgs = sink.messages();
+    let original = msgs
+        .iter()
+        .find(|m| m.rcpts == ["bob@example.com"])
+        .expect("relayed");
+    assert!(
+        original
+            .mail_cmd
+            .starts_with("MAIL FROM:<alice@other.example> ")
+            && original.mail_cmd.ends_with(" BODY=8BITMIME"),
+        "{}",
+        original.mail_cmd
+    );
+    assert!(original.body.contains("Ärger über Öl"));
+    let dsn = msgs.iter().find(|m| m.from.is_empty()).expect("a DSN");
+    assert!(dsn.mail_cmd.ends_with(" BODY=8BITMIME"), "{}", dsn.mail_cmd);
+    assert!(
+        dsn.body.contains(
+            "Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        ),
+        "{}",
+        dsn.body
+    );
+    assert!(dsn.body.contains("Subject: Grüße\r\n"), "{}", dsn.body);
+    srv.stop().await;
+}
+
+/// A 7-bit message is relayed without a BODY parameter (as before).
+#[tokio::test]
+async fn trust_23_seven_bit_mail_has_no_body_parameter() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let cfg = relay_config(sink.addr, "1s");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    send(&srv, "alice@other.example", &["bob@example.com"], "s1").await;
+    wait_until("relayed", || !sink.messages().is_empty()).await;
+    let m = &sink.messages()[0];
+    assert!(!m.mail_cmd.contains("BODY="), "{}", m.mail_cmd);
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_bounce_of_a_bounce_is_dropped() {
     let sink = Sink::start("127.0.0.1:0").await;
@@ -350,7 +462,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
     let r = send(&srv, "", &["nouser@example.com"], "dbl").await;
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
     srv.wait_log(&format!(
-        "Warning: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+        "Warning: mxgate: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
     ))
     .await;
     srv.wait_log(&format!("Info: Message finished MID {mid} done"))
@@ -487,10 +599,12 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     let (ok, out) = cli(&["queue", "delete", &mids[1].to_string()]).await;
     assert!(ok, "{out}");
     srv.wait_log(&format!(
-        "Info: Message finished MID {} deleted by administrator",
+        "Info: mxgate: MID {} deleted by administrator",
         mids[1]
     ))
     .await;
+    srv.wait_log(&format!("Info: Message finished MID {} aborted", mids[1]))
+        .await;
 
     let sink = Sink::start(&addr.to_string()).await;
     let (ok, out) = cli(&["queue", "bounce", &mids[2].to_string()]).await;

@@ -119,7 +119,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
         .await;
     let dcid = dcid_of(&new);
     srv.wait_log(&format!(
-        "Info: DCID {dcid} MX host mx-a.mxtest.example preference 10 for route host pref.mxtest.example"
+        "Info: mxgate: DCID {dcid} MX host mx-a.mxtest.example preference 10 for route host pref.mxtest.example"
     ))
     .await;
     srv.wait_log(&format!(
@@ -130,7 +130,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
     let mid = send(&srv, "carol@failover.example.com", "failover").await;
     wait_until("delivery to mx-b", || ids(&b) == ["failover"]).await;
     srv.wait_log(&format!(
-        r"Info: DCID \d+ MX host mx-dead.mxtest.example preference 10 for route host failover.mxtest.example: connection to 127.0.0.4:{port} failed: "
+        r"Info: mxgate: DCID \d+ MX host mx-dead.mxtest.example preference 10 for route host failover.mxtest.example: connection to 127.0.0.4:{port} failed: "
     ))
     .await;
     let new = srv
@@ -140,7 +140,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
         .await;
     let dcid = dcid_of(&new);
     srv.wait_log(&format!(
-        "Info: DCID {dcid} MX host mx-b.mxtest.example preference 20 for route host failover.mxtest.example"
+        "Info: mxgate: DCID {dcid} MX host mx-b.mxtest.example preference 20 for route host failover.mxtest.example"
     ))
     .await;
     srv.wait_log(&format!(
@@ -167,8 +167,10 @@ async fn no_mx_records_falls_back_to_the_address_record() {
     let mut srv = start(&dns, &cfg).await;
     let mid = send(&srv, "dave@plain.example.com", "plain").await;
     wait_until("delivery to plain's A record", || ids(&a) == ["plain"]).await;
-    srv.wait_log(r"Info: DCID \d+ MX host plain.mxtest.example (implicit MX: no MX records)")
-        .await;
+    srv.wait_log(
+        r"Info: mxgate: DCID \d+ MX host plain.mxtest.example (implicit MX: no MX records)",
+    )
+    .await;
     srv.wait_log(&format!(
         r"Info: Message done DCID \d+ MID {mid} to RID [0]"
     ))

@@ -69,6 +69,7 @@ fn message(dir: &Path, mid: u64, rcpts: &[&str], body: &[u8]) -> OutgoingMessage
         body: None,
         size: body.len() as u64,
         smtputf8: false,
+        eightbitmime: false,
     }
 }
 

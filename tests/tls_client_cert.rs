@@ -364,7 +364,7 @@ async fn openssl_s_client_with_and_without_client_certificate() {
     assert_has(&log, "no client certificate");
     assert_has(
         &log,
-        &format!("ICID {icid} MAIL FROM: <o@partner.example> refused: tls_verify_client (no client certificate)"),
+        &format!("mxgate: ICID {icid} MAIL FROM: <o@partner.example> refused: tls_verify_client (no client certificate)"),
     );
     assert!(!log.iter().any(|l| l.contains("Start MID")), "{log:?}");
 
@@ -487,7 +487,7 @@ async fn python_smtplib_client_certificates() {
     let log = connection_log(&srv, icid).await;
     assert_has(
         &log,
-        &format!("ICID {icid} MAIL FROM: <py@partner.example> refused: tls_verify_client (client certificate failed: UnknownIssuer)"),
+        &format!("mxgate: ICID {icid} MAIL FROM: <py@partner.example> refused: tls_verify_client (client certificate failed: UnknownIssuer)"),
     );
 
     // And a verified one under required sends.

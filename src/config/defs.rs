@@ -382,6 +382,9 @@ pub struct RatDef {
     /// Entries in order; the first match wins, and the implicit last entry rejects.
     #[serde(default)]
     pub entries: Option<Vec<Spanned<RatEntryDef>>>,
+    /// Where `RCPT TO:<postmaster>` goes (default: postmaster@ the first accepted domain).
+    #[serde(default)]
+    pub postmaster: Option<SpannedStr>,
 }
 
 /// One RAT entry.

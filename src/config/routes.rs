@@ -344,7 +344,7 @@ fn apply_destination(
 }
 
 /// Checks a mail address (`postmaster@example.com`).
-fn check_address(s: &str) -> Result<String, String> {
+pub(crate) fn check_address(s: &str) -> Result<String, String> {
     let t = s.trim();
     let bad = || format!("{t:?} is not a mail address (e.g. postmaster@example.com)");
     let (local, domain) = t.rsplit_once('@').ok_or_else(bad)?;

@@ -272,12 +272,18 @@ pub(crate) fn build_rats(def: &NamedMap<Option<RatDef>>, e: &mut FileErrors<'_>)
                 });
             }
         }
+        let postmaster = rat.postmaster.as_ref().and_then(|p| {
+            super::routes::check_address(&p.value)
+                .map_err(|m| e.on(p, join(&rat_name, "postmaster"), m))
+                .ok()
+        });
         accept_all.insert(rat_name.clone(), all);
         rats.insert(
             rat_name.clone(),
             Arc::new(RecipientAccessTable {
                 name: rat_name,
                 entries,
+                postmaster,
             }),
         );
     }

@@ -228,7 +228,10 @@ inbound:
         "550 5.1.1 No such user\r\n"
     );
     assert_eq!(
-        t.check("postmaster", "x.test").unwrap().unwrap().to_wire(),
+        t.check("postmaster", "example.com")
+            .unwrap()
+            .unwrap()
+            .to_wire(),
         "250 2.1.5 Welcome\r\n"
     );
     assert_eq!(t.check("bob", "example.com"), Ok(None));

@@ -286,7 +286,7 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
                 .increment(1);
         }
         Event::ReceivingFailed { reason, .. } => {
-            let kind = if reason.starts_with("message size") {
+            let kind = if reason.starts_with("Message size") {
                 "size"
             } else if reason.starts_with("spool error") {
                 "spool"

@@ -116,6 +116,8 @@ pub struct RecipientAccessTable {
     pub name: String,
     /// Entries in order; first match wins.
     pub entries: Vec<RatEntry>,
+    /// Where `RCPT TO:<postmaster>` goes (`postmaster:`); `None`: postmaster@ the first domain.
+    pub postmaster: Option<String>,
 }
 
 impl RecipientAccessTable {
@@ -129,7 +131,12 @@ impl RecipientAccessTable {
         let local = local.to_ascii_lowercase();
         let domain = domain.to_ascii_lowercase();
         for (i, e) in self.entries.iter().enumerate() {
-            if e.pattern.matches(&local, &domain) {
+            // An accepting `user@` accepts at the RAT's own domains only: at any other domain
+            // the internal server would bounce it to a forged sender (backscatter).
+            let foreign = matches!(e.pattern, RecipientPattern::LocalPart(_))
+                && e.action == RatAction::Accept
+                && !self.is_own_domain(&domain);
+            if e.pattern.matches(&local, &domain) && !foreign {
                 return match e.action {
                     RatAction::Accept => Ok(e.reply.clone()),
                     RatAction::Reject => Err(RatDenied {
@@ -143,6 +150,38 @@ impl RecipientAccessTable {
             reply: Self::default_reply(),
             rule: "default".into(),
         })
+    }
+
+    /// True when an accepting domain, subdomain or address entry names `domain` (lower-case).
+    fn is_own_domain(&self, domain: &str) -> bool {
+        self.entries.iter().any(|e| {
+            e.action == RatAction::Accept
+                && match &e.pattern {
+                    RecipientPattern::Domain(d) => d == domain,
+                    RecipientPattern::Subdomain(s) => domain.ends_with(s.as_str()),
+                    RecipientPattern::Address(a) => {
+                        a.rsplit_once('@').is_some_and(|(_, d)| d == domain)
+                    }
+                    RecipientPattern::LocalPart(_) | RecipientPattern::All => false,
+                }
+        })
+    }
+
+    /// The address `RCPT TO:<postmaster>` goes to: the configured one, else postmaster at the
+    /// first domain an entry accepts; `None` when the RAT names no domain.
+    pub fn postmaster(&self) -> Option<String> {
+        if let Some(p) = &self.postmaster {
+            return Some(p.clone());
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.action == RatAction::Accept)
+            .find_map(|e| match &e.pattern {
+                RecipientPattern::Domain(d) => Some(d.as_str()),
+                RecipientPattern::Address(a) => a.rsplit_once('@').map(|(_, d)| d),
+                _ => None,
+            })
+            .map(|d| format!("postmaster@{d}"))
     }
 }
 
@@ -161,6 +200,7 @@ mod tests {
                     reply: None,
                 })
                 .collect(),
+            postmaster: None,
         }
     }
 
@@ -187,10 +227,36 @@ mod tests {
             ("example.com", RatAction::Accept),
         ]);
         assert!(t.check("spam-trap", "example.com").is_err());
-        assert!(t.check("postmaster", "anything.test").is_ok());
+        assert!(t.check("postmaster", "anything.test").is_err());
+        assert!(t.check("postmaster", "eu.example.com").is_ok());
         assert!(t.check("x", "eu.example.com").is_ok());
         assert!(t.check("x", "badexample.com").is_err());
         assert!(t.check("x", "example.com").is_ok());
+    }
+
+    /// `<postmaster>` goes to the configured address, else postmaster@ the first accepted
+    /// domain; a `postmaster@` entry accepts only at the RAT's own domains.
+    #[test]
+    fn trust_13_postmaster_and_local_part_entries() {
+        let mut t = rat(&[
+            ("other.test", RatAction::Reject),
+            ("postmaster@", RatAction::Accept),
+            (".example.com", RatAction::Accept),
+            ("vip@example.net", RatAction::Accept),
+            ("example.org", RatAction::Accept),
+        ]);
+        assert_eq!(t.postmaster().as_deref(), Some("postmaster@example.net"));
+        assert!(t.check("postmaster", "eu.example.com").is_ok());
+        assert!(t.check("postmaster", "example.net").is_ok());
+        assert!(t.check("postmaster", "EXAMPLE.ORG").is_ok());
+        assert!(t.check("postmaster", "victim.test").is_err());
+        assert!(t.check("postmaster", "other.test").is_err());
+        t.postmaster = Some("hostmaster@example.org".into());
+        assert_eq!(t.postmaster().as_deref(), Some("hostmaster@example.org"));
+        assert_eq!(
+            rat(&[("postmaster@", RatAction::Accept)]).postmaster(),
+            None
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub async fn send_dsn(
             rcpts: vec![original.from.clone()],
             received_unix: now.timestamp().max(0) as u64,
             tls: None,
+            // 8-bit original headers or replies make the DSN 8-bit (RFC 6152).
+            body_8bitmime: !body.is_ascii(),
         };
         spool.commit(inc, &env).map_err(|e| e.to_string())?;
         Ok(Some(mid))
@@ -93,7 +95,7 @@ pub async fn send_alert(
              Mail for {domain} stays queued and is retried. See the mail log (DCID lines) and\r\n\
              mxgate_required_tls_failures_total. Further alerts for {domain} are held back for the configured interval.\r\n",
             now.to_rfc2822(),
-            reason.replace(['\r', '\n'], " ")
+            crate::mail_log::printable(&reason)
         );
         let mut inc = spool.begin(mid);
         inc.write(body.as_bytes()).map_err(|e| e.to_string())?;
@@ -109,6 +111,7 @@ pub async fn send_alert(
             rcpts: vec![to],
             received_unix: now.timestamp().max(0) as u64,
             tls: None,
+            body_8bitmime: !body.is_ascii(),
         };
         spool.commit(inc, &env).map_err(|e| e.to_string())?;
         Ok(mid)

@@ -47,7 +47,7 @@ pub struct Dsn<'a> {
     pub reporting_mta: &'a str,
     /// Original envelope sender (the DSN goes to it).
     pub to: &'a str,
-    /// Original message id (for the text and the boundary).
+    /// Original message id (for the text).
     pub original_mid: u64,
     /// Arrival time of the original, RFC 5322 date.
     pub arrival_date: &'a str,
@@ -74,7 +74,9 @@ pub fn header_block(message: &[u8], max: usize) -> &[u8] {
 impl Dsn<'_> {
     /// Renders the DSN as a CRLF message ready for the spool.
     pub fn render(&self) -> Vec<u8> {
-        let boundary = format!("mxgate-dsn-{}-{}", self.original_mid, self.failed.len());
+        // Random, not derived from the (public) MID: nobody can plant the boundary in the
+        // original headers or a downstream reply that the DSN quotes.
+        let boundary = format!("mxgate-dsn-{}", random_hex());
         let mut m = String::new();
         let mut h = |k: &str, v: &str| {
             m.push_str(k);
@@ -100,8 +102,19 @@ impl Dsn<'_> {
             &format!("multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""),
         );
         m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+        // 8-bit text (a UTF-8 reply, 8-bit original headers) is declared as such per part.
+        let eight_diag = self.failed.iter().any(|f| !f.diagnostic.text().is_ascii());
+        let cte = |eight: bool| {
+            if eight {
+                "Content-Transfer-Encoding: 8bit\r\n"
+            } else {
+                ""
+            }
+        };
         m.push_str(&format!(
-            "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            "--{boundary}\r\nContent-Type: text/plain; charset={}\r\n{}\r\n",
+            if eight_diag { "utf-8" } else { "us-ascii" },
+            cte(eight_diag)
         ));
         m.push_str(&format!(
             "This is the mail system at host {}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n",
@@ -115,7 +128,8 @@ impl Dsn<'_> {
             ));
         }
         m.push_str(&format!(
-            "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n{}\r\n",
+            cte(eight_diag)
         ));
         m.push_str(&format!("Reporting-MTA: dns; {}\r\n", self.reporting_mta));
         m.push_str(&format!("X-Mxgate-Queue-ID: {}\r\n", self.original_mid));
@@ -131,7 +145,8 @@ impl Dsn<'_> {
             m.push_str(&format!("Diagnostic-Code: {}\r\n", f.diagnostic.code()));
         }
         m.push_str(&format!(
-            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n{}\r\n",
+            cte(!self.original_headers.is_ascii())
         ));
         let mut out = m.into_bytes();
         out.extend_from_slice(self.original_headers);
@@ -143,8 +158,17 @@ impl Dsn<'_> {
     }
 }
 
+/// One line of printable text: a downstream reply may carry CR, ESC and other controls.
 fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+    crate::mail_log::printable(s)
+}
+
+/// 128 random bits as hex.
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    // The system RNG does not fail on Linux; zeros would still make a valid boundary.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -188,6 +212,48 @@ mod tests {
             .windows(2)
             .any(|w| w[1] == b'\n' && w[0] != b'\r');
         assert!(!bare_lf, "every line ends in CRLF");
+    }
+
+    /// A downstream reply with ESC and CR reaches the DSN filtered; the boundary is random,
+    /// so two DSNs for the same MID differ and neither names the MID.
+    #[test]
+    fn trust_16_dsn_is_printable_and_its_boundary_random() {
+        let failed = vec![FailedRecipient {
+            rcpt: "nobody@example.com".into(),
+            status: "5.1.1".into(),
+            diagnostic: Diagnostic::Smtp("550 5.1.1 \x1b[31m\rINJ".into()),
+            remote_mta: None,
+        }];
+        let d = Dsn {
+            reporting_mta: "mx.example.com",
+            to: "alice@other.example",
+            original_mid: 7,
+            arrival_date: "Tue, 17 Apr 2018 00:57:53 +0000",
+            date: "Tue, 17 Apr 2018 01:00:00 +0000",
+            message_id: "dsn.7@mx.example.com",
+            failed: &failed,
+            original_headers: b"Subject: hi\r\n\r\n",
+        };
+        let (a, b) = (d.render(), d.render());
+        let text = String::from_utf8(a.clone()).unwrap();
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(
+            text.contains("Diagnostic-Code: smtp; 550 5.1.1  [31m INJ\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<nobody@example.com>: 550 5.1.1  [31m INJ\r\n"),
+            "{text}"
+        );
+        let boundary = |t: &str| {
+            let start = t.find("boundary=\"").unwrap() + 10;
+            t[start..].split('"').next().unwrap().to_string()
+        };
+        let (ba, bb) = (boundary(&text), boundary(&String::from_utf8(b).unwrap()));
+        assert_ne!(ba, bb);
+        assert!(!ba.contains("-7-") && !ba.ends_with("-7"), "{ba}");
+        assert!(ba.len() >= 32, "{ba}");
+        assert!(text.ends_with(&format!("\r\n--{ba}--\r\n")));
     }
 
     #[test]

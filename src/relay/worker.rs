@@ -35,6 +35,8 @@ pub struct Job {
     pub size: u64,
     /// The message was received with SMTPUTF8 addresses.
     pub smtputf8: bool,
+    /// The message was received with `BODY=8BITMIME`.
+    pub eightbitmime: bool,
 }
 
 impl Job {
@@ -618,6 +620,7 @@ async fn send_jobs(
             body: job.body.as_ref().map(|b| b.bytes.clone()),
             size: job.size,
             smtputf8: job.smtputf8,
+            eightbitmime: job.eightbitmime,
         };
         let r = conn.send(&msg, log).await;
         lost = r.connection_lost;
@@ -682,6 +685,7 @@ mod tests {
             body: None,
             size: 10,
             smtputf8: false,
+            eightbitmime: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let log = MailLog::open(

@@ -27,6 +27,8 @@ pub struct Envelope {
     pub received_unix: u64,
     /// `protocol cipher` when received over TLS.
     pub tls: Option<String>,
+    /// The client declared `BODY=8BITMIME` (RFC 6152); relayed with the message.
+    pub body_8bitmime: bool,
 }
 
 /// An envelope file that could not be read.
@@ -52,6 +54,9 @@ impl Envelope {
         );
         if let Some(t) = &self.tls {
             s.push_str(&format!("tls {}\n", one_line(t)));
+        }
+        if self.body_8bitmime {
+            s.push_str("body 8BITMIME\n");
         }
         s.push_str(&format!("from {}\n", one_line(&self.from)));
         for r in &self.rcpts {
@@ -79,6 +84,7 @@ impl Envelope {
             rcpts: Vec::new(),
             received_unix: 0,
             tls: None,
+            body_8bitmime: false,
         };
         let mut complete = false;
         for line in lines {
@@ -105,6 +111,8 @@ impl Envelope {
                 }
                 "helo" => e.helo = v.into(),
                 "tls" => e.tls = Some(v.into()),
+                // Envelopes written before this key existed have none: 7-bit, as then relayed.
+                "body" => e.body_8bitmime = v.eq_ignore_ascii_case("8BITMIME"),
                 "from" => e.from = v.into(),
                 "rcpt" => e.rcpts.push(v.into()),
                 _ => {} // unknown keys are kept forward-compatible
@@ -139,10 +147,28 @@ mod tests {
             rcpts: vec!["a@b".into(), "\"x y\"@c".into()],
             received_unix: 9,
             tls: Some("TLSv1.3 TLS13_AES_128_GCM_SHA256".into()),
+            body_8bitmime: false,
         };
         let t = e.to_text();
         assert_eq!(Envelope::parse(&t).unwrap(), e);
         let cut = &t[..t.len() - 4];
         assert!(Envelope::parse(cut).is_err());
+    }
+
+    /// `BODY=8BITMIME` survives the spool; an envelope written before the key existed still
+    /// reads (as 7-bit).
+    #[test]
+    fn trust_23_body_8bitmime_is_stored_and_old_envelopes_still_read() {
+        let mut e = Envelope::parse(
+            "mxgate-envelope 1\nmid 3\nicid 1\nlistener l\nsender_group G\npolicy P\n\
+             peer_ip 192.0.2.1\nhelo h\nreceived 9\nfrom a@b\nrcpt c@d\nend\n",
+        )
+        .unwrap();
+        assert!(!e.body_8bitmime);
+        assert_eq!(e.rcpts, ["c@d"]);
+        e.body_8bitmime = true;
+        let t = e.to_text();
+        assert!(t.contains("\nbody 8BITMIME\n"), "{t}");
+        assert_eq!(Envelope::parse(&t).unwrap(), e);
     }
 }

@@ -492,6 +492,7 @@ mod tests {
             rcpts: vec!["c@example.com".into()],
             received_unix: 1_700_000_000,
             tls: None,
+            body_8bitmime: false,
         }
     }
 

@@ -15,6 +15,8 @@ pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub body: String,
+    /// The MAIL command as sent, parameters included (no CRLF).
+    pub mail_cmd: String,
 }
 
 /// A running downstream server.
@@ -26,7 +28,8 @@ pub struct Sink {
 
 impl Sink {
     /// Starts on `addr` (port 0 for any); recipients whose local part starts with
-    /// `nouser` get `550 5.1.1`, those starting with `later` get `451 4.3.0`.
+    /// `nouser` get `550 5.1.1`, those starting with `later` get `451 4.3.0`, those starting
+    /// with `ctrl` a 550 whose text carries ESC and a bare CR.
     pub async fn start(addr: &str) -> Sink {
         Self::start_with_delay(addr, std::time::Duration::ZERO).await
     }
@@ -48,6 +51,7 @@ impl Sink {
                     let mut r = BufReader::new(r);
                     let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
                     let mut from = String::new();
+                    let mut mail_cmd = String::new();
                     let mut rcpts = Vec::new();
                     loop {
                         let mut line = String::new();
@@ -58,9 +62,13 @@ impl Sink {
                         let reply: String = if up.starts_with("EHLO") {
                             "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
                         } else if up.starts_with("MAIL FROM:") {
-                            from = line[10..]
-                                .trim()
-                                .trim_matches(|c| c == '<' || c == '>')
+                            mail_cmd = line.trim_end().to_string();
+                            // The address between the brackets; parameters may follow.
+                            let arg = line[10..].trim();
+                            from = arg
+                                .strip_prefix('<')
+                                .and_then(|a| a.split_once('>'))
+                                .map_or(arg, |(a, _)| a)
                                 .into();
                             rcpts.clear();
                             "250 2.1.0 ok\r\n".into()
@@ -69,7 +77,10 @@ impl Sink {
                                 .trim()
                                 .trim_matches(|c| c == '<' || c == '>')
                                 .into();
-                            if to.starts_with("nouser") {
+                            if to.starts_with("ctrl") {
+                                // A hostile internal server: ESC and a bare CR in its text.
+                                "550 5.1.1 Bad \x1b[31m\rINJ\r\n".into()
+                            } else if to.starts_with("nouser") {
                                 "550 5.1.1 No such user\r\n".into()
                             } else if to.starts_with("later") {
                                 "451 4.3.0 Try again later\r\n".into()
@@ -97,6 +108,7 @@ impl Sink {
                                 from: from.clone(),
                                 rcpts: rcpts.clone(),
                                 body,
+                                mail_cmd: mail_cmd.clone(),
                             });
                             "250 2.0.0 queued\r\n".into()
                         } else if up.starts_with("QUIT") {

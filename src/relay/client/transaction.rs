@@ -29,6 +29,8 @@ pub struct OutgoingMessage {
     pub size: u64,
     /// The envelope needs SMTPUTF8.
     pub smtputf8: bool,
+    /// The body is 8-bit MIME (RFC 6152): `BODY=8BITMIME` when the server offers it.
+    pub eightbitmime: bool,
 }
 
 /// The outcome for one recipient.
@@ -209,6 +211,9 @@ impl Connection {
         let mut mail = format!("MAIL FROM:<{}>", msg.from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", msg.size));
+        }
+        if msg.eightbitmime && self.caps.eightbitmime {
+            mail.push_str(" BODY=8BITMIME");
         }
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");

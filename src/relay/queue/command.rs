@@ -63,10 +63,17 @@ impl QueueManager {
                     Some(q) if q.jobs_in_flight == 0 => {
                         self.forget(mid);
                         self.spool.remove_message(mid);
-                        self.log.log(&Event::MessageFinished {
-                            mid,
-                            how: "deleted by administrator".into(),
-                        });
+                        // ESA's word is `aborted`; the line before says why.
+                        self.log.log_many(&[
+                            Event::Note {
+                                level: crate::mail_log::Level::Info,
+                                text: format!("mxgate: MID {mid} deleted by administrator"),
+                            },
+                            Event::MessageFinished {
+                                mid,
+                                how: "aborted".into(),
+                            },
+                        ]);
                         true
                     }
                     _ => false,

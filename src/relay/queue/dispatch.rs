@@ -82,6 +82,7 @@ impl QueueManager {
                         size,
                         smtputf8: q.env.rcpts.iter().any(|r| !r.is_ascii())
                             || !q.env.from.is_ascii(),
+                        eightbitmime: q.env.body_8bitmime,
                     });
                 }
             }

@@ -340,6 +340,7 @@ mod tests {
             rcpts: vec!["c@example.com".into(), "d@example.com".into()],
             received_unix: 1,
             tls: None,
+            body_8bitmime: false,
         };
         spool.commit(inc, &env).unwrap();
         mid

@@ -213,6 +213,9 @@ impl Session {
                 ));
             }
         };
+        if let Some(t) = self.txn.as_mut() {
+            t.body_8bitmime = params.body == Some(Body::EightBitMime);
+        }
         let icid = self.p.icid;
         self.log(Event::StartMid { mid, icid });
         let from_addr = from.as_ref().map(|m| m.address()).unwrap_or_default();
@@ -231,7 +234,13 @@ impl Session {
         let mid = txn.mid;
         let smtputf8 = txn.smtputf8;
         let count = txn.rcpts.len() as u64;
-        let addr = to.address();
+        // `<postmaster>` (only it parses without a domain) must be accepted (RFC 5321 §4.5.1):
+        // it goes to the RAT's postmaster address, past the RAT.
+        let postmaster = match to.domain.is_empty() {
+            true => self.p.rat.as_ref().and_then(|r| r.postmaster()),
+            false => None,
+        };
+        let addr = postmaster.clone().unwrap_or_else(|| to.address());
         let what = format!("RCPT TO: <{addr}>");
         let relay = self.policy.action == PolicyAction::Relay;
         if to.flags.utf8 && !smtputf8 {
@@ -251,7 +260,7 @@ impl Session {
             return self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"));
         }
         let mut accept_reply = None;
-        if !relay {
+        if !relay && postmaster.is_none() {
             let verdict = match &self.p.rat {
                 Some(rat) => rat.check(&to.local, &to.domain).map_err(|d| d.reply),
                 None => Err(crate::policy::rat::RecipientAccessTable::default_reply()),

@@ -94,11 +94,7 @@ impl Session {
             Err(e) => {
                 let reply = e.reply();
                 let mid = self.txn.as_ref().map(|t| t.mid).unwrap_or(0);
-                self.log(Event::ReceivingFailed {
-                    mid,
-                    icid: self.p.icid,
-                    reason: format!("{e}"),
-                });
+                self.receiving_failed(mid, format!("{e}"));
                 self.txn = None;
                 self.body.clear();
                 self.actions.push(Action::AbortMessage);
@@ -142,14 +138,25 @@ impl Session {
         let mid = txn.mid;
         if st.too_big {
             let limit = self.policy.max_message_size.clone();
+            // ESA's words, then which limit it was (ESA has no line for that).
             self.log(Event::ReceivingFailed {
                 mid,
                 icid: self.p.icid,
-                reason: format!(
-                    "message size exceeds max_message_size {} (policy {})",
+                reason: "Message size exceeds limit".into(),
+            });
+            self.log(Event::Refused {
+                icid: self.p.icid,
+                mid: Some(mid),
+                what: "message".into(),
+                rule: format!(
+                    "max_message_size {} (policy {})",
                     limit.max.unwrap_or(0),
                     self.policy.name
                 ),
+            });
+            self.log(Event::MessageFinished {
+                mid,
+                how: "aborted".into(),
             });
             self.txn = None;
             self.body.clear();
@@ -178,6 +185,7 @@ impl Session {
                 .tls
                 .as_ref()
                 .map(|t| format!("{} {}", t.protocol, t.cipher)),
+            body_8bitmime: txn.body_8bitmime,
         };
         self.actions.push(Action::CommitMessage(env));
         self.phase = Phase::Committing;
@@ -186,14 +194,26 @@ impl Session {
     /// Drops the message being received (timeout, shutdown, lost connection).
     pub(super) fn abort_data(&mut self) {
         if let Some(txn) = self.txn.take() {
-            self.log(Event::ReceivingFailed {
-                mid: txn.mid,
-                icid: self.p.icid,
-                reason: "connection ended during DATA".into(),
-            });
+            self.receiving_failed(txn.mid, "connection ended during DATA".into());
         }
         self.body.clear();
         self.actions.push(Action::AbortMessage);
         self.phase = Phase::Command;
+    }
+
+    /// A message was not accepted after DATA began: ESA's `ICID n Receiving Failed: reason`
+    /// line, then `Message finished MID n aborted` to tie it to the MID.
+    pub(super) fn receiving_failed(&mut self, mid: u64, reason: String) {
+        self.log(Event::ReceivingFailed {
+            mid,
+            icid: self.p.icid,
+            reason,
+        });
+        if mid != 0 {
+            self.log(Event::MessageFinished {
+                mid,
+                how: "aborted".into(),
+            });
+        }
     }
 }

@@ -146,6 +146,7 @@ struct Transaction {
     from: String,
     rcpts: Vec<String>,
     smtputf8: bool,
+    body_8bitmime: bool,
 }
 
 /// One SMTP session.
@@ -450,11 +451,7 @@ impl Session {
                 ));
             }
             Err(reason) => {
-                self.log(Event::ReceivingFailed {
-                    mid: txn.mid,
-                    icid: self.p.icid,
-                    reason: format!("spool error: {reason}"),
-                });
+                self.receiving_failed(txn.mid, format!("spool error: {reason}"));
                 self.reply(Reply::new(
                     452,
                     Enhanced(4, 3, 1),
@@ -563,6 +560,7 @@ impl Session {
             from: from.as_ref().map(|m| m.address()).unwrap_or_default(),
             rcpts: Vec::new(),
             smtputf8,
+            body_8bitmime: false,
         });
         Ok(mid)
     }
