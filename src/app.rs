@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -352,13 +351,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ctx: ctx.clone(),
         });
         for addr in &l.bind {
-            let socket = TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    listener: l.name.clone(),
-                    addr: *addr,
-                    source,
-                })?;
+            let socket = crate::net::bind::bind(*addr).map_err(|source| AppError::Bind {
+                listener: l.name.clone(),
+                addr: *addr,
+                source,
+            })?;
             let actual = socket.local_addr().unwrap_or(*addr);
             bound.push((l.name.clone(), actual));
             tasks.spawn(listener::serve(

@@ -1,6 +1,7 @@
 //! Network edge: accept loops, the connection driver, TLS, reverse DNS, DNS block lists and
 //! PROXY protocol.
 
+pub mod bind;
 pub mod conn;
 pub mod dns;
 pub mod dnsbl;

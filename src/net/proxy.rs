@@ -6,6 +6,8 @@ use ppp::v1;
 use ppp::v2;
 use ppp::{HeaderResult, PartialResult};
 
+use crate::net::bind::canonical;
+
 /// Longest header we wait for: v1 is at most 107 bytes; v2 is 16 + a 16-bit length, but
 /// addresses plus the TLVs load balancers send fit well within this.
 pub const MAX_HEADER: usize = 1024;
@@ -42,7 +44,7 @@ pub fn parse(buf: &[u8]) -> ProxyParse {
             ProxyParse::Incomplete
         };
     }
-    match result {
+    let parsed = match result {
         HeaderResult::V1(Ok(h)) => {
             let (source, destination) = match h.addresses {
                 v1::Addresses::Tcp4(a) => (
@@ -93,6 +95,19 @@ pub fn parse(buf: &[u8]) -> ProxyParse {
         }
         HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
         HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+    };
+    // A TCP6 header may carry an IPv4 client as `::ffff:a.b.c.d`: use the IPv4 address.
+    match parsed {
+        ProxyParse::Header {
+            consumed,
+            source,
+            destination,
+        } => ProxyParse::Header {
+            consumed,
+            source: source.map(canonical),
+            destination: destination.map(canonical),
+        },
+        other => other,
     }
 }
 

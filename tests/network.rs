@@ -1,0 +1,143 @@
+//! Network identity of clients (docs/network.md): IPv4 clients on IPv6 sockets, dual-stack
+//! binding, reverse DNS from the configured resolvers only, and the metrics about them.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::dnsmasq::Dnsmasq;
+use common::{Client, Server};
+use tokio::io::AsyncWriteExt;
+
+/// A dnsmasq answering NXDOMAIN at once for every reverse name and `.test`, so that no
+/// lookup of these tests leaves the machine.
+fn quiet_dns() -> Option<Dnsmasq> {
+    Dnsmasq::start(&["--local=/arpa/", "--local=/test/"])
+}
+
+fn resolver(dns: &Dnsmasq) -> SocketAddr {
+    format!("127.0.0.1:{}", dns.port).parse().unwrap()
+}
+
+/// A copy of the e2e fixture plus `extra` listeners (file name, YAML) and HATs (YAML appended
+/// to policies/hat.yaml).
+fn config_with(listeners: &[(&str, &str)], hats: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo().join("tests/fixtures/e2e"), dir.path());
+    for (file, yaml) in listeners {
+        std::fs::write(dir.path().join("listeners").join(file), yaml).unwrap();
+    }
+    let hat = dir.path().join("policies/hat.yaml");
+    let mut text = std::fs::read_to_string(&hat).unwrap();
+    text.push_str(hats);
+    std::fs::write(hat, text).unwrap();
+    dir
+}
+
+const MAPPED_HAT: &str = "
+mapped:
+  sender_groups:
+    - name: BLOCKLIST
+      policy: BLOCKED
+      match: [127.0.0.1]
+  default_policy: ACCEPTED
+";
+
+/// Listeners on the IPv4-mapped IPv6 address: every IPv4 client appears as `::ffff:a.b.c.d`.
+const MAPPED_LISTENERS: &[(&str, &str)] = &[
+    (
+        "zz_mapped.yaml",
+        "name: mapped\ntype: public\nbind: [\"[::ffff:127.0.0.1]:0\"]\nhostname: mx.test.example\nhat: mapped\nrat: inbound\n",
+    ),
+    (
+        "zz_mapped_proxy.yaml",
+        "name: mapped_proxy\ntype: public\nbind: [\"[::ffff:127.0.0.1]:0\"]\nhostname: mx.test.example\nhat: inbound\nrat: inbound\nproxy_protocol:\n  trusted: [127.0.0.0/8]\n  timeout: 5s\n",
+    ),
+];
+
+#[tokio::test]
+async fn trust_03_ipv4_client_on_an_ipv6_socket_matches_ipv4_entries() {
+    let Some(dns) = quiet_dns() else { return };
+    let cfg = config_with(MAPPED_LISTENERS, MAPPED_HAT);
+    let mut srv = Server::start_dir(cfg.path(), |o, _| {
+        o.dns_resolvers = Some(vec![resolver(&dns)]);
+    })
+    .await;
+    let port = srv.addr("mapped").port();
+    // The HAT entry 127.0.0.1 matches the client the socket reports as ::ffff:127.0.0.1.
+    let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
+    assert_eq!(
+        c.reply().await,
+        "554 5.7.1 mx.test.example: access from 127.0.0.1 denied\r\n"
+    );
+    srv.wait_log(r"interface mapped (127.0.0.1) address 127.0.0.1 reverse dns host")
+        .await;
+    srv.wait_log(r"ICID \d+ REJECT SG BLOCKLIST match 127.0.0.1 SBRS None")
+        .await;
+
+    // PROXY trusted networks are IPv4 too; and an IPv4-mapped source in a TCP6 header is the
+    // IPv4 client it stands for (192.0.2.20 is in the fixture's BLOCKLIST).
+    let port = srv.addr("mapped_proxy").port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = Client::connect(addr, Some("192.0.2.20")).await;
+    assert!(
+        c.reply().await.starts_with("554 5.7.1"),
+        "a trusted load balancer on an IPv6 socket"
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("PROXY TCP6 ::ffff:192.0.2.20 ::ffff:127.0.0.1 40000 {port}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut c = Client {
+        io: tokio::io::BufReader::new(s),
+    };
+    assert!(c.reply().await.starts_with("554 5.7.1"));
+    srv.wait_log("address 192.0.2.20 reverse dns host").await;
+    let log = srv.log_text();
+    assert!(
+        !log.contains("address ::ffff:") && !log.contains("(::ffff:"),
+        "clients are logged in their IPv4 form:\n{log}"
+    );
+    assert!(!log.contains("not a trusted PROXY source"), "{log}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn trust_03_ipv4_and_ipv6_wildcards_bind_the_same_port() {
+    let Some(dns) = quiet_dns() else { return };
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v4: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let mut srv = Server::start("e2e", |o, _| {
+        o.dns_resolvers = Some(vec![resolver(&dns)]);
+        o.binds = vec![("preferred".into(), vec![v4, v6])];
+    })
+    .await;
+    let bound: Vec<SocketAddr> = srv
+        .running
+        .as_ref()
+        .unwrap()
+        .bound
+        .iter()
+        .filter(|(n, _)| n == "preferred")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(bound, vec![v4, v6]);
+    for addr in [
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        format!("[::1]:{port}").parse().unwrap(),
+    ] {
+        let mut c = Client::connect(addr, None).await;
+        assert!(c.reply().await.starts_with("220 mx.test.example"), "{addr}");
+    }
+    srv.wait_log(r"interface preferred (127.0.0.1) address 127.0.0.1")
+        .await;
+    srv.wait_log(r"interface preferred (::1) address ::1").await;
+    srv.stop().await;
+}
