@@ -305,7 +305,22 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         config.global.mail_log_format,
     )?);
     let resolver = ReverseResolver::new(&config.global.dns)?;
-    let rate = RateLimiter::system();
+    let rate = RateLimiter::with_ipv6_prefix(
+        Arc::new(crate::policy::rate::SystemClock),
+        config.global.per_ip_ipv6_prefix,
+    );
+    // Forget clients that no longer limit anything; the task ends with the limiter.
+    let weak = Arc::downgrade(&rate);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::policy::rate::PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(rate) => rate.prune(),
+                None => break,
+            }
+        }
+    });
     let env: Arc<dyn SessionEnv> = Arc::new(SpoolEnv {
         spool: spool.clone(),
     });

@@ -239,8 +239,26 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             .and_then(|x| x.hostname.as_ref())
             .map(|h| h.value.trim().to_string()),
     };
+    let per_ip_ipv6_prefix = match d.per_ip.as_ref().and_then(|p| p.ipv6_prefix.as_ref()) {
+        None => crate::policy::rate::DEFAULT_IPV6_PREFIX,
+        Some(v) => match v.value.trim().trim_start_matches('/').parse::<u8>() {
+            Ok(n) if (32..=128).contains(&n) => n,
+            _ => {
+                e.on(
+                    v,
+                    "per_ip.ipv6_prefix",
+                    format!(
+                        "{:?} is not a prefix length from 32 to 128 (64: each /64 counts as one client)",
+                        v.value
+                    ),
+                );
+                crate::policy::rate::DEFAULT_IPV6_PREFIX
+            }
+        },
+    };
     Global {
         delivery,
+        per_ip_ipv6_prefix,
         spool_dir: o.spool_dir.clone().unwrap_or(spool_dir),
         mail_log: o.mail_log.clone().unwrap_or(mail_log),
         mail_log_format,

@@ -146,6 +146,8 @@ pub struct Global {
     pub ready_min_free_space: u64,
     /// Delivery to the internal server.
     pub delivery: DeliverySettings,
+    /// IPv6 clients in one network of this prefix length share the per-IP limits.
+    pub per_ip_ipv6_prefix: u8,
 }
 
 /// `delivery:` settings.

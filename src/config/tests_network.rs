@@ -1,0 +1,30 @@
+//! Tests of the network settings: the IPv6 prefix of per-IP limits, the hosts-file opt-in.
+
+use super::tests::{config_dir, errors, loaded};
+use super::Overrides;
+
+#[test]
+fn trust_09_ipv6_prefix_is_validated_with_a_located_error() {
+    let d = config_dir(&[]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).global.per_ip_ipv6_prefix,
+        64
+    );
+    let d = config_dir(&[("mxgate.yaml", Some("per_ip:\n  ipv6_prefix: 56\n"))]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).global.per_ip_ipv6_prefix,
+        56
+    );
+    for bad in ["129", "16", "sixty-four"] {
+        let d = config_dir(&[(
+            "mxgate.yaml",
+            Some(&format!("per_ip:\n  ipv6_prefix: {bad}\n")),
+        )]);
+        assert_eq!(
+            errors(&d, &Overrides::default()),
+            [format!(
+                "mxgate.yaml:2:16: per_ip.ipv6_prefix: {bad:?} is not a prefix length from 32 to 128 (64: each /64 counts as one client)"
+            )]
+        );
+    }
+}
