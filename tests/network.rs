@@ -141,3 +141,117 @@ async fn trust_03_ipv4_and_ipv6_wildcards_bind_the_same_port() {
     srv.wait_log(r"interface preferred (::1) address ::1").await;
     srv.stop().await;
 }
+
+/// The e2e fixture with `dns_yaml` as its `dns:` block.
+fn config_with_dns(dns_yaml: &str) -> tempfile::TempDir {
+    let dir = config_with(&[], "");
+    let global = dir.path().join("mxgate.yaml");
+    let text = std::fs::read_to_string(&global)
+        .unwrap()
+        .replace("dns:\n  timeout: 2s\n", dns_yaml);
+    assert!(text.contains(dns_yaml));
+    std::fs::write(global, text).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn trust_21_loopback_clients_get_the_configured_servers_answer() {
+    let Some(dns) = Dnsmasq::start(&[
+        "--local=/arpa/",
+        "--local=/dns.test/",
+        "--ptr-record=1.0.0.127.in-addr.arpa,loop4.dns.test",
+        "--host-record=loop4.dns.test,127.0.0.1",
+        "--ptr-record=1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa,loop6.dns.test",
+        "--host-record=loop6.dns.test,::1",
+    ]) else {
+        return;
+    };
+    let mut srv = Server::start("e2e", |o, _| {
+        o.dns_resolvers = Some(vec![resolver(&dns)]);
+        o.binds = vec![(
+            "preferred".into(),
+            vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+        )];
+    })
+    .await;
+    let ports: Vec<u16> = srv
+        .running
+        .as_ref()
+        .unwrap()
+        .bound
+        .iter()
+        .filter(|(n, _)| n == "preferred")
+        .map(|(_, a)| a.port())
+        .collect();
+    // Not `localhost` from the resolver library, nor a name from /etc/hosts: dnsmasq's PTR.
+    let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], ports[0])), None).await;
+    assert!(c.reply().await.starts_with("220 "));
+    srv.wait_log("address 127.0.0.1 reverse dns host loop4.dns.test verified yes")
+        .await;
+    let mut c = Client::connect(format!("[::1]:{}", ports[1]).parse().unwrap(), None).await;
+    assert!(c.reply().await.starts_with("220 "));
+    srv.wait_log("address ::1 reverse dns host loop6.dns.test verified yes")
+        .await;
+    // A loopback address without PTR on the configured server has none (NOPTR), where the
+    // library answered `localhost` and made it ptr_mismatch (SUSPECTLIST).
+    let mut c = Client::connect(srv.addr("proxied"), Some("127.0.0.9")).await;
+    assert_eq!(
+        c.reply().await,
+        "220 mx.test.example ESMTP ready (NOPTR)\r\n"
+    );
+    srv.wait_log("address 127.0.0.9 reverse dns host unknown verified no")
+        .await;
+    assert!(!srv.log_text().contains("reverse dns host localhost"));
+    srv.stop().await;
+}
+
+/// A DNS server that never answers: a lookup that reaches it waits for `dns.timeout`.
+fn silent_resolver() -> (std::net::UdpSocket, SocketAddr) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+#[tokio::test]
+async fn trust_21_hosts_file_answers_only_when_configured_and_without_the_network() {
+    let Some(dns) = quiet_dns() else { return };
+    let hosts_dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_dir.path().join("hosts");
+    std::fs::write(&hosts, "# test\n192.0.2.51 mail.partner.example mail\n").unwrap();
+
+    // Not configured: the hosts file is not read; dnsmasq has no PTR for 192.0.2.50.
+    let cfg = config_with_dns("dns:\n  timeout: 2s\n");
+    let mut srv = Server::start_dir(cfg.path(), |o, _| {
+        o.dns_resolvers = Some(vec![resolver(&dns)]);
+    })
+    .await;
+    let mut c = Client::connect(srv.addr("proxied"), Some("192.0.2.51")).await;
+    assert_eq!(
+        c.reply().await,
+        "220 mx.test.example ESMTP ready (NOPTR)\r\n"
+    );
+    srv.wait_log("address 192.0.2.51 reverse dns host unknown verified no")
+        .await;
+    srv.stop().await;
+
+    // Configured: PTR and forward answers come from the file alone. The server is silent and
+    // the timeout longer than the client waits, so an AAAA query sent for the name (the file
+    // has only its IPv4 address) would keep the greeting back.
+    let (_silent, silent) = silent_resolver();
+    let cfg = config_with_dns(&format!(
+        "dns:\n  timeout: 60s\n  hosts_file: {}\n",
+        hosts.display()
+    ));
+    let mut srv = Server::start_dir(cfg.path(), |o, _| {
+        o.dns_resolvers = Some(vec![silent]);
+    })
+    .await;
+    let mut c = Client::connect(srv.addr("proxied"), Some("192.0.2.51")).await;
+    assert_eq!(
+        c.reply().await,
+        "220 mx.test.example ESMTP ready (ALLOWLIST)\r\n"
+    );
+    srv.wait_log("address 192.0.2.51 reverse dns host mail.partner.example verified yes")
+        .await;
+    srv.stop().await;
+}

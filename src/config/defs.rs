@@ -134,6 +134,9 @@ pub struct DnsDef {
     /// Timeout for one connection's lookups together (default `5s`).
     #[serde(default)]
     pub timeout: Option<SpannedStr>,
+    /// A hosts file (e.g. `/etc/hosts`) answering reverse DNS before the servers; default none.
+    #[serde(default)]
+    pub hosts_file: Option<SpannedStr>,
 }
 
 /// `metrics:` in `mxgate.yaml`.

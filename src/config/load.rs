@@ -164,6 +164,24 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         "dns.timeout",
         e,
     );
+    let hosts_file = match dns.and_then(|x| x.hosts_file.as_ref()) {
+        Some(h) if h.value.trim().is_empty() => {
+            e.on(h, "dns.hosts_file", "path is empty");
+            None
+        }
+        Some(h) => {
+            let path = dir.join(h.value.trim());
+            if let Err(err) = crate::net::hosts::HostsFile::read(&path) {
+                e.on(
+                    h,
+                    "dns.hosts_file",
+                    format!("cannot read {}: {err}", path.display()),
+                );
+            }
+            Some(path)
+        }
+        None => None,
+    };
     let shutdown_grace = duration(
         &d.shutdown_grace,
         Duration::from_secs(30),
@@ -265,6 +283,7 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         dns: DnsSettings {
             resolvers: o.dns_resolvers.clone().unwrap_or(resolvers),
             timeout: dns_timeout,
+            hosts_file,
         },
         certs_dir: o.certs_dir.clone().unwrap_or(certs_dir),
         shutdown_grace,

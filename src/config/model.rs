@@ -123,6 +123,8 @@ pub struct DnsSettings {
     pub resolvers: Vec<SocketAddr>,
     /// Timeout for one connection's lookups together.
     pub timeout: Duration,
+    /// Hosts file answering before the servers (`dns.hosts_file`); `None` = no hosts file.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Settings from the global file (`mxgate.yaml`).

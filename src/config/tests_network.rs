@@ -28,3 +28,27 @@ fn trust_09_ipv6_prefix_is_validated_with_a_located_error() {
         );
     }
 }
+
+#[test]
+fn trust_21_hosts_file_is_opt_in_and_checked() {
+    let d = config_dir(&[]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).global.dns.hosts_file,
+        None
+    );
+    let d = config_dir(&[
+        ("mxgate.yaml", Some("dns:\n  hosts_file: hosts\n")),
+        ("hosts", Some("192.0.2.5 mail.example.com\n")),
+    ]);
+    assert_eq!(
+        loaded(&d, &Overrides::default()).global.dns.hosts_file,
+        Some(d.path().join("hosts"))
+    );
+    let d = config_dir(&[("mxgate.yaml", Some("dns:\n  hosts_file: nosuch\n"))]);
+    let errs = errors(&d, &Overrides::default());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("mxgate.yaml:2:15: dns.hosts_file: cannot read "),
+        "{errs:?}"
+    );
+}

@@ -5,6 +5,7 @@ pub mod bind;
 pub mod conn;
 pub mod dns;
 pub mod dnsbl;
+pub mod hosts;
 pub mod listener;
 pub mod proxy;
 pub mod tls;
