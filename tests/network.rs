@@ -255,3 +255,89 @@ async fn trust_21_hosts_file_answers_only_when_configured_and_without_the_networ
         .await;
     srv.stop().await;
 }
+
+/// Listeners only the metrics test uses, so its counters are its own.
+const METERED_LISTENERS: &[(&str, &str)] = &[
+    (
+        "zz_metered.yaml",
+        "name: metered\ntype: public\nbind: [\"127.0.0.1:0\"]\nhostname: mx.test.example\nhat: inbound\nrat: inbound\nproxy_protocol:\n  trusted: [127.0.0.0/8]\n  timeout: 5s\n",
+    ),
+    (
+        "zz_metered_untrusted.yaml",
+        "name: metered_untrusted\ntype: public\nbind: [\"127.0.0.1:0\"]\nhostname: mx.test.example\nhat: inbound\nrat: inbound\nproxy_protocol:\n  trusted: [192.0.2.0/24]\n",
+    ),
+];
+
+#[tokio::test]
+async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
+    // 192.0.2.0/24 is served (PTR and A records); 198.51.100.0/24 is not, so dnsmasq, with no
+    // upstream, refuses those queries: a temporary error.
+    let Some(dns) = Dnsmasq::start(&[
+        "--local=/2.0.192.in-addr.arpa/",
+        "--local=/partner.example/",
+        "--ptr-record=11.2.0.192.in-addr.arpa,mail.partner.example",
+        "--host-record=mail.partner.example,192.0.2.11",
+        "--ptr-record=12.2.0.192.in-addr.arpa,fake.partner.example",
+        "--host-record=fake.partner.example,198.51.100.250",
+    ]) else {
+        return;
+    };
+    let cfg = config_with(METERED_LISTENERS, "");
+    let mut srv = Server::start_dir(cfg.path(), |o, _| {
+        o.dns_resolvers = Some(vec![resolver(&dns)]);
+        o.metrics_listen = Some(Some("127.0.0.1:0".parse().unwrap()));
+    })
+    .await;
+    let addr = srv.addr("metered");
+    for (client, result) in [
+        ("192.0.2.11", "pass"),
+        ("192.0.2.12", "fail"),
+        ("192.0.2.13", "permerror"),
+        ("198.51.100.7", "temperror"),
+    ] {
+        let mut c = Client::connect(addr, Some(client)).await;
+        assert!(c.reply().await.starts_with("220 "), "{client}");
+        let labels = [("listener", "metered"), ("result", result)];
+        assert_eq!(
+            srv.metric("mxgate_reverse_dns_total", &labels).await,
+            1.0,
+            "{client}"
+        );
+    }
+
+    // PROXY refusals, by reason.
+    let untrusted = srv.addr("metered_untrusted");
+    let mut c = Client::connect(untrusted, Some("192.0.2.11")).await;
+    assert_eq!(c.reply().await, "");
+    let mut c = Client::connect(addr, None).await;
+    c.send(b"EHLO no.proxy.header\r\n").await;
+    assert_eq!(c.reply().await, "");
+    let c = Client::connect(addr, None).await;
+    drop(c);
+    srv.wait_log("interface metered PROXY header from 127.0.0.1 refused: connection closed")
+        .await;
+    let proxy =
+        |listener: &'static str, reason: &'static str| [("listener", listener), ("reason", reason)];
+    for (labels, want) in [
+        (proxy("metered_untrusted", "untrusted_source"), 1.0),
+        (proxy("metered", "malformed"), 1.0),
+        (proxy("metered", "closed"), 1.0),
+        (proxy("metered", "timeout"), 0.0),
+    ] {
+        assert_eq!(
+            srv.metric("mxgate_proxy_refused_total", &labels).await,
+            want,
+            "{labels:?}"
+        );
+    }
+    let (_, text) = srv.http_get("/metrics").await;
+    assert!(
+        text.contains("# TYPE mxgate_proxy_refused_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE mxgate_reverse_dns_total counter"),
+        "{text}"
+    );
+    srv.stop().await;
+}

@@ -31,6 +31,45 @@ pub enum ProxyParse {
     Invalid(String),
 }
 
+/// Why a connection was closed before SMTP because of the PROXY protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The socket's peer is not in `proxy_protocol.trusted`.
+    UntrustedSource,
+    /// No whole header within `proxy_protocol.timeout`.
+    Timeout,
+    /// The connection ended before a whole header.
+    Closed,
+    /// Not a valid PROXY header (or longer than [`MAX_HEADER`]).
+    Malformed(String),
+    /// Reading failed.
+    Io(String),
+}
+
+impl Refusal {
+    /// The `reason` label of `mxgate_proxy_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::UntrustedSource => "untrusted_source",
+            Refusal::Timeout => "timeout",
+            Refusal::Closed => "closed",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::Io(_) => "io_error",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UntrustedSource => f.write_str("not a trusted PROXY source"),
+            Refusal::Timeout => f.write_str("timeout waiting for PROXY header"),
+            Refusal::Closed => f.write_str("connection closed before PROXY header"),
+            Refusal::Malformed(m) | Refusal::Io(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Parses a PROXY v1 or v2 header at the start of `buf`.
 pub fn parse(buf: &[u8]) -> ProxyParse {
     if buf.is_empty() {
