@@ -341,3 +341,65 @@ async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
     );
     srv.stop().await;
 }
+
+/// `mxgate hat trace IP ARGS... --listener proxied` on the e2e fixture: stdout, stderr, success.
+fn trace(ip: &str, args: &[&str]) -> (String, String, bool) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .args(["hat", "trace", ip, "--listener", "proxied"])
+        .args(args)
+        .arg("--config-dir")
+        .arg(common::repo().join("tests/fixtures/e2e"))
+        .env_remove("MXGATE_CONFIG_DIR")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn trust_24_hat_trace_simulates_reverse_dns_states() {
+    // The live server puts a client without PTR in NOPTR (ptr_missing): so does the trace.
+    let (s, _, ok) = trace("198.51.100.7", &["--ptr", "missing"]);
+    assert!(ok, "{s}");
+    assert!(s.contains("reverse dns   no PTR record (simulated)"), "{s}");
+    assert!(s.contains("sender group  NOPTR"), "{s}");
+    assert!(s.contains("matched       ptr_missing"), "{s}");
+    assert!(!s.contains("not evaluated"), "{s}");
+
+    let (s, _, ok) = trace(
+        "198.51.100.7",
+        &["--ptr", "mismatch", "--hostname", "mail.partner.example"],
+    );
+    assert!(ok, "{s}");
+    assert!(
+        s.contains("reverse dns   mail.partner.example (PTR name not confirmed by its A/AAAA records, simulated)"),
+        "{s}"
+    );
+    assert!(s.contains("sender group  SUSPECTLIST"), "{s}");
+    assert!(s.contains("matched       ptr_mismatch"), "{s}");
+
+    let (s, _, ok) = trace("198.51.100.7", &["--ptr", "tempfail"]);
+    assert!(ok, "{s}");
+    assert!(s.contains("sender group  ALL"), "{s}");
+
+    // Without reverse DNS, the trace says which groups above the result it could not judge.
+    let (s, _, ok) = trace("198.51.100.7", &[]);
+    assert!(ok, "{s}");
+    assert!(s.contains("sender group  ALL"), "{s}");
+    assert!(
+        s.contains("not evaluated ALLOWLIST (.partner.example), SUSPECTLIST (ptr_mismatch), NOPTR (ptr_missing): no reverse DNS given (use --hostname or --ptr)"),
+        "{s}"
+    );
+
+    // Bad values are refused by the argument parser; missing needs no host name.
+    let (_, err, ok) = trace("198.51.100.7", &["--ptr", "absent"]);
+    assert!(!ok && err.contains("--ptr"), "{err}");
+    let (_, err, ok) = trace(
+        "198.51.100.7",
+        &["--ptr", "missing", "--hostname", "x.example"],
+    );
+    assert!(!ok && err.contains("--hostname"), "{err}");
+}
