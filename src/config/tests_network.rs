@@ -52,3 +52,15 @@ fn trust_21_hosts_file_is_opt_in_and_checked() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn trust_03_ipv4_mapped_bind_clashes_with_its_ipv4_wildcard() {
+    let listener = "name: inbound\ntype: public\nbind: [\"0.0.0.0:2525\", \"[::ffff:127.0.0.1]:2525\", \"[::]:2525\"]\nhostname: mx.example.com\nhat: inbound\nrat: inbound\n";
+    let d = config_dir(&[("listeners/inbound.yaml", Some(listener))]);
+    let errs = errors(&d, &Overrides::default());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("bind[1]: [::ffff:127.0.0.1]:2525 overlaps 0.0.0.0:2525"),
+        "{errs:?}"
+    );
+}
