@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -306,7 +305,22 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         config.global.mail_log_format,
     )?);
     let resolver = ReverseResolver::new(&config.global.dns)?;
-    let rate = RateLimiter::system();
+    let rate = RateLimiter::with_ipv6_prefix(
+        Arc::new(crate::policy::rate::SystemClock),
+        config.global.per_ip_ipv6_prefix,
+    );
+    // Forget clients that no longer limit anything; the task ends with the limiter.
+    let weak = Arc::downgrade(&rate);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::policy::rate::PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(rate) => rate.prune(),
+                None => break,
+            }
+        }
+    });
     let env: Arc<dyn SessionEnv> = Arc::new(SpoolEnv {
         spool: spool.clone(),
     });
@@ -352,13 +366,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ctx: ctx.clone(),
         });
         for addr in &l.bind {
-            let socket = TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    listener: l.name.clone(),
-                    addr: *addr,
-                    source,
-                })?;
+            let socket = crate::net::bind::bind(*addr).map_err(|source| AppError::Bind {
+                listener: l.name.clone(),
+                addr: *addr,
+                source,
+            })?;
             let actual = socket.local_addr().unwrap_or(*addr);
             bound.push((l.name.clone(), actual));
             tasks.spawn(listener::serve(

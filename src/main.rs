@@ -110,9 +110,14 @@ enum HatCmd {
     Trace {
         /// Client IP address.
         ip: IpAddr,
-        /// Treat this as the client's verified reverse-DNS name.
+        /// Treat this as the client's verified reverse-DNS name (with `--ptr mismatch`: its
+        /// PTR name, not confirmed).
         #[arg(long)]
         hostname: Option<String>,
+        /// Simulate a reverse-DNS state instead: no PTR, a PTR not confirmed by its forward
+        /// lookup, or a temporary failure (the `ptr_*` criteria).
+        #[arg(long, value_enum, value_name = "STATE")]
+        ptr: Option<PtrState>,
         /// Pretend the client is listed on this block-list zone (answer 127.0.0.2, or the
         /// codes given as ZONE=CODE,CODE); repeatable.
         #[arg(long, value_name = "ZONE[=CODE,...]", value_parser = listed_arg)]
@@ -123,6 +128,17 @@ enum HatCmd {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+/// A reverse-DNS state `hat trace --ptr` simulates.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum PtrState {
+    /// No PTR record (`ptr_missing`).
+    Missing,
+    /// A PTR whose names do not resolve back to the client (`ptr_mismatch`).
+    Mismatch,
+    /// The lookup failed temporarily or timed out (`ptr_tempfail`).
+    Tempfail,
 }
 
 /// `--listed` takes the zone syntax of a `dnslist:` criterion, so it is checked the same way.
@@ -275,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 HatCmd::Trace {
                     ip,
                     hostname,
+                    ptr,
                     listed,
                     listener,
                     config,
@@ -285,7 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             print!(
                 "{}",
-                trace(&cfg, ip, hostname, &listed, listener.as_deref())?
+                trace(&cfg, ip, hostname, ptr, &listed, listener.as_deref())?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -468,6 +485,7 @@ fn trace(
     cfg: &Config,
     ip: IpAddr,
     hostname: Option<String>,
+    ptr: Option<PtrState>,
     listed: &[DnsListZone],
     listener: Option<&str>,
 ) -> anyhow::Result<String> {
@@ -480,9 +498,16 @@ fn trace(
             .with_context(|| format!("no listener named {name:?}"))?,
         None => cfg.listeners.first().context("no listeners configured")?,
     };
-    let rdns = match &hostname {
-        Some(h) => ReverseDns::Verified(h.trim_end_matches('.').to_ascii_lowercase()),
-        None => ReverseDns::NotChecked,
+    let name = hostname.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let rdns = match (ptr, name) {
+        (Some(PtrState::Missing | PtrState::Tempfail), Some(_)) => anyhow::bail!(
+            "--hostname gives a reverse-DNS name: it goes with --ptr mismatch, not with --ptr missing or --ptr tempfail"
+        ),
+        (Some(PtrState::Missing), None) => ReverseDns::Missing,
+        (Some(PtrState::Tempfail), None) => ReverseDns::TempFail,
+        (Some(PtrState::Mismatch), n) => ReverseDns::Mismatch(n.unwrap_or_default()),
+        (None, Some(n)) => ReverseDns::Verified(n),
+        (None, None) => ReverseDns::NotChecked,
     };
     // The answers a real lookup would have recorded: 127.0.0.2 is the answer lists give for
     // their test entries (RFC 5782 §5), and counts under every criterion without codes.
@@ -519,7 +544,14 @@ fn trace(
         "reverse dns   {}",
         match &rdns {
             ReverseDns::Verified(n) => format!("{n} (treated as verified)"),
-            _ => "not looked up (use --hostname NAME to match host/suffix entries)".into(),
+            ReverseDns::Missing => "no PTR record (simulated)".into(),
+            ReverseDns::TempFail => "temporary failure (simulated)".into(),
+            ReverseDns::Mismatch(n) if n.is_empty() =>
+                "a PTR name not confirmed by its A/AAAA records (simulated)".into(),
+            ReverseDns::Mismatch(n) =>
+                format!("{n} (PTR name not confirmed by its A/AAAA records, simulated)"),
+            ReverseDns::NotChecked =>
+                "not looked up (use --hostname NAME or --ptr STATE to match host/suffix and ptr_* entries)".into(),
         }
     );
     let zones = l.hat.dnslist_zones();
@@ -548,6 +580,27 @@ fn trace(
     }
     for g in &c.continued {
         let _ = writeln!(s, "continue      {g} matched but its policy says continue");
+    }
+    let listed_zones: Vec<&str> = answers.iter().map(|(z, _)| *z).collect();
+    let skipped = mxgate::policy::hat_trace::unevaluated(
+        &l.hat,
+        &c.group,
+        rdns != ReverseDns::NotChecked,
+        &listed_zones,
+    );
+    if !skipped.rdns.is_empty() {
+        let _ = writeln!(
+            s,
+            "not evaluated {}: no reverse DNS given (use --hostname or --ptr)",
+            skipped.rdns.join(", ")
+        );
+    }
+    if !skipped.dnslists.is_empty() {
+        let _ = writeln!(
+            s,
+            "not evaluated {}: block lists not asked (use --listed ZONE)",
+            skipped.dnslists.join(", ")
+        );
     }
     let _ = writeln!(s, "sender group  {}", c.group);
     let _ = writeln!(s, "matched       {}", c.matched);

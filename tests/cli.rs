@@ -392,13 +392,23 @@ fn metrics_health_and_ready_endpoints() {
     wait_for(&log, "ICID 1 close");
     let m = http_get(srv.metrics, "/metrics");
     assert!(m.contains("mxgate_build_info{version=\""), "{m}");
+    // The sender group is ALL or UNKNOWNLIST: it depends on what the system's resolver
+    // answers for 127.0.0.1's PTR (the shipped config names no resolver).
+    let series =
+        |start: &str, end: &str| m.lines().any(|l| l.starts_with(start) && l.ends_with(end));
     assert!(
-        m.contains("mxgate_connections_total{listener=\"inbound\",sender_group=\"ALL\",action=\"accept\"} 1"),
+        series(
+            "mxgate_connections_total{listener=\"inbound\",sender_group=\"",
+            "\",action=\"accept\"} 1"
+        ),
         "{m}"
     );
     // The client quit without STARTTLS under a `preferred` policy: one plaintext outcome.
     assert!(
-        m.contains("mxgate_inbound_tls_total{listener=\"inbound\",sender_group=\"ALL\",policy=\"ACCEPTED\",outcome=\"plaintext\",client_cert=\"not_requested\"} 1"),
+        series(
+            "mxgate_inbound_tls_total{listener=\"inbound\",sender_group=\"",
+            "\",policy=\"ACCEPTED\",outcome=\"plaintext\",client_cert=\"not_requested\"} 1"
+        ),
         "{m}"
     );
     assert!(

@@ -282,6 +282,10 @@ async fn drive_sessions(srv: &Server) {
         .await;
     expect(&r, "250", "message 5");
     c.cmd("QUIT").await;
+
+    // 9. untrusted_proxy: a PROXY header from outside `trusted` is refused without a reply.
+    let mut c = Client::connect(srv.addr("untrusted_proxy"), Some("192.0.2.11")).await;
+    assert_eq!(c.reply().await, "", "untrusted PROXY source: closed");
 }
 
 enum Want {
@@ -481,6 +485,16 @@ fn expectations(listeners: usize) -> Vec<Expect> {
             1.0,
         ),
         eq(sum("mxgate_required_tls_failures_total", &[]), 1.0),
+        eq(
+            sum(
+                "mxgate_proxy_refused_total",
+                &[
+                    ("listener", "untrusted_proxy"),
+                    ("reason", "untrusted_source"),
+                ],
+            ),
+            1.0,
+        ),
         // The deferred messages (later@, ops@secure) stay queued (retry in 1h).
         eq(sum("mxgate_queue_messages", &[]), 2.0),
         Expect {

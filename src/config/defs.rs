@@ -77,6 +77,18 @@ pub struct GlobalDef {
     /// Relay to the internal server: concurrency and retry schedule.
     #[serde(default)]
     pub delivery: Option<DeliveryDef>,
+    /// How the mail-flow policies' per-IP limits count clients.
+    #[serde(default)]
+    pub per_ip: Option<PerIpDef>,
+}
+
+/// `per_ip:` in `mxgate.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerIpDef {
+    /// IPv6 clients in one network of this prefix length count as one client (default 64).
+    #[serde(default)]
+    pub ipv6_prefix: Option<SpannedStr>,
 }
 
 /// `delivery:` in `mxgate.yaml`.
@@ -122,6 +134,9 @@ pub struct DnsDef {
     /// Timeout for one connection's lookups together (default `5s`).
     #[serde(default)]
     pub timeout: Option<SpannedStr>,
+    /// A hosts file (e.g. `/etc/hosts`) answering reverse DNS before the servers; default none.
+    #[serde(default)]
+    pub hosts_file: Option<SpannedStr>,
 }
 
 /// `metrics:` in `mxgate.yaml`.

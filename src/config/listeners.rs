@@ -383,6 +383,9 @@ fn conflicts(a: &SocketAddr, b: &SocketAddr) -> bool {
     if a.port() == 0 || b.port() == 0 {
         return false;
     }
+    // `[::ffff:a.b.c.d]` is bound as the IPv4 address it stands for.
+    let canon = |s: &SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (&canon(a), &canon(b));
     a == b
         || (a.port() == b.port()
             && a.is_ipv4() == b.is_ipv4()

@@ -164,6 +164,24 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         "dns.timeout",
         e,
     );
+    let hosts_file = match dns.and_then(|x| x.hosts_file.as_ref()) {
+        Some(h) if h.value.trim().is_empty() => {
+            e.on(h, "dns.hosts_file", "path is empty");
+            None
+        }
+        Some(h) => {
+            let path = dir.join(h.value.trim());
+            if let Err(err) = crate::net::hosts::HostsFile::read(&path) {
+                e.on(
+                    h,
+                    "dns.hosts_file",
+                    format!("cannot read {}: {err}", path.display()),
+                );
+            }
+            Some(path)
+        }
+        None => None,
+    };
     let shutdown_grace = duration(
         &d.shutdown_grace,
         Duration::from_secs(30),
@@ -239,14 +257,33 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             .and_then(|x| x.hostname.as_ref())
             .map(|h| h.value.trim().to_string()),
     };
+    let per_ip_ipv6_prefix = match d.per_ip.as_ref().and_then(|p| p.ipv6_prefix.as_ref()) {
+        None => crate::policy::rate::DEFAULT_IPV6_PREFIX,
+        Some(v) => match v.value.trim().trim_start_matches('/').parse::<u8>() {
+            Ok(n) if (32..=128).contains(&n) => n,
+            _ => {
+                e.on(
+                    v,
+                    "per_ip.ipv6_prefix",
+                    format!(
+                        "{:?} is not a prefix length from 32 to 128 (64: each /64 counts as one client)",
+                        v.value
+                    ),
+                );
+                crate::policy::rate::DEFAULT_IPV6_PREFIX
+            }
+        },
+    };
     Global {
         delivery,
+        per_ip_ipv6_prefix,
         spool_dir: o.spool_dir.clone().unwrap_or(spool_dir),
         mail_log: o.mail_log.clone().unwrap_or(mail_log),
         mail_log_format,
         dns: DnsSettings {
             resolvers: o.dns_resolvers.clone().unwrap_or(resolvers),
             timeout: dns_timeout,
+            hosts_file,
         },
         certs_dir: o.certs_dir.clone().unwrap_or(certs_dir),
         shutdown_grace,

@@ -16,6 +16,8 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_network;
+#[cfg(test)]
 mod tests_policies;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -123,6 +123,8 @@ pub struct DnsSettings {
     pub resolvers: Vec<SocketAddr>,
     /// Timeout for one connection's lookups together.
     pub timeout: Duration,
+    /// Hosts file answering before the servers (`dns.hosts_file`); `None` = no hosts file.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Settings from the global file (`mxgate.yaml`).
@@ -146,6 +148,8 @@ pub struct Global {
     pub ready_min_free_space: u64,
     /// Delivery to the internal server.
     pub delivery: DeliverySettings,
+    /// IPv6 clients in one network of this prefix length share the per-IP limits.
+    pub per_ip_ipv6_prefix: u8,
 }
 
 /// `delivery:` settings.

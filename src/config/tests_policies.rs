@@ -368,7 +368,7 @@ metrics: {listen: null}
     let d = config_dir(&[("mxgate.yaml", Some("dns:\n  resolver: [\"192.0.2.53\"]\n"))]);
     assert_eq!(
         errors(&d, &Overrides::default()),
-        ["mxgate.yaml:2:3: unknown key `resolver`, expected one of resolvers, timeout"]
+        ["mxgate.yaml:2:3: unknown key `resolver`, expected one of resolvers, timeout, hosts_file"]
     );
 }
 

@@ -59,6 +59,13 @@ pub const CONFIG_RELOADS: &str = "mxgate_config_reloads_total";
 /// DNS block-list lookups: `{zone, result}` with result `listed`, `not_listed` or `error`
 /// (timeout, server failure, or only a list error code such as 127.255.255.254).
 pub const DNSBL_LOOKUPS: &str = "mxgate_dnsbl_lookups_total";
+/// Connections closed because of the PROXY protocol: `{listener, reason}` with reason
+/// `untrusted_source`, `timeout`, `closed`, `malformed`, `io_error`.
+pub const PROXY_REFUSED: &str = "mxgate_proxy_refused_total";
+/// Reverse-DNS (FCrDNS) results per connection, as RFC 8601 `iprev` names them:
+/// `{listener, result}` with result `pass`, `fail` (PTR names do not resolve back),
+/// `temperror` (lookup failed or timed out), `permerror` (no PTR).
+pub const REVERSE_DNS: &str = "mxgate_reverse_dns_total";
 /// Build information, value 1: `{version}`.
 pub const BUILD_INFO: &str = "mxgate_build_info";
 
@@ -147,6 +154,11 @@ fn describe() {
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
     describe_counter!(DNSBL_LOOKUPS, "DNS block-list lookups by zone and result");
+    describe_counter!(
+        PROXY_REFUSED,
+        "Connections closed because of the PROXY protocol, by reason"
+    );
+    describe_counter!(REVERSE_DNS, "Reverse-DNS (iprev) results per connection");
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
@@ -370,6 +382,26 @@ pub fn delivery_attempt(destination: &str, result: &'static str, n: u64) {
 /// Counts one block-list lookup; `zone` comes from the HAT, never from the client.
 pub fn dnsbl_lookup(zone: &str, result: &'static str) {
     metrics::counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
+}
+
+/// Counts one PROXY refusal; the reason label comes from the typed refusal.
+pub fn proxy_refused(listener: &str, r: &crate::net::proxy::Refusal) {
+    metrics::counter!(PROXY_REFUSED, "listener" => listener.to_string(), "reason" => r.label())
+        .increment(1);
+}
+
+/// Counts one connection's reverse-DNS result (nothing when it was not looked up).
+pub fn reverse_dns(listener: &str, r: &crate::policy::hat::ReverseDns) {
+    use crate::policy::hat::ReverseDns;
+    let result = match r {
+        ReverseDns::Verified(_) => "pass",
+        ReverseDns::Mismatch(_) => "fail",
+        ReverseDns::TempFail => "temperror",
+        ReverseDns::Missing => "permerror",
+        ReverseDns::NotChecked => return,
+    };
+    metrics::counter!(REVERSE_DNS, "listener" => listener.to_string(), "result" => result)
+        .increment(1);
 }
 
 /// Sets the queue gauges.

@@ -86,6 +86,7 @@ pub async fn handle(
     let mut local_ip = local.ip();
     if let Some(pp) = &ctx.listener.proxy_protocol {
         if !pp.trusted.iter().any(|n| n.contains(&peer.ip())) {
+            metrics::proxy_refused(&ctx.listener.name, &proxy::Refusal::UntrustedSource);
             ctx.log.log(&Event::Note {
                 level: Level::Warning,
                 text: format!(
@@ -105,6 +106,7 @@ pub async fn handle(
             }
             Ok((None, _)) => {}
             Err(reason) => {
+                metrics::proxy_refused(&ctx.listener.name, &reason);
                 ctx.log.log(&Event::Note {
                     level: Level::Warning,
                     text: format!(
@@ -142,6 +144,7 @@ pub async fn handle(
         ctx.resolver.lookup(peer_ip),
         dnsbl::check_zones(&ctx.resolver, peer_ip, &zones)
     );
+    metrics::reverse_dns(&ctx.listener.name, &rdns);
     for (level, text) in dnsbl::log_notes(icid, peer_ip, &dnslists) {
         ctx.log.log(&Event::Note { level, text });
     }
@@ -234,7 +237,7 @@ async fn read_proxy_header(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     timeout: std::time::Duration,
-) -> Result<(Option<SocketAddr>, Option<SocketAddr>), String> {
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), proxy::Refusal> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match proxy::parse(buf) {
@@ -246,15 +249,15 @@ async fn read_proxy_header(
                 buf.drain(..consumed);
                 return Ok((source, destination));
             }
-            ProxyParse::Invalid(e) => return Err(e),
+            ProxyParse::Invalid(e) => return Err(proxy::Refusal::Malformed(e)),
             ProxyParse::Incomplete => {}
         }
         let mut chunk = [0u8; 256];
         // Read only what is there: bytes after the header belong to SMTP.
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return Err("timeout waiting for PROXY header".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(0)) => return Err("connection closed before PROXY header".into()),
+            Err(_) => return Err(proxy::Refusal::Timeout),
+            Ok(Err(e)) => return Err(proxy::Refusal::Io(e.to_string())),
+            Ok(Ok(0)) => return Err(proxy::Refusal::Closed),
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);

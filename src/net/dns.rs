@@ -1,18 +1,30 @@
 //! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver; also
 //! the plain A lookups of DNS block lists ([`crate::net::dnsbl`]) and the MX and A/AAAA lookups
 //! of `mx_lookup` routes ([`crate::relay::mx`]), on the same resolver.
+//!
+//! Only the configured servers answer: the library's hosts-file answers are off, and names it
+//! would answer by itself (`localhost`, the PTR of 127/8 and ::1) are asked of the servers
+//! too. A hosts file is read only when `dns.hosts_file` names one ([`HostsFile`]).
 
 #[cfg(test)]
 use std::net::SocketAddr;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::net::xfer::FirstAnswer;
+use hickory_resolver::net::DnsHandle;
+use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::rr::domain::usage::{IN_ADDR_ARPA_127, IP6_ARPA_1, LOCALHOST};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 use crate::config::model::DnsSettings;
+use crate::net::hosts::HostsFile;
 use crate::policy::hat::ReverseDns;
 
 /// Errors building the resolver.
@@ -74,10 +86,21 @@ fn fqdn(name: &str) -> String {
     }
 }
 
+/// One query's outcome.
+enum Answer {
+    Records(Vec<RData>),
+    NotFound,
+    Failed,
+}
+
 /// Resolver used for every connection's PTR and forward lookups.
 #[derive(Clone)]
 pub struct ReverseResolver {
     resolver: TokioResolver,
+    /// The same servers, asked directly for the names the library answers by itself.
+    direct: NameServerPool<TokioRuntimeProvider>,
+    /// `dns.hosts_file`, when configured.
+    hosts: Option<Arc<HostsFile>>,
     timeout: Duration,
 }
 
@@ -90,13 +113,17 @@ impl std::fmt::Debug for ReverseResolver {
 }
 
 impl ReverseResolver {
-    /// Builds a resolver on the configured servers (or the system's when none are configured).
+    /// Builds a resolver on the configured servers (or the system's when none are configured),
+    /// reading `dns.hosts_file` when set.
     pub fn new(settings: &DnsSettings) -> Result<Self, DnsError> {
         let mut opts = ResolverOpts::default();
         opts.timeout = settings.timeout;
         opts.attempts = 1;
-        let builder = if settings.resolvers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| DnsError::Build(e.to_string()))?
+        opts.use_hosts_file = ResolveHosts::Never;
+        let config = if settings.resolvers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| DnsError::Build(e.to_string()))?
+                .0
         } else {
             let servers = settings
                 .resolvers
@@ -109,19 +136,70 @@ impl ReverseResolver {
                     NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
+            ResolverConfig::from_name_servers(servers)
         };
-        let resolver = builder
+        let tls = TlsConfig::new().map_err(|e| DnsError::Build(e.to_string()))?;
+        let direct = NameServerPool::from_config(
+            config.name_servers().to_vec(),
+            Arc::new(PoolContext::new(opts.clone(), tls)),
+            TokioRuntimeProvider::default(),
+        );
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
             .map_err(|e| DnsError::Build(e.to_string()))?;
+        let hosts = match &settings.hosts_file {
+            Some(path) => Some(Arc::new(HostsFile::read(path).map_err(|e| {
+                DnsError::Build(format!("hosts file {}: {e}", path.display()))
+            })?)),
+            None => None,
+        };
         Ok(ReverseResolver {
             resolver,
+            direct,
+            hosts,
             timeout: settings.timeout,
         })
+    }
+
+    /// Asks the servers: the library's cache for ordinary names, the servers directly for
+    /// the names the library would answer by itself.
+    async fn query(&self, name: Name, rtype: RecordType) -> Answer {
+        let special = [&*LOCALHOST, &*IN_ADDR_ARPA_127, &*IP6_ARPA_1]
+            .iter()
+            .any(|zone| zone.zone_of(&name));
+        if special {
+            let query = Query::query(name, rtype);
+            return match self
+                .direct
+                .lookup(query, DnsRequestOptions::default())
+                .first_answer()
+                .await
+            {
+                Ok(r) if r.response_code == ResponseCode::NXDomain => Answer::NotFound,
+                Ok(r) if r.response_code == ResponseCode::NoError => {
+                    let data: Vec<RData> = r
+                        .answers
+                        .iter()
+                        .filter(|a| a.record_type() == rtype)
+                        .map(|a| a.data.clone())
+                        .collect();
+                    if data.is_empty() {
+                        Answer::NotFound
+                    } else {
+                        Answer::Records(data)
+                    }
+                }
+                // The pool reports NXDOMAIN and empty answers as errors too.
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::NotFound,
+                _ => Answer::Failed,
+            };
+        }
+        match self.resolver.lookup(name, rtype).await {
+            Ok(l) => Answer::Records(l.answers().iter().map(|r| r.data.clone()).collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::NotFound,
+            Err(_) => Answer::Failed,
+        }
     }
 
     /// A resolver on 127.0.0.1:53, for unit tests that need one but never look anything up
@@ -131,6 +209,7 @@ impl ReverseResolver {
         Self::new(&DnsSettings {
             resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             timeout: Duration::from_secs(1),
+            hosts_file: None,
         })
         .expect("resolver on 127.0.0.1:53")
     }
@@ -208,6 +287,9 @@ impl ReverseResolver {
 
     /// A (else AAAA) addresses of `name`, bounded by the configured timeout.
     pub async fn lookup_ip(&self, name: &str) -> IpLookup {
+        if let Some(addrs) = self.hosts.as_ref().and_then(|h| h.addresses(name)) {
+            return IpLookup::Found(addrs.to_vec());
+        }
         let query = async {
             match self.resolver.lookup_ip(fqdn(name)).await {
                 Ok(l) => {
@@ -238,34 +320,56 @@ impl ReverseResolver {
     }
 
     async fn lookup_inner(&self, ip: IpAddr) -> ReverseDns {
-        let names: Vec<String> = match self.resolver.reverse_lookup(ip).await {
-            Ok(l) => l
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::PTR(p) => {
-                        Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect(),
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => return ReverseDns::Missing,
-            Err(_) => return ReverseDns::TempFail,
+        let names: Vec<String> = match self.hosts.as_ref().and_then(|h| h.names(ip)) {
+            Some(names) => names.to_vec(),
+            None => match self.query(Name::from(ip), RecordType::PTR).await {
+                Answer::Records(data) => data
+                    .iter()
+                    .filter_map(|d| match d {
+                        RData::PTR(p) => {
+                            Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Answer::NotFound => return ReverseDns::Missing,
+                Answer::Failed => return ReverseDns::TempFail,
+            },
         };
         let Some(first) = names.first().cloned() else {
             return ReverseDns::Missing;
         };
         // Only a few PTR names are checked: a host with dozens is not worth the lookups.
         for name in names.iter().take(3) {
-            match self.resolver.lookup_ip(format!("{name}.")).await {
-                Ok(addrs) if addrs.iter().any(|a| a == ip) => {
-                    return ReverseDns::Verified(name.clone())
-                }
-                Ok(_) => {}
-                Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
-                Err(_) => return ReverseDns::TempFail,
+            match self.confirms(name, ip).await {
+                Some(true) => return ReverseDns::Verified(name.clone()),
+                Some(false) => {}
+                None => return ReverseDns::TempFail,
             }
         }
         ReverseDns::Mismatch(first)
+    }
+
+    /// Whether `name` has `ip` among its addresses (`None`: the lookup failed). Only the
+    /// client's address family is asked: the other cannot confirm it, and a server that
+    /// never answers it must not hold the connection up. A name in the hosts file is
+    /// answered from the file alone.
+    async fn confirms(&self, name: &str, ip: IpAddr) -> Option<bool> {
+        if let Some(addrs) = self.hosts.as_ref().and_then(|h| h.addresses(name)) {
+            return Some(addrs.contains(&ip));
+        }
+        let Ok(fq) = Name::from_ascii(fqdn(name)) else {
+            return Some(false);
+        };
+        let rtype = if ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        };
+        match self.query(fq, rtype).await {
+            Answer::Records(data) => Some(data.iter().any(|d| d.ip_addr() == Some(ip))),
+            Answer::NotFound => Some(false),
+            Answer::Failed => None,
+        }
     }
 }

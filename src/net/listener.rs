@@ -8,6 +8,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::mail_log::{Event, Level};
+use crate::net::bind::canonical;
 use crate::net::conn::{self, ListenerContext};
 
 /// Accepts until `stop` turns true, then waits for open sessions (they get 421 when `force_close` fires).
@@ -30,9 +31,11 @@ pub async fn serve(
         // Each connection takes the configuration current at accept time (live reload).
         let ctx = current.load_full();
         let (mut stream, peer) = match accepted {
-            Ok(x) => {
+            Ok((s, peer)) => {
                 backoff = Duration::from_millis(10);
-                x
+                // An IPv4 client of an IPv6 socket is `::ffff:a.b.c.d`: from here on it is
+                // a.b.c.d, so IPv4 HAT entries, PROXY networks and per-IP limits see it.
+                (s, canonical(peer))
             }
             Err(e) => {
                 // EMFILE and friends: wait instead of spinning.
@@ -75,7 +78,7 @@ pub async fn serve(
             });
             continue;
         };
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = stream.local_addr().map(canonical).unwrap_or(peer);
         let ctx = ctx.clone();
         let force = force_close.clone();
         tasks.spawn(async move {

@@ -6,6 +6,8 @@ use ppp::v1;
 use ppp::v2;
 use ppp::{HeaderResult, PartialResult};
 
+use crate::net::bind::canonical;
+
 /// Longest header we wait for: v1 is at most 107 bytes; v2 is 16 + a 16-bit length, but
 /// addresses plus the TLVs load balancers send fit well within this.
 pub const MAX_HEADER: usize = 1024;
@@ -30,6 +32,45 @@ pub enum ProxyParse {
     },
     /// Not a valid PROXY header.
     Invalid(String),
+}
+
+/// Why a connection was closed before SMTP because of the PROXY protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The socket's peer is not in `proxy_protocol.trusted`.
+    UntrustedSource,
+    /// No whole header within `proxy_protocol.timeout`.
+    Timeout,
+    /// The connection ended before a whole header.
+    Closed,
+    /// Not a valid PROXY header (or longer than [`MAX_HEADER`]).
+    Malformed(String),
+    /// Reading failed.
+    Io(String),
+}
+
+impl Refusal {
+    /// The `reason` label of `mxgate_proxy_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::UntrustedSource => "untrusted_source",
+            Refusal::Timeout => "timeout",
+            Refusal::Closed => "closed",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::Io(_) => "io_error",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UntrustedSource => f.write_str("not a trusted PROXY source"),
+            Refusal::Timeout => f.write_str("timeout waiting for PROXY header"),
+            Refusal::Closed => f.write_str("connection closed before PROXY header"),
+            Refusal::Malformed(m) | Refusal::Io(m) => f.write_str(m),
+        }
+    }
 }
 
 /// Parses a PROXY v1 or v2 header at the start of `buf`.
@@ -57,7 +98,7 @@ pub fn parse(buf: &[u8]) -> ProxyParse {
             ProxyParse::Incomplete
         };
     }
-    match result {
+    let parsed = match result {
         HeaderResult::V1(Ok(h)) => {
             let (source, destination) = match h.addresses {
                 v1::Addresses::Tcp4(a) => (
@@ -108,6 +149,19 @@ pub fn parse(buf: &[u8]) -> ProxyParse {
         }
         HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
         HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+    };
+    // A TCP6 header may carry an IPv4 client as `::ffff:a.b.c.d`: use the IPv4 address.
+    match parsed {
+        ProxyParse::Header {
+            consumed,
+            source,
+            destination,
+        } => ProxyParse::Header {
+            consumed,
+            source: source.map(canonical),
+            destination: destination.map(canonical),
+        },
+        other => other,
     }
 }
 

@@ -3,5 +3,6 @@
 pub mod flow;
 pub mod hat;
 pub mod hat_index;
+pub mod hat_trace;
 pub mod rat;
 pub mod rate;

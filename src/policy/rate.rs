@@ -1,7 +1,9 @@
 //! Per-client-IP limits shared by every listener: concurrent connections and recipients per hour.
+//! IPv6 clients are counted per network (`/64` by default): one host owns a whole /64, so
+//! counting each address apart would let it escape every limit.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,12 @@ impl Clock for SystemClock {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// IPv6 prefix length counted as one client unless configured (`per_ip.ipv6_prefix`).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// How often the server drops entries that no longer limit anything.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 struct PerIp {
     connections: u64,
@@ -40,10 +48,11 @@ impl PerIp {
     }
 }
 
-/// Shared per-IP counters.
+/// Shared per-IP counters, keyed by IPv4 address or IPv6 network.
 #[derive(Debug)]
 pub struct RateLimiter {
     clock: Arc<dyn Clock>,
+    ipv6_prefix: u8,
     table: Mutex<HashMap<IpAddr, PerIp>>,
 }
 
@@ -51,29 +60,50 @@ pub struct RateLimiter {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     limiter: Arc<RateLimiter>,
-    ip: IpAddr,
+    /// `None` when the limit is unlimited: nothing was counted.
+    key: Option<IpAddr>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        let Some(key) = self.key else { return };
         let now = self.limiter.clock.now();
         let mut t = self.limiter.lock();
-        if let Some(e) = t.get_mut(&self.ip) {
+        if let Some(e) = t.get_mut(&key) {
             e.connections = e.connections.saturating_sub(1);
             if e.is_idle(now) {
-                t.remove(&self.ip);
+                t.remove(&key);
             }
         }
     }
 }
 
 impl RateLimiter {
-    /// A limiter on the given clock.
+    /// A limiter on the given clock, counting IPv6 clients per /64.
     pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        Self::with_ipv6_prefix(clock, DEFAULT_IPV6_PREFIX)
+    }
+
+    /// A limiter counting IPv6 clients per `/ipv6_prefix` network (at most 128).
+    pub fn with_ipv6_prefix(clock: Arc<dyn Clock>, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(RateLimiter {
             clock,
+            ipv6_prefix: ipv6_prefix.min(128),
             table: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The key `ip` is counted under: the IPv4 address, or the IPv6 address's network.
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+            v4 => v4,
+        }
     }
 
     /// A limiter on the system clock.
@@ -86,25 +116,36 @@ impl RateLimiter {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a connection slot unless `ip` already holds `max` (None = unlimited).
+    /// Takes a connection slot unless `ip` already holds `max` (None = unlimited: nothing
+    /// is counted).
     pub fn try_connect(self: &Arc<Self>, ip: IpAddr, max: Option<u64>) -> Option<ConnectionSlot> {
+        let Some(max) = max else {
+            return Some(ConnectionSlot {
+                limiter: self.clone(),
+                key: None,
+            });
+        };
+        let key = self.key(ip);
         let mut t = self.lock();
-        let e = t.entry(ip).or_default();
-        if max.is_some_and(|m| e.connections >= m) {
+        let e = t.entry(key).or_default();
+        if e.connections >= max {
             return None;
         }
         e.connections += 1;
         Some(ConnectionSlot {
             limiter: self.clone(),
-            ip,
+            key: Some(key),
         })
     }
 
-    /// Counts one recipient for `ip` unless that would pass `max` in the current hour.
+    /// Counts one recipient for `ip` unless that would pass `max` in the current hour
+    /// (None = unlimited: nothing is counted).
     pub fn try_recipient(&self, ip: IpAddr, max: Option<u64>) -> bool {
+        let Some(max) = max else { return true };
         let now = self.clock.now();
+        let key = self.key(ip);
         let mut t = self.lock();
-        let e = t.entry(ip).or_default();
+        let e = t.entry(key).or_default();
         match e.window_start {
             Some(s) if now.duration_since(s) < HOUR => {}
             _ => {
@@ -112,11 +153,18 @@ impl RateLimiter {
                 e.recipients = 0;
             }
         }
-        if max.is_some_and(|m| e.recipients >= m) {
+        if e.recipients >= max {
             return false;
         }
         e.recipients += 1;
         true
+    }
+
+    /// Drops every entry that limits nothing any more: no open connection and no recipient
+    /// counted in the last hour. The server calls this every [`PRUNE_EVERY`].
+    pub fn prune(&self) {
+        let now = self.clock.now();
+        self.lock().retain(|_, e| !e.is_idle(now));
     }
 
     /// Number of IPs currently tracked (for tests and memory checks).
@@ -171,6 +219,77 @@ pub(crate) mod tests {
         assert!(!l.try_recipient(ip, Some(2)));
         clock.advance(Duration::from_secs(1));
         assert!(l.try_recipient(ip, Some(2)));
+    }
+
+    fn manual() -> Arc<ManualClock> {
+        Arc::new(ManualClock(Mutex::new(Instant::now())))
+    }
+
+    #[test]
+    fn trust_09_entries_are_pruned_once_their_hour_has_passed() {
+        let clock = manual();
+        let l = RateLimiter::new(clock.clone());
+        // A spray of clients, each with one recipient: their windows keep them until pruned.
+        for i in 0..1000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0xC633_6400 + i));
+            assert!(l.try_recipient(ip, Some(10)));
+        }
+        let held: IpAddr = "192.0.2.1".parse().unwrap();
+        let slot = l.try_connect(held, Some(5)).unwrap();
+        assert_eq!(l.tracked(), 1001);
+        clock.advance(Duration::from_secs(3599));
+        l.prune();
+        assert_eq!(l.tracked(), 1001, "windows still running");
+        clock.advance(Duration::from_secs(1));
+        l.prune();
+        assert_eq!(l.tracked(), 1, "only the open connection is left");
+        drop(slot);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn trust_09_unlimited_limits_count_nothing() {
+        let l = RateLimiter::new(manual());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let _slot = l.try_connect(ip, None).unwrap();
+        assert!(l.try_recipient(ip, None));
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn trust_09_ipv6_clients_are_counted_per_network() {
+        let l = RateLimiter::new(manual());
+        let a: IpAddr = "2001:db8:1:2::a".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::b".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::a".parse().unwrap();
+        let _s = l.try_connect(a, Some(1)).unwrap();
+        assert!(l.try_connect(b, Some(1)).is_none(), "same /64");
+        assert!(l.try_connect(other, Some(1)).is_some(), "next /64");
+        assert!(l.try_recipient(a, Some(2)));
+        assert!(l.try_recipient(b, Some(2)));
+        assert!(
+            !l.try_recipient(a, Some(2)),
+            "the /64 shares one hourly budget"
+        );
+
+        // A configured /128 counts every address apart; /48 counts both /64s together.
+        let l = RateLimiter::with_ipv6_prefix(manual(), 128);
+        let _s = l.try_connect(a, Some(1)).unwrap();
+        assert!(l.try_connect(b, Some(1)).is_some());
+        let l = RateLimiter::with_ipv6_prefix(manual(), 48);
+        let _s = l.try_connect(a, Some(1)).unwrap();
+        assert!(l.try_connect(other, Some(1)).is_none());
+        // IPv4 (and IPv4-mapped) clients are counted per address.
+        let l = RateLimiter::new(manual());
+        let _s = l
+            .try_connect("192.0.2.1".parse().unwrap(), Some(1))
+            .unwrap();
+        assert!(l
+            .try_connect("::ffff:192.0.2.1".parse().unwrap(), Some(1))
+            .is_none());
+        assert!(l
+            .try_connect("192.0.2.2".parse().unwrap(), Some(1))
+            .is_some());
     }
 
     #[test]
