@@ -737,6 +737,7 @@ mod tests {
             body: None,
             size: 10,
             smtputf8: false,
+            eightbitmime: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let log = MailLog::open(
