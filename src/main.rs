@@ -215,7 +215,12 @@ impl ConfigArgs {
     /// Loads the config, printing every error to stderr; `None` when it has errors.
     fn load_or_report(&self) -> anyhow::Result<Option<Config>> {
         Ok(match self.load()? {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("mxgate: {}", w.render());
+                }
+                Some(c)
+            }
             Err(errors) => {
                 eprintln!("{}", errors.trim_end());
                 None
@@ -252,6 +257,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
         Cmd::Check(args) => match args.load()? {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    println!("{}", w.render());
+                }
+                // What `serve` would refuse at start-up, though the YAML is fine.
+                let files = mxgate::app::check_tls_files(&cfg);
+                if !files.is_empty() {
+                    println!("{}", files.join("\n"));
+                    return Ok(ExitCode::from(1));
+                }
                 println!(
                     "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
                     args.config_dir.display(),
