@@ -49,14 +49,14 @@ pub enum AppError {
     #[error(transparent)]
     OutboundTls(#[from] crate::relay::outbound_tls::OutboundTlsError),
     /// A bind address could not be bound.
-    #[error("listener {listener}: cannot bind {addr}: {source}")]
+    #[error("listener {listener}: cannot bind {addr}: {cause}")]
     Bind {
         /// Listener name.
         listener: String,
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (in the message, not a `source`: `mxgate: {e:#}` would print it twice).
+        cause: std::io::Error,
     },
 }
 
@@ -91,6 +91,8 @@ pub struct Running {
     pub bound: Vec<(String, SocketAddr)>,
     /// The metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// `metrics.listen` as configured at start-up (a change needs a restart).
+    metrics_listen: Option<SocketAddr>,
     /// What `/ready` answers.
     pub ready: Arc<crate::metrics::Readiness>,
     /// The mail log (reopened on SIGHUP/SIGUSR1).
@@ -195,6 +197,14 @@ impl Running {
             contexts.push((
                 slot,
                 build_context(l, &self.shared, &resolver, &config.global.certs_dir, false)?,
+            ));
+        }
+        if config.global.metrics_listen != self.metrics_listen {
+            let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            self.warn(format!(
+                "reload: metrics.listen changed from {} to {}; the change needs a restart",
+                show(self.metrics_listen),
+                show(config.global.metrics_listen)
             ));
         }
         for slot in &self.slots {
@@ -354,10 +364,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         for addr in &l.bind {
             let socket = TcpListener::bind(addr)
                 .await
-                .map_err(|source| AppError::Bind {
+                .map_err(|cause| AppError::Bind {
                     listener: l.name.clone(),
                     addr: *addr,
-                    source,
+                    cause,
                 })?;
             let actual = socket.local_addr().unwrap_or(*addr);
             bound.push((l.name.clone(), actual));
@@ -382,6 +392,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         shared,
         bound,
         metrics_addr,
+        metrics_listen: config.global.metrics_listen,
         ready,
         metrics_task,
         mail_log,

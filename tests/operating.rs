@@ -3,11 +3,14 @@
 //! commands, restarts and reloads.
 
 mod common;
+mod relay_common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{copy_dir, repo};
+use common::{closed_addr, copy_dir, relay_config, repo, Client, Server};
+use mxgate::config::model::MailLogTarget;
+use mxgate::config::{load, Overrides};
 
 fn mxgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mxgate"))
@@ -129,4 +132,108 @@ fn trust_19_run_sh_installs_what_swaks_tls_needs() {
             eprintln!("SKIP: swaks is not installed");
         }
     }
+}
+
+/// `mxgate serve` (stderr piped, as under systemd or docker) on a port that is already taken:
+/// it logs the demo-certificate warning, then fails to bind. Returns its stderr.
+fn serve_on_a_taken_port() -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = mxgate()
+        .arg("serve")
+        .arg("--config-dir")
+        .arg(repo())
+        .arg("--spool-dir")
+        .arg(tmp.path().join("spool"))
+        .arg("--certs-dir")
+        .arg(tmp.path().join("certs"))
+        .arg("--mail-log")
+        .arg(tmp.path().join("mail.log"))
+        .args(["--metrics-listen", "off"])
+        .arg(format!("--bind=inbound=127.0.0.1:{port}"))
+        .arg("--bind=relay=127.0.0.1:0")
+        .env_remove("MXGATE_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn trust_20_stderr_has_no_colour_codes_when_it_is_not_a_terminal() {
+    let err = serve_on_a_taken_port();
+    assert!(err.contains("WARN"), "{err}");
+    assert!(err.contains("DEMO certificate"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+}
+
+#[test]
+fn trust_20_the_bind_error_names_its_cause_once() {
+    let err = serve_on_a_taken_port();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("mxgate: listener inbound: cannot bind 127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.ends_with(": Address already in use (os error 98)"),
+        "{line}"
+    );
+    assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+}
+
+/// Sends one message to the server's `preferred` listener; returns the final reply.
+async fn send(srv: &Server, to: &str) -> String {
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .send_mail("alice@other.example", &[to], "Subject: t\r\n\r\nbody\r\n")
+        .await;
+    c.cmd("QUIT").await;
+    r
+}
+
+#[tokio::test]
+async fn trust_20_reload_warns_that_a_changed_metrics_listen_needs_a_restart() {
+    let cfg = relay_config(closed_addr(), "1h");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    // The same configuration and overrides as the running server, with metrics turned on.
+    let o = Overrides {
+        spool_dir: Some(srv.spool.clone()),
+        certs_dir: Some(srv.dir.path().join("certs")),
+        mail_log: Some(MailLogTarget::File(srv.log.clone())),
+        metrics_listen: Some(Some("127.0.0.1:9999".parse().unwrap())),
+        ..Overrides::default()
+    };
+    let new = load(cfg.path(), &o).unwrap();
+    srv.running.as_ref().unwrap().apply(&new).unwrap();
+    srv.wait_log(
+        "Warning: reload: metrics.listen changed from off to 127.0.0.1:9999; the change needs a restart",
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn trust_20_a_dropped_downstream_connection_is_logged_without_a_reply_code() {
+    use relay_common::{Sink, SinkConfig};
+    let sink = Sink::start(SinkConfig {
+        rcpt_replies: vec![("bob@example.com".into(), "DROP".into())],
+        ..SinkConfig::default()
+    })
+    .await;
+    let cfg = relay_config(sink.addr, "1h");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let r = send(&srv, "bob@example.com").await;
+    assert!(r.starts_with("250 "), "{r}");
+    let line = srv
+        .wait_log("Info: Delayed: DCID \\d+ MID \\d+ to RID [0] - ")
+        .await;
+    assert!(
+        line.contains(" - 4.4.2 - lost connection with 127.0.0.1: "),
+        "{line}"
+    );
+    assert!(!line.contains("('451'"), "{line}");
+    srv.stop().await;
 }
