@@ -797,6 +797,10 @@ fn routes_list(cfg: &Config) -> String {
 fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
     use mxgate::relay::control;
     let spool_of = |c: &ConfigArgs| -> anyhow::Result<Option<PathBuf>> {
+        // The spool is all the queue commands need: with --spool-dir, no configuration.
+        if let Some(s) = &c.spool_dir {
+            return Ok(Some(s.clone()));
+        }
         Ok(c.load_or_report()?.map(|cfg| cfg.global.spool_dir))
     };
     let ask = |c: &ConfigArgs, line: String| -> anyhow::Result<ExitCode> {
@@ -827,7 +831,17 @@ fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
             let Some(spool) = spool_of(&c)? else {
                 return Ok(ExitCode::from(1));
             };
-            print!("{}", control::render_list(&control::entries(&spool), now));
+            let queue = spool.join("queue");
+            if !queue.is_dir() {
+                eprintln!(
+                    "mxgate: no queue in {}: give the server's --spool-dir or --config-dir",
+                    queue.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            let list = control::render_list(&control::entries(&spool), now);
+            let footer = format!(" message(s) in queue {}\n", queue.display());
+            print!("{}", list.replace(" message(s) in queue\n", &footer));
             Ok(ExitCode::SUCCESS)
         }
         QueueCmd::Show { mid, config } => {
@@ -843,7 +857,10 @@ fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("mxgate: MID {mid} is not in the queue");
+                    eprintln!(
+                        "mxgate: MID {mid} is not in the queue {}",
+                        spool.join("queue").display()
+                    );
                     Ok(ExitCode::from(1))
                 }
             }

@@ -237,3 +237,186 @@ async fn trust_20_a_dropped_downstream_connection_is_logged_without_a_reply_code
     assert!(!line.contains("('451'"), "{line}");
     srv.stop().await;
 }
+
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+/// `mxgate serve` as a child process: the config in `cfg`, spool, certs and mail log in
+/// `work`. Returns it and the address of the `preferred` listener.
+fn spawn_server(cfg: &Path, work: &Path) -> (Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = mxgate()
+        .arg("serve")
+        .arg("--config-dir")
+        .arg(cfg)
+        .arg("--spool-dir")
+        .arg(work.join("spool"))
+        .arg("--certs-dir")
+        .arg(work.join("certs"))
+        .arg("--mail-log")
+        .arg(work.join("mail.log"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let l = lines.next().expect("server exited early").unwrap();
+        if let Some(a) = l.strip_prefix("mxgate: listener preferred listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Child(child), addr)
+}
+
+/// Sends one message to `addr`; returns its MID.
+async fn send_to(addr: std::net::SocketAddr, to: &str) -> u64 {
+    let mut c = Client::connect(addr, None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .send_mail("alice@other.example", &[to], "Subject: t\r\n\r\nbody\r\n")
+        .await;
+    c.cmd("QUIT").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    r.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A spool holding one message whose delivery failed once (next try in an hour), written
+/// by a server that has stopped since.
+async fn spool_with_a_deferred_message() -> (tempfile::TempDir, u64) {
+    let cfg = relay_config(closed_addr(), "1h");
+    let work = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(cfg.path(), work.path());
+    let mid = send_to(addr, "bob@example.com").await;
+    let log = work.path().join("mail.log");
+    common::wait_until("the first attempt fails", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
+    })
+    .await;
+    child.stop();
+    (work, mid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_20_queue_commands_need_only_the_spool_dir_and_say_where_they_looked() {
+    let (work, mid) = spool_with_a_deferred_message().await;
+    let spool = work.path().join("spool");
+    // Run where there is no configuration at all.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let queue = |args: &[&str], spool: &Path| {
+        let out = mxgate()
+            .arg("queue")
+            .args(args)
+            .arg("--spool-dir")
+            .arg(spool)
+            .current_dir(elsewhere.path())
+            .env_remove("MXGATE_CONFIG_DIR")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, list) = queue(&["list"], &spool);
+    assert!(ok, "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{mid} ")) && l.contains("bob@example.com")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "-- 1 message(s) in queue {}",
+            spool.join("queue").display()
+        )),
+        "{list}"
+    );
+    let (ok, show) = queue(&["show", &mid.to_string()], &spool);
+    assert!(
+        ok && show.contains("RID 0 bob@example.com pending"),
+        "{show}"
+    );
+    let (ok, missing) = queue(&["show", "999"], &spool);
+    assert!(
+        !ok && missing.contains(&format!(
+            "MID 999 is not in the queue {}",
+            spool.join("queue").display()
+        )),
+        "{missing}"
+    );
+    let wrong = elsewhere.path().join("no-spool");
+    let (ok, err) = queue(&["list"], &wrong);
+    assert!(
+        !ok && err.contains(&format!("no queue in {}", wrong.join("queue").display())),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_20_queue_show_prints_times_people_read() {
+    let (work, mid) = spool_with_a_deferred_message().await;
+    let out = mxgate()
+        .args(["queue", "show", &mid.to_string(), "--spool-dir"])
+        .arg(work.path().join("spool"))
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{show}");
+    // RFC 3339: 2026-11-22T15:04:25+01:00 (or ...Z in UTC).
+    let rfc3339 = |v: &str| {
+        let b = v.as_bytes();
+        v.len() >= 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && (v.ends_with('Z') || v[19..].starts_with(['+', '-']))
+    };
+    for key in ["received ", "next_try "] {
+        let line = show
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key:?} line in {show}"));
+        assert!(rfc3339(&line[key.len()..]), "{line:?} in\n{show}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
+    // The internal server is down, and the retry delay is an hour.
+    let down = closed_addr();
+    let cfg = relay_config(down, "1h");
+    let work = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(cfg.path(), work.path());
+    send_to(addr, "bob@example.com").await;
+    let log = work.path().join("mail.log");
+    common::wait_until("the first attempt fails", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
+    })
+    .await;
+    child.stop();
+    // The internal server comes back, and mxgate is restarted: the message goes out now,
+    // not an hour after the failed attempt.
+    let sink = common::sink::Sink::start(&down.to_string()).await;
+    let (child, _) = spawn_server(cfg.path(), work.path());
+    common::wait_until("delivery after the restart", || !sink.messages().is_empty()).await;
+    child.stop();
+}
