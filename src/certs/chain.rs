@@ -249,6 +249,14 @@ mod tests {
     }
 
     #[test]
+    fn a_leaf_signed_directly_by_a_supplied_root_misses_nothing() {
+        let (root, root_i) = ca("Root", None);
+        let a = assemble(leaf(&root_i), vec![root], 0);
+        assert_eq!(a.end, End::SelfSigned);
+        assert!(a.messages(true).is_empty(), "{:?}", a.messages(true));
+    }
+
+    #[test]
     fn intermediate_without_root_is_a_note() {
         let (_, root_i) = ca("Root", None);
         let (int, int_i) = ca("Intermediate", Some(&root_i));
