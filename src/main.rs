@@ -451,6 +451,12 @@ fn reload(args: &ConfigArgs, running: &mxgate::app::Running) -> Option<Config> {
     match result {
         Ok(cfg) => {
             metrics::counter!(mxgate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+            for w in &cfg.warnings {
+                running.mail_log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("reload: {}", w.render()),
+                });
+            }
             running.mail_log.log(&Event::Note {
                 level: Level::Info,
                 text:
