@@ -16,9 +16,12 @@ fn indent(line: &[char]) -> usize {
     line.iter().take_while(|c| **c == ' ').count()
 }
 
-/// True for a line with nothing but spaces or a comment.
+/// True for a line with nothing but spaces or a comment (`\r` of a CRLF file included).
 fn is_blank(line: &[char]) -> bool {
-    matches!(line.iter().find(|c| **c != ' '), None | Some('#'))
+    matches!(
+        line.iter().find(|c| !matches!(**c, ' ' | '\r')),
+        None | Some('#')
+    )
 }
 
 /// True when `line` holds a map key at `col`: only spaces and `- ` before it.
@@ -157,6 +160,12 @@ mod tests {
     fn a_list_under_the_key_at_the_same_indentation_is_part_of_it() {
         let b = blanked("bogus:\n- a\n- b\nx: 1\n", 1, 1).unwrap();
         assert_eq!(b, "      \n   \n   \nx: 1\n");
+    }
+
+    #[test]
+    fn crlf_blank_lines_inside_the_value_are_part_of_it() {
+        let b = blanked("bogus:\r\n  a: 1\r\n\r\n  b: 2\r\nx: 1\r\n", 1, 1).unwrap();
+        assert_eq!(b, "      \r\n      \r\n\r\n      \r\nx: 1\r\n");
     }
 
     #[test]
