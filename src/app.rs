@@ -48,14 +48,14 @@ pub enum AppError {
     #[error(transparent)]
     OutboundTls(#[from] crate::relay::outbound_tls::OutboundTlsError),
     /// A bind address could not be bound.
-    #[error("listener {listener}: cannot bind {addr}: {source}")]
+    #[error("listener {listener}: cannot bind {addr}: {cause}")]
     Bind {
         /// Listener name.
         listener: String,
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (in the message, not a `source`: `mxgate: {e:#}` would print it twice).
+        cause: std::io::Error,
     },
 }
 
@@ -90,6 +90,8 @@ pub struct Running {
     pub bound: Vec<(String, SocketAddr)>,
     /// The metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// `metrics.listen` as configured at start-up (a change needs a restart).
+    metrics_listen: Option<SocketAddr>,
     /// What `/ready` answers.
     pub ready: Arc<crate::metrics::Readiness>,
     /// The mail log (reopened on SIGHUP/SIGUSR1).
@@ -194,6 +196,14 @@ impl Running {
             contexts.push((
                 slot,
                 build_context(l, &self.shared, &resolver, &config.global.certs_dir, false)?,
+            ));
+        }
+        if config.global.metrics_listen != self.metrics_listen {
+            let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            self.warn(format!(
+                "reload: metrics.listen changed from {} to {}; the change needs a restart",
+                show(self.metrics_listen),
+                show(config.global.metrics_listen)
             ));
         }
         for slot in &self.slots {
@@ -366,10 +376,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ctx: ctx.clone(),
         });
         for addr in &l.bind {
-            let socket = crate::net::bind::bind(*addr).map_err(|source| AppError::Bind {
+            let socket = crate::net::bind::bind(*addr).map_err(|cause| AppError::Bind {
                 listener: l.name.clone(),
                 addr: *addr,
-                source,
+                cause,
             })?;
             let actual = socket.local_addr().unwrap_or(*addr);
             bound.push((l.name.clone(), actual));
@@ -394,6 +404,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         shared,
         bound,
         metrics_addr,
+        metrics_listen: config.global.metrics_listen,
         ready,
         metrics_task,
         mail_log,
@@ -434,6 +445,56 @@ fn client_certificate_files(config: &Config) -> Option<(std::path::PathBuf, std:
             dir.join(format!("{name}.key")),
         )
     })
+}
+
+/// The certificate, key and CA files `serve` would refuse to start with, read without
+/// binding anything (for `mxgate check`): one line per problem. The demo certificate is
+/// left out, because `serve` generates it.
+pub fn check_tls_files(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let mut problem = None;
+        if let (Some(cert), Some(key)) = (&l.certificate, &l.key) {
+            let missing = [("certificate", cert), ("key", key)]
+                .into_iter()
+                .find(|(_, p)| !p.exists());
+            let name = cert.file_stem().map(|s| s.to_string_lossy().into_owned());
+            problem = match missing {
+                Some((what, path)) => Some(format!(
+                    "{what} file {} not found: `mxgate certs list` shows what is installed; \
+                     `mxgate certs new {n}` makes a self-signed one, `mxgate certs csr {n}` then \
+                     `mxgate certs install {n} --cert SIGNED` a CA-signed one",
+                    path.display(),
+                    n = name.as_deref().unwrap_or("NAME")
+                )),
+                None => tls::load_certified_key(cert, key)
+                    .err()
+                    .map(|e| e.to_string()),
+            };
+        }
+        let problem = problem.or_else(|| {
+            let ca = l.client_ca_file.as_deref()?;
+            tls::ClientCertCheck::new(Some(ca))
+                .err()
+                .map(|e| e.to_string())
+        });
+        if let Some(p) = problem {
+            out.push(format!("listener {}: {p}", l.name));
+        }
+    }
+    let d = &config.destinations;
+    if d.client_certificate.as_deref() != Some("demo") {
+        let checked = OutboundTlsContext::new(client_certificate_files(config)).and_then(|ctx| {
+            std::iter::once(&d.default)
+                .chain(&d.entries)
+                .filter_map(|c| c.ca_file.as_deref())
+                .try_for_each(|ca| ctx.roots(Some(ca)).map(|_| ()))
+        });
+        if let Err(e) = checked {
+            out.push(format!("policies/destinations.yaml: {e}"));
+        }
+    }
+    out
 }
 
 /// Outbound TLS as configured: the client certificate read now, and every destination's

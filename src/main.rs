@@ -231,7 +231,12 @@ impl ConfigArgs {
     /// Loads the config, printing every error to stderr; `None` when it has errors.
     fn load_or_report(&self) -> anyhow::Result<Option<Config>> {
         Ok(match self.load()? {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("mxgate: {}", w.render());
+                }
+                Some(c)
+            }
             Err(errors) => {
                 eprintln!("{}", errors.trim_end());
                 None
@@ -253,6 +258,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // journald and `docker logs` would show colour codes as text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -268,6 +275,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
         Cmd::Check(args) => match args.load()? {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    println!("{}", w.render());
+                }
+                // What `serve` would refuse at start-up, though the YAML is fine.
+                let files = mxgate::app::check_tls_files(&cfg);
+                if !files.is_empty() {
+                    println!("{}", files.join("\n"));
+                    return Ok(ExitCode::from(1));
+                }
                 println!(
                     "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
                     args.config_dir.display(),
@@ -452,6 +468,12 @@ fn reload(args: &ConfigArgs, running: &mxgate::app::Running) -> Option<Config> {
     match result {
         Ok(cfg) => {
             metrics::counter!(mxgate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+            for w in &cfg.warnings {
+                running.mail_log.log(&Event::Note {
+                    level: Level::Warning,
+                    text: format!("reload: {}", w.render()),
+                });
+            }
             running.mail_log.log(&Event::Note {
                 level: Level::Info,
                 text:
@@ -834,6 +856,10 @@ fn routes_list(cfg: &Config) -> String {
 fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
     use mxgate::relay::control;
     let spool_of = |c: &ConfigArgs| -> anyhow::Result<Option<PathBuf>> {
+        // The spool is all the queue commands need: with --spool-dir, no configuration.
+        if let Some(s) = &c.spool_dir {
+            return Ok(Some(s.clone()));
+        }
         Ok(c.load_or_report()?.map(|cfg| cfg.global.spool_dir))
     };
     let ask = |c: &ConfigArgs, line: String| -> anyhow::Result<ExitCode> {
@@ -864,7 +890,17 @@ fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
             let Some(spool) = spool_of(&c)? else {
                 return Ok(ExitCode::from(1));
             };
-            print!("{}", control::render_list(&control::entries(&spool), now));
+            let queue = spool.join("queue");
+            if !queue.is_dir() {
+                eprintln!(
+                    "mxgate: no queue in {}: give the server's --spool-dir or --config-dir",
+                    queue.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            let list = control::render_list(&control::entries(&spool), now);
+            let footer = format!(" message(s) in queue {}\n", queue.display());
+            print!("{}", list.replace(" message(s) in queue\n", &footer));
             Ok(ExitCode::SUCCESS)
         }
         QueueCmd::Show { mid, config } => {
@@ -880,7 +916,10 @@ fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("mxgate: MID {mid} is not in the queue");
+                    eprintln!(
+                        "mxgate: MID {mid} is not in the queue {}",
+                        spool.join("queue").display()
+                    );
                     Ok(ExitCode::from(1))
                 }
             }

@@ -454,3 +454,54 @@ fn list_shows_users_and_survives_a_broken_configuration() {
     assert!(out.lines().any(|l| l.starts_with("mx ")), "{out}");
     assert!(err.contains("not loaded"), "{err}");
 }
+
+#[test]
+fn trust_20_a_leaf_signed_directly_by_a_supplied_rsa_pss_root_misses_no_intermediate() {
+    let env = Env::new();
+    // OpenSSL's RSA-PSS root (its default salt length); the leaf is signed by it directly.
+    env.openssl(
+        "req -x509 -newkey rsa-pss -pkeyopt rsa_keygen_bits:2048 -nodes -keyout ca/root.key \
+         -out ca/root.pem -subj '/CN=Test PSS Root' -days 60",
+    );
+    env.ok("csr mx --cn mx.example.com");
+    env.openssl(
+        "x509 -req -in certs/mx.csr -CA ca/root.pem -CAkey ca/root.key -CAcreateserial \
+         -days 30 -copy_extensions copy -out ca/mx-signed.pem",
+    );
+    let (out, err) = env.ok("install mx --cert ca/mx-signed.pem --chain ca/root.pem");
+    assert!(!err.contains("missing intermediate"), "{err}");
+    assert!(!err.contains("not part of this chain"), "{err}");
+    assert!(out.contains("(2 certificates, leaf→root)"), "{out}");
+    let (out, _) = env.ok("inspect mx");
+    assert!(
+        out.contains("Chain check   ok: leaf→root, no duplicates, ends at a self-signed root"),
+        "{out}"
+    );
+}
+
+#[test]
+fn trust_20_a_leaf_signed_by_the_configured_ca_root_misses_no_intermediate() {
+    let env = Env::new();
+    env.make_ca();
+    // The operator's own root, supplied to mxgate as the CA of a listener.
+    let inbound = env.path("config/listeners/inbound.yaml");
+    let yaml = std::fs::read_to_string(&inbound).unwrap();
+    std::fs::write(
+        &inbound,
+        format!("{yaml}\nclient_ca_file: ../ca/root.pem\n"),
+    )
+    .unwrap();
+    env.ok("csr mx --cn mx.example.com");
+    env.openssl(
+        "x509 -req -in certs/mx.csr -CA ca/root.pem -CAkey ca/root.key -CAcreateserial \
+         -days 30 -copy_extensions copy -out ca/mx-signed.pem",
+    );
+    let (_, err) = env.ok("install mx --cert ca/mx-signed.pem");
+    assert!(!err.contains("missing intermediate"), "{err}");
+    let note = "note: the chain ends at CN=mx.example.com, issued by the root CN=Test Root of \
+                ../ca/root.pem, which is not included: clients must trust that root";
+    assert!(err.contains(note), "{err}");
+    let (out, _) = env.ok("inspect mx");
+    assert!(!out.contains("missing intermediate"), "{out}");
+    assert!(out.contains(note), "{out}");
+}

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v swaks >/dev/null || need+=(swaks)
+# `swaks --tls` needs Net::SSLeay and IO::Socket::SSL. They are only recommended by the swaks
+# package, so --no-install-recommends leaves them out: name them.
+perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
+perl -MIO::Socket::SSL -e 1 2>/dev/null || need+=(libio-socket-ssl-perl)
 command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null || need+=(dnsmasq-base)

@@ -83,7 +83,7 @@ impl Cert {
         }
         let subject_raw = x.subject().as_raw().to_vec();
         let issuer_raw = x.issuer().as_raw().to_vec();
-        let self_signed = subject_raw == issuer_raw && signature_ok(&x, x.public_key());
+        let self_signed = subject_raw == issuer_raw && signed_by(&x, &x);
         let spki = x.public_key();
         Ok(Cert {
             subject: x.subject().to_string(),
@@ -116,7 +116,7 @@ impl Cert {
             X509Certificate::from_der(self.der.as_ref()),
             X509Certificate::from_der(parent.der.as_ref()),
         ) {
-            (Ok((_, child)), Ok((_, p))) => signature_ok(&child, p.public_key()),
+            (Ok((_, child)), Ok((_, p))) => signed_by(&child, &p),
             _ => false,
         }
     }
@@ -200,6 +200,32 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// True when `parent`'s key made `child`'s signature. RSA-PSS signatures, which the check
+/// below does not always manage (OpenSSL's default salt length), count when `child`'s
+/// authorityKeyIdentifier is `parent`'s subjectKeyIdentifier, as in a path-building verifier.
+fn signed_by(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
+    use x509_parser::extensions::ParsedExtension;
+    if signature_ok(child, parent.public_key()) {
+        return true;
+    }
+    let pss = child.signature_algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.10";
+    let aki = child
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        });
+    let ski = parent
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        });
+    pss && aki.is_some() && aki == ski
 }
 
 fn signature_ok(cert: &X509Certificate<'_>, key: &SubjectPublicKeyInfo<'_>) -> bool {

@@ -21,6 +21,16 @@ pub enum End {
         /// Its issuer.
         issuer: String,
     },
+    /// Below a root the configuration trusts as a CA (`client_ca_file`, `ca_file`): the
+    /// operator supplies that root to the clients, so nothing is missing.
+    SuppliedRoot {
+        /// The last certificate (subject).
+        last: String,
+        /// The root (subject).
+        root: String,
+        /// The CA file holding it.
+        file: String,
+    },
     /// With a CA certificate whose issuer is absent and not a well-known root: fine when
     /// the clients trust that issuer as a root, otherwise an intermediate is missing.
     UnknownRoot {
@@ -126,6 +136,25 @@ pub fn assemble(leaf: Cert, rest: Vec<Cert>, now: i64) -> Assembly {
 }
 
 impl Assembly {
+    /// Takes the self-signed roots of the configuration's CA files (with the file each is
+    /// in) into account: a chain that stops right below one of them is complete.
+    pub fn with_ca_roots(mut self, roots: &[(Cert, String)]) -> Assembly {
+        if let End::Missing { last, .. } | End::UnknownRoot { last, .. } = &self.end {
+            let cur = &self.chain[self.chain.len() - 1];
+            if let Some((r, file)) = roots
+                .iter()
+                .find(|(r, _)| r.self_signed && cur.issued_by(r))
+            {
+                self.end = End::SuppliedRoot {
+                    last: last.clone(),
+                    root: r.subject.clone(),
+                    file: file.clone(),
+                };
+            }
+        }
+        self
+    }
+
     /// Problems to report, each one line, `warning:` or `note:` first. `install` is true
     /// when the certificates are being installed (so duplicates and strangers are dropped).
     pub fn messages(&self, install: bool) -> Vec<String> {
@@ -179,6 +208,10 @@ impl Assembly {
             End::UnknownRoot { last, issuer } => out.push(format!(
                 "note: the chain ends at {last}, issued by {issuer}, which is not included and is \
                  not a well-known root: clients must trust it as a root, or an intermediate is missing"
+            )),
+            End::SuppliedRoot { last, root, file } => out.push(format!(
+                "note: the chain ends at {last}, issued by the root {root} of {file}, which is \
+                 not included: clients must trust that root"
             )),
             End::SelfSigned | End::KnownRoot(_) => {}
         }
@@ -246,6 +279,14 @@ mod tests {
         let a = assemble(leaf(&int_i), vec![], 0);
         assert!(matches!(a.end, End::Missing { .. }), "{:?}", a.end);
         assert!(a.messages(true)[0].contains("missing intermediate"));
+    }
+
+    #[test]
+    fn a_leaf_signed_directly_by_a_supplied_root_misses_nothing() {
+        let (root, root_i) = ca("Root", None);
+        let a = assemble(leaf(&root_i), vec![root], 0);
+        assert_eq!(a.end, End::SelfSigned);
+        assert!(a.messages(true).is_empty(), "{:?}", a.messages(true));
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn inspect(dir: &CertsDir, target: &str, view: &ConfigView) -> Result<String
         .filter(|(i, _)| *i != leaf_at)
         .map(|(_, c)| c.clone())
         .collect();
-    let a = assemble(leaf.clone(), others, ts);
+    let a = assemble(leaf.clone(), others, ts).with_ca_roots(&view.ca_roots());
     problems.extend(a.messages(false));
     for c in &a.chain {
         if c.not_after < ts {

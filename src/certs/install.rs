@@ -117,7 +117,7 @@ pub fn place(
     let leaf = others.remove(leaf_at);
     others.extend(rest);
     let t = now();
-    let a = assemble(leaf, others, t);
+    let a = assemble(leaf, others, t).with_ca_roots(&view.ca_roots());
     for (i, c) in a.chain.iter().enumerate() {
         if c.not_after < t {
             let what = if i == 0 {

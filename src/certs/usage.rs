@@ -15,6 +15,37 @@ pub struct ConfigView {
     pub warning: Option<String>,
 }
 
+impl ConfigView {
+    /// The self-signed certificates of the CA files the configuration names (listeners'
+    /// `client_ca_file`, destinations' `ca_file`), each with its file: roots the operator
+    /// supplies. Unreadable files are left out (`mxgate check` reports them).
+    pub fn ca_roots(&self) -> Vec<(Cert, String)> {
+        let Some(cfg) = &self.cfg else {
+            return Vec::new();
+        };
+        let d = &cfg.destinations;
+        let files = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| l.client_ca_file.clone())
+            .chain(
+                std::iter::once(&d.default)
+                    .chain(&d.entries)
+                    .filter_map(|c| c.ca_file.clone()),
+            );
+        let mut out = Vec::new();
+        for f in files {
+            let shown = f.strip_prefix(&cfg.dir).unwrap_or(&f).display().to_string();
+            for c in super::cert::read_certs(&f).unwrap_or_default() {
+                if c.self_signed {
+                    out.push((c, shown.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Loads the configuration without side effects; failure is a warning, not a refusal.
 pub fn load_config(config_dir: &Path, certs_dir: Option<&Path>) -> ConfigView {
     let overrides = Overrides {

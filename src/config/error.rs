@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
+/// How the message of a warning starts (a warning does not stop the configuration loading).
+pub const WARNING: &str = "warning: ";
+
 /// One configuration problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.render())]
@@ -22,6 +25,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// True for a warning (see [`FileErrors::warn_on`]), false for an error.
+    pub fn is_warning(&self) -> bool {
+        self.message.starts_with(WARNING)
+    }
+
     /// The one-line form `file:line:column: path: message`, leaving out unknown parts.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -118,6 +126,13 @@ impl<'a> FileErrors<'a> {
     /// Records an error at a spanned value.
     pub fn on<T>(&mut self, s: &Spanned<T>, path: impl Into<String>, message: impl Into<String>) {
         self.at(Pos::of(s), path, message);
+    }
+
+    /// Records a warning at a spanned value: the configuration still loads. Its message
+    /// starts with [`WARNING`], so it prints as `file:line:col: warning: path: message`.
+    pub fn warn_on<T>(&mut self, s: &Spanned<T>, path: &str, message: impl Into<String>) {
+        let message = format!("{WARNING}{path}: {}", message.into());
+        self.at(Pos::of(s), "", message);
     }
 
     /// Records an error about the whole file.

@@ -13,8 +13,8 @@ use super::error::{index, ConfigError, FileErrors, Pos};
 use super::model::{Listener, ListenerKind, ProxyProtocol, Timeouts};
 use super::policies::Named;
 use super::values::{
-    check_hostname, parse_count, parse_duration, parse_listen_addr, parse_listener_kind,
-    parse_network,
+    check_hostname, host_bits_warning, parse_count, parse_duration, parse_listen_addr,
+    parse_listener_kind, parse_network,
 };
 use crate::policy::flow::MailFlowPolicy;
 use crate::policy::hat::HostAccessTable;
@@ -218,7 +218,12 @@ fn proxy_protocol(d: &ProxyProtocolDef, top: Pos, e: &mut FileErrors<'_>) -> Pro
         Some(list) => {
             for (i, s) in list.value.iter().enumerate() {
                 match parse_network(&s.value) {
-                    Ok(n) => trusted.push(n),
+                    Ok(n) => {
+                        if let Some(w) = host_bits_warning(&s.value) {
+                            e.warn_on(s, &index("proxy_protocol.trusted", i), w);
+                        }
+                        trusted.push(n)
+                    }
                     Err(m) => e.on(s, index("proxy_protocol.trusted", i), m),
                 }
             }

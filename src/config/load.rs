@@ -74,13 +74,33 @@ pub(super) fn read_yaml<T: DeserializeOwned>(dir: &Path, e: &mut FileErrors<'_>)
             return Read::Failed;
         }
     };
-    match serde_saphyr::from_str::<Option<T>>(&text) {
-        Ok(v) => Read::Parsed(v),
-        Err(err) => {
-            e.parse(&err);
-            Read::Failed
+    let mut text = text;
+    // Each unknown key is reported, blanked out, and the file parsed again, so that the
+    // other errors of the file are reported too (bounded: a file of nothing but typos).
+    for _ in 0..100 {
+        match serde_saphyr::from_str::<Option<T>>(&text) {
+            Ok(v) => return Read::Parsed(v),
+            Err(err) => {
+                e.parse(&err);
+                let at = err
+                    .location()
+                    .filter(|_| super::recover::is_unknown_key(&err.without_snippet().to_string()));
+                let blanked = at.is_some_and(|l| {
+                    let (line, column) = (l.line(), l.column());
+                    match (u32::try_from(line), u32::try_from(column)) {
+                        (Ok(line), Ok(column)) => {
+                            super::recover::blank_entry(&mut text, line, column)
+                        }
+                        _ => false,
+                    }
+                });
+                if !blanked {
+                    return Read::Failed;
+                }
+            }
         }
     }
+    Read::Failed
 }
 
 /// Resolves a directory key: relative to the config dir.
@@ -436,9 +456,11 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         rat_accept_all: &tables.rat_accept_all,
     };
     check_listeners(&mut built, &cc, &mut sink);
-    if !sink.is_empty() {
-        sink.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-        return Err(ConfigErrors(sink));
+    sink.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    let (warnings, errors): (Vec<ConfigError>, Vec<ConfigError>) =
+        sink.into_iter().partition(ConfigError::is_warning);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
     }
     Ok(Config {
         dir: dir.to_path_buf(),
@@ -449,5 +471,6 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         rats: tables.rats.map,
         routes: Arc::new(routes),
         destinations: Arc::new(destinations),
+        warnings,
     })
 }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod model;
 pub mod outbound;
 mod policies;
+mod recover;
 mod routes;
 mod tables;
 pub mod values;

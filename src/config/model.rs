@@ -186,4 +186,6 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     /// Destination controls (`policies/destinations.yaml`; built-in defaults when absent).
     pub destinations: Arc<DestinationControls>,
+    /// Warnings found while loading (`192.0.2.1/24`), sorted by file and position.
+    pub warnings: Vec<super::ConfigError>,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::defs::{HatDef, NamedMap, RatDef, SpannedStr};
 use super::error::{index, join, FileErrors, Pos};
 use super::policies::{merge_reply, Class, Named, Parts};
-use super::values::{check_table_name, parse_policy_name, parse_rat_action};
+use super::values::{check_table_name, host_bits_warning, parse_policy_name, parse_rat_action};
 use crate::policy::flow::{Action, MailFlowPolicy};
 use crate::policy::hat::{Criterion, HostAccessTable, SenderGroup};
 use crate::policy::rat::{RatAction, RatEntry, RecipientAccessTable, RecipientPattern};
@@ -130,6 +130,9 @@ pub(crate) fn build_hats(
                                 policy.name,
                                 c.value.trim()
                             ));
+                        }
+                        if let Some(w) = host_bits_warning(&c.value) {
+                            e.warn_on(c, &index(&join(&path, "match"), j), w);
                         }
                         criteria.push(crit);
                     }

@@ -124,6 +124,21 @@ pub fn parse_network(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{t:?} is not a valid CIDR network or IP address"))
 }
 
+/// For a CIDR network written with host bits (`192.0.2.1/24`): what it really means.
+pub fn host_bits_warning(s: &str) -> Option<String> {
+    let t = s.trim();
+    let n = t.parse::<IpNet>().ok()?;
+    (n != n.trunc()).then(|| {
+        format!(
+            "{t:?} has host bits set, so it matches the whole network {}: write {} for the \
+             network, or {} for the one host",
+            n.trunc(),
+            n.trunc(),
+            n.addr()
+        )
+    })
+}
+
 /// Parses `true` or `false`.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {

@@ -81,12 +81,12 @@ pub enum MetricsError {
     #[error("metrics recorder: {0}")]
     Recorder(String),
     /// The endpoint could not be bound.
-    #[error("metrics endpoint {addr}: {source}")]
+    #[error("metrics endpoint {addr}: {cause}")]
     Bind {
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (in the message, not a `source`: `mxgate: {e:#}` would print it twice).
+        cause: std::io::Error,
     },
 }
 
@@ -173,7 +173,7 @@ pub async fn serve(
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
+        .map_err(|cause| MetricsError::Bind { addr, cause })?;
     let bound = listener.local_addr().unwrap_or(addr);
     let task = tokio::spawn(async move {
         loop {

@@ -180,12 +180,34 @@ pub fn render_list(entries: &[QueueEntry], now: u64) -> String {
     s
 }
 
+/// A Unix time as RFC 3339 in local time (`2026-11-22T15:04:25+01:00`), as people read it.
+fn local_time(t: u64) -> String {
+    i64::try_from(t)
+        .ok()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// The `mxgate queue show MID` text.
 pub fn render_show(e: &QueueEntry) -> String {
-    let mut s = e.env.to_text().replace("\nend\n", "\n");
+    let received = format!("\nreceived {}\n", e.env.received_unix);
+    let mut s = e.env.to_text().replace("\nend\n", "\n").replacen(
+        &received,
+        &format!("\nreceived {}\n", local_time(e.env.received_unix)),
+        1,
+    );
+    let next_try = match e.state.next_try {
+        0 => "now".to_string(),
+        u64::MAX => "being delivered now".to_string(),
+        t => local_time(t),
+    };
     s.push_str(&format!(
-        "size {}\nattempts {}\nnext_try {}\n",
-        e.size, e.state.attempts, e.state.next_try
+        "size {}\nattempts {}\nnext_try {next_try}\n",
+        e.size, e.state.attempts
     ));
     for (rid, r) in e.env.rcpts.iter().enumerate() {
         let st = match e.state.finals.get(&(rid as u32)) {

@@ -223,6 +223,9 @@ fn reply_reason(r: &Reply) -> (String, String) {
         .enhanced
         .map(|e| e.to_string())
         .unwrap_or_else(|| format!("{}.0.0", r.code / 100));
+    if crate::relay::client::is_lost_connection(r) {
+        return (enhanced, r.text.to_string());
+    }
     (
         enhanced,
         format!("('{}', ['{}'])", r.code, r.text.replace('\n', "', '")),

@@ -27,7 +27,7 @@ mod wire;
 pub use body::dot_stuff;
 pub use capabilities::Capabilities;
 pub use setup::{ConnectError, TlsOutcome};
-pub use transaction::{MessageResult, OutgoingMessage, RcptOutcome};
+pub use transaction::{is_lost_connection, MessageResult, OutgoingMessage, RcptOutcome};
 pub use wire::ReplyParser;
 
 use std::fmt;

@@ -356,11 +356,16 @@ fn failure(r: &Reply) -> RcptOutcome {
     }
 }
 
+/// How the text of [`lost_reply`] starts.
+const LOST: &str = "lost connection with ";
+
 /// The reply recorded for recipients left without an answer when the connection failed.
 fn lost_reply(peer: IpAddr, e: &WireError) -> Reply {
-    Reply::new(
-        451,
-        Enhanced(4, 4, 2),
-        format!("lost connection with {peer}: {e}"),
-    )
+    Reply::new(451, Enhanced(4, 4, 2), format!("{LOST}{peer}: {e}"))
+}
+
+/// True for the reply [`lost_reply`] made up: the server never sent its code, so the log
+/// must not show one.
+pub fn is_lost_connection(r: &Reply) -> bool {
+    r.text.starts_with(LOST)
 }

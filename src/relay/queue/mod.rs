@@ -224,6 +224,15 @@ impl QueueManager {
         }
     }
 
+    /// Brings message `mid`'s next try forward to `at` at the latest (in memory only: the
+    /// saved state, and the attempt count the back-off is computed from, stay as they are).
+    fn due_by(&mut self, mid: u64, at: u64) {
+        if let Some(q) = self.messages.get_mut(&mid) {
+            q.state.next_try = q.state.next_try.min(at);
+            self.file_due(mid);
+        }
+    }
+
     /// Takes message `mid` out of the queue's memory (its files are the caller's business).
     fn forget(&mut self, mid: u64) {
         if let Some(q) = self.messages.remove(&mid) {
@@ -236,8 +245,12 @@ impl QueueManager {
     /// Runs until `stop` turns true; in-flight deliveries finish first.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         self.spool.remove_orphans();
-        for mid in self.spool.queued_mids() {
+        let now = now_unix();
+        for (i, mid) in self.spool.queued_mids().into_iter().enumerate() {
             self.load(mid);
+            // A saved next try may be up to `retry_max` away, though the internal server may
+            // be back by now: try the queue soon, spread out (50 a second, all within a minute).
+            self.due_by(mid, now + (i as u64 / 50).min(60));
         }
         let mut workers: JoinSet<(String, Vec<JobResult>)> = JoinSet::new();
         loop {
