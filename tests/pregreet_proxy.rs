@@ -72,7 +72,7 @@ async fn trust_18_client_talking_50ms_after_connect_is_refused_polite_one_greete
         (PREGREET.to_string(), String::new())
     );
     let line = srv
-        .wait_log(r"Warning: ICID \d+ pre-greeting traffic, rejected")
+        .wait_log(r"Warning: mxgate: ICID \d+ pre-greeting traffic, rejected")
         .await;
     let icid = common::id_after(&line, "ICID ");
     srv.wait_log(&format!("ICID {icid} close")).await;
