@@ -7,6 +7,7 @@
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
 pub mod envelope;
+mod fsync;
 mod group;
 pub mod ids;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub use envelope::Envelope;
+use fsync::Flusher;
 use group::DirSync;
 use ids::IdAllocator;
 
@@ -73,6 +75,8 @@ pub struct Spool {
     root: PathBuf,
     /// Group commit of `queue/` directory fsyncs, shared by concurrent commits.
     queue_sync: DirSync,
+    /// Helper threads for the second fdatasync of a commit.
+    flusher: Flusher,
     /// Recycled files in `free/`.
     pool: Mutex<Pool>,
     mids: IdAllocator,
@@ -181,6 +185,7 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             queue_sync,
+            flusher: Flusher::default(),
             pool: Mutex::new(Pool::default()),
             mids: open("mid.counter")?,
             icids: open("icid.counter")?,
@@ -285,8 +290,8 @@ impl Spool {
         inc.tmp_env = Some(env_src.clone());
         // fdatasync both (the data and what is needed to read it back, such as the size; the
         // names are made durable by the directory fsync after the renames), at the same time
-        // when a blocking pool is at hand: two flushes cost the latency of one.
-        let (body_sync, env_sync) = sync_both(body, env_file);
+        // on a helper thread: two flushes cost the latency of one.
+        let (body_sync, env_sync) = self.flusher.sync_both(body, env_file);
         body_sync.map_err(io("fsync", &inc.tmp_msg))?;
         env_sync.map_err(io("fsync", &env_src))?;
 
@@ -455,24 +460,6 @@ impl Spool {
         v.sort_unstable();
         v
     }
-}
-
-/// fdatasyncs both files; the second on the tokio blocking pool while this thread syncs the
-/// first, when called inside a runtime (the connection driver commits on a blocking thread),
-/// else one after the other.
-fn sync_both(a: File, b: File) -> (std::io::Result<()>, std::io::Result<()>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return (a.sync_data(), b.sync_data());
-    };
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    rt.spawn_blocking(move || {
-        let _ = tx.send(b.sync_data());
-    });
-    let first = a.sync_data();
-    let second = rx
-        .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("fsync task lost")));
-    (first, second)
 }
 
 #[cfg(test)]
