@@ -67,3 +67,66 @@ fn trust_04_commits_finish_when_they_fill_the_blocking_pool() {
         .expect("commits on a full blocking pool never finished (deadlock)");
     assert_eq!(spool.queued_mids().len(), 8);
 }
+
+/// Every directory under `root` (and itself) with its mode, and every other entry with its.
+fn modes(root: &std::path::Path) -> Vec<(String, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let m = std::fs::symlink_metadata(&d).unwrap();
+        out.push((
+            d.display().to_string(),
+            true,
+            m.permissions().mode() & 0o7777,
+        ));
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                let mode = m.permissions().mode() & 0o7777;
+                out.push((e.path().display().to_string(), false, mode));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn trust_08_the_spool_is_private_to_the_server_user() {
+    use common::{Client, Server};
+    // The internal server is down: the message stays queued with a delivery state.
+    let cfg = common::relay_config(common::closed_addr(), "1h");
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let mut c = Client::connect(srv.addr("preferred"), None).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .send_mail(
+            "a@other.example",
+            &["bob@example.com"],
+            "Subject: private\r\n\r\nsecret\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    srv.wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0]")
+        .await;
+    let mid = srv.queued_mids()[0];
+    common::wait_until("the delivery state on disk", || {
+        srv.spool.join(format!("queue/{mid}.dlv")).exists()
+    })
+    .await;
+    let all = modes(&srv.spool);
+    let names: Vec<&str> = all.iter().map(|(p, _, _)| p.as_str()).collect();
+    for f in [".msg", ".env", ".dlv", "mid.counter", "control.sock"] {
+        assert!(names.iter().any(|n| n.ends_with(f)), "no {f} in {names:?}");
+    }
+    let wrong: Vec<_> = all
+        .iter()
+        .filter(|(_, dir, mode)| *mode != if *dir { 0o700 } else { 0o600 })
+        .map(|(p, dir, mode)| format!("{p} ({}) {mode:o}", if *dir { "dir" } else { "file" }))
+        .collect();
+    assert!(wrong.is_empty(), "group or world access: {wrong:?}");
+    srv.stop().await;
+}

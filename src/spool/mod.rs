@@ -14,6 +14,7 @@ pub mod ids;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -29,6 +30,11 @@ const SPILL_AT: usize = 64 * 1024;
 /// Recycled files of each kind kept in `free/` at most; files of finished messages beyond
 /// this are deleted.
 const POOL_MAX: usize = 4096;
+
+/// Mode of the spool's directories: only the server's user may enter them.
+const DIR_MODE: u32 = 0o700;
+/// Mode of the spool's files: only the server's user may read them.
+pub const FILE_MODE: u32 = 0o600;
 
 /// Spool failures; all of them are temporary from the client's point of view (452 4.3.1).
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +155,7 @@ impl Incoming {
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(FILE_MODE)
                     .open(&self.tmp_msg)
                     .map_err(io("create", &self.tmp_msg))?,
             ),
@@ -165,9 +172,16 @@ impl Incoming {
 impl Spool {
     /// Opens the spool, creating `tmp/` and `queue/`; clears leftovers in `tmp/` (never acknowledged).
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
-        for d in ["tmp", "queue", "free"] {
+        // Messages are private: directories 0700, files 0600 (existing ones are tightened).
+        for d in ["", "tmp", "queue", "free"] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(io("create directory", &p))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&p)
+                .map_err(io("create directory", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io("set permissions of", &p))?;
         }
         for d in ["tmp", "free"] {
             if let Ok(entries) = fs::read_dir(root.join(d)) {
@@ -334,6 +348,7 @@ impl Spool {
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(FILE_MODE)
                     .open(fresh)
                     .map_err(io("create", fresh))?,
                 fresh.to_path_buf(),
