@@ -130,3 +130,38 @@ async fn trust_08_the_spool_is_private_to_the_server_user() {
     assert!(wrong.is_empty(), "group or world access: {wrong:?}");
     srv.stop().await;
 }
+
+/// Files in `dir/free`.
+fn free_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("free")).unwrap().count()
+}
+
+#[test]
+fn trust_07_recycled_files_are_reused_only_after_the_queue_directory_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = commit(&spool, &[b'a'; 5000]);
+    // Renamed into free/, but the removal from queue/ is not durable yet: after a crash,
+    // queue/ may still name these files. A new message must not overwrite them until then.
+    spool.unlink_message(first);
+    assert_eq!(free_files(dir.path()), 2);
+    let second = commit(&spool, b"second\r\n");
+    assert_eq!(
+        free_files(dir.path()),
+        2,
+        "a commit reused files whose removal from queue/ was not fsynced"
+    );
+    // The second commit's directory fsync covered the removal: the files are reused now.
+    let third = commit(&spool, b"third\r\n");
+    assert_eq!(free_files(dir.path()), 0);
+    assert_eq!(
+        std::fs::read(spool.message_path(third)).unwrap(),
+        b"third\r\n"
+    );
+    // The caller's own directory fsync (a delivered batch) releases them too.
+    spool.unlink_message(second);
+    spool.sync_queue_dir().unwrap();
+    assert_eq!(free_files(dir.path()), 2);
+    commit(&spool, b"fourth\r\n");
+    assert_eq!(free_files(dir.path()), 0);
+}

@@ -96,6 +96,9 @@ pub struct Spool {
 struct Pool {
     bodies: VecDeque<u64>,
     envelopes: VecDeque<u64>,
+    /// Renamed into `free/` but not yet covered by a `queue/` directory fsync: until then a
+    /// crash may bring back the name in `queue/`, so the file must not be overwritten.
+    pending: Vec<(bool, u64)>,
     /// The last number given to a file in `free/`.
     last: u64,
 }
@@ -394,8 +397,8 @@ impl Spool {
             self.pool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .kind(envelope)
-                .push_back(n);
+                .pending
+                .push((envelope, n));
         }
     }
 
@@ -429,10 +432,22 @@ impl Spool {
     }
 
     /// Fsyncs `queue/`, sharing the fsync with concurrent commits (blocking).
+    /// Files recycled before the call are reusable once it succeeded.
     pub fn sync_queue_dir(&self) -> Result<(), SpoolError> {
-        self.queue_sync
-            .sync()
-            .map_err(io("fsync directory", &self.queue_dir()))
+        let covered =
+            std::mem::take(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()).pending);
+        let result = self.queue_sync.sync();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if result.is_ok() {
+            for (envelope, n) in covered {
+                pool.kind(envelope).push_back(n);
+            }
+        } else {
+            // The next fsync that succeeds covers them.
+            pool.pending.extend(covered);
+        }
+        drop(pool);
+        result.map_err(io("fsync directory", &self.queue_dir()))
     }
 
     /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
@@ -546,7 +561,7 @@ mod tests {
         let mut inc = spool.begin(first);
         inc.write(&vec![b'a'; 5000]).unwrap();
         spool.commit(inc, &env(first)).unwrap();
-        spool.unlink_message(first);
+        spool.remove_message(first);
         assert!(!spool.envelope_path(first).exists() && !spool.message_path(first).exists());
         assert_eq!(free(), 2);
         // The next message reuses both files; the shorter body must not keep the old tail.
