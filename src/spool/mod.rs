@@ -10,6 +10,7 @@ pub mod envelope;
 mod fsync;
 mod group;
 pub mod ids;
+mod lock;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -49,6 +50,16 @@ pub enum SpoolError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another server runs on this spool.
+    #[error(
+        "{root} is in use by {holder}: stop it first, or give each server its own spool directory"
+    )]
+    Locked {
+        /// The spool directory.
+        root: PathBuf,
+        /// Who holds it (`mxgate pid N`).
+        holder: String,
+    },
 }
 
 impl SpoolError {
@@ -59,11 +70,10 @@ impl SpoolError {
 
     /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
     pub fn is_out_of_space(&self) -> bool {
-        let SpoolError::Io { source, .. } = self;
-        matches!(
+        matches!(self, SpoolError::Io { source, .. } if matches!(
             source.kind(),
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
+        ))
     }
 }
 
@@ -81,6 +91,8 @@ pub struct Spool {
     root: PathBuf,
     /// Group commit of `queue/` directory fsyncs, shared by concurrent commits.
     queue_sync: DirSync,
+    /// The exclusive lock on the spool, held while this is open.
+    _lock: File,
     /// Helper threads for the second fdatasync of a commit.
     flusher: Flusher,
     /// Recycled files in `free/`.
@@ -174,6 +186,7 @@ impl Incoming {
 
 impl Spool {
     /// Opens the spool, creating `tmp/` and `queue/`; clears leftovers in `tmp/` (never acknowledged).
+    /// Fails with [`SpoolError::Locked`] while another process has it open.
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
         // Messages are private: directories 0700, files 0600 (existing ones are tightened).
         for d in ["", "tmp", "queue", "free"] {
@@ -186,6 +199,8 @@ impl Spool {
             fs::set_permissions(&p, fs::Permissions::from_mode(DIR_MODE))
                 .map_err(io("set permissions of", &p))?;
         }
+        // Before touching anything a running server uses (tmp/, free/, its socket).
+        let lock = lock::lock(root)?;
         for d in ["tmp", "free"] {
             if let Ok(entries) = fs::read_dir(root.join(d)) {
                 for e in entries.flatten() {
@@ -202,6 +217,7 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             queue_sync,
+            _lock: lock,
             flusher: Flusher::default(),
             pool: Mutex::new(Pool::default()),
             mids: open("mid.counter")?,
