@@ -165,3 +165,115 @@ fn trust_07_recycled_files_are_reused_only_after_the_queue_directory_fsync() {
     commit(&spool, b"fourth\r\n");
     assert_eq!(free_files(dir.path()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_10_space_of_delivered_messages_comes_back_without_a_restart() {
+    use common::{sink::Sink, Client, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _unmount)) = common::tmpfs(dir.path(), "2m") else {
+        return;
+    };
+    // The internal server is down while the disk fills; it comes up on this port later.
+    let port = common::closed_port();
+    let cfg = common::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
+    for (file, from, to) in [
+        (
+            "policies/mail_flow.yaml",
+            "max_message_size: 2K",
+            "max_message_size: 1M",
+        ),
+        (
+            "mxgate.yaml",
+            "  listen: null",
+            "  listen: null\n  ready_min_free_space: 1M",
+        ),
+    ] {
+        let p = cfg.path().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file}: {text}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    }
+    let spool = mnt.clone();
+    let mut srv = Server::start_dir(cfg.path(), |o, _| {
+        o.spool_dir = Some(spool);
+        o.metrics_listen = Some(Some("127.0.0.1:0".parse().unwrap()));
+    })
+    .await;
+    assert_eq!(srv.http_get("/ready").await.0, 200);
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxy\r\n".repeat(1500)
+    );
+    assert!(body.len() > 100 << 10);
+    let send = |body: String| {
+        let addr = srv.addr("preferred");
+        async move {
+            let mut c = Client::connect(addr, None).await;
+            c.reply().await;
+            c.cmd("EHLO client.test").await;
+            let r = c
+                .send_mail("a@other.example", &["bob@example.com"], &body)
+                .await;
+            c.cmd("QUIT").await;
+            r
+        }
+    };
+    // Fill the disk with 100 KiB messages until one is refused for lack of space.
+    let mut accepted = 0;
+    loop {
+        let r = send(body.clone()).await;
+        if r.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        accepted += 1;
+        assert!(
+            accepted < 40,
+            "a 2 MiB spool took {accepted} messages of 100 KiB"
+        );
+    }
+    assert!(
+        accepted >= 5,
+        "only {accepted} messages before the disk was full"
+    );
+    // The internal server comes up and everything is delivered: the queue is empty.
+    let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
+    common::wait_until("every message delivered", || {
+        sink.messages().len() == accepted
+    })
+    .await;
+    common::wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    // The space of the delivered messages is free again, not pinned by free/.
+    common::wait_until("space back on the spool filesystem", || {
+        mxgate::metrics::free_space(&mnt).unwrap().bytes >= 3 << 19
+    })
+    .await;
+    // The same message is accepted again, and the gateway is ready, without a restart.
+    let r = send(body.clone()).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let (code, text) = srv.http_get("/ready").await;
+    assert_eq!(code, 200, "{text}");
+    srv.stop().await;
+}
+
+#[test]
+fn trust_10_large_bodies_reuse_recycled_files_and_cut_them_to_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let big = vec![b'b'; 300 << 10];
+    let first = commit(&spool, &big);
+    spool.remove_message(first);
+    assert_eq!(free_files(dir.path()), 2);
+    // A body beyond the in-memory threshold spills into the recycled body file, not a new
+    // one in tmp/; the shorter content does not keep the old tail.
+    let mid = spool.next_mid().unwrap();
+    let mut inc = spool.begin(mid);
+    let body = vec![b's'; 100 << 10];
+    for chunk in body.chunks(4096) {
+        inc.write(chunk).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    spool.commit(inc, &env(mid)).unwrap();
+    assert_eq!(free_files(dir.path()), 0);
+    assert_eq!(std::fs::read(spool.message_path(mid)).unwrap(), body);
+}

@@ -11,26 +11,23 @@ mod fsync;
 mod group;
 pub mod ids;
 mod lock;
+mod pool;
 
-use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 pub use envelope::Envelope;
 use fsync::Flusher;
 use group::DirSync;
 use ids::IdAllocator;
+use pool::Pool;
 
 /// Bodies up to this size are kept in memory until commit (one write, no extra syscalls);
 /// larger ones spill to the temp file as they arrive, so memory stays bounded.
 const SPILL_AT: usize = 64 * 1024;
-
-/// Recycled files of each kind kept in `free/` at most; files of finished messages beyond
-/// this are deleted.
-const POOL_MAX: usize = 4096;
 
 /// Mode of the spool's directories: only the server's user may enter them.
 const DIR_MODE: u32 = 0o700;
@@ -70,11 +67,16 @@ impl SpoolError {
 
     /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
     pub fn is_out_of_space(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if matches!(
-            source.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        ))
+        matches!(self, SpoolError::Io { source, .. } if out_of_space(source))
     }
+}
+
+/// ENOSPC or EDQUOT.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -96,33 +98,10 @@ pub struct Spool {
     /// Helper threads for the second fdatasync of a commit.
     flusher: Flusher,
     /// Recycled files in `free/`.
-    pool: Mutex<Pool>,
+    pool: Arc<Pool>,
     mids: IdAllocator,
     icids: IdAllocator,
     dcids: IdAllocator,
-}
-
-/// Recycled files by kind (bodies and envelopes differ in size: reusing like for like
-/// avoids truncating), oldest first, by their number in `free/`.
-#[derive(Debug, Default)]
-struct Pool {
-    bodies: VecDeque<u64>,
-    envelopes: VecDeque<u64>,
-    /// Renamed into `free/` but not yet covered by a `queue/` directory fsync: until then a
-    /// crash may bring back the name in `queue/`, so the file must not be overwritten.
-    pending: Vec<(bool, u64)>,
-    /// The last number given to a file in `free/`.
-    last: u64,
-}
-
-impl Pool {
-    fn kind(&mut self, envelope: bool) -> &mut VecDeque<u64> {
-        if envelope {
-            &mut self.envelopes
-        } else {
-            &mut self.bodies
-        }
-    }
 }
 
 /// A message being received: buffered in memory, spilled to `tmp/` when large.
@@ -139,6 +118,11 @@ pub struct Incoming {
     /// The body went to `tmp/` rather than staying in `buf`.
     spilled: bool,
     bytes: u64,
+    /// Bytes written to `file`.
+    on_disk: u64,
+    /// Length of the recycled file the body spilled into: longer content is cut at commit.
+    reused_len: u64,
+    pool: Arc<Pool>,
 }
 
 impl Incoming {
@@ -157,30 +141,61 @@ impl Incoming {
         self.file.is_none() && self.buf.len() + n <= SPILL_AT
     }
 
-    /// Appends body bytes; spills to disk beyond the in-memory threshold.
+    /// Appends body bytes; spills to disk beyond the in-memory threshold (into a recycled
+    /// file when there is one).
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.bytes += data.len() as u64;
         if self.file.is_none() && self.buf.len() + data.len() <= SPILL_AT {
             self.buf.extend_from_slice(data);
             return Ok(());
         }
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(FILE_MODE)
-                    .open(&self.tmp_msg)
-                    .map_err(io("create", &self.tmp_msg))?,
-            ),
-        };
-        if !self.buf.is_empty() {
-            file.write_all(&self.buf)
-                .map_err(io("write", &self.tmp_msg))?;
-            self.buf.clear();
+        if self.file.is_none() {
+            self.file = Some(self.spill_file()?);
         }
-        file.write_all(data).map_err(io("write", &self.tmp_msg))
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            self.append(&buf)?;
+        }
+        self.append(data)
+    }
+
+    /// Opens the file the body spills into: a recycled one, else a new one in `tmp/`.
+    fn spill_file(&mut self) -> Result<File, SpoolError> {
+        while let Some((p, e)) = self.pool.take(false) {
+            match OpenOptions::new().write(true).open(&p) {
+                Ok(f) => {
+                    self.tmp_msg = p;
+                    self.reused_len = e.len;
+                    return Ok(f);
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&self.tmp_msg)
+            .map_err(io("create", &self.tmp_msg))
+    }
+
+    /// Writes at the end of the spilled body; when the disk is full, empties the pool of
+    /// recycled files and tries once more.
+    fn append(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        let mut result = file.write_all(data);
+        if matches!(&result, Err(e) if out_of_space(e)) && self.pool.drain() > 0 {
+            result = file
+                .seek(SeekFrom::Start(self.on_disk))
+                .and_then(|_| file.write_all(data));
+        }
+        result.map_err(io("write", &self.tmp_msg))?;
+        self.on_disk += data.len() as u64;
+        Ok(())
     }
 }
 
@@ -219,11 +234,22 @@ impl Spool {
             queue_sync,
             _lock: lock,
             flusher: Flusher::default(),
-            pool: Mutex::new(Pool::default()),
+            pool: Arc::new(Pool::new(root.join("free"))),
             mids: open("mid.counter")?,
             icids: open("icid.counter")?,
             dcids: open("dcid.counter")?,
         })
+    }
+
+    /// Recycled files are kept only while the filesystem has `bytes` free beyond their
+    /// bound (the free space `/ready` requires).
+    pub fn keep_free(&self, bytes: u64) {
+        self.pool.keep_free(bytes);
+    }
+
+    /// Deletes the recycled files kept for reuse; true when that freed space.
+    pub fn reclaim_space(&self) -> bool {
+        self.pool.drain() > 0
     }
 
     /// Spool root.
@@ -261,6 +287,9 @@ impl Spool {
             file: None,
             spilled: false,
             bytes: 0,
+            on_disk: 0,
+            reused_len: 0,
+            pool: self.pool.clone(),
         }
     }
 
@@ -303,12 +332,18 @@ impl Spool {
     fn commit_inner(&self, inc: &mut Incoming, env: &Envelope) -> Result<(), SpoolError> {
         let body = match inc.file.take() {
             // Spilled: the body is in tmp/ already.
-            Some(mut file) => {
+            Some(file) => {
                 inc.spilled = true;
+                inc.file = Some(file);
                 if !inc.buf.is_empty() {
-                    file.write_all(&inc.buf)
-                        .map_err(io("write", &inc.tmp_msg))?;
-                    inc.buf = Vec::new();
+                    let buf = std::mem::take(&mut inc.buf);
+                    inc.append(&buf)?;
+                }
+                let file = inc.file.take().expect("just put back");
+                // A recycled file may be longer than this body: cut it.
+                if inc.reused_len > inc.on_disk {
+                    file.set_len(inc.on_disk)
+                        .map_err(io("truncate", &inc.tmp_msg))?;
                 }
                 file
             }
@@ -336,33 +371,43 @@ impl Spool {
         self.sync_queue_dir()
     }
 
-    fn free_path(&self, n: u64) -> PathBuf {
-        self.root.join("free").join(n.to_string())
-    }
-
     /// Writes `data` (not yet synced) into a recycled file from `free/` when there is one,
     /// else into a new file at `fresh`; returns the open file and its path. On error the
-    /// file is removed.
+    /// file is removed. When the disk is full, empties the pool and tries once more.
     fn write_file(
         &self,
         fresh: &Path,
         data: &[u8],
         envelope: bool,
     ) -> Result<(File, PathBuf), SpoolError> {
-        let recycled = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .kind(envelope)
-            .pop_front();
-        let (mut f, path) = match recycled.map(|n| self.free_path(n)) {
-            Some(p) => match OpenOptions::new().write(true).open(&p) {
-                Ok(f) => (f, p),
+        match self.write_file_once(fresh, data, envelope) {
+            Err(e) if e.is_out_of_space() && self.pool.drain() > 0 => {
+                self.write_file_once(fresh, data, envelope)
+            }
+            r => r,
+        }
+    }
+
+    fn write_file_once(
+        &self,
+        fresh: &Path,
+        data: &[u8],
+        envelope: bool,
+    ) -> Result<(File, PathBuf), SpoolError> {
+        let mut recycled = None;
+        while let Some((p, e)) = self.pool.take(envelope) {
+            match OpenOptions::new().write(true).open(&p) {
+                Ok(f) => {
+                    recycled = Some((f, p, e.len));
+                    break;
+                }
                 Err(_) => {
                     let _ = fs::remove_file(&p);
-                    return self.write_file(fresh, data, envelope);
                 }
-            },
+            }
+        }
+        let (mut f, path, old_len) = match recycled {
+            Some(r) => r,
             None => (
                 OpenOptions::new()
                     .write(true)
@@ -371,14 +416,13 @@ impl Spool {
                     .open(fresh)
                     .map_err(io("create", fresh))?,
                 fresh.to_path_buf(),
+                0,
             ),
         };
         let result = (|| {
             // A recycled file may be longer than the new content: cut it (truncating costs
             // more than asking, so only when it is).
-            if recycled.is_some()
-                && f.metadata().map_err(io("stat", &path))?.len() > data.len() as u64
-            {
+            if old_len > data.len() as u64 {
                 f.set_len(data.len() as u64)
                     .map_err(io("truncate", &path))?;
             }
@@ -390,31 +434,6 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 Err(e)
             }
-        }
-    }
-
-    /// Moves a file of a finished message into `free/` for reuse (or deletes it when the
-    /// pool is full). Oldest recycled files are reused first.
-    fn recycle(&self, path: &Path, envelope: bool) {
-        let n = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.kind(envelope).len() >= POOL_MAX {
-                None
-            } else {
-                pool.last += 1;
-                Some(pool.last)
-            }
-        };
-        let Some(n) = n else {
-            let _ = fs::remove_file(path);
-            return;
-        };
-        if fs::rename(path, self.free_path(n)).is_ok() {
-            self.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pending
-                .push((envelope, n));
         }
     }
 
@@ -440,8 +459,8 @@ impl Spool {
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
     /// none was ever written.
     pub fn unlink_message_files(&self, mid: u64, state: bool) {
-        self.recycle(&self.envelope_path(mid), true);
-        self.recycle(&self.message_path(mid), false);
+        self.pool.recycle(&self.envelope_path(mid), true);
+        self.pool.recycle(&self.message_path(mid), false);
         if state {
             let _ = fs::remove_file(self.state_path(mid));
         }
@@ -450,19 +469,9 @@ impl Spool {
     /// Fsyncs `queue/`, sharing the fsync with concurrent commits (blocking).
     /// Files recycled before the call are reusable once it succeeded.
     pub fn sync_queue_dir(&self) -> Result<(), SpoolError> {
-        let covered =
-            std::mem::take(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()).pending);
+        let covered = self.pool.covered();
         let result = self.queue_sync.sync();
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if result.is_ok() {
-            for (envelope, n) in covered {
-                pool.kind(envelope).push_back(n);
-            }
-        } else {
-            // The next fsync that succeeds covers them.
-            pool.pending.extend(covered);
-        }
-        drop(pool);
+        self.pool.synced(covered, result.is_ok());
         result.map_err(io("fsync directory", &self.queue_dir()))
     }
 
