@@ -272,7 +272,10 @@ fn trust_10_large_bodies_reuse_recycled_files_and_cut_them_to_size() {
     for chunk in body.chunks(4096) {
         inc.write(chunk).unwrap();
     }
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
     spool.commit(inc, &env(mid)).unwrap();
     assert_eq!(free_files(dir.path()), 0);
     assert_eq!(std::fs::read(spool.message_path(mid)).unwrap(), body);

@@ -211,8 +211,8 @@ impl Spool {
                 .mode(DIR_MODE)
                 .create(&p)
                 .map_err(io("create directory", &p))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(DIR_MODE))
-                .map_err(io("set permissions of", &p))?;
+            // Best effort: a directory owned by another user keeps its mode.
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(DIR_MODE));
         }
         // Before touching anything a running server uses (tmp/, free/, its socket).
         let lock = lock::lock(root)?;
