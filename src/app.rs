@@ -340,6 +340,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         config.global.spool_dir.clone(),
         config.global.ready_min_free_space,
     );
+    // Recycled spool files never make the gateway unready: they give way to that free space.
+    spool.keep_free(config.global.ready_min_free_space);
+    let weak = Arc::downgrade(&spool);
+    ready.on_low_space(move || weak.upgrade().is_some_and(|s| s.reclaim_space()));
     let (metrics_addr, metrics_task) = match config.global.metrics_listen {
         Some(addr) => {
             let handle = crate::metrics::recorder()?;

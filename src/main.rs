@@ -383,7 +383,7 @@ async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
         eprintln!("mxgate: metrics listening on http://{addr}/metrics");
     }
     let pid_file = cfg.global.spool_dir.join("mxgate.pid");
-    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+    if let Err(e) = write_private(&pid_file, &format!("{}\n", std::process::id())) {
         tracing::warn!(
             "cannot write {}: {e} (`mxgate reload` will not find this server)",
             pid_file.display()
@@ -426,6 +426,19 @@ async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
     running.shutdown(grace).await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
+}
+
+/// Writes a file readable by this user only, like everything in the spool.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mxgate::spool::FILE_MODE)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 /// Modification times of certificate files, to notice renewals.

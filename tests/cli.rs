@@ -251,10 +251,10 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(dir: &Path) -> Serve {
-        use std::io::BufRead;
-        let mut child = mxgate()
-            .arg("serve")
+    /// `mxgate serve` with every path under `dir` and every address on a free port.
+    fn command(dir: &Path) -> Command {
+        let mut cmd = mxgate();
+        cmd.arg("serve")
             .arg("--config-dir")
             .arg(repo())
             .arg("--spool-dir")
@@ -269,7 +269,13 @@ impl Serve {
                 "--bind",
                 "relay=127.0.0.1:0",
             ])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"]);
+        cmd
+    }
+
+    fn start(dir: &Path) -> Serve {
+        use std::io::BufRead;
+        let mut child = Self::command(dir)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -423,4 +429,67 @@ fn metrics_health_and_ready_endpoints() {
         !m.contains("127.0.0.1"),
         "no client address as a label value: {m}"
     );
+}
+
+#[test]
+fn trust_05_a_second_server_on_the_same_spool_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Serve::start(dir.path());
+    let pid = first.child.id().to_string();
+    let spool = dir.path().join("spool");
+    wait_for(&spool.join("mxgate.pid"), &pid);
+    let err_file = dir.path().join("second.err");
+    let mut second = Serve::command(dir.path())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    // Refused at once; one that serves is stopped after a generous bound, not waited for.
+    let mut status = None;
+    for _ in 0..1200 {
+        status = second.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let still_running = status.is_none();
+    if still_running {
+        let _ = second.kill();
+        let _ = second.wait();
+    }
+    let err = std::fs::read_to_string(&err_file).unwrap();
+    assert!(
+        !still_running && !status.unwrap().success(),
+        "the second server ran: {err}"
+    );
+    assert!(
+        err.contains(&format!("is in use by mxgate pid {pid}")),
+        "the refusal names the running server: {err}"
+    );
+    // The first server keeps its pid file and control socket, and still serves.
+    assert_eq!(
+        std::fs::read_to_string(spool.join("mxgate.pid")).unwrap(),
+        format!("{pid}\n")
+    );
+    assert!(spool.join("control.sock").exists());
+    assert!(smtp_quit(first.addr).starts_with("220 "));
+    // The queue commands work beside the running server (they do not take the spool).
+    let queue = |args: &[&str]| {
+        let out = mxgate()
+            .arg("queue")
+            .args(args)
+            .arg("--config-dir")
+            .arg(repo())
+            .arg("--spool-dir")
+            .arg(&spool)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, list) = queue(&["list"]);
+    assert!(ok && list.contains("0 message(s) in queue"), "{list}");
+    let (ok, retry) = queue(&["retry", "--all"]);
+    assert!(ok && retry.starts_with("ok "), "{retry}");
 }

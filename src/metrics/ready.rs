@@ -28,6 +28,18 @@ pub struct Readiness {
     started: AtomicBool,
     /// The spool directory and the free bytes it must keep.
     spool: Mutex<Option<(PathBuf, u64)>>,
+    /// Frees space held only for reuse, before space is called short.
+    reclaim: Reclaim,
+}
+
+/// Frees space that is only kept for reuse (the spool's recycled files); true when it did.
+#[derive(Default)]
+struct Reclaim(Mutex<Option<Box<dyn Fn() -> bool + Send + Sync>>>);
+
+impl std::fmt::Debug for Reclaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reclaim")
+    }
 }
 
 impl Readiness {
@@ -43,6 +55,14 @@ impl Readiness {
         }
     }
 
+    /// Before `/ready` says space is short, `reclaim` may free space kept only for reuse
+    /// (returning true when it did), so that such space never makes the gateway unready.
+    pub fn on_low_space(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
+        if let Ok(mut r) = self.reclaim.0.lock() {
+            *r = Some(Box::new(reclaim));
+        }
+    }
+
     /// `Ok` when ready, else the reason `/ready` gives with its 503.
     pub fn check(&self) -> Result<(), String> {
         if !self.started.load(Ordering::SeqCst) {
@@ -51,11 +71,23 @@ impl Readiness {
         let Some((dir, min_free)) = self.spool.lock().ok().and_then(|s| s.clone()) else {
             return Ok(());
         };
-        let free = free_space(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+        let read = || free_space(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+        let mut free = read();
         let failed_ago = OUT_OF_SPACE_AT
             .lock()
             .ok()
             .and_then(|t| t.map(|t| t.elapsed()));
+        if spool_unready(&free, min_free, failed_ago).is_some() {
+            let reclaimed = self
+                .reclaim
+                .0
+                .lock()
+                .ok()
+                .is_some_and(|r| r.as_ref().is_some_and(|f| f()));
+            if reclaimed {
+                free = read();
+            }
+        }
         match spool_unready(&free, min_free, failed_ago) {
             Some(reason) => Err(reason),
             None => Ok(()),

@@ -86,7 +86,12 @@ impl DeliveryState {
     /// Writes the state durably: tmp file, fsync, rename.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("dlv.tmp");
-        let mut f = File::create(&tmp)?;
+        // Private like the rest of the spool.
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            File::options().write(true).create(true).truncate(true),
+            crate::spool::FILE_MODE,
+        )
+        .open(&tmp)?;
         f.write_all(self.to_text().as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, path)

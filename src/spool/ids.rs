@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -129,7 +130,12 @@ impl Inner {
 /// runs at a time per counter, and each writes a larger value than any before it.
 fn persist(path: &Path, until: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::FILE_MODE)
+        .open(&tmp)?;
     writeln!(f, "{until}")?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;

@@ -7,26 +7,32 @@
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
 pub mod envelope;
+mod fsync;
 mod group;
 pub mod ids;
+mod lock;
+mod pool;
 
-use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 pub use envelope::Envelope;
+use fsync::Flusher;
 use group::DirSync;
 use ids::IdAllocator;
+use pool::Pool;
 
 /// Bodies up to this size are kept in memory until commit (one write, no extra syscalls);
 /// larger ones spill to the temp file as they arrive, so memory stays bounded.
 const SPILL_AT: usize = 64 * 1024;
 
-/// Recycled files of each kind kept in `free/` at most; files of finished messages beyond
-/// this are deleted.
-const POOL_MAX: usize = 4096;
+/// Mode of the spool's directories: only the server's user may enter them.
+const DIR_MODE: u32 = 0o700;
+/// Mode of the spool's files: only the server's user may read them.
+pub const FILE_MODE: u32 = 0o600;
 
 /// Spool failures; all of them are temporary from the client's point of view (452 4.3.1).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,16 @@ pub enum SpoolError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another server runs on this spool.
+    #[error(
+        "{root} is in use by {holder}: stop it first, or give each server its own spool directory"
+    )]
+    Locked {
+        /// The spool directory.
+        root: PathBuf,
+        /// Who holds it (`mxgate pid N`).
+        holder: String,
+    },
 }
 
 impl SpoolError {
@@ -51,12 +67,16 @@ impl SpoolError {
 
     /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
     pub fn is_out_of_space(&self) -> bool {
-        let SpoolError::Io { source, .. } = self;
-        matches!(
-            source.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
+        matches!(self, SpoolError::Io { source, .. } if out_of_space(source))
     }
+}
+
+/// ENOSPC or EDQUOT.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -73,31 +93,15 @@ pub struct Spool {
     root: PathBuf,
     /// Group commit of `queue/` directory fsyncs, shared by concurrent commits.
     queue_sync: DirSync,
+    /// The exclusive lock on the spool, held while this is open.
+    _lock: File,
+    /// Helper threads for the second fdatasync of a commit.
+    flusher: Flusher,
     /// Recycled files in `free/`.
-    pool: Mutex<Pool>,
+    pool: Arc<Pool>,
     mids: IdAllocator,
     icids: IdAllocator,
     dcids: IdAllocator,
-}
-
-/// Recycled files by kind (bodies and envelopes differ in size: reusing like for like
-/// avoids truncating), oldest first, by their number in `free/`.
-#[derive(Debug, Default)]
-struct Pool {
-    bodies: VecDeque<u64>,
-    envelopes: VecDeque<u64>,
-    /// The last number given to a file in `free/`.
-    last: u64,
-}
-
-impl Pool {
-    fn kind(&mut self, envelope: bool) -> &mut VecDeque<u64> {
-        if envelope {
-            &mut self.envelopes
-        } else {
-            &mut self.bodies
-        }
-    }
 }
 
 /// A message being received: buffered in memory, spilled to `tmp/` when large.
@@ -114,6 +118,11 @@ pub struct Incoming {
     /// The body went to `tmp/` rather than staying in `buf`.
     spilled: bool,
     bytes: u64,
+    /// Bytes written to `file`.
+    on_disk: u64,
+    /// Length of the recycled file the body spilled into: longer content is cut at commit.
+    reused_len: u64,
+    pool: Arc<Pool>,
 }
 
 impl Incoming {
@@ -132,39 +141,81 @@ impl Incoming {
         self.file.is_none() && self.buf.len() + n <= SPILL_AT
     }
 
-    /// Appends body bytes; spills to disk beyond the in-memory threshold.
+    /// Appends body bytes; spills to disk beyond the in-memory threshold (into a recycled
+    /// file when there is one).
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.bytes += data.len() as u64;
         if self.file.is_none() && self.buf.len() + data.len() <= SPILL_AT {
             self.buf.extend_from_slice(data);
             return Ok(());
         }
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.tmp_msg)
-                    .map_err(io("create", &self.tmp_msg))?,
-            ),
-        };
-        if !self.buf.is_empty() {
-            file.write_all(&self.buf)
-                .map_err(io("write", &self.tmp_msg))?;
-            self.buf.clear();
+        if self.file.is_none() {
+            self.file = Some(self.spill_file()?);
         }
-        file.write_all(data).map_err(io("write", &self.tmp_msg))
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            self.append(&buf)?;
+        }
+        self.append(data)
+    }
+
+    /// Opens the file the body spills into: a recycled one, else a new one in `tmp/`.
+    fn spill_file(&mut self) -> Result<File, SpoolError> {
+        while let Some((p, e)) = self.pool.take(false) {
+            match OpenOptions::new().write(true).open(&p) {
+                Ok(f) => {
+                    self.tmp_msg = p;
+                    self.reused_len = e.len;
+                    return Ok(f);
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&self.tmp_msg)
+            .map_err(io("create", &self.tmp_msg))
+    }
+
+    /// Writes at the end of the spilled body; when the disk is full, empties the pool of
+    /// recycled files and tries once more.
+    fn append(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        let mut result = file.write_all(data);
+        if matches!(&result, Err(e) if out_of_space(e)) && self.pool.drain() > 0 {
+            result = file
+                .seek(SeekFrom::Start(self.on_disk))
+                .and_then(|_| file.write_all(data));
+        }
+        result.map_err(io("write", &self.tmp_msg))?;
+        self.on_disk += data.len() as u64;
+        Ok(())
     }
 }
 
 impl Spool {
     /// Opens the spool, creating `tmp/` and `queue/`; clears leftovers in `tmp/` (never acknowledged).
+    /// Fails with [`SpoolError::Locked`] while another process has it open.
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
-        for d in ["tmp", "queue", "free"] {
+        // Messages are private: directories 0700, files 0600 (existing ones are tightened).
+        for d in ["", "tmp", "queue", "free"] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(io("create directory", &p))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&p)
+                .map_err(io("create directory", &p))?;
+            // Best effort: a directory owned by another user keeps its mode.
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(DIR_MODE));
         }
+        // Before touching anything a running server uses (tmp/, free/, its socket).
+        let lock = lock::lock(root)?;
         for d in ["tmp", "free"] {
             if let Ok(entries) = fs::read_dir(root.join(d)) {
                 for e in entries.flatten() {
@@ -181,11 +232,24 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             queue_sync,
-            pool: Mutex::new(Pool::default()),
+            _lock: lock,
+            flusher: Flusher::default(),
+            pool: Arc::new(Pool::new(root.join("free"))),
             mids: open("mid.counter")?,
             icids: open("icid.counter")?,
             dcids: open("dcid.counter")?,
         })
+    }
+
+    /// Recycled files are kept only while the filesystem has `bytes` free beyond their
+    /// bound (the free space `/ready` requires).
+    pub fn keep_free(&self, bytes: u64) {
+        self.pool.keep_free(bytes);
+    }
+
+    /// Deletes the recycled files kept for reuse; true when that freed space.
+    pub fn reclaim_space(&self) -> bool {
+        self.pool.drain() > 0
     }
 
     /// Spool root.
@@ -223,6 +287,9 @@ impl Spool {
             file: None,
             spilled: false,
             bytes: 0,
+            on_disk: 0,
+            reused_len: 0,
+            pool: self.pool.clone(),
         }
     }
 
@@ -265,12 +332,18 @@ impl Spool {
     fn commit_inner(&self, inc: &mut Incoming, env: &Envelope) -> Result<(), SpoolError> {
         let body = match inc.file.take() {
             // Spilled: the body is in tmp/ already.
-            Some(mut file) => {
+            Some(file) => {
                 inc.spilled = true;
+                inc.file = Some(file);
                 if !inc.buf.is_empty() {
-                    file.write_all(&inc.buf)
-                        .map_err(io("write", &inc.tmp_msg))?;
-                    inc.buf = Vec::new();
+                    let buf = std::mem::take(&mut inc.buf);
+                    inc.append(&buf)?;
+                }
+                let file = inc.file.take().expect("just put back");
+                // A recycled file may be longer than this body: cut it.
+                if inc.reused_len > inc.on_disk {
+                    file.set_len(inc.on_disk)
+                        .map_err(io("truncate", &inc.tmp_msg))?;
                 }
                 file
             }
@@ -285,8 +358,8 @@ impl Spool {
         inc.tmp_env = Some(env_src.clone());
         // fdatasync both (the data and what is needed to read it back, such as the size; the
         // names are made durable by the directory fsync after the renames), at the same time
-        // when a blocking pool is at hand: two flushes cost the latency of one.
-        let (body_sync, env_sync) = sync_both(body, env_file);
+        // on a helper thread: two flushes cost the latency of one.
+        let (body_sync, env_sync) = self.flusher.sync_both(body, env_file);
         body_sync.map_err(io("fsync", &inc.tmp_msg))?;
         env_sync.map_err(io("fsync", &env_src))?;
 
@@ -298,48 +371,58 @@ impl Spool {
         self.sync_queue_dir()
     }
 
-    fn free_path(&self, n: u64) -> PathBuf {
-        self.root.join("free").join(n.to_string())
-    }
-
     /// Writes `data` (not yet synced) into a recycled file from `free/` when there is one,
     /// else into a new file at `fresh`; returns the open file and its path. On error the
-    /// file is removed.
+    /// file is removed. When the disk is full, empties the pool and tries once more.
     fn write_file(
         &self,
         fresh: &Path,
         data: &[u8],
         envelope: bool,
     ) -> Result<(File, PathBuf), SpoolError> {
-        let recycled = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .kind(envelope)
-            .pop_front();
-        let (mut f, path) = match recycled.map(|n| self.free_path(n)) {
-            Some(p) => match OpenOptions::new().write(true).open(&p) {
-                Ok(f) => (f, p),
+        match self.write_file_once(fresh, data, envelope) {
+            Err(e) if e.is_out_of_space() && self.pool.drain() > 0 => {
+                self.write_file_once(fresh, data, envelope)
+            }
+            r => r,
+        }
+    }
+
+    fn write_file_once(
+        &self,
+        fresh: &Path,
+        data: &[u8],
+        envelope: bool,
+    ) -> Result<(File, PathBuf), SpoolError> {
+        let mut recycled = None;
+        while let Some((p, e)) = self.pool.take(envelope) {
+            match OpenOptions::new().write(true).open(&p) {
+                Ok(f) => {
+                    recycled = Some((f, p, e.len));
+                    break;
+                }
                 Err(_) => {
                     let _ = fs::remove_file(&p);
-                    return self.write_file(fresh, data, envelope);
                 }
-            },
+            }
+        }
+        let (mut f, path, old_len) = match recycled {
+            Some(r) => r,
             None => (
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(FILE_MODE)
                     .open(fresh)
                     .map_err(io("create", fresh))?,
                 fresh.to_path_buf(),
+                0,
             ),
         };
         let result = (|| {
             // A recycled file may be longer than the new content: cut it (truncating costs
             // more than asking, so only when it is).
-            if recycled.is_some()
-                && f.metadata().map_err(io("stat", &path))?.len() > data.len() as u64
-            {
+            if old_len > data.len() as u64 {
                 f.set_len(data.len() as u64)
                     .map_err(io("truncate", &path))?;
             }
@@ -351,31 +434,6 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 Err(e)
             }
-        }
-    }
-
-    /// Moves a file of a finished message into `free/` for reuse (or deletes it when the
-    /// pool is full). Oldest recycled files are reused first.
-    fn recycle(&self, path: &Path, envelope: bool) {
-        let n = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.kind(envelope).len() >= POOL_MAX {
-                None
-            } else {
-                pool.last += 1;
-                Some(pool.last)
-            }
-        };
-        let Some(n) = n else {
-            let _ = fs::remove_file(path);
-            return;
-        };
-        if fs::rename(path, self.free_path(n)).is_ok() {
-            self.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .kind(envelope)
-                .push_back(n);
         }
     }
 
@@ -401,18 +459,20 @@ impl Spool {
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
     /// none was ever written.
     pub fn unlink_message_files(&self, mid: u64, state: bool) {
-        self.recycle(&self.envelope_path(mid), true);
-        self.recycle(&self.message_path(mid), false);
+        self.pool.recycle(&self.envelope_path(mid), true);
+        self.pool.recycle(&self.message_path(mid), false);
         if state {
             let _ = fs::remove_file(self.state_path(mid));
         }
     }
 
     /// Fsyncs `queue/`, sharing the fsync with concurrent commits (blocking).
+    /// Files recycled before the call are reusable once it succeeded.
     pub fn sync_queue_dir(&self) -> Result<(), SpoolError> {
-        self.queue_sync
-            .sync()
-            .map_err(io("fsync directory", &self.queue_dir()))
+        let covered = self.pool.covered();
+        let result = self.queue_sync.sync();
+        self.pool.synced(covered, result.is_ok());
+        result.map_err(io("fsync directory", &self.queue_dir()))
     }
 
     /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
@@ -455,24 +515,6 @@ impl Spool {
         v.sort_unstable();
         v
     }
-}
-
-/// fdatasyncs both files; the second on the tokio blocking pool while this thread syncs the
-/// first, when called inside a runtime (the connection driver commits on a blocking thread),
-/// else one after the other.
-fn sync_both(a: File, b: File) -> (std::io::Result<()>, std::io::Result<()>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return (a.sync_data(), b.sync_data());
-    };
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    rt.spawn_blocking(move || {
-        let _ = tx.send(b.sync_data());
-    });
-    let first = a.sync_data();
-    let second = rx
-        .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("fsync task lost")));
-    (first, second)
 }
 
 #[cfg(test)]
@@ -545,7 +587,7 @@ mod tests {
         let mut inc = spool.begin(first);
         inc.write(&vec![b'a'; 5000]).unwrap();
         spool.commit(inc, &env(first)).unwrap();
-        spool.unlink_message(first);
+        spool.remove_message(first);
         assert!(!spool.envelope_path(first).exists() && !spool.message_path(first).exists());
         assert_eq!(free(), 2);
         // The next message reuses both files; the shorter body must not keep the old tail.

@@ -372,10 +372,15 @@ impl Drop for Unmount {
 /// A 64 KiB tmpfs at `dir/spool`, to fill up: `None` (after printing SKIP) when it cannot be
 /// mounted, which CI, running as root, must always be able to do.
 pub fn tiny_tmpfs(dir: &Path) -> Option<(PathBuf, Unmount)> {
+    tmpfs(dir, "64k")
+}
+
+/// A tmpfs of `size` (mount's syntax: `2m`) at `dir/spool`, like [`tiny_tmpfs`].
+pub fn tmpfs(dir: &Path, size: &str) -> Option<(PathBuf, Unmount)> {
     let mnt = dir.join("spool");
     std::fs::create_dir_all(&mnt).unwrap();
     let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
         .status()
         .map(|s| s.success())
