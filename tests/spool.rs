@@ -21,6 +21,7 @@ fn env(mid: u64) -> Envelope {
         rcpts: vec!["c@example.com".into()],
         received_unix: 1_700_000_000,
         tls: None,
+        body_8bitmime: false,
     }
 }
 
