@@ -525,6 +525,8 @@ fn trace(
     listener: Option<&str>,
 ) -> anyhow::Result<String> {
     use std::fmt::Write;
+    // As the listener does: an IPv4-mapped address is the IPv4 client it stands for.
+    let ip = ip.to_canonical();
     let l = match listener {
         Some(name) => cfg
             .listeners

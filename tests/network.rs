@@ -403,3 +403,11 @@ fn trust_24_hat_trace_simulates_reverse_dns_states() {
     );
     assert!(!ok && err.contains("--hostname"), "{err}");
 }
+
+#[test]
+fn trust_03_hat_trace_of_an_ipv4_mapped_address_is_the_ipv4_client() {
+    // The listener sees ::ffff:192.0.2.20 as 192.0.2.20; the trace must answer the same.
+    let (s, _, ok) = trace("::ffff:192.0.2.20", &["--ptr", "missing"]);
+    assert!(ok, "{s}");
+    assert!(s.contains("sender group  BLOCKLIST"), "{s}");
+}
