@@ -140,12 +140,19 @@ pub fn spool_unready(
     min_free_bytes: u64,
     out_of_space_ago: Option<Duration>,
 ) -> Option<String> {
-    let mib = |b: u64| b >> 20;
+    // Whole MiB where that says enough, KiB below one MiB (a small threshold read "0 MiB").
+    let mib = |b: u64| {
+        if b >= 1 << 20 {
+            format!("{} MiB", b >> 20)
+        } else {
+            format!("{} KiB", b >> 10)
+        }
+    };
     match free {
         Err(e) => return Some(format!("spool filesystem unreadable: {e}")),
         Ok(f) if f.bytes < min_free_bytes => {
             return Some(format!(
-                "spool filesystem has {} MiB free, needs {} MiB",
+                "spool filesystem has {} free, needs {}",
                 mib(f.bytes),
                 mib(min_free_bytes)
             ))
@@ -202,6 +209,11 @@ mod tests {
         assert_eq!(
             spool_unready(&free(min - 1, Some(100_000)), min, None).as_deref(),
             Some("spool filesystem has 255 MiB free, needs 256 MiB")
+        );
+        // Below one MiB the figures are in KiB (not "0 MiB free, needs 0 MiB").
+        assert_eq!(
+            spool_unready(&free(300 << 10, None), 512 << 10, None).as_deref(),
+            Some("spool filesystem has 300 KiB free, needs 512 KiB")
         );
         assert_eq!(
             spool_unready(&free(GIB, Some(10)), min, None).as_deref(),
