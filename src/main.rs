@@ -345,13 +345,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));
             };
-            let pid_file = cfg.global.spool_dir.join("mxgate.pid");
-            let pid: i32 = std::fs::read_to_string(&pid_file)
-                .with_context(|| format!("no running mxgate ({} unreadable)", pid_file.display()))?
-                .trim()
-                .parse()
-                .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
-            // SAFETY: kill(2) with a pid read from our own pid file and a standard signal.
+            // The spool lock, not the pid file, says whether a server runs: a pid file left by
+            // a crash may name a pid the system has since given to another process.
+            let spool = &cfg.global.spool_dir;
+            let pid = match mxgate::spool::lock::holder(spool)? {
+                Some(pid) => pid as i32,
+                None => anyhow::bail!(
+                    "no running mxgate on spool {} (its lock is not held)",
+                    spool.display()
+                ),
+            };
+            // SAFETY: kill(2) with the pid of the lock's holder and a standard signal.
             if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
                 anyhow::bail!(
                     "cannot signal mxgate pid {pid}: {}",

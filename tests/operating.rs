@@ -420,3 +420,34 @@ async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
     common::wait_until("delivery after the restart", || !sink.messages().is_empty()).await;
     child.stop();
 }
+
+#[test]
+fn trust_05_reload_signals_only_the_server_holding_the_spool_lock() {
+    // A pid file left by a crashed server names a pid the system gave to another process:
+    // `mxgate reload` must not send that process SIGHUP.
+    let dir = shipped_copy();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(spool.join("mxgate.pid"), format!("{}\n", other.id())).unwrap();
+    std::fs::write(spool.join("mxgate.lock"), format!("{}\n", other.id())).unwrap();
+    let out = mxgate()
+        .args(["reload", "--config-dir"])
+        .arg(dir.path())
+        .arg("--spool-dir")
+        .arg(&spool)
+        .arg("--certs-dir")
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("no running mxgate on spool"), "{text}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was signalled"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

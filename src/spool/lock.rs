@@ -47,3 +47,26 @@ pub fn lock(root: &Path) -> Result<File, SpoolError> {
         .map_err(io("write lock file", &path))?;
     Ok(f)
 }
+
+/// The pid of the server holding the spool's lock, or `None` when no server holds it (a pid
+/// file left by a crash, or a pid reused by another process, is never signalled).
+pub fn holder(root: &Path) -> Result<Option<u32>, SpoolError> {
+    let path = root.join(LOCK_FILE);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("open lock file", &path)(e)),
+    };
+    // SAFETY: flock on a descriptor this function owns; a shared lock we get is dropped with it.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return Ok(None);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() != std::io::ErrorKind::WouldBlock {
+        return Err(io("lock", &path)(e));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(io("read lock file", &path))?;
+    Ok(text.trim().parse().ok())
+}

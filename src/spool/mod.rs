@@ -10,7 +10,7 @@ pub mod envelope;
 mod fsync;
 mod group;
 pub mod ids;
-mod lock;
+pub mod lock;
 mod pool;
 
 use std::fs::{self, File, OpenOptions};
