@@ -387,3 +387,29 @@ fn trust_26_received_header_tags_ipv6_literal() {
             .join("tests/transcripts/39_received_ipv6_literal.txt"),
     );
 }
+
+/// Item 26: a malformed EHLO/HELO argument is refused, so it cannot forge the Received header.
+#[test]
+fn trust_26_malformed_helo_refused() {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts/40_helo_syntax.txt"),
+    );
+}
+
+/// Item 26: after plain HELO, MAIL parameters of EHLO-only extensions get 555 5.5.4.
+#[test]
+fn trust_26_mail_parameters_after_helo_refused() {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transcripts/41_helo_no_esmtp_params.txt"),
+    );
+}
+
+/// Item 26: duplicate recipients get 250 but are stored once; limits count what was sent.
+#[test]
+fn trust_26_duplicate_recipients_merged() {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transcripts/42_duplicate_recipients.txt"),
+    );
+}

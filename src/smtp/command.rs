@@ -3,15 +3,16 @@
 use std::fmt;
 
 use super::address::{parse_path, AddressError, AddressFlags, Mailbox};
+use super::helo::is_valid_helo_name;
 use super::line::find_first_of;
 use super::reply::{Enhanced, Reply};
 
 /// One parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `EHLO <domain or junk>`; the argument is kept as sent.
+    /// `EHLO <domain or address literal>` (checked by [`is_valid_helo_name`]).
     Ehlo(String),
-    /// `HELO <domain or junk>`; the argument is kept as sent.
+    /// `HELO <domain or address literal>` (checked by [`is_valid_helo_name`]).
     Helo(String),
     /// `MAIL FROM:<path> [params]`; `None` is the null reverse-path `<>`.
     Mail {
@@ -186,9 +187,14 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
             Ok(arg.to_owned())
         }
     };
+    // The name goes into our Received header: refuse anything but a domain or address literal.
+    let helo_arg = |what: &'static str| match need_arg(what) {
+        Ok(name) if is_valid_helo_name(&name) => Ok(name),
+        _ => Err(CommandError::Syntax(what)),
+    };
     match &up[..verb.len()] {
-        b"EHLO" => need_arg("EHLO requires a domain name or address literal").map(Command::Ehlo),
-        b"HELO" => need_arg("HELO requires a domain name or address literal").map(Command::Helo),
+        b"EHLO" => helo_arg("EHLO requires a domain name or address literal").map(Command::Ehlo),
+        b"HELO" => helo_arg("HELO requires a domain name or address literal").map(Command::Helo),
         b"MAIL" => parse_mail(arg),
         b"RCPT" => parse_rcpt(arg),
         b"DATA" => no_arg(Command::Data),
@@ -374,7 +380,7 @@ mod tests {
             p("helo [192.0.2.1]"),
             Ok(Command::Helo("[192.0.2.1]".into()))
         );
-        assert_eq!(p("EHLO junk_name!"), Ok(Command::Ehlo("junk_name!".into())));
+        assert_eq!(p("EHLO junk_name"), Ok(Command::Ehlo("junk_name".into())));
     }
 
     /// `line|expected reply` (reply without CRLF), one case per row.
@@ -388,6 +394,8 @@ DATA x|501 5.5.4 Syntax error (no parameters allowed)
 QUIT now|501 5.5.4 Syntax error (no parameters allowed)
 EHLO|501 5.5.4 Syntax error (EHLO requires a domain name or address literal)
 HELO   |501 5.5.4 Syntax error (HELO requires a domain name or address literal)
+EHLO junk_name!|501 5.5.4 Syntax error (EHLO requires a domain name or address literal)
+HELO a b|501 5.5.4 Syntax error (HELO requires a domain name or address literal)
 VRFY|501 5.5.4 Syntax error (VRFY requires an argument)
 NO\0OP|500 5.5.2 Syntax error (NUL character in command)
 EHLO a\tb|500 5.5.2 Syntax error (invalid character in command)

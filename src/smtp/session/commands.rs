@@ -138,6 +138,15 @@ impl Session {
         if self.txn.is_some() {
             return self.reply(sequence("Sender already specified"));
         }
+        // After HELO no extension was announced, so none of their parameters may be used
+        // (RFC 5321 §4.1.1.1, RFC 6152, RFC 6531).
+        if !self.esmtp && params != MailParams::default() {
+            return self.reply(Reply::new(
+                555,
+                Enhanced(5, 5, 4),
+                "MAIL parameters require EHLO",
+            ));
+        }
         let what = format!(
             "MAIL FROM: <{}>",
             from.as_ref().map(|m| m.address()).unwrap_or_default()
@@ -233,7 +242,8 @@ impl Session {
         };
         let mid = txn.mid;
         let smtputf8 = txn.smtputf8;
-        let count = txn.rcpts.len() as u64;
+        // Limits count every accepted RCPT, duplicates included: what the client sent.
+        let count = txn.rcpts_accepted;
         // `<postmaster>` (only it parses without a domain) must be accepted (RFC 5321 §4.5.1):
         // it goes to the RAT's postmaster address, past the RAT.
         let postmaster = match to.domain.is_empty() {
@@ -299,15 +309,28 @@ impl Session {
             return self.reply(per_hour.reply);
         }
         let icid = self.p.icid;
-        if let Some(t) = self.txn.as_mut() {
-            t.rcpts.push(addr.clone());
+        let Some(t) = self.txn.as_mut() else { return };
+        t.rcpts_accepted += 1;
+        // A duplicate still gets 250 (as from every MTA) but is stored, and relayed, once.
+        match t.rcpt_ids.get(&recipient_key(&addr)).copied() {
+            Some(rid) => self.log(Event::Note {
+                level: crate::mail_log::Level::Info,
+                text: format!(
+                    "ICID {icid} MID {mid} duplicate recipient <{addr}> merged with RID {rid}"
+                ),
+            }),
+            None => {
+                let rid = t.rcpts.len() as u32;
+                t.rcpt_ids.insert(recipient_key(&addr), rid);
+                t.rcpts.push(addr.clone());
+                self.log(Event::To {
+                    mid,
+                    icid,
+                    rid,
+                    rcpt: addr,
+                });
+            }
         }
-        self.log(Event::To {
-            mid,
-            icid,
-            rid: count as u32,
-            rcpt: addr,
-        });
         self.reply(
             accept_reply.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")),
         );
@@ -320,5 +343,14 @@ impl Session {
             what,
             rule,
         });
+    }
+}
+
+/// What makes two recipients the same mailbox: the domain is case-insensitive, the local
+/// part is compared as sent (RFC 5321 §2.4; the internal server decides about its case).
+fn recipient_key(addr: &str) -> String {
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => addr.to_owned(),
     }
 }

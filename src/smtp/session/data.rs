@@ -40,7 +40,12 @@ impl Session {
     /// The trace header we prepend (RFC 5321 §4.4), with the TLS parameters when used.
     fn received_header(&self) -> String {
         let txn = self.txn.as_ref();
-        let helo = self.helo.as_deref().unwrap_or("unknown");
+        // Defence in depth: a name that could add clauses to the header is never written.
+        let helo = self
+            .helo
+            .as_deref()
+            .filter(|h| crate::smtp::helo::is_valid_helo_name(h))
+            .unwrap_or("unknown");
         let mut proto = String::from(if self.esmtp { "ESMTP" } else { "SMTP" });
         if txn.is_some_and(|t| t.smtputf8) {
             proto = "UTF8SMTP".into();

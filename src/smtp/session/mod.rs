@@ -9,6 +9,7 @@ mod commands;
 mod data;
 pub mod headers;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -144,7 +145,12 @@ struct DataState {
 struct Transaction {
     mid: u64,
     from: String,
+    /// Distinct recipients, in order (the RID is the index).
     rcpts: Vec<String>,
+    /// RID of each recipient by its duplicate key (`recipient_key`): O(1) per RCPT.
+    rcpt_ids: HashMap<String, u32>,
+    /// Accepted RCPT commands, duplicates included (what the limits count).
+    rcpts_accepted: u64,
     smtputf8: bool,
     body_8bitmime: bool,
 }
@@ -559,6 +565,8 @@ impl Session {
             mid,
             from: from.as_ref().map(|m| m.address()).unwrap_or_default(),
             rcpts: Vec::new(),
+            rcpt_ids: HashMap::new(),
+            rcpts_accepted: 0,
             smtputf8,
             body_8bitmime: false,
         });
