@@ -220,4 +220,16 @@ mod tests {
         let b = IdAllocator::open(&p).unwrap();
         assert!(b.next().unwrap() > max);
     }
+
+    #[test]
+    fn a_counter_of_an_older_version_is_continued_and_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mid.counter");
+        fs::write(&p, "1234\n").unwrap();
+        fs::write(dir.path().join("mid.tmp"), "99\n").unwrap();
+        let a = IdAllocator::open(&p).unwrap();
+        assert_eq!(a.next().unwrap(), 1234);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "00000000000000002234\n");
+        assert!(!dir.path().join("mid.tmp").exists());
+    }
 }
