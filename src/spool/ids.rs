@@ -12,8 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// How many ids are reserved on disk at a time, so the hot path rarely touches the disk.
 const BLOCK: u64 = 1000;
-/// Length of the counter file's one record: the end of the reserved block, 20 digits (any
-/// u64) and a newline. Fixed, so every rewrite covers the whole previous record.
+/// Length of the counter file's one record: the end of the reserved block, left-aligned in 20
+/// characters (any u64), and a newline. Fixed, so every rewrite covers the whole previous
+/// record and the file's size never changes.
 const RECORD_LEN: usize = 21;
 
 #[derive(Debug)]
@@ -170,8 +171,12 @@ impl Inner {
 /// after a crash the file holds the old or the new end of block, both beyond every id handed
 /// out. And it needs no free space: no new file, no new block (a temp file and a rename
 /// would need both, and failed on a full disk).
+///
+/// Left-aligned digits also keep the one write that changes the size (a file of an older
+/// version, `N\n`, growing to a record) safe: if a crash keeps the new bytes but the old size,
+/// they read as a number no smaller than the old one.
 fn persist(file: &File, until: u64) -> std::io::Result<()> {
-    let record = format!("{until:020}\n");
+    let record = format!("{until:<20}\n");
     debug_assert_eq!(record.len(), RECORD_LEN);
     file.write_all_at(record.as_bytes(), 0)?;
     file.sync_data()
@@ -229,7 +234,17 @@ mod tests {
         fs::write(dir.path().join("mid.tmp"), "99\n").unwrap();
         let a = IdAllocator::open(&p).unwrap();
         assert_eq!(a.next().unwrap(), 1234);
-        assert_eq!(fs::read_to_string(&p).unwrap(), "00000000000000002234\n");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "2234                \n");
         assert!(!dir.path().join("mid.tmp").exists());
+        // A crash that keeps the new record's bytes but the old file's size still reads a
+        // value no smaller than the old one.
+        for old in [1u64, 9, 999, 1234, 99_999] {
+            let old_len = format!("{old}\n").len();
+            persist(&File::create(&p).unwrap(), old + 1000).unwrap();
+            let torn = &fs::read_to_string(&p).unwrap()[..old_len];
+            fs::write(&p, torn).unwrap();
+            let reopened = IdAllocator::open(&p).unwrap();
+            assert!(reopened.next().unwrap() >= old, "{torn:?} < {old}");
+        }
     }
 }
