@@ -281,3 +281,38 @@ fn trust_10_large_bodies_reuse_recycled_files_and_cut_them_to_size() {
     assert_eq!(free_files(dir.path()), 0);
     assert_eq!(std::fs::read(spool.message_path(mid)).unwrap(), body);
 }
+
+#[test]
+fn trust_10_ids_keep_coming_on_a_completely_full_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+        return;
+    };
+    let spool = Spool::open(&mnt).unwrap();
+    let first = spool.next_dcid().unwrap();
+    // Not even a block left: the filler takes what there is (the write stops at ENOSPC).
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 256 << 10]);
+    assert!(
+        std::fs::write(mnt.join("probe"), b"x").is_err(),
+        "disk full"
+    );
+    // Several reserved blocks' worth of each id: each reservation is written on the full disk.
+    let mut last = 0;
+    for i in 0..2500 {
+        spool.next_mid().unwrap_or_else(|e| panic!("MID {i}: {e}"));
+        spool
+            .next_icid()
+            .unwrap_or_else(|e| panic!("ICID {i}: {e}"));
+        last = spool
+            .next_dcid()
+            .unwrap_or_else(|e| panic!("DCID {i}: {e}"));
+    }
+    assert_eq!(last, first + 2500);
+    // Ids are never reused: a restart on the still full disk continues above them.
+    drop(spool);
+    let spool = Spool::open(&mnt).unwrap();
+    let next = spool.next_dcid().unwrap();
+    assert!(next > last, "{next} <= {last}");
+    let _ = std::fs::remove_file(mnt.join("probe"));
+}

@@ -6,6 +6,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use crate::spool::Spool;
+
 /// The final outcome of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Final {
@@ -83,18 +85,42 @@ impl DeliveryState {
             .unwrap_or_default()
     }
 
-    /// Writes the state durably: tmp file, fsync, rename.
+    /// Writes the state durably: tmp file, fsync, rename. On failure the tmp file is removed
+    /// and the previous state (if any) stays: a delivery may be repeated, never lost.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("dlv.tmp");
-        // Private like the rest of the spool.
-        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
-            File::options().write(true).create(true).truncate(true),
-            crate::spool::FILE_MODE,
-        )
-        .open(&tmp)?;
-        f.write_all(self.to_text().as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        let result = (|| {
+            // Private like the rest of the spool.
+            let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+                File::options().write(true).create(true).truncate(true),
+                crate::spool::FILE_MODE,
+            )
+            .open(&tmp)?;
+            f.write_all(self.to_text().as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// [`DeliveryState::save`] as message `mid`'s state in `spool`; when the disk is full,
+    /// empties the spool's free-file pool and tries once more.
+    pub fn save_in(&self, spool: &Spool, mid: u64) -> std::io::Result<()> {
+        let path = spool.state_path(mid);
+        match self.save(&path) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) && spool.reclaim_space() =>
+            {
+                self.save(&path)
+            }
+            r => r,
+        }
     }
 }
 

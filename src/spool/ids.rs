@@ -1,13 +1,21 @@
 //! Persistent id counters (MID, ICID, DCID): never reused across restarts.
+//!
+//! A reservation is written in place into the counter file, never into a new file: handing
+//! out ids (a DCID to deliver, an ICID to greet) must work on a completely full disk, since
+//! delivering is what frees space.
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// How many ids are reserved on disk at a time, so the hot path rarely touches the disk.
 const BLOCK: u64 = 1000;
+/// Length of the counter file's one record: the end of the reserved block, left-aligned in 20
+/// characters (any u64), and a newline. Fixed, so every rewrite covers the whole previous
+/// record and the file's size never changes.
+const RECORD_LEN: usize = 21;
 
 #[derive(Debug)]
 struct State {
@@ -20,6 +28,8 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// The counter file, open for the in-place rewrites.
+    file: File,
     state: Mutex<State>,
     done: Condvar,
 }
@@ -36,20 +46,45 @@ pub struct IdAllocator {
 
 impl IdAllocator {
     /// Opens (or creates) the counter file; ids continue after the last reserved block.
+    ///
+    /// A new file (or one in an older, shorter format) gets its full record at once, so its
+    /// block is allocated while there is space and later reservations never allocate.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let start = match fs::read_to_string(path) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+        let existed = path.exists();
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(super::FILE_MODE)
+            .open(path)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        // Empty: new, or created by a crash before its first record (no id was handed out).
+        let start = match text.lines().next().map(str::trim) {
+            None | Some("") => 1,
+            Some(n) => n.parse::<u64>().map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("{}: {e}", path.display()),
                 )
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-            Err(e) => return Err(e),
         };
+        if text.len() != RECORD_LEN {
+            persist(&file, start)?;
+        }
+        if !existed {
+            // The name must be durable too: a lost file would restart the ids at 1.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        // Left by versions that wrote a temp file and renamed it.
+        let _ = fs::remove_file(path.with_extension("tmp"));
         Ok(IdAllocator {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
+                file,
                 state: Mutex::new(State {
                     next: start,
                     reserved_until: start,
@@ -90,7 +125,7 @@ impl IdAllocator {
             s.persisting = true;
             let until = s.next + BLOCK;
             drop(s);
-            let result = persist(&inner.path, until);
+            let result = persist(&inner.file, until);
             s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             s.persisting = false;
             inner.done.notify_all();
@@ -115,7 +150,7 @@ impl Inner {
     /// Background reservation; on failure the next exhausted block retries in the
     /// foreground and reports the error.
     fn reserve(&self, until: u64) {
-        let result = persist(&self.path, until);
+        let result = persist(&self.file, until);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.persisting = false;
         match result {
@@ -126,23 +161,25 @@ impl Inner {
     }
 }
 
-/// Writes the reservation durably: tmp file, fsync, rename, fsync the directory. Only one
-/// runs at a time per counter, and each writes a larger value than any before it.
-fn persist(path: &Path, until: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(super::FILE_MODE)
-        .open(&tmp)?;
-    writeln!(f, "{until}")?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// Writes the reservation durably, in place: one fixed-size record at offset 0, then
+/// fdatasync. Only one runs at a time per counter, and each writes a larger value than any
+/// before it; the caller hands out ids of the new block only after this returned.
+///
+/// Why in place is crash-safe: the record (21 bytes) lies within the first 512-byte sector,
+/// and a disk writes a sector whole or not at all (the guarantee journaling filesystems rely
+/// on for their commit blocks); overwriting already-allocated bytes changes no metadata. So
+/// after a crash the file holds the old or the new end of block, both beyond every id handed
+/// out. And it needs no free space: no new file, no new block (a temp file and a rename
+/// would need both, and failed on a full disk).
+///
+/// Left-aligned digits also keep the one write that changes the size (a file of an older
+/// version, `N\n`, growing to a record) safe: if a crash keeps the new bytes but the old size,
+/// they read as a number no smaller than the old one.
+fn persist(file: &File, until: u64) -> std::io::Result<()> {
+    let record = format!("{until:<20}\n");
+    debug_assert_eq!(record.len(), RECORD_LEN);
+    file.write_all_at(record.as_bytes(), 0)?;
+    file.sync_data()
 }
 
 #[cfg(test)]
@@ -187,5 +224,27 @@ mod tests {
         drop(a);
         let b = IdAllocator::open(&p).unwrap();
         assert!(b.next().unwrap() > max);
+    }
+
+    #[test]
+    fn a_counter_of_an_older_version_is_continued_and_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mid.counter");
+        fs::write(&p, "1234\n").unwrap();
+        fs::write(dir.path().join("mid.tmp"), "99\n").unwrap();
+        let a = IdAllocator::open(&p).unwrap();
+        assert_eq!(a.next().unwrap(), 1234);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "2234                \n");
+        assert!(!dir.path().join("mid.tmp").exists());
+        // A crash that keeps the new record's bytes but the old file's size still reads a
+        // value no smaller than the old one.
+        for old in [1u64, 9, 999, 1234, 99_999] {
+            let old_len = format!("{old}\n").len();
+            persist(&File::create(&p).unwrap(), old + 1000).unwrap();
+            let torn = &fs::read_to_string(&p).unwrap()[..old_len];
+            fs::write(&p, torn).unwrap();
+            let reopened = IdAllocator::open(&p).unwrap();
+            assert!(reopened.next().unwrap() >= old, "{torn:?} < {old}");
+        }
     }
 }

@@ -135,7 +135,7 @@ impl QueueManager {
                 for (rid, _) in &q.bounced_this_round {
                     durable.finals.remove(rid);
                 }
-                if let Err(e) = durable.save(&self.spool.state_path(r.mid)) {
+                if let Err(e) = durable.save_in(&self.spool, r.mid) {
                     tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
                 }
             }
@@ -250,7 +250,7 @@ impl QueueManager {
             q.state.next_try = now_unix();
         }
         q.state_on_disk = true;
-        let _ = q.state.save(&self.spool.state_path(mid));
+        let _ = q.state.save_in(&self.spool, mid);
         self.file_due(mid);
         dsn_queued
     }
