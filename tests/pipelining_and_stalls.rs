@@ -4,7 +4,9 @@
 //!   next message its `Received:` header or its body (item 1), proven by a fixed case relayed
 //!   to an internal server and by a property test over random split points;
 //! - a client that pipelines a burst and never reads its replies is closed by the session
-//!   timeout and by shutdown, on plain TCP and over TLS (item 2).
+//!   timeout and by shutdown, on plain TCP and over TLS (item 2);
+//! - a client that trickles a byte now and then is closed by the command timeout while it
+//!   sends a command line, and by the minimum-progress rule during DATA (item 2, slowloris).
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use common::sink::Sink;
 use common::{copy_dir, relay_config, repo, wait_until, Client, Server};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -262,6 +264,110 @@ async fn trust_02_shutdown_closes_a_client_that_never_reads() {
     assert!(srv.log_text().contains(&format!("ICID {icid} close")));
     assert!(srv.log_text().contains("mxgate stopped"));
     writer.abort();
+}
+
+/// A copy of the e2e fixture plus a listener "slow": 2 s for a command line and 2 s of
+/// silence in DATA, a session of 120 s.
+fn slow_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), dir.path());
+    std::fs::write(
+        dir.path().join("listeners/slow.yaml"),
+        "name: slow\ntype: public\nbind: [\"127.0.0.1:0\"]\nhostname: mx.test.example\n\
+         hat: preferred\nrat: inbound\n\
+         timeouts:\n  command: 2s\n  data: 2s\n  session: 120s\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Sends `bytes` one every 300 ms (well inside every per-read timeout) until the server closes
+/// the connection, and returns all the server said meanwhile. Panics when the server is still
+/// talking after 60 s, half the session timeout: then only the session timeout ends the trickle.
+async fn trickle(c: Client<TcpStream>, bytes: Vec<u8>) -> String {
+    assert!(c.io.buffer().is_empty());
+    let (mut rd, mut wr) = c.io.into_inner().into_split();
+    let writer = tokio::spawn(async move {
+        for b in bytes {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        std::future::pending::<()>().await;
+        drop(wr);
+    });
+    let mut said = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut said)).await;
+    writer.abort();
+    assert!(
+        read.is_ok(),
+        "still open after 60 s of trickling; the server said {:?}",
+        String::from_utf8_lossy(&said)
+    );
+    String::from_utf8_lossy(&said).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_a_client_trickling_a_command_line_is_closed_at_the_command_timeout() {
+    let cfg = slow_config();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let (mut c, icid) = connect_small_rcvbuf(&srv, "slow").await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let line = format!("MAIL FROM:<{}@example.org>\r\n", "a".repeat(400));
+    let said = trickle(c, line.into_bytes()).await;
+    assert_eq!(
+        said,
+        "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
+    );
+    wait_log_line(
+        &srv,
+        &format!("ICID {icid} session refused: command timeout"),
+    )
+    .await;
+    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_a_client_trickling_data_is_closed_for_lack_of_progress() {
+    let cfg = slow_config();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let (mut c, icid) = connect_small_rcvbuf(&srv, "slow").await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@b.example>").await.starts_with("250 "));
+    assert!(c.cmd("RCPT TO:<x@example.com>").await.starts_with("250 "));
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    let body = format!("Subject: slow\r\n\r\n{}", "b\r\n".repeat(300));
+    let said = trickle(c, body.into_bytes()).await;
+    assert_eq!(
+        said,
+        "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
+    );
+    wait_log_line(&srv, &format!("ICID {icid} session refused: data timeout")).await;
+    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    assert!(
+        srv.queued_mids().is_empty(),
+        "the cut-off message was spooled"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_02_a_slow_client_sending_whole_lines_in_time_is_not_cut_off() {
+    // Each line arrives well inside the 2 s command timeout, the whole session takes longer:
+    // the deadline is per command line, counted from our reply.
+    let cfg = slow_config();
+    let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
+    let (mut c, _) = connect_small_rcvbuf(&srv, "slow").await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let r = c.cmd("NOOP").await;
+        assert!(r.starts_with("250 "), "{r:?}");
+    }
+    assert!(c.cmd("QUIT").await.starts_with("221 "));
+    srv.stop().await;
 }
 
 mod properties {

@@ -17,6 +17,7 @@ use crate::metrics::{self, InboundLabels};
 use crate::net::dns::ReverseResolver;
 use crate::net::dnsbl;
 use crate::net::proxy::{self, ProxyParse};
+use crate::net::read_deadline::ReadDeadlines;
 use crate::net::tls;
 use crate::net::write_bound::{
     bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
@@ -68,6 +69,7 @@ struct Conn<'a> {
     incoming: Option<Incoming>,
     body_error: Option<String>,
     deadline: Instant,
+    reads: ReadDeadlines,
     force_close: watch::Receiver<bool>,
 }
 
@@ -211,6 +213,7 @@ pub async fn handle(
         incoming: None,
         body_error: None,
         deadline: Instant::now() + ctx.listener.timeouts.session,
+        reads: ReadDeadlines::default(),
         force_close,
     };
     if let Flow::Upgrade(tcp) = conn.run(stream).await {
@@ -271,7 +274,10 @@ impl Conn<'_> {
         loop {
             for action in self.session.take_actions() {
                 match action {
-                    Action::Reply(r) => r.write_to(&mut self.out),
+                    Action::Reply(r) => {
+                        self.reads.replied();
+                        r.write_to(&mut self.out)
+                    }
                     Action::Log(e) => {
                         metrics::observe_inbound(&e, &self.labels);
                         logs.push(e);
@@ -290,6 +296,7 @@ impl Conn<'_> {
                         return Flow::Upgrade(stream);
                     }
                     Action::BeginMessage(mid) => {
+                        self.reads.message_started();
                         self.incoming = Some(self.ctx.spool.begin(mid));
                         self.body_error = None;
                     }
@@ -405,27 +412,20 @@ impl Conn<'_> {
     async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> ReadOutcome {
         let in_data = self.session.is_in_data();
         let t = &self.ctx.listener.timeouts;
-        let (limit, what) = if in_data {
-            (t.data, "data")
-        } else {
-            (t.command, "command")
-        };
-        let session_left = self.deadline.saturating_duration_since(Instant::now());
-        let (limit, what) = if session_left < limit {
-            (session_left, "session")
-        } else {
-            (limit, what)
-        };
+        let (until, what) = self.reads.next(in_data, Instant::now(), t, self.deadline);
         self.buf
             .reserve(if in_data { DATA_CHUNK } else { READ_CHUNK });
         if *self.force_close.borrow() {
             return ReadOutcome::Shutdown;
         }
         tokio::select! {
-            r = tokio::time::timeout(limit, stream.read_buf(&mut self.buf)) => match r {
+            r = tokio::time::timeout_at(until.into(), stream.read_buf(&mut self.buf)) => match r {
                 Err(_) => ReadOutcome::Timeout(what),
                 Ok(Ok(0)) | Ok(Err(_)) => ReadOutcome::Closed,
-                Ok(Ok(_)) => ReadOutcome::Data,
+                Ok(Ok(n)) => {
+                    self.reads.received(in_data, n);
+                    ReadOutcome::Data
+                }
             },
             _ = self.force_close.changed() => ReadOutcome::Shutdown,
         }

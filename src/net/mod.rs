@@ -8,5 +8,6 @@ pub mod dnsbl;
 pub mod hosts;
 pub mod listener;
 pub mod proxy;
+mod read_deadline;
 pub mod tls;
 mod write_bound;
