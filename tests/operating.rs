@@ -238,53 +238,6 @@ async fn trust_20_a_dropped_downstream_connection_is_logged_without_a_reply_code
     srv.stop().await;
 }
 
-/// Kills the child process when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Child {
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        assert!(self.0.wait().unwrap().success());
-    }
-}
-
-/// `mxgate serve` as a child process: the config in `cfg`, spool, certs and mail log in
-/// `work`. Returns it and the address of the `preferred` listener.
-fn spawn_server(cfg: &Path, work: &Path) -> (Child, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = mxgate()
-        .arg("serve")
-        .arg("--config-dir")
-        .arg(cfg)
-        .arg("--spool-dir")
-        .arg(work.join("spool"))
-        .arg("--certs-dir")
-        .arg(work.join("certs"))
-        .arg("--mail-log")
-        .arg(work.join("mail.log"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let l = lines.next().expect("server exited early").unwrap();
-        if let Some(a) = l.strip_prefix("mxgate: listener preferred listening on ") {
-            break a.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Child(child), addr)
-}
-
 /// Sends one message to `addr`; returns its MID.
 async fn send_to(addr: std::net::SocketAddr, to: &str) -> u64 {
     let mut c = Client::connect(addr, None).await;
@@ -303,7 +256,7 @@ async fn send_to(addr: std::net::SocketAddr, to: &str) -> u64 {
 async fn spool_with_a_deferred_message() -> (tempfile::TempDir, u64) {
     let cfg = relay_config(closed_addr(), "1h");
     let work = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn_server(cfg.path(), work.path());
+    let (child, addr) = common::spawn_serve(cfg.path(), work.path());
     let mid = send_to(addr, "bob@example.com").await;
     let log = work.path().join("mail.log");
     common::wait_until("the first attempt fails", || {
@@ -405,7 +358,7 @@ async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
     let down = closed_addr();
     let cfg = relay_config(down, "1h");
     let work = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn_server(cfg.path(), work.path());
+    let (child, addr) = common::spawn_serve(cfg.path(), work.path());
     send_to(addr, "bob@example.com").await;
     let log = work.path().join("mail.log");
     common::wait_until("the first attempt fails", || {
@@ -416,7 +369,7 @@ async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
     // The internal server comes back, and mxgate is restarted: the message goes out now,
     // not an hour after the failed attempt.
     let sink = common::sink::Sink::start(&down.to_string()).await;
-    let (child, _) = spawn_server(cfg.path(), work.path());
+    let (child, _) = common::spawn_serve(cfg.path(), work.path());
     common::wait_until("delivery after the restart", || !sink.messages().is_empty()).await;
     child.stop();
 }

@@ -637,50 +637,13 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     srv.stop().await;
 }
 
-/// Kills the child server when a test ends, even by panic.
-struct Killer(std::process::Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `mxgate serve` as a child process on a relay config.
-fn spawn_server(cfg: &std::path::Path, work: &std::path::Path) -> (Killer, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
-        .arg("serve")
-        .arg("--config-dir")
-        .arg(cfg)
-        .arg("--spool-dir")
-        .arg(work.join("spool"))
-        .arg("--certs-dir")
-        .arg(work.join("certs"))
-        .arg("--mail-log")
-        .arg(work.join("mail.log"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let l = lines.next().expect("server exited early").unwrap();
-        if let Some(a) = l.strip_prefix("mxgate: listener preferred listening on ") {
-            break a.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Killer(child), addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_delivery_loses_nothing() {
     // A slow internal server: each message takes 100 ms to be acknowledged.
     let sink = Sink::start_with_delay("127.0.0.1:0", Duration::from_millis(100)).await;
     let cfg = relay_config(sink.addr, "1s");
     let work = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_server(cfg.path(), work.path());
+    let (mut child, addr) = common::spawn_serve(cfg.path(), work.path());
     let mut tasks = Vec::new();
     for client in 0..3 {
         tasks.push(tokio::spawn(async move {
@@ -714,7 +677,7 @@ async fn kill_9_mid_delivery_loses_nothing() {
         left > 0,
         "the kill came after all deliveries: nothing was tested"
     );
-    let (mut child, _) = spawn_server(cfg.path(), work.path());
+    let (mut child, _) = common::spawn_serve(cfg.path(), work.path());
     wait_until("every message delivered after restart", || {
         let mut ids = message_ids(&sink);
         ids.sort();
@@ -763,7 +726,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     };
     // Queue two messages while the internal server is down (retries an hour apart).
     let down = relay_config(closed_addr(), "1h");
-    let (mut child, addr) = spawn_server(down.path(), work.path());
+    let (mut child, addr) = common::spawn_serve(down.path(), work.path());
     let mut mids = Vec::new();
     for (id, rcpt) in [
         ("once-1", "bob@example.com"),
@@ -801,7 +764,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     })
     .await;
     let up = relay_config(sink.addr, "1h");
-    let (mut child, _) = spawn_server(up.path(), work.path());
+    let (mut child, _) = common::spawn_serve(up.path(), work.path());
     // Both are due at once after the restart (the queue is tried promptly, item 20): one
     // connection takes message 1, then message 2.
     wait_until(
@@ -830,7 +793,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     // Restart towards a server that accepts everything.
     let good = Sink::start("127.0.0.1:0").await;
     let cfg = relay_config(good.addr, "1h");
-    let (mut child, _) = spawn_server(cfg.path(), work.path());
+    let (mut child, _) = common::spawn_serve(cfg.path(), work.path());
     // Message 2 is tried at once after the restart.
     wait_until("message 2 delivered", || !message_ids(&good).is_empty()).await;
     wait_until("queue empty", || {

@@ -418,3 +418,51 @@ pub fn id_after(line: &str, key: &str) -> u64 {
 pub fn closed_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], closed_port()))
 }
+
+/// A `mxgate serve` child process, killed when dropped.
+pub struct ServeChild(pub std::process::Child);
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ServeChild {
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+/// `mxgate serve` as a child process: the config in `cfg`, spool, certs and mail log in
+/// `work`. Returns it and the address of the `preferred` listener, learnt from its
+/// "listening on" line.
+pub fn spawn_serve(cfg: &Path, work: &Path) -> (ServeChild, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .arg("serve")
+        .arg("--config-dir")
+        .arg(cfg)
+        .arg("--spool-dir")
+        .arg(work.join("spool"))
+        .arg("--certs-dir")
+        .arg(work.join("certs"))
+        .arg("--mail-log")
+        .arg(work.join("mail.log"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let l = lines.next().expect("server exited early").unwrap();
+        if let Some(a) = l.strip_prefix("mxgate: listener preferred listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (ServeChild(child), addr)
+}
