@@ -1,0 +1,365 @@
+//! The `mxgate` command line: arguments, and one module per command family.
+//! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
+//! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket);
+//! `certs` lives in the library (`mxgate::certs::cli`).
+
+mod hat;
+mod queue;
+mod serve;
+mod tables;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use mxgate::config::model::{Config, MailLogTarget};
+use mxgate::config::{load, Overrides};
+use mxgate::policy::flow::{Limit, MailFlowPolicy};
+use mxgate::policy::hat::{dnslist_entry, Criterion, DnsListZone, Peer, ReverseDns};
+
+/// Inbound SMTP gateway with HAT sender groups, mail-flow policies and TLS enforcement.
+#[derive(Parser, Debug)]
+#[command(name = "mxgate", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway.
+    Serve(ConfigArgs),
+    /// Load and validate every configuration file; print all errors as file:line:column.
+    Check(ConfigArgs),
+    /// Host access table tools.
+    Hat {
+        #[command(subcommand)]
+        command: HatCmd,
+    },
+    /// Destination controls (outbound limits and TLS), like ESA `destconfig`.
+    Destinations {
+        #[command(subcommand)]
+        command: DestinationsCmd,
+    },
+    /// SMTP routes (where accepted mail is relayed).
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCmd,
+    },
+    /// Tell the running server to reload configuration and certificates (SIGHUP via its pid file).
+    Reload(ConfigArgs),
+    /// The mail queue, like `mailq` / `postqueue`: works while the server runs.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCmd,
+    },
+    /// Certificates (the `certs/` directory), like ESA `certconfig`.
+    Certs {
+        #[command(subcommand)]
+        command: mxgate::certs::cli::CertsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCmd {
+    /// List queued messages: id, age, size, attempts, next try, sender, pending recipients.
+    List(ConfigArgs),
+    /// Show one message's envelope and per-recipient state.
+    Show {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Deliver now (the running server retries at once).
+    Retry {
+        /// Message id; omit with --all.
+        mid: Option<u64>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove a message without delivering it.
+    Delete {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Bounce every pending recipient of a message now (a DSN goes to the sender).
+    Bounce {
+        /// Message id.
+        mid: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DestinationsCmd {
+    /// Print every destination entry and the default, like `destconfig list`.
+    List(ConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum RoutesCmd {
+    /// Print every SMTP route with its hosts, the default route ALL last.
+    List(ConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum HatCmd {
+    /// Show which sender group and mail-flow policy a client gets (no socket, no DNS).
+    Trace {
+        /// Client IP address.
+        ip: IpAddr,
+        /// Treat this as the client's verified reverse-DNS name (with `--ptr mismatch`: its
+        /// PTR name, not confirmed).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Simulate a reverse-DNS state instead: no PTR, a PTR not confirmed by its forward
+        /// lookup, or a temporary failure (the `ptr_*` criteria).
+        #[arg(long, value_enum, value_name = "STATE")]
+        ptr: Option<PtrState>,
+        /// Pretend the client is listed on this block-list zone (answer 127.0.0.2, or the
+        /// codes given as ZONE=CODE,CODE); repeatable.
+        #[arg(long, value_name = "ZONE[=CODE,...]", value_parser = listed_arg)]
+        listed: Vec<DnsListZone>,
+        /// Listener whose HAT to use (default: the first listener).
+        #[arg(long)]
+        listener: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// A reverse-DNS state `hat trace --ptr` simulates.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum PtrState {
+    /// No PTR record (`ptr_missing`).
+    Missing,
+    /// A PTR whose names do not resolve back to the client (`ptr_mismatch`).
+    Mismatch,
+    /// The lookup failed temporarily or timed out (`ptr_tempfail`).
+    Tempfail,
+}
+
+/// `--listed` takes the zone syntax of a `dnslist:` criterion, so it is checked the same way.
+fn listed_arg(s: &str) -> Result<DnsListZone, String> {
+    match Criterion::parse(&format!("dnslist:{s}"))? {
+        Criterion::DnsList(z) => Ok(z),
+        _ => Err(format!("{s:?} is not a block-list zone")),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArgs {
+    /// Configuration directory (holds mxgate.yaml, listeners/, policies/, certs/).
+    #[arg(long, env = "MXGATE_CONFIG_DIR", default_value = ".")]
+    config_dir: PathBuf,
+    /// Spool directory (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Mail log file, or `-` for stdout (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_MAIL_LOG")]
+    mail_log: Option<String>,
+    /// Certificates directory (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Listener bind address override, `NAME=ADDR` (repeatable; comma-separated in the env var).
+    #[arg(long = "bind", env = "MXGATE_BIND", value_delimiter = ',')]
+    binds: Vec<String>,
+    /// Metrics endpoint `IP:PORT`, or `off` (overrides mxgate.yaml).
+    #[arg(long, env = "MXGATE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// DNS resolver `IP[:PORT]` (repeatable; comma-separated in the env var).
+    #[arg(
+        long = "dns-resolver",
+        env = "MXGATE_DNS_RESOLVERS",
+        value_delimiter = ','
+    )]
+    dns_resolvers: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> anyhow::Result<Overrides> {
+        let mut o = Overrides {
+            spool_dir: self.spool_dir.clone(),
+            certs_dir: self.certs_dir.clone(),
+            mail_log: self.mail_log.as_ref().map(|m| {
+                if m == "-" {
+                    MailLogTarget::Stdout
+                } else {
+                    MailLogTarget::File(PathBuf::from(m))
+                }
+            }),
+            ..Overrides::default()
+        };
+        for b in &self.binds {
+            let (name, addr) = b
+                .split_once('=')
+                .with_context(|| format!("--bind {b:?}: expected NAME=ADDR"))?;
+            let addr: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--bind {b:?}: bad address"))?;
+            match o.binds.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(addr),
+                None => o.binds.push((name.to_string(), vec![addr])),
+            }
+        }
+        if let Some(m) = &self.metrics_listen {
+            o.metrics_listen =
+                Some(if m == "off" {
+                    None
+                } else {
+                    Some(m.parse().with_context(|| {
+                        format!("--metrics-listen {m:?}: expected IP:PORT or off")
+                    })?)
+                });
+        }
+        if !self.dns_resolvers.is_empty() {
+            let mut v = Vec::new();
+            for r in &self.dns_resolvers {
+                let sa = r
+                    .parse::<SocketAddr>()
+                    .or_else(|_| r.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .with_context(|| format!("--dns-resolver {r:?}: expected IP or IP:PORT"))?;
+                v.push(sa);
+            }
+            o.dns_resolvers = Some(v);
+        }
+        Ok(o)
+    }
+
+    /// Loads the config, printing every error to stderr; `None` when it has errors.
+    fn load_or_report(&self) -> anyhow::Result<Option<Config>> {
+        Ok(match self.load()? {
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("mxgate: {}", w.render());
+                }
+                Some(c)
+            }
+            Err(errors) => {
+                eprintln!("{}", errors.trim_end());
+                None
+            }
+        })
+    }
+
+    fn load(&self) -> anyhow::Result<Result<Config, String>> {
+        let o = self.overrides()?;
+        Ok(load(&self.config_dir, &o).map_err(|e| e.to_string()))
+    }
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
+        Cmd::Check(args) => match args.load()? {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    println!("{}", w.render());
+                }
+                // What `serve` would refuse at start-up, though the YAML is fine.
+                let files = mxgate::app::check_tls_files(&cfg);
+                if !files.is_empty() {
+                    println!("{}", files.join("\n"));
+                    return Ok(ExitCode::from(1));
+                }
+                println!(
+                    "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
+                    args.config_dir.display(),
+                    cfg.listeners.len(),
+                    cfg.hats.len(),
+                    cfg.policies.len(),
+                    cfg.rats.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                print!("{errors}");
+                if !errors.ends_with('\n') {
+                    println!();
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+        Cmd::Hat {
+            command:
+                HatCmd::Trace {
+                    ip,
+                    hostname,
+                    ptr,
+                    listed,
+                    listener,
+                    config,
+                },
+        } => {
+            let Some(cfg) = config.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            print!(
+                "{}",
+                hat::trace(&cfg, ip, hostname, ptr, &listed, listener.as_deref())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Destinations {
+            command: DestinationsCmd::List(args),
+        } => {
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            print!("{}", tables::destinations_list(&cfg));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Routes {
+            command: RoutesCmd::List(args),
+        } => {
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            print!("{}", tables::routes_list(&cfg));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Queue { command } => queue::queue_command(command),
+        Cmd::Reload(args) => {
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            // The spool lock, not the pid file, says whether a server runs: a pid file left by
+            // a crash may name a pid the system has since given to another process.
+            let spool = &cfg.global.spool_dir;
+            let pid = match mxgate::spool::lock::holder(spool)? {
+                Some(pid) => pid as i32,
+                None => anyhow::bail!(
+                    "no running mxgate on spool {} (its lock is not held)",
+                    spool.display()
+                ),
+            };
+            // SAFETY: kill(2) with the pid of the lock's holder and a standard signal.
+            if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+                anyhow::bail!(
+                    "cannot signal mxgate pid {pid}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            println!("configuration valid; reload signalled to mxgate pid {pid}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve(args) => {
+            let Some(cfg) = args.load_or_report()? else {
+                return Ok(ExitCode::from(1));
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
+            rt.block_on(serve::serve(args, cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
