@@ -10,9 +10,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::model::Config;
+use crate::dns::{DnsError, ReverseResolver};
 use crate::mail_log::{Event, Level, MailLog, MailLogError};
 use crate::net::conn::ListenerContext;
-use crate::net::dns::{DnsError, ReverseResolver};
 use crate::net::listener;
 use crate::net::tls::{self, CertStore, TlsError};
 use crate::policy::rate::RateLimiter;

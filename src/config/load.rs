@@ -191,7 +191,7 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         }
         Some(h) => {
             let path = dir.join(h.value.trim());
-            if let Err(err) = crate::net::hosts::HostsFile::read(&path) {
+            if let Err(err) = crate::dns::hosts::HostsFile::read(&path) {
                 e.on(
                     h,
                     "dns.hosts_file",

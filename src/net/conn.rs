@@ -12,10 +12,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::model::Listener;
+use crate::dns::dnsbl;
+use crate::dns::ReverseResolver;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics::{self, InboundLabels};
-use crate::net::dns::ReverseResolver;
-use crate::net::dnsbl;
 use crate::net::proxy::{self, ProxyParse};
 use crate::net::read_deadline::ReadDeadlines;
 use crate::net::tls;

@@ -1,11 +1,8 @@
-//! Network edge: accept loops, the connection driver, TLS, reverse DNS, DNS block lists and
-//! PROXY protocol.
+//! Network edge: accept loops, the connection driver, TLS and the PROXY protocol (DNS is in
+//! [`crate::dns`]).
 
 pub mod bind;
 pub mod conn;
-pub mod dns;
-pub mod dnsbl;
-pub mod hosts;
 pub mod listener;
 pub mod proxy;
 mod read_deadline;

@@ -34,7 +34,7 @@ pub struct Reconfiguration {
     /// `delivery:` settings (concurrency, retries, host name).
     pub settings: crate::relay::queue::RelaySettings,
     /// A resolver on the new `dns:` settings, for MX lookups.
-    pub resolver: crate::net::dns::ReverseResolver,
+    pub resolver: crate::dns::ReverseResolver,
 }
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it

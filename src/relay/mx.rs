@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::outbound::RouteHost;
-use crate::net::dns::{IpLookup, MxLookup, ReverseResolver};
+use crate::dns::{IpLookup, MxLookup, ReverseResolver};
 
 /// At most this many addresses are tried for one route host, all MX exchanges together, so that
 /// a domain with many unreachable MX hosts cannot hold a connection slot for long (Postfix's
@@ -218,7 +218,7 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::dns::MxRecord;
+    use crate::dns::MxRecord;
 
     fn mx(preference: u16, exchange: &str) -> MxRecord {
         MxRecord {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::outbound::{DestinationControl, Route, RouteHost};
+use crate::dns::ReverseResolver;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
-use crate::net::dns::ReverseResolver;
 use crate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
 };

@@ -327,7 +327,7 @@ mod tests {
             helo_name: "mx.test".into(),
             timeouts: ClientTimeouts::default(),
             alert_enabled: true,
-            resolver: crate::net::dns::ReverseResolver::for_tests(),
+            resolver: crate::dns::ReverseResolver::for_tests(),
         });
         let settings = RelaySettings {
             concurrency: 1,

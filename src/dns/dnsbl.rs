@@ -23,8 +23,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::dns::{ALookup, ReverseResolver};
 use crate::mail_log::Level;
-use crate::net::dns::{ALookup, ReverseResolver};
 use crate::policy::hat::{dnslist_entry, is_default_listing_answer};
 
 /// The DNS name asked for `ip` on `zone`, fully qualified (trailing dot).

@@ -1,10 +1,13 @@
 //! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver; also
-//! the plain A lookups of DNS block lists ([`crate::net::dnsbl`]) and the MX and A/AAAA lookups
+//! the plain A lookups of DNS block lists ([`crate::dns::dnsbl`]) and the MX and A/AAAA lookups
 //! of `mx_lookup` routes ([`crate::relay::mx`]), on the same resolver.
 //!
 //! Only the configured servers answer: the library's hosts-file answers are off, and names it
 //! would answer by itself (`localhost`, the PTR of 127/8 and ::1) are asked of the servers
 //! too. A hosts file is read only when `dns.hosts_file` names one ([`HostsFile`]).
+
+pub mod dnsbl;
+pub mod hosts;
 
 #[cfg(test)]
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 use crate::config::model::DnsSettings;
-use crate::net::hosts::HostsFile;
+use crate::dns::hosts::HostsFile;
 use crate::policy::hat::ReverseDns;
 
 /// Errors building the resolver.
