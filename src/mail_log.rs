@@ -1,4 +1,4 @@
-//! The mail log: ESA-format lines (SPEC §3) with ICID/MID/RID/DCID ids, to stdout or a file.
+//! The mail log: ESA-format lines (docs/mail-log.md) with ICID/MID/RID/DCID ids, to stdout or a file.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};

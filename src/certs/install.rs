@@ -1,6 +1,6 @@
 //! `install`: pair a CA-signed certificate with the key made by `csr`, and write `NAME.crt`.
 //!
-//! The checks are those the seeds' troubleshooting sections are about: the certificate
+//! The checks are those ESA's certificate troubleshooting notes are about: the certificate
 //! must carry the key's public key, nothing may be expired, the chain goes leaf→root
 //! without duplicated intermediates, and a missing intermediate is called out.
 

@@ -1,4 +1,4 @@
-//! Certificate management (SPEC §2, the seeds' `certconfig`): `mxgate certs ...`.
+//! Certificate management (docs/certificates.md; ESA's `certconfig`): `mxgate certs ...`.
 //!
 //! Everything works on the certificates directory (`certs_dir`): a certificate named `NAME`
 //! is `NAME.crt` (PEM chain, leaf first) with `NAME.key` (PEM private key, mode 0600); a

@@ -1,4 +1,4 @@
-//! PKCS#12 import and export (the seeds' backup and "import a certificate with its key").
+//! PKCS#12 import and export (backups, and importing a certificate with its key: docs/certificates.md).
 //!
 //! p12-keystore (pure Rust) reads and writes the files. Export defaults to what OpenSSL 3
 //! writes (PBES2: PBKDF2-HMAC-SHA256 + AES-256-CBC, MAC HMAC-SHA256); `--legacy` writes

@@ -1,4 +1,4 @@
-//! Outbound configuration (SPEC §1.4): SMTP routes and destination controls, validated.
+//! Outbound configuration (docs/relay.md): SMTP routes and destination controls, validated.
 //!
 //! These are the types the delivery engine runs on. They are built by
 //! `config::routes` from `policies/routes.yaml` and `policies/destinations.yaml`;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Outbound TLS mode of a destination (ESA `destconfig`, seed 000).
+/// Outbound TLS mode of a destination (ESA `destconfig`; docs/relay.md, "Outbound TLS modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboundTls {
     /// Never STARTTLS.
@@ -299,7 +299,7 @@ impl DestinationControl {
     }
 }
 
-/// Alert when a `required*` destination cannot negotiate or verify TLS (seed 001).
+/// Alert when a `required*` destination cannot negotiate or verify TLS (docs/relay.md, "Required-TLS alert").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsAlert {
     /// The global switch (Warning log line and counter; mail when `mail_to` is set).

@@ -1,4 +1,4 @@
-//! Mail-flow policies: what a sender group may do (SPEC §1.2).
+//! Mail-flow policies: what a sender group may do (docs/configuration.md).
 
 use std::time::Duration;
 

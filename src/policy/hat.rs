@@ -1,4 +1,4 @@
-//! HAT — host access table: ordered sender groups, first match wins (SPEC §1.1).
+//! HAT — host access table: ordered sender groups, first match wins (docs/configuration.md).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,4 +1,4 @@
-//! RAT — recipient access table: which recipients a public listener accepts (SPEC §1.3).
+//! RAT — recipient access table: which recipients a public listener accepts (docs/configuration.md).
 
 use crate::smtp::reply::{Enhanced, Reply};
 

@@ -1,4 +1,4 @@
-//! Outbound TLS (SPEC §1.4): the rustls client configuration, trust roots and the
+//! Outbound TLS (docs/relay.md): the rustls client configuration, trust roots and the
 //! certificate checks of the `*-verify*` destination modes.
 //!
 //! # How verification works
@@ -13,7 +13,7 @@
 //! [`rustls::ClientConfig`] thus serves every mode; the root stores are cached
 //! per CA bundle.
 //!
-//! # Identity rules (seed 000)
+//! # Identity rules (docs/relay.md, "Outbound TLS modes")
 //! - `preferred-verify` and `required-verify`: reference identities are the
 //!   destination domain and the route host when it is a name; presented
 //!   identities are the dNSName subjectAltNames and the subject CN (the CN is

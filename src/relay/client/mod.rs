@@ -2,11 +2,11 @@
 //!
 //! [`Connection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
 //! refused with 5xx) and negotiates STARTTLS exactly as the destination's
-//! [`OutboundTls`](crate::config::outbound::OutboundTls) mode says (SPEC §1.4, seed 000); [`Connection::send`] runs one
+//! [`OutboundTls`](crate::config::outbound::OutboundTls) mode says (docs/relay.md); [`Connection::send`] runs one
 //! mail transaction (PIPELINING and SIZE when offered, one outcome per recipient,
 //! the body streamed from the spool file with dot-stuffing);
 //! [`Connection::quit`] ends the session. Every step is bounded by the RFC 5321
-//! §4.5.3.2 timeouts in [`ClientTimeouts`]. The mail-log lines of SPEC §3
+//! §4.5.3.2 timeouts in [`ClientTimeouts`]. The mail-log lines of docs/mail-log.md
 //! (`New SMTP DCID`, `DCID n TLS …`, `Delivery start`, `Message done`,
 //! `DCID n close`) go to a [`DeliveryLog`].
 //!

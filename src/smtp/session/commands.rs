@@ -73,7 +73,7 @@ impl Session {
         self.bad_command(e.reply());
     }
 
-    /// Under `tls: required`, only these commands work before STARTTLS (SPEC §1.2).
+    /// Under `tls: required`, only these commands work before STARTTLS (docs/tls.md).
     fn is_tls_gate_closed(&self, cmd: &Command) -> bool {
         self.policy.tls == TlsMode::Required
             && self.tls.is_none()
