@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use mxgate::config::model::ListenerKind;
 use mxgate::policy::flow::MailFlowPolicy;
 use mxgate::policy::hat::Classification;
 use mxgate::policy::rat::{RatAction, RatEntry, RecipientAccessTable, RecipientPattern};
@@ -119,7 +118,6 @@ fn session_params() -> SessionParams {
     SessionParams {
         icid: 1,
         listener: "inbound".into(),
-        kind: ListenerKind::Public,
         hostname: "mx.example.com".into(),
         local_ip: "127.0.0.1".parse().unwrap(),
         peer_ip: "192.0.2.1".parse().unwrap(),

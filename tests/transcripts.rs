@@ -204,7 +204,6 @@ fn run_transcript(path: &Path) {
     let params = SessionParams {
         icid: 1,
         listener: l.name.clone(),
-        kind: l.kind,
         hostname: l.hostname.clone(),
         local_ip: "127.0.0.1".parse().unwrap(),
         peer_ip,

@@ -1,7 +1,7 @@
 //! The connection driver: PROXY header, reverse DNS, HAT, then feeding the session and doing
 //! what it asks (replies, STARTTLS, spool writes) under the listener's timeouts.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,7 +164,6 @@ pub async fn handle(
     let params = SessionParams {
         icid,
         listener: ctx.listener.name.clone(),
-        kind: ctx.listener.kind,
         hostname: ctx.listener.hostname.clone(),
         local_ip,
         peer_ip,
@@ -580,14 +579,5 @@ fn write_logs(log: &MailLog, logs: &mut Vec<Event>) {
     if !logs.is_empty() {
         log.log_many(logs);
         logs.clear();
-    }
-}
-
-/// Used by `hat trace` and tests: the peer as the HAT sees it.
-pub fn peer_for(ip: IpAddr, rdns: ReverseDns) -> Peer {
-    Peer {
-        ip,
-        rdns,
-        dnslists_listed: Vec::new(),
     }
 }

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::model::ListenerKind;
 use crate::mail_log::Event;
 use crate::policy::flow::{Action as PolicyAction, ClientCert, MailFlowPolicy, TlsMode};
 use crate::policy::hat::Classification;
@@ -64,8 +63,6 @@ pub struct SessionParams {
     pub icid: u64,
     /// Listener name.
     pub listener: String,
-    /// Public or private listener.
-    pub kind: ListenerKind,
     /// Host name of the listener (the policy may override it).
     pub hostname: String,
     /// Local address the client connected to.
