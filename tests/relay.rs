@@ -287,14 +287,7 @@ async fn a_5xx_recipient_bounces_with_an_rfc3464_dsn() {
         "Info: Bounced: DCID \\d+ MID {mid} to RID 1 - 5.1.1 - ('550', ['No such user'])"
     ))
     .await;
-    let gen = srv
-        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
-        .await;
-    let dsn_mid: u64 = common::id_after(&gen, "MID ");
-    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
-        .await;
-    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
-        .await;
+    bounced_and_done(&srv, mid).await;
     let msgs = sink.messages();
     let original = msgs
         .iter()
@@ -406,14 +399,7 @@ async fn trust_23_body_8bitmime_is_stored_relayed_and_marks_dsns() {
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
     c.cmd("QUIT").await;
-    let gen = srv
-        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
-        .await;
-    let dsn_mid: u64 = common::id_after(&gen, "MID ");
-    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
-        .await;
-    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
-        .await;
+    bounced_and_done(&srv, mid).await;
     let msgs = sink.messages();
     let original = msgs
         .iter()
@@ -503,14 +489,7 @@ async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
     assert!(sink.messages().is_empty());
     // Space again: the next attempt queues the DSN, then the original is removed.
     std::fs::remove_file(&filler).unwrap();
-    let gen = srv
-        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
-        .await;
-    let dsn_mid = common::id_after(&gen, "MID ");
-    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
-        .await;
-    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
-        .await;
+    bounced_and_done(&srv, mid).await;
     wait_until("queue empty", || srv.queued_mids().is_empty()).await;
     let dsns: Vec<_> = sink
         .messages()
@@ -872,4 +851,16 @@ async fn required_tls_failure_logs_a_warning_and_mails_the_admin_once() {
         "never sent in plaintext"
     );
     srv.stop().await;
+}
+
+/// Waits until MID `mid` has its DSN queued and both the DSN and the original are finished.
+async fn bounced_and_done(srv: &Server, mid: u64) {
+    let gen = srv
+        .wait_log(&format!(r"was generated for bounce of MID {mid}"))
+        .await;
+    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
+        .await;
+    srv.wait_log(&format!("Info: Message finished MID {mid} done"))
+        .await;
 }
