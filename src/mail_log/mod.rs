@@ -1,0 +1,12 @@
+//! The mail log: ESA-format lines (docs/mail-log.md) with ICID/MID/RID/DCID ids, to stdout or a file.
+
+mod event;
+mod render;
+mod writer;
+
+pub use event::{printable, Event, Level};
+pub use render::{render, timestamp};
+pub use writer::{MailLog, MailLogError};
+
+#[cfg(test)]
+mod tests;

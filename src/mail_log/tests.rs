@@ -1,0 +1,109 @@
+//! Unit tests of the event texts and the renderer.
+
+use super::*;
+use crate::config::model::MailLogFormat;
+
+#[test]
+fn esa_lines() {
+    let e = Event::NewIcid {
+        icid: 7,
+        listener: "inbound".into(),
+        local_ip: "127.0.0.1".parse().unwrap(),
+        peer_ip: "192.0.2.1".parse().unwrap(),
+        rdns_host: "mail.example.com".into(),
+        verified: true,
+    };
+    assert_eq!(
+        e.text(),
+        "New SMTP ICID 7 interface inbound (127.0.0.1) address 192.0.2.1 reverse dns host mail.example.com verified yes"
+    );
+    let line = render(
+        &Event::Queued { mid: 3 },
+        MailLogFormat::Text,
+        "Tue Apr 17 00:57:53 2018",
+    );
+    assert_eq!(
+        line,
+        "Tue Apr 17 00:57:53 2018 Info: MID 3 queued for delivery\n"
+    );
+    let sub = Event::Subject {
+        mid: 1,
+        subject: "a\r\nb'c".into(),
+    };
+    assert_eq!(sub.text(), "MID 1 Subject 'a  b\\'c'");
+}
+
+/// Lines in ESA's families use ESA's own forms; mxgate's own lines start with `mxgate:`.
+#[test]
+fn trust_15_lines_follow_esa_forms() {
+    let rcpt = Event::Refused {
+        icid: 5,
+        mid: Some(7),
+        what: "RCPT TO: <a@example.com>".into(),
+        rule: "max_recipients_per_message 2 (policy THROTTLED)".into(),
+    };
+    assert_eq!(
+        rcpt.text(),
+        "mxgate: ICID 5 MID 7 RCPT TO: <a@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)"
+    );
+    let mail = Event::Refused {
+        icid: 5,
+        mid: None,
+        what: "MAIL FROM: <a@example.com>".into(),
+        rule: "tls_mandatory_senders".into(),
+    };
+    assert_eq!(
+        mail.text(),
+        "mxgate: ICID 5 MAIL FROM: <a@example.com> refused: tls_mandatory_senders"
+    );
+    let failed = Event::ReceivingFailed {
+        mid: 7,
+        icid: 5,
+        reason: "Message size exceeds limit".into(),
+    };
+    assert_eq!(
+        failed.text(),
+        "ICID 5 Receiving Failed: Message size exceeds limit"
+    );
+    let aborted = Event::MessageFinished {
+        mid: 7,
+        how: "aborted".into(),
+    };
+    assert_eq!(aborted.text(), "Message finished MID 7 aborted");
+    assert_eq!(
+        Event::PreGreet { icid: 5 }.text(),
+        "mxgate: ICID 5 pre-greeting traffic, rejected"
+    );
+    assert_eq!(
+        Event::StartTlsInjection { icid: 5, bytes: 9 }.text(),
+        "mxgate: ICID 5 discarded 9 bytes pipelined after STARTTLS"
+    );
+    let note = |text: &str| Event::Note {
+        level: Level::Info,
+        text: text.into(),
+    };
+    assert_eq!(
+        note("DCID 3 MX host mx.example preference 10 for route host example.com").text(),
+        "mxgate: DCID 3 MX host mx.example preference 10 for route host example.com"
+    );
+    assert_eq!(
+        note("MID 7 double bounce").text(),
+        "mxgate: MID 7 double bounce"
+    );
+    assert_eq!(note("mxgate stopped").text(), "mxgate stopped");
+}
+
+#[test]
+fn json_lines_are_one_object() {
+    let line = render(&Event::Lost { icid: 9 }, MailLogFormat::Json, "T");
+    assert_eq!(
+        line,
+        "{\"time\":\"T\",\"level\":\"Info\",\"event\":\"lost\",\"text\":\"ICID 9 lost\"}\n"
+    );
+}
+
+#[test]
+fn timestamp_shape() {
+    let t = timestamp();
+    assert_eq!(t.len(), 24, "{t}");
+}
