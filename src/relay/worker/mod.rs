@@ -1,203 +1,32 @@
 //! One delivery connection: pick a route host, open the connection, send a batch of jobs.
+//! Its parts: `job` (what is sent and how replies map to outcomes), `feed` (jobs handed to a
+//! connection already open, results reported as each transaction ends) and `hosts` (which
+//! hosts are tried, in what order, verified against which name); here the per-batch
+//! attempt loop over those hosts and the sending of the jobs.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod feed;
+mod hosts;
+mod job;
 
-use crate::config::outbound::{DestinationControl, Route, RouteHost};
+use std::sync::Arc;
+
+use crate::config::outbound::{DestinationControl, Route};
 use crate::dns::ReverseResolver;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::client::{
-    ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, RcptOutcome, Target,
+    ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, Target,
 };
-use crate::relay::handle::CachedBody;
-use crate::relay::mx::{self, MxError, MxTarget};
+use crate::relay::mx::{self, MxError};
 use crate::relay::outbound_tls::OutboundTlsContext;
-use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
-/// Some recipients of one message, bound for one destination domain.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// Message id.
-    pub mid: u64,
-    /// Envelope sender.
-    pub from: String,
-    /// (RID, address) pairs.
-    pub rcpts: Vec<(u32, String)>,
-    /// Body file.
-    pub body_path: PathBuf,
-    /// The body in memory, on a message's first attempt (else it is read from `body_path`).
-    pub body: Option<Arc<CachedBody>>,
-    /// Body size.
-    pub size: u64,
-    /// The message was received with SMTPUTF8 addresses.
-    pub smtputf8: bool,
-    /// The message was received with `BODY=8BITMIME`.
-    pub eightbitmime: bool,
-}
+pub use feed::{Feed, ResultSender, SharedFeed};
+pub use hosts::host_order;
+pub use job::{all_permanent, all_temporary, all_with, Job, JobResult, Outcome};
 
-impl Job {
-    /// The same job without its in-memory body (it is read from the spool if sent again).
-    fn without_body(&self) -> Job {
-        Job {
-            body: None,
-            ..self.clone()
-        }
-    }
-}
-
-/// What happened to one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted downstream.
-    Delivered,
-    /// Try again later: enhanced code and the reason for the log.
-    Temporary {
-        /// Enhanced status code.
-        enhanced: String,
-        /// Reason with the remote reply.
-        reason: String,
-    },
-    /// Permanent failure.
-    Permanent {
-        /// Enhanced status code.
-        enhanced: String,
-        /// Reason with the remote reply.
-        reason: String,
-        /// The downstream reply, for the DSN.
-        diagnostic: String,
-    },
-}
-
-/// The result of one job.
-#[derive(Debug, Clone)]
-pub struct JobResult {
-    /// Message id.
-    pub mid: u64,
-    /// Delivery connection id used (0 when none could be opened).
-    pub dcid: u64,
-    /// Remote host that answered, for DSNs.
-    pub remote: Option<String>,
-    /// Outcome per RID.
-    pub outcomes: Vec<(u32, Outcome)>,
-    /// A `required*` TLS destination failed TLS: the reason, for the alert mail.
-    pub tls_alert: Option<String>,
-}
-
-/// Jobs handed to a delivery connection that is already open: it takes them after its own,
-/// up to the destination's `max_messages_per_connection`, so a busy destination is served
-/// over few connections instead of one connection per message. The worker closes the feed
-/// (under its lock) when it stops taking, so a job is never left behind in it.
-#[derive(Debug)]
-pub struct Feed {
-    jobs: VecDeque<Job>,
-    open: bool,
-    /// Jobs the connection was given in all: its first batch and those fed since.
-    given: usize,
-    /// The fed jobs the connection took (without their in-memory bodies), so they can be
-    /// answered for if the connection's task dies.
-    taken: Vec<Job>,
-    /// Where each transaction's result goes as soon as it ends, with the lane's domain.
-    report: Option<(String, ResultSender)>,
-    /// Jobs whose result went through `report`: the first ones given, in order.
-    reported: usize,
-}
-
-/// The queue manager's end for results reported while a connection is open.
-pub type ResultSender = tokio::sync::mpsc::UnboundedSender<(String, JobResult)>;
-
-/// A feed shared by the queue manager (which offers) and one worker (which takes).
-pub type SharedFeed = Arc<Mutex<Feed>>;
-
-impl Feed {
-    /// An open feed for a connection that starts with `first_batch` jobs.
-    pub fn new(first_batch: usize) -> SharedFeed {
-        Arc::new(Mutex::new(Feed {
-            jobs: VecDeque::new(),
-            open: true,
-            given: first_batch,
-            taken: Vec::new(),
-            report: None,
-            reported: 0,
-        }))
-    }
-
-    /// [`Feed::new`], and the connection sends each message's result to `report` as soon as
-    /// its transaction ends (so it is saved before the connection closes).
-    pub fn reporting(first_batch: usize, domain: String, report: ResultSender) -> SharedFeed {
-        let feed = Feed::new(first_batch);
-        feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
-        feed
-    }
-
-    /// Hands `result` to the queue manager now; gives it back when nobody takes reports.
-    fn report(feed: &SharedFeed, result: JobResult) -> Option<JobResult> {
-        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((domain, tx)) = &f.report else {
-            return Some(result);
-        };
-        match tx.send((domain.clone(), result)) {
-            Ok(()) => {
-                f.reported += 1;
-                None
-            }
-            Err(e) => Some(e.0 .1),
-        }
-    }
-
-    /// Gives `job` to the connection unless it stopped taking or has `max` jobs already.
-    pub fn offer(feed: &SharedFeed, job: Job, max: usize) -> Result<(), Job> {
-        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        if f.open && f.given < max {
-            f.given += 1;
-            f.jobs.push_back(job);
-            Ok(())
-        } else {
-            Err(job)
-        }
-    }
-
-    /// True while the connection takes jobs and none are waiting in the feed.
-    pub fn is_idle(feed: &SharedFeed) -> bool {
-        let f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        f.open && f.jobs.is_empty()
-    }
-
-    /// True while the connection takes jobs.
-    pub fn is_open(feed: &SharedFeed) -> bool {
-        feed.lock().unwrap_or_else(|e| e.into_inner()).open
-    }
-
-    /// The next fed job; when there is none the feed closes.
-    fn take(feed: &SharedFeed) -> Option<Job> {
-        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        let job = f.jobs.pop_front();
-        match &job {
-            Some(j) => f.taken.push(j.without_body()),
-            None => f.open = false,
-        }
-        job
-    }
-
-    /// Closes the feed and returns every job fed to it: taken or still waiting.
-    fn close_all(feed: &SharedFeed) -> Vec<Job> {
-        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        f.open = false;
-        let mut all = std::mem::take(&mut f.taken);
-        all.extend(f.jobs.drain(..));
-        all
-    }
-
-    /// Closes the feed and returns what was waiting in it.
-    fn close(feed: &SharedFeed) -> Vec<Job> {
-        let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
-        f.open = false;
-        f.jobs.drain(..).collect()
-    }
-}
+use hosts::{mx_note, targets, verify_identity};
+use job::outcome_of;
 
 /// Everything a worker needs, shared by all workers.
 #[derive(Clone)]
@@ -216,168 +45,6 @@ pub struct WorkerContext {
     pub alert_enabled: bool,
     /// The configured resolver (`dns.resolvers`), for the MX lookups of `mx_lookup` routes.
     pub resolver: ReverseResolver,
-}
-
-fn reply_reason(r: &Reply) -> (String, String) {
-    let enhanced = r
-        .enhanced
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| format!("{}.0.0", r.code / 100));
-    if crate::relay::client::is_lost_connection(r) {
-        return (enhanced, r.text.to_string());
-    }
-    (
-        enhanced,
-        format!("('{}', ['{}'])", r.code, r.text.replace('\n', "', '")),
-    )
-}
-
-fn outcome_of(o: &RcptOutcome) -> Outcome {
-    match o {
-        RcptOutcome::Delivered(_) => Outcome::Delivered,
-        RcptOutcome::TempFail(r) => {
-            let (enhanced, reason) = reply_reason(r);
-            Outcome::Temporary { enhanced, reason }
-        }
-        RcptOutcome::PermFail(r) => {
-            let (enhanced, reason) = reply_reason(r);
-            Outcome::Permanent {
-                enhanced,
-                reason,
-                diagnostic: r.to_string(),
-            }
-        }
-    }
-}
-
-/// The same outcome for every recipient of every job, with no remote host (a failure before
-/// or without a connection).
-pub fn all_with(jobs: &[Job], dcid: u64, outcome: &Outcome) -> Vec<JobResult> {
-    jobs.iter()
-        .map(|j| JobResult {
-            mid: j.mid,
-            dcid,
-            remote: None,
-            tls_alert: None,
-            outcomes: j
-                .rcpts
-                .iter()
-                .map(|(rid, _)| (*rid, outcome.clone()))
-                .collect(),
-        })
-        .collect()
-}
-
-/// Every recipient of every job bounces (e.g. a null MX).
-pub fn all_permanent(
-    jobs: &[Job],
-    enhanced: &str,
-    reason: &str,
-    diagnostic: &str,
-) -> Vec<JobResult> {
-    let outcome = Outcome::Permanent {
-        enhanced: enhanced.to_string(),
-        reason: reason.to_string(),
-        diagnostic: diagnostic.to_string(),
-    };
-    all_with(jobs, 0, &outcome)
-}
-
-/// Every recipient of every job is deferred with the same reason.
-pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
-    let outcome = Outcome::Temporary {
-        enhanced: enhanced.to_string(),
-        reason: reason.to_string(),
-    };
-    all_with(jobs, dcid, &outcome)
-}
-
-/// A route host without `mx_lookup`: through the system resolver (so `/etc/hosts` and container
-/// DNS names keep working for the internal server), first address only.
-async fn resolve(host: &RouteHost) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, host.port));
-    }
-    tokio::net::lookup_host((host.host.as_str(), host.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", host.host))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", host.host))
-}
-
-/// The addresses to try for one route host: its MX expansion under `mx_lookup`, else its
-/// (first) address.
-async fn targets(
-    ctx: &WorkerContext,
-    route: &Route,
-    host: &RouteHost,
-    turn: usize,
-) -> Result<Vec<MxTarget>, MxError> {
-    if route.mx_lookup {
-        return mx::resolve(&ctx.resolver, host, turn, &ctx.helo_name).await;
-    }
-    let addr = resolve(host).await.map_err(MxError::Temporary)?;
-    Ok(vec![MxTarget {
-        addr,
-        exchange: host.host.clone(),
-        preference: None,
-    }])
-}
-
-/// The name a `-verify` certificate may present for a connection to `exchange` found for
-/// the route host `route_host`: the exchange when it is the route host or a subdomain of
-/// it, else the route host. An MX answer is not authenticated (no DNSSEC here), so a name
-/// that only DNS supplied must not be what the certificate is checked against (like
-/// Postfix's `secure` level, `nexthop:dot-nexthop`).
-fn verify_identity(route_host: &str, exchange: &str) -> String {
-    let r = route_host.trim_end_matches('.').to_ascii_lowercase();
-    let x = exchange.trim_end_matches('.').to_ascii_lowercase();
-    if x == r || x.ends_with(&format!(".{r}")) {
-        exchange.to_string()
-    } else {
-        route_host.to_string()
-    }
-}
-
-/// The mail log line naming the MX host of a delivery connection (logged once it is open, or
-/// with the reason when it fails); `None` when the route host was used as it is (an IP
-/// literal, or no `mx_lookup`).
-fn mx_note(dcid: u64, route: &Route, host: &RouteHost, t: &MxTarget) -> Option<String> {
-    if !route.mx_lookup || host.host.parse::<std::net::IpAddr>().is_ok() {
-        return None;
-    }
-    Some(match t.preference {
-        Some(p) => format!(
-            "DCID {dcid} MX host {} preference {p} for route host {}",
-            t.exchange, host.host
-        ),
-        None => format!(
-            "DCID {dcid} MX host {} (implicit MX: no MX records)",
-            t.exchange
-        ),
-    })
-}
-
-/// Hosts in try order: by priority, equal priorities rotated by `turn` (round-robin per connection).
-pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
-    let mut hosts = route.hosts.clone();
-    hosts.sort_by_key(|h| h.priority);
-    let mut out = Vec::with_capacity(hosts.len());
-    let mut i = 0;
-    while i < hosts.len() {
-        let p = hosts[i].priority;
-        let group: Vec<RouteHost> = hosts[i..]
-            .iter()
-            .take_while(|h| h.priority == p)
-            .cloned()
-            .collect();
-        let n = group.len();
-        for k in 0..n {
-            out.push(group[(k + turn) % n].clone());
-        }
-        i += n;
-    }
-    out
 }
 
 /// [`deliver_batch`] in a task of its own, so that a panic in it (a bug) cannot strand its
@@ -650,7 +317,8 @@ async fn send_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::outbound::DomainMatch;
+    use crate::config::outbound::{DomainMatch, RouteHost};
+    use std::path::PathBuf;
 
     fn h(host: &str, priority: u16) -> RouteHost {
         RouteHost {
