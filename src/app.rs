@@ -18,8 +18,8 @@ use crate::net::tls::{self, CertStore, TlsError};
 use crate::policy::rate::RateLimiter;
 use crate::relay::client::ClientTimeouts;
 use crate::relay::control;
-use crate::relay::handle::QueueHandle;
 use crate::relay::outbound_tls::OutboundTlsContext;
+use crate::relay::queue::QueueHandle;
 use crate::relay::queue::{QueueManager, RelaySettings};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::worker::WorkerContext;
@@ -222,8 +222,8 @@ impl Running {
         }
         self.shared
             .queue
-            .send(crate::relay::handle::Command::Reconfigure(Box::new(
-                crate::relay::handle::Reconfiguration {
+            .send(crate::relay::queue::Command::Reconfigure(Box::new(
+                crate::relay::queue::Reconfiguration {
                     routes: config.routes.clone(),
                     destinations: config.destinations.clone(),
                     outbound,

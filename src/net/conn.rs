@@ -52,7 +52,7 @@ pub struct ListenerContext {
     /// Ids and time for sessions.
     pub env: Arc<dyn SessionEnv>,
     /// The queue manager, told about every committed message.
-    pub queue: Option<crate::relay::handle::QueueHandle>,
+    pub queue: Option<crate::relay::queue::QueueHandle>,
 }
 
 enum Flow<S> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use crate::relay::handle::{Command, QueueHandle};
+use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
 use crate::spool::Envelope;
 

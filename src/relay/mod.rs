@@ -4,7 +4,6 @@ pub mod bounce;
 pub mod client;
 pub mod control;
 pub mod dsn;
-pub mod handle;
 pub mod mx;
 pub mod outbound_tls;
 pub mod queue;

@@ -3,12 +3,29 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use tokio::task::JoinSet;
-
+use crate::config::outbound::{DestinationControl, Route};
 use crate::mail_log::Event;
-use crate::relay::worker::{self, Feed, Job, JobResult, SharedFeed};
+use crate::relay::worker::{Feed, Job, SharedFeed};
 
-use super::{domain_of, now_unix, QueueManager};
+use super::core::{domain_of, QueueState};
+use super::effect::Effect;
+
+/// A delivery connection to start: a batch of jobs for one destination.
+#[derive(Debug)]
+pub struct Batch {
+    /// The destination domain (its lane).
+    pub domain: String,
+    /// Where to deliver; `None` when no route matches (the batch is deferred).
+    pub route: Option<Route>,
+    /// The destination's controls.
+    pub control: DestinationControl,
+    /// The lane's round-robin counter for this connection.
+    pub turn: usize,
+    /// Its first jobs.
+    pub jobs: Vec<Job>,
+    /// Where more jobs for the open connection come from.
+    pub feed: Option<SharedFeed>,
+}
 
 /// The jobs and delivery connections of one destination domain.
 pub(super) struct Lane {
@@ -22,16 +39,18 @@ pub(super) struct Lane {
     pub(super) feeds: Vec<SharedFeed>,
 }
 
-impl QueueManager {
-    /// Turns due messages into jobs on their destination lanes and starts connections.
-    pub(super) fn dispatch(&mut self, workers: &mut JoinSet<(String, Vec<JobResult>)>) {
-        let now = now_unix();
+impl QueueState {
+    /// Turns the messages due at `now` into jobs on their destination lanes and starts
+    /// connections within the total and per-destination limits.
+    pub fn dispatch(&mut self, now: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
         let due: Vec<u64> = self
             .due
             .range(..=(now, u64::MAX))
             .map(|(_, m)| *m)
             .collect();
         for mid in due {
+            let body_path = self.message_path(mid);
             let Some(q) = self.messages.get_mut(&mid) else {
                 continue;
             };
@@ -53,12 +72,7 @@ impl QueueManager {
             q.temp_this_round = false;
             // Only the first round sends from memory; retries read the spool file.
             let body = q.body.take();
-            let size = match &body {
-                Some(b) => b.bytes.len() as u64,
-                None => std::fs::metadata(self.spool.message_path(mid))
-                    .map(|m| m.len())
-                    .unwrap_or(0),
-            };
+            let size = q.size;
             for (domain, rcpts) in by_domain {
                 let per = self
                     .controls
@@ -77,7 +91,7 @@ impl QueueManager {
                         mid,
                         from: q.env.from.clone(),
                         rcpts: chunk.to_vec(),
-                        body_path: self.spool.message_path(mid),
+                        body_path: body_path.clone(),
                         body: body.clone(),
                         size,
                         smtputf8: q.env.rcpts.iter().any(|r| !r.is_ascii())
@@ -89,11 +103,11 @@ impl QueueManager {
             if q.jobs_in_flight == 0 {
                 // Every recipient already final (e.g. a crash right after the last save).
                 self.forget(mid);
-                self.spool.remove_message(mid);
-                self.log.log(&Event::MessageFinished {
+                effects.push(Effect::RemoveMessage(mid));
+                effects.push(Effect::Log(Event::MessageFinished {
                     mid,
                     how: "done".into(),
-                });
+                }));
             }
         }
         let domains: Vec<String> = self.lanes.keys().cloned().collect();
@@ -125,30 +139,31 @@ impl QueueManager {
             {
                 let n = lane.jobs.len().min(max_per_conn);
                 let batch: Vec<Job> = lane.jobs.drain(..n).collect();
+                lane.active += 1;
+                self.active_total += 1;
                 let Some(route) = route.clone() else {
-                    let reason = format!("no SMTP route for {domain} (policies/routes.yaml)");
-                    let results = worker::all_temporary(&batch, 0, "4.3.5", &reason);
-                    let d = domain.clone();
-                    lane.active += 1;
-                    self.active_total += 1;
-                    workers.spawn(async move { (d, results) });
+                    // Deferred by a task of its own, so it comes back like any batch.
+                    effects.push(Effect::StartBatch(Batch {
+                        domain: domain.clone(),
+                        route: None,
+                        control: control.clone(),
+                        turn: lane.turn,
+                        jobs: batch,
+                        feed: None,
+                    }));
                     continue;
                 };
-                lane.active += 1;
                 lane.turn = lane.turn.wrapping_add(1);
-                self.active_total += 1;
-                let ctx = self.worker.clone();
-                let d = domain.clone();
-                let turn = lane.turn;
-                let c = control.clone();
-                let feed = Feed::reporting(batch.len(), domain.clone(), self.reported_tx.clone());
+                let feed = Feed::new(batch.len());
                 lane.feeds.push(feed.clone());
-                workers.spawn(async move {
-                    let r =
-                        worker::deliver_batch_guarded(ctx, d.clone(), route, c, turn, batch, feed)
-                            .await;
-                    (d, r)
-                });
+                effects.push(Effect::StartBatch(Batch {
+                    domain: domain.clone(),
+                    route: Some(route),
+                    control: control.clone(),
+                    turn: lane.turn,
+                    jobs: batch,
+                    feed: Some(feed),
+                }));
             }
             // No connection to spare: queue the rest on the open connections, up to their
             // per-connection limit; what does not fit waits for a connection to end.
@@ -162,82 +177,6 @@ impl QueueManager {
             }
         }
         self.lanes.retain(|_, l| !l.jobs.is_empty() || l.active > 0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::relay::handle::{CachedBody, Command, Committed};
-    use crate::relay::queue::tests::{manager, queue_one};
-    use crate::relay::state::DeliveryState;
-    use crate::spool::{Envelope, Spool};
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-
-    #[tokio::test]
-    async fn only_due_messages_are_dispatched_and_the_due_index_follows_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
-        let later = queue_one(&spool);
-        let st = DeliveryState {
-            attempts: 3,
-            next_try: now_unix() + 3600,
-            ..Default::default()
-        };
-        st.save(&spool.state_path(later)).unwrap();
-        let now = queue_one(&spool);
-        let mut m = manager(spool.clone(), dir.path().join("mail.log"));
-        m.load(later);
-        m.load(now);
-        let fresh = 10_000;
-        m.load_committed(
-            fresh,
-            Committed {
-                env: Envelope {
-                    mid: fresh,
-                    ..m.messages[&now].env.clone()
-                },
-                body: CachedBody::reserve(b"Subject: x\r\n\r\nbody\r\n".to_vec(), &m.body_budget),
-            },
-        );
-        // Received just now (queue_one's envelopes are from 1970: they would expire and bounce).
-        for q in m.messages.values_mut() {
-            q.env.received_unix = now_unix();
-        }
-        assert_eq!(m.due.len(), 3);
-        assert_eq!(m.body_budget.load(Ordering::Relaxed), 20);
-        let mut workers = JoinSet::new();
-        m.dispatch(&mut workers);
-        // The two due messages are in flight (here: no route, so a temporary result each);
-        // the deferred one stays filed under its own time.
-        assert_eq!(
-            m.due.iter().copied().collect::<Vec<_>>(),
-            [(m.messages[&later].state.next_try, later)]
-        );
-        assert!(m.messages[&now].jobs_in_flight > 0 && m.messages[&fresh].jobs_in_flight > 0);
-        // Retrying a message in delivery changes nothing, and says so.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        m.command(Command::Retry(Some(now), tx)).await;
-        assert_eq!(rx.await.unwrap(), (0, 1));
-        assert!(!m.due.iter().any(|(_, mid)| *mid == now));
-        while let Some(Ok((domain, results))) = workers.join_next().await {
-            m.finish_batch(&domain, results).await;
-        }
-        // Settled as deferred: back in the index, after now; the cached body is given back.
-        assert_eq!(m.due.len(), 3);
-        assert!(m.due.iter().all(|(t, _)| *t > now_unix()));
-        assert_eq!(m.body_budget.load(Ordering::Relaxed), 0);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        m.command(Command::Retry(Some(later), tx)).await;
-        assert_eq!(rx.await.unwrap(), (1, 0));
-        assert_eq!(m.due.first(), Some(&(0, later)));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        m.command(Command::Retry(Some(999_999), tx)).await;
-        assert_eq!(rx.await.unwrap(), (0, 0), "an unknown MID is not retried");
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        m.command(Command::Delete(later, tx)).await;
-        assert_eq!(m.due.len(), 2);
-        assert!(!m.messages.contains_key(&later));
+        effects
     }
 }

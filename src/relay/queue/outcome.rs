@@ -1,47 +1,57 @@
 //! Delivery results: a finished batch is applied per recipient, required-TLS failures are
-//! alerted, and each message is settled (DSN, next retry, or removal).
+//! alerted, and each message's round is settled (DSN, next retry, or removal).
 
 use crate::mail_log::{Event, Level};
 use crate::metrics;
-use crate::relay::bounce;
 use crate::relay::dsn::{Diagnostic, FailedRecipient};
 use crate::relay::state::Final;
 use crate::relay::worker::{JobResult, Outcome};
-use crate::spool::Envelope;
 
-use super::{now_unix, QueueManager};
+use super::core::QueueState;
+use super::effect::Effect;
 
-impl QueueManager {
+/// What came of committing a DSN: its MID, `None` for a null sender (a double bounce,
+/// dropped), or why it could not be committed.
+pub type DsnOutcome = Result<Option<u64>, String>;
+
+impl QueueState {
     /// A delivery task on `domain`'s lane ended: applies the results it did not report
     /// while its connection was open.
-    pub(super) async fn finish_batch(&mut self, domain: &str, results: Vec<JobResult>) {
+    pub fn finish_batch(&mut self, domain: &str, results: Vec<JobResult>, now: u64) -> Vec<Effect> {
         if let Some(l) = self.lanes.get_mut(domain) {
             l.active = l.active.saturating_sub(1);
         }
         self.active_total = self.active_total.saturating_sub(1);
-        self.apply_results(domain, results).await;
-        self.remove_finished();
+        let mut effects = Vec::new();
+        self.apply_results(domain, results, now, &mut effects);
+        self.remove_finished(&mut effects);
+        effects
     }
 
-    /// Applies results a connection reported as each transaction ended (`first`, and any
-    /// others already waiting), while the connection may still be open: what was accepted
-    /// is saved now, so a crash before the connection ends does not deliver it again.
-    pub(super) async fn apply_reported(&mut self, first: (String, JobResult)) {
-        let mut next = Some(first);
-        while let Some((domain, r)) = next {
-            self.apply_results(&domain, vec![r]).await;
-            next = self.reported.try_recv().ok();
+    /// Applies results connections reported as each transaction ended, while they may
+    /// still be open: what was accepted is saved now, so a crash before the connection
+    /// ends does not deliver it again.
+    pub fn apply_reported(&mut self, reported: Vec<(String, JobResult)>, now: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (domain, r) in reported {
+            self.apply_results(&domain, vec![r], now, &mut effects);
         }
-        self.remove_finished();
+        self.remove_finished(&mut effects);
+        effects
     }
 
     /// Applies delivery results for `domain` per recipient and settles each message whose
     /// round is complete.
-    async fn apply_results(&mut self, domain: &str, results: Vec<JobResult>) {
-        let now = now_unix();
+    fn apply_results(
+        &mut self,
+        domain: &str,
+        results: Vec<JobResult>,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) {
         let dest = metrics::destination_label(self.controls.for_domain(domain));
         if let Some(reason) = results.iter().find_map(|r| r.tls_alert.clone()) {
-            self.alert(domain, &reason).await;
+            self.alert(domain, &reason, now, effects);
         }
         for r in results {
             for (_, o) in &r.outcomes {
@@ -70,13 +80,13 @@ impl QueueManager {
                     Outcome::Temporary { reason, .. } => {
                         q.state.finals.insert(rid, Final::Bounced);
                         let why = format!("message expired in queue, last error: {reason}");
-                        self.log.log(&Event::Bounced {
+                        effects.push(Effect::Log(Event::Bounced {
                             dcid: r.dcid,
                             mid: r.mid,
                             rid,
                             enhanced: "4.4.7".into(),
                             reason: why.clone(),
-                        });
+                        }));
                         q.bounced_this_round.push((
                             rid,
                             FailedRecipient {
@@ -93,13 +103,13 @@ impl QueueManager {
                         diagnostic,
                     } => {
                         q.state.finals.insert(rid, Final::Bounced);
-                        self.log.log(&Event::Bounced {
+                        effects.push(Effect::Log(Event::Bounced {
                             dcid: r.dcid,
                             mid: r.mid,
                             rid,
                             enhanced: enhanced.clone(),
                             reason,
-                        });
+                        }));
                         q.bounced_this_round.push((
                             rid,
                             FailedRecipient {
@@ -113,20 +123,20 @@ impl QueueManager {
                 }
             }
             if let Some((enhanced, reason)) = temp_reason {
-                self.log.log(&Event::Delayed {
+                effects.push(Effect::Log(Event::Delayed {
                     dcid: r.dcid,
                     mid: r.mid,
                     rids: temp_rids,
                     enhanced,
                     reason: reason.clone(),
-                });
+                }));
                 q.temp_this_round = true;
                 q.state.last_error = Some(reason);
             }
             q.jobs_in_flight = q.jobs_in_flight.saturating_sub(1);
             if q.jobs_in_flight == 0 {
                 // Persists the state, or removes the message when every recipient is final.
-                self.settle(r.mid).await;
+                self.settle(r.mid, now, effects);
             } else {
                 // Persist after every job: a crash now re-delivers at most this job's recipients.
                 // Those bounced this round stay pending on disk until their DSN is committed.
@@ -135,215 +145,145 @@ impl QueueManager {
                 for (rid, _) in &q.bounced_this_round {
                     durable.finals.remove(rid);
                 }
-                if let Err(e) = durable.save_in(&self.spool, r.mid) {
-                    tracing::error!("MID {}: cannot save delivery state: {e}", r.mid);
-                }
+                effects.push(Effect::SaveState {
+                    mid: r.mid,
+                    state: durable,
+                });
             }
         }
     }
 
-    /// Removes the files of the messages finished since the last call.
-    fn remove_finished(&mut self) {
+    /// Hands the messages finished since the last call to removal.
+    fn remove_finished(&mut self, effects: &mut Vec<Effect>) {
         let done = std::mem::take(&mut self.finished);
         if !done.is_empty() {
-            // Off the manager's (and the listeners') threads: renames in queue/ can wait for
-            // its directory fsync. One fsync, shared with inbound commits, covers the batch;
-            // nothing has to wait for it (a crash before it delivers these again).
-            let spool = self.spool.clone();
-            tokio::task::spawn_blocking(move || {
-                for (mid, state) in done {
-                    spool.unlink_message_files(mid, state);
-                }
-                spool.sync_queue_dir()
-            });
+            effects.push(Effect::RemoveFinished(done));
         }
     }
 
     /// Mails the administrator about a required-TLS failure, at most once per domain per interval.
-    async fn alert(&mut self, domain: &str, reason: &str) {
+    fn alert(&mut self, domain: &str, reason: &str, now: u64, effects: &mut Vec<Effect>) {
         let alert = &self.controls.alert;
         let (true, Some(to)) = (alert.enabled, alert.mail_to.clone()) else {
             return;
         };
-        let now = std::time::Instant::now();
+        let interval = alert.interval.as_secs();
         if self
             .alerts_sent
             .get(domain)
-            .is_some_and(|t| now.duration_since(*t) < alert.interval)
+            .is_some_and(|t| now.saturating_sub(*t) < interval)
         {
             return;
         }
         self.alerts_sent.insert(domain.to_string(), now);
-        match bounce::send_alert(&self.spool, &self.settings.hostname, &to, domain, reason).await {
-            Ok(mid) => {
-                self.log.log(&Event::Note {
-                    level: Level::Warning,
-                    text: format!("MID {mid} alert to {to}: required TLS to {domain} failed"),
-                });
-                self.load(mid);
-            }
-            Err(e) => self.log.log(&Event::Note {
-                level: Level::Warning,
-                text: format!("could not queue the required-TLS alert for {domain}: {e}"),
-            }),
-        }
+        effects.push(Effect::SendAlert {
+            to,
+            domain: domain.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
-    /// After a round: send DSNs for bounced recipients, schedule a retry, or finish the
-    /// message. False when a DSN could not be queued: its recipients then stay pending and
-    /// the message is retried later, as after a temporary failure.
-    pub(super) async fn settle(&mut self, mid: u64) -> bool {
+    /// After a round: a DSN for the recipients bounced in it (the round then ends in
+    /// [`QueueState::dsn_done`] once the DSN is committed, or not), else the round ends now.
+    pub(super) fn settle(&mut self, mid: u64, now: u64, effects: &mut Vec<Effect>) {
         let Some(q) = self.messages.get_mut(&mid) else {
-            return false;
+            return;
         };
         let bounced = std::mem::take(&mut q.bounced_this_round);
-        let mut dsn_queued = true;
-        if !bounced.is_empty() {
-            // The DSN is committed before any recipient is saved as bounced, so a crash or a
-            // failed commit never removes a message without its bounce (a crash in between
-            // bounces it again: a DSN may come twice, never not at all).
-            let env = q.env.clone();
-            let failed: Vec<FailedRecipient> = bounced.iter().map(|(_, f)| f.clone()).collect();
-            let error = self.queue_dsn(&env, &failed).await;
-            let Some(q) = self.messages.get_mut(&mid) else {
-                return false;
-            };
-            if let Some(e) = error {
-                dsn_queued = false;
-                for (rid, _) in &bounced {
-                    q.state.finals.remove(rid);
-                }
-                q.temp_this_round = true;
-                q.state.last_error = Some(format!("could not queue the DSN: {e}"));
-            }
+        if bounced.is_empty() {
+            self.end_round(mid, false, now, effects);
+            return;
         }
+        // The DSN is committed before any recipient is saved as bounced, so a crash or a
+        // failed commit never removes a message without its bounce (a crash in between
+        // bounces it again: a DSN may come twice, never not at all).
+        effects.push(Effect::SendDsn {
+            mid,
+            rids: bounced.iter().map(|(rid, _)| *rid).collect(),
+            env: q.env.clone(),
+            failed: bounced.into_iter().map(|(_, f)| f).collect(),
+        });
+    }
+
+    /// The DSN for message `mid`'s recipients `rids` was committed, or could not be: the
+    /// round ends. When it could not, those recipients stay pending and the message is
+    /// retried later, as after a temporary failure.
+    pub fn dsn_done(
+        &mut self,
+        mid: u64,
+        rids: &[u32],
+        outcome: &DsnOutcome,
+        now: u64,
+    ) -> Vec<Effect> {
+        let mut effects = vec![Effect::Log(match outcome {
+            Ok(Some(dsn_mid)) => Event::BounceGenerated {
+                mid: *dsn_mid,
+                original: mid,
+            },
+            Ok(None) => Event::Note {
+                level: Level::Warning,
+                text: format!(
+                    "MID {mid} double bounce: the sender is null, no DSN generated, dropped"
+                ),
+            },
+            Err(e) => Event::Note {
+                level: Level::Warning,
+                text: format!(
+                    "MID {mid} could not queue its DSN, its bounced recipients stay queued: {e}"
+                ),
+            },
+        })];
         let Some(q) = self.messages.get_mut(&mid) else {
-            return false;
+            return effects;
+        };
+        if let Err(e) = outcome {
+            for rid in rids {
+                q.state.finals.remove(rid);
+            }
+            q.temp_this_round = true;
+            q.state.last_error = Some(format!("could not queue the DSN: {e}"));
+        }
+        self.end_round(mid, true, now, &mut effects);
+        effects
+    }
+
+    /// Ends message `mid`'s round: removal when every recipient is final, else the next
+    /// try saved (after the retry delay when something failed temporarily this round).
+    fn end_round(&mut self, mid: u64, had_bounces: bool, now: u64, effects: &mut Vec<Effect>) {
+        let Some(q) = self.messages.get_mut(&mid) else {
+            return;
         };
         let all_final = (0..q.env.rcpts.len() as u32).all(|rid| q.state.finals.contains_key(&rid));
-        if all_final && bounced.is_empty() {
+        let finished = Effect::Log(Event::MessageFinished {
+            mid,
+            how: "done".into(),
+        });
+        if all_final && !had_bounces {
             // The common case, every recipient delivered: no state to persist, just remove
             // (a crash before the removal is durable delivers the message again: at least once).
             let state_on_disk = q.state_on_disk;
             self.forget(mid);
             self.finished.push((mid, state_on_disk));
-            self.log.log(&Event::MessageFinished {
-                mid,
-                how: "done".into(),
-            });
-            return true;
+            effects.push(finished);
+            return;
         }
         if all_final {
             self.forget(mid);
-            self.spool.remove_message(mid);
-            self.log.log(&Event::MessageFinished {
-                mid,
-                how: "done".into(),
-            });
-            return dsn_queued;
+            effects.push(Effect::RemoveMessage(mid));
+            effects.push(finished);
+            return;
         }
         if q.temp_this_round {
             q.state.attempts += 1;
-            q.state.next_try =
-                now_unix() + self.settings.retry.delay_after(q.state.attempts).as_secs();
+            q.state.next_try = now + self.settings.retry.delay_after(q.state.attempts).as_secs();
         } else {
-            q.state.next_try = now_unix();
+            q.state.next_try = now;
         }
         q.state_on_disk = true;
-        let _ = q.state.save_in(&self.spool, mid);
+        effects.push(Effect::SaveState {
+            mid,
+            state: q.state.clone(),
+        });
         self.file_due(mid);
-        dsn_queued
-    }
-
-    /// Commits a DSN to the sender of `env` for `failed` and queues it; the error when it
-    /// could not be committed (a null sender needs none: a double bounce is dropped).
-    async fn queue_dsn(&mut self, env: &Envelope, failed: &[FailedRecipient]) -> Option<String> {
-        let mid = env.mid;
-        match bounce::send_dsn(&self.spool, &self.settings.hostname, env, failed).await {
-            Ok(Some(dsn_mid)) => {
-                self.log.log(&Event::BounceGenerated {
-                    mid: dsn_mid,
-                    original: mid,
-                });
-                self.load(dsn_mid);
-                None
-            }
-            Ok(None) => {
-                self.log.log(&Event::Note {
-                    level: Level::Warning,
-                    text: format!(
-                        "MID {mid} double bounce: the sender is null, no DSN generated, dropped"
-                    ),
-                });
-                None
-            }
-            Err(e) => {
-                self.log.log(&Event::Note {
-                    level: Level::Warning,
-                    text: format!(
-                        "MID {mid} could not queue its DSN, its bounced recipients stay queued: {e}"
-                    ),
-                });
-                Some(e)
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use crate::relay::queue::tests::{manager, queue_one};
-    use crate::relay::state::DeliveryState;
-    use crate::relay::worker::{JobResult, Outcome};
-    use crate::spool::Spool;
-
-    #[tokio::test]
-    async fn trust_06_a_bounce_is_not_saved_while_its_dsn_waits_for_the_rest_of_the_round() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
-        let mid = queue_one(&spool);
-        let mut m = manager(spool.clone(), dir.path().join("mail.log"));
-        m.load(mid);
-        // Two jobs in flight (e.g. two connections); the first bounces RID 0.
-        m.messages.get_mut(&mid).unwrap().jobs_in_flight = 2;
-        let bounced = JobResult {
-            mid,
-            dcid: 7,
-            remote: Some("mx.example.com".into()),
-            outcomes: vec![(
-                0,
-                Outcome::Permanent {
-                    enhanced: "5.1.1".into(),
-                    reason: "no such user".into(),
-                    diagnostic: "550 5.1.1 no such user".into(),
-                },
-            )],
-            tls_alert: None,
-        };
-        m.finish_batch("example.com", vec![bounced]).await;
-        // A crash now must not find RID 0 final: no DSN has been committed for it yet.
-        let on_disk = DeliveryState::load(&spool.state_path(mid));
-        assert!(on_disk.finals.is_empty(), "{on_disk:?}");
-        let delivered = JobResult {
-            mid,
-            dcid: 8,
-            remote: Some("mx.example.com".into()),
-            outcomes: vec![(1, Outcome::Delivered)],
-            tls_alert: None,
-        };
-        m.finish_batch("example.com", vec![delivered]).await;
-        // The round is complete: one DSN queued, then the original removed.
-        assert!(!spool.envelope_path(mid).exists());
-        let queued = spool.queued_mids();
-        assert_eq!(queued.len(), 1, "the DSN");
-        let log = std::fs::read_to_string(dir.path().join("mail.log")).unwrap();
-        assert_eq!(
-            log.matches(&format!("was generated for bounce of MID {mid}"))
-                .count(),
-            1,
-            "{log}"
-        );
     }
 }

@@ -48,8 +48,14 @@ impl Feed {
     /// its transaction ends (so it is saved before the connection closes).
     pub fn reporting(first_batch: usize, domain: String, report: ResultSender) -> SharedFeed {
         let feed = Feed::new(first_batch);
-        feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
+        Feed::report_to(&feed, domain, report);
         feed
+    }
+
+    /// From now on, the connection sends each message's result to `report` as soon as its
+    /// transaction ends, with the lane's `domain`.
+    pub fn report_to(feed: &SharedFeed, domain: String, report: ResultSender) {
+        feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
     }
 
     /// Hands `result` to the queue manager now; gives it back when nobody takes reports.
@@ -111,7 +117,7 @@ impl Feed {
     }
 
     /// Closes the feed and returns what was waiting in it.
-    pub(super) fn close(feed: &SharedFeed) -> Vec<Job> {
+    pub(crate) fn close(feed: &SharedFeed) -> Vec<Job> {
         let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
         f.open = false;
         f.jobs.drain(..).collect()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::relay::client::RcptOutcome;
-use crate::relay::handle::CachedBody;
+use crate::relay::queue::CachedBody;
 use crate::smtp::reply::Reply;
 
 /// Some recipients of one message, bound for one destination domain.

@@ -1,41 +1,12 @@
-//! The handle through which listeners and the control socket talk to the queue manager.
+//! The handle through which listeners and the control socket talk to the queue manager,
+//! and the bodies listeners hand over with it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-/// Requests to the queue manager.
-#[derive(Debug)]
-pub enum Command {
-    /// A message was committed to the spool; with its envelope and body when the caller
-    /// has them at hand (the manager then need not read them back).
-    Enqueued(u64, Option<Box<Committed>>),
-    /// Deliver now: one message, or all; answered with how many were made due, and how many
-    /// of those asked for are being delivered right now (left alone).
-    Retry(Option<u64>, tokio::sync::oneshot::Sender<(usize, usize)>),
-    /// Remove a message without delivering it.
-    Delete(u64, tokio::sync::oneshot::Sender<bool>),
-    /// Bounce every pending recipient of a message now.
-    Bounce(u64, tokio::sync::oneshot::Sender<bool>),
-    /// New routes, destination controls and delivery settings after a configuration reload.
-    Reconfigure(Box<Reconfiguration>),
-}
-
-/// What a configuration reload changes for the relay.
-#[derive(Debug)]
-pub struct Reconfiguration {
-    /// SMTP routes.
-    pub routes: std::sync::Arc<crate::config::outbound::RouteTable>,
-    /// Destination controls.
-    pub destinations: std::sync::Arc<crate::config::outbound::DestinationControls>,
-    /// Outbound TLS with the client certificate and CA bundles read again.
-    pub outbound: std::sync::Arc<crate::relay::outbound_tls::OutboundTlsContext>,
-    /// `delivery:` settings (concurrency, retries, host name).
-    pub settings: crate::relay::queue::RelaySettings,
-    /// A resolver on the new `dns:` settings, for MX lookups.
-    pub resolver: crate::dns::ReverseResolver,
-}
+use super::command::Command;
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
 /// (a slow or unreachable destination with a long queue) bodies are read from the spool.
