@@ -87,6 +87,7 @@ impl DeliveryState {
 
     /// Writes the state durably: tmp file, fsync, rename. On failure the tmp file is removed
     /// and the previous state (if any) stays: a delivery may be repeated, never lost.
+    /// Blocking: the queue manager calls it on the blocking pool.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("dlv.tmp");
         let result = (|| {
