@@ -465,3 +465,47 @@ async fn the_administrators_bounce_and_delete_reach_the_disk() {
         "{log}"
     );
 }
+
+#[test]
+fn a_required_tls_failure_is_alerted_at_most_once_per_interval() {
+    let mut controls = DestinationControls::default();
+    controls.alert.enabled = true;
+    controls.alert.mail_to = Some("ops@admin.test".into());
+    let interval = controls.alert.interval.as_secs();
+    let mut q = queue(10, controls);
+    let mut failed_at = |mid: u64, now: u64| {
+        q.admit_committed(mid, env(mid, &["c@example.com"], now), None, 10);
+        let b = batches(q.dispatch(now));
+        let mut results = deferred(&b[0]);
+        results[0].tls_alert = Some("required-verify: no STARTTLS".into());
+        let effects = q.finish_batch("example.com", results, now);
+        effects
+            .iter()
+            .filter(|e| {
+                matches!(e, Effect::SendAlert { to, domain, .. }
+                if to == "ops@admin.test" && domain == "example.com")
+            })
+            .count()
+    };
+    assert_eq!(failed_at(1, T), 1);
+    assert_eq!(failed_at(2, T + interval - 1), 0, "within the interval");
+    assert_eq!(failed_at(3, T + interval), 1);
+}
+
+#[test]
+fn a_cached_body_goes_with_the_first_attempt_only_and_is_given_back() {
+    let budget = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let used = || budget.load(std::sync::atomic::Ordering::Relaxed);
+    let mut q = queue(10, DestinationControls::default());
+    let body = CachedBody::reserve(b"Subject: x\r\n\r\nbody\r\n".to_vec(), &budget);
+    q.admit_committed(1, env(1, &["c@example.com"], T), body, 20);
+    assert_eq!(used(), 20);
+    let b = batches(q.dispatch(T));
+    assert!(b[0].jobs[0].body.is_some());
+    q.finish_batch("example.com", deferred(&b[0]), T + 1);
+    drop(b);
+    assert_eq!(used(), 0, "given back once the first attempt is over");
+    let b = batches(q.dispatch(T + 61));
+    assert!(b[0].jobs[0].body.is_none(), "a retry reads the spool file");
+    assert_eq!(b[0].jobs[0].size, 20);
+}
