@@ -194,7 +194,8 @@ pub async fn handle(
     let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_none());
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
-    } else if slot.is_none() {
+    } else if slot.is_none() && policy.action != PolicyAction::TcpRefuse {
+        // (TCPREFUSE asks for no slot.)
         Opening::ConcurrencyFull
     } else {
         Opening::Normal

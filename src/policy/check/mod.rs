@@ -240,6 +240,7 @@ impl DenialReason {
                 kind: LimitKind::MessagesPerConnection | LimitKind::DeclaredSize { .. },
                 ..
             } => Stage::Mail,
+            // Decided at RCPT as well; never logged as `Refused`, so never counted.
             DenialReason::NeedsSmtputf8 => Stage::Mail,
             DenialReason::RelayAttempt
             | DenialReason::Rat { .. }
