@@ -245,6 +245,7 @@ pub struct InboundLabels {
 /// Counts what an inbound mail-log event means for the metrics.
 pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
     use crate::mail_log::Event;
+    use crate::policy::check::Stage;
     let listener = l.listener.clone();
     match e {
         Event::Hat { action, group, .. } => {
@@ -275,39 +276,21 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
             metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => "rat")
                 .increment(1);
         }
-        Event::Refused { what, rule, .. } if what.starts_with("RCPT") => {
-            let reason = if rule.starts_with("address form") {
-                "relay_attempt"
-            } else {
-                "limit"
-            };
-            metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => reason)
-                .increment(1);
-        }
-        Event::Refused { what, rule, .. } if what.starts_with("MAIL") => {
-            let reason = if rule.starts_with("tls_mandatory") {
-                "tls_required"
-            } else if rule.starts_with("tls_verify_client") {
-                "client_cert"
-            } else if rule.starts_with("max_message_size") {
-                "size"
-            } else {
-                "limit"
-            };
-            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason)
-                .increment(1);
-        }
+        // The stage's check typed the reason; only MAIL and RCPT refusals are counted here
+        // (a message refused after DATA is counted by its `ReceivingFailed`).
+        Event::Refused { reason, .. } => match reason.stage() {
+            Stage::Mail => {
+                metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason.label())
+                    .increment(1);
+            }
+            Stage::Rcpt => {
+                metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => reason.label())
+                    .increment(1);
+            }
+            Stage::Connect | Stage::Helo | Stage::Data => {}
+        },
         Event::ReceivingFailed { reason, .. } => {
-            let kind = if reason.starts_with("Message size") {
-                "size"
-            } else if reason.starts_with("spool error") {
-                "spool"
-            } else if reason.starts_with("connection ended") {
-                "aborted"
-            } else {
-                "data_syntax"
-            };
-            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => kind)
+            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason.label())
                 .increment(1);
         }
         _ => {}

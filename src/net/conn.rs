@@ -22,6 +22,7 @@ use crate::net::tls;
 use crate::net::write_bound::{
     bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
 };
+use crate::policy::check::connect;
 use crate::policy::flow::{Action as PolicyAction, ClientCert};
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
@@ -128,8 +129,12 @@ pub async fn handle(
         Err(e) => {
             tracing::error!("cannot allocate ICID: {e}");
             let mut force_close = force_close;
+            let mut reply = Vec::new();
+            if let Some(r) = connect::no_icid().reply {
+                r.write_to(&mut reply);
+            }
             let _ = bounded_write(
-                stream.write_all(b"421 4.3.0 Local error, try again later\r\n"),
+                stream.write_all(&reply),
                 write_deadline(
                     &ctx.listener,
                     Instant::now() + ctx.listener.timeouts.session,
@@ -184,19 +189,13 @@ pub async fn handle(
         ctx.rate
             .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
     };
-    // Watch for a client that talks first until the pause is over (time spent on DNS counts).
-    // Only a client about to be greeted waits: refusals (tcprefuse, reject, per-IP limit) go
-    // out at once, so a flood does not hold sockets for the pause.
-    let greets =
-        slot.is_some() && matches!(policy.action, PolicyAction::Accept | PolicyAction::Relay);
-    let pause = if greets {
-        policy.pre_greet_pause_on(ctx.listener.kind)
-    } else {
-        std::time::Duration::ZERO
-    };
+    // Watch for a client that talks first until the pause is over (time spent on DNS counts);
+    // what the session makes of it is decided by `check::connect`.
+    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_none());
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
-    } else if slot.is_none() && !matches!(policy.action, PolicyAction::TcpRefuse) {
+    } else if slot.is_none() && policy.action != PolicyAction::TcpRefuse {
+        // (TCPREFUSE asks for no slot.)
         Opening::ConcurrencyFull
     } else {
         Opening::Normal

@@ -1,5 +1,7 @@
-//! Pure policy evaluation over the loaded configuration: HAT, mail-flow policies, RAT, rate limits.
+//! Pure policy evaluation over the loaded configuration: HAT, mail-flow policies, RAT, rate
+//! limits, and the per-stage checks that turn them into replies ([`check`]).
 
+pub mod check;
 pub mod flow;
 pub mod hat;
 pub mod hat_index;
