@@ -8,14 +8,14 @@
 //! - a client that trickles a byte now and then is closed by the command timeout while it
 //!   sends a command line, and by the minimum-progress rule during DATA (item 2, slowloris).
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::sink::Sink;
-use common::{copy_dir, relay_config, repo, wait_until, Client, Server};
+use support::sink::Sink;
+use support::{copy_dir, relay_config, repo, wait_until, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
