@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::dnsmasq::Dnsmasq;
-use support::{copy_dir, repo, Client, Server};
+use support::{copy_dir, free_port, repo, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -342,14 +342,6 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
 // ---------------------------------------------------------------------------------------------
 // PROXY protocol behind a real HAProxy
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// HAProxy in TCP mode: frontend name -> (port, PROXY version it sends to the backend).
 struct Haproxy {

@@ -107,11 +107,7 @@ async fn trust_03_ipv4_client_on_an_ipv6_socket_matches_ipv4_entries() {
 #[tokio::test]
 async fn trust_03_ipv4_and_ipv6_wildcards_bind_the_same_port() {
     let Some(dns) = quiet_dns() else { return };
-    let port = std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let v4: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
     let v6: SocketAddr = format!("[::]:{port}").parse().unwrap();
     let mut srv = Server::start("e2e", |o, _| {
@@ -344,7 +340,7 @@ async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
 
 /// `mxgate hat trace IP ARGS... --listener proxied` on the e2e fixture: stdout, stderr, success.
 fn trace(ip: &str, args: &[&str]) -> (String, String, bool) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
+    let out = support::mxgate::bin()
         .args(["hat", "trace", ip, "--listener", "proxied"])
         .args(args)
         .arg("--config-dir")

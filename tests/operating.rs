@@ -11,9 +11,7 @@ use mxgate::config::model::MailLogTarget;
 use mxgate::config::{load, Overrides};
 use support::{closed_addr, copy_dir, relay_config, repo, Client, Server};
 
-fn mxgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mxgate"))
-}
+use support::mxgate::bin as mxgate;
 
 /// A copy of the shipped configuration (listeners/, policies/) in a temporary directory.
 fn shipped_copy() -> tempfile::TempDir {
@@ -139,22 +137,15 @@ fn serve_on_a_taken_port() -> String {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let tmp = tempfile::tempdir().unwrap();
-    let out = mxgate()
-        .arg("serve")
-        .arg("--config-dir")
-        .arg(repo())
-        .arg("--spool-dir")
-        .arg(tmp.path().join("spool"))
-        .arg("--certs-dir")
-        .arg(tmp.path().join("certs"))
-        .arg("--mail-log")
-        .arg(tmp.path().join("mail.log"))
-        .args(["--metrics-listen", "off"])
-        .arg(format!("--bind=inbound=127.0.0.1:{port}"))
-        .arg("--bind=relay=127.0.0.1:0")
-        .env_remove("MXGATE_LOG")
-        .output()
-        .unwrap();
+    let bind = format!("--bind=inbound=127.0.0.1:{port}");
+    let out = support::Mxgate::command(
+        &repo(),
+        tmp.path(),
+        &["--metrics-listen", "off", &bind, "--bind=relay=127.0.0.1:0"],
+    )
+    .env_remove("MXGATE_LOG")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

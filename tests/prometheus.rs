@@ -1382,7 +1382,7 @@ fn deployment_configurations_pass_mxgate_check() {
         support::copy_dir(&repo().join("policies"), &dir.path().join("policies"));
         std::fs::copy(repo().join(file), dir.path().join("mxgate.yaml")).unwrap();
         let (ok, out) = prom::run(
-            Command::new(env!("CARGO_BIN_EXE_mxgate"))
+            support::mxgate::bin()
                 .arg("check")
                 .arg("--config-dir")
                 .arg(dir.path())

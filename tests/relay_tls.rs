@@ -734,10 +734,7 @@ async fn helo_fallback_greeting_refusal_and_connect_failure() {
     assert_eq!(sink.commands(), ["QUIT"]);
 
     // Nothing listens on this port (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = support::closed_addr();
     log.clear();
     let err = Connection::open(3, &target(port), &set, &log)
         .await
@@ -831,11 +828,7 @@ async fn start_smtp_sink(dir: &Path) -> PostfixSink {
     std::fs::create_dir_all(&dump).unwrap();
     // smtp-sink drops privileges to `nobody` when started as root.
     std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = Command::new(SMTP_SINK);
     // SAFETY: geteuid has no preconditions.
@@ -971,14 +964,6 @@ impl Drop for PostfixInstance {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the instance in `dir`, or says why it cannot run here.
 async fn start_postfix(dir: &Path, cert: &ServerCert) -> Result<PostfixInstance, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -1027,7 +1012,7 @@ async fn start_postfix(dir: &Path, cert: &ServerCert) -> Result<PostfixInstance,
     }
     let chain_file = conf.join("chain.pem");
     std::fs::write(&chain_file, pem).unwrap();
-    let port = free_port();
+    let port = support::free_port();
     let main_cf = format!(
         "compatibility_level = 3.6\n\
          queue_directory = {queue}\n\

@@ -116,10 +116,10 @@ pub fn tmpfs(dir: &Path, size: &str) -> Option<(PathBuf, Unmount)> {
     Some((mnt.clone(), Unmount(mnt)))
 }
 
-/// A loopback port that was free a moment ago: for a server that is down, or one to start
-/// later on a known port. The one free-port helper of the tests.
+/// A port that was free on every IPv4 address a moment ago: for a server that is down, or
+/// one to start later on a known port. The one free-port helper of the tests.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    std::net::TcpListener::bind("0.0.0.0:0")
         .unwrap()
         .local_addr()
         .unwrap()
