@@ -249,11 +249,8 @@ async fn spool_with_a_deferred_message() -> (tempfile::TempDir, u64) {
     let child = support::Mxgate::start(cfg.path(), work.path());
     let addr = child.addr("preferred");
     let mid = send_to(addr, "bob@example.com").await;
-    let log = work.path().join("mail.log");
-    support::wait_until("the first attempt fails", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
-    })
-    .await;
+    // The first attempt fails.
+    child.wait_log("Info: Delayed: DCID ");
     child.stop();
     (work, mid)
 }
@@ -352,11 +349,8 @@ async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
     let child = support::Mxgate::start(cfg.path(), work.path());
     let addr = child.addr("preferred");
     send_to(addr, "bob@example.com").await;
-    let log = work.path().join("mail.log");
-    support::wait_until("the first attempt fails", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
-    })
-    .await;
+    // The first attempt fails.
+    child.wait_log("Info: Delayed: DCID ");
     child.stop();
     // The internal server comes back, and mxgate is restarted: the message goes out now,
     // not an hour after the failed attempt.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// How long a wait for a log line lasts before it fails (generous for a loaded 2-core CI
 /// machine; the usual wait is well under a second).
-pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A log line that matched.
 #[derive(Debug, Clone)]
