@@ -2,6 +2,7 @@
 
 pub mod flow;
 pub mod hat;
+pub mod hat_criterion;
 pub mod hat_index;
 pub mod hat_trace;
 pub mod rat;
