@@ -18,6 +18,7 @@ pub mod app;
 pub mod certs;
 pub mod config;
 pub mod dns;
+pub mod envelope;
 pub mod mail_log;
 pub mod metrics;
 pub mod net;

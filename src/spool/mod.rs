@@ -21,7 +21,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use envelope::Envelope;
+use crate::envelope::Envelope;
+
 use error::io;
 pub use error::SpoolError;
 use fsync::Flusher;

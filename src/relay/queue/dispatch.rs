@@ -168,10 +168,11 @@ impl QueueManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Envelope;
     use crate::relay::handle::{CachedBody, Command, Committed};
     use crate::relay::queue::tests::{manager, queue_one};
     use crate::relay::state::DeliveryState;
-    use crate::spool::{Envelope, Spool};
+    use crate::spool::Spool;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::dsn::FailedRecipient;
@@ -24,7 +25,7 @@ use crate::relay::handle::{CachedBody, Command, Committed, QueueHandle};
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::DeliveryState;
 use crate::relay::worker::{JobResult, ResultSender, WorkerContext};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 use dispatch::Lane;
 

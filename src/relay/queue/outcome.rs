@@ -1,13 +1,13 @@
 //! Delivery results: a finished batch is applied per recipient, required-TLS failures are
 //! alerted, and each message is settled (DSN, next retry, or removal).
 
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::dsn::{Diagnostic, FailedRecipient};
 use crate::relay::state::Final;
 use crate::relay::worker::{JobResult, Outcome};
-use crate::spool::Envelope;
 
 use super::{now_unix, QueueManager};
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::envelope::Envelope;
 use crate::mail_log::Event;
 use crate::policy::flow::{Action as PolicyAction, ClientCert, MailFlowPolicy, TlsMode};
 use crate::policy::hat::Classification;
@@ -22,7 +23,6 @@ use crate::smtp::address::Mailbox;
 use crate::smtp::data::DataReader;
 use crate::smtp::line::{LineEvent, LineReader};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::Envelope;
 
 use headers::HeaderScanner;
 
