@@ -11,10 +11,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_saphyr::Spanned;
 
+use crate::dns::name::is_host_name;
+
 use super::defs::{DestinationDef, DestinationsDef, SpannedStr, TlsAlertDef};
 use super::error::{index, join, FileErrors, Pos};
 use super::outbound::{
-    is_dns_name, DestinationControl, DestinationControls, DomainMatch, OutboundTls, TlsAlert,
+    DestinationControl, DestinationControls, DomainMatch, OutboundTls, TlsAlert,
 };
 use super::routes::{domain_key, first_of, ranged};
 use super::values::{parse_bool, parse_duration};
@@ -130,7 +132,7 @@ pub(crate) fn check_address(s: &str) -> Result<String, String> {
         || local
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || "<>@,;".contains(c))
-        || !is_dns_name(&domain)
+        || !is_host_name(&domain)
     {
         return Err(bad());
     }

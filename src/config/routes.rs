@@ -11,13 +11,13 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
+use crate::dns::name::is_host_name;
+
 use super::defs::{DestinationsDef, RouteHostDef, RoutesDef, SpannedStr};
 use super::destinations::build_destinations;
 use super::error::{index, join, ConfigError, FileErrors, Pos};
 use super::load::{read_yaml, Read};
-use super::outbound::{
-    is_dns_name, DestinationControls, DomainMatch, Route, RouteHost, RouteTable,
-};
+use super::outbound::{DestinationControls, DomainMatch, Route, RouteHost, RouteTable};
 use super::values::{parse_bool, parse_count};
 
 /// Reads `policies/routes.yaml` and `policies/destinations.yaml` (both optional).
@@ -118,12 +118,12 @@ fn parse_host(s: &str) -> Result<String, String> {
     }
     let lower = t.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
-    if is_dns_name(name) {
+    if is_host_name(name) {
         return Ok(name.to_string());
     }
     if let Some((h, p)) = t.rsplit_once(':') {
         let h = h.trim_start_matches('[').trim_end_matches(']');
-        if p.parse::<u16>().is_ok() && (h.parse::<IpAddr>().is_ok() || is_dns_name(h)) {
+        if p.parse::<u16>().is_ok() && (h.parse::<IpAddr>().is_ok() || is_host_name(h)) {
             return Err(format!(
                 "{t:?}: write the port under `port:`, not in `host`"
             ));

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 
 use super::hat::{Peer, ReverseDns};
+use crate::dns::name::is_host_name;
 
 /// The [`Peer::dnslists_listed`] entry recording that `zone` answered `answer`.
 pub fn dnslist_entry(zone: &str, answer: Ipv4Addr) -> String {
@@ -126,12 +127,12 @@ impl Criterion {
         }
         let name = lower.trim_end_matches('.');
         if let Some(rest) = name.strip_prefix('.') {
-            if !is_dns_name(rest) {
+            if !is_host_name(rest) {
                 return Err(format!("{t:?} is not a valid domain suffix"));
             }
             return Ok(Criterion::Suffix(format!(".{rest}")));
         }
-        if is_dns_name(name) {
+        if is_host_name(name) {
             return Ok(Criterion::Host(name.to_string()));
         }
         Err(format!(
@@ -185,7 +186,7 @@ fn parse_dnslist(spec: &str) -> Result<DnsListZone, String> {
         None => (spec, None),
     };
     let zone = zone.trim().trim_end_matches('.');
-    if !is_dns_name(zone) {
+    if !is_host_name(zone) {
         return Err(format!("dnslist zone {zone:?} is not a DNS name"));
     }
     let mut parsed = Vec::new();
@@ -203,19 +204,6 @@ fn parse_dnslist(spec: &str) -> Result<DnsListZone, String> {
         zone: zone.to_string(),
         codes: parsed,
     })
-}
-
-fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
 }
 
 #[cfg(test)]
