@@ -6,7 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxgate::spool::{Envelope, Spool};
+use mxgate::envelope::Envelope;
+use mxgate::spool::Spool;
 
 fn env(mid: u64) -> Envelope {
     Envelope {

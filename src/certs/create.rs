@@ -12,7 +12,7 @@ use rcgen::{
 
 use super::cert::Cert;
 use super::{describe_days_left, fmt_time, now, refuse, write_files, CertsDir, NewFile, Result};
-use crate::config::outbound::is_dns_name;
+use crate::dns::name::is_host_name as is_dns_name;
 
 /// Private key types offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

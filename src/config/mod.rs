@@ -3,6 +3,7 @@
 //! `defs` holds the raw serde shapes, `load` turns a config directory into a
 //! [`model::Config`] or a list of every error found ([`ConfigErrors`]).
 pub mod defs;
+mod destinations;
 pub mod error;
 mod listeners;
 pub mod load;
@@ -17,7 +18,11 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_listeners;
+#[cfg(test)]
 mod tests_network;
+#[cfg(test)]
+mod tests_outbound;
 #[cfg(test)]
 mod tests_policies;
 

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::dns::name::is_host_name;
+
 /// Outbound TLS mode of a destination (ESA `destconfig`; docs/relay.md, "Outbound TLS modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboundTls {
@@ -105,20 +107,6 @@ impl FromStr for OutboundTls {
     }
 }
 
-/// True when `s` is a DNS name: dot-separated labels of letters, digits and
-/// `-` (not at either end of a label), at most 63 octets each, 253 in all.
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 /// Which destination domains an entry covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DomainMatch {
@@ -145,14 +133,14 @@ impl DomainMatch {
             return Err("domain is empty: write example.com, .example.com or ALL".into());
         }
         if let Some(rest) = name.strip_prefix('.') {
-            if is_dns_name(rest) {
+            if is_host_name(rest) {
                 return Ok(DomainMatch::Subdomains(rest.to_string()));
             }
             return Err(format!(
                 "{t:?} is not a valid .subdomain form (e.g. .example.com)"
             ));
         }
-        if is_dns_name(name) {
+        if is_host_name(name) {
             return Ok(DomainMatch::Exact(name.to_string()));
         }
         Err(format!(

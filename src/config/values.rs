@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::model::{ListenerKind, MailLogFormat};
+use crate::dns::name::is_host_name;
 use crate::policy::flow::{Action, TlsMode};
 use crate::policy::rat::RatAction;
 use crate::smtp::reply::Enhanced;
@@ -200,17 +201,7 @@ pub fn check_table_name(name: &str, what: &str) -> Result<(), String> {
 
 /// Checks a host name (`mx.example.com`).
 pub fn check_hostname(s: &str) -> Result<(), String> {
-    let t = s.strip_suffix('.').unwrap_or(s);
-    let ok = !t.is_empty()
-        && t.len() <= 253
-        && t.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
+    if is_host_name(s.strip_suffix('.').unwrap_or(s)) {
         Ok(())
     } else {
         Err(format!("{s:?} is not a valid host name"))

@@ -8,6 +8,7 @@
 
 pub mod dnsbl;
 pub mod hosts;
+pub mod name;
 
 #[cfg(test)]
 use std::net::SocketAddr;

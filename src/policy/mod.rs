@@ -4,6 +4,7 @@
 pub mod check;
 pub mod flow;
 pub mod hat;
+pub mod hat_criterion;
 pub mod hat_index;
 pub mod hat_trace;
 pub mod rat;

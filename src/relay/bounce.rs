@@ -3,8 +3,9 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::envelope::Envelope;
 use crate::relay::dsn::{header_block, Dsn, FailedRecipient};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 /// Largest part of the original header block copied into a DSN.
 const MAX_HEADERS: usize = 64 * 1024;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
+use crate::envelope::Envelope;
 use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
-use crate::spool::Envelope;
 
 /// The control socket's path inside a spool directory.
 pub fn socket_path(spool_dir: &Path) -> PathBuf {

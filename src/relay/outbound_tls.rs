@@ -37,7 +37,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::outbound::{is_dns_name, OutboundTls};
+use crate::config::outbound::OutboundTls;
+use crate::dns::name::is_host_name as is_dns_name;
 
 /// Problems building the outbound TLS context or loading trust roots.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level};
 use crate::relay::dsn::FailedRecipient;
 use crate::relay::state::DeliveryState;
-use crate::spool::Envelope;
 
 use super::dispatch::Lane;
 use super::effect::Effect;

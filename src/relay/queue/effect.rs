@@ -2,10 +2,10 @@
 //! and the [`QueueManager`](super::QueueManager) carries out, in order (see its executor for
 //! the ordering that makes them durable).
 
+use crate::envelope::Envelope;
 use crate::mail_log::Event;
 use crate::relay::dsn::FailedRecipient;
 use crate::relay::state::DeliveryState;
-use crate::spool::Envelope;
 
 use super::dispatch::Batch;
 

@@ -49,7 +49,7 @@ impl Drop for CachedBody {
 #[derive(Debug)]
 pub struct Committed {
     /// The envelope just written.
-    pub env: crate::spool::Envelope,
+    pub env: crate::envelope::Envelope,
     /// The body, when it was held in memory (not spilled to disk) and fit the budget.
     pub body: Option<CachedBody>,
 }
@@ -69,7 +69,7 @@ impl QueueHandle {
     }
 
     /// Tells the manager about a message just committed, handing over its envelope and body.
-    pub fn committed(&self, env: crate::spool::Envelope, body: Option<Vec<u8>>) {
+    pub fn committed(&self, env: crate::envelope::Envelope, body: Option<Vec<u8>>) {
         let mid = env.mid;
         let body = body.and_then(|b| CachedBody::reserve(b, &self.body_budget));
         let _ = self.tx.send(Command::Enqueued(

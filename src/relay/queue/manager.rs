@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::state::DeliveryState;
 use crate::relay::worker::{self, Feed, JobResult, ResultSender, WorkerContext};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 use super::command::{Command, Reconfiguration};
 use super::core::{Loaded, QueueState};

@@ -1,12 +1,12 @@
 //! The DATA phase: 354, streaming the body through the smuggling-safe reader, size limit, commit.
 
 use super::{Action, DataState, Phase, Session};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, ReceivingFailure};
 use crate::policy::check::{self, Denial, Permit};
 use crate::policy::flow::MailFlowPolicy;
 use crate::smtp::data::{DataReader, DataStatus};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::Envelope;
 
 use super::headers::HeaderScanner;
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, ReceivingFailure};
 use crate::policy::check::connect::{self, ConnectCtx};
 use crate::policy::check::{self, Denial, DenialReason, Permit};
@@ -24,7 +25,6 @@ use crate::smtp::address::Mailbox;
 use crate::smtp::data::DataReader;
 use crate::smtp::line::{LineEvent, LineReader};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::Envelope;
 
 use headers::HeaderScanner;
 
