@@ -14,6 +14,11 @@
 //!   client-certificate result
 //! - `=COMMIT-FAIL` the next spool commit fails; `=TIMEOUT what`; `=SHUTDOWN`; `=EOF` peer closed
 //! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke first
+//!
+//! Each file is its own test, named after it (`t07_starttls_injection`); `transcripts` fails
+//! when a file is not listed. `BLESS=1 cargo test --test transcripts [NAME]` rewrites the
+//! `S:` lines of the files it runs from the session's actual replies (other directives are
+//! still checked); review the diff before committing it.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -84,6 +89,45 @@ struct Runner {
     closed: bool,
     tls_pending: bool,
     commit_fail: bool,
+    /// `BLESS=1`: expected replies are recorded, not checked.
+    bless: Option<Bless>,
+}
+
+/// What `BLESS=1` rewrites: per 0-based line of the file, the lines replacing it.
+#[derive(Default)]
+struct Bless {
+    replace: std::collections::BTreeMap<usize, Vec<String>>,
+    /// Replies nobody expected, inserted before this line (the packet that follows them).
+    insert: std::collections::BTreeMap<usize, Vec<String>>,
+}
+
+impl Bless {
+    /// The file's text with the recorded changes applied.
+    fn apply(&self, text: &str) -> String {
+        let mut out = String::new();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            for l in self.insert.get(&i).into_iter().flatten() {
+                out.push_str(l);
+                out.push('\n');
+            }
+            match self.replace.get(&i) {
+                Some(new) => new.iter().for_each(|l| {
+                    out.push_str(l);
+                    out.push('\n');
+                }),
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        for l in self.insert.get(&lines.len()).into_iter().flatten() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 impl Runner {
@@ -155,6 +199,11 @@ impl Runner {
 
 fn log_text(e: &Event) -> String {
     e.text()
+}
+
+/// Whether `BLESS` is set (to anything but `0`).
+fn blessing() -> bool {
+    std::env::var_os("BLESS").is_some_and(|v| v != "0")
 }
 
 fn run_transcript(path: &Path) {
@@ -231,10 +280,18 @@ fn run_transcript(path: &Path) {
         closed: false,
         tls_pending: false,
         commit_fail: false,
+        bless: blessing().then(Bless::default),
     };
+    // Line numbers are 1-based; the packet being collected started at this one.
+    let mut packet_start = 0;
     let mut started = false;
-    let check_drained = |r: &mut Runner, lineno: usize| {
-        if !r.replies.is_empty() {
+    let check_drained = |r: &mut Runner, lineno: usize, before: usize| {
+        if let Some(b) = r.bless.as_mut() {
+            let extra: Vec<String> = r.replies.drain(..).map(|l| format!("S: {l}")).collect();
+            if !extra.is_empty() {
+                b.insert.entry(before - 1).or_default().extend(extra);
+            }
+        } else if !r.replies.is_empty() {
             r.fail(lineno, "more replies than the transcript expects".into());
         }
     };
@@ -254,6 +311,9 @@ fn run_transcript(path: &Path) {
         }
         match tag {
             "C:" | "R:" => {
+                if r.pending.is_empty() {
+                    packet_start = lineno;
+                }
                 if tag == "C:" {
                     r.pending.extend_from_slice(arg.as_bytes());
                     r.pending.extend_from_slice(b"\r\n");
@@ -264,7 +324,7 @@ fn run_transcript(path: &Path) {
             }
             _ => {
                 if !r.pending.is_empty() {
-                    check_drained(&mut r, lineno);
+                    check_drained(&mut r, lineno, packet_start);
                     r.send();
                 }
             }
@@ -274,6 +334,14 @@ fn run_transcript(path: &Path) {
                 if !r.closed {
                     r.fail(lineno, "expected the session to close".into());
                 }
+            }
+            "S:" if r.bless.is_some() => {
+                let got = r.replies.pop_front();
+                let b = r.bless.as_mut().unwrap();
+                b.replace.insert(
+                    lineno - 1,
+                    got.map(|g| format!("S: {g}")).into_iter().collect(),
+                );
             }
             "S:" => match r.replies.pop_front() {
                 Some(got) if got == arg => {}
@@ -353,18 +421,100 @@ fn run_transcript(path: &Path) {
     if !r.pending.is_empty() {
         r.send();
     }
+    if let Some(mut b) = r.bless.take() {
+        let extra: Vec<String> = r.replies.drain(..).map(|l| format!("S: {l}")).collect();
+        b.insert
+            .entry(text.lines().count())
+            .or_default()
+            .extend(extra);
+        let blessed = b.apply(&text);
+        if blessed != text {
+            std::fs::write(path, blessed).unwrap();
+            eprintln!("BLESS: rewrote the S: lines of {name}");
+        }
+    }
     if !r.replies.is_empty() {
         r.fail(0, "transcript ended with unread replies".into());
     }
 }
 
+/// Runs `tests/transcripts/FILE`.
+fn run_file(file: &str) {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transcripts")
+            .join(file),
+    );
+}
+
+/// One `#[test]` per transcript file, named after it, and the list of the files.
+macro_rules! transcript_tests {
+    ($($name:ident => $file:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run_file($file);
+            }
+        )*
+        /// Every transcript file with a test.
+        const LISTED: &[&str] = &[$($file),*];
+    };
+}
+
+transcript_tests! {
+    t01_greeting_ehlo => "01_greeting_ehlo.txt",
+    t02_accept_message => "02_accept_message.txt",
+    t03_sequence_errors => "03_sequence_errors.txt",
+    t04_tls_required => "04_tls_required.txt",
+    t05_tls_required_client_leaves => "05_tls_required_client_leaves.txt",
+    t06_tls_off => "06_tls_off.txt",
+    t07_starttls_injection => "07_starttls_injection.txt",
+    t08_reject_and_tcprefuse => "08_reject_and_tcprefuse.txt",
+    t09_tcprefuse => "09_tcprefuse.txt",
+    t10_rat => "10_rat.txt",
+    t11_limits_throttled => "11_limits_throttled.txt",
+    t12_message_size => "12_message_size.txt",
+    t13_relay_listener => "13_relay_listener.txt",
+    t14_relay_listener_stranger => "14_relay_listener_stranger.txt",
+    t15_commit_failure => "15_commit_failure.txt",
+    t16_timeout_shutdown => "16_timeout_shutdown.txt",
+    t17_shutdown_in_data => "17_shutdown_in_data.txt",
+    t18_concurrency_limit => "18_concurrency_limit.txt",
+    t19_pregreet => "19_pregreet.txt",
+    t20_tls_mandatory_sender => "20_tls_mandatory_sender.txt",
+    t21_pipelining => "21_pipelining.txt",
+    t22_hostname_criteria => "22_hostname_criteria.txt",
+    t23_ptr_mismatch => "23_ptr_mismatch.txt",
+    t24_syntax_errors => "24_syntax_errors.txt",
+    t25_line_limits => "25_line_limits.txt",
+    t26_smuggling_data => "26_smuggling_data.txt",
+    t27_smuggling_cr => "27_smuggling_cr.txt",
+    t28_rat_custom_accept => "28_rat_custom_accept.txt",
+    t30_open_relay_strict_rat => "30_open_relay_strict_rat.txt",
+    t31_smuggling_crlf_dot_cr => "31_smuggling_crlf_dot_cr.txt",
+    t32_smuggling_cr_cr_lf => "32_smuggling_cr_cr_lf.txt",
+    t33_smuggling_nul => "33_smuggling_nul.txt",
+    t34_command_bare_lf_injection => "34_command_bare_lf_injection.txt",
+    t35_tls_verify_client_required => "35_tls_verify_client_required.txt",
+    t36_tls_verify_client_required_failed => "36_tls_verify_client_required_failed.txt",
+    t37_tls_verify_client_verified => "37_tls_verify_client_verified.txt",
+    t38_postmaster => "38_postmaster.txt",
+    t38_tls_verify_client_preferred => "38_tls_verify_client_preferred.txt",
+    t39_received_ipv6_literal => "39_received_ipv6_literal.txt",
+    t40_helo_syntax => "40_helo_syntax.txt",
+    t41_helo_no_esmtp_params => "41_helo_no_esmtp_params.txt",
+    t42_duplicate_recipients => "42_duplicate_recipients.txt",
+}
+
+/// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).
 #[test]
 fn transcripts() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     files.sort();
     assert!(
@@ -372,10 +522,22 @@ fn transcripts() {
         "expected the transcript suite, found {}",
         files.len()
     );
-    for f in &files {
-        run_transcript(f);
-    }
-    eprintln!("{} transcripts passed", files.len());
+    let unlisted: Vec<&String> = files
+        .iter()
+        .filter(|f| !LISTED.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "transcripts without a test (add them to transcript_tests! in tests/transcripts.rs): {unlisted:?}"
+    );
+    let missing: Vec<&&str> = LISTED
+        .iter()
+        .filter(|f| !files.iter().any(|x| x == *f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "listed transcripts that do not exist: {missing:?}"
+    );
 }
 
 /// Item 26: an IPv6 peer is written `[IPv6:::1]` in the Received header (RFC 5321 §4.1.3).
