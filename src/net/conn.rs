@@ -237,7 +237,6 @@ async fn read_proxy_header(
     }
 }
 
-
 /// The client's socket: TCP, then its rustls stream after STARTTLS.
 struct Socket<'a, S> {
     stream: S,
