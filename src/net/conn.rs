@@ -1,6 +1,6 @@
 //! One accepted connection: PROXY header, ICID, reverse DNS and block lists, HAT, the per-IP
 //! slot and the pre-greet pause; then the [`Driver`] runs the session over the socket
-//! ([`Socket`]: TCP, rustls after STARTTLS) and the spool and mail log ([`SpoolBackend`]).
+//! (`Socket`: TCP, rustls after STARTTLS) and the spool and mail log (`SpoolBackend`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
