@@ -1,37 +1,55 @@
-//! Transcript tests: `tests/transcripts/*.txt` replayed against the sans-IO session.
+//! Transcript tests: `tests/transcripts/*.txt` replayed through the real connection driver
+//! (`mxgate::net::driver::Driver`) and session, with a scripted client in place of the socket
+//! and rustls and an in-memory spool and mail log.
 //!
 //! Format (one directive per line; `#` starts a comment):
 //! - `@config DIR` config dir relative to the repo (default: the shipped config `.`)
 //! - `@listener NAME`, `@peer IP`, `@rdns verified NAME|missing|tempfail|mismatch NAME`
 //! - `@tls-available no` (no certificate loaded)
-//! - `C: line` a command line (CRLF appended); consecutive C: lines are sent in one packet
+//! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
+//!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
-//! - `S: line` the next reply line, exactly; `S: <close>` the session closed the connection
-//! - `L: text` a mail-log line containing `text` appears (in order)
+//! - `S: line` the next reply line, exactly; `S: <close>` the driver closed the connection
+//! - `L: text` a mail-log line containing `text` appears (in order); `!L: text` no mail-log
+//!   line so far contains `text`
 //! - `B: text` the last committed message body contains `text` (escapes as in R:)
-//! - `=TLS` the driver completed the handshake; `=TLS-FAIL reason`. Under `tls_verify_client`,
-//!   `=TLS cert-verified SUBJECT`, `=TLS cert-missing` or `=TLS cert-failed REASON` give the
-//!   client-certificate result
-//! - `=COMMIT-FAIL` the next spool commit fails; `=TIMEOUT what`; `=SHUTDOWN`; `=EOF` peer closed
-//! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke first
+//! - `=TLS` the handshake the driver started for STARTTLS succeeds; `=TLS-FAIL reason` it
+//!   fails. Under `tls_verify_client`, `=TLS cert-verified SUBJECT`, `=TLS cert-missing` or
+//!   `=TLS cert-failed REASON` give the client-certificate result (the driver must have asked
+//!   for one)
+//! - `=COMMIT-FAIL` the next spool commit fails; `=EOF` the peer closes
+//! - `=TIMEOUT what` the client goes silent until the driver's deadline fires (the test clock
+//!   is paused and jumps there); the mail log must then name the `what timeout`
+//! - `=SHUTDOWN` the server shuts down (the driver's `force_close` turns true) during a read
+//! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke
+//!   first (first directive only: how the connection opened)
+//!
+//! The script is checked when the driver asks it for more: at each read (replies and log
+//! lines up to the next input), at the handshake, and after the driver returns. Every reply
+//! must be expected before the next input; input after the close goes nowhere.
 //!
 //! Each file is its own test, named after it (`t07_starttls_injection`); `transcripts` fails
 //! when a file is not listed. `BLESS=1 cargo test --test transcripts [NAME]` rewrites the
-//! `S:` lines of the files it runs from the session's actual replies (other directives are
+//! `S:` lines of the files it runs from the driver's actual replies (other directives are
 //! still checked); review the diff before committing it.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use mxgate::config::{load, Overrides};
 use mxgate::mail_log::Event;
+use mxgate::metrics::InboundLabels;
+use mxgate::net::driver::{Backend, ClientStream, Driver, StartTls};
 use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
-use mxgate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::spool::Envelope;
 
 struct TestEnv {
     mid: AtomicU64,
@@ -77,22 +95,6 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-struct Runner {
-    name: String,
-    session: Session,
-    replies: VecDeque<String>,
-    logs: Vec<String>,
-    log_cursor: usize,
-    body: Vec<u8>,
-    last_body: Vec<u8>,
-    pending: Vec<u8>,
-    closed: bool,
-    tls_pending: bool,
-    commit_fail: bool,
-    /// `BLESS=1`: expected replies are recorded, not checked.
-    bless: Option<Bless>,
-}
-
 /// What `BLESS=1` rewrites: per 0-based line of the file, the lines replacing it.
 #[derive(Default)]
 struct Bless {
@@ -130,63 +132,64 @@ impl Bless {
     }
 }
 
-impl Runner {
-    fn pump(&mut self) {
-        loop {
-            let actions = self.session.take_actions();
-            if actions.is_empty() {
-                break;
-            }
-            for a in actions {
-                match a {
-                    Action::Reply(r) => {
-                        for l in r.to_wire().split("\r\n").filter(|l| !l.is_empty()) {
-                            self.replies.push_back(l.to_string());
-                        }
-                    }
-                    Action::Log(e) => self.logs.push(log_text(&e)),
-                    Action::StartTls => {
-                        self.tls_pending = true;
-                        // What a client pipelined behind STARTTLS is dropped, as the driver does.
-                        if !self.pending.is_empty() {
-                            let n = self.pending.len();
-                            self.pending.clear();
-                            self.session.discarded_after_starttls(n);
-                        }
-                    }
-                    Action::BeginMessage(_) => self.body.clear(),
-                    Action::CommitMessage(_) => {
-                        self.body.append(self.session.body_mut());
-                        let r = if std::mem::take(&mut self.commit_fail) {
-                            Err("No space left on device".to_string())
-                        } else {
-                            self.last_body = std::mem::take(&mut self.body);
-                            Ok(())
-                        };
-                        self.session.committed(r);
-                    }
-                    Action::AbortMessage => self.body.clear(),
-                    Action::Close => self.closed = true,
-                }
-            }
-            self.body.append(self.session.body_mut());
-        }
-        self.body.append(self.session.body_mut());
-    }
+/// One directive of the transcript's body (the `@` header lines are read first).
+struct Step {
+    /// 1-based line number.
+    lineno: usize,
+    tag: String,
+    arg: String,
+}
 
-    fn send(&mut self) {
-        while !self.pending.is_empty() && !self.session.is_closed() && !self.session.is_waiting() {
-            let input = std::mem::take(&mut self.pending);
-            let used = self.session.feed(&input);
-            self.pending = input[used..].to_vec();
-            self.pump();
-            if used == 0 {
-                break;
-            }
-        }
-        self.pump();
-    }
+/// What the driver is doing when it asks the script for more.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Reading from the client.
+    Read,
+    /// Running the STARTTLS handshake.
+    Handshake,
+    /// Done: the connection is closed.
+    Closed,
+}
 
+/// What the script answers.
+enum Input {
+    Packet(Vec<u8>),
+    /// The peer closed (also the end of the script).
+    Eof,
+    /// The client goes silent: the driver's own deadline fires (the test clock is paused and
+    /// jumps to it).
+    Silence,
+    /// The server shuts down (the driver's `force_close` turned true).
+    Shutdown,
+    /// The handshake's result.
+    Tls(Result<ClientCert, String>),
+}
+
+/// A transcript being replayed through the real driver: the script, and what the driver has
+/// written to the client, the mail log and the spool so far.
+struct Replay {
+    name: String,
+    steps: Vec<Step>,
+    next: usize,
+    /// Line count of the file (where unexpected replies at its end are inserted by BLESS).
+    end_line: usize,
+    output: Vec<u8>,
+    replies: VecDeque<String>,
+    logs: Vec<String>,
+    log_cursor: usize,
+    body: Vec<u8>,
+    last_body: Vec<u8>,
+    commit_fail: bool,
+    /// `=TIMEOUT what` seen: its line, `what`, and the log length then.
+    timeout: Option<(usize, String, usize)>,
+    force_close: watch::Sender<bool>,
+    /// `BLESS=1`: expected replies are recorded, not checked.
+    bless: Option<Bless>,
+}
+
+type Shared = Arc<Mutex<Replay>>;
+
+impl Replay {
     fn fail(&self, lineno: usize, msg: String) -> ! {
         panic!(
             "{}:{lineno}: {msg}\n  unread replies: {:?}\n  log so far:\n    {}",
@@ -195,10 +198,251 @@ impl Runner {
             self.logs.join("\n    ")
         );
     }
+
+    /// The driver wrote these bytes to the client.
+    fn written(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+        while let Some(p) = self.output.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = self.output.drain(..p + 2).take(p).collect();
+            self.replies
+                .push_back(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+
+    /// Before the next input (at 1-based `line`) every reply must have been expected.
+    fn check_drained(&mut self, line: usize) {
+        if let Some(b) = self.bless.as_mut() {
+            let extra: Vec<String> = self.replies.drain(..).map(|l| format!("S: {l}")).collect();
+            if !extra.is_empty() {
+                b.insert.entry(line - 1).or_default().extend(extra);
+            }
+        } else if !self.replies.is_empty() {
+            self.fail(line, "more replies than the transcript expects".into());
+        }
+    }
+
+    /// Checks the script's expectations up to its next input for what the driver waits on,
+    /// and returns that input. Inputs after the close go nowhere and are skipped.
+    fn advance(&mut self, waiting: Waiting) -> Input {
+        if let Some((lineno, what, from)) = self.timeout.take() {
+            let want = format!("{what} timeout");
+            if !self.logs[from..].iter().any(|l| l.contains(&want)) {
+                self.fail(lineno, format!("the driver's timeout was not {want:?}"));
+            }
+        }
+        loop {
+            let Some(step) = self.steps.get(self.next) else {
+                self.check_drained(self.end_line + 1);
+                return Input::Eof;
+            };
+            let (lineno, tag, arg) = (step.lineno, step.tag.clone(), step.arg.clone());
+            self.next += 1;
+            let is_input = matches!(
+                tag.as_str(),
+                "C:" | "R:" | "=EOF" | "=TIMEOUT" | "=SHUTDOWN" | "=TLS" | "=TLS-FAIL"
+            );
+            if is_input && waiting == Waiting::Closed {
+                continue;
+            }
+            if is_input {
+                self.check_drained(lineno);
+            }
+            match tag.as_str() {
+                "C:" | "R:" if waiting == Waiting::Handshake => self.fail(
+                    lineno,
+                    "STARTTLS is pending: =TLS or =TLS-FAIL first".into(),
+                ),
+                "C:" | "R:" => {
+                    let mut packet = line_bytes(&tag, &arg);
+                    while let Some(s) = self.steps.get(self.next) {
+                        if s.tag != "C:" && s.tag != "R:" {
+                            break;
+                        }
+                        packet.extend(line_bytes(&s.tag, &s.arg));
+                        self.next += 1;
+                    }
+                    return Input::Packet(packet);
+                }
+                "=EOF" => return Input::Eof,
+                "=TIMEOUT" => {
+                    self.timeout = Some((lineno, arg, self.logs.len()));
+                    return Input::Silence;
+                }
+                "=SHUTDOWN" if waiting == Waiting::Read => {
+                    let _ = self.force_close.send(true);
+                    return Input::Shutdown;
+                }
+                "=SHUTDOWN" => self.fail(lineno, "=SHUTDOWN during the handshake".into()),
+                "=TLS" | "=TLS-FAIL" if waiting != Waiting::Handshake => {
+                    self.fail(lineno, "no STARTTLS pending".into())
+                }
+                "=TLS-FAIL" => return Input::Tls(Err(arg)),
+                "=TLS" => {
+                    let cert = match arg.split_once(' ').unwrap_or((&arg, "")) {
+                        ("", _) => ClientCert::NotRequested,
+                        ("cert-missing", _) => ClientCert::Missing,
+                        ("cert-verified", subject) => ClientCert::Verified(subject.into()),
+                        ("cert-failed", why) => ClientCert::Failed(why.into()),
+                        _ => self.fail(lineno, format!("unknown =TLS argument {arg:?}")),
+                    };
+                    return Input::Tls(Ok(cert));
+                }
+                "S:" if arg == "<close>" => {
+                    if waiting != Waiting::Closed {
+                        self.fail(lineno, "expected the session to close".into());
+                    }
+                }
+                "S:" if self.bless.is_some() => {
+                    let got = self.replies.pop_front();
+                    let b = self.bless.as_mut().unwrap();
+                    b.replace.insert(
+                        lineno - 1,
+                        got.map(|g| format!("S: {g}")).into_iter().collect(),
+                    );
+                }
+                "S:" => match self.replies.pop_front() {
+                    Some(got) if got == arg => {}
+                    Some(got) => self.fail(lineno, format!("expected reply {arg:?}, got {got:?}")),
+                    None => self.fail(lineno, format!("expected reply {arg:?}, got nothing")),
+                },
+                "L:" => match self.logs[self.log_cursor..]
+                    .iter()
+                    .position(|l| l.contains(&arg))
+                {
+                    Some(p) => self.log_cursor += p + 1,
+                    None => self.fail(
+                        lineno,
+                        format!(
+                            "no log line containing {arg:?} after line {}",
+                            self.log_cursor
+                        ),
+                    ),
+                },
+                "!L:" => {
+                    if let Some(l) = self.logs.iter().find(|l| l.contains(&arg)) {
+                        self.fail(lineno, format!("log line {l:?} contains {arg:?}"));
+                    }
+                }
+                "B:" => {
+                    let want = unescape(&arg);
+                    if !self
+                        .last_body
+                        .windows(want.len())
+                        .any(|w| w == want.as_slice())
+                    {
+                        self.fail(
+                            lineno,
+                            format!(
+                                "last body does not contain {arg:?}: {:?}",
+                                String::from_utf8_lossy(&self.last_body)
+                            ),
+                        );
+                    }
+                }
+                "=COMMIT-FAIL" => self.commit_fail = true,
+                "=CONCURRENCY-FULL" | "=PREGREET" => {
+                    self.fail(lineno, format!("{tag} must come before anything else"))
+                }
+                other => self.fail(lineno, format!("unknown directive {other:?}")),
+            }
+        }
+    }
 }
 
-fn log_text(e: &Event) -> String {
-    e.text()
+/// The bytes of a `C:` or `R:` line.
+fn line_bytes(tag: &str, arg: &str) -> Vec<u8> {
+    if tag == "C:" {
+        format!("{arg}\r\n").into_bytes()
+    } else {
+        unescape(arg)
+    }
+}
+
+/// The client side: packets from the script, replies into the replay.
+struct ScriptedClient(Shared);
+
+impl ClientStream for ScriptedClient {
+    async fn read(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let input = self.0.lock().unwrap().advance(Waiting::Read);
+        match input {
+            Input::Packet(p) => {
+                buf.extend_from_slice(&p);
+                Ok(p.len())
+            }
+            Input::Eof => Ok(0),
+            Input::Silence | Input::Shutdown => std::future::pending().await,
+            Input::Tls(_) => unreachable!("advance returns =TLS only to a handshake"),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap().written(bytes);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StartTls for ScriptedClient {
+    type Tls = ScriptedClient;
+
+    async fn start_tls(self, client_cert: bool) -> Result<(Self::Tls, TlsInfo), String> {
+        let input = self.0.lock().unwrap().advance(Waiting::Handshake);
+        match input {
+            Input::Tls(Ok(cert)) => {
+                if cert != ClientCert::NotRequested && !client_cert {
+                    let r = self.0.lock().unwrap();
+                    r.fail(
+                        0,
+                        "=TLS gives a client certificate the driver did not ask for".into(),
+                    );
+                }
+                let info = TlsInfo {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    client_cert: cert,
+                };
+                Ok((self, info))
+            }
+            Input::Tls(Err(reason)) => Err(reason),
+            Input::Eof => Err("peer closed during the handshake".into()),
+            Input::Silence => std::future::pending().await,
+            Input::Packet(_) | Input::Shutdown => unreachable!("advance refuses these"),
+        }
+    }
+}
+
+/// The spool and mail log: lines and bodies into the replay; `=COMMIT-FAIL` fails a commit.
+struct ScriptedBackend(Shared);
+
+impl Backend for ScriptedBackend {
+    fn log(&mut self, events: &[Event]) {
+        let mut r = self.0.lock().unwrap();
+        r.logs.extend(events.iter().map(Event::text));
+    }
+
+    fn begin_message(&mut self, _mid: u64) {
+        self.0.lock().unwrap().body.clear();
+    }
+
+    async fn write_body(&mut self, body: &mut Vec<u8>) {
+        self.0.lock().unwrap().body.append(body);
+    }
+
+    async fn commit_message(&mut self, _envelope: Envelope) -> Result<(), String> {
+        let mut r = self.0.lock().unwrap();
+        if std::mem::take(&mut r.commit_fail) {
+            return Err("No space left on device".to_string());
+        }
+        r.last_body = std::mem::take(&mut r.body);
+        Ok(())
+    }
+
+    fn abort_message(&mut self) {
+        self.0.lock().unwrap().body.clear();
+    }
 }
 
 /// Whether `BLESS` is set (to anything but `0`).
@@ -215,7 +459,7 @@ fn run_transcript(path: &Path) {
     let mut peer_ip: IpAddr = "192.0.2.1".parse().unwrap();
     let mut rdns = ReverseDns::Missing;
     let mut tls_available = true;
-    let mut body_lines = Vec::new();
+    let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
         match directive {
@@ -233,7 +477,18 @@ fn run_transcript(path: &Path) {
                 }
             }
             "@tls-available" => tls_available = arg != "no",
-            _ => body_lines.push((i + 1, line.to_string())),
+            _ => {
+                let line = line.trim_end();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (tag, arg) = line.split_once(' ').unwrap_or((line, ""));
+                steps.push(Step {
+                    lineno: i + 1,
+                    tag: tag.to_string(),
+                    arg: arg.to_string(),
+                });
+            }
         }
     }
     let overrides = Overrides {
@@ -250,6 +505,11 @@ fn run_transcript(path: &Path) {
         rdns: rdns.clone(),
         dnslists_listed: vec![],
     });
+    let labels = InboundLabels {
+        listener: l.name.clone(),
+        sender_group: classification.group.clone(),
+        policy: classification.policy.name.clone(),
+    };
     let params = SessionParams {
         icid: 1,
         listener: l.name.clone(),
@@ -268,173 +528,52 @@ fn run_transcript(path: &Path) {
             mid: AtomicU64::new(1),
         }),
     };
-    let mut r = Runner {
+    // How the connection opened is decided before the driver runs (conn.rs).
+    let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {
+        Some("=PREGREET") => (Opening::PreGreet, 1),
+        Some("=CONCURRENCY-FULL") => (Opening::ConcurrencyFull, 1),
+        _ => (Opening::Normal, 0),
+    };
+    let (force_close, closing) = watch::channel(false);
+    let replay: Shared = Arc::new(Mutex::new(Replay {
         name: name.clone(),
-        session: Session::new(params),
+        steps,
+        next: first,
+        end_line: text.lines().count(),
+        output: Vec::new(),
         replies: VecDeque::new(),
         logs: Vec::new(),
         log_cursor: 0,
         body: Vec::new(),
         last_body: Vec::new(),
-        pending: Vec::new(),
-        closed: false,
-        tls_pending: false,
         commit_fail: false,
+        timeout: None,
+        force_close,
         bless: blessing().then(Bless::default),
-    };
-    // Line numbers are 1-based; the packet being collected started at this one.
-    let mut packet_start = 0;
-    let mut started = false;
-    let check_drained = |r: &mut Runner, lineno: usize, before: usize| {
-        if let Some(b) = r.bless.as_mut() {
-            let extra: Vec<String> = r.replies.drain(..).map(|l| format!("S: {l}")).collect();
-            if !extra.is_empty() {
-                b.insert.entry(before - 1).or_default().extend(extra);
-            }
-        } else if !r.replies.is_empty() {
-            r.fail(lineno, "more replies than the transcript expects".into());
-        }
-    };
-    for (lineno, line) in body_lines {
-        let line = line.trim_end();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (tag, arg) = match line.find(' ') {
-            Some(p) => (&line[..p], &line[p + 1..]),
-            None => (line, ""),
-        };
-        if !started && !matches!(tag, "=CONCURRENCY-FULL" | "=PREGREET") {
-            r.session.start(Opening::Normal);
-            r.pump();
-            started = true;
-        }
-        match tag {
-            "C:" | "R:" => {
-                if r.pending.is_empty() {
-                    packet_start = lineno;
-                }
-                if tag == "C:" {
-                    r.pending.extend_from_slice(arg.as_bytes());
-                    r.pending.extend_from_slice(b"\r\n");
-                } else {
-                    r.pending.extend_from_slice(&unescape(arg));
-                }
-                continue;
-            }
-            _ => {
-                if !r.pending.is_empty() {
-                    check_drained(&mut r, lineno, packet_start);
-                    r.send();
-                }
-            }
-        }
-        match tag {
-            "S:" if arg == "<close>" => {
-                if !r.closed {
-                    r.fail(lineno, "expected the session to close".into());
-                }
-            }
-            "S:" if r.bless.is_some() => {
-                let got = r.replies.pop_front();
-                let b = r.bless.as_mut().unwrap();
-                b.replace.insert(
-                    lineno - 1,
-                    got.map(|g| format!("S: {g}")).into_iter().collect(),
-                );
-            }
-            "S:" => match r.replies.pop_front() {
-                Some(got) if got == arg => {}
-                Some(got) => r.fail(lineno, format!("expected reply {arg:?}, got {got:?}")),
-                None => r.fail(lineno, format!("expected reply {arg:?}, got nothing")),
-            },
-            "L:" => match r.logs[r.log_cursor..].iter().position(|l| l.contains(arg)) {
-                Some(p) => r.log_cursor += p + 1,
-                None => r.fail(
-                    lineno,
-                    format!("no log line containing {arg:?} after line {}", r.log_cursor),
-                ),
-            },
-            "B:" => {
-                let want = unescape(arg);
-                if !r
-                    .last_body
-                    .windows(want.len())
-                    .any(|w| w == want.as_slice())
-                {
-                    r.fail(
-                        lineno,
-                        format!(
-                            "last body does not contain {arg:?}: {:?}",
-                            String::from_utf8_lossy(&r.last_body)
-                        ),
-                    );
-                }
-            }
-            "=TLS" | "=TLS-FAIL" => {
-                assert!(r.tls_pending, "{name}:{lineno}: no STARTTLS pending");
-                r.tls_pending = false;
-                if tag == "=TLS" {
-                    let client_cert = match arg.split_once(' ').unwrap_or((arg, "")) {
-                        ("", _) => ClientCert::NotRequested,
-                        ("cert-missing", _) => ClientCert::Missing,
-                        ("cert-verified", subject) => ClientCert::Verified(subject.into()),
-                        ("cert-failed", why) => ClientCert::Failed(why.into()),
-                        _ => panic!("{name}:{lineno}: unknown =TLS argument {arg:?}"),
-                    };
-                    r.session.tls_established(TlsInfo {
-                        protocol: "TLSv1.3".into(),
-                        cipher: "TLS13_AES_256_GCM_SHA384".into(),
-                        client_cert,
-                    });
-                } else {
-                    r.session.tls_failed(arg);
-                }
-                r.pump();
-            }
-            "=COMMIT-FAIL" => r.commit_fail = true,
-            "=TIMEOUT" => {
-                r.session.timeout(arg);
-                r.pump();
-            }
-            "=SHUTDOWN" => {
-                r.session.shutdown();
-                r.pump();
-            }
-            "=EOF" => {
-                r.session.finish();
-                r.pump();
-            }
-            "=CONCURRENCY-FULL" => {
-                r.session.start(Opening::ConcurrencyFull);
-                r.pump();
-                started = true;
-            }
-            "=PREGREET" => {
-                r.session.start(Opening::PreGreet);
-                r.pump();
-                started = true;
-            }
-            other => panic!("{name}:{lineno}: unknown directive {other:?}"),
-        }
-    }
-    if !r.pending.is_empty() {
-        r.send();
-    }
-    if let Some(mut b) = r.bless.take() {
-        let extra: Vec<String> = r.replies.drain(..).map(|l| format!("S: {l}")).collect();
-        b.insert
-            .entry(text.lines().count())
-            .or_default()
-            .extend(extra);
+    }));
+    let driver = Driver::new(
+        Session::new(params),
+        labels,
+        l.timeouts.clone(),
+        ScriptedBackend(replay.clone()),
+        closing,
+    );
+    // Paused time: a `=TIMEOUT` waits for the driver's real deadline without taking it.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(driver.run(opening, ScriptedClient(replay.clone())));
+    let mut r = replay.lock().unwrap();
+    // The rest of the script: what the connection's end left (replies, final log lines).
+    r.advance(Waiting::Closed);
+    if let Some(b) = r.bless.take() {
         let blessed = b.apply(&text);
         if blessed != text {
             std::fs::write(path, blessed).unwrap();
             eprintln!("BLESS: rewrote the S: lines of {name}");
         }
-    }
-    if !r.replies.is_empty() {
-        r.fail(0, "transcript ended with unread replies".into());
     }
 }
 
@@ -504,6 +643,7 @@ transcript_tests! {
     t40_helo_syntax => "40_helo_syntax.txt",
     t41_helo_no_esmtp_params => "41_helo_no_esmtp_params.txt",
     t42_duplicate_recipients => "42_duplicate_recipients.txt",
+    t43_starttls_pipelined_mail_discarded => "43_starttls_pipelined_mail_discarded.txt",
 }
 
 /// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).
