@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use mxgate::config::{load, Overrides};
+use mxgate::envelope::Envelope;
 use mxgate::mail_log::Event;
 use mxgate::metrics::InboundLabels;
 use mxgate::net::driver::{Backend, ClientStream, Driver, StartTls};
@@ -49,7 +50,6 @@ use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
 use mxgate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
-use mxgate::spool::Envelope;
 
 struct TestEnv {
     mid: AtomicU64,

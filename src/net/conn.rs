@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::model::Listener;
 use crate::dns::dnsbl;
 use crate::dns::ReverseResolver;
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics::{self, InboundLabels};
 use crate::net::driver::{Backend, ClientStream, Driver, StartTls};
@@ -27,7 +28,7 @@ use crate::policy::flow::{Action as PolicyAction, ClientCert};
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
 use crate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
-use crate::spool::{Envelope, Incoming, Spool};
+use crate::spool::{Incoming, Spool};
 
 /// Everything a connection on one listener needs.
 pub struct ListenerContext {

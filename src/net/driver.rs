@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::config::model::Timeouts;
+use crate::envelope::Envelope;
 use crate::mail_log::Event;
 use crate::metrics::{self, InboundLabels};
 use crate::net::read_deadline::ReadDeadlines;
@@ -21,7 +22,6 @@ use crate::net::write_bound::{
     bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
 };
 use crate::smtp::session::{Action, Opening, Session, TlsInfo};
-use crate::spool::Envelope;
 
 /// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
 const READ_CHUNK: usize = 4 * 1024;
