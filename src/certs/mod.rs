@@ -15,14 +15,14 @@
 //! without `--force`, and files are written to a temporary name and then linked or renamed
 //! into place so a reader (the live reloader) never sees half a file.
 
-pub mod cert;
-pub mod chain;
+pub(crate) mod cert;
+pub(crate) mod chain;
 pub mod cli;
-pub mod create;
-pub mod inspect;
-pub mod install;
-pub mod pkcs12;
-pub mod usage;
+pub(crate) mod create;
+pub(crate) mod inspect;
+pub(crate) mod install;
+pub(crate) mod pkcs12;
+pub(crate) mod usage;
 
 use std::fmt;
 use std::io::Write;

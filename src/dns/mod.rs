@@ -6,9 +6,9 @@
 //! would answer by itself (`localhost`, the PTR of 127/8 and ::1) are asked of the servers
 //! too. A hosts file is read only when `dns.hosts_file` names one ([`HostsFile`]).
 
-pub mod dnsbl;
-pub mod hosts;
-pub mod name;
+pub(crate) mod dnsbl;
+pub(crate) mod hosts;
+pub(crate) mod name;
 
 #[cfg(test)]
 use std::net::SocketAddr;

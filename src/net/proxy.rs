@@ -10,14 +10,14 @@ use crate::net::bind::canonical;
 
 /// Longest header we wait for: v1 is at most 107 bytes; v2 is 16 + a 16-bit length, but
 /// addresses plus the TLVs load balancers send fit well within this.
-pub const MAX_HEADER: usize = 1024;
+pub(crate) const MAX_HEADER: usize = 1024;
 
 /// Longest PROXY v1 header, CRLF included (the spec's limit).
 const MAX_V1_HEADER: usize = 107;
 
 /// Result of looking at the first bytes of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyParse {
+pub(crate) enum ProxyParse {
     /// More bytes are needed.
     Incomplete,
     /// A header of `consumed` bytes; `source` is the real client (`None` for LOCAL/UNKNOWN,
@@ -74,7 +74,7 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Parses a PROXY v1 or v2 header at the start of `buf`.
-pub fn parse(buf: &[u8]) -> ProxyParse {
+pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
     if buf.is_empty() {
         return ProxyParse::Incomplete;
     }

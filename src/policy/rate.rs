@@ -179,7 +179,7 @@ pub(crate) mod tests {
 
     /// A clock tests move by hand.
     #[derive(Debug)]
-    pub struct ManualClock(pub Mutex<Instant>);
+    pub(crate) struct ManualClock(pub(crate) Mutex<Instant>);
 
     impl Clock for ManualClock {
         fn now(&self) -> Instant {
@@ -188,7 +188,7 @@ pub(crate) mod tests {
     }
 
     impl ManualClock {
-        pub fn advance(&self, d: Duration) {
+        pub(crate) fn advance(&self, d: Duration) {
             *self.0.lock().unwrap() += d;
         }
     }

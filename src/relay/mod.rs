@@ -35,13 +35,13 @@
 //! whose directory fsync nobody waits for. The order that makes this durable is written at
 //! the manager's effect executor and in docs/delivery.md.
 
-pub mod bounce;
+pub(crate) mod bounce;
 pub mod client;
 pub mod control;
-pub mod dsn;
-pub mod mx;
+pub(crate) mod dsn;
+pub(crate) mod mx;
 pub mod outbound_tls;
-pub mod queue;
-pub mod schedule;
-pub mod state;
-pub mod worker;
+pub(crate) mod queue;
+pub(crate) mod schedule;
+pub(crate) mod state;
+pub(crate) mod worker;

@@ -6,11 +6,11 @@
 //! especially on ext4 without a journal, which scans recently freed inodes); reusing
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
-pub mod envelope;
+pub(crate) mod envelope;
 mod error;
 mod fsync;
 mod group;
-pub mod ids;
+pub(crate) mod ids;
 mod incoming;
 pub mod lock;
 mod pool;

@@ -10,7 +10,7 @@ use super::command::Command;
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
 /// (a slow or unreachable destination with a long queue) bodies are read from the spool.
-pub const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
+pub(crate) const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
 
 /// A just-committed body kept in memory so its first delivery need not read it back;
 /// counted against [`BODY_CACHE_MAX`] from the hand-over until the last job holding it is

@@ -7,7 +7,7 @@
 
 mod commands;
 mod data;
-pub mod headers;
+pub(crate) mod headers;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
