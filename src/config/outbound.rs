@@ -245,15 +245,15 @@ impl RouteTable {
 }
 
 /// Built-in destination default: concurrent connections.
-pub const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u32 = 20;
+pub(crate) const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u32 = 20;
 /// Built-in destination default: messages per connection.
-pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: u32 = 10;
+pub(crate) const DEFAULT_MAX_MESSAGES_PER_CONNECTION: u32 = 10;
 /// Built-in destination default: recipients per message.
-pub const DEFAULT_MAX_RECIPIENTS_PER_MESSAGE: u32 = 100;
+pub(crate) const DEFAULT_MAX_RECIPIENTS_PER_MESSAGE: u32 = 100;
 /// Built-in destination default: outbound TLS mode.
-pub const DEFAULT_OUTBOUND_TLS: OutboundTls = OutboundTls::Preferred;
+pub(crate) const DEFAULT_OUTBOUND_TLS: OutboundTls = OutboundTls::Preferred;
 /// Built-in default: interval between alert mails for one destination.
-pub const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Delivery limits and TLS for one destination domain (or the default).
 #[derive(Debug, Clone, PartialEq, Eq)]

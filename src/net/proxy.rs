@@ -36,7 +36,7 @@ pub(crate) enum ProxyParse {
 
 /// Why a connection was closed before SMTP because of the PROXY protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The socket's peer is not in `proxy_protocol.trusted`.
     UntrustedSource,
     /// No whole header within `proxy_protocol.timeout`.
@@ -51,7 +51,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `reason` label of `mxgate_proxy_refused_total`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Refusal::UntrustedSource => "untrusted_source",
             Refusal::Timeout => "timeout",

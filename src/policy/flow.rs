@@ -7,7 +7,7 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// Pre-greet pause of a policy that sets none, on a public listener: long enough that a bot
 /// which talks first is caught, short enough that nobody waiting for the banner notices.
-pub const DEFAULT_PUBLIC_PRE_GREET_PAUSE: Duration = Duration::from_millis(300);
+pub(crate) const DEFAULT_PUBLIC_PRE_GREET_PAUSE: Duration = Duration::from_millis(300);
 
 /// What happens to a connection whose sender group names this policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,10 +26,10 @@ impl Clock for SystemClock {
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// IPv6 prefix length counted as one client unless configured (`per_ip.ipv6_prefix`).
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub(crate) const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// How often the server drops entries that no longer limit anything.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct PerIp {

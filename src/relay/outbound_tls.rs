@@ -209,7 +209,7 @@ fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, OutboundT
 
 /// The name sent as SNI (and handed to rustls): the route host when it is a DNS name,
 /// else the destination domain when that is one, else the host's IP address (no SNI).
-pub fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'static> {
+pub(crate) fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'static> {
     for candidate in [host, domain] {
         let c = candidate.trim_end_matches('.');
         if is_dns_name(c) && c.parse::<IpAddr>().is_err() {
@@ -224,7 +224,7 @@ pub fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'stat
 /// True when the presented identity `pattern` (a dNSName or CN, perhaps `*.example.com`)
 /// covers the reference identity `name`. Case-insensitive; trailing dots ignored; a
 /// wildcard stands for exactly one whole left-most label.
-pub fn dns_name_matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn dns_name_matches(pattern: &str, name: &str) -> bool {
     let p = pattern.trim_end_matches('.').to_ascii_lowercase();
     let n = name.trim_end_matches('.').to_ascii_lowercase();
     if p.is_empty() || n.is_empty() {
@@ -269,7 +269,7 @@ fn presented_identities(der: &[u8]) -> Result<(Vec<String>, Vec<String>), String
 /// The identity check of a `*-verify*` mode on a DER certificate (no chain check).
 ///
 /// Returns the presented identity that matched (`DNS:…` or `CN=…`), or the reason.
-pub fn match_identity(
+pub(crate) fn match_identity(
     mode: OutboundTls,
     der: &[u8],
     domain: &str,

@@ -34,7 +34,7 @@ use pool::Pool;
 /// Mode of the spool's directories: only the server's user may enter them.
 const DIR_MODE: u32 = 0o700;
 /// Mode of the spool's files: only the server's user may read them.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// The spool directory with its id counters.
 #[derive(Debug)]
