@@ -90,7 +90,7 @@ impl CertsDir {
         self.dir.join(format!("{name}.csr"))
     }
     /// Creates the directory if needed.
-    pub fn ensure(&self) -> Result<()> {
+    pub(crate) fn ensure(&self) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .or_else(|e| refuse(format!("cannot create {}: {e}", self.dir.display())))
     }

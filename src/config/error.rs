@@ -26,7 +26,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// True for a warning (see [`FileErrors::warn_on`]), false for an error.
-    pub fn is_warning(&self) -> bool {
+    pub(crate) fn is_warning(&self) -> bool {
         self.message.starts_with(WARNING)
     }
 

@@ -57,7 +57,7 @@ impl Readiness {
 
     /// Before `/ready` says space is short, `reclaim` may free space kept only for reuse
     /// (returning true when it did), so that such space never makes the gateway unready.
-    pub fn on_low_space(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
+    pub(crate) fn on_low_space(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
         if let Ok(mut r) = self.reclaim.0.lock() {
             *r = Some(Box::new(reclaim));
         }
@@ -92,11 +92,6 @@ impl Readiness {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
-    }
-
-    /// True when ready.
-    pub fn is_ready(&self) -> bool {
-        self.check().is_ok()
     }
 }
 

@@ -132,7 +132,7 @@ impl OutboundTlsContext {
     }
 
     /// The client configuration used for every STARTTLS handshake.
-    pub fn client_config(&self) -> Arc<ClientConfig> {
+    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }
 
@@ -155,14 +155,6 @@ impl OutboundTlsContext {
         let store = Arc::new(store);
         bundles.insert(path.to_path_buf(), store.clone());
         Ok(store)
-    }
-
-    /// Forgets cached CA bundles (after a configuration reload).
-    pub fn clear_cache(&self) {
-        self.bundles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
     }
 
     /// Checks the chain the server presented (`chain[0]` = its certificate) as `mode` demands.

@@ -97,12 +97,12 @@ impl Spool {
 
     /// Recycled files are kept only while the filesystem has `bytes` free beyond their
     /// bound (the free space `/ready` requires).
-    pub fn keep_free(&self, bytes: u64) {
+    pub(crate) fn keep_free(&self, bytes: u64) {
         self.pool.keep_free(bytes);
     }
 
     /// Deletes the recycled files kept for reuse; true when that freed space.
-    pub fn reclaim_space(&self) -> bool {
+    pub(crate) fn reclaim_space(&self) -> bool {
         self.pool.drain() > 0
     }
 
@@ -112,7 +112,7 @@ impl Spool {
     }
 
     /// The queue directory.
-    pub fn queue_dir(&self) -> PathBuf {
+    pub(crate) fn queue_dir(&self) -> PathBuf {
         self.root.join("queue")
     }
 
@@ -153,7 +153,7 @@ impl Spool {
     }
 
     /// Path of a queued envelope.
-    pub fn envelope_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn envelope_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.env"))
     }
 
@@ -292,7 +292,7 @@ impl Spool {
     }
 
     /// Path of a message's delivery state.
-    pub fn state_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn state_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.dlv"))
     }
 
@@ -312,7 +312,7 @@ impl Spool {
 
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
     /// none was ever written.
-    pub fn unlink_message_files(&self, mid: u64, state: bool) {
+    pub(crate) fn unlink_message_files(&self, mid: u64, state: bool) {
         self.pool.recycle(&self.envelope_path(mid), true);
         self.pool.recycle(&self.message_path(mid), false);
         if state {
@@ -330,7 +330,7 @@ impl Spool {
     }
 
     /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
-    pub fn remove_orphans(&self) {
+    pub(crate) fn remove_orphans(&self) {
         let Ok(entries) = fs::read_dir(self.queue_dir()) else {
             return;
         };

@@ -72,7 +72,7 @@ impl Denial {
 
 /// The SMTP stage a reason belongs to (decides which counter the metrics use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// The connection as a whole.
     Connect,
     /// Between the greeting and `MAIL FROM`.
@@ -220,7 +220,7 @@ impl DenialReason {
     }
 
     /// The stage whose check decides this reason.
-    pub fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         match self {
             DenialReason::ListenerFull { .. }
             | DenialReason::LocalError

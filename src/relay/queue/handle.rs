@@ -25,7 +25,7 @@ pub struct CachedBody {
 impl CachedBody {
     /// Takes `bytes` if they fit in what is left of `budget`, else gives nothing (the relay
     /// then reads the spool file).
-    pub fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
+    pub(crate) fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
         let len = bytes.len();
         let fits = budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
