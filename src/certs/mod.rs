@@ -4,11 +4,11 @@
 //! is `NAME.crt` (PEM chain, leaf first) with `NAME.key` (PEM private key, mode 0600); a
 //! pending request is `NAME.csr`.
 //!
-//! - [`create`]: new self-signed certificates and key + CSR for a CA (rcgen).
-//! - [`install`]: pairs a CA-signed certificate with its key, orders the chain, refuses
+//! - `create`: new self-signed certificates and key + CSR for a CA (rcgen).
+//! - `install`: pairs a CA-signed certificate with its key, orders the chain, refuses
 //!   mismatched keys and expired certificates.
-//! - [`pkcs12`]: PKCS#12 import/export (p12-keystore, pure Rust, OpenSSL-compatible).
-//! - [`inspect`]: `list` and `inspect`, with the DANE TLSA record and host-name coverage.
+//! - `pkcs12`: PKCS#12 import/export (p12-keystore, pure Rust, OpenSSL-compatible).
+//! - `inspect`: `list` and `inspect`, with the DANE TLSA record and host-name coverage.
 //! - [`cli`]: the clap commands.
 //!
 //! Every refusal is a [`CertError`] holding a one-line reason; no file is ever replaced

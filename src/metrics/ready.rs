@@ -22,7 +22,7 @@ pub(crate) const OUT_OF_SPACE_HOLD: Duration = Duration::from_secs(60);
 static OUT_OF_SPACE_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Readiness: set by the app once listeners are bound and the spool is open; after that,
-/// each `/ready` also checks the spool's filesystem ([`spool_unready`]).
+/// each `/ready` also checks the spool's filesystem (`spool_unready`).
 #[derive(Debug, Default)]
 pub struct Readiness {
     started: AtomicBool,

@@ -1,5 +1,5 @@
 //! Network edge: accept loops, connection set-up (`conn`), the connection driver (`driver`),
-//! TLS and the PROXY protocol (DNS is in [`crate::dns`]).
+//! TLS and the PROXY protocol (DNS is in `crate::dns`).
 
 pub(crate) mod bind;
 pub(crate) mod conn;

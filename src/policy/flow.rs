@@ -179,7 +179,7 @@ pub struct MailFlowPolicy {
     /// Envelope senders (addresses or `@domain` / `domain`) for whom TLS is mandatory even under `preferred`.
     pub tls_mandatory_senders: Vec<String>,
     /// How long to wait before the greeting, watching for a client that talks first;
-    /// `None` = the listener kind's default (see [`MailFlowPolicy::pre_greet_pause_on`]).
+    /// `None` = the listener kind's default (see `MailFlowPolicy::pre_greet_pause_on`).
     pub pre_greet_pause: Option<Duration>,
 }
 

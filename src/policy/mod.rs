@@ -1,5 +1,5 @@
 //! Pure policy evaluation over the loaded configuration: HAT, mail-flow policies, RAT, rate
-//! limits, and the per-stage checks that turn them into replies ([`check`]).
+//! limits, and the per-stage checks that turn them into replies (`check`).
 
 pub(crate) mod check;
 pub mod flow;

@@ -110,7 +110,7 @@ pub enum Action {
     /// Write this mail-log event.
     Log(Event),
     /// Flush replies, drop any buffered input, run the TLS handshake, then call
-    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    /// `Session::tls_established` or `Session::tls_failed`.
     StartTls,
     /// Open a spool file for this message id; body bytes follow in [`Session::body_mut`].
     BeginMessage(u64),
@@ -206,7 +206,7 @@ impl Session {
     }
 
     /// Logs the connection and the HAT decision, then greets, rejects or refuses
-    /// ([`connect::check_connect`] decides which).
+    /// (`connect::check_connect` decides which).
     pub fn start(&mut self, opening: Opening) {
         let c = self.p.classification.clone();
         let verdict = connect::check_connect(&ConnectCtx {
