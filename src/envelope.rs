@@ -1,5 +1,5 @@
 //! The envelope of a received message: everything about it except its body. The session
-//! builds it; the spool stores it beside the body ([`crate::spool::envelope`]) and the
+//! builds it; the spool stores it beside the body (`crate::spool::envelope`) and the
 //! relay delivers from it.
 
 use std::net::IpAddr;

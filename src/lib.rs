@@ -7,7 +7,7 @@
 //! - [`config`]: `mxgate.yaml`, `listeners/`, `policies/` → a validated [`config::model::Config`].
 //! - [`app`]: starts listeners, spool, queue and metrics from a config; reload, signals, shutdown.
 //! - [`net`]: I/O edge — accept loops, the connection driver, TLS, PROXY protocol.
-//! - [`dns`]: reverse DNS (FCrDNS), block lists, MX/address lookups, the one host-name syntax.
+//! - `dns`: reverse DNS (FCrDNS), block lists, MX/address lookups, the one host-name syntax.
 //! - [`policy`]: pure decisions — HAT sender groups, mail-flow policies, RAT, per-IP limits.
 //! - [`smtp`]: sans-IO SMTP — framing, commands, addresses, DATA reader, replies, the session.
 //! - [`envelope`]: the [`envelope::Envelope`] of a received message (everything but the body).
@@ -18,11 +18,15 @@
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
+//! Modules and items that neither it nor tests/ and benches/ use are `pub(crate)`.
+
+// Here rather than in Cargo.toml's [lints]: there it would also reach tests/support.
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod certs;
 pub mod config;
-pub mod dns;
+pub(crate) mod dns;
 pub mod envelope;
 pub mod mail_log;
 pub mod metrics;

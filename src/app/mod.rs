@@ -241,7 +241,7 @@ impl Running {
     }
 
     /// Certificate files of every listener (for change detection).
-    pub fn certificate_files(config: &Config) -> Vec<std::path::PathBuf> {
+    pub(crate) fn certificate_files(config: &Config) -> Vec<std::path::PathBuf> {
         let mut v = Vec::new();
         for l in &config.listeners {
             match (&l.certificate, &l.key) {

@@ -14,7 +14,7 @@ const MAX_LABEL: usize = 63;
 /// True when `name` is a host name: dot-separated labels of 1–63 letters, digits and `-`,
 /// no label starting or ending with `-`, 253 octets in all. `name` is written without the
 /// trailing dot of the absolute form (strip it first where a file may write one).
-pub fn is_host_name(name: &str) -> bool {
+pub(crate) fn is_host_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && name.split('.').all(is_label)
 }
 

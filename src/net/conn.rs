@@ -31,7 +31,7 @@ use crate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo}
 use crate::spool::{Incoming, Spool};
 
 /// Everything a connection on one listener needs.
-pub struct ListenerContext {
+pub(crate) struct ListenerContext {
     /// The listener's configuration.
     pub listener: Listener,
     /// TLS acceptor (always present: a demo certificate is generated when none is configured).
@@ -53,7 +53,7 @@ pub struct ListenerContext {
 }
 
 /// Handles one accepted TCP connection to the end.
-pub async fn handle(
+pub(crate) async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,

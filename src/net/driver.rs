@@ -121,7 +121,7 @@ impl<B: Backend> Driver<B> {
     }
 
     /// Client bytes already read (after a PROXY header) that the session gets first.
-    pub fn with_input(mut self, buf: Vec<u8>) -> Self {
+    pub(crate) fn with_input(mut self, buf: Vec<u8>) -> Self {
         self.buf = buf;
         self
     }

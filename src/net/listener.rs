@@ -14,7 +14,7 @@ use crate::policy::check::connect::{self, AcceptCtx};
 use crate::policy::check::Denial;
 
 /// Accepts until `stop` turns true, then waits for open sessions (they get 421 when `force_close` fires).
-pub async fn serve(
+pub(crate) async fn serve(
     socket: TcpListener,
     current: Arc<arc_swap::ArcSwap<ListenerContext>>,
     mut stop: watch::Receiver<bool>,

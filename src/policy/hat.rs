@@ -32,7 +32,7 @@ impl ReverseDns {
     }
 
     /// The verified name, if any.
-    pub fn verified_name(&self) -> Option<&str> {
+    pub(crate) fn verified_name(&self) -> Option<&str> {
         match self {
             ReverseDns::Verified(n) => Some(n),
             _ => None,

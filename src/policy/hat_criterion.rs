@@ -39,7 +39,7 @@ impl DnsListZone {
     }
 
     /// True when the peer's recorded answers include one that counts for this zone.
-    pub fn is_listed(&self, entries: &[String]) -> bool {
+    pub(crate) fn is_listed(&self, entries: &[String]) -> bool {
         entries.iter().any(|e| match e.split_once('=') {
             Some((z, a)) => z == self.zone && a.parse().is_ok_and(|a| self.counts(a)),
             // Only "listed" is known: enough for a criterion without codes.

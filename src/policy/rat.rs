@@ -114,7 +114,7 @@ pub struct RecipientAccessTable {
 
 impl RecipientAccessTable {
     /// The reply given when no entry accepts a recipient.
-    pub fn default_reply() -> Reply {
+    pub(crate) fn default_reply() -> Reply {
         Reply::new(550, Enhanced(5, 7, 1), "Recipient address rejected")
     }
 

@@ -11,7 +11,7 @@ use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
 
 /// The control socket's path inside a spool directory.
-pub fn socket_path(spool_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("control.sock")
 }
 

@@ -13,7 +13,7 @@ const MAGIC: &str = "mxgate-envelope 1";
 
 impl Envelope {
     /// Serialises to the text form (`key value` per line; values never contain newlines).
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = format!(
             "{MAGIC}\nmid {}\nicid {}\nlistener {}\nsender_group {}\npolicy {}\npeer_ip {}\nhelo {}\nreceived {}\n",
             self.mid,

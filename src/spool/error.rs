@@ -28,13 +28,8 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    /// True for errors worth retrying (all spool errors are).
-    pub fn is_temporary(&self) -> bool {
-        true
-    }
-
     /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
-    pub fn is_out_of_space(&self) -> bool {
+    pub(crate) fn is_out_of_space(&self) -> bool {
         matches!(self, SpoolError::Io { source, .. } if out_of_space(source))
     }
 }

@@ -47,7 +47,7 @@ impl Incoming {
     }
 
     /// True when `n` more bytes stay in memory: [`Incoming::write`] then does no I/O.
-    pub fn stays_in_memory(&self, n: usize) -> bool {
+    pub(crate) fn stays_in_memory(&self, n: usize) -> bool {
         self.file.is_none() && self.buf.len() + n <= SPILL_AT
     }
 

@@ -6,11 +6,11 @@
 //! especially on ext4 without a journal, which scans recently freed inodes); reusing
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
-pub mod envelope;
+pub(crate) mod envelope;
 mod error;
 mod fsync;
 mod group;
-pub mod ids;
+pub(crate) mod ids;
 mod incoming;
 pub mod lock;
 mod pool;
@@ -34,7 +34,7 @@ use pool::Pool;
 /// Mode of the spool's directories: only the server's user may enter them.
 const DIR_MODE: u32 = 0o700;
 /// Mode of the spool's files: only the server's user may read them.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// The spool directory with its id counters.
 #[derive(Debug)]
@@ -97,12 +97,12 @@ impl Spool {
 
     /// Recycled files are kept only while the filesystem has `bytes` free beyond their
     /// bound (the free space `/ready` requires).
-    pub fn keep_free(&self, bytes: u64) {
+    pub(crate) fn keep_free(&self, bytes: u64) {
         self.pool.keep_free(bytes);
     }
 
     /// Deletes the recycled files kept for reuse; true when that freed space.
-    pub fn reclaim_space(&self) -> bool {
+    pub(crate) fn reclaim_space(&self) -> bool {
         self.pool.drain() > 0
     }
 
@@ -112,7 +112,7 @@ impl Spool {
     }
 
     /// The queue directory.
-    pub fn queue_dir(&self) -> PathBuf {
+    pub(crate) fn queue_dir(&self) -> PathBuf {
         self.root.join("queue")
     }
 
@@ -153,7 +153,7 @@ impl Spool {
     }
 
     /// Path of a queued envelope.
-    pub fn envelope_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn envelope_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.env"))
     }
 
@@ -292,7 +292,7 @@ impl Spool {
     }
 
     /// Path of a message's delivery state.
-    pub fn state_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn state_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.dlv"))
     }
 
@@ -312,7 +312,7 @@ impl Spool {
 
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
     /// none was ever written.
-    pub fn unlink_message_files(&self, mid: u64, state: bool) {
+    pub(crate) fn unlink_message_files(&self, mid: u64, state: bool) {
         self.pool.recycle(&self.envelope_path(mid), true);
         self.pool.recycle(&self.message_path(mid), false);
         if state {
@@ -330,7 +330,7 @@ impl Spool {
     }
 
     /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
-    pub fn remove_orphans(&self) {
+    pub(crate) fn remove_orphans(&self) {
         let Ok(entries) = fs::read_dir(self.queue_dir()) else {
             return;
         };

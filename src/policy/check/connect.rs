@@ -15,7 +15,7 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// What the accept loop knows when a connection arrives.
 #[derive(Debug, Clone, Copy)]
-pub struct AcceptCtx {
+pub(crate) struct AcceptCtx {
     /// A session slot of the listener was free.
     pub slot_free: bool,
     /// The listener's `max_connections`.
@@ -23,7 +23,7 @@ pub struct AcceptCtx {
 }
 
 /// The listener's connection cap: 421 when every session slot is taken.
-pub fn check_accept(ctx: &AcceptCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_accept(ctx: &AcceptCtx) -> Result<Permit, Denial> {
     if ctx.slot_free {
         return Ok(Permit::later());
     }
@@ -40,7 +40,7 @@ pub fn check_accept(ctx: &AcceptCtx) -> Result<Permit, Denial> {
 }
 
 /// No connection id could be allocated: the client should come back later.
-pub fn no_icid() -> Denial {
+pub(crate) fn no_icid() -> Denial {
     Denial::new(
         Reply::new(421, Enhanced(4, 3, 0), "Local error, try again later"),
         DenialReason::LocalError,
@@ -50,7 +50,11 @@ pub fn no_icid() -> Denial {
 /// How long to watch for a client that talks first. Only a client about to be greeted waits:
 /// refusals (TCPREFUSE, REJECT, the per-IP limit) go out at once, so a flood does not hold
 /// sockets for the pause.
-pub fn pre_greet_pause(policy: &MailFlowPolicy, kind: ListenerKind, per_ip_full: bool) -> Duration {
+pub(crate) fn pre_greet_pause(
+    policy: &MailFlowPolicy,
+    kind: ListenerKind,
+    per_ip_full: bool,
+) -> Duration {
     let greets = !per_ip_full && matches!(policy.action, Action::Accept | Action::Relay);
     if greets {
         policy.pre_greet_pause_on(kind)
@@ -61,7 +65,7 @@ pub fn pre_greet_pause(policy: &MailFlowPolicy, kind: ListenerKind, per_ip_full:
 
 /// What is known about a connection when the session opens.
 #[derive(Debug, Clone)]
-pub struct ConnectCtx<'a> {
+pub(crate) struct ConnectCtx<'a> {
     /// The mail-flow policy the HAT chose.
     pub policy: &'a MailFlowPolicy,
     /// Client address (for the banner's `$RemoteIP`).
@@ -77,7 +81,7 @@ pub struct ConnectCtx<'a> {
 }
 
 /// The opening: the greeting, or why not.
-pub fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
     let p = ctx.policy;
     let ip = ctx.peer_ip.to_string();
     match p.action {
@@ -118,7 +122,7 @@ pub fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
 }
 
 /// Counts a bad command: past `max` the session ends with 421.
-pub fn check_bad_commands(count: u32, max: u32) -> Result<Permit, Denial> {
+pub(crate) fn check_bad_commands(count: u32, max: u32) -> Result<Permit, Denial> {
     if count <= max {
         return Ok(Permit::later());
     }
@@ -133,7 +137,7 @@ pub fn check_bad_commands(count: u32, max: u32) -> Result<Permit, Denial> {
 }
 
 /// A timeout fired (`what` names it): 421 and close.
-pub fn timeout(what: &str, hostname: &str) -> Denial {
+pub(crate) fn timeout(what: &str, hostname: &str) -> Denial {
     Denial::new(
         Reply::new(
             421,
@@ -145,7 +149,7 @@ pub fn timeout(what: &str, hostname: &str) -> Denial {
 }
 
 /// The server is shutting down: 421 and close.
-pub fn shutdown(hostname: &str) -> Denial {
+pub(crate) fn shutdown(hostname: &str) -> Denial {
     Denial::new(
         Reply::new(
             421,

@@ -9,7 +9,7 @@ use crate::policy::flow::MailFlowPolicy;
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// `DATA`: 354 once at least one recipient was accepted.
-pub fn check_data(recipients: usize) -> Result<Permit, Denial> {
+pub(crate) fn check_data(recipients: usize) -> Result<Permit, Denial> {
     if recipients == 0 {
         return Err(Denial::new(
             Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
@@ -24,7 +24,7 @@ pub fn check_data(recipients: usize) -> Result<Permit, Denial> {
 
 /// What the message-size decision needs.
 #[derive(Debug, Clone, Copy)]
-pub struct MessageCtx<'a> {
+pub(crate) struct MessageCtx<'a> {
     /// The session's mail-flow policy.
     pub policy: &'a MailFlowPolicy,
     /// Message bytes received so far (without our `Received:` header).
@@ -32,7 +32,7 @@ pub struct MessageCtx<'a> {
 }
 
 /// The message so far is within `max_message_size`; checked while it streams and at its end.
-pub fn check_message(ctx: &MessageCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_message(ctx: &MessageCtx) -> Result<Permit, Denial> {
     let limit = &ctx.policy.max_message_size;
     if limit.is_exceeded_by(ctx.size) {
         return Err(limit_denial(
@@ -46,7 +46,7 @@ pub fn check_message(ctx: &MessageCtx) -> Result<Permit, Denial> {
 }
 
 /// The answer to the spool commit of message `mid`: 250 once it is durable.
-pub fn check_commit(mid: u64, result: &Result<(), String>) -> Result<Permit, Denial> {
+pub(crate) fn check_commit(mid: u64, result: &Result<(), String>) -> Result<Permit, Denial> {
     match result {
         Ok(()) => Ok(Permit::with(Reply::new(
             250,

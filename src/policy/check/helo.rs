@@ -11,7 +11,7 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// What the TLS decisions need.
 #[derive(Debug, Clone, Copy)]
-pub struct HeloCtx {
+pub(crate) struct HeloCtx {
     /// The policy's TLS mode.
     pub tls_mode: TlsMode,
     /// TLS is active on this connection.
@@ -21,12 +21,12 @@ pub struct HeloCtx {
 }
 
 /// True when EHLO announces STARTTLS and STARTTLS may start.
-pub fn is_starttls_offered(ctx: &HeloCtx) -> bool {
+pub(crate) fn is_starttls_offered(ctx: &HeloCtx) -> bool {
     ctx.tls_mode != TlsMode::Off && !ctx.tls_active && ctx.tls_available
 }
 
 /// `STARTTLS`: 220 when offered, else 502 (a bad command).
-pub fn check_starttls(ctx: &HeloCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_starttls(ctx: &HeloCtx) -> Result<Permit, Denial> {
     if !is_starttls_offered(ctx) {
         return Err(Denial::new(
             Reply::new(502, Enhanced(5, 5, 1), "STARTTLS not available"),
@@ -41,7 +41,7 @@ pub fn check_starttls(ctx: &HeloCtx) -> Result<Permit, Denial> {
 }
 
 /// Under `tls: required`, only EHLO, HELO, NOOP, RSET, QUIT and STARTTLS work before TLS.
-pub fn check_tls_gate(ctx: &HeloCtx, cmd: &Command) -> Result<Permit, Denial> {
+pub(crate) fn check_tls_gate(ctx: &HeloCtx, cmd: &Command) -> Result<Permit, Denial> {
     let allowed = matches!(
         cmd,
         Command::Ehlo(_)

@@ -9,7 +9,7 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// What the MAIL decision needs.
 #[derive(Debug, Clone)]
-pub struct MailCtx<'a> {
+pub(crate) struct MailCtx<'a> {
     /// The session's mail-flow policy.
     pub policy: &'a MailFlowPolicy,
     /// The client said EHLO (not HELO), so extensions were announced.
@@ -25,7 +25,7 @@ pub struct MailCtx<'a> {
 }
 
 /// The checks of `MAIL FROM`, in order; `Ok` carries the 250.
-pub fn check_mail(ctx: &MailCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_mail(ctx: &MailCtx) -> Result<Permit, Denial> {
     let p = ctx.policy;
     // After HELO no extension was announced, so none of their parameters may be used
     // (RFC 5321 §4.1.1.1, RFC 6152, RFC 6531).

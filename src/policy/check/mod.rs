@@ -20,11 +20,11 @@
 //! validation, SPF) is one new function in its stage's file, called from that stage's
 //! `check_*` in the order it should run, and one new [`DenialReason`] variant.
 
-pub mod connect;
-pub mod data;
-pub mod helo;
-pub mod mail;
-pub mod rcpt;
+pub(crate) mod connect;
+pub(crate) mod data;
+pub(crate) mod helo;
+pub(crate) mod mail;
+pub(crate) mod rcpt;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -33,7 +33,7 @@ use crate::smtp::reply::Reply;
 
 /// What a passing check lets through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permit {
+pub(crate) struct Permit {
     /// The reply accepting the command, when the check decides it (the greeting, a RAT entry's
     /// own 250, ...); `None` when the stage answers later (after the spool commit).
     pub reply: Option<Reply>,
@@ -41,19 +41,19 @@ pub struct Permit {
 
 impl Permit {
     /// A permit answered with `reply`.
-    pub fn with(reply: Reply) -> Self {
+    pub(crate) fn with(reply: Reply) -> Self {
         Permit { reply: Some(reply) }
     }
 
     /// A permit whose reply comes later.
-    pub fn later() -> Self {
+    pub(crate) fn later() -> Self {
         Permit { reply: None }
     }
 }
 
 /// A refusal: the reply the client gets and the reason the log and metrics get.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
+pub(crate) struct Denial {
     /// The reply sent; `None` only for TCPREFUSE (the connection closes without a word).
     pub reply: Option<Reply>,
     /// Why, for the mail log and the metric label.
@@ -62,7 +62,7 @@ pub struct Denial {
 
 impl Denial {
     /// A denial answered with `reply`.
-    pub fn new(reply: Reply, reason: DenialReason) -> Self {
+    pub(crate) fn new(reply: Reply, reason: DenialReason) -> Self {
         Denial {
             reply: Some(reply),
             reason,
@@ -72,7 +72,7 @@ impl Denial {
 
 /// The SMTP stage a reason belongs to (decides which counter the metrics use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// The connection as a whole.
     Connect,
     /// Between the greeting and `MAIL FROM`.
@@ -220,7 +220,7 @@ impl DenialReason {
     }
 
     /// The stage whose check decides this reason.
-    pub fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         match self {
             DenialReason::ListenerFull { .. }
             | DenialReason::LocalError

@@ -11,7 +11,10 @@ use crate::smtp::reply::{Enhanced, Reply};
 /// The address a recipient is stored under: `<postmaster>` (only it parses without a domain)
 /// must be accepted (RFC 5321 §4.5.1) and goes to the RAT's postmaster address, past the RAT.
 /// Returns the address and whether it is that postmaster.
-pub fn recipient_address(to: &Mailbox, rat: Option<&RecipientAccessTable>) -> (String, bool) {
+pub(crate) fn recipient_address(
+    to: &Mailbox,
+    rat: Option<&RecipientAccessTable>,
+) -> (String, bool) {
     let postmaster = match to.domain.is_empty() {
         true => rat.and_then(|r| r.postmaster()),
         false => None,
@@ -23,7 +26,7 @@ pub fn recipient_address(to: &Mailbox, rat: Option<&RecipientAccessTable>) -> (S
 }
 
 /// What the RCPT decision needs.
-pub struct RcptCtx<'a> {
+pub(crate) struct RcptCtx<'a> {
     /// The session's mail-flow policy.
     pub policy: &'a MailFlowPolicy,
     /// The listener's recipient access table (`None` on listeners without one).
@@ -47,7 +50,7 @@ pub struct RcptCtx<'a> {
 }
 
 /// The checks of `RCPT TO`, in order; `Ok` carries the 250 (or the RAT entry's own).
-pub fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
+pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
     let p = ctx.policy;
     let relay = p.action == Action::Relay;
     if ctx.to.flags.utf8 && !ctx.smtputf8 {

@@ -11,7 +11,7 @@ use super::dispatch::Batch;
 
 /// One thing for the queue manager to do.
 #[derive(Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Write a mail log line.
     Log(Event),
     /// Write mail log lines together.

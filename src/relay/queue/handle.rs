@@ -10,7 +10,7 @@ use super::command::Command;
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
 /// (a slow or unreachable destination with a long queue) bodies are read from the spool.
-pub const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
+pub(crate) const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
 
 /// A just-committed body kept in memory so its first delivery need not read it back;
 /// counted against [`BODY_CACHE_MAX`] from the hand-over until the last job holding it is
@@ -25,7 +25,7 @@ pub struct CachedBody {
 impl CachedBody {
     /// Takes `bytes` if they fit in what is left of `budget`, else gives nothing (the relay
     /// then reads the spool file).
-    pub fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
+    pub(crate) fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
         let len = bytes.len();
         let fits = budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {

@@ -7,7 +7,7 @@
 
 mod commands;
 mod data;
-pub mod headers;
+pub(crate) mod headers;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -110,7 +110,7 @@ pub enum Action {
     /// Write this mail-log event.
     Log(Event),
     /// Flush replies, drop any buffered input, run the TLS handshake, then call
-    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    /// `Session::tls_established` or `Session::tls_failed`.
     StartTls,
     /// Open a spool file for this message id; body bytes follow in [`Session::body_mut`].
     BeginMessage(u64),
@@ -206,7 +206,7 @@ impl Session {
     }
 
     /// Logs the connection and the HAT decision, then greets, rejects or refuses
-    /// ([`connect::check_connect`] decides which).
+    /// (`connect::check_connect` decides which).
     pub fn start(&mut self, opening: Opening) {
         let c = self.p.classification.clone();
         let verdict = connect::check_connect(&ConnectCtx {
@@ -311,7 +311,7 @@ impl Session {
     }
 
     /// True when actions are waiting to be taken.
-    pub fn has_actions(&self) -> bool {
+    pub(crate) fn has_actions(&self) -> bool {
         !self.actions.is_empty()
     }
 
@@ -321,17 +321,17 @@ impl Session {
     }
 
     /// True once the session wants the connection closed.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
 
     /// True while the session waits for the driver (TLS handshake or spool commit).
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         matches!(self.phase, Phase::TlsPending | Phase::Committing)
     }
 
     /// True inside DATA (the driver applies the data timeout).
-    pub fn is_in_data(&self) -> bool {
+    pub(crate) fn is_in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
     }
 
@@ -341,7 +341,7 @@ impl Session {
     }
 
     /// The inbound TLS outcome of the connection for metrics; `None` for rejected or refused hosts.
-    pub fn tls_outcome(&self) -> Option<TlsOutcome> {
+    pub(crate) fn tls_outcome(&self) -> Option<TlsOutcome> {
         if matches!(
             self.policy.action,
             PolicyAction::Reject | PolicyAction::TcpRefuse
@@ -381,12 +381,12 @@ impl Session {
     }
 
     /// True when the driver must ask for a client certificate at STARTTLS.
-    pub fn wants_client_cert(&self) -> bool {
+    pub(crate) fn wants_client_cert(&self) -> bool {
         self.policy.tls_verify_client
     }
 
     /// The handshake succeeded: RFC 3207 §4.2 — forget everything learned before it.
-    pub fn tls_established(&mut self, info: TlsInfo) {
+    pub(crate) fn tls_established(&mut self, info: TlsInfo) {
         self.log(Event::TlsSuccess {
             icid: self.p.icid,
             protocol: info.protocol.clone(),
@@ -402,7 +402,7 @@ impl Session {
     }
 
     /// The handshake failed; the connection cannot continue.
-    pub fn tls_failed(&mut self, reason: &str) {
+    pub(crate) fn tls_failed(&mut self, reason: &str) {
         self.tls_failed = true;
         self.log(Event::TlsFailed {
             icid: self.p.icid,
@@ -413,7 +413,7 @@ impl Session {
     }
 
     /// The driver discarded plaintext pipelined behind STARTTLS.
-    pub fn discarded_after_starttls(&mut self, bytes: usize) {
+    pub(crate) fn discarded_after_starttls(&mut self, bytes: usize) {
         self.log(Event::StartTlsInjection {
             icid: self.p.icid,
             bytes,
