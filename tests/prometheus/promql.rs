@@ -129,7 +129,7 @@ fn skip_to(b: &[u8], start: usize, close: u8) -> usize {
     i
 }
 
-/// The metric names in src/metrics/mod.rs (`pub const NAME: &str = "mxgate_..."`), with the
+/// The metric names in src/metrics/mod.rs (`pub(crate) const NAME: &str = "mxgate_..."`), with the
 /// `_bucket`, `_sum` and `_count` series of those described as histograms.
 pub struct Defined {
     pub names: BTreeSet<String>,
@@ -140,7 +140,10 @@ pub fn defined_metrics(metrics_rs: &str) -> Defined {
     let mut consts = Vec::new();
     for line in metrics_rs.lines() {
         let l = line.trim();
-        let Some(rest) = l.strip_prefix("pub const ") else {
+        let Some(rest) = l
+            .strip_prefix("pub const ")
+            .or_else(|| l.strip_prefix("pub(crate) const "))
+        else {
             continue;
         };
         let Some((ident, value)) = rest.split_once(": &str = \"") else {
