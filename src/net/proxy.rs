@@ -152,8 +152,8 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
                 destination,
             }
         }
-        HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
-        HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+        HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {}", escaped(&e))),
+        HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {}", escaped(&e))),
     };
     // A TCP6 header may carry an IPv4 client as `::ffff:a.b.c.d`: use the IPv4 address.
     match parsed {
@@ -168,6 +168,18 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
         },
         other => other,
     }
+}
+
+/// ppp's message with control characters written as escapes: its "must end in '\r\n'" would
+/// otherwise reach the log as two blanks.
+fn escaped(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -235,6 +247,15 @@ mod tests {
                 String::from_utf8_lossy(line),
                 parse(line)
             );
+        }
+    }
+
+    #[test]
+    fn v1_refusal_reason_shows_the_expected_crlf_as_escapes() {
+        let line = b"PROXY TCP4 192.0.2.43 127.0.0.1 4343 3402 x\r\n";
+        match parse(line) {
+            ProxyParse::Invalid(m) => assert_eq!(m, r"PROXY v1: Header must end in '\r\n'."),
+            other => panic!("{other:?}"),
         }
     }
 
