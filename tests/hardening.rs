@@ -744,8 +744,8 @@ async fn open_relay_battery() {
     let rat = "550 5.7.1 Recipient address rejected\r\n";
     let form = "refused: address form not accepted from non-relay senders";
     let by_rat = "Rejected by RAT";
-    // (recipient as sent, exact reply, the rule the log names, the address as logged: source
-    // routes dropped, trailing dots stripped, quoted local parts re-quoted)
+    // (recipient as sent, exact reply, the rule the log names, the address as logged: a refused
+    // form as sent, a RAT refusal as parsed)
     let cases: &[(&str, &str, &str, &str)] = &[
         (
             "<user%other.test@example.com>",
@@ -763,13 +763,13 @@ async fn open_relay_battery() {
             "<@example.com:user@other.test>",
             relay_denied,
             form,
-            "<user@other.test>",
+            "<@example.com:user@other.test>",
         ),
         (
             "<@example.com,@other.test:user@example.com>",
             relay_denied,
             form,
-            "<user@example.com>",
+            "<@example.com,@other.test:user@example.com>",
         ),
         (
             "<user@[192.0.2.1]>",
@@ -787,19 +787,19 @@ async fn open_relay_battery() {
             "<user@other.test.>",
             relay_denied,
             form,
-            "<user@other.test>",
+            "<user@other.test.>",
         ),
         (
             "<user@EXAMPLE.COM.>",
             relay_denied,
             form,
-            "<user@EXAMPLE.COM>",
+            "<user@EXAMPLE.COM.>",
         ),
         (
             "<user@example.com.>",
             relay_denied,
             form,
-            "<user@example.com>",
+            "<user@example.com.>",
         ),
         (
             "<user!other.test@example.com>",

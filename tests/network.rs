@@ -308,6 +308,13 @@ async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
     let mut c = Client::connect(addr, None).await;
     c.send(b"EHLO no.proxy.header\r\n").await;
     assert_eq!(c.reply().await, "");
+    // A v1 line cut short is complete at its CRLF: refused at once, not after the 5 s timeout.
+    let mut c = Client::connect(addr, None).await;
+    c.send(b"PROXY TCP4 1.2.3\r\n").await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(2), c.reply()).await;
+    assert_eq!(closed.as_deref(), Ok(""), "refused before the timeout");
+    srv.wait_log("interface metered PROXY header from 127.0.0.1 refused: PROXY v1: header ends before its last field")
+        .await;
     let c = Client::connect(addr, None).await;
     drop(c);
     srv.wait_log("interface metered PROXY header from 127.0.0.1 refused: connection closed")
@@ -316,7 +323,7 @@ async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
         |listener: &'static str, reason: &'static str| [("listener", listener), ("reason", reason)];
     for (labels, want) in [
         (proxy("metered_untrusted", "untrusted_source"), 1.0),
-        (proxy("metered", "malformed"), 1.0),
+        (proxy("metered", "malformed"), 2.0),
         (proxy("metered", "closed"), 1.0),
         (proxy("metered", "timeout"), 0.0),
     ] {

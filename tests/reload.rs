@@ -75,6 +75,70 @@ async fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connectio
     assert!(old.cmd("QUIT").await.starts_with("221"));
 }
 
+/// Rewrites the `tiny` listener's `max_connections` and reloads; returns once it is applied.
+fn reload_tiny_cap(srv: &Mxgate, cfg: &std::path::Path, cap: usize) {
+    let file = cfg.join("listeners/tiny.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("max_connections:"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &file,
+        text.replace(&line, &format!("max_connections: {cap}")),
+    )
+    .unwrap();
+    let mark = srv.log_mark();
+    let out = srv.ctl(&["reload"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_log_after(mark, "configuration reloaded");
+}
+
+#[tokio::test]
+async fn a_reloaded_max_connections_applies_to_new_connections_at_once() {
+    let cfg = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), cfg.path());
+    // Idle sessions must outlive the test, not the fixture's 2 s command timeout.
+    let tiny = cfg.path().join("listeners/tiny.yaml");
+    let text = std::fs::read_to_string(&tiny).unwrap();
+    std::fs::write(
+        &tiny,
+        text.replace("max_connections: 2", "max_connections: 1000")
+            .replace("command: 2s", "command: 60s"),
+    )
+    .unwrap();
+    let srv = Mxgate::start(cfg.path(), work.path());
+    let addr = srv.addr("tiny");
+
+    reload_tiny_cap(&srv, cfg.path(), 2);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(addr, None).await;
+        assert!(c.reply().await.starts_with("220 "));
+        open.push(c);
+    }
+    let mut third = Client::connect(addr, None).await;
+    assert_eq!(
+        third.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    srv.wait_log("interface tiny max_connections 2 reached: refused 127.0.0.1");
+
+    // Raised again: a new connection gets in while the two stay open.
+    reload_tiny_cap(&srv, cfg.path(), 1000);
+    let mut more = Client::connect(addr, None).await;
+    assert!(more.reply().await.starts_with("220 "));
+    for c in open.iter_mut() {
+        assert!(c.cmd("NOOP").await.starts_with("250 2.0.0"));
+    }
+}
+
 fn openssl_subject(addr: SocketAddr) -> String {
     let mut child = Command::new("openssl")
         .args([

@@ -644,6 +644,8 @@ transcript_tests! {
     t41_helo_no_esmtp_params => "41_helo_no_esmtp_params.txt",
     t42_duplicate_recipients => "42_duplicate_recipients.txt",
     t43_starttls_pipelined_mail_discarded => "43_starttls_pipelined_mail_discarded.txt",
+    t44_relay_form_logged_as_sent => "44_relay_form_logged_as_sent.txt",
+    t45_bad_commands_refusal_without_mid => "45_bad_commands_refusal_without_mid.txt",
 }
 
 /// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).

@@ -1,10 +1,11 @@
 //! Accept loop of one listener: connection cap, backoff on accept errors, graceful shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::mail_log::{Event, Level};
@@ -20,8 +21,9 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     force_close: watch::Receiver<bool>,
 ) {
-    // The connection cap is fixed at start (a changed max_connections needs a restart).
-    let cap = Arc::new(Semaphore::new(current.load().listener.max_connections));
+    // Open sessions, checked against the cap of the context current at each accept, so a
+    // reloaded max_connections applies to new connections at once.
+    let open = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -47,7 +49,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let permit = cap.clone().try_acquire_owned().ok();
+        let permit = Slot::take(&open, ctx.listener.max_connections);
         let verdict = connect::check_accept(&AcceptCtx {
             slot_free: permit.is_some(),
             max_connections: ctx.listener.max_connections,
@@ -97,4 +99,25 @@ pub(crate) async fn serve(
     }
     drop(socket);
     while tasks.join_next().await.is_some() {}
+}
+
+/// One open session's place under the listener's connection cap; freed on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place if fewer than `cap` sessions are open. Only the accept loop takes places, so
+    /// the check and the increment need not be one atomic step.
+    fn take(open: &Arc<AtomicUsize>, cap: usize) -> Option<Slot> {
+        if open.load(Ordering::Acquire) >= cap {
+            return None;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        Some(Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -80,7 +80,8 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
     }
     // ppp parses a v1 line as far as it goes and calls a cut-off port invalid: wait for the
     // CRLF (v1 is one line of at most 107 bytes) so a header split across reads is whole.
-    if buf.starts_with(b"PROXY ") {
+    let v1_line_complete = buf.starts_with(b"PROXY ");
+    if v1_line_complete {
         let line = &buf[..buf.len().min(MAX_V1_HEADER)];
         if !line.windows(2).any(|w| w == b"\r\n") {
             return if buf.len() >= MAX_V1_HEADER {
@@ -91,6 +92,10 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
         }
     }
     let result = HeaderResult::parse(buf);
+    // A v1 header ends at its CRLF: fields missing then never come, so waiting is pointless.
+    if v1_line_complete && result.is_incomplete() {
+        return ProxyParse::Invalid("PROXY v1: header ends before its last field".into());
+    }
     if result.is_incomplete() {
         return if buf.len() >= MAX_HEADER {
             ProxyParse::Invalid("PROXY header too long".into())
@@ -147,8 +152,8 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
                 destination,
             }
         }
-        HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
-        HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+        HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {}", escaped(&e))),
+        HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {}", escaped(&e))),
     };
     // A TCP6 header may carry an IPv4 client as `::ffff:a.b.c.d`: use the IPv4 address.
     match parsed {
@@ -163,6 +168,18 @@ pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
         },
         other => other,
     }
+}
+
+/// ppp's message with control characters written as escapes: its "must end in '\r\n'" would
+/// otherwise reach the log as two blanks.
+fn escaped(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,6 +231,32 @@ mod tests {
         long.resize(107, b' ');
         assert_eq!(parse(&long[..106]), ProxyParse::Incomplete);
         assert!(matches!(parse(&long), ProxyParse::Invalid(m) if m.contains("107")));
+    }
+
+    #[test]
+    fn truncated_v1_line_is_malformed_at_its_crlf() {
+        for line in [
+            &b"PROXY TCP4\r\n"[..],
+            b"PROXY TCP4 1.2.3\r\n",
+            b"PROXY TCP4 192.0.2.43 127.0.0.1\r\n",
+            b"PROXY TCP4 192.0.2.43 127.0.0.1 4343\r\nEHLO x\r\n",
+        ] {
+            assert!(
+                matches!(parse(line), ProxyParse::Invalid(_)),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(line),
+                parse(line)
+            );
+        }
+    }
+
+    #[test]
+    fn v1_refusal_reason_shows_the_expected_crlf_as_escapes() {
+        let line = b"PROXY TCP4 192.0.2.43 127.0.0.1 4343 3402 x\r\n";
+        match parse(line) {
+            ProxyParse::Invalid(m) => assert_eq!(m, r"PROXY v1: Header must end in '\r\n'."),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

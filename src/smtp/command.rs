@@ -25,6 +25,9 @@ pub enum Command {
     Rcpt {
         /// The forward-path (`<Postmaster>` has an empty domain).
         to: Mailbox,
+        /// The forward-path as the client sent it, brackets included: what the log names
+        /// when the form itself is refused.
+        path: String,
         /// No RCPT parameters are supported (DSN is not advertised).
         params: RcptParams,
     },
@@ -322,6 +325,7 @@ fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
             }
         }
     };
+    let path = rest[..n].to_owned();
     let rest = after_path(&rest[n..]).map_err(CommandError::BadRecipient)?;
     // Syntax errors first (501), then any well-formed parameter is unsupported (555).
     if let Some((kw, _)) = params(rest)?.first() {
@@ -329,6 +333,7 @@ fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
     }
     Ok(Command::Rcpt {
         to,
+        path,
         params: RcptParams {},
     })
 }
@@ -492,6 +497,7 @@ MAIL FROM:<> SMTPUTF8=yes|501 5.5.4 Syntax error (invalid SMTPUTF8 value)";
             p("RCPT TO:<user@example.com>"),
             Ok(Command::Rcpt {
                 to: mb("user", "example.com"),
+                path: "<user@example.com>".into(),
                 params: RcptParams {}
             })
         );

@@ -2,11 +2,11 @@
 //! checks (and so every refusing reply code) are in `src/policy/check/`.
 
 use super::{Action, Phase, Session};
-use crate::mail_log::Event;
+use crate::mail_log::{printable, Event};
 use crate::policy::check::helo::{self, HeloCtx};
 use crate::policy::check::mail::{self, MailCtx};
 use crate::policy::check::rcpt::{self, RcptCtx};
-use crate::policy::check::Denial;
+use crate::policy::check::{Denial, DenialReason};
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::{parse_command, Body, Command, CommandError, MailParams};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -32,7 +32,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Rcpt { to, path, .. } => self.rcpt(to, &path),
             Command::Data => self.start_data(),
             Command::Rset => {
                 self.txn = None;
@@ -172,7 +172,7 @@ impl Session {
         self.permit(permit);
     }
 
-    fn rcpt(&mut self, to: Mailbox) {
+    fn rcpt(&mut self, to: Mailbox, path: &str) {
         let Some(txn) = &self.txn else {
             return self.reply(sequence("Need MAIL command"));
         };
@@ -201,6 +201,10 @@ impl Session {
         });
         let permit = match verdict {
             Ok(p) => p,
+            // A refused form is logged as sent: normalising would hide the trick tried.
+            Err(d) if d.reason == DenialReason::RelayAttempt => {
+                return self.deny(format!("RCPT TO: {}", printable(path)), Some(mid), d)
+            }
             Err(d) => return self.deny(format!("RCPT TO: <{addr}>"), Some(mid), d),
         };
         let icid = self.p.icid;

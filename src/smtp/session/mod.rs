@@ -507,10 +507,8 @@ impl Session {
         self.bad_commands += 1;
         match connect::check_bad_commands(self.bad_commands, self.p.max_bad_commands) {
             Ok(_) => self.reply(r),
-            Err(d) => {
-                let mid = self.txn.as_ref().map(|t| t.mid);
-                self.deny("session".into(), mid, d);
-            }
+            // A refusal of the whole connection: its line carries no MID, open transaction or not.
+            Err(d) => self.deny("session".into(), None, d),
         }
     }
 
