@@ -8,7 +8,7 @@
 //! the least recently hit of a small sample, invalid ones before valid ones.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use super::verdict::Verdict;
@@ -205,9 +205,7 @@ impl VerdictCache {
     }
 
     fn shard(&self, key: &CacheKey) -> std::sync::MutexGuard<'_, Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
         lock(&self.shards[i])
     }
 

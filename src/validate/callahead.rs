@@ -178,6 +178,12 @@ impl std::fmt::Debug for IdleConn {
     }
 }
 
+/// A lookup's part in coalescing: the first asks, the others wait for its answer.
+enum Role {
+    Leader(watch::Sender<Option<Answer>>),
+    Follower(watch::Receiver<Option<Answer>>),
+}
+
 /// Removes an in-flight entry however its probe ends (done or cancelled).
 struct InflightGuard<'a> {
     pool: &'a ProbePool,
@@ -239,31 +245,39 @@ impl ProbePool {
     pub async fn check(&self, address: &str) -> Answer {
         let key = address.to_lowercase();
         loop {
-            let follower = {
+            // Decide under the lock, act after it.
+            let role = {
                 let mut m = lock(&self.inflight);
                 match m.get(&key) {
-                    Some(rx) => Some(rx.clone()),
+                    Some(rx) => Role::Follower(rx.clone()),
                     None => {
                         let (tx, rx) = watch::channel(None);
                         m.insert(key.clone(), rx);
-                        drop(m);
-                        let _guard = InflightGuard {
-                            pool: self,
-                            key: &key,
-                        };
-                        let answer = self.probe(address).await;
-                        let _ = tx.send(Some(answer.clone()));
-                        return answer;
+                        Role::Leader(tx)
                     }
                 }
             };
-            if let Some(mut rx) = follower {
-                if let Ok(a) = rx.wait_for(Option::is_some).await {
-                    if let Some(a) = a.clone() {
+            match role {
+                Role::Leader(tx) => {
+                    let _guard = InflightGuard {
+                        pool: self,
+                        key: &key,
+                    };
+                    let answer = self.probe(address).await;
+                    let _ = tx.send(Some(answer.clone()));
+                    return answer;
+                }
+                Role::Follower(mut rx) => {
+                    let answer = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|a| a.clone());
+                    if let Some(a) = answer {
                         return a;
                     }
+                    // The leader was cancelled before answering: ask ourselves.
                 }
-                // The leader was cancelled before answering: ask ourselves.
             }
         }
     }

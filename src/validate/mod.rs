@@ -13,10 +13,13 @@
 //! - [`cache`] and [`persist`]: the verdict cache (separate TTLs, refresh flag, size cap that
 //!   keeps the valid set) and its file.
 //! - [`breaker`]: the pure circuit breaker of one destination.
+//! - [`destination`]: a method with its breaker in front of the cache (the order of a
+//!   lookup: cache, breaker, method, cache store, breaker record).
 
 pub mod breaker;
 pub mod cache;
 pub mod callahead;
+pub mod destination;
 pub mod ldap;
 pub mod list;
 pub mod persist;

@@ -1,11 +1,7 @@
 //! The cache file (`SPOOL/validation/recipients.cache`), so a restart does not re-probe every
-//! address. Text, one entry a line, tab-separated (SMTP addresses cannot contain TAB or LF):
-//!
-//! ```text
-//! # mxgate recipient validation cache v1
-//! V	1764951601	1765556401	callahead:example.com	alice@example.com
-//! I	1764951605	1764955205	ldap:corp	nobody@example.com
-//! ```
+//! address. Text, one entry a line, five fields separated by TAB (SMTP addresses cannot
+//! contain TAB or LF): `V` (valid) or `I` (invalid), stored and expires (unix seconds), method
+//! id, address. The first line is [`HEADER`]; docs/recipient-validation.md has an example.
 //!
 //! Written whole: a tmp file beside it, fsync, rename, fsync the directory, so a crash leaves
 //! the old file or the new one. Reading skips (and counts) malformed, expired and
