@@ -2,14 +2,18 @@
 //! started privately on 127.0.0.1 and accepting only the users of its recipient map
 //! (`relay_recipient_maps`): a known user is valid, an unknown one invalid (550 5.1.1), and
 //! a stopped server is a tempfail. Postfix's own maillog shows that several probes share one
-//! kept-open connection.
+//! kept-open connection, and that a cached answer makes no probe; with Postfix down, the
+//! breaker answers at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mxgate::validate::breaker::BreakerSettings;
+use mxgate::validate::cache::{CacheSettings, VerdictCache};
 use mxgate::validate::callahead::{CallaheadSettings, ProbePool};
+use mxgate::validate::destination::{Destination, Method, Source, ValidationClock};
 use mxgate::validate::{TempFailCause, Verdict};
 
 const POSTFIX_MASTER: &str = "/usr/lib/postfix/sbin/master";
@@ -55,6 +59,14 @@ impl Postfix {
             libc::kill(-pid, libc::SIGKILL);
         }
         let _ = master.wait();
+        // Its smtpd children die a moment later and hold the listening socket until then:
+        // stopped means nothing accepts any more.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(self.addr).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn maillog(&self) -> String {
@@ -340,4 +352,101 @@ async fn a_stopped_internal_server_is_a_tempfail() {
         Verdict::TempFail(TempFailCause::Refused),
         "{a:?}"
     );
+}
+
+/// A fixed clock: the breaker and cache see no time pass.
+struct Frozen(std::time::Instant);
+
+impl ValidationClock for Frozen {
+    fn now(&self) -> std::time::Instant {
+        self.0
+    }
+    fn unix(&self) -> u64 {
+        1_764_950_000
+    }
+}
+
+/// Through the cache, a second lookup of an unknown address makes no probe (the maillog has
+/// one reject for it); with the internal server down, the breaker opens after `failures`
+/// tempfails and the next lookups are answered without asking.
+#[tokio::test]
+async fn the_cache_saves_probes_and_the_breaker_opens_when_postfix_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut pf) = postfix(dir.path(), &["alice@example.test"]).await else {
+        return;
+    };
+    let dest = Destination::new(
+        "callahead:example.test",
+        Method::Callahead(ProbePool::new(pf.addr, settings())),
+        BreakerSettings {
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+        },
+    );
+    let cache = VerdictCache::new(CacheSettings::default());
+    let clock = Frozen(std::time::Instant::now());
+    let first = dest.validate(&cache, &clock, "nobody@example.test").await;
+    assert_eq!(
+        (first.answer.verdict, first.source),
+        (Verdict::Invalid, Source::Lookup)
+    );
+    let second = dest.validate(&cache, &clock, "NOBODY@example.test").await;
+    assert_eq!(second.answer.verdict, Verdict::Invalid);
+    assert_eq!(
+        second.source,
+        Source::Cache {
+            stored: 1_764_950_000
+        }
+    );
+    let valid = dest.validate(&cache, &clock, "alice@example.test").await;
+    assert_eq!(valid.answer.verdict, Verdict::Valid);
+    let Method::Callahead(pool) = dest.method() else {
+        unreachable!()
+    };
+    pool.close_idle().await;
+    let log = pf.wait_for(" rcpt=").await;
+    let rejects = log
+        .lines()
+        .filter(|l| l.contains("NOQUEUE: reject: RCPT") && l.contains("to=<nobody@example.test>"))
+        .count();
+    assert_eq!(rejects, 1, "one probe for two lookups:\n{log}");
+    assert_eq!(rcpts_seen(&log), 2, "{log}");
+
+    pf.stop();
+    for i in 0..3 {
+        let r = dest
+            .validate(&cache, &clock, &format!("u{i}@example.test"))
+            .await;
+        assert_eq!(r.answer.verdict, Verdict::TempFail(TempFailCause::Refused));
+        assert_eq!(r.transition.is_some(), i == 2, "{r:?}");
+    }
+    assert!(dest.is_breaker_open());
+    let t0 = std::time::Instant::now();
+    for i in 0..20 {
+        let r = dest
+            .validate(&cache, &clock, &format!("v{i}@example.test"))
+            .await;
+        assert_eq!(
+            r.answer.verdict,
+            Verdict::TempFail(TempFailCause::BreakerOpen)
+        );
+        assert_eq!(r.source, Source::Breaker);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Cached answers still stand while the server is down; tempfails were not cached.
+    let r = dest.validate(&cache, &clock, "alice@example.test").await;
+    assert_eq!(
+        (r.answer.verdict, r.source),
+        (
+            Verdict::Valid,
+            Source::Cache {
+                stored: 1_764_950_000
+            }
+        )
+    );
+    assert_eq!(cache.counts(), (1, 1));
 }
