@@ -60,6 +60,8 @@ mail: bob@example.test
 struct Slapd {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The `ldaps://` listener when started with TLS.
+    tls_addr: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -98,11 +100,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Writes the configuration, loads the LDIF offline and starts slapd in the foreground.
-async fn start_slapd() -> Slapd {
+/// Writes the configuration, loads the LDIF offline and starts slapd in the foreground; with
+/// `tls` (certificate PEM, PKCS#8 key PEM) also on an `ldaps://` port, and StartTLS offered.
+async fn start_slapd(tls: Option<(&str, &str)>) -> Slapd {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("db")).unwrap();
+    // TLS settings are global: they must precede "database".
+    let tls_conf = match tls {
+        Some((cert, key)) => {
+            std::fs::write(d.join("cert.pem"), cert).unwrap();
+            std::fs::write(d.join("key.pem"), key).unwrap();
+            format!(
+                "TLSCertificateFile {d}/cert.pem\nTLSCertificateKeyFile {d}/key.pem\n",
+                d = d.display()
+            )
+        }
+        None => String::new(),
+    };
     let conf: PathBuf = d.join("slapd.conf");
     std::fs::write(
         &conf,
@@ -112,6 +127,7 @@ async fn start_slapd() -> Slapd {
              include /etc/ldap/schema/inetorgperson.schema\n\
              include /etc/ldap/schema/misc.schema\n\
              pidfile {d}/slapd.pid\n\
+             {tls_conf}\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
              database mdb\n\
@@ -143,10 +159,16 @@ async fn start_slapd() -> Slapd {
     );
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tls_addr: Option<SocketAddr> =
+        tls.map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let mut urls = format!("ldap://{addr}/");
+    if let Some(a) = tls_addr {
+        urls.push_str(&format!(" ldaps://{a}/"));
+    }
     // -d 0 keeps slapd in the foreground, so the child is slapd itself.
     let child = Command::new(SLAPD)
         .arg("-h")
-        .arg(format!("ldap://{addr}/"))
+        .arg(urls)
         .arg("-f")
         .arg(&conf)
         .args(["-d", "0"])
@@ -158,15 +180,21 @@ async fn start_slapd() -> Slapd {
     let slapd = Slapd {
         child: Some(child),
         addr,
+        tls_addr,
         _dir: dir,
     };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return slapd;
+    for a in std::iter::once(addr).chain(tls_addr) {
+        let mut up = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(a).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(up, "slapd did not listen on {a}");
     }
-    panic!("slapd did not listen on {addr}");
+    slapd
 }
 
 fn settings(addr: SocketAddr) -> LdapSettings {
@@ -189,7 +217,7 @@ async fn users_and_aliases_are_valid_unknown_addresses_invalid() {
     if !slapd_available() {
         return;
     }
-    let slapd = start_slapd().await;
+    let slapd = start_slapd(None).await;
     let dir = LdapDirectory::new(settings(slapd.addr));
     assert_eq!(dir.method_id(), "ldap:corp");
     for valid in [
@@ -232,7 +260,7 @@ async fn failures_that_are_not_answers_are_tempfails() {
     if !slapd_available() {
         return;
     }
-    let mut slapd = start_slapd().await;
+    let mut slapd = start_slapd(None).await;
     // Wrong bind password: rc 49, never "no such user".
     let wrong = LdapDirectory::new(LdapSettings {
         password: "wrong".into(),
@@ -278,4 +306,94 @@ async fn failures_that_are_not_answers_are_tempfails() {
         Verdict::TempFail(TempFailCause::LdapDown),
         "{a:?}"
     );
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it: (CA DER, cert PEM, key PEM).
+fn test_pki() -> (rustls::pki_types::CertificateDer<'static>, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "validate_ldap test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.der().clone(), leaf.pem(), key.serialize_pem())
+}
+
+/// A rustls client configuration trusting `roots` only.
+fn client_config(roots: rustls::RootCertStore) -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
+/// LDAPS and StartTLS with the directory's CA: lookups work; a client that does not trust
+/// that CA gets a tempfail, never an answer over an unverified connection.
+#[tokio::test]
+async fn ldaps_and_starttls_verify_the_server() {
+    if !slapd_available() {
+        return;
+    }
+    let (ca, cert_pem, key_pem) = test_pki();
+    let slapd = start_slapd(Some((&cert_pem, &key_pem))).await;
+    let tls_addr = slapd.tls_addr.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let trusted = client_config(roots);
+    let ldaps = LdapDirectory::new(LdapSettings {
+        url: format!("ldaps://{tls_addr}"),
+        tls: Some(trusted.clone()),
+        ..settings(slapd.addr)
+    });
+    assert_eq!(
+        ldaps.lookup("alice@example.test").await.verdict,
+        Verdict::Valid
+    );
+    assert_eq!(
+        ldaps.lookup("nobody@example.test").await.verdict,
+        Verdict::Invalid
+    );
+    let starttls = LdapDirectory::new(LdapSettings {
+        starttls: true,
+        tls: Some(trusted),
+        ..settings(slapd.addr)
+    });
+    assert_eq!(
+        starttls.lookup("bob@example.test").await.verdict,
+        Verdict::Valid
+    );
+    // Trusting only the public roots: the handshake fails.
+    let public = client_config(rustls::RootCertStore::from_iter(
+        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+    ));
+    for (url, st) in [
+        (format!("ldaps://{tls_addr}"), false),
+        (format!("ldap://{}", slapd.addr), true),
+    ] {
+        let dir = LdapDirectory::new(LdapSettings {
+            url: url.clone(),
+            starttls: st,
+            tls: Some(public.clone()),
+            ..settings(slapd.addr)
+        });
+        let a = dir.lookup("alice@example.test").await;
+        assert_eq!(
+            a.verdict,
+            Verdict::TempFail(TempFailCause::LdapDown),
+            "{url}: {a:?}"
+        );
+    }
 }
