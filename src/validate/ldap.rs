@@ -141,11 +141,12 @@ impl LdapDirectory {
                 .acquire()
                 .await
                 .map_err(|_| Failure(TempFailCause::Shed, "closed".into()))?;
-            // A kept connection may have been closed by the server meanwhile: one failure
-            // that is not an answer is retried on a new connection.
+            // A kept connection may have been closed by the server meanwhile: a connection
+            // failure on it is retried once on a new connection (an LDAP result is not).
             if let Some(ldap) = self.take_idle() {
-                if let Ok(v) = self.search(ldap, address).await {
-                    return Ok(v);
+                match self.search(ldap, address).await {
+                    Err(Failure(TempFailCause::LdapDown, _)) => {}
+                    other => return other,
                 }
             }
             let ldap = self.connect().await?;
