@@ -161,7 +161,11 @@ impl ProbePool {
                 format!("probe {}: address not probeable: {address:?}", self.addr),
             );
         }
-        let key = address.to_lowercase();
+        // Only the domain is folded: local parts may be case-sensitive on the internal server.
+        let key = match address.rsplit_once('@') {
+            Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+            None => address.to_string(),
+        };
         loop {
             // Decide under the lock, act after it.
             let role = {
