@@ -98,6 +98,20 @@ pub struct Destination {
     id: String,
     method: Method,
     breaker: Mutex<CircuitBreaker>,
+    detect_catch_all: bool,
+}
+
+/// A local part no real mailbox has, for catch-all detection (Exim's `callout=random`).
+fn random_local_part() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let h = std::collections::hash_map::RandomState::new().hash_one((n, t));
+    format!("mxgate-probe-{h:016x}")
 }
 
 impl Destination {
@@ -107,7 +121,17 @@ impl Destination {
             id: id.into(),
             method,
             breaker: Mutex::new(CircuitBreaker::new(breaker)),
+            detect_catch_all: false,
         }
+    }
+
+    /// Call-ahead only: before the first probe of a domain, probe a random address of it;
+    /// when that is accepted the domain is a catch-all (every address looks valid) and its
+    /// addresses are valid without a probe each, for `valid_ttl`. The finding is cached as
+    /// the address `@domain`.
+    pub fn with_catch_all_detection(mut self) -> Self {
+        self.detect_catch_all = matches!(self.method, Method::Callahead(_));
+        self
     }
 
     /// The method id (first part of the cache key).
@@ -146,7 +170,54 @@ impl Destination {
                 transition: None,
             };
         }
+        if self.detect_catch_all {
+            if let Some(done) = self.catch_all(cache, clock, address).await {
+                return done;
+            }
+        }
         self.lookup(cache, clock, address).await
+    }
+
+    /// Valid at once when the address's domain is a known catch-all (detecting it first if
+    /// unknown); `None` when it is not one, so the address itself is probed.
+    async fn catch_all(
+        &self,
+        cache: &VerdictCache,
+        clock: &dyn ValidationClock,
+        address: &str,
+    ) -> Option<Checked> {
+        let domain = address.rsplit_once('@')?.1;
+        let marker = format!("@{domain}");
+        let key = cache.key(&self.id, &marker);
+        let detail = format!("{}: {domain} accepts any address (catch-all)", self.id);
+        match cache.get(&key, clock.unix()) {
+            Some(hit) if hit.verdict == Verdict::Valid => Some(Checked {
+                answer: Answer::new(Verdict::Valid, detail),
+                source: Source::Cache { stored: hit.stored },
+                // The finding is not refreshed: it expires and is detected again.
+                refresh_due: false,
+                transition: None,
+            }),
+            Some(_) => None,
+            None => {
+                let probe = format!("{}@{domain}", random_local_part());
+                let mut checked = self.lookup(cache, clock, &probe).await;
+                // The random address itself is not worth a cache entry; the finding is.
+                cache.remove(&cache.key(&self.id, &probe));
+                match checked.answer.verdict {
+                    Verdict::Valid => {
+                        cache.insert(key, Verdict::Valid, clock.unix());
+                        checked.answer.detail = detail;
+                        Some(checked)
+                    }
+                    Verdict::Invalid => {
+                        cache.insert(key, Verdict::Invalid, clock.unix());
+                        None
+                    }
+                    Verdict::TempFail(_) => Some(checked),
+                }
+            }
+        }
     }
 
     /// Looks `address` up (bypassing the cache, as a refresh or `--no-cache` does) and
@@ -340,5 +411,81 @@ mod tests {
         let r = d.validate(&cache, &c, "u0@example.test").await;
         assert_eq!(r.source, Source::Lookup);
         assert_eq!(r.transition, Some(Transition::Reopened));
+    }
+
+    #[tokio::test]
+    async fn a_catch_all_domain_is_detected_once_and_not_probed_per_address() {
+        let rcpts = std::sync::Arc::new(AtomicU64::new(0));
+        let addr = server(rcpts.clone()).await;
+        let d = Destination::new(
+            "callahead:example.test",
+            Method::Callahead(ProbePool::new(addr, CallaheadSettings::default())),
+            BreakerSettings::default(),
+        )
+        .with_catch_all_detection();
+        let cache = VerdictCache::new(CacheSettings::default());
+        let c = clock();
+        // The scripted server knows alice only: not a catch-all, the address is probed.
+        let r = d.validate(&cache, &c, "nobody@example.test").await;
+        assert_eq!(r.answer.verdict, Verdict::Invalid);
+        assert_eq!(
+            rcpts.load(Ordering::SeqCst),
+            2,
+            "random address, then the address"
+        );
+        let r = d.validate(&cache, &c, "alice@example.test").await;
+        assert_eq!(r.answer.verdict, Verdict::Valid);
+        assert_eq!(rcpts.load(Ordering::SeqCst), 3, "the finding is cached");
+        // A catch-all: the random address is accepted.
+        let all = std::sync::Arc::new(AtomicU64::new(0));
+        let d = Destination::new(
+            "callahead:catchall.test",
+            Method::Callahead(ProbePool::new(
+                accept_all(all.clone()).await,
+                CallaheadSettings::default(),
+            )),
+            BreakerSettings::default(),
+        )
+        .with_catch_all_detection();
+        for who in ["a", "b", "c", "d"] {
+            let r = d
+                .validate(&cache, &c, &format!("{who}@catchall.test"))
+                .await;
+            assert_eq!(r.answer.verdict, Verdict::Valid);
+            assert!(r.answer.detail.contains("catch-all"), "{}", r.answer.detail);
+        }
+        assert_eq!(all.load(Ordering::SeqCst), 1, "one probe for the domain");
+        let keys: Vec<String> = cache
+            .entries(c.unix())
+            .iter()
+            .map(|(k, _)| k.address().to_string())
+            .filter(|a| a.starts_with("mxgate-probe-"))
+            .collect();
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    /// An internal server that accepts every RCPT and counts them.
+    async fn accept_all(rcpts: std::sync::Arc<AtomicU64>) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let rcpts = rcpts.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
+                    let _ = w.write_all(b"220 internal.test\r\n").await;
+                    let mut line = String::new();
+                    while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        if line.starts_with("RCPT") {
+                            rcpts.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let _ = w.write_all(b"250 Ok\r\n").await;
+                        line.clear();
+                    }
+                });
+            }
+        });
+        addr
     }
 }
