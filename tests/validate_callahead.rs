@@ -450,3 +450,48 @@ async fn the_cache_saves_probes_and_the_breaker_opens_when_postfix_is_down() {
     );
     assert_eq!(cache.counts(), (1, 1));
 }
+
+/// Postfix slows down every reply by a second past 10 refusals in a session
+/// (`smtpd_soft_error_limit`, `smtpd_error_sleep_time`): the pool replaces a connection after
+/// 8 refusals, so a run of unknown addresses stays fast.
+#[tokio::test]
+async fn a_run_of_unknown_addresses_stays_fast_against_postfix_error_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pf) = postfix(dir.path(), &["alice@example.test"]).await else {
+        return;
+    };
+    let run = |max_refusals: u32| {
+        let pool = ProbePool::new(
+            pf.addr,
+            CallaheadSettings {
+                max_refusals_per_connection: max_refusals,
+                ..settings()
+            },
+        );
+        async move {
+            let t0 = std::time::Instant::now();
+            for i in 0..11 {
+                let a = pool
+                    .check(&format!("x{max_refusals}-{i}@example.test"))
+                    .await;
+                assert_eq!(a.verdict, Verdict::Invalid, "{a:?}");
+            }
+            let took = t0.elapsed();
+            pool.close_idle().await;
+            (took, pool.connections_opened())
+        }
+    };
+    let (fast, conns) = run(8).await;
+    println!(
+        "11 unknown addresses, new connection after 8 refusals: {fast:?}, {conns} connections"
+    );
+    assert_eq!(conns, 2);
+    let (slow, conns) = run(100).await;
+    println!("11 unknown addresses on one connection: {slow:?}, {conns} connections");
+    assert_eq!(conns, 1);
+    assert!(
+        slow >= Duration::from_secs(2),
+        "Postfix slowed down past 10 errors: {slow:?}"
+    );
+    assert!(fast < Duration::from_secs(1), "{fast:?}");
+}

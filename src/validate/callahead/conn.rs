@@ -83,6 +83,8 @@ pub(super) struct ProbeConn {
     pub(super) last_used: Instant,
     /// RCPTs sent on it.
     pub(super) probes: u32,
+    /// RCPTs refused on it (4xx/5xx): the server's error count for the session.
+    pub(super) refusals: u32,
     /// A MAIL was accepted since the last RSET: the next probe starts with RSET.
     in_transaction: bool,
 }
@@ -145,6 +147,7 @@ impl ProbeConn {
             buf: Vec::new(),
             last_used: Instant::now(),
             probes: 0,
+            refusals: 0,
             in_transaction: false,
         };
         let refused = |r: &Reply, stage: &str| {
@@ -221,6 +224,9 @@ impl ProbeConn {
             .await
             .map_err(|e| (e, true))?;
         self.probes += 1;
+        if r.code >= 400 {
+            self.refusals += 1;
+        }
         let verdict = classify_rcpt(r.code);
         let detail = format!("probe {dest}: {}", reply_text(&r));
         Ok((Answer::new(verdict, detail), self))

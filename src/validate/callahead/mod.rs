@@ -47,6 +47,12 @@ pub struct CallaheadSettings {
     pub max_waiting: usize,
     /// Probes on one connection before it is closed (100).
     pub max_probes_per_connection: u32,
+    /// Refused RCPTs (4xx/5xx) on one connection before it is closed (8): Postfix counts
+    /// the refusals of a session and from about the tenth (`smtpd_soft_error_limit`) sleeps
+    /// `smtpd_error_sleep_time` (1 s) before each reply (measured: 11 unknown addresses on
+    /// one connection 3 s, on two 0.07 s); past `smtpd_hard_error_limit` (20) it
+    /// disconnects. A fresh connection keeps probes fast during a harvest.
+    pub max_refusals_per_connection: u32,
     /// An idle connection older than this is not reused (30 s).
     pub idle_timeout: Duration,
 }
@@ -60,6 +66,7 @@ impl Default for CallaheadSettings {
             max_concurrency: 4,
             max_waiting: 64,
             max_probes_per_connection: 100,
+            max_refusals_per_connection: 8,
             idle_timeout: Duration::from_secs(30),
         }
     }
@@ -280,9 +287,12 @@ impl ProbePool {
         }
     }
 
-    /// Returns a sound connection to the idle list unless it did its share of probes.
+    /// Returns a sound connection to the idle list unless it did its share of probes (or
+    /// of refusals).
     fn keep(&self, mut c: ProbeConn) {
-        if c.probes < self.settings.max_probes_per_connection {
+        if c.probes < self.settings.max_probes_per_connection
+            && c.refusals < self.settings.max_refusals_per_connection
+        {
             c.last_used = Instant::now();
             lock(&self.idle).push(IdleConn(c));
         }

@@ -204,3 +204,25 @@ async fn an_address_that_would_inject_commands_is_not_sent() {
     }
     assert_eq!(conns.load(Ordering::SeqCst), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn a_connection_is_replaced_after_its_share_of_refusals() {
+    let (addr, conns) = server(alice_only, "250 2.1.0 Ok\r\n").await;
+    let pool = ProbePool::new(
+        addr,
+        CallaheadSettings {
+            max_refusals_per_connection: 4,
+            ..CallaheadSettings::default()
+        },
+    );
+    for i in 0..10 {
+        let a = pool.check(&format!("x{i}@example.test")).await;
+        assert_eq!(a.verdict, Verdict::Invalid);
+        // Valid answers do not count.
+        assert_eq!(
+            pool.check("alice@example.test").await.verdict,
+            Verdict::Valid
+        );
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "4 + 4 + 2 refusals");
+}
