@@ -2,22 +2,32 @@
 //! TLS enforcement, an ESA-format mail log and a durable spool.
 //!
 //! # Layout
-//! - [`config`]: YAML files (`mxgate.yaml`, `listeners/`, `policies/`) → validated [`config::model::Config`].
-//! - [`policy`]: pure decisions — [`policy::hat`] (sender groups), [`policy::flow`] (mail-flow
-//!   policies), [`policy::rat`] (recipients), [`policy::rate`] (per-IP limits).
-//! - [`smtp`]: sans-IO SMTP — line framing, command and address parsing, the smuggling-safe
-//!   DATA reader, [`smtp::reply::Reply`] and the [`smtp::session::Session`] state machine.
+//! One line per top-level module, from start-up along the path of a message;
+//! docs/architecture.md follows one message through them with the file of each step.
+//! - [`config`]: `mxgate.yaml`, `listeners/`, `policies/` → a validated [`config::model::Config`].
+//! - [`app`]: starts listeners, spool, queue and metrics from a config; reload, signals, shutdown.
 //! - [`net`]: I/O edge — accept loops, the connection driver, TLS, PROXY protocol.
-//! - [`dns`]: DNS from the configured resolvers — reverse DNS (FCrDNS), block lists, MX and
-//!   address lookups for relay, the opt-in hosts file.
-//! - [`spool`]: durable queue (tmp → fsync → rename → fsync dir) and persistent ids.
-//! - [`mail_log`]: ESA-format log lines.
-//! - [`app`]: wires it all together and owns shutdown.
+//! - `dns`: reverse DNS (FCrDNS), block lists, MX/address lookups, the one host-name syntax.
+//! - [`policy`]: pure decisions — HAT sender groups, mail-flow policies, RAT, per-IP limits.
+//! - [`smtp`]: sans-IO SMTP — framing, commands, addresses, DATA reader, replies, the session.
+//! - [`envelope`]: the [`envelope::Envelope`] of a received message (everything but the body).
+//! - [`spool`]: durable queue (tmp → fsync → rename → fsync dir), its envelope files, the ids.
+//! - [`relay`]: delivery to the internal server — queue manager, SMTP client, outbound TLS, DSNs.
+//! - [`mail_log`]: ESA-format mail-log events, their text and JSON lines, the log file.
+//! - [`metrics`]: Prometheus names, the recorder, `/metrics`, `/health` and `/ready`.
+//! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
+//!
+//! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
+//! Modules and items that neither it nor tests/ and benches/ use are `pub(crate)`.
+
+// Here rather than in Cargo.toml's [lints]: there it would also reach tests/support.
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod certs;
 pub mod config;
-pub mod dns;
+pub(crate) mod dns;
+pub mod envelope;
 pub mod mail_log;
 pub mod metrics;
 pub mod net;

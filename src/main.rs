@@ -1,6 +1,9 @@
 //! The `mxgate` command: serve, check the configuration, trace a host through the HAT, manage
 //! the queue and certificates. The commands are in `cli/`.
 
+// Here rather than in Cargo.toml's [lints]: there it would also reach tests/support.
+#![warn(unreachable_pub)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

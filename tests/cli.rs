@@ -1,15 +1,12 @@
 //! The `mxgate` command line: `check` on good and broken configs, `hat trace`.
 
-mod common;
+mod support;
 
 use std::path::Path;
-use std::process::Command;
+use std::time::Duration;
 
-use common::{copy_dir, repo};
-
-fn mxgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mxgate"))
-}
+use support::mxgate::bin as mxgate;
+use support::{copy_dir, repo, Client, Mxgate};
 
 #[test]
 fn check_accepts_the_shipped_configuration() {
@@ -243,113 +240,39 @@ fn hat_trace_simulates_block_list_listings() {
     );
 }
 
-/// Runs `mxgate serve` on the shipped config with every path and address overridden.
-struct Serve {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    metrics: std::net::SocketAddr,
+/// `mxgate serve` arguments putting every address of the shipped config on a free port.
+const FREE_PORTS: [&str; 6] = [
+    "--bind",
+    "inbound=127.0.0.1:0",
+    "--bind",
+    "relay=127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
+/// `mxgate serve` on the shipped config with every path under `dir` and every address on a
+/// free port.
+fn serve(dir: &Path) -> Mxgate {
+    Mxgate::start_with(&repo(), dir, &FREE_PORTS)
 }
 
-impl Serve {
-    /// `mxgate serve` with every path under `dir` and every address on a free port.
-    fn command(dir: &Path) -> Command {
-        let mut cmd = mxgate();
-        cmd.arg("serve")
-            .arg("--config-dir")
-            .arg(repo())
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .arg("--certs-dir")
-            .arg(dir.join("certs"))
-            .arg("--mail-log")
-            .arg(dir.join("mail.log"))
-            .args([
-                "--bind",
-                "inbound=127.0.0.1:0",
-                "--bind",
-                "relay=127.0.0.1:0",
-            ])
-            .args(["--metrics-listen", "127.0.0.1:0"]);
-        cmd
-    }
-
-    fn start(dir: &Path) -> Serve {
-        use std::io::BufRead;
-        let mut child = Self::command(dir)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let mut addr = None;
-        let metrics = loop {
-            let line = lines
-                .next()
-                .expect("server exited before listening")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("mxgate: listener inbound listening on ") {
-                addr = Some(a.parse().unwrap());
-            }
-            if let Some(a) = line.strip_prefix("mxgate: metrics listening on http://") {
-                break a.trim_end_matches("/metrics").parse().unwrap();
-            }
-        };
-        let addr = addr.expect("the inbound listener line comes first");
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Serve {
-            child,
-            addr,
-            metrics,
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
+/// Connects, reads the greeting, says QUIT: the greeting and everything until the close.
+async fn smtp_quit(addr: std::net::SocketAddr) -> String {
+    let mut c = Client::connect(addr, None).await;
+    let greeting = c.reply().await;
+    let bye = c.cmd("QUIT").await;
+    greeting + &bye + &c.read_to_close().await
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn smtp_quit(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap();
-    let greeting = String::from_utf8_lossy(&buf[..n]).into_owned();
-    s.write_all(b"QUIT\r\n").unwrap();
-    let mut rest = String::new();
-    let _ = s.read_to_string(&mut rest);
-    greeting + &rest
-}
-
-fn wait_for(path: &Path, needle: &str) -> String {
-    for _ in 0..200 {
-        let t = std::fs::read_to_string(path).unwrap_or_default();
-        if t.contains(needle) {
-            return t;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("{} never contained {needle:?}", path.display());
-}
-
-#[test]
-fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
+#[tokio::test]
+async fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut srv = Serve::start(dir.path());
-    let t = smtp_quit(srv.addr);
+    let mut srv = serve(dir.path());
+    let t = smtp_quit(srv.addr("inbound")).await;
     assert!(t.starts_with("220 mx.example.com"), "{t}");
     assert!(t.contains("221 2.0.0"), "{t}");
     let log = dir.path().join("mail.log");
-    wait_for(&log, "ICID 1 close");
+    srv.wait_log("ICID 1 close");
     // Demo certificate generated on first start, key private.
     let key = dir.path().join("certs/demo.key");
     use std::os::unix::fs::PermissionsExt;
@@ -364,13 +287,14 @@ fn sighup_reopens_the_mail_log_and_sigterm_exits_cleanly() {
     std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
     srv.signal(libc::SIGHUP);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    smtp_quit(srv.addr);
-    let fresh = wait_for(&log, "ICID 2 close");
+    smtp_quit(srv.addr("inbound")).await;
+    srv.wait_log("ICID 2 close");
+    let fresh = srv.log_text();
     assert!(!fresh.contains("ICID 1 "), "{fresh}");
     srv.signal(libc::SIGTERM);
-    let status = srv.child.wait().unwrap();
+    let status = srv.wait_exit(Duration::from_secs(30)).expect("exit");
     assert!(status.success(), "{status:?}");
-    wait_for(&log, "mxgate stopped");
+    srv.wait_log("mxgate stopped");
 }
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -386,17 +310,17 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-#[test]
-fn metrics_health_and_ready_endpoints() {
+#[tokio::test]
+async fn metrics_health_and_ready_endpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Serve::start(dir.path());
-    assert!(http_get(srv.metrics, "/health").starts_with("HTTP/1.1 200 OK"));
-    assert!(http_get(srv.metrics, "/ready").starts_with("HTTP/1.1 200 OK"));
-    assert!(http_get(srv.metrics, "/nope").starts_with("HTTP/1.1 404"));
-    smtp_quit(srv.addr);
-    let log = dir.path().join("mail.log");
-    wait_for(&log, "ICID 1 close");
-    let m = http_get(srv.metrics, "/metrics");
+    let srv = serve(dir.path());
+    let metrics = srv.metrics_addr();
+    assert!(http_get(metrics, "/health").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(metrics, "/ready").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(metrics, "/nope").starts_with("HTTP/1.1 404"));
+    smtp_quit(srv.addr("inbound")).await;
+    srv.wait_log("ICID 1 close");
+    let m = http_get(metrics, "/metrics");
     assert!(m.contains("mxgate_build_info{version=\""), "{m}");
     // The sender group is ALL or UNKNOWNLIST: it depends on what the system's resolver
     // answers for 127.0.0.1's PTR (the shipped config names no resolver).
@@ -431,15 +355,15 @@ fn metrics_health_and_ready_endpoints() {
     );
 }
 
-#[test]
-fn trust_05_a_second_server_on_the_same_spool_is_refused() {
+#[tokio::test]
+async fn trust_05_a_second_server_on_the_same_spool_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Serve::start(dir.path());
-    let pid = first.child.id().to_string();
+    // Started once its pid file is written.
+    let first = serve(dir.path());
+    let pid = first.pid().to_string();
     let spool = dir.path().join("spool");
-    wait_for(&spool.join("mxgate.pid"), &pid);
     let err_file = dir.path().join("second.err");
-    let mut second = Serve::command(dir.path())
+    let mut second = Mxgate::command(&repo(), dir.path(), &FREE_PORTS)
         .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .unwrap();
@@ -472,7 +396,7 @@ fn trust_05_a_second_server_on_the_same_spool_is_refused() {
         format!("{pid}\n")
     );
     assert!(spool.join("control.sock").exists());
-    assert!(smtp_quit(first.addr).starts_with("220 "));
+    assert!(smtp_quit(first.addr("inbound")).await.starts_with("220 "));
     // The queue commands work beside the running server (they do not take the spool).
     let queue = |args: &[&str]| {
         let out = mxgate()

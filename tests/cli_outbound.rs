@@ -1,15 +1,15 @@
 //! The outbound configuration commands: `mxgate destinations list` and `mxgate routes list`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::Path;
+use std::process::Output;
+
+use support::repo;
 
 /// Runs `mxgate ARGS --config-dir DIR`.
 fn run(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mxgate"))
+    support::mxgate::bin()
         .args(args)
         .arg("--config-dir")
         .arg(dir)

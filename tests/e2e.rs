@@ -7,23 +7,20 @@
 //! in parallel. A missing client tool skips the test (prints `SKIP:`), unless `CI` is set,
 //! where it is a failure.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
+use support::log::find_in;
+use support::{match_line, repo, Client, Mxgate};
 
-/// How long to wait for a mail-log line, a listener line or a client reply.
-const DEADLINE: Duration = Duration::from_secs(10);
 /// Longest a client tool may run.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Listeners of tests/fixtures/e2e that the tests use.
-const LISTENERS: [&str; 4] = ["preferred", "required", "off", "proxied"];
 /// `shutdown_grace` in tests/fixtures/e2e/mxgate.yaml.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -31,347 +28,62 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 // The server under test
 // ---------------------------------------------------------------------------------------------
 
-/// A running `mxgate serve`; SIGTERM (then SIGKILL) on drop.
-struct Server {
-    child: Option<Child>,
-    dir: TempDir,
-    ports: HashMap<String, u16>,
-    stderr: Arc<Mutex<String>>,
+/// `mxgate serve` on tests/fixtures/e2e in a temporary directory.
+fn start() -> Mxgate {
+    Mxgate::start_in_temp(&repo().join("tests/fixtures/e2e"))
 }
 
-impl Server {
-    fn start() -> Server {
-        let dir = TempDir::new().expect("temp dir");
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxgate"));
-        cmd.arg("serve")
-            .arg("--config-dir")
-            .arg(&config)
-            .arg("--spool-dir")
-            .arg(dir.path().join("spool"))
-            .arg("--certs-dir")
-            .arg(dir.path().join("certs"))
-            .arg("--mail-log")
-            .arg(dir.path().join("mail.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // The CLI also reads these; a developer's shell must not change what the tests run.
-        for var in [
-            "MXGATE_CONFIG_DIR",
-            "MXGATE_SPOOL_DIR",
-            "MXGATE_MAIL_LOG",
-            "MXGATE_CERTS_DIR",
-            "MXGATE_BIND",
-            "MXGATE_DNS_RESOLVERS",
-        ] {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd.spawn().expect("spawn mxgate");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr pipe");
-        let sink = stderr.clone();
-        // Drain stderr for the whole run so the server never blocks on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
+/// Waits for a mail-log line after `mark` matching `pattern` (see `support::log`); returns
+/// the captures. Every matched line must have the ESA timestamp/level prefix.
+fn wait_log(server: &Mxgate, mark: usize, pattern: &str) -> Vec<String> {
+    let found = server.wait_log_after(mark, pattern);
+    assert_esa_line(&found.line);
+    found.caps
+}
+
+/// Asserts that no mail-log line after `mark` matches `pattern` (call after a line that
+/// proves the connection is over, e.g. `ICID n close`).
+fn assert_no_log(server: &Mxgate, mark: usize, pattern: &str) {
+    let text = server.log_since(mark);
+    if let Some(line) = text.lines().find(|l| match_line(l, pattern).is_some()) {
+        panic!("unexpected mail-log line {line:?} (pattern {pattern:?}); log:\n{text}");
+    }
+}
+
+/// Message and envelope names in `<spool>/queue`, sorted (delivery state files left out:
+/// the fixture has no route, so the queue manager records its attempts beside them).
+fn queue_files(server: &Mxgate) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(server.spool().join("queue"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".msg") || n.ends_with(".env"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Reads `queue/<mid>.msg` and `queue/<mid>.env`.
+fn read_queued(server: &Mxgate, mid: u64) -> (String, String) {
+    let read = |ext: &str| {
+        let p = server.spool().join(format!("queue/{mid}.{ext}"));
+        let b = std::fs::read(&p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; queue holds {:?}",
+                p.display(),
+                queue_files(server)
+            )
         });
-        let mut server = Server {
-            child: Some(child),
-            dir,
-            ports: HashMap::new(),
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            server.ports = parse_listener_lines(&server.stderr_text());
-            if LISTENERS.iter().all(|l| server.ports.contains_key(*l)) {
-                return server;
-            }
-            if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
-                panic!(
-                    "mxgate exited during start-up ({status}); stderr:\n{}",
-                    server.stderr_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mxgate did not report its listeners {LISTENERS:?}; stderr:\n{}",
-                server.stderr_text()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("server already reaped")
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn port(&self, listener: &str) -> u16 {
-        self.ports[listener]
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    fn queue(&self) -> PathBuf {
-        self.spool().join("queue")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("mail.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// A position in the mail log; later searches look only at what was written after it.
-    fn log_mark(&self) -> usize {
-        std::fs::metadata(self.log_path())
-            .map(|m| m.len() as usize)
-            .unwrap_or(0)
-    }
-
-    fn log_since(&self, mark: usize) -> String {
-        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
-        String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
-    }
-
-    /// Polls the mail log (after `mark`) until a line matches `pattern` (see [`match_line`]);
-    /// returns the captures. Every matched line must have the ESA timestamp/level prefix.
-    fn wait_log(&self, mark: usize, pattern: &str) -> Vec<String> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let text = self.log_since(mark);
-            for line in text.lines() {
-                if let Some(caps) = match_line(line, pattern) {
-                    assert_esa_line(line);
-                    return caps;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no mail-log line matching {pattern:?} within {DEADLINE:?}; log since mark:\n{text}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Asserts that no mail-log line after `mark` matches `pattern` (call after a line that
-    /// proves the connection is over, e.g. `ICID n close`).
-    fn assert_no_log(&self, mark: usize, pattern: &str) {
-        let text = self.log_since(mark);
-        if let Some(line) = text.lines().find(|l| match_line(l, pattern).is_some()) {
-            panic!("unexpected mail-log line {line:?} (pattern {pattern:?}); log:\n{text}");
-        }
-    }
-
-    /// Message and envelope names in `<spool>/queue`, sorted (delivery state files left out:
-    /// the fixture has no route, so the queue manager records its attempts beside them).
-    fn queue_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.queue())
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".msg") || n.ends_with(".env"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// Reads `queue/<mid>.msg` and `queue/<mid>.env`.
-    fn queued(&self, mid: u64) -> (String, String) {
-        let read = |ext: &str| {
-            let p = self.queue().join(format!("{mid}.{ext}"));
-            let b = std::fs::read(&p).unwrap_or_else(|e| {
-                panic!("{}: {e}; queue holds {:?}", p.display(), self.queue_files())
-            });
-            String::from_utf8(b).unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", p.display()))
-        };
-        (read("msg"), read("env"))
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = self.child.as_ref().expect("server already reaped").id();
-        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-    }
-
-    /// Waits for the server to exit; `None` when it is still running after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Polls stderr until it contains `needle`.
-    fn wait_stderr(&self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.stderr_text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "stderr never showed {needle:?}:\n{}",
-                self.stderr_text()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let Some(child) = self.child.as_mut() else {
-            return;
-        };
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// `mxgate: listener NAME listening on 127.0.0.1:PORT` lines → name → port.
-fn parse_listener_lines(stderr: &str) -> HashMap<String, u16> {
-    let mut ports = HashMap::new();
-    for line in stderr.lines() {
-        if let Some(caps) = match_line(line, "mxgate: listener {w} listening on {w}") {
-            if !line.starts_with("mxgate: listener ") {
-                continue;
-            }
-            let addr: std::net::SocketAddr = caps[1]
-                .parse()
-                .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-            ports.insert(caps[0].clone(), addr.port());
-        }
-    }
-    ports
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mail-log line matching (no regex crate among the dependencies: a tiny pattern language)
-// ---------------------------------------------------------------------------------------------
-
-enum Part {
-    Lit(String),
-    /// `{n}`: one or more ASCII digits.
-    Num,
-    /// `{w}`: one or more non-whitespace characters.
-    Word,
-}
-
-fn parse_pattern(pattern: &str) -> Vec<Part> {
-    let mut parts = Vec::new();
-    let mut rest = pattern;
-    while !rest.is_empty() {
-        let next = [rest.find("{n}"), rest.find("{w}")]
-            .into_iter()
-            .flatten()
-            .min();
-        match next {
-            Some(i) => {
-                if i > 0 {
-                    parts.push(Part::Lit(rest[..i].to_string()));
-                }
-                parts.push(if &rest[i..i + 3] == "{n}" {
-                    Part::Num
-                } else {
-                    Part::Word
-                });
-                rest = &rest[i + 3..];
-            }
-            None => {
-                parts.push(Part::Lit(rest.to_string()));
-                rest = "";
-            }
-        }
-    }
-    parts
-}
-
-fn match_here(s: &str, parts: &[Part], caps: &mut Vec<String>) -> bool {
-    let Some((first, more)) = parts.split_first() else {
-        return true;
+        String::from_utf8(b).unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", p.display()))
     };
-    match first {
-        Part::Lit(l) => s.starts_with(l.as_str()) && match_here(&s[l.len()..], more, caps),
-        Part::Num | Part::Word => {
-            let ok = |c: char| match first {
-                Part::Num => c.is_ascii_digit(),
-                _ => !c.is_whitespace(),
-            };
-            let max: usize = s.chars().take_while(|c| ok(*c)).map(char::len_utf8).sum();
-            // Longest first, backing off so a following literal can match.
-            let mut ends: Vec<usize> = s[..max]
-                .char_indices()
-                .map(|(i, c)| i + c.len_utf8())
-                .collect();
-            ends.reverse();
-            for end in ends {
-                caps.push(s[..end].to_string());
-                if match_here(&s[end..], more, caps) {
-                    return true;
-                }
-                caps.pop();
-            }
-            false
-        }
-    }
+    (read("msg"), read("env"))
 }
 
-/// Finds `pattern` anywhere in `line`: literal text with `{n}` (digits) and `{w}`
-/// (non-space run) placeholders. Returns the captured placeholder values in order.
-fn match_line(line: &str, pattern: &str) -> Option<Vec<String>> {
-    let parts = parse_pattern(pattern);
-    line.char_indices().map(|(i, _)| i).find_map(|start| {
-        let mut caps = Vec::new();
-        match_here(&line[start..], &parts, &mut caps).then_some(caps)
-    })
-}
-
-/// Captures of the first match of `pattern` in any line of `text`, or a panic showing `text`.
-fn find_in(text: &str, pattern: &str) -> Vec<String> {
-    text.lines()
-        .find_map(|l| match_line(l, pattern))
-        .unwrap_or_else(|| panic!("no line matching {pattern:?} in:\n{text}"))
-}
+// ---------------------------------------------------------------------------------------------
+// Mail-log lines
+// ---------------------------------------------------------------------------------------------
 
 /// ESA form: `Sun Nov 22 13:58:05 2026 Info: ...` (24-character local timestamp, level).
 fn assert_esa_line(line: &str) {
@@ -563,68 +275,9 @@ fn queued_as(run: &Run) -> u64 {
     num(&find_in(&run.stdout, "250 2.0.0 Ok: queued as {n}")[0])
 }
 
-// ---------------------------------------------------------------------------------------------
-// A raw SMTP client for what real clients never do
-// ---------------------------------------------------------------------------------------------
-
-struct Raw {
-    reader: BufReader<TcpStream>,
-    stream: TcpStream,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            stream,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// One whole (possibly multi-line) reply, lines without CRLF.
-    fn reply(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .unwrap_or_else(|e| panic!("reading reply after {lines:?}: {e}"));
-            assert!(n > 0, "connection closed inside a reply; got {lines:?}");
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let line = line.trim_end_matches("\r\n").to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines;
-            }
-        }
-    }
-
-    fn command(&mut self, cmd: &str) -> Vec<String> {
-        self.send(format!("{cmd}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Everything until the server closes (a reset after the close counts as closed).
-    fn read_to_close(&mut self) -> String {
-        let mut buf = Vec::new();
-        match self.reader.read_to_end(&mut buf) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!(
-                "waiting for close: {e}; got {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    }
+/// A client that may misbehave on purpose (each `send` leaves at once).
+async fn raw(addr: SocketAddr) -> Client<tokio::net::TcpStream> {
+    Client::connect(addr, None).await.nodelay()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -637,7 +290,7 @@ fn swaks_tls_on_preferred_is_queued_over_tls13() {
     if !require("swaks_tls_on_preferred_is_queued_over_tls13", &["swaks"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let mark = server.log_mark();
     let run = swaks(
         server.port("preferred"),
@@ -652,30 +305,34 @@ fn swaks_tls_on_preferred_is_queued_over_tls13() {
     );
     let mid = queued_as(&run);
 
-    let icid = server.wait_log(
+    let icid = wait_log(
+        &server,
         mark,
         "New SMTP ICID {n} interface preferred (127.0.0.1) address 127.0.0.1",
     )[0]
     .clone();
-    let cipher = server.wait_log(
+    let cipher = wait_log(
+        &server,
         mark,
         &format!("ICID {icid} TLS success protocol TLSv1.3 cipher TLS13_{{w}}"),
     )[0]
     .clone();
-    server.wait_log(mark, &format!("Start MID {mid} ICID {icid}"));
-    server.wait_log(
+    wait_log(&server, mark, &format!("Start MID {mid} ICID {icid}"));
+    wait_log(
+        &server,
         mark,
         &format!("MID {mid} ICID {icid} From: <alice@other.example>"),
     );
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("MID {mid} ICID {icid} RID 0 To: <bob@example.com>"),
     );
-    server.wait_log(mark, &format!("MID {mid} Subject 'e2e over tls'"));
-    server.wait_log(mark, &format!("MID {mid} queued for delivery"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
+    wait_log(&server, mark, &format!("MID {mid} Subject 'e2e over tls'"));
+    wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
 
-    let (msg, env) = server.queued(mid);
+    let (msg, env) = read_queued(&server, mid);
     assert!(msg.starts_with("Received: "), "{msg}");
     assert!(msg.contains("with ESMTPS"), "{msg}");
     assert!(
@@ -708,7 +365,7 @@ fn swaks_on_tls_off_listener_sends_in_plaintext() {
     if !require("swaks_on_tls_off_listener_sends_in_plaintext", &["swaks"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let mark = server.log_mark();
     let run = swaks(server.port("off"), "bob@example.com", &["--tls-optional"]);
     assert!(run.status.success(), "swaks failed:\n{}", run.all());
@@ -735,13 +392,13 @@ fn swaks_on_tls_off_listener_sends_in_plaintext() {
     assert!(!run.stdout.contains("TLS started"), "{}", run.all());
     let mid = queued_as(&run);
 
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface off (")[0].clone();
-    server.wait_log(mark, &format!("Start MID {mid} ICID {icid}"));
-    server.wait_log(mark, &format!("MID {mid} queued for delivery"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("ICID {icid} TLS success"));
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface off (")[0].clone();
+    wait_log(&server, mark, &format!("Start MID {mid} ICID {icid}"));
+    wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("ICID {icid} TLS success"));
 
-    let (msg, env) = server.queued(mid);
+    let (msg, env) = read_queued(&server, mid);
     assert!(msg.contains(&format!("with ESMTP id {mid}")), "{msg}");
     assert!(!msg.contains("(using TLS"), "{msg}");
     assert!(!env.lines().any(|l| l.starts_with("tls ")), "{env}");
@@ -754,7 +411,7 @@ fn swaks_on_tls_required_listener_needs_starttls() {
     if !require("swaks_on_tls_required_listener_needs_starttls", &["swaks"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let port = server.port("required");
 
     let mark = server.log_mark();
@@ -771,26 +428,31 @@ fn swaks_on_tls_required_listener_needs_starttls() {
         run.all()
     );
     assert!(!run.stdout.contains("queued as"), "{}", run.all());
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface required (")[0].clone();
-    server.wait_log(
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface required (")[0].clone();
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} TLS was required but remote host did not initiate it"),
     );
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("Start MID {{n}} ICID {icid}"));
-    assert_eq!(server.queue_files(), Vec::<String>::new());
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("Start MID {{n}} ICID {icid}"));
+    assert_eq!(queue_files(&server), Vec::<String>::new());
 
     let mark = server.log_mark();
     let run = swaks(port, "bob@example.com", &["--tls"]);
     assert!(run.status.success(), "swaks --tls failed:\n{}", run.all());
     let mid = queued_as(&run);
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface required (")[0].clone();
-    server.wait_log(mark, &format!("ICID {icid} TLS success protocol TLSv1.3"));
-    server.wait_log(mark, &format!("MID {mid} queued for delivery"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, "TLS was required");
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface required (")[0].clone();
+    wait_log(
+        &server,
+        mark,
+        &format!("ICID {icid} TLS success protocol TLSv1.3"),
+    );
+    wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, "TLS was required");
     assert_eq!(
-        server.queue_files(),
+        queue_files(&server),
         [format!("{mid}.env"), format!("{mid}.msg")]
     );
 }
@@ -801,7 +463,7 @@ fn swaks_pipelined_with_rat_rejected_recipient() {
     if !require("swaks_pipelined_with_rat_rejected_recipient", &["swaks"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let mark = server.log_mark();
     let run = swaks(
         server.port("preferred"),
@@ -827,21 +489,24 @@ fn swaks_pipelined_with_rat_rejected_recipient() {
     );
     let mid = queued_as(&run);
 
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(
+        &server,
         mark,
         &format!("MID {mid} ICID {icid} To: <stranger@other.example> Rejected by RAT"),
     );
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("MID {mid} ICID {icid} RID 0 To: <bob@example.com>"),
     );
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("MID {mid} ICID {icid} RID 1 To: <carol@sub.example.com>"),
     );
-    server.wait_log(mark, &format!("MID {mid} queued for delivery"));
-    let (msg, env) = server.queued(mid);
+    wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    let (msg, env) = read_queued(&server, mid);
     assert_eq!(
         env_rcpts(&env),
         ["bob@example.com", "carol@sub.example.com"],
@@ -861,7 +526,7 @@ fn python_smtplib_starttls_size_and_smtputf8() {
     if !require("python_smtplib_starttls_size_and_smtputf8", &["python3"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let port = server.port("preferred");
 
     // STARTTLS + sendmail.
@@ -884,15 +549,23 @@ fn python_smtplib_starttls_size_and_smtputf8() {
         python_value(&run, "quit"),
         "221 2.0.0 mx.test.example closing connection"
     );
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(mark, &format!("ICID {icid} TLS success protocol TLSv1.3"));
-    let mid = server.wait_log(mark, &format!("Start MID {{n}} ICID {icid}"))[0].clone();
-    server.wait_log(mark, &format!("MID {mid} Message-ID '<e2e-py@test>'"));
-    server.wait_log(mark, &format!("MID {mid} Subject 'from python'"));
-    server.wait_log(mark, &format!("MID {mid} queued for delivery"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("ICID {icid} lost"));
-    let (msg, env) = server.queued(num(&mid));
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(
+        &server,
+        mark,
+        &format!("ICID {icid} TLS success protocol TLSv1.3"),
+    );
+    let mid = wait_log(&server, mark, &format!("Start MID {{n}} ICID {icid}"))[0].clone();
+    wait_log(
+        &server,
+        mark,
+        &format!("MID {mid} Message-ID '<e2e-py@test>'"),
+    );
+    wait_log(&server, mark, &format!("MID {mid} Subject 'from python'"));
+    wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("ICID {icid} lost"));
+    let (msg, env) = read_queued(&server, num(&mid));
     assert!(msg.contains("Message-ID: <e2e-py@test>\r\n"), "{msg}");
     assert!(
         msg.starts_with("Received: from python.client.example "),
@@ -901,7 +574,7 @@ fn python_smtplib_starttls_size_and_smtputf8() {
     assert!(env.contains("\nhelo python.client.example\n"), "{env}");
 
     // Over 2 KiB: refused at MAIL (SIZE=) and, without SIZE=, at the end of DATA.
-    let before = server.queue_files();
+    let before = queue_files(&server);
     let mark = server.log_mark();
     let run = python_client("oversize", port);
     assert!(run.status.success(), "{}", run.all());
@@ -915,26 +588,31 @@ fn python_smtplib_starttls_size_and_smtputf8() {
         "SMTPDataError 552 5.3.4 Message size exceeds fixed maximum message size"
     );
     assert_eq!(python_value(&run, "noop_after"), "250");
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(
-        mark,
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(&server, mark,
         &format!(
             "mxgate: ICID {icid} MAIL FROM: <py@other.example> refused: max_message_size 2048 < SIZE="
         ),
     );
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} Receiving Failed: Message size exceeds limit"),
     );
-    let mid = server.wait_log(
+    let mid = wait_log(
+        &server,
         mark,
         &format!("mxgate: ICID {icid} MID {{n}} message refused: max_message_size 2048"),
     )[0]
     .clone();
-    server.wait_log(mark, &format!("Message finished MID {mid} aborted"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("MID {mid} queued for delivery"));
-    assert_eq!(server.queue_files(), before, "oversize message was spooled");
+    wait_log(
+        &server,
+        mark,
+        &format!("Message finished MID {mid} aborted"),
+    );
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("MID {mid} queued for delivery"));
+    assert_eq!(queue_files(&server), before, "oversize message was spooled");
 
     // SMTPUTF8: josé@example.com, 8-bit UTF-8 body, via send_message and via sendmail.
     let mark = server.log_mark();
@@ -943,19 +621,20 @@ fn python_smtplib_starttls_size_and_smtputf8() {
     assert_eq!(python_value(&run, "smtputf8_ext"), "True");
     assert_eq!(python_value(&run, "send_message_refused"), "0");
     assert_eq!(python_value(&run, "sendmail_refused"), "0");
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    let mid1 = server.wait_log(
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    let mid1 = wait_log(
+        &server,
         mark,
         &format!("MID {{n}} ICID {icid} RID 0 To: <josé@example.com>"),
     )[0]
     .clone();
-    server.wait_log(mark, &format!("MID {mid1} Subject 'grüße'"));
-    server.wait_log(mark, &format!("MID {mid1} queued for delivery"));
-    server.wait_log(mark, &format!("ICID {icid} close"));
+    wait_log(&server, mark, &format!("MID {mid1} Subject 'grüße'"));
+    wait_log(&server, mark, &format!("MID {mid1} queued for delivery"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
     let queued: Vec<String> = find_all(&server.log_since(mark), "MID {n} queued for delivery");
     assert_eq!(queued.len(), 2, "{}", server.log_since(mark));
     for mid in queued {
-        let (msg, env) = server.queued(num(&mid));
+        let (msg, env) = read_queued(&server, num(&mid));
         assert_eq!(env_rcpts(&env), ["josé@example.com"], "{env}");
         assert!(msg.contains("for <josé@example.com>;"), "{msg}");
         assert!(msg.contains("with UTF8SMTP id"), "{msg}");
@@ -998,7 +677,7 @@ fn openssl_s_client_protocol_versions() {
     if !require("openssl_s_client_protocol_versions", &["openssl"]) {
         return;
     }
-    let server = Server::start();
+    let server = start();
     let port = server.port("preferred");
 
     let mark = server.log_mark();
@@ -1009,8 +688,9 @@ fn openssl_s_client_protocol_versions() {
         "{}",
         run.all()
     );
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} TLS success protocol TLSv1.3 cipher TLS13_"),
     );
@@ -1022,8 +702,9 @@ fn openssl_s_client_protocol_versions() {
     assert!(all.contains("Protocol version: TLSv1.2"), "{all}");
     let cipher = find_in(&all, "Ciphersuite: {w}")[0].clone();
     assert!(cipher.starts_with("ECDHE-"), "not forward secret: {all}");
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} TLS success protocol TLSv1.2 cipher TLS_ECDHE_"),
     );
@@ -1041,10 +722,10 @@ fn openssl_s_client_protocol_versions() {
         "{}",
         run.all()
     );
-    let icid = server.wait_log(mark, "New SMTP ICID {n} interface preferred (")[0].clone();
-    server.wait_log(mark, &format!("ICID {icid} TLS failed: "));
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("ICID {icid} TLS success"));
+    let icid = wait_log(&server, mark, "New SMTP ICID {n} interface preferred (")[0].clone();
+    wait_log(&server, mark, &format!("ICID {icid} TLS failed: "));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("ICID {icid} TLS success"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1052,41 +733,47 @@ fn openssl_s_client_protocol_versions() {
 // ---------------------------------------------------------------------------------------------
 
 /// The HAT sees the PROXY source address: REJECT banner, silent TCPREFUSE, and a TLS-off group.
-#[test]
-fn proxy_protocol_listener_applies_hat_to_real_client() {
-    let server = Server::start();
-    let port = server.port("proxied");
+#[tokio::test]
+async fn proxy_protocol_listener_applies_hat_to_real_client() {
+    let server = start();
+    let port = server.addr("proxied");
 
     // BLOCKLIST: reject banner with $RemoteIP, then close.
     let mark = server.log_mark();
-    let mut c = Raw::connect(port);
-    c.send(b"PROXY TCP4 192.0.2.20 127.0.0.1 40000 25\r\n");
+    let mut c = raw(port).await;
+    c.send(b"PROXY TCP4 192.0.2.20 127.0.0.1 40000 25\r\n")
+        .await;
     assert_eq!(
-        c.reply(),
+        c.reply_lines().await,
         ["554 5.7.1 mx.test.example: access from 192.0.2.20 denied"]
     );
-    assert_eq!(c.read_to_close(), "");
-    let icid = server.wait_log(
+    assert_eq!(c.read_to_close().await, "");
+    let icid = wait_log(
+        &server,
         mark,
         "New SMTP ICID {n} interface proxied (127.0.0.1) address 192.0.2.20 ",
     )[0]
     .clone();
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} REJECT SG BLOCKLIST match 192.0.2.20 SBRS None"),
     );
-    server.wait_log(mark, &format!("ICID {icid} close"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
 
     // REFUSELIST: closed without a byte, logged under ICID 0.
     let mark = server.log_mark();
-    let mut c = Raw::connect(port);
-    c.send(b"PROXY TCP4 192.0.2.30 127.0.0.1 40001 25\r\n");
-    assert_eq!(c.read_to_close(), "", "TCPREFUSE must send nothing");
-    server.wait_log(
+    let mut c = raw(port).await;
+    c.send(b"PROXY TCP4 192.0.2.30 127.0.0.1 40001 25\r\n")
+        .await;
+    assert_eq!(c.read_to_close().await, "", "TCPREFUSE must send nothing");
+    wait_log(
+        &server,
         mark,
         "ICID 0 TCPREFUSE SG REFUSELIST match 192.0.2.30 address 192.0.2.30 SBRS None",
     );
-    server.assert_no_log(
+    assert_no_log(
+        &server,
         mark,
         "New SMTP ICID {n} interface proxied ({w}) address 192.0.2.30",
     );
@@ -1094,43 +781,50 @@ fn proxy_protocol_listener_applies_hat_to_real_client() {
     // NOTLS ($PLAIN): greeting with override_hostname, no STARTTLS. The PROXY destination
     // address is what the log reports as the interface address.
     let mark = server.log_mark();
-    let mut c = Raw::connect(port);
-    c.send(b"PROXY TCP4 192.0.2.50 198.51.100.25 40002 25\r\n");
-    let greeting = c.reply();
+    let mut c = raw(port).await;
+    c.send(b"PROXY TCP4 192.0.2.50 198.51.100.25 40002 25\r\n")
+        .await;
+    let greeting = c.reply_lines().await;
     assert_eq!(greeting.len(), 1, "{greeting:?}");
     assert!(greeting[0].starts_with("220 "), "{greeting:?}");
-    let ehlo = c.command("EHLO proxied.client.example");
+    let ehlo = c.cmd_lines("EHLO proxied.client.example").await;
     assert!(ehlo[0].starts_with("250-"), "{ehlo:?}");
     assert!(ehlo.iter().any(|l| l.ends_with("PIPELINING")), "{ehlo:?}");
     assert!(
         !ehlo.iter().any(|l| l.contains("STARTTLS")),
         "STARTTLS offered to a tls: off group: {ehlo:?}"
     );
-    assert_eq!(c.command("STARTTLS"), ["502 5.5.1 STARTTLS not available"]);
-    let quit = c.command("QUIT");
+    assert_eq!(
+        c.cmd_lines("STARTTLS").await,
+        ["502 5.5.1 STARTTLS not available"]
+    );
+    let quit = c.cmd_lines("QUIT").await;
     assert!(quit[0].starts_with("221 2.0.0 "), "{quit:?}");
-    let icid = server.wait_log(
+    let icid = wait_log(
+        &server,
         mark,
         "New SMTP ICID {n} interface proxied (198.51.100.25) address 192.0.2.50 ",
     )[0]
     .clone();
-    server.wait_log(
+    wait_log(
+        &server,
         mark,
         &format!("ICID {icid} ACCEPT SG NOTLS match 192.0.2.50"),
     );
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    server.assert_no_log(mark, &format!("ICID {icid} lost"));
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert_no_log(&server, mark, &format!("ICID {icid} lost"));
 
     // No PROXY header at all: dropped without a reply, and the admin is told why.
     let mark = server.log_mark();
-    let mut c = Raw::connect(port);
-    c.send(b"EHLO no.header.example\r\n");
-    assert_eq!(c.read_to_close(), "");
-    server.wait_log(
+    let mut c = raw(port).await;
+    c.send(b"EHLO no.header.example\r\n").await;
+    assert_eq!(c.read_to_close().await, "");
+    wait_log(
+        &server,
         mark,
         "interface proxied PROXY header from 127.0.0.1 refused: ",
     );
-    server.assert_no_log(mark, "New SMTP ICID");
+    assert_no_log(&server, mark, "New SMTP ICID");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1138,9 +832,9 @@ fn proxy_protocol_listener_applies_hat_to_real_client() {
 // ---------------------------------------------------------------------------------------------
 
 /// A client that talks before the banner gets 554 5.5.0 and is logged.
-#[test]
-fn pre_greeting_talker_is_rejected() {
-    let server = Server::start();
+#[tokio::test]
+async fn pre_greeting_talker_is_rejected() {
+    let server = start();
 
     // On a plain listener the bytes race the server's reverse-DNS lookup; the lookup of
     // 127.0.0.1 practically always loses, but a retry keeps a rare scheduling hiccup from
@@ -1149,11 +843,11 @@ fn pre_greeting_talker_is_rejected() {
     let mut greeted = Vec::new();
     for _ in 0..5 {
         let mark = server.log_mark();
-        let mut c = Raw::connect(server.port("preferred"));
-        c.send(b"EHLO x\r\n");
-        let first = c.reply();
+        let mut c = raw(server.addr("preferred")).await;
+        c.send(b"EHLO x\r\n").await;
+        let first = c.reply_lines().await;
         if first == ["554 5.5.0 Protocol error: data sent before greeting"] {
-            assert_eq!(c.read_to_close(), "", "bytes after the 554");
+            assert_eq!(c.read_to_close().await, "", "bytes after the 554");
             rejected = Some(mark);
             break;
         }
@@ -1163,8 +857,8 @@ fn pre_greeting_talker_is_rejected() {
     }
     let mark = rejected
         .unwrap_or_else(|| panic!("pre-greeting EHLO was never rejected; greetings: {greeted:?}"));
-    let icid = server.wait_log(mark, "ICID {n} pre-greeting traffic, rejected")[0].clone();
-    server.wait_log(mark, &format!("ICID {icid} close"));
+    let icid = wait_log(&server, mark, "ICID {n} pre-greeting traffic, rejected")[0].clone();
+    wait_log(&server, mark, &format!("ICID {icid} close"));
     assert!(
         server.log_text().lines().any(|l| l.ends_with(&format!(
             "Warning: mxgate: ICID {icid} pre-greeting traffic, rejected"
@@ -1175,30 +869,36 @@ fn pre_greeting_talker_is_rejected() {
 
     // Deterministic variant: SMTP bytes in the same segment as the PROXY header.
     let mark = server.log_mark();
-    let mut c = Raw::connect(server.port("proxied"));
-    c.send(b"PROXY TCP4 192.0.2.50 127.0.0.1 40003 25\r\nEHLO x\r\n");
+    let mut c = raw(server.addr("proxied")).await;
+    c.send(b"PROXY TCP4 192.0.2.50 127.0.0.1 40003 25\r\nEHLO x\r\n")
+        .await;
     assert_eq!(
-        c.reply(),
+        c.reply_lines().await,
         ["554 5.5.0 Protocol error: data sent before greeting"]
     );
-    assert_eq!(c.read_to_close(), "");
-    let icid = server.wait_log(mark, "ICID {n} pre-greeting traffic, rejected")[0].clone();
-    server.wait_log(mark, &format!("ICID {icid} close"));
-    assert!(server.queue_files().is_empty());
+    assert_eq!(c.read_to_close().await, "");
+    let icid = wait_log(&server, mark, "ICID {n} pre-greeting traffic, rejected")[0].clone();
+    wait_log(&server, mark, &format!("ICID {icid} close"));
+    assert!(queue_files(&server).is_empty());
 }
 
 /// Known bug (see the e2e report): a TCPREFUSE host whose first segment carries SMTP bytes
 /// after the PROXY header gets `554 5.5.0 Protocol error` and a full ICID instead of being
 /// dropped silently and logged as `ICID 0 TCPREFUSE`.
-#[test]
-fn tcprefuse_applies_even_to_pre_greeting_talkers() {
-    let server = Server::start();
+#[tokio::test]
+async fn tcprefuse_applies_even_to_pre_greeting_talkers() {
+    let server = start();
     let mark = server.log_mark();
-    let mut c = Raw::connect(server.port("proxied"));
-    c.send(b"PROXY TCP4 192.0.2.30 127.0.0.1 40004 25\r\nEHLO x\r\n");
-    assert_eq!(c.read_to_close(), "", "TCPREFUSE must send nothing");
-    server.wait_log(mark, "ICID 0 TCPREFUSE SG REFUSELIST match 192.0.2.30");
-    server.assert_no_log(mark, "pre-greeting traffic");
+    let mut c = raw(server.addr("proxied")).await;
+    c.send(b"PROXY TCP4 192.0.2.30 127.0.0.1 40004 25\r\nEHLO x\r\n")
+        .await;
+    assert_eq!(c.read_to_close().await, "", "TCPREFUSE must send nothing");
+    wait_log(
+        &server,
+        mark,
+        "ICID 0 TCPREFUSE SG REFUSELIST match 192.0.2.30",
+    );
+    assert_no_log(&server, mark, "pre-greeting traffic");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1207,14 +907,14 @@ fn tcprefuse_applies_even_to_pre_greeting_talkers() {
 
 /// SIGTERM: listeners close, open sessions keep working for the grace period, then get 421;
 /// the process exits 0.
-#[test]
-fn sigterm_drains_open_sessions_then_exits_zero() {
-    let mut server = Server::start();
-    let port = server.port("preferred");
-    let mut c = Raw::connect(port);
-    let greeting = c.reply();
+#[tokio::test]
+async fn sigterm_drains_open_sessions_then_exits_zero() {
+    let mut server = start();
+    let port = server.addr("preferred");
+    let mut c = raw(port).await;
+    let greeting = c.reply_lines().await;
     assert!(greeting[0].starts_with("220 "), "{greeting:?}");
-    let ehlo = c.command("EHLO stay.client.example");
+    let ehlo = c.cmd_lines("EHLO stay.client.example").await;
     assert!(
         ehlo.last().is_some_and(|l| l.starts_with("250 ")),
         "{ehlo:?}"
@@ -1225,11 +925,11 @@ fn sigterm_drains_open_sessions_then_exits_zero() {
     server.wait_stderr("mxgate: shutting down (grace 5s)");
 
     // The open session is still served during the grace period.
-    assert_eq!(c.command("NOOP"), ["250 2.0.0 Ok"]);
+    assert_eq!(c.cmd_lines("NOOP").await, ["250 2.0.0 Ok"]);
     // New connections are no longer accepted.
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
+        match TcpStream::connect(port) {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
             Err(e) => panic!("connect after SIGTERM: {e}"),
             Ok(_) => {
@@ -1242,18 +942,15 @@ fn sigterm_drains_open_sessions_then_exits_zero() {
         }
     }
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(c.command("NOOP"), ["250 2.0.0 Ok"]);
+    assert_eq!(c.cmd_lines("NOOP").await, ["250 2.0.0 Ok"]);
 
     // When the grace period runs out the session is told and closed.
-    c.stream
-        .set_read_timeout(Some(SHUTDOWN_GRACE + DEADLINE))
-        .expect("timeout");
     assert_eq!(
-        c.reply(),
+        c.reply_lines().await,
         ["421 4.3.2 mx.test.example Service shutting down, closing transmission channel"]
     );
     let closed_after = signalled.elapsed();
-    assert_eq!(c.read_to_close(), "");
+    assert_eq!(c.read_to_close().await, "");
     assert!(
         closed_after >= SHUTDOWN_GRACE - Duration::from_millis(500),
         "session closed after {closed_after:?}, before the {SHUTDOWN_GRACE:?} grace period"
@@ -1280,7 +977,7 @@ fn sigterm_drains_open_sessions_then_exits_zero() {
 /// With no open session SIGTERM stops the server at once, exit status 0.
 #[test]
 fn sigterm_on_idle_server_exits_promptly() {
-    let mut server = Server::start();
+    let mut server = start();
     let started = Instant::now();
     server.signal(libc::SIGTERM);
     // Promptly = without waiting for the grace period (5 s), with room for a loaded machine.

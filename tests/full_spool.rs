@@ -3,11 +3,11 @@
 //! spool still greets and delivers. Its own test binary: `/ready`'s memory of a recent
 //! out-of-space failure is process-wide and would disturb the `/ready` checks of tests/spool.rs.
 
-mod common;
+mod support;
 
 use std::path::Path;
 
-use common::{sink::Sink, Client, Server};
+use support::{sink::Sink, Client, Server};
 
 /// A server of the configuration `cfg` with its spool on the tmpfs `mnt`.
 async fn full_spool_server(cfg: &Path, mnt: &Path) -> Server {
@@ -51,17 +51,17 @@ async fn fill_spool_completely(srv: &Server, mnt: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_10_a_full_spool_drains_when_the_internal_server_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tmpfs(dir.path(), "256k") else {
+    let Some((mnt, _unmount)) = support::tmpfs(dir.path(), "256k") else {
         return;
     };
-    let port = common::closed_port();
-    let cfg = common::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
+    let port = support::free_port();
+    let cfg = support::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
     let mut srv = full_spool_server(cfg.path(), &mnt).await;
     let accepted = fill_spool_completely(&srv, &mnt).await;
     // A retry round on the full disk: its delivery states cannot be saved.
     let delayed = |log: &str| log.matches("Info: Delayed: DCID").count();
     let before = delayed(&srv.log_text());
-    common::wait_until("retries on the full disk", || {
+    support::wait_until("retries on the full disk", || {
         delayed(&srv.log_text()) >= before + accepted
     })
     .await;
@@ -83,11 +83,11 @@ async fn trust_10_a_full_spool_drains_when_the_internal_server_comes_back() {
     // The internal server comes back: everything is delivered, without a restart and with the
     // filler still there, and nothing is left in queue/ (no delivery-state temp file either).
     let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
-    common::wait_until("every message delivered", || {
+    support::wait_until("every message delivered", || {
         sink.messages().len() >= accepted
     })
     .await;
-    common::wait_until("queue/ empty", || srv.queued().is_empty()).await;
+    support::wait_until("queue/ empty", || srv.queued().is_empty()).await;
     assert_eq!(sink.messages().len(), accepted);
     assert!(mnt.join("filler").exists());
     let log = srv.log_text();
@@ -110,11 +110,11 @@ async fn trust_10_a_full_spool_drains_when_the_internal_server_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_10_a_server_started_on_a_full_spool_greets_and_delivers() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tmpfs(dir.path(), "256k") else {
+    let Some((mnt, _unmount)) = support::tmpfs(dir.path(), "256k") else {
         return;
     };
-    let port = common::closed_port();
-    let cfg = common::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
+    let port = support::free_port();
+    let cfg = support::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
     let mut srv = full_spool_server(cfg.path(), &mnt).await;
     let accepted = fill_spool_completely(&srv, &mnt).await;
     srv.stop().await;
@@ -125,11 +125,11 @@ async fn trust_10_a_server_started_on_a_full_spool_greets_and_delivers() {
     let greeting = c.reply().await;
     assert!(greeting.starts_with("220 "), "{greeting}");
     c.cmd("QUIT").await;
-    common::wait_until("every message delivered", || {
+    support::wait_until("every message delivered", || {
         sink.messages().len() >= accepted
     })
     .await;
-    common::wait_until("queue/ empty", || srv.queued().is_empty()).await;
+    support::wait_until("queue/ empty", || srv.queued().is_empty()).await;
     assert_eq!(sink.messages().len(), accepted);
     let log = srv.log_text();
     assert!(!log.contains("cannot allocate"), "{log}");

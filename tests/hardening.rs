@@ -13,7 +13,7 @@
 //! `tests/integration.rs::plaintext_pipelined_after_starttls_is_discarded` and at session level
 //! by `tests/transcripts/07_starttls_injection.txt`; it is not repeated here.
 
-mod common;
+mod support;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::dnsmasq::Dnsmasq;
-use common::{copy_dir, repo, Client, Server};
+use support::dnsmasq::Dnsmasq;
+use support::{copy_dir, free_port, repo, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -44,7 +44,7 @@ async fn connect_as(addr: SocketAddr, ip: &str) -> Client<TcpStream> {
 
 /// The ICID from a log line `... ICID n ...`.
 fn icid_of(line: &str) -> u64 {
-    common::id_after(line, "ICID ")
+    support::id_after(line, "ICID ")
 }
 
 /// Nothing was spooled: no queued file, no leftover temporary file.
@@ -198,7 +198,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     assert_eq!(c.reply().await, "", "closed after the reject banner");
     let l = srv
         .wait_log(
-            r"Info: ICID \d+ REJECT SG BLOCKLIST match dnslist[zen.example-rbl.test] SBRS None",
+            r"Info: ICID {n} REJECT SG BLOCKLIST match dnslist[zen.example-rbl.test] SBRS None",
         )
         .await;
     let icid = icid_of(&l);
@@ -211,7 +211,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     let mut c = connect_as(addr, "192.0.2.3").await;
     assert_eq!(c.reply().await, "220 mx.test.example ESMTP ready (ALL)\r\n");
     let l = srv
-        .wait_log(r"Info: ICID \d+ ACCEPT SG ALL match ALL SBRS None")
+        .wait_log(r"Info: ICID {n} ACCEPT SG ALL match ALL SBRS None")
         .await;
     let icid = icid_of(&l);
     assert!(c.cmd("QUIT").await.starts_with("221 "));
@@ -236,7 +236,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
         "220 mx.test.example ESMTP ready (SUSPECTLIST)\r\n"
     );
     srv.wait_log(
-        r"Info: ICID \d+ ACCEPT SG SUSPECTLIST match dnslist[dul.example-rbl.test] SBRS None",
+        r"Info: ICID {n} ACCEPT SG SUSPECTLIST match dnslist[dul.example-rbl.test] SBRS None",
     )
     .await;
     drop(c);
@@ -245,7 +245,7 @@ async fn dnsbl_listed_and_unlisted_clients_land_in_their_groups() {
     let mut c = connect_as(addr, "192.0.2.6").await;
     assert_eq!(c.reply().await, "220 mx.test.example ESMTP ready (ALL)\r\n");
     srv.wait_log(
-        r"Warning: mxgate: ICID \d+ dnslist[dul.example-rbl.test] answer 127.255.255.254 for 192.0.2.6 is not a listing code",
+        r"Warning: mxgate: ICID {n} dnslist[dul.example-rbl.test] answer 127.255.255.254 for 192.0.2.6 is not a listing code",
     )
     .await;
     drop(c);
@@ -329,7 +329,7 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
         ))
         .await;
     }
-    srv.wait_log(r"Info: ICID \d+ ACCEPT SG TEMPFAIL match ptr_tempfail SBRS None")
+    srv.wait_log(r"Info: ICID {n} ACCEPT SG TEMPFAIL match ptr_tempfail SBRS None")
         .await;
     // Counted as errors. The recorder is process-wide and the other block-list test runs at
     // the same time: under load its dnsmasq may time out too, so "at least".
@@ -342,14 +342,6 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
 // ---------------------------------------------------------------------------------------------
 // PROXY protocol behind a real HAProxy
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// HAProxy in TCP mode: frontend name -> (port, PROXY version it sends to the backend).
 struct Haproxy {
@@ -488,7 +480,7 @@ async fn haproxy_send_proxy_v1_and_v2_present_the_real_client() {
             "PROXY {version}"
         );
         let l = srv
-            .wait_log(r"Info: New SMTP ICID \d+ interface proxied (127.0.0.1) address 127.0.0.7 reverse dns host")
+            .wait_log(r"Info: New SMTP ICID {n} interface proxied (127.0.0.1) address 127.0.0.7 reverse dns host")
             .await;
         let icid = icid_of(&l);
         srv.wait_log(&format!(
@@ -1053,11 +1045,9 @@ async fn connection_flood_from_one_address_against_the_per_ip_limit() {
     ))
     .await;
     assert_nothing_spooled(&srv);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "flood test took {:?}",
-        started.elapsed()
-    );
+    // How long the whole flood takes is a benchmark figure, not a pass/fail condition: on a
+    // loaded machine it varies tenfold. The witness above is what must hold.
+    eprintln!("flood test took {:?}", started.elapsed());
     srv.stop().await;
 }
 

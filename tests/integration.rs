@@ -1,10 +1,10 @@
 //! Integration tests: the real server on 127.0.0.1:0 with real rustls, PROXY headers to present
 //! clients from documentation addresses, a real DNS server (dnsmasq) and a full disk (tmpfs).
 
-mod common;
+mod support;
 
-use common::dnsmasq::Dnsmasq;
-use common::{Client, Server};
+use support::dnsmasq::Dnsmasq;
+use support::{Client, Server};
 
 const MSG: &str = "Subject: integration\r\nMessage-ID: <it@test>\r\n\r\nhello\r\n";
 
@@ -46,8 +46,8 @@ async fn starttls_upgrade_then_mail_is_spooled_before_250() {
         .unwrap()
         .next()
         .is_none());
-    let icid_line = srv.wait_log(r"Info: New SMTP ICID \d+ interface preferred (127.0.0.1) address 127.0.0.1 reverse dns host").await;
-    let icid: u64 = common::id_after(&icid_line, "ICID ");
+    let icid_line = srv.wait_log(r"Info: New SMTP ICID {n} interface preferred (127.0.0.1) address 127.0.0.1 reverse dns host").await;
+    let icid: u64 = support::id_after(&icid_line, "ICID ");
     srv.wait_log(&format!(
         "Info: ICID {icid} ACCEPT SG ALL match ALL SBRS None"
     ))
@@ -71,7 +71,7 @@ async fn starttls_upgrade_then_mail_is_spooled_before_250() {
     srv.wait_log(&format!("Info: MID {mid} Subject 'integration'"))
         .await;
     srv.wait_log(&format!(
-        r"Info: MID {mid} ready \d+ bytes from <a@other.example>"
+        r"Info: MID {mid} ready {{n}} bytes from <a@other.example>"
     ))
     .await;
     srv.wait_log(&format!("Info: MID {mid} queued for delivery"))
@@ -95,7 +95,7 @@ async fn required_refuses_mail_until_starttls_and_off_does_not_offer_it() {
         c.cmd("QUIT").await,
         "221 2.0.0 mx.test.example closing connection\r\n"
     );
-    srv.wait_log(r"Info: ICID \d+ TLS was required but remote host did not initiate it")
+    srv.wait_log(r"Info: ICID {n} TLS was required but remote host did not initiate it")
         .await;
 
     let mut c = Client::connect(srv.addr("off"), None).await;
@@ -126,7 +126,7 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
         t.cmd("RCPT TO:<victim@example.com>").await,
         "503 5.5.1 Need MAIL command\r\n"
     );
-    srv.wait_log(r"Warning: mxgate: ICID \d+ discarded 65 bytes pipelined after STARTTLS")
+    srv.wait_log(r"Warning: mxgate: ICID {n} discarded 65 bytes pipelined after STARTTLS")
         .await;
     assert!(!srv.log_text().contains("attacker@evil.example"));
     srv.stop().await;
@@ -147,7 +147,7 @@ async fn each_hat_action_over_proxy_protocol() {
         "",
         "connection must close after the reject banner"
     );
-    srv.wait_log(r"ICID \d+ REJECT SG BLOCKLIST match 192.0.2.20 SBRS None")
+    srv.wait_log(r"ICID {n} REJECT SG BLOCKLIST match 192.0.2.20 SBRS None")
         .await;
     // tcprefuse: closed before any greeting.
     let mut c = Client::connect(addr, Some("192.0.2.30")).await;
@@ -177,7 +177,7 @@ async fn each_hat_action_over_proxy_protocol() {
         c.cmd("RCPT TO:<someone@anywhere.example>").await,
         "250 2.1.5 Recipient ok\r\n"
     );
-    srv.wait_log(r"ICID \d+ RELAY SG RELAYLIST match 192.0.2.100 SBRS None")
+    srv.wait_log(r"ICID {n} RELAY SG RELAYLIST match 192.0.2.100 SBRS None")
         .await;
     // An untrusted source may not send a PROXY header: the public listener is not behind a balancer.
     srv.stop().await;
@@ -207,10 +207,10 @@ async fn rat_and_limits_on_real_sockets() {
         c.cmd("RCPT TO:<r3@example.com>").await,
         "452 4.5.3 Too many recipients\r\n"
     );
-    srv.wait_log(r"ICID \d+ To: <x@other.example> Rejected by RAT")
+    srv.wait_log(r"ICID {n} To: <x@other.example> Rejected by RAT")
         .await;
     srv.wait_log(
-        r"mxgate: ICID \d+ MID \d+ RCPT TO: <r3@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)",
+        r"mxgate: ICID {n} MID {n} RCPT TO: <r3@example.com> refused: max_recipients_per_message 2 (policy THROTTLED)",
     )
     .await;
     // Size: 2 KiB limit in the fixture, checked on the real bytes.
@@ -243,7 +243,7 @@ async fn rat_and_limits_on_real_sockets() {
         "another client is still served"
     );
     drop(open);
-    srv.wait_log(r"mxgate: ICID \d+ connection from 192.0.2.77 refused: max_concurrent_connections_per_ip 5 (policy ACCEPTED)").await;
+    srv.wait_log(r"mxgate: ICID {n} connection from 192.0.2.77 refused: max_concurrent_connections_per_ip 5 (policy ACCEPTED)").await;
     srv.stop().await;
 }
 
@@ -278,7 +278,7 @@ async fn reverse_dns_from_a_real_dns_server_selects_groups() {
         .starts_with("220 mx.test.example ESMTP ready (ALLOWLIST)"));
     srv.wait_log("address 192.0.2.11 reverse dns host mail.partner.example verified yes")
         .await;
-    srv.wait_log(r"ICID \d+ ACCEPT SG ALLOWLIST match .partner.example SBRS None")
+    srv.wait_log(r"ICID {n} ACCEPT SG ALLOWLIST match .partner.example SBRS None")
         .await;
     // Mismatch: PTR claims a partner name, forward lookup disagrees: only ptr_mismatch.
     let mut c = Client::connect(addr, Some("192.0.2.12")).await;
@@ -288,7 +288,7 @@ async fn reverse_dns_from_a_real_dns_server_selects_groups() {
         .starts_with("220 mx.test.example ESMTP ready (SUSPECTLIST)"));
     srv.wait_log("address 192.0.2.12 reverse dns host fake.partner.example verified no")
         .await;
-    srv.wait_log(r"ICID \d+ ACCEPT SG SUSPECTLIST match ptr_mismatch SBRS None")
+    srv.wait_log(r"ICID {n} ACCEPT SG SUSPECTLIST match ptr_mismatch SBRS None")
         .await;
     // Missing PTR.
     let mut c = Client::connect(addr, Some("192.0.2.13")).await;
@@ -296,7 +296,7 @@ async fn reverse_dns_from_a_real_dns_server_selects_groups() {
         .reply()
         .await
         .starts_with("220 mx.test.example ESMTP ready (NOPTR)"));
-    srv.wait_log(r"ICID \d+ ACCEPT SG NOPTR match ptr_missing SBRS None")
+    srv.wait_log(r"ICID {n} ACCEPT SG NOPTR match ptr_missing SBRS None")
         .await;
     srv.stop().await;
 }
@@ -304,7 +304,7 @@ async fn reverse_dns_from_a_real_dns_server_selects_groups() {
 #[tokio::test]
 async fn full_disk_answers_452_and_keeps_what_was_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+    let Some((mnt, _unmount)) = support::tiny_tmpfs(dir.path()) else {
         return;
     };
     let spool = mnt.clone();
@@ -337,7 +337,7 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
         std::fs::read_dir(mnt.join("tmp")).unwrap().next().is_none(),
         "tmp/ cleaned"
     );
-    srv.wait_log(r"Info: ICID \d+ Receiving Failed: spool error:")
+    srv.wait_log(r"Info: ICID {n} Receiving Failed: spool error:")
         .await;
     // Space again: mail flows again on the same connection.
     std::fs::remove_file(&filler).unwrap();
@@ -381,7 +381,7 @@ async fn listener_connection_cap_and_command_timeout() {
         "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
     );
     assert_eq!(a.reply().await, "");
-    srv.wait_log(r"mxgate: ICID \d+ session refused: command timeout")
+    srv.wait_log(r"mxgate: ICID {n} session refused: command timeout")
         .await;
     // Slots free again: a new client is served.
     b.reply().await;

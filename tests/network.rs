@@ -1,12 +1,12 @@
 //! Network identity of clients (docs/network.md): IPv4 clients on IPv6 sockets, dual-stack
 //! binding, reverse DNS from the configured resolvers only, and the metrics about them.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 
-use common::dnsmasq::Dnsmasq;
-use common::{Client, Server};
+use support::dnsmasq::Dnsmasq;
+use support::{Client, Server};
 use tokio::io::AsyncWriteExt;
 
 /// A dnsmasq answering NXDOMAIN at once for every reverse name and `.test`, so that no
@@ -23,7 +23,7 @@ fn resolver(dns: &Dnsmasq) -> SocketAddr {
 /// to policies/hat.yaml).
 fn config_with(listeners: &[(&str, &str)], hats: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo().join("tests/fixtures/e2e"), dir.path());
+    support::copy_dir(&support::repo().join("tests/fixtures/e2e"), dir.path());
     for (file, yaml) in listeners {
         std::fs::write(dir.path().join("listeners").join(file), yaml).unwrap();
     }
@@ -72,7 +72,7 @@ async fn trust_03_ipv4_client_on_an_ipv6_socket_matches_ipv4_entries() {
     );
     srv.wait_log(r"interface mapped (127.0.0.1) address 127.0.0.1 reverse dns host")
         .await;
-    srv.wait_log(r"ICID \d+ REJECT SG BLOCKLIST match 127.0.0.1 SBRS None")
+    srv.wait_log(r"ICID {n} REJECT SG BLOCKLIST match 127.0.0.1 SBRS None")
         .await;
 
     // PROXY trusted networks are IPv4 too; and an IPv4-mapped source in a TCP6 header is the
@@ -107,11 +107,7 @@ async fn trust_03_ipv4_client_on_an_ipv6_socket_matches_ipv4_entries() {
 #[tokio::test]
 async fn trust_03_ipv4_and_ipv6_wildcards_bind_the_same_port() {
     let Some(dns) = quiet_dns() else { return };
-    let port = std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let v4: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
     let v6: SocketAddr = format!("[::]:{port}").parse().unwrap();
     let mut srv = Server::start("e2e", |o, _| {
@@ -344,11 +340,11 @@ async fn trust_25_proxy_refusals_and_reverse_dns_results_are_counted() {
 
 /// `mxgate hat trace IP ARGS... --listener proxied` on the e2e fixture: stdout, stderr, success.
 fn trace(ip: &str, args: &[&str]) -> (String, String, bool) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxgate"))
+    let out = support::mxgate::bin()
         .args(["hat", "trace", ip, "--listener", "proxied"])
         .args(args)
         .arg("--config-dir")
-        .arg(common::repo().join("tests/fixtures/e2e"))
+        .arg(support::repo().join("tests/fixtures/e2e"))
         .env_remove("MXGATE_CONFIG_DIR")
         .output()
         .unwrap();

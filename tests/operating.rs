@@ -2,19 +2,16 @@
 //! refuse, the test dependencies install, logs are readable outside a terminal, the queue
 //! commands, restarts and reloads.
 
-mod common;
-mod relay_common;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{closed_addr, copy_dir, relay_config, repo, Client, Server};
 use mxgate::config::model::MailLogTarget;
 use mxgate::config::{load, Overrides};
+use support::{closed_addr, copy_dir, relay_config, repo, Client, Server};
 
-fn mxgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mxgate"))
-}
+use support::mxgate::bin as mxgate;
 
 /// A copy of the shipped configuration (listeners/, policies/) in a temporary directory.
 fn shipped_copy() -> tempfile::TempDir {
@@ -140,22 +137,15 @@ fn serve_on_a_taken_port() -> String {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let tmp = tempfile::tempdir().unwrap();
-    let out = mxgate()
-        .arg("serve")
-        .arg("--config-dir")
-        .arg(repo())
-        .arg("--spool-dir")
-        .arg(tmp.path().join("spool"))
-        .arg("--certs-dir")
-        .arg(tmp.path().join("certs"))
-        .arg("--mail-log")
-        .arg(tmp.path().join("mail.log"))
-        .args(["--metrics-listen", "off"])
-        .arg(format!("--bind=inbound=127.0.0.1:{port}"))
-        .arg("--bind=relay=127.0.0.1:0")
-        .env_remove("MXGATE_LOG")
-        .output()
-        .unwrap();
+    let bind = format!("--bind=inbound=127.0.0.1:{port}");
+    let out = support::Mxgate::command(
+        &repo(),
+        tmp.path(),
+        &["--metrics-listen", "off", &bind, "--bind=relay=127.0.0.1:0"],
+    )
+    .env_remove("MXGATE_LOG")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -217,8 +207,8 @@ async fn trust_20_reload_warns_that_a_changed_metrics_listen_needs_a_restart() {
 
 #[tokio::test]
 async fn trust_20_a_dropped_downstream_connection_is_logged_without_a_reply_code() {
-    use relay_common::{Sink, SinkConfig};
-    let sink = Sink::start(SinkConfig {
+    use support::{Sink, SinkConfig};
+    let sink = Sink::start_with(SinkConfig {
         rcpt_replies: vec![("bob@example.com".into(), "DROP".into())],
         ..SinkConfig::default()
     })
@@ -228,7 +218,7 @@ async fn trust_20_a_dropped_downstream_connection_is_logged_without_a_reply_code
     let r = send(&srv, "bob@example.com").await;
     assert!(r.starts_with("250 "), "{r}");
     let line = srv
-        .wait_log("Info: Delayed: DCID \\d+ MID \\d+ to RID [0] - ")
+        .wait_log("Info: Delayed: DCID {n} MID {n} to RID [0] - ")
         .await;
     assert!(
         line.contains(" - 4.4.2 - lost connection with 127.0.0.1: "),
@@ -256,13 +246,11 @@ async fn send_to(addr: std::net::SocketAddr, to: &str) -> u64 {
 async fn spool_with_a_deferred_message() -> (tempfile::TempDir, u64) {
     let cfg = relay_config(closed_addr(), "1h");
     let work = tempfile::tempdir().unwrap();
-    let (child, addr) = common::spawn_serve(cfg.path(), work.path());
+    let child = support::Mxgate::start(cfg.path(), work.path());
+    let addr = child.addr("preferred");
     let mid = send_to(addr, "bob@example.com").await;
-    let log = work.path().join("mail.log");
-    common::wait_until("the first attempt fails", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
-    })
-    .await;
+    // The first attempt fails.
+    child.wait_log("Info: Delayed: DCID ");
     child.stop();
     (work, mid)
 }
@@ -358,19 +346,17 @@ async fn trust_20_after_a_restart_the_queue_is_tried_soon() {
     let down = closed_addr();
     let cfg = relay_config(down, "1h");
     let work = tempfile::tempdir().unwrap();
-    let (child, addr) = common::spawn_serve(cfg.path(), work.path());
+    let child = support::Mxgate::start(cfg.path(), work.path());
+    let addr = child.addr("preferred");
     send_to(addr, "bob@example.com").await;
-    let log = work.path().join("mail.log");
-    common::wait_until("the first attempt fails", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Info: Delayed: DCID "))
-    })
-    .await;
+    // The first attempt fails.
+    child.wait_log("Info: Delayed: DCID ");
     child.stop();
     // The internal server comes back, and mxgate is restarted: the message goes out now,
     // not an hour after the failed attempt.
-    let sink = common::sink::Sink::start(&down.to_string()).await;
-    let (child, _) = common::spawn_serve(cfg.path(), work.path());
-    common::wait_until("delivery after the restart", || !sink.messages().is_empty()).await;
+    let sink = support::sink::Sink::start(&down.to_string()).await;
+    let child = support::Mxgate::start(cfg.path(), work.path());
+    support::wait_until("delivery after the restart", || !sink.messages().is_empty()).await;
     child.stop();
 }
 

@@ -8,14 +8,14 @@
 //! - a client that trickles a byte now and then is closed by the command timeout while it
 //!   sends a command line, and by the minimum-progress rule during DATA (item 2, slowloris).
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::sink::Sink;
-use common::{copy_dir, relay_config, repo, wait_until, Client, Server};
+use support::sink::Sink;
+use support::{copy_dir, relay_config, repo, wait_until, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -187,14 +187,6 @@ async fn wait_until_stalled(sent: &AtomicUsize) {
     panic!("the pipelined burst never stalled ({last} bytes sent)");
 }
 
-/// Waits (generously) for a log line containing `needle`.
-async fn wait_log_line(srv: &Server, needle: &str) {
-    wait_until(&format!("log line {needle:?}"), || {
-        srv.log_text().contains(needle)
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_02_a_client_that_never_reads_is_closed_at_the_session_timeout() {
     let cfg = stall_config("3s");
@@ -204,12 +196,9 @@ async fn trust_02_a_client_that_never_reads_is_closed_at_the_session_timeout() {
     let (c, icid) = connect_small_rcvbuf(&srv, "stall").await;
     let (writer, sent) = pipeline_and_never_read(c.io.into_inner());
     wait_until_stalled(&sent).await;
-    wait_log_line(
-        &srv,
-        &format!("ICID {icid} session refused: session timeout"),
-    )
-    .await;
-    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.wait_log(&format!("ICID {icid} session refused: session timeout"))
+        .await;
+    srv.wait_log(&format!("ICID {icid} close")).await;
     writer.abort();
 
     // The same over TLS (replies and the closing close_notify are TLS records).
@@ -220,12 +209,9 @@ async fn trust_02_a_client_that_never_reads_is_closed_at_the_session_timeout() {
     assert!(t.cmd("EHLO client.test").await.starts_with("250"));
     let (writer, sent) = pipeline_and_never_read(t.io.into_inner());
     wait_until_stalled(&sent).await;
-    wait_log_line(
-        &srv,
-        &format!("ICID {icid} session refused: session timeout"),
-    )
-    .await;
-    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.wait_log(&format!("ICID {icid} session refused: session timeout"))
+        .await;
+    srv.wait_log(&format!("ICID {icid} close")).await;
     writer.abort();
     srv.stop().await;
 }
@@ -237,8 +223,9 @@ async fn trust_02_a_client_that_reads_nothing_for_the_command_timeout_is_closed(
     let (c, icid) = connect_small_rcvbuf(&srv, "tiny").await;
     let (writer, sent) = pipeline_and_never_read(c.io.into_inner());
     wait_until_stalled(&sent).await;
-    wait_log_line(&srv, &format!("ICID {icid} session refused: write timeout")).await;
-    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.wait_log(&format!("ICID {icid} session refused: write timeout"))
+        .await;
+    srv.wait_log(&format!("ICID {icid} close")).await;
     writer.abort();
     srv.stop().await;
 }
@@ -320,12 +307,9 @@ async fn trust_02_a_client_trickling_a_command_line_is_closed_at_the_command_tim
         said,
         "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
     );
-    wait_log_line(
-        &srv,
-        &format!("ICID {icid} session refused: command timeout"),
-    )
-    .await;
-    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.wait_log(&format!("ICID {icid} session refused: command timeout"))
+        .await;
+    srv.wait_log(&format!("ICID {icid} close")).await;
     srv.stop().await;
 }
 
@@ -344,8 +328,9 @@ async fn trust_02_a_client_trickling_data_is_closed_for_lack_of_progress() {
         said,
         "421 4.4.2 mx.test.example Error: timeout exceeded\r\n"
     );
-    wait_log_line(&srv, &format!("ICID {icid} session refused: data timeout")).await;
-    wait_log_line(&srv, &format!("ICID {icid} close")).await;
+    srv.wait_log(&format!("ICID {icid} session refused: data timeout"))
+        .await;
+    srv.wait_log(&format!("ICID {icid} close")).await;
     assert!(
         srv.queued_mids().is_empty(),
         "the cut-off message was spooled"

@@ -1,12 +1,12 @@
 //! The start of a connection on real sockets, against the in-process server: PROXY v1 headers
 //! that arrive in pieces (item 22) and the pause before the greeting (item 18).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::dnsmasq::Dnsmasq;
-use common::{copy_dir, repo, Client, Server};
+use support::dnsmasq::Dnsmasq;
+use support::{copy_dir, repo, Client, Server};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -72,9 +72,9 @@ async fn trust_18_client_talking_50ms_after_connect_is_refused_polite_one_greete
         (PREGREET.to_string(), String::new())
     );
     let line = srv
-        .wait_log(r"Warning: mxgate: ICID \d+ pre-greeting traffic, rejected")
+        .wait_log(r"Warning: mxgate: ICID {n} pre-greeting traffic, rejected")
         .await;
-    let icid = common::id_after(&line, "ICID ");
+    let icid = support::id_after(&line, "ICID ");
     srv.wait_log(&format!("ICID {icid} close")).await;
 
     // A client that waits for the banner gets it and carries on.
@@ -127,7 +127,7 @@ async fn trust_22_proxy_v1_header_in_two_writes_or_byte_by_byte() {
         c.reply().await,
         "220 mx.test.example ESMTP ready (SUSPECTLIST)\r\n"
     );
-    srv.wait_log(r"New SMTP ICID \d+ interface proxied (127.0.0.1) address 192.0.2.43 reverse dns")
+    srv.wait_log(r"New SMTP ICID {n} interface proxied (127.0.0.1) address 192.0.2.43 reverse dns")
         .await;
     assert!(c.cmd("QUIT").await.starts_with("221 "));
 
@@ -145,7 +145,7 @@ async fn trust_22_proxy_v1_header_in_two_writes_or_byte_by_byte() {
         c.reply().await,
         "220 mx.test.example ESMTP ready (SUSPECTLIST)\r\n"
     );
-    srv.wait_log(r"New SMTP ICID \d+ interface proxied (127.0.0.1) address 192.0.2.44 reverse dns")
+    srv.wait_log(r"New SMTP ICID {n} interface proxied (127.0.0.1) address 192.0.2.44 reverse dns")
         .await;
     assert!(c.cmd("QUIT").await.starts_with("221 "));
     assert!(

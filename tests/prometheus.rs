@@ -18,13 +18,13 @@
 //! A missing tool (prometheus, promtool, python3 with PyYAML) makes a test print `SKIP:` and
 //! pass, unless `CI` is set: then it fails.
 
-mod common;
 #[path = "prometheus/json.rs"]
 mod json;
 #[path = "prometheus/prom.rs"]
 mod prom;
 #[path = "prometheus/promql.rs"]
 mod promql;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::sink::Sink;
-use common::{relay_config, repo, Client, Server};
 use json::Json;
 use prom::Prometheus;
+use support::sink::Sink;
+use support::{relay_config, repo, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn read(rel: &str) -> String {
@@ -1378,11 +1378,11 @@ fn deployment_configurations_pass_mxgate_check() {
     );
     for file in ["deploy/docker/mxgate.yaml", "deploy/k8s/mxgate.yaml"] {
         let dir = tempfile::tempdir().unwrap();
-        common::copy_dir(&repo().join("listeners"), &dir.path().join("listeners"));
-        common::copy_dir(&repo().join("policies"), &dir.path().join("policies"));
+        support::copy_dir(&repo().join("listeners"), &dir.path().join("listeners"));
+        support::copy_dir(&repo().join("policies"), &dir.path().join("policies"));
         std::fs::copy(repo().join(file), dir.path().join("mxgate.yaml")).unwrap();
         let (ok, out) = prom::run(
-            Command::new(env!("CARGO_BIN_EXE_mxgate"))
+            support::mxgate::bin()
                 .arg("check")
                 .arg("--config-dir")
                 .arg(dir.path())

@@ -3,9 +3,9 @@
 //! which needs root), and `200` again once space is back. In a test binary of its own because
 //! the failed-write state is process-wide: another test queueing mail would clear it.
 
-mod common;
+mod support;
 
-use common::{Client, Server};
+use support::{Client, Server};
 
 /// The two tests share the process-wide failed-write state: they take turns.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -50,7 +50,7 @@ async fn ready_is_503_while_the_spool_filesystem_is_below_the_threshold() {
 async fn a_spool_write_failing_for_lack_of_space_makes_ready_503_until_mail_is_queued() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+    let Some((mnt, _unmount)) = support::tiny_tmpfs(dir.path()) else {
         return;
     };
     let spool = mnt.clone();

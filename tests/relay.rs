@@ -1,13 +1,12 @@
 //! Relay tests: accepted mail reaches the internal server; retries while it is down; DSNs for
 //! 5xx recipients; the queue CLI against a running server.
 
-mod common;
-mod relay_common;
+mod support;
 
 use std::time::Duration;
 
-use common::sink::Sink;
-use common::{closed_addr, closed_port, relay_config, wait_until, Client, Server};
+use support::sink::Sink;
+use support::{closed_addr, free_port, relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: relay {id}\r\n\r\nbody of {id}\r\n")
@@ -20,10 +19,6 @@ async fn send(srv: &Server, from: &str, to: &[&str], id: &str) -> String {
     let r = c.send_mail(from, to, &msg(id)).await;
     c.cmd("QUIT").await;
     r
-}
-
-fn message_ids(sink: &Sink) -> Vec<String> {
-    sink.message_ids()
 }
 
 #[tokio::test]
@@ -52,11 +47,11 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
     assert!(m.body.ends_with("\r\nbody of r1\r\n"), "{:?}", m.body);
     let dcid_line = srv
         .wait_log(&format!(
-            "Info: New SMTP DCID \\d+ interface 127.0.0.1 address 127.0.0.1 port {}",
+            "Info: New SMTP DCID {{n}} interface 127.0.0.1 address 127.0.0.1 port {}",
             sink.addr.port()
         ))
         .await;
-    let dcid: u64 = common::id_after(&dcid_line, "DCID ");
+    let dcid: u64 = support::id_after(&dcid_line, "DCID ");
     srv.wait_log(&format!(
         "Info: Delivery start DCID {dcid} MID {mid} to RID [0, 1]"
     ))
@@ -74,8 +69,8 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_settings_apply_on_reload() {
-    use relay_common::SinkConfig;
-    let sink = relay_common::Sink::start(SinkConfig::default()).await;
+    use support::SinkConfig;
+    let sink = support::Sink::start_with(SinkConfig::default()).await;
     let cfg = relay_config(sink.addr, "1h");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let send = |id: &'static str| {
@@ -94,7 +89,7 @@ async fn delivery_settings_apply_on_reload() {
     send("before").await;
     wait_until("the first message", || sink.messages().len() == 1).await;
     // Its connection is closed: the next message needs a new one.
-    srv.wait_log(r"Info: DCID \d+ close").await;
+    srv.wait_log(r"Info: DCID {n} close").await;
 
     // A new delivery host name: the next delivery connection says it in EHLO.
     let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
@@ -126,9 +121,10 @@ async fn delivery_settings_apply_on_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_ca_bundle_behind_the_same_path_applies_on_reload() {
-    use relay_common::{server_config, ServerTls, SinkConfig, TestPki};
+    use support::pki::{server_config, TestPki};
+    use support::{ServerTls, SinkConfig};
     let pki = TestPki::new();
-    let sink = relay_common::Sink::start(SinkConfig {
+    let sink = support::Sink::start_with(SinkConfig {
         tls: ServerTls::Offer(server_config(pki.leaf(&["example.com"], None))),
         ..SinkConfig::default()
     })
@@ -150,7 +146,7 @@ async fn a_renewed_ca_bundle_behind_the_same_path_applies_on_reload() {
         .send_mail("a@other.example", &["bob@example.com"], &msg("renewed-ca"))
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
-    srv.wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0] - 4.7.5 - ")
+    srv.wait_log(r"Info: Delayed: DCID {n} MID {n} to RID [0] - 4.7.5 - ")
         .await;
     assert!(sink.messages().is_empty());
 
@@ -193,7 +189,7 @@ async fn a_renewed_ca_bundle_behind_the_same_path_applies_on_reload() {
 
 #[tokio::test]
 async fn when_every_route_host_fails_each_failure_is_reported() {
-    let (primary, backup) = (closed_port(), closed_port());
+    let (primary, backup) = (free_port(), free_port());
     let cfg = relay_config(format!("127.0.0.1:{primary}").parse().unwrap(), "1h");
     std::fs::write(
         cfg.path().join("policies/routes.yaml"),
@@ -211,7 +207,7 @@ async fn when_every_route_host_fails_each_failure_is_reported() {
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     let line = srv
-        .wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0] - ")
+        .wait_log(r"Info: Delayed: DCID {n} MID {n} to RID [0] - ")
         .await;
     // Both hosts, in the order tried, not only the backup's error.
     let want = format!(
@@ -252,16 +248,16 @@ async fn downstream_down_then_up_every_message_arrives_once() {
     for t in tasks {
         t.await.unwrap();
     }
-    srv.wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0] - 4.4.1 - ")
+    srv.wait_log(r"Info: Delayed: DCID {n} MID {n} to RID [0] - 4.4.1 - ")
         .await;
     assert_eq!(srv.queued_mids().len(), 12);
     let listed = mxgate::relay::control::entries(&srv.spool);
     assert_eq!(listed.len(), 12);
     // Up again on the same port: the retries deliver everything.
     let sink = Sink::start(&addr.to_string()).await;
-    wait_until("all 12 delivered", || message_ids(&sink).len() >= 12).await;
+    wait_until("all 12 delivered", || sink.message_ids().len() >= 12).await;
     wait_until("queue empty", || srv.queued_mids().is_empty()).await;
-    let mut ids = message_ids(&sink);
+    let mut ids = sink.message_ids();
     ids.sort();
     let before = ids.len();
     ids.dedup();
@@ -284,7 +280,7 @@ async fn a_5xx_recipient_bounces_with_an_rfc3464_dsn() {
     .await;
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
     srv.wait_log(&format!(
-        "Info: Bounced: DCID \\d+ MID {mid} to RID 1 - 5.1.1 - ('550', ['No such user'])"
+        "Info: Bounced: DCID {{n}} MID {mid} to RID 1 - 5.1.1 - ('550', ['No such user'])"
     ))
     .await;
     bounced_and_done(&srv, mid).await;
@@ -347,7 +343,7 @@ async fn trust_16_control_characters_from_the_internal_server_are_filtered() {
     let gen = srv
         .wait_log(&format!(r"was generated for bounce of MID {mid}"))
         .await;
-    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    let dsn_mid: u64 = support::id_after(&gen, "MID ");
     srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
         .await;
     let log = srv.log_text();
@@ -461,7 +457,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+    let Some((mnt, _unmount)) = support::tiny_tmpfs(dir.path()) else {
         return;
     };
     // The internal server is down at first, so the spool can be filled before the 550.
@@ -472,7 +468,7 @@ async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
     let r = send(&srv, "alice@other.example", &["nouser@example.com"], "dsn1").await;
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
     srv.wait_log(&format!(
-        r"Info: Delayed: DCID \d+ MID {mid} to RID [0] - 4.4.1"
+        r"Info: Delayed: DCID {{n}} MID {mid} to RID [0] - 4.4.1"
     ))
     .await;
     let filler = mnt.join("filler");
@@ -534,7 +530,7 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     }
     for m in &mids {
         srv.wait_log(&format!(
-            r"Info: Delayed: DCID \d+ MID {m} to RID [0] - 4.4.1"
+            r"Info: Delayed: DCID {{n}} MID {m} to RID [0] - 4.4.1"
         ))
         .await;
     }
@@ -605,7 +601,7 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     );
     wait_until("q1 and the DSN delivered", || sink.messages().len() >= 2).await;
     wait_until("queue empty", || srv.queued_mids().is_empty()).await;
-    let ids = message_ids(&sink);
+    let ids = sink.message_ids();
     assert!(ids.contains(&"q1".to_string()), "{ids:?}");
     assert!(
         !ids.contains(&"q2".to_string()),
@@ -622,7 +618,8 @@ async fn kill_9_mid_delivery_loses_nothing() {
     let sink = Sink::start_with_delay("127.0.0.1:0", Duration::from_millis(100)).await;
     let cfg = relay_config(sink.addr, "1s");
     let work = tempfile::tempdir().unwrap();
-    let (mut child, addr) = common::spawn_serve(cfg.path(), work.path());
+    let mut child = support::Mxgate::start(cfg.path(), work.path());
+    let addr = child.addr("preferred");
     let mut tasks = Vec::new();
     for client in 0..3 {
         tasks.push(tokio::spawn(async move {
@@ -647,18 +644,17 @@ async fn kill_9_mid_delivery_loses_nothing() {
         t.await.unwrap();
     }
     // Every message is acknowledged; kill the server while deliveries are under way.
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill();
     let spool = work.path().join("spool");
     let left = mxgate::relay::control::entries(&spool).len();
-    let delivered_before = message_ids(&sink).len();
+    let delivered_before = sink.message_ids().len();
     assert!(
         left > 0,
         "the kill came after all deliveries: nothing was tested"
     );
-    let (mut child, _) = common::spawn_serve(cfg.path(), work.path());
+    let child = support::Mxgate::start(cfg.path(), work.path());
     wait_until("every message delivered after restart", || {
-        let mut ids = message_ids(&sink);
+        let mut ids = sink.message_ids();
         ids.sort();
         ids.dedup();
         ids.len() == 30
@@ -668,28 +664,14 @@ async fn kill_9_mid_delivery_loses_nothing() {
         mxgate::relay::control::entries(&spool).is_empty()
     })
     .await;
-    let total = message_ids(&sink).len();
+    let total = sink.message_ids().len();
     // At-least-once: only messages in flight at the kill may arrive twice.
     assert!(
         total - 30 <= left,
         "{total} deliveries for 30 messages, {left} were queued at the kill"
     );
     eprintln!("kill -9: {delivered_before} delivered before, {left} queued at the kill, {total} deliveries in all");
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    assert!(child.0.wait().unwrap().success());
-}
-
-/// Message-IDs in the bodies a `relay_common::Sink` accepted, in order.
-fn received_ids(sink: &relay_common::Sink) -> Vec<String> {
-    sink.messages()
-        .iter()
-        .filter_map(|m| {
-            String::from_utf8_lossy(&m.body).lines().find_map(|l| {
-                l.strip_prefix("Message-ID: <")
-                    .map(|v| v.trim_end_matches('>').to_string())
-            })
-        })
-        .collect()
+    child.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +687,8 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     };
     // Queue two messages while the internal server is down (retries an hour apart).
     let down = relay_config(closed_addr(), "1h");
-    let (mut child, addr) = common::spawn_serve(down.path(), work.path());
+    let mut child = support::Mxgate::start(down.path(), work.path());
+    let addr = child.addr("preferred");
     let mut mids = Vec::new();
     for (id, rcpt) in [
         ("once-1", "bob@example.com"),
@@ -733,23 +716,22 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
         e.len() == 2 && e.iter().all(|e| e.state.attempts == 1)
     })
     .await;
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill();
     // The internal server accepts message 1, then never answers message 2's RCPT: the
     // connection stays open with message 1 acknowledged.
-    let sink = relay_common::Sink::start(relay_common::SinkConfig {
+    let sink = support::Sink::start_with(support::SinkConfig {
         rcpt_replies: vec![("stall@example.com".into(), "STALL".into())],
         ..Default::default()
     })
     .await;
     let up = relay_config(sink.addr, "1h");
-    let (mut child, _) = common::spawn_serve(up.path(), work.path());
+    let mut child = support::Mxgate::start(up.path(), work.path());
     // Both are due at once after the restart (the queue is tried promptly, item 20): one
     // connection takes message 1, then message 2.
     wait_until(
         "message 1 accepted and message 2 stalled on one connection",
         || {
-            received_ids(&sink) == ["once-1"]
+            sink.message_ids() == ["once-1"]
                 && sink
                     .commands()
                     .iter()
@@ -763,8 +745,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     )
     .await;
     assert!(log(&format!("Message finished MID {m1} done")));
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill();
     assert!(
         queued(m2),
         "message 2 was never acknowledged: it stays queued"
@@ -772,18 +753,17 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
     // Restart towards a server that accepts everything.
     let good = Sink::start("127.0.0.1:0").await;
     let cfg = relay_config(good.addr, "1h");
-    let (mut child, _) = common::spawn_serve(cfg.path(), work.path());
+    let child = support::Mxgate::start(cfg.path(), work.path());
     // Message 2 is tried at once after the restart.
-    wait_until("message 2 delivered", || !message_ids(&good).is_empty()).await;
+    wait_until("message 2 delivered", || !good.message_ids().is_empty()).await;
     wait_until("queue empty", || {
         mxgate::relay::control::entries(&spool).is_empty()
     })
     .await;
-    let mut all = received_ids(&sink);
-    all.extend(message_ids(&good));
+    let mut all = sink.message_ids();
+    all.extend(good.message_ids());
     assert_eq!(all, ["once-1", "once-2"], "every message exactly once");
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    assert!(child.0.wait().unwrap().success());
+    child.stop();
 }
 
 #[tokio::test]
@@ -799,7 +779,7 @@ async fn a_message_older_than_the_queue_lifetime_bounces() {
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let r = send(&srv, "alice@other.example", &["bob@example.com"], "old").await;
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
-    srv.wait_log(&format!(r"Info: Bounced: DCID \d+ MID {mid} to RID 0 - 4.4.7 - message expired in queue, last error: ")).await;
+    srv.wait_log(&format!(r"Info: Bounced: DCID {{n}} MID {mid} to RID 0 - 4.4.7 - message expired in queue, last error: ")).await;
     srv.wait_log(&format!("was generated for bounce of MID {mid}"))
         .await;
     srv.wait_log(&format!("Info: Message finished MID {mid} done"))
@@ -826,7 +806,7 @@ async fn required_tls_failure_logs_a_warning_and_mails_the_admin_once() {
     srv.wait_log("Warning: ALERT: required TLS to destination example.com failed")
         .await;
     srv.wait_log(&format!(
-        r"Info: Delayed: DCID \d+ MID {mid} to RID [0] - 4.7."
+        r"Info: Delayed: DCID {{n}} MID {mid} to RID [0] - 4.7."
     ))
     .await;
     srv.wait_log("alert to ops@admin.test: required TLS to example.com failed")
@@ -847,7 +827,7 @@ async fn required_tls_failure_logs_a_warning_and_mails_the_admin_once() {
     wait_until("a retry", || delayed(&srv.log_text()) >= 2).await;
     assert_eq!(srv.log_text().matches("alert to ops@admin.test").count(), 1);
     assert!(
-        !message_ids(&sink).contains(&"tls1".to_string()),
+        !sink.message_ids().contains(&"tls1".to_string()),
         "never sent in plaintext"
     );
     srv.stop().await;
@@ -858,7 +838,7 @@ async fn bounced_and_done(srv: &Server, mid: u64) {
     let gen = srv
         .wait_log(&format!(r"was generated for bounce of MID {mid}"))
         .await;
-    let dsn_mid: u64 = common::id_after(&gen, "MID ");
+    let dsn_mid: u64 = support::id_after(&gen, "MID ");
     srv.wait_log(&format!("Info: Message finished MID {dsn_mid} done"))
         .await;
     srv.wait_log(&format!("Info: Message finished MID {mid} done"))

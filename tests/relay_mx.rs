@@ -5,13 +5,13 @@
 //! The MX hosts are 127.0.0.2 and 127.0.0.3 (loopback on Linux) with sinks on the same port,
 //! because an MX record cannot carry a port: the route host's port applies to every MX host.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 
-use common::dnsmasq::Dnsmasq;
-use common::sink::Sink;
-use common::{relay_config, wait_until, Client, Server};
+use support::dnsmasq::Dnsmasq;
+use support::sink::Sink;
+use support::{relay_config, wait_until, Client, Server};
 
 fn msg(id: &str) -> String {
     format!("Message-ID: <{id}>\r\nSubject: mx {id}\r\n\r\nbody of {id}\r\n")
@@ -29,7 +29,7 @@ async fn send(srv: &Server, to: &str, id: &str) -> u64 {
 
 /// The DCID of a `New SMTP DCID n ...` line.
 fn dcid_of(line: &str) -> u64 {
-    common::id_after(line, "DCID ")
+    support::id_after(line, "DCID ")
 }
 
 fn ids(sink: &Sink) -> Vec<String> {
@@ -114,7 +114,7 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
     wait_until("delivery to mx-a", || ids(&a) == ["pref"]).await;
     let new = srv
         .wait_log(&format!(
-            r"Info: New SMTP DCID \d+ interface 127.0.0.1 address 127.0.0.2 port {port}"
+            r"Info: New SMTP DCID {{n}} interface 127.0.0.1 address 127.0.0.2 port {port}"
         ))
         .await;
     let dcid = dcid_of(&new);
@@ -130,12 +130,12 @@ async fn lowest_preference_mx_gets_the_mail_and_a_dead_mx_is_skipped() {
     let mid = send(&srv, "carol@failover.example.com", "failover").await;
     wait_until("delivery to mx-b", || ids(&b) == ["failover"]).await;
     srv.wait_log(&format!(
-        r"Info: mxgate: DCID \d+ MX host mx-dead.mxtest.example preference 10 for route host failover.mxtest.example: connection to 127.0.0.4:{port} failed: "
+        r"Info: mxgate: DCID {{n}} MX host mx-dead.mxtest.example preference 10 for route host failover.mxtest.example: connection to 127.0.0.4:{port} failed: "
     ))
     .await;
     let new = srv
         .wait_log(&format!(
-            r"Info: New SMTP DCID \d+ interface 127.0.0.1 address 127.0.0.3 port {port}"
+            r"Info: New SMTP DCID {{n}} interface 127.0.0.1 address 127.0.0.3 port {port}"
         ))
         .await;
     let dcid = dcid_of(&new);
@@ -168,11 +168,11 @@ async fn no_mx_records_falls_back_to_the_address_record() {
     let mid = send(&srv, "dave@plain.example.com", "plain").await;
     wait_until("delivery to plain's A record", || ids(&a) == ["plain"]).await;
     srv.wait_log(
-        r"Info: mxgate: DCID \d+ MX host plain.mxtest.example (implicit MX: no MX records)",
+        r"Info: mxgate: DCID {n} MX host plain.mxtest.example (implicit MX: no MX records)",
     )
     .await;
     srv.wait_log(&format!(
-        r"Info: Message done DCID \d+ MID {mid} to RID [0]"
+        r"Info: Message done DCID {{n}} MID {mid} to RID [0]"
     ))
     .await;
     assert!(b.messages().is_empty());

@@ -2,7 +2,7 @@
 //! outbound TLS modes × eight server states (SPEC §1.4, seed 000), per-recipient
 //! outcomes, pipelining, body streaming and dot-stuffing, and Postfix's smtp-sink.
 
-mod relay_common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,8 @@ use mxgate::relay::client::{
     ClientSettings, ClientTimeouts, Connection, OutgoingMessage, RcptOutcome, Target, TlsOutcome,
 };
 use mxgate::relay::outbound_tls::OutboundTlsContext;
-use relay_common::*;
+use support::pki::*;
+use support::sink::*;
 
 const DOMAIN: &str = "tls.test";
 
@@ -215,7 +216,7 @@ async fn six_modes_times_eight_server_states() {
     for (mode, cells) in MATRIX {
         actual_matrix.push_str(&format!("{:<24}", mode.as_str()));
         for ((state, server_tls), cell) in states.iter().zip(cells) {
-            let sink = Sink::start(SinkConfig {
+            let sink = Sink::start_with(SinkConfig {
                 tls: server_tls.clone(),
                 ..SinkConfig::default()
             })
@@ -270,7 +271,7 @@ async fn six_modes_times_eight_server_states() {
             match got {
                 "D" | "E" | "E?" => {
                     let encrypted = got != "D";
-                    if msgs.len() != 1 || msgs[0].tls != encrypted || msgs[0].body != BODY {
+                    if msgs.len() != 1 || msgs[0].tls != encrypted || msgs[0].bytes != BODY {
                         failures.push(format!("{here}: server received {msgs:?}"));
                     }
                 }
@@ -323,7 +324,7 @@ async fn six_modes_times_eight_server_states() {
 async fn plain_sink(tweak: impl FnOnce(&mut SinkConfig)) -> Sink {
     let mut cfg = SinkConfig::default();
     tweak(&mut cfg);
-    Sink::start(cfg).await
+    Sink::start_with(cfg).await
 }
 
 async fn open_plain(sink: &Sink, log: &Collect) -> Connection {
@@ -515,8 +516,8 @@ async fn big_body_is_dot_stuffed_and_arrives_byte_identical() {
     conn.quit(&log).await;
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 2);
-    assert!(msgs[0].body == body, "body differs after de-stuffing");
-    assert_eq!(msgs[1].body, b"Subject: x\r\n\r\n.no newline\r\n");
+    assert!(msgs[0].bytes == body, "body differs after de-stuffing");
+    assert_eq!(msgs[1].bytes, b"Subject: x\r\n\r\n.no newline\r\n");
 }
 
 #[tokio::test]
@@ -582,7 +583,7 @@ async fn two_messages_on_one_connection_without_rset_after_a_completed_transacti
     );
     let got = sink.messages();
     assert_eq!(got.len(), 2);
-    assert_eq!(got[0].body, got[1].body);
+    assert_eq!(got[0].bytes, got[1].bytes);
     assert_eq!(
         log.texts(),
         vec![
@@ -733,10 +734,7 @@ async fn helo_fallback_greeting_refusal_and_connect_failure() {
     assert_eq!(sink.commands(), ["QUIT"]);
 
     // Nothing listens on this port (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = support::closed_addr();
     log.clear();
     let err = Connection::open(3, &target(port), &set, &log)
         .await
@@ -747,7 +745,7 @@ async fn helo_fallback_greeting_refusal_and_connect_failure() {
 
 #[tokio::test]
 async fn bytes_after_the_starttls_220_abort_the_connection() {
-    let sink = Sink::start(SinkConfig {
+    let sink = Sink::start_with(SinkConfig {
         tls: ServerTls::Offer(server_config(self_signed(&[DOMAIN], None))),
         extra_after_starttls: true,
         ..SinkConfig::default()
@@ -769,7 +767,7 @@ async fn bytes_after_the_starttls_220_abort_the_connection() {
 
 #[tokio::test]
 async fn capabilities_are_relearned_over_tls() {
-    let sink = Sink::start(SinkConfig {
+    let sink = Sink::start_with(SinkConfig {
         tls: ServerTls::Offer(server_config(self_signed(&[DOMAIN], None))),
         ..SinkConfig::default()
     })
@@ -830,11 +828,7 @@ async fn start_smtp_sink(dir: &Path) -> PostfixSink {
     std::fs::create_dir_all(&dump).unwrap();
     // smtp-sink drops privileges to `nobody` when started as root.
     std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = Command::new(SMTP_SINK);
     // SAFETY: geteuid has no preconditions.
@@ -970,14 +964,6 @@ impl Drop for PostfixInstance {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the instance in `dir`, or says why it cannot run here.
 async fn start_postfix(dir: &Path, cert: &ServerCert) -> Result<PostfixInstance, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -1026,7 +1012,7 @@ async fn start_postfix(dir: &Path, cert: &ServerCert) -> Result<PostfixInstance,
     }
     let chain_file = conf.join("chain.pem");
     std::fs::write(&chain_file, pem).unwrap();
-    let port = free_port();
+    let port = support::free_port();
     let main_cf = format!(
         "compatibility_level = 3.6\n\
          queue_directory = {queue}\n\

@@ -1,150 +1,50 @@
 //! Live reload: SIGHUP / `mxgate reload` / a changed certificate file apply a new configuration
 //! to new connections while open sessions finish; a broken configuration is refused whole.
 
-mod common;
+mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
-use common::{copy_dir, repo};
+use support::{copy_dir, repo, Client, Mxgate};
+use tokio::net::TcpStream;
 
-struct Server {
-    child: Child,
-    ports: std::collections::HashMap<String, SocketAddr>,
-    cfg: PathBuf,
-    work: PathBuf,
+/// Connects through the PROXY listener as `ip`; returns the client and the first reply.
+async fn connect_as(addr: SocketAddr, ip: &str) -> (Client<TcpStream>, String) {
+    let mut c = Client::connect(addr, Some(ip)).await;
+    let greet = c.reply().await;
+    (c, greet)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(cfg: &Path, work: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
-            .arg("serve")
-            .args(Self::args(cfg, work))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut ports = std::collections::HashMap::new();
-        let listeners = std::fs::read_dir(cfg.join("listeners")).unwrap().count();
-        while ports.len() < listeners {
-            let l = lines.next().expect("server exited early").unwrap();
-            if let Some(rest) = l.strip_prefix("mxgate: listener ") {
-                let (name, addr) = rest.split_once(" listening on ").unwrap();
-                ports.insert(name.to_string(), addr.parse().unwrap());
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            ports,
-            cfg: cfg.to_path_buf(),
-            work: work.to_path_buf(),
-        }
-    }
-
-    fn args(cfg: &Path, work: &Path) -> Vec<String> {
-        vec![
-            "--config-dir".into(),
-            cfg.display().to_string(),
-            "--spool-dir".into(),
-            work.join("spool").display().to_string(),
-            "--certs-dir".into(),
-            work.join("certs").display().to_string(),
-            "--mail-log".into(),
-            work.join("mail.log").display().to_string(),
-        ]
-    }
-
-    fn reload_cmd(&self) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_mxgate"))
-            .arg("reload")
-            .args(Self::args(&self.cfg, &self.work))
-            .output()
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.work.join("mail.log")).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("no {needle:?} in log:\n{}", self.log());
-    }
-}
-
-/// Connects through the PROXY listener as `ip`; returns the stream and the first reply.
-fn connect_as(addr: SocketAddr, ip: &str) -> (BufReader<TcpStream>, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "PROXY TCP4 {ip} 127.0.0.1 40000 25\r\n").unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    let _ = r.read_line(&mut line);
-    (r, line)
-}
-
-fn cmd(r: &mut BufReader<TcpStream>, line: &str) -> String {
-    r.get_mut()
-        .write_all(format!("{line}\r\n").as_bytes())
-        .unwrap();
-    let mut all = String::new();
-    loop {
-        let mut l = String::new();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            return all;
-        }
-        all.push_str(&l);
-        if l.as_bytes().get(3) != Some(&b'-') {
-            return all;
-        }
-    }
-}
-
-#[test]
-fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_only() {
+#[tokio::test]
+async fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_only() {
     let cfg = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("tests/fixtures/e2e"), cfg.path());
-    let srv = Server::start(cfg.path(), work.path());
-    let proxied = srv.ports["proxied"];
-    let (_, greet) = connect_as(proxied, "192.0.2.20");
+    let srv = Mxgate::start(cfg.path(), work.path());
+    let proxied = srv.addr("proxied");
+    let (_, greet) = connect_as(proxied, "192.0.2.20").await;
     assert!(greet.starts_with("554 5.7.1"), "{greet}");
     // A session opened under the old configuration.
-    let (mut old, greet) = connect_as(proxied, "198.51.100.9");
+    let (mut old, greet) = connect_as(proxied, "198.51.100.9").await;
     assert!(greet.starts_with("220 "), "{greet}");
-    assert!(cmd(&mut old, "EHLO old.session").starts_with("250-"));
+    assert!(old.cmd("EHLO old.session").await.starts_with("250-"));
 
     // Broken: a misspelt policy. SIGHUP must keep the old configuration.
     let hat = cfg.path().join("policies/hat.yaml");
     let good = std::fs::read_to_string(&hat).unwrap();
     std::fs::write(&hat, good.replacen("policy: BLOCKED", "policy: BLOKED", 1)).unwrap();
-    let out = srv.reload_cmd();
+    let out = srv.ctl(&["reload"]).output().unwrap();
     assert!(
         !out.status.success(),
         "mxgate reload validates before signalling"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy \"BLOKED\""));
-    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    srv.signal(libc::SIGHUP);
     srv.wait_log("reload refused, old configuration kept: policies/hat.yaml:");
     srv.wait_log("unknown policy \"BLOKED\"");
-    let (_, greet) = connect_as(proxied, "192.0.2.20");
+    let (_, greet) = connect_as(proxied, "192.0.2.20").await;
     assert!(greet.starts_with("554 5.7.1"), "still the old HAT: {greet}");
 
     // Good: 192.0.2.20 leaves the block list.
@@ -153,23 +53,26 @@ fn broken_policy_keeps_the_old_hat_and_a_good_one_applies_to_new_connections_onl
         good.replacen("match: [192.0.2.20, 192.0.2.60]", "match: [192.0.2.60]", 1),
     )
     .unwrap();
-    let out = srv.reload_cmd();
+    let out = srv.ctl(&["reload"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     srv.wait_log("configuration reloaded");
-    let (mut fresh, greet) = connect_as(proxied, "192.0.2.20");
+    let (mut fresh, greet) = connect_as(proxied, "192.0.2.20").await;
     assert!(
         greet.starts_with("220 "),
         "new HAT for new connections: {greet}"
     );
-    assert!(cmd(&mut fresh, "QUIT").starts_with("221"));
+    assert!(fresh.cmd("QUIT").await.starts_with("221"));
     // The session opened before the reload still works to the end.
-    assert!(cmd(&mut old, "NOOP").starts_with("250 2.0.0"));
-    assert!(cmd(&mut old, "MAIL FROM:<a@other.example>").starts_with("250"));
-    assert!(cmd(&mut old, "QUIT").starts_with("221"));
+    assert!(old.cmd("NOOP").await.starts_with("250 2.0.0"));
+    assert!(old
+        .cmd("MAIL FROM:<a@other.example>")
+        .await
+        .starts_with("250"));
+    assert!(old.cmd("QUIT").await.starts_with("221"));
 }
 
 fn openssl_subject(addr: SocketAddr) -> String {
@@ -203,8 +106,8 @@ fn openssl_subject(addr: SocketAddr) -> String {
         .to_string()
 }
 
-#[test]
-fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue() {
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue() {
     if Command::new("openssl").arg("version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -216,15 +119,14 @@ fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue(
     let cfg = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("tests/fixtures/e2e"), cfg.path());
-    let srv = Server::start(cfg.path(), work.path());
-    let addr = srv.ports["preferred"];
+    let srv = Mxgate::start(cfg.path(), work.path());
+    let addr = srv.addr("preferred");
     let before = openssl_subject(addr);
     assert!(before.contains("mx.test.example"), "{before}");
     // A session opened before the renewal.
-    let mut old = BufReader::new(TcpStream::connect(addr).unwrap());
-    let mut greet = String::new();
-    old.read_line(&mut greet).unwrap();
-    assert!(cmd(&mut old, "EHLO old.session").starts_with("250-"));
+    let mut old = Client::connect(addr, None).await;
+    old.reply().await;
+    assert!(old.cmd("EHLO old.session").await.starts_with("250-"));
     // Renew: a new key and certificate with another subject, written over the demo files.
     let certs = work.path().join("certs");
     let st = Command::new("openssl")
@@ -264,8 +166,8 @@ fn a_renewed_certificate_is_served_without_restart_while_open_sessions_continue(
     let after = openssl_subject(addr);
     assert!(after.contains("renewed.test.example"), "{after}");
     assert!(
-        cmd(&mut old, "NOOP").starts_with("250 2.0.0"),
+        old.cmd("NOOP").await.starts_with("250 2.0.0"),
         "the old session keeps working"
     );
-    assert!(cmd(&mut old, "QUIT").starts_with("221"));
+    assert!(old.cmd("QUIT").await.starts_with("221"));
 }

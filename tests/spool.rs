@@ -1,12 +1,13 @@
 //! The spool on disk: commits under a small blocking pool, file modes, the free-file pool and
 //! its ordering against the `queue/` directory fsync, and space on a small real tmpfs.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxgate::spool::{Envelope, Spool};
+use mxgate::envelope::Envelope;
+use mxgate::spool::Spool;
 
 fn env(mid: u64) -> Envelope {
     Envelope {
@@ -96,9 +97,9 @@ fn modes(root: &std::path::Path) -> Vec<(String, bool, u32)> {
 
 #[tokio::test]
 async fn trust_08_the_spool_is_private_to_the_server_user() {
-    use common::{Client, Server};
+    use support::{Client, Server};
     // The internal server is down: the message stays queued with a delivery state.
-    let cfg = common::relay_config(common::closed_addr(), "1h");
+    let cfg = support::relay_config(support::closed_addr(), "1h");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let mut c = Client::connect(srv.addr("preferred"), None).await;
     c.reply().await;
@@ -111,10 +112,10 @@ async fn trust_08_the_spool_is_private_to_the_server_user() {
         )
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
-    srv.wait_log(r"Info: Delayed: DCID \d+ MID \d+ to RID [0]")
+    srv.wait_log(r"Info: Delayed: DCID {n} MID {n} to RID [0]")
         .await;
     let mid = srv.queued_mids()[0];
-    common::wait_until("the delivery state on disk", || {
+    support::wait_until("the delivery state on disk", || {
         srv.spool.join(format!("queue/{mid}.dlv")).exists()
     })
     .await;
@@ -169,14 +170,14 @@ fn trust_07_recycled_files_are_reused_only_after_the_queue_directory_fsync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_10_space_of_delivered_messages_comes_back_without_a_restart() {
-    use common::{sink::Sink, Client, Server};
+    use support::{sink::Sink, Client, Server};
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tmpfs(dir.path(), "2m") else {
+    let Some((mnt, _unmount)) = support::tmpfs(dir.path(), "2m") else {
         return;
     };
     // The internal server is down while the disk fills; it comes up on this port later.
-    let port = common::closed_port();
-    let cfg = common::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
+    let port = support::free_port();
+    let cfg = support::relay_config(format!("127.0.0.1:{port}").parse().unwrap(), "1s");
     for (file, from, to) in [
         (
             "policies/mail_flow.yaml",
@@ -239,13 +240,13 @@ async fn trust_10_space_of_delivered_messages_comes_back_without_a_restart() {
     );
     // The internal server comes up and everything is delivered: the queue is empty.
     let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
-    common::wait_until("every message delivered", || {
+    support::wait_until("every message delivered", || {
         sink.messages().len() == accepted
     })
     .await;
-    common::wait_until("queue empty", || srv.queued_mids().is_empty()).await;
+    support::wait_until("queue empty", || srv.queued_mids().is_empty()).await;
     // The space of the delivered messages is free again, not pinned by free/.
-    common::wait_until("space back on the spool filesystem", || {
+    support::wait_until("space back on the spool filesystem", || {
         mxgate::metrics::free_space(&mnt).unwrap().bytes >= 3 << 19
     })
     .await;
@@ -285,7 +286,7 @@ fn trust_10_large_bodies_reuse_recycled_files_and_cut_them_to_size() {
 #[test]
 fn trust_10_ids_keep_coming_on_a_completely_full_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _unmount)) = common::tiny_tmpfs(dir.path()) else {
+    let Some((mnt, _unmount)) = support::tiny_tmpfs(dir.path()) else {
         return;
     };
     let spool = Spool::open(&mnt).unwrap();

@@ -7,18 +7,18 @@
 //! Each test has its own listener names, so the process-wide metrics of one test never count
 //! the other's connections. A missing `openssl` or `python3` prints `SKIP:` (fails under `CI`).
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Server;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
+use support::Server;
 
 /// A CA, a client certificate it signed, and a client certificate from an unrelated CA.
 struct Pki {

@@ -4,18 +4,18 @@
 //! apart; `mxgate_inbound_tls_total{outcome}` must. The server runs in-process on 127.0.0.1:0;
 //! each test has its own listener, so the process-wide metrics of one never count the other's.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, Server};
+use support::{Client, Server};
 
 /// The e2e fixture plus one `tls: required` listener named `name`.
 fn config(name: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo().join("tests/fixtures/e2e"), d.path());
+    support::copy_dir(&support::repo().join("tests/fixtures/e2e"), d.path());
     std::fs::write(
         d.path().join(format!("listeners/{name}.yaml")),
         format!(
@@ -53,9 +53,9 @@ fn tls_total(listener: &str, outcome: &str) -> u64 {
 /// connection's lines after the HAT line, without timestamp and level.
 async fn connection_lines(srv: &Server, listener: &str) -> Vec<String> {
     let line = srv
-        .wait_log(&format!("New SMTP ICID \\d+ interface {listener} ("))
+        .wait_log(&format!("New SMTP ICID {{n}} interface {listener} ("))
         .await;
-    let icid = common::id_after(&line, "ICID ");
+    let icid = support::id_after(&line, "ICID ");
     srv.wait_log(&format!("Info: ICID {icid} close")).await;
     let tag = format!("ICID {icid} ");
     srv.log_text()
@@ -114,7 +114,7 @@ async fn trust_14_failed_handshake_logs_esa_sequence_and_counts_handshake_failed
     assert!(!out.status.success(), "TLS 1.1 handshake succeeded");
 
     let lines = connection_lines(&srv, "hs14").await;
-    let icid = common::id_after(&lines[0], "ICID ");
+    let icid = support::id_after(&lines[0], "ICID ");
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert!(
         lines[0].starts_with(&format!("ICID {icid} TLS failed: ")),
@@ -150,7 +150,7 @@ async fn trust_14_plaintext_mail_under_required_counts_required_refused() {
     assert!(c.cmd("QUIT").await.starts_with("221 "));
 
     let lines = connection_lines(&srv, "pt14").await;
-    let icid = common::id_after(&lines[0], "ICID ");
+    let icid = support::id_after(&lines[0], "ICID ");
     assert_eq!(
         lines,
         [

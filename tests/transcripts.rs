@@ -1,32 +1,55 @@
-//! Transcript tests: `tests/transcripts/*.txt` replayed against the sans-IO session.
+//! Transcript tests: `tests/transcripts/*.txt` replayed through the real connection driver
+//! (`mxgate::net::driver::Driver`) and session, with a scripted client in place of the socket
+//! and rustls and an in-memory spool and mail log.
 //!
 //! Format (one directive per line; `#` starts a comment):
 //! - `@config DIR` config dir relative to the repo (default: the shipped config `.`)
 //! - `@listener NAME`, `@peer IP`, `@rdns verified NAME|missing|tempfail|mismatch NAME`
 //! - `@tls-available no` (no certificate loaded)
-//! - `C: line` a command line (CRLF appended); consecutive C: lines are sent in one packet
+//! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
+//!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
-//! - `S: line` the next reply line, exactly; `S: <close>` the session closed the connection
-//! - `L: text` a mail-log line containing `text` appears (in order)
+//! - `S: line` the next reply line, exactly; `S: <close>` the driver closed the connection
+//! - `L: text` a mail-log line containing `text` appears (in order); `!L: text` no mail-log
+//!   line so far contains `text`
 //! - `B: text` the last committed message body contains `text` (escapes as in R:)
-//! - `=TLS` the driver completed the handshake; `=TLS-FAIL reason`. Under `tls_verify_client`,
-//!   `=TLS cert-verified SUBJECT`, `=TLS cert-missing` or `=TLS cert-failed REASON` give the
-//!   client-certificate result
-//! - `=COMMIT-FAIL` the next spool commit fails; `=TIMEOUT what`; `=SHUTDOWN`; `=EOF` peer closed
-//! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke first
+//! - `=TLS` the handshake the driver started for STARTTLS succeeds; `=TLS-FAIL reason` it
+//!   fails. Under `tls_verify_client`, `=TLS cert-verified SUBJECT`, `=TLS cert-missing` or
+//!   `=TLS cert-failed REASON` give the client-certificate result (the driver must have asked
+//!   for one)
+//! - `=COMMIT-FAIL` the next spool commit fails; `=EOF` the peer closes
+//! - `=TIMEOUT what` the client goes silent until the driver's deadline fires (the test clock
+//!   is paused and jumps there); the mail log must then name the `what timeout`
+//! - `=SHUTDOWN` the server shuts down (the driver's `force_close` turns true) during a read
+//! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke
+//!   first (first directive only: how the connection opened)
+//!
+//! The script is checked when the driver asks it for more: at each read (replies and log
+//! lines up to the next input), at the handshake, and after the driver returns. Every reply
+//! must be expected before the next input; input after the close goes nowhere.
+//!
+//! Each file is its own test, named after it (`t07_starttls_injection`); `transcripts` fails
+//! when a file is not listed. `BLESS=1 cargo test --test transcripts [NAME]` rewrites the
+//! `S:` lines of the files it runs from the driver's actual replies (other directives are
+//! still checked); review the diff before committing it.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use mxgate::config::{load, Overrides};
+use mxgate::envelope::Envelope;
 use mxgate::mail_log::Event;
+use mxgate::metrics::InboundLabels;
+use mxgate::net::driver::{Backend, ClientStream, Driver, StartTls};
 use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
-use mxgate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
 
 struct TestEnv {
     mid: AtomicU64,
@@ -72,77 +95,101 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-struct Runner {
+/// What `BLESS=1` rewrites: per 0-based line of the file, the lines replacing it.
+#[derive(Default)]
+struct Bless {
+    replace: std::collections::BTreeMap<usize, Vec<String>>,
+    /// Replies nobody expected, inserted before this line (the packet that follows them).
+    insert: std::collections::BTreeMap<usize, Vec<String>>,
+}
+
+impl Bless {
+    /// The file's text with the recorded changes applied.
+    fn apply(&self, text: &str) -> String {
+        let mut out = String::new();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            for l in self.insert.get(&i).into_iter().flatten() {
+                out.push_str(l);
+                out.push('\n');
+            }
+            match self.replace.get(&i) {
+                Some(new) => new.iter().for_each(|l| {
+                    out.push_str(l);
+                    out.push('\n');
+                }),
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        for l in self.insert.get(&lines.len()).into_iter().flatten() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// One directive of the transcript's body (the `@` header lines are read first).
+struct Step {
+    /// 1-based line number.
+    lineno: usize,
+    tag: String,
+    arg: String,
+}
+
+/// What the driver is doing when it asks the script for more.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Reading from the client.
+    Read,
+    /// Running the STARTTLS handshake.
+    Handshake,
+    /// Done: the connection is closed.
+    Closed,
+}
+
+/// What the script answers.
+enum Input {
+    Packet(Vec<u8>),
+    /// The peer closed (also the end of the script).
+    Eof,
+    /// The client goes silent: the driver's own deadline fires (the test clock is paused and
+    /// jumps to it).
+    Silence,
+    /// The server shuts down (the driver's `force_close` turned true).
+    Shutdown,
+    /// The handshake's result.
+    Tls(Result<ClientCert, String>),
+}
+
+/// A transcript being replayed through the real driver: the script, and what the driver has
+/// written to the client, the mail log and the spool so far.
+struct Replay {
     name: String,
-    session: Session,
+    steps: Vec<Step>,
+    next: usize,
+    /// Line count of the file (where unexpected replies at its end are inserted by BLESS).
+    end_line: usize,
+    output: Vec<u8>,
     replies: VecDeque<String>,
     logs: Vec<String>,
     log_cursor: usize,
     body: Vec<u8>,
     last_body: Vec<u8>,
-    pending: Vec<u8>,
-    closed: bool,
-    tls_pending: bool,
     commit_fail: bool,
+    /// `=TIMEOUT what` seen: its line, `what`, and the log length then.
+    timeout: Option<(usize, String, usize)>,
+    force_close: watch::Sender<bool>,
+    /// `BLESS=1`: expected replies are recorded, not checked.
+    bless: Option<Bless>,
 }
 
-impl Runner {
-    fn pump(&mut self) {
-        loop {
-            let actions = self.session.take_actions();
-            if actions.is_empty() {
-                break;
-            }
-            for a in actions {
-                match a {
-                    Action::Reply(r) => {
-                        for l in r.to_wire().split("\r\n").filter(|l| !l.is_empty()) {
-                            self.replies.push_back(l.to_string());
-                        }
-                    }
-                    Action::Log(e) => self.logs.push(log_text(&e)),
-                    Action::StartTls => {
-                        self.tls_pending = true;
-                        // What a client pipelined behind STARTTLS is dropped, as the driver does.
-                        if !self.pending.is_empty() {
-                            let n = self.pending.len();
-                            self.pending.clear();
-                            self.session.discarded_after_starttls(n);
-                        }
-                    }
-                    Action::BeginMessage(_) => self.body.clear(),
-                    Action::CommitMessage(_) => {
-                        self.body.append(self.session.body_mut());
-                        let r = if std::mem::take(&mut self.commit_fail) {
-                            Err("No space left on device".to_string())
-                        } else {
-                            self.last_body = std::mem::take(&mut self.body);
-                            Ok(())
-                        };
-                        self.session.committed(r);
-                    }
-                    Action::AbortMessage => self.body.clear(),
-                    Action::Close => self.closed = true,
-                }
-            }
-            self.body.append(self.session.body_mut());
-        }
-        self.body.append(self.session.body_mut());
-    }
+type Shared = Arc<Mutex<Replay>>;
 
-    fn send(&mut self) {
-        while !self.pending.is_empty() && !self.session.is_closed() && !self.session.is_waiting() {
-            let input = std::mem::take(&mut self.pending);
-            let used = self.session.feed(&input);
-            self.pending = input[used..].to_vec();
-            self.pump();
-            if used == 0 {
-                break;
-            }
-        }
-        self.pump();
-    }
-
+impl Replay {
     fn fail(&self, lineno: usize, msg: String) -> ! {
         panic!(
             "{}:{lineno}: {msg}\n  unread replies: {:?}\n  log so far:\n    {}",
@@ -151,10 +198,256 @@ impl Runner {
             self.logs.join("\n    ")
         );
     }
+
+    /// The driver wrote these bytes to the client.
+    fn written(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+        while let Some(p) = self.output.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = self.output.drain(..p + 2).take(p).collect();
+            self.replies
+                .push_back(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+
+    /// Before the next input (at 1-based `line`) every reply must have been expected.
+    fn check_drained(&mut self, line: usize) {
+        if let Some(b) = self.bless.as_mut() {
+            let extra: Vec<String> = self.replies.drain(..).map(|l| format!("S: {l}")).collect();
+            if !extra.is_empty() {
+                b.insert.entry(line - 1).or_default().extend(extra);
+            }
+        } else if !self.replies.is_empty() {
+            self.fail(line, "more replies than the transcript expects".into());
+        }
+    }
+
+    /// Checks the script's expectations up to its next input for what the driver waits on,
+    /// and returns that input. Inputs after the close go nowhere and are skipped.
+    fn advance(&mut self, waiting: Waiting) -> Input {
+        if let Some((lineno, what, from)) = self.timeout.take() {
+            let want = format!("{what} timeout");
+            if !self.logs[from..].iter().any(|l| l.contains(&want)) {
+                self.fail(lineno, format!("the driver's timeout was not {want:?}"));
+            }
+        }
+        loop {
+            let Some(step) = self.steps.get(self.next) else {
+                self.check_drained(self.end_line + 1);
+                return Input::Eof;
+            };
+            let (lineno, tag, arg) = (step.lineno, step.tag.clone(), step.arg.clone());
+            self.next += 1;
+            let is_input = matches!(
+                tag.as_str(),
+                "C:" | "R:" | "=EOF" | "=TIMEOUT" | "=SHUTDOWN" | "=TLS" | "=TLS-FAIL"
+            );
+            if is_input && waiting == Waiting::Closed {
+                continue;
+            }
+            if is_input {
+                self.check_drained(lineno);
+            }
+            match tag.as_str() {
+                "C:" | "R:" if waiting == Waiting::Handshake => self.fail(
+                    lineno,
+                    "STARTTLS is pending: =TLS or =TLS-FAIL first".into(),
+                ),
+                "C:" | "R:" => {
+                    let mut packet = line_bytes(&tag, &arg);
+                    while let Some(s) = self.steps.get(self.next) {
+                        if s.tag != "C:" && s.tag != "R:" {
+                            break;
+                        }
+                        packet.extend(line_bytes(&s.tag, &s.arg));
+                        self.next += 1;
+                    }
+                    return Input::Packet(packet);
+                }
+                "=EOF" => return Input::Eof,
+                "=TIMEOUT" => {
+                    self.timeout = Some((lineno, arg, self.logs.len()));
+                    return Input::Silence;
+                }
+                "=SHUTDOWN" if waiting == Waiting::Read => {
+                    let _ = self.force_close.send(true);
+                    return Input::Shutdown;
+                }
+                "=SHUTDOWN" => self.fail(lineno, "=SHUTDOWN during the handshake".into()),
+                "=TLS" | "=TLS-FAIL" if waiting != Waiting::Handshake => {
+                    self.fail(lineno, "no STARTTLS pending".into())
+                }
+                "=TLS-FAIL" => return Input::Tls(Err(arg)),
+                "=TLS" => {
+                    let cert = match arg.split_once(' ').unwrap_or((&arg, "")) {
+                        ("", _) => ClientCert::NotRequested,
+                        ("cert-missing", _) => ClientCert::Missing,
+                        ("cert-verified", subject) => ClientCert::Verified(subject.into()),
+                        ("cert-failed", why) => ClientCert::Failed(why.into()),
+                        _ => self.fail(lineno, format!("unknown =TLS argument {arg:?}")),
+                    };
+                    return Input::Tls(Ok(cert));
+                }
+                "S:" if arg == "<close>" => {
+                    if waiting != Waiting::Closed {
+                        self.fail(lineno, "expected the session to close".into());
+                    }
+                }
+                "S:" if self.bless.is_some() => {
+                    let got = self.replies.pop_front();
+                    let b = self.bless.as_mut().unwrap();
+                    b.replace.insert(
+                        lineno - 1,
+                        got.map(|g| format!("S: {g}")).into_iter().collect(),
+                    );
+                }
+                "S:" => match self.replies.pop_front() {
+                    Some(got) if got == arg => {}
+                    Some(got) => self.fail(lineno, format!("expected reply {arg:?}, got {got:?}")),
+                    None => self.fail(lineno, format!("expected reply {arg:?}, got nothing")),
+                },
+                "L:" => match self.logs[self.log_cursor..]
+                    .iter()
+                    .position(|l| l.contains(&arg))
+                {
+                    Some(p) => self.log_cursor += p + 1,
+                    None => self.fail(
+                        lineno,
+                        format!(
+                            "no log line containing {arg:?} after line {}",
+                            self.log_cursor
+                        ),
+                    ),
+                },
+                "!L:" => {
+                    if let Some(l) = self.logs.iter().find(|l| l.contains(&arg)) {
+                        self.fail(lineno, format!("log line {l:?} contains {arg:?}"));
+                    }
+                }
+                "B:" => {
+                    let want = unescape(&arg);
+                    if !self
+                        .last_body
+                        .windows(want.len())
+                        .any(|w| w == want.as_slice())
+                    {
+                        self.fail(
+                            lineno,
+                            format!(
+                                "last body does not contain {arg:?}: {:?}",
+                                String::from_utf8_lossy(&self.last_body)
+                            ),
+                        );
+                    }
+                }
+                "=COMMIT-FAIL" => self.commit_fail = true,
+                "=CONCURRENCY-FULL" | "=PREGREET" => {
+                    self.fail(lineno, format!("{tag} must come before anything else"))
+                }
+                other => self.fail(lineno, format!("unknown directive {other:?}")),
+            }
+        }
+    }
 }
 
-fn log_text(e: &Event) -> String {
-    e.text()
+/// The bytes of a `C:` or `R:` line.
+fn line_bytes(tag: &str, arg: &str) -> Vec<u8> {
+    if tag == "C:" {
+        format!("{arg}\r\n").into_bytes()
+    } else {
+        unescape(arg)
+    }
+}
+
+/// The client side: packets from the script, replies into the replay.
+struct ScriptedClient(Shared);
+
+impl ClientStream for ScriptedClient {
+    async fn read(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let input = self.0.lock().unwrap().advance(Waiting::Read);
+        match input {
+            Input::Packet(p) => {
+                buf.extend_from_slice(&p);
+                Ok(p.len())
+            }
+            Input::Eof => Ok(0),
+            Input::Silence | Input::Shutdown => std::future::pending().await,
+            Input::Tls(_) => unreachable!("advance returns =TLS only to a handshake"),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap().written(bytes);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StartTls for ScriptedClient {
+    type Tls = ScriptedClient;
+
+    async fn start_tls(self, client_cert: bool) -> Result<(Self::Tls, TlsInfo), String> {
+        let input = self.0.lock().unwrap().advance(Waiting::Handshake);
+        match input {
+            Input::Tls(Ok(cert)) => {
+                if cert != ClientCert::NotRequested && !client_cert {
+                    let r = self.0.lock().unwrap();
+                    r.fail(
+                        0,
+                        "=TLS gives a client certificate the driver did not ask for".into(),
+                    );
+                }
+                let info = TlsInfo {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    client_cert: cert,
+                };
+                Ok((self, info))
+            }
+            Input::Tls(Err(reason)) => Err(reason),
+            Input::Eof => Err("peer closed during the handshake".into()),
+            Input::Silence => std::future::pending().await,
+            Input::Packet(_) | Input::Shutdown => unreachable!("advance refuses these"),
+        }
+    }
+}
+
+/// The spool and mail log: lines and bodies into the replay; `=COMMIT-FAIL` fails a commit.
+struct ScriptedBackend(Shared);
+
+impl Backend for ScriptedBackend {
+    fn log(&mut self, events: &[Event]) {
+        let mut r = self.0.lock().unwrap();
+        r.logs.extend(events.iter().map(Event::text));
+    }
+
+    fn begin_message(&mut self, _mid: u64) {
+        self.0.lock().unwrap().body.clear();
+    }
+
+    async fn write_body(&mut self, body: &mut Vec<u8>) {
+        self.0.lock().unwrap().body.append(body);
+    }
+
+    async fn commit_message(&mut self, _envelope: Envelope) -> Result<(), String> {
+        let mut r = self.0.lock().unwrap();
+        if std::mem::take(&mut r.commit_fail) {
+            return Err("No space left on device".to_string());
+        }
+        r.last_body = std::mem::take(&mut r.body);
+        Ok(())
+    }
+
+    fn abort_message(&mut self) {
+        self.0.lock().unwrap().body.clear();
+    }
+}
+
+/// Whether `BLESS` is set (to anything but `0`).
+fn blessing() -> bool {
+    std::env::var_os("BLESS").is_some_and(|v| v != "0")
 }
 
 fn run_transcript(path: &Path) {
@@ -166,7 +459,7 @@ fn run_transcript(path: &Path) {
     let mut peer_ip: IpAddr = "192.0.2.1".parse().unwrap();
     let mut rdns = ReverseDns::Missing;
     let mut tls_available = true;
-    let mut body_lines = Vec::new();
+    let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
         match directive {
@@ -184,7 +477,18 @@ fn run_transcript(path: &Path) {
                 }
             }
             "@tls-available" => tls_available = arg != "no",
-            _ => body_lines.push((i + 1, line.to_string())),
+            _ => {
+                let line = line.trim_end();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (tag, arg) = line.split_once(' ').unwrap_or((line, ""));
+                steps.push(Step {
+                    lineno: i + 1,
+                    tag: tag.to_string(),
+                    arg: arg.to_string(),
+                });
+            }
         }
     }
     let overrides = Overrides {
@@ -201,6 +505,11 @@ fn run_transcript(path: &Path) {
         rdns: rdns.clone(),
         dnslists_listed: vec![],
     });
+    let labels = InboundLabels {
+        listener: l.name.clone(),
+        sender_group: classification.group.clone(),
+        policy: classification.policy.name.clone(),
+    };
     let params = SessionParams {
         icid: 1,
         listener: l.name.clone(),
@@ -219,152 +528,133 @@ fn run_transcript(path: &Path) {
             mid: AtomicU64::new(1),
         }),
     };
-    let mut r = Runner {
+    // How the connection opened is decided before the driver runs (conn.rs).
+    let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {
+        Some("=PREGREET") => (Opening::PreGreet, 1),
+        Some("=CONCURRENCY-FULL") => (Opening::ConcurrencyFull, 1),
+        _ => (Opening::Normal, 0),
+    };
+    let (force_close, closing) = watch::channel(false);
+    let replay: Shared = Arc::new(Mutex::new(Replay {
         name: name.clone(),
-        session: Session::new(params),
+        steps,
+        next: first,
+        end_line: text.lines().count(),
+        output: Vec::new(),
         replies: VecDeque::new(),
         logs: Vec::new(),
         log_cursor: 0,
         body: Vec::new(),
         last_body: Vec::new(),
-        pending: Vec::new(),
-        closed: false,
-        tls_pending: false,
         commit_fail: false,
-    };
-    let mut started = false;
-    let check_drained = |r: &mut Runner, lineno: usize| {
-        if !r.replies.is_empty() {
-            r.fail(lineno, "more replies than the transcript expects".into());
+        timeout: None,
+        force_close,
+        bless: blessing().then(Bless::default),
+    }));
+    let driver = Driver::new(
+        Session::new(params),
+        labels,
+        l.timeouts.clone(),
+        ScriptedBackend(replay.clone()),
+        closing,
+    );
+    // Paused time: a `=TIMEOUT` waits for the driver's real deadline without taking it.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(driver.run(opening, ScriptedClient(replay.clone())));
+    let mut r = replay.lock().unwrap();
+    // The rest of the script: what the connection's end left (replies, final log lines).
+    r.advance(Waiting::Closed);
+    if let Some(b) = r.bless.take() {
+        let blessed = b.apply(&text);
+        if blessed != text {
+            std::fs::write(path, blessed).unwrap();
+            eprintln!("BLESS: rewrote the S: lines of {name}");
         }
-    };
-    for (lineno, line) in body_lines {
-        let line = line.trim_end();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (tag, arg) = match line.find(' ') {
-            Some(p) => (&line[..p], &line[p + 1..]),
-            None => (line, ""),
-        };
-        if !started && !matches!(tag, "=CONCURRENCY-FULL" | "=PREGREET") {
-            r.session.start(Opening::Normal);
-            r.pump();
-            started = true;
-        }
-        match tag {
-            "C:" | "R:" => {
-                if tag == "C:" {
-                    r.pending.extend_from_slice(arg.as_bytes());
-                    r.pending.extend_from_slice(b"\r\n");
-                } else {
-                    r.pending.extend_from_slice(&unescape(arg));
-                }
-                continue;
-            }
-            _ => {
-                if !r.pending.is_empty() {
-                    check_drained(&mut r, lineno);
-                    r.send();
-                }
-            }
-        }
-        match tag {
-            "S:" if arg == "<close>" => {
-                if !r.closed {
-                    r.fail(lineno, "expected the session to close".into());
-                }
-            }
-            "S:" => match r.replies.pop_front() {
-                Some(got) if got == arg => {}
-                Some(got) => r.fail(lineno, format!("expected reply {arg:?}, got {got:?}")),
-                None => r.fail(lineno, format!("expected reply {arg:?}, got nothing")),
-            },
-            "L:" => match r.logs[r.log_cursor..].iter().position(|l| l.contains(arg)) {
-                Some(p) => r.log_cursor += p + 1,
-                None => r.fail(
-                    lineno,
-                    format!("no log line containing {arg:?} after line {}", r.log_cursor),
-                ),
-            },
-            "B:" => {
-                let want = unescape(arg);
-                if !r
-                    .last_body
-                    .windows(want.len())
-                    .any(|w| w == want.as_slice())
-                {
-                    r.fail(
-                        lineno,
-                        format!(
-                            "last body does not contain {arg:?}: {:?}",
-                            String::from_utf8_lossy(&r.last_body)
-                        ),
-                    );
-                }
-            }
-            "=TLS" | "=TLS-FAIL" => {
-                assert!(r.tls_pending, "{name}:{lineno}: no STARTTLS pending");
-                r.tls_pending = false;
-                if tag == "=TLS" {
-                    let client_cert = match arg.split_once(' ').unwrap_or((arg, "")) {
-                        ("", _) => ClientCert::NotRequested,
-                        ("cert-missing", _) => ClientCert::Missing,
-                        ("cert-verified", subject) => ClientCert::Verified(subject.into()),
-                        ("cert-failed", why) => ClientCert::Failed(why.into()),
-                        _ => panic!("{name}:{lineno}: unknown =TLS argument {arg:?}"),
-                    };
-                    r.session.tls_established(TlsInfo {
-                        protocol: "TLSv1.3".into(),
-                        cipher: "TLS13_AES_256_GCM_SHA384".into(),
-                        client_cert,
-                    });
-                } else {
-                    r.session.tls_failed(arg);
-                }
-                r.pump();
-            }
-            "=COMMIT-FAIL" => r.commit_fail = true,
-            "=TIMEOUT" => {
-                r.session.timeout(arg);
-                r.pump();
-            }
-            "=SHUTDOWN" => {
-                r.session.shutdown();
-                r.pump();
-            }
-            "=EOF" => {
-                r.session.finish();
-                r.pump();
-            }
-            "=CONCURRENCY-FULL" => {
-                r.session.start(Opening::ConcurrencyFull);
-                r.pump();
-                started = true;
-            }
-            "=PREGREET" => {
-                r.session.start(Opening::PreGreet);
-                r.pump();
-                started = true;
-            }
-            other => panic!("{name}:{lineno}: unknown directive {other:?}"),
-        }
-    }
-    if !r.pending.is_empty() {
-        r.send();
-    }
-    if !r.replies.is_empty() {
-        r.fail(0, "transcript ended with unread replies".into());
     }
 }
 
+/// Runs `tests/transcripts/FILE`.
+fn run_file(file: &str) {
+    run_transcript(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transcripts")
+            .join(file),
+    );
+}
+
+/// One `#[test]` per transcript file, named after it, and the list of the files.
+macro_rules! transcript_tests {
+    ($($name:ident => $file:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run_file($file);
+            }
+        )*
+        /// Every transcript file with a test.
+        const LISTED: &[&str] = &[$($file),*];
+    };
+}
+
+transcript_tests! {
+    t01_greeting_ehlo => "01_greeting_ehlo.txt",
+    t02_accept_message => "02_accept_message.txt",
+    t03_sequence_errors => "03_sequence_errors.txt",
+    t04_tls_required => "04_tls_required.txt",
+    t05_tls_required_client_leaves => "05_tls_required_client_leaves.txt",
+    t06_tls_off => "06_tls_off.txt",
+    t07_starttls_injection => "07_starttls_injection.txt",
+    t08_reject_and_tcprefuse => "08_reject_and_tcprefuse.txt",
+    t09_tcprefuse => "09_tcprefuse.txt",
+    t10_rat => "10_rat.txt",
+    t11_limits_throttled => "11_limits_throttled.txt",
+    t12_message_size => "12_message_size.txt",
+    t13_relay_listener => "13_relay_listener.txt",
+    t14_relay_listener_stranger => "14_relay_listener_stranger.txt",
+    t15_commit_failure => "15_commit_failure.txt",
+    t16_timeout_shutdown => "16_timeout_shutdown.txt",
+    t17_shutdown_in_data => "17_shutdown_in_data.txt",
+    t18_concurrency_limit => "18_concurrency_limit.txt",
+    t19_pregreet => "19_pregreet.txt",
+    t20_tls_mandatory_sender => "20_tls_mandatory_sender.txt",
+    t21_pipelining => "21_pipelining.txt",
+    t22_hostname_criteria => "22_hostname_criteria.txt",
+    t23_ptr_mismatch => "23_ptr_mismatch.txt",
+    t24_syntax_errors => "24_syntax_errors.txt",
+    t25_line_limits => "25_line_limits.txt",
+    t26_smuggling_data => "26_smuggling_data.txt",
+    t27_smuggling_cr => "27_smuggling_cr.txt",
+    t28_rat_custom_accept => "28_rat_custom_accept.txt",
+    t30_open_relay_strict_rat => "30_open_relay_strict_rat.txt",
+    t31_smuggling_crlf_dot_cr => "31_smuggling_crlf_dot_cr.txt",
+    t32_smuggling_cr_cr_lf => "32_smuggling_cr_cr_lf.txt",
+    t33_smuggling_nul => "33_smuggling_nul.txt",
+    t34_command_bare_lf_injection => "34_command_bare_lf_injection.txt",
+    t35_tls_verify_client_required => "35_tls_verify_client_required.txt",
+    t36_tls_verify_client_required_failed => "36_tls_verify_client_required_failed.txt",
+    t37_tls_verify_client_verified => "37_tls_verify_client_verified.txt",
+    t38_postmaster => "38_postmaster.txt",
+    t38_tls_verify_client_preferred => "38_tls_verify_client_preferred.txt",
+    t39_received_ipv6_literal => "39_received_ipv6_literal.txt",
+    t40_helo_syntax => "40_helo_syntax.txt",
+    t41_helo_no_esmtp_params => "41_helo_no_esmtp_params.txt",
+    t42_duplicate_recipients => "42_duplicate_recipients.txt",
+    t43_starttls_pipelined_mail_discarded => "43_starttls_pipelined_mail_discarded.txt",
+}
+
+/// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).
 #[test]
 fn transcripts() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     files.sort();
     assert!(
@@ -372,10 +662,22 @@ fn transcripts() {
         "expected the transcript suite, found {}",
         files.len()
     );
-    for f in &files {
-        run_transcript(f);
-    }
-    eprintln!("{} transcripts passed", files.len());
+    let unlisted: Vec<&String> = files
+        .iter()
+        .filter(|f| !LISTED.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "transcripts without a test (add them to transcript_tests! in tests/transcripts.rs): {unlisted:?}"
+    );
+    let missing: Vec<&&str> = LISTED
+        .iter()
+        .filter(|f| !files.iter().any(|x| x == *f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "listed transcripts that do not exist: {missing:?}"
+    );
 }
 
 /// Item 26: an IPv6 peer is written `[IPv6:::1]` in the Received header (RFC 5321 §4.1.3).

@@ -14,7 +14,7 @@ use super::{pem_encode, read_file, refuse, tlsa_311, CertError, Result};
 
 /// One certificate, parsed once into owned fields.
 #[derive(Debug, Clone)]
-pub struct Cert {
+pub(crate) struct Cert {
     /// DER encoding.
     pub der: CertificateDer<'static>,
     /// Subject as text (`CN=mx.example.com, O=Example`).
@@ -51,7 +51,7 @@ pub struct Cert {
 
 impl Cert {
     /// Parses a DER certificate.
-    pub fn parse(der: CertificateDer<'static>) -> std::result::Result<Cert, String> {
+    pub(crate) fn parse(der: CertificateDer<'static>) -> std::result::Result<Cert, String> {
         let (_, x) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
         let cn = x
             .subject()
@@ -108,7 +108,7 @@ impl Cert {
 
     /// True when `parent` issued this certificate: its subject is our issuer and its key
     /// verifies our signature (names alone when the signature algorithm is unsupported).
-    pub fn issued_by(&self, parent: &Cert) -> bool {
+    pub(crate) fn issued_by(&self, parent: &Cert) -> bool {
         if self.issuer_raw != parent.subject_raw && self.issuer != parent.subject {
             return false;
         }
@@ -122,12 +122,12 @@ impl Cert {
     }
 
     /// The issuer name, DER (for comparing with trust anchors).
-    pub fn issuer_der(&self) -> &[u8] {
+    pub(crate) fn issuer_der(&self) -> &[u8] {
         &self.issuer_raw
     }
 
     /// The CN, or the whole subject when there is none.
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         match &self.cn {
             Some(cn) => format!("CN={cn}"),
             None if self.subject.is_empty() => "(empty subject)".to_string(),
@@ -136,13 +136,13 @@ impl Cert {
     }
 
     /// DANE `3 1 1` association data for this certificate's key.
-    pub fn tlsa(&self) -> String {
+    pub(crate) fn tlsa(&self) -> String {
         tlsa_311(&self.spki)
     }
 
     /// Which of this certificate's names covers `host`: the dNSName/iPAddress SANs, or the
     /// CN when there are no SANs (RFC 6125). `None` when nothing does.
-    pub fn covering_name(&self, host: &str) -> Option<String> {
+    pub(crate) fn covering_name(&self, host: &str) -> Option<String> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if let Ok(ip) = host.parse::<IpAddr>() {
             return self
@@ -165,7 +165,7 @@ impl Cert {
     }
 
     /// The names a client can check, for messages: the SANs, or the CN.
-    pub fn names(&self) -> String {
+    pub(crate) fn names(&self) -> String {
         if self.sans.is_empty() {
             self.short()
         } else {
@@ -174,13 +174,13 @@ impl Cert {
     }
 
     /// PEM of this certificate.
-    pub fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         pem_encode("CERTIFICATE", self.der.as_ref())
     }
 }
 
 /// True when `pattern` (a SAN or CN, maybe `*.example.com`) matches the lower-case `host`.
-pub fn name_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
     let p = pattern.trim_end_matches('.').to_ascii_lowercase();
     match p.strip_prefix("*.") {
         Some(suffix) => host
@@ -238,7 +238,7 @@ fn signature_ok(cert: &X509Certificate<'_>, key: &SubjectPublicKeyInfo<'_>) -> b
 }
 
 /// `RSA 2048`, `ECDSA P-256`, `Ed25519`, ...
-pub fn describe_spki(spki: &SubjectPublicKeyInfo<'_>) -> String {
+pub(crate) fn describe_spki(spki: &SubjectPublicKeyInfo<'_>) -> String {
     let bits = || spki.parsed().map(|k| k.key_size()).unwrap_or(0);
     match spki.algorithm.algorithm.to_id_string().as_str() {
         "1.2.840.113549.1.1.1" => format!("RSA {}", bits()),
@@ -265,7 +265,7 @@ pub fn describe_spki(spki: &SubjectPublicKeyInfo<'_>) -> String {
 }
 
 /// Parses every certificate in PEM text (or one DER certificate), in file order.
-pub fn parse_certs(data: &[u8], what: &str) -> Result<Vec<Cert>> {
+pub(crate) fn parse_certs(data: &[u8], what: &str) -> Result<Vec<Cert>> {
     let ders: Vec<CertificateDer<'static>> = if data.windows(11).any(|w| w == b"-----BEGIN ") {
         CertificateDer::pem_slice_iter(data)
             .collect::<std::result::Result<_, _>>()
@@ -294,13 +294,13 @@ pub fn parse_certs(data: &[u8], what: &str) -> Result<Vec<Cert>> {
 }
 
 /// Reads and parses a certificate file.
-pub fn read_certs(path: &Path) -> Result<Vec<Cert>> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<Cert>> {
     parse_certs(&read_file(path)?, &path.display().to_string())
 }
 
 /// A private key with its public half.
 #[derive(Debug)]
-pub struct Key {
+pub(crate) struct Key {
     /// The key as stored (PKCS#8, PKCS#1 or SEC1).
     pub der: PrivateKeyDer<'static>,
     /// SubjectPublicKeyInfo, DER.
@@ -313,7 +313,7 @@ pub struct Key {
 
 impl Key {
     /// Loads a DER key (any form rustls takes) and derives its public key.
-    pub fn from_der(der: PrivateKeyDer<'static>, what: &str) -> Result<Key> {
+    pub(crate) fn from_der(der: PrivateKeyDer<'static>, what: &str) -> Result<Key> {
         let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)
             .or_else(|e| refuse(format!("{what}: unsupported or invalid private key: {e}")))?;
         let Some(spki) = signer.public_key() else {
@@ -333,7 +333,7 @@ impl Key {
     }
 
     /// Parses PEM key text.
-    pub fn from_pem(data: &[u8], what: &str) -> Result<Key> {
+    pub(crate) fn from_pem(data: &[u8], what: &str) -> Result<Key> {
         if data
             .windows(27)
             .any(|w| w == b"-----BEGIN ENCRYPTED PRIVAT")
@@ -348,17 +348,17 @@ impl Key {
     }
 
     /// Reads a PEM key file.
-    pub fn read(path: &Path) -> Result<Key> {
+    pub(crate) fn read(path: &Path) -> Result<Key> {
         Key::from_pem(&read_file(path)?, &path.display().to_string())
     }
 
     /// True when `cert` carries this key's public key.
-    pub fn matches(&self, cert: &Cert) -> bool {
+    pub(crate) fn matches(&self, cert: &Cert) -> bool {
         self.public_key == cert.public_key
     }
 
     /// The key as PKCS#8 DER (converting PKCS#1 RSA and SEC1 EC keys).
-    pub fn pkcs8(&self) -> Result<Vec<u8>> {
+    pub(crate) fn pkcs8(&self) -> Result<Vec<u8>> {
         use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
         use aws_lc_rs::signature as sig;
         match &self.der {
@@ -393,7 +393,7 @@ impl Key {
     }
 
     /// PEM in the form it was read (`PRIVATE KEY`, `RSA PRIVATE KEY`, `EC PRIVATE KEY`).
-    pub fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         let (label, der) = match &self.der {
             PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
             PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),

@@ -9,7 +9,7 @@ use super::cert::Cert;
 
 /// How the chain ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// With a self-signed certificate (a root, or a self-signed leaf).
     SelfSigned,
     /// With a certificate issued by a well-known public root (webpki-roots): complete.
@@ -43,7 +43,7 @@ pub enum End {
 
 /// The result of [`assemble`].
 #[derive(Debug, Clone)]
-pub struct Assembly {
+pub(crate) struct Assembly {
     /// Leaf first, each next certificate the issuer of the one before.
     pub chain: Vec<Cert>,
     /// Exact copies dropped (of the leaf or of another certificate).
@@ -76,7 +76,7 @@ fn strip_der_header(der: &[u8]) -> Option<&[u8]> {
 }
 
 /// Builds the chain from `leaf` through `rest` (in the order given).
-pub fn assemble(leaf: Cert, rest: Vec<Cert>, now: i64) -> Assembly {
+pub(crate) fn assemble(leaf: Cert, rest: Vec<Cert>, now: i64) -> Assembly {
     let mut duplicates = Vec::new();
     let mut pool: Vec<Cert> = Vec::new();
     for c in rest {
@@ -138,7 +138,7 @@ pub fn assemble(leaf: Cert, rest: Vec<Cert>, now: i64) -> Assembly {
 impl Assembly {
     /// Takes the self-signed roots of the configuration's CA files (with the file each is
     /// in) into account: a chain that stops right below one of them is complete.
-    pub fn with_ca_roots(mut self, roots: &[(Cert, String)]) -> Assembly {
+    pub(crate) fn with_ca_roots(mut self, roots: &[(Cert, String)]) -> Assembly {
         if let End::Missing { last, .. } | End::UnknownRoot { last, .. } = &self.end {
             let cur = &self.chain[self.chain.len() - 1];
             if let Some((r, file)) = roots
@@ -157,7 +157,7 @@ impl Assembly {
 
     /// Problems to report, each one line, `warning:` or `note:` first. `install` is true
     /// when the certificates are being installed (so duplicates and strangers are dropped).
-    pub fn messages(&self, install: bool) -> Vec<String> {
+    pub(crate) fn messages(&self, install: bool) -> Vec<String> {
         let mut out = Vec::new();
         let leaf_der = &self.chain[0].der;
         for d in &self.duplicates {

@@ -70,6 +70,7 @@ pub enum CertsCmd {
     NewSelfSigned {
         /// Certificate name (listeners say `certificate: NAME`).
         name: String,
+        /// Subject of the new certificate or request.
         #[command(flatten)]
         subject: SubjectArgs,
         /// Validity in days.
@@ -81,6 +82,7 @@ pub enum CertsCmd {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -88,6 +90,7 @@ pub enum CertsCmd {
     Csr {
         /// Certificate name.
         name: String,
+        /// Subject of the new certificate or request.
         #[command(flatten)]
         subject: SubjectArgs,
         /// Key type.
@@ -99,6 +102,7 @@ pub enum CertsCmd {
         /// Replace existing files (including the key).
         #[arg(long)]
         force: bool,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -118,6 +122,7 @@ pub enum CertsCmd {
         /// Replace an existing NAME.crt.
         #[arg(long)]
         force: bool,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -133,6 +138,7 @@ pub enum CertsCmd {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -151,11 +157,13 @@ pub enum CertsCmd {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
     /// List every certificate: names, expiry, key, which listeners and deliveries use it.
     List {
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -164,6 +172,7 @@ pub enum CertsCmd {
     Inspect {
         /// Certificate name or file.
         target: String,
+        /// Where the configuration and the certificates are.
         #[command(flatten)]
         dirs: Dirs,
     },

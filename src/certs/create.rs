@@ -12,7 +12,7 @@ use rcgen::{
 
 use super::cert::Cert;
 use super::{describe_days_left, fmt_time, now, refuse, write_files, CertsDir, NewFile, Result};
-use crate::config::outbound::is_dns_name;
+use crate::dns::name::is_host_name as is_dns_name;
 
 /// Private key types offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -55,7 +55,7 @@ impl KeyKind {
 
 /// Subject and names of a new certificate or request.
 #[derive(Debug, Clone, Default)]
-pub struct Subject {
+pub(crate) struct Subject {
     /// Common name: the host name (listener host name, MX record).
     pub cn: String,
     /// More host names or IP addresses for the subjectAltName.
@@ -80,7 +80,7 @@ fn is_host(s: &str) -> bool {
 impl Subject {
     /// The subjectAltName list: the CN first (clients check SANs, not the CN), then the
     /// other names, without repeats.
-    pub fn san_list(&self) -> Vec<String> {
+    pub(crate) fn san_list(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for n in std::iter::once(&self.cn).chain(&self.sans) {
             let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -147,7 +147,7 @@ fn random_serial() -> Result<SerialNumber> {
 }
 
 /// `mxgate certs new-self-signed`: writes `NAME.key` (0600) and `NAME.crt`.
-pub fn new_self_signed(
+pub(crate) fn new_self_signed(
     dir: &CertsDir,
     name: &str,
     subject: &Subject,
@@ -216,7 +216,7 @@ pub fn new_self_signed(
 }
 
 /// `mxgate certs csr`: writes `NAME.key` (0600, unless `reuse_key`) and `NAME.csr`.
-pub fn csr(
+pub(crate) fn csr(
     dir: &CertsDir,
     name: &str,
     subject: &Subject,

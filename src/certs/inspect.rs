@@ -67,7 +67,7 @@ fn resolve(dir: &CertsDir, target: &str) -> Result<Target> {
 }
 
 /// `mxgate certs inspect NAME|FILE`.
-pub fn inspect(dir: &CertsDir, target: &str, view: &ConfigView) -> Result<String> {
+pub(crate) fn inspect(dir: &CertsDir, target: &str, view: &ConfigView) -> Result<String> {
     let t = resolve(dir, target)?;
     let certs = read_certs(&t.crt)?;
     let key = t.key.as_ref().map(|k| Key::read(k).map_err(|e| e.0));
@@ -247,7 +247,7 @@ fn used_by_text(u: &Usage) -> String {
 
 /// `mxgate certs list`: one row per certificate in certs_dir, then pending requests and
 /// certificates the configuration names but that do not exist.
-pub fn list(dir: &CertsDir, view: &ConfigView) -> Result<String> {
+pub(crate) fn list(dir: &CertsDir, view: &ConfigView) -> Result<String> {
     let mut names: Vec<String> = Vec::new();
     let mut pending: Vec<String> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir.dir) {

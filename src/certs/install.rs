@@ -13,7 +13,7 @@ use super::{describe_days_left, fmt_time, now, refuse, write_files, CertsDir, Ne
 
 /// What an install or import produced: a summary for stdout, warnings for stderr.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Summary lines.
     pub summary: String,
     /// `warning: ...` / `note: ...` lines.
@@ -21,7 +21,7 @@ pub struct Outcome {
 }
 
 /// Where the key comes from.
-pub enum KeySource<'a> {
+pub(crate) enum KeySource<'a> {
     /// The key already in `certs_dir/NAME.key` (made by `csr`).
     Existing,
     /// A key to write as `NAME.key` (from `--key` or a PKCS#12 file).
@@ -29,7 +29,7 @@ pub enum KeySource<'a> {
 }
 
 /// `mxgate certs install NAME --cert FILE [--chain FILE]... [--key FILE]`.
-pub fn install(
+pub(crate) fn install(
     dir: &CertsDir,
     name: &str,
     cert: &Path,
@@ -60,7 +60,7 @@ pub fn install(
 
 /// Pairs `key` with the matching certificate among `leaf_candidates`, builds the chain
 /// from the rest, checks it, and writes `NAME.crt` (and `NAME.key` for a new key).
-pub fn place(
+pub(crate) fn place(
     dir: &CertsDir,
     name: &str,
     key: KeySource<'_>,

@@ -4,25 +4,25 @@
 //! is `NAME.crt` (PEM chain, leaf first) with `NAME.key` (PEM private key, mode 0600); a
 //! pending request is `NAME.csr`.
 //!
-//! - [`create`]: new self-signed certificates and key + CSR for a CA (rcgen).
-//! - [`install`]: pairs a CA-signed certificate with its key, orders the chain, refuses
+//! - `create`: new self-signed certificates and key + CSR for a CA (rcgen).
+//! - `install`: pairs a CA-signed certificate with its key, orders the chain, refuses
 //!   mismatched keys and expired certificates.
-//! - [`pkcs12`]: PKCS#12 import/export (p12-keystore, pure Rust, OpenSSL-compatible).
-//! - [`inspect`]: `list` and `inspect`, with the DANE TLSA record and host-name coverage.
+//! - `pkcs12`: PKCS#12 import/export (p12-keystore, pure Rust, OpenSSL-compatible).
+//! - `inspect`: `list` and `inspect`, with the DANE TLSA record and host-name coverage.
 //! - [`cli`]: the clap commands.
 //!
 //! Every refusal is a [`CertError`] holding a one-line reason; no file is ever replaced
 //! without `--force`, and files are written to a temporary name and then linked or renamed
 //! into place so a reader (the live reloader) never sees half a file.
 
-pub mod cert;
-pub mod chain;
+pub(crate) mod cert;
+pub(crate) mod chain;
 pub mod cli;
-pub mod create;
-pub mod inspect;
-pub mod install;
-pub mod pkcs12;
-pub mod usage;
+pub(crate) mod create;
+pub(crate) mod inspect;
+pub(crate) mod install;
+pub(crate) mod pkcs12;
+pub(crate) mod usage;
 
 use std::fmt;
 use std::io::Write;
@@ -90,7 +90,7 @@ impl CertsDir {
         self.dir.join(format!("{name}.csr"))
     }
     /// Creates the directory if needed.
-    pub fn ensure(&self) -> Result<()> {
+    pub(crate) fn ensure(&self) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .or_else(|e| refuse(format!("cannot create {}: {e}", self.dir.display())))
     }

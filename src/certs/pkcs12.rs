@@ -20,7 +20,7 @@ use super::{read_file, refuse, write_files, CertsDir, NewFile, Result};
 
 /// `mxgate certs export-p12 NAME FILE`: `NAME.crt` chain and `NAME.key` into one
 /// password-protected file (mode 0600: it holds the private key).
-pub fn export(
+pub(crate) fn export(
     dir: &CertsDir,
     name: &str,
     out: &Path,
@@ -90,7 +90,7 @@ pub fn export(
 
 /// `mxgate certs import-p12 NAME FILE`: writes `NAME.key` (0600) and `NAME.crt`, with the
 /// same checks as `install` (key match, expiry, chain order, duplicates).
-pub fn import(
+pub(crate) fn import(
     dir: &CertsDir,
     name: &str,
     file: &Path,

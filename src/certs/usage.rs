@@ -8,7 +8,7 @@ use crate::config::{load, Overrides};
 
 /// The configuration, when it loads; otherwise why not.
 #[derive(Debug)]
-pub struct ConfigView {
+pub(crate) struct ConfigView {
     /// The loaded configuration.
     pub cfg: Option<Config>,
     /// One line for stderr when it did not load.
@@ -19,7 +19,7 @@ impl ConfigView {
     /// The self-signed certificates of the CA files the configuration names (listeners'
     /// `client_ca_file`, destinations' `ca_file`), each with its file: roots the operator
     /// supplies. Unreadable files are left out (`mxgate check` reports them).
-    pub fn ca_roots(&self) -> Vec<(Cert, String)> {
+    pub(crate) fn ca_roots(&self) -> Vec<(Cert, String)> {
         let Some(cfg) = &self.cfg else {
             return Vec::new();
         };
@@ -47,7 +47,7 @@ impl ConfigView {
 }
 
 /// Loads the configuration without side effects; failure is a warning, not a refusal.
-pub fn load_config(config_dir: &Path, certs_dir: Option<&Path>) -> ConfigView {
+pub(crate) fn load_config(config_dir: &Path, certs_dir: Option<&Path>) -> ConfigView {
     let overrides = Overrides {
         certs_dir: certs_dir.map(Path::to_path_buf),
         ..Overrides::default()
@@ -71,7 +71,11 @@ pub fn load_config(config_dir: &Path, certs_dir: Option<&Path>) -> ConfigView {
 
 /// The certificates directory: `--certs-dir`, else the configuration's `certs_dir`
 /// (from `mxgate.yaml` alone when the rest does not load), else `<config-dir>/certs`.
-pub fn resolve_certs_dir(config_dir: &Path, given: Option<&Path>, view: &ConfigView) -> PathBuf {
+pub(crate) fn resolve_certs_dir(
+    config_dir: &Path,
+    given: Option<&Path>,
+    view: &ConfigView,
+) -> PathBuf {
     if let Some(d) = given {
         return d.to_path_buf();
     }
@@ -90,7 +94,7 @@ pub fn resolve_certs_dir(config_dir: &Path, given: Option<&Path>, view: &ConfigV
 
 /// A listener presenting the certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerUse {
+pub(crate) struct ListenerUse {
     /// Listener name.
     pub name: String,
     /// Its host name (banner, EHLO; should be in the certificate).
@@ -99,7 +103,7 @@ pub struct ListenerUse {
 
 /// Who uses a certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Listeners (inbound STARTTLS).
     pub listeners: Vec<ListenerUse>,
     /// The delivery client certificate (`client_certificate` in destinations.yaml).
@@ -108,12 +112,12 @@ pub struct Usage {
 
 impl Usage {
     /// True when nothing uses it.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.listeners.is_empty() && !self.delivery
     }
 
     /// `listener inbound, delivery` or `-`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut v: Vec<String> = self
             .listeners
             .iter()
@@ -138,7 +142,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Who uses the certificate `cert_path` (named `name` when it lives in `certs_dir`).
-pub fn usage(cfg: &Config, certs_dir: &Path, name: Option<&str>, cert_path: &Path) -> Usage {
+pub(crate) fn usage(cfg: &Config, certs_dir: &Path, name: Option<&str>, cert_path: &Path) -> Usage {
     let listeners = cfg
         .listeners
         .iter()
@@ -159,7 +163,7 @@ pub fn usage(cfg: &Config, certs_dir: &Path, name: Option<&str>, cert_path: &Pat
 }
 
 /// Certificates the configuration names that are not on disk: (who, path).
-pub fn missing_references(cfg: &Config, certs_dir: &Path) -> Vec<(String, PathBuf)> {
+pub(crate) fn missing_references(cfg: &Config, certs_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for l in &cfg.listeners {
         let path = l
@@ -180,7 +184,7 @@ pub fn missing_references(cfg: &Config, certs_dir: &Path) -> Vec<(String, PathBu
 }
 
 /// One line per listener: is its host name in the certificate?
-pub fn coverage_lines(cert: &Cert, usage: &Usage) -> Vec<(bool, String)> {
+pub(crate) fn coverage_lines(cert: &Cert, usage: &Usage) -> Vec<(bool, String)> {
     usage
         .listeners
         .iter()

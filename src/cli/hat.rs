@@ -1,6 +1,9 @@
 //! `mxgate hat trace`: the sender group and mail-flow policy a client would get.
 
 use super::*;
+use mxgate::mail_log::Event;
+use mxgate::policy::flow::Action;
+use mxgate::policy::hat::Classification;
 
 pub(super) fn trace(
     cfg: &Config,
@@ -127,15 +130,35 @@ pub(super) fn trace(
     }
     let _ = writeln!(s, "sender group  {}", c.group);
     let _ = writeln!(s, "matched       {}", c.matched);
-    let _ = writeln!(
-        s,
-        "log line      ICID n {} SG {} match {} SBRS None",
-        c.policy.action.log_word(),
-        c.group,
-        c.matched
-    );
+    let _ = writeln!(s, "log line      {}", hat_log_line(&c, ip));
     describe_policy(&mut s, &c.policy, &l.hostname);
     Ok(s)
+}
+
+/// The mail-log line the connection would get: the session's own [`Event::Hat`] and its
+/// text, with `n` for the connection's ICID. Refused connections are logged as the session
+/// logs them: under ICID 0, with the client address.
+fn hat_log_line(c: &Classification, ip: IpAddr) -> String {
+    let action = c.policy.action;
+    let event = Event::Hat {
+        icid: 0,
+        action: action.log_word(),
+        group: c.group.clone(),
+        matched: if action == Action::TcpRefuse {
+            format!("{} address {ip}", c.matched)
+        } else {
+            c.matched.clone()
+        },
+    };
+    let text = event.text();
+    if action == Action::TcpRefuse {
+        return text;
+    }
+    // The trace has no connection: the ICID is a placeholder.
+    match text.strip_prefix("ICID 0 ") {
+        Some(rest) => format!("ICID n {rest}"),
+        None => text,
+    }
 }
 
 pub(super) fn describe_policy(s: &mut String, p: &MailFlowPolicy, hostname: &str) {
@@ -195,6 +218,38 @@ pub(super) fn describe_policy(s: &mut String, p: &MailFlowPolicy, hostname: &str
             s,
             "  tls_mandatory_senders             {}",
             p.tls_mandatory_senders.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn classified(action: Action) -> Classification {
+        let mut policy = MailFlowPolicy::builtin_default("P");
+        policy.action = action;
+        Classification {
+            group: "BLOCKED".into(),
+            matched: "192.0.2.0/24".into(),
+            policy: Arc::new(policy),
+            continued: vec![],
+        }
+    }
+
+    #[test]
+    fn log_line_is_the_mail_logs_own_hat_line() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            hat_log_line(&classified(Action::Reject), ip),
+            "ICID n REJECT SG BLOCKED match 192.0.2.0/24 SBRS None"
+        );
+        // Refused connections are logged under ICID 0 with the client address.
+        assert_eq!(
+            hat_log_line(&classified(Action::TcpRefuse), ip),
+            "ICID 0 TCPREFUSE SG BLOCKED match 192.0.2.0/24 address 192.0.2.9 SBRS None"
         );
     }
 }

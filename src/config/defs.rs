@@ -12,11 +12,11 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 /// A scalar with the place it was written.
-pub type SpannedStr = Spanned<String>;
+pub(crate) type SpannedStr = Spanned<String>;
 
 /// A YAML mapping whose keys keep their location and whose order is kept.
 #[derive(Debug, Clone)]
-pub struct NamedMap<V>(pub Vec<(SpannedStr, V)>);
+pub(crate) struct NamedMap<V>(pub Vec<(SpannedStr, V)>);
 
 impl<V> Default for NamedMap<V> {
     fn default() -> Self {
@@ -55,7 +55,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 /// `mxgate.yaml`: global settings; every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GlobalDef {
+pub(crate) struct GlobalDef {
     /// Spool directory, relative to the config dir (default `spool`).
     #[serde(default)]
     pub spool_dir: Option<SpannedStr>,
@@ -85,7 +85,7 @@ pub struct GlobalDef {
 /// `per_ip:` in `mxgate.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PerIpDef {
+pub(crate) struct PerIpDef {
     /// IPv6 clients in one network of this prefix length count as one client (default 64).
     #[serde(default)]
     pub ipv6_prefix: Option<SpannedStr>,
@@ -94,7 +94,7 @@ pub struct PerIpDef {
 /// `delivery:` in `mxgate.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeliveryDef {
+pub(crate) struct DeliveryDef {
     /// Simultaneous delivery connections in total (default 20).
     #[serde(default)]
     pub concurrency: Option<SpannedStr>,
@@ -115,7 +115,7 @@ pub struct DeliveryDef {
 /// `mail_log:` in `mxgate.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MailLogDef {
+pub(crate) struct MailLogDef {
     /// `stdout` or a file path relative to the config dir (default `stdout`).
     #[serde(default)]
     pub target: Option<SpannedStr>,
@@ -127,7 +127,7 @@ pub struct MailLogDef {
 /// `dns:` in `mxgate.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DnsDef {
+pub(crate) struct DnsDef {
     /// Resolvers as `IP` or `IP:port` (port 53 by default); empty = the system's.
     #[serde(default)]
     pub resolvers: Option<Vec<SpannedStr>>,
@@ -142,7 +142,7 @@ pub struct DnsDef {
 /// `metrics:` in `mxgate.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricsDef {
+pub(crate) struct MetricsDef {
     /// `IP:port` of the Prometheus endpoint; `null` disables it (default `127.0.0.1:9187`).
     #[serde(default, deserialize_with = "present")]
     pub listen: Option<Spanned<Option<String>>>,
@@ -153,7 +153,7 @@ pub struct MetricsDef {
 /// `listeners/*.yaml`: one listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerDef {
+pub(crate) struct ListenerDef {
     /// Listener name, unique across listeners (required).
     #[serde(default)]
     pub name: Option<SpannedStr>,
@@ -201,7 +201,7 @@ pub struct ListenerDef {
 /// `timeouts:` of a listener; durations like `300s`, `5m`, `1h`, `250ms` or seconds.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TimeoutsDef {
+pub(crate) struct TimeoutsDef {
     /// Waiting for the next command (default `5m`).
     #[serde(default)]
     pub command: Option<SpannedStr>,
@@ -219,7 +219,7 @@ pub struct TimeoutsDef {
 /// `proxy_protocol:` of a listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyProtocolDef {
+pub(crate) struct ProxyProtocolDef {
     /// Networks (CIDR or address) whose PROXY header is trusted (required, at least one).
     #[serde(default)]
     pub trusted: Option<Spanned<Vec<SpannedStr>>>,
@@ -231,7 +231,7 @@ pub struct ProxyProtocolDef {
 /// `policies/mail_flow.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MailFlowDef {
+pub(crate) struct MailFlowDef {
     /// Values every policy inherits when it does not set them.
     #[serde(default)]
     pub default: Option<Spanned<PolicyDef>>,
@@ -243,7 +243,7 @@ pub struct MailFlowDef {
 /// One mail-flow policy (or the `default` section); every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyDef {
+pub(crate) struct PolicyDef {
     /// `accept`, `reject`, `tcprefuse`, `relay` or `continue` (default `accept`, not inherited).
     #[serde(default)]
     pub action: Option<SpannedStr>,
@@ -287,7 +287,7 @@ pub struct PolicyDef {
 
 /// A limit: a plain value (`10M`, `50`, `unlimited`) or a map that also sets the reply.
 #[derive(Debug)]
-pub enum LimitDef {
+pub(crate) enum LimitDef {
     /// The short form: just the maximum.
     Value(String),
     /// The long form with the reply used when the limit is exceeded.
@@ -329,7 +329,7 @@ impl<'de> Deserialize<'de> for LimitDef {
 /// The long form of a limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitFullDef {
+pub(crate) struct LimitFullDef {
     /// The maximum (`unlimited` allowed); inherited when absent.
     #[serde(default)]
     pub max: Option<SpannedStr>,
@@ -347,7 +347,7 @@ pub struct LimitFullDef {
 /// A reply or banner: code, enhanced code and text; unset parts are inherited.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplyDef {
+pub(crate) struct ReplyDef {
     /// Three-digit reply code.
     #[serde(default)]
     pub code: Option<SpannedStr>,
@@ -362,7 +362,7 @@ pub struct ReplyDef {
 /// One HAT in `policies/hat.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HatDef {
+pub(crate) struct HatDef {
     /// Sender groups in order; the first whose criteria match wins.
     #[serde(default)]
     pub sender_groups: Option<Vec<Spanned<SenderGroupDef>>>,
@@ -374,7 +374,7 @@ pub struct HatDef {
 /// One sender group.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SenderGroupDef {
+pub(crate) struct SenderGroupDef {
     /// Group name, unique within the HAT (required).
     #[serde(default)]
     pub name: Option<SpannedStr>,
@@ -393,7 +393,7 @@ pub struct SenderGroupDef {
 /// One RAT in `policies/rat.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RatDef {
+pub(crate) struct RatDef {
     /// Entries in order; the first match wins, and the implicit last entry rejects.
     #[serde(default)]
     pub entries: Option<Vec<Spanned<RatEntryDef>>>,
@@ -405,7 +405,7 @@ pub struct RatDef {
 /// One RAT entry.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RatEntryDef {
+pub(crate) struct RatEntryDef {
     /// `example.com`, `.example.com`, `user@example.com`, `user@` or `ALL` (required).
     #[serde(default)]
     pub recipient: Option<SpannedStr>,
@@ -420,7 +420,7 @@ pub struct RatEntryDef {
 /// `policies/routes.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutesDef {
+pub(crate) struct RoutesDef {
     /// Routes; `ALL` (the default route) must be the last.
     #[serde(default)]
     pub routes: Option<Vec<Spanned<RouteDef>>>,
@@ -429,7 +429,7 @@ pub struct RoutesDef {
 /// One SMTP route.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteDef {
+pub(crate) struct RouteDef {
     /// `example.com`, `.example.com` (every subdomain) or `ALL` (required).
     #[serde(default)]
     pub domain: Option<SpannedStr>,
@@ -444,7 +444,7 @@ pub struct RouteDef {
 /// One host of a route.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteHostDef {
+pub(crate) struct RouteHostDef {
     /// IP address or host name (required).
     #[serde(default)]
     pub host: Option<SpannedStr>,
@@ -459,7 +459,7 @@ pub struct RouteHostDef {
 /// `policies/destinations.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DestinationsDef {
+pub(crate) struct DestinationsDef {
     /// Values for every domain no entry covers, and inherited by the entries.
     #[serde(default)]
     pub default: Option<Spanned<DestinationDef>>,
@@ -477,7 +477,7 @@ pub struct DestinationsDef {
 /// One destination entry (or the `default` section); every key but `domain` is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DestinationDef {
+pub(crate) struct DestinationDef {
     /// `example.com` or `.example.com` (required in entries, not allowed in `default`).
     #[serde(default)]
     pub domain: Option<SpannedStr>,
@@ -501,7 +501,7 @@ pub struct DestinationDef {
 /// `alert_on_required_tls_failure:` in `policies/destinations.yaml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsAlertDef {
+pub(crate) struct TlsAlertDef {
     /// `true` or `false` (default `true`).
     #[serde(default)]
     pub enabled: Option<SpannedStr>,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_saphyr::Spanned;
 
 /// How the message of a warning starts (a warning does not stop the configuration loading).
-pub const WARNING: &str = "warning: ";
+pub(crate) const WARNING: &str = "warning: ";
 
 /// One configuration problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +26,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// True for a warning (see [`FileErrors::warn_on`]), false for an error.
-    pub fn is_warning(&self) -> bool {
+    pub(crate) fn is_warning(&self) -> bool {
         self.message.starts_with(WARNING)
     }
 
@@ -67,7 +67,7 @@ impl fmt::Display for ConfigErrors {
 
 /// A line and column (1-based; 0 = unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pos {
+pub(crate) struct Pos {
     /// Line.
     pub line: u32,
     /// Column.
@@ -76,7 +76,7 @@ pub struct Pos {
 
 impl Pos {
     /// Where a spanned value was written (the reference site for aliases).
-    pub fn of<T>(s: &Spanned<T>) -> Pos {
+    pub(crate) fn of<T>(s: &Spanned<T>) -> Pos {
         Pos {
             line: clamp(s.referenced.line()),
             column: clamp(s.referenced.column()),
@@ -105,7 +105,7 @@ pub(crate) struct FileErrors<'a> {
 
 impl<'a> FileErrors<'a> {
     /// Starts collecting for `file`.
-    pub fn new(file: impl Into<PathBuf>, sink: &'a mut Vec<ConfigError>) -> Self {
+    pub(crate) fn new(file: impl Into<PathBuf>, sink: &'a mut Vec<ConfigError>) -> Self {
         FileErrors {
             file: file.into(),
             sink,
@@ -113,7 +113,7 @@ impl<'a> FileErrors<'a> {
     }
 
     /// Records an error at a position.
-    pub fn at(&mut self, pos: Pos, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, pos: Pos, path: impl Into<String>, message: impl Into<String>) {
         self.sink.push(ConfigError {
             file: self.file.clone(),
             line: pos.line,
@@ -124,24 +124,29 @@ impl<'a> FileErrors<'a> {
     }
 
     /// Records an error at a spanned value.
-    pub fn on<T>(&mut self, s: &Spanned<T>, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn on<T>(
+        &mut self,
+        s: &Spanned<T>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.at(Pos::of(s), path, message);
     }
 
     /// Records a warning at a spanned value: the configuration still loads. Its message
     /// starts with [`WARNING`], so it prints as `file:line:col: warning: path: message`.
-    pub fn warn_on<T>(&mut self, s: &Spanned<T>, path: &str, message: impl Into<String>) {
+    pub(crate) fn warn_on<T>(&mut self, s: &Spanned<T>, path: &str, message: impl Into<String>) {
         let message = format!("{WARNING}{path}: {}", message.into());
         self.at(Pos::of(s), "", message);
     }
 
     /// Records an error about the whole file.
-    pub fn whole(&mut self, message: impl Into<String>) {
+    pub(crate) fn whole(&mut self, message: impl Into<String>) {
         self.at(Pos::default(), "", message);
     }
 
     /// Records a YAML parse or shape error, made friendlier.
-    pub fn parse(&mut self, e: &serde_saphyr::Error) {
+    pub(crate) fn parse(&mut self, e: &serde_saphyr::Error) {
         let mut message = e.without_snippet().to_string();
         let pos = e
             .location()

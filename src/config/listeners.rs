@@ -306,7 +306,7 @@ pub(crate) fn build_listener(
     let client_ca_file = d
         .client_ca_file
         .as_ref()
-        .and_then(|s| super::routes::ca_file(s, ctx.dir, "client_ca_file", e));
+        .and_then(|s| super::destinations::ca_file(s, ctx.dir, "client_ca_file", e));
     let mut hat_ref = None;
     let hat = match required(&d.hat, top, "hat", e) {
         Some(h) => {

@@ -2,22 +2,27 @@
 //!
 //! `defs` holds the raw serde shapes, `load` turns a config directory into a
 //! [`model::Config`] or a list of every error found ([`ConfigErrors`]).
-pub mod defs;
-pub mod error;
+pub(crate) mod defs;
+mod destinations;
+pub(crate) mod error;
 mod listeners;
-pub mod load;
+pub(crate) mod load;
 pub mod model;
 pub mod outbound;
 mod policies;
 mod recover;
 mod routes;
 mod tables;
-pub mod values;
+pub(crate) mod values;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_listeners;
+#[cfg(test)]
 mod tests_network;
+#[cfg(test)]
+mod tests_outbound;
 #[cfg(test)]
 mod tests_policies;
 

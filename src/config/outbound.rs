@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::dns::name::is_host_name;
+
 /// Outbound TLS mode of a destination (ESA `destconfig`; docs/relay.md, "Outbound TLS modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboundTls {
@@ -76,7 +78,7 @@ impl OutboundTls {
     }
 
     /// True when STARTTLS is attempted at all (every mode but `no`).
-    pub fn uses_starttls(self) -> bool {
+    pub(crate) fn uses_starttls(self) -> bool {
         self != OutboundTls::No
     }
 }
@@ -105,20 +107,6 @@ impl FromStr for OutboundTls {
     }
 }
 
-/// True when `s` is a DNS name: dot-separated labels of letters, digits and
-/// `-` (not at either end of a label), at most 63 octets each, 253 in all.
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 /// Which destination domains an entry covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DomainMatch {
@@ -145,14 +133,14 @@ impl DomainMatch {
             return Err("domain is empty: write example.com, .example.com or ALL".into());
         }
         if let Some(rest) = name.strip_prefix('.') {
-            if is_dns_name(rest) {
+            if is_host_name(rest) {
                 return Ok(DomainMatch::Subdomains(rest.to_string()));
             }
             return Err(format!(
                 "{t:?} is not a valid .subdomain form (e.g. .example.com)"
             ));
         }
-        if is_dns_name(name) {
+        if is_host_name(name) {
             return Ok(DomainMatch::Exact(name.to_string()));
         }
         Err(format!(
@@ -180,7 +168,7 @@ impl DomainMatch {
     /// How specific the entry is: higher wins when several match a domain.
     ///
     /// `All` < any `Subdomains` (longer suffix higher) < any `Exact`.
-    pub fn specificity(&self) -> (u8, usize) {
+    pub(crate) fn specificity(&self) -> (u8, usize) {
         match self {
             DomainMatch::All => (0, 0),
             DomainMatch::Subdomains(base) => (1, base.len()),
@@ -251,21 +239,21 @@ pub struct RouteTable {
 impl RouteTable {
     /// The route for a recipient domain: exact beats `.suffix` (longest
     /// suffix wins) beats `ALL`; `None` when no route covers it.
-    pub fn route_for(&self, domain: &str) -> Option<&Route> {
+    pub(crate) fn route_for(&self, domain: &str) -> Option<&Route> {
         most_specific(&self.routes, |r| &r.domain, domain)
     }
 }
 
 /// Built-in destination default: concurrent connections.
-pub const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u32 = 20;
+pub(crate) const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u32 = 20;
 /// Built-in destination default: messages per connection.
-pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: u32 = 10;
+pub(crate) const DEFAULT_MAX_MESSAGES_PER_CONNECTION: u32 = 10;
 /// Built-in destination default: recipients per message.
-pub const DEFAULT_MAX_RECIPIENTS_PER_MESSAGE: u32 = 100;
+pub(crate) const DEFAULT_MAX_RECIPIENTS_PER_MESSAGE: u32 = 100;
 /// Built-in destination default: outbound TLS mode.
-pub const DEFAULT_OUTBOUND_TLS: OutboundTls = OutboundTls::Preferred;
+pub(crate) const DEFAULT_OUTBOUND_TLS: OutboundTls = OutboundTls::Preferred;
 /// Built-in default: interval between alert mails for one destination.
-pub const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Delivery limits and TLS for one destination domain (or the default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,7 +336,7 @@ impl Default for DestinationControls {
 impl DestinationControls {
     /// The controls for a destination domain: exact beats `.suffix` (longest
     /// suffix wins) beats the default.
-    pub fn for_domain(&self, domain: &str) -> &DestinationControl {
+    pub(crate) fn for_domain(&self, domain: &str) -> &DestinationControl {
         most_specific(&self.entries, |d| &d.domain, domain).unwrap_or(&self.default)
     }
 }

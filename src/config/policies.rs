@@ -28,7 +28,7 @@ pub(crate) struct Named<T> {
 
 impl<T> Named<T> {
     /// An empty table set that does not report unknown names.
-    pub fn unknown() -> Self {
+    pub(super) fn unknown() -> Self {
         Named {
             map: BTreeMap::new(),
             complete: false,
@@ -36,7 +36,7 @@ impl<T> Named<T> {
     }
 
     /// Looks a name up: `Ok(None)` when it may exist but cannot be known.
-    pub fn find(&self, name: &str) -> Result<Option<Arc<T>>, ()> {
+    pub(super) fn find(&self, name: &str) -> Result<Option<Arc<T>>, ()> {
         match self.map.get(name) {
             Some(t) => Ok(Some(t.clone())),
             None if self.complete => Err(()),

@@ -276,7 +276,7 @@ pub(crate) fn build_rats(def: &NamedMap<Option<RatDef>>, e: &mut FileErrors<'_>)
             }
         }
         let postmaster = rat.postmaster.as_ref().and_then(|p| {
-            super::routes::check_address(&p.value)
+            super::destinations::check_address(&p.value)
                 .map_err(|m| e.on(p, join(&rat_name, "postmaster"), m))
                 .ok()
         });

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::model::{ListenerKind, MailLogFormat};
+use crate::dns::name::is_host_name;
 use crate::policy::flow::{Action, TlsMode};
 use crate::policy::rat::RatAction;
 use crate::smtp::reply::Enhanced;
@@ -23,7 +24,7 @@ fn split_number(t: &str) -> Option<(u64, &str)> {
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h`, `5d`, `2w` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || {
         format!(
@@ -44,7 +45,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a size: bytes, or a number with `K`, `M` or `G` (binary; a trailing `B` is allowed).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let bad = || {
         format!("{t:?} is not a size: write bytes or a number with K, M or G (e.g. 512K, 10M, 1G)")
@@ -67,7 +68,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses a plain non-negative integer.
-pub fn parse_count(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_count(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{t:?} is not a whole number"));
@@ -76,7 +77,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 }
 
 /// Parses an `IP:port` to listen on (IPv6 in brackets: `[::1]:2525`).
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Ok(a) = t.parse::<SocketAddr>() {
         return Ok(a);
@@ -96,7 +97,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Parses a DNS resolver: `IP` (port 53) or `IP:port`.
-pub fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Ok(a) = t.parse::<SocketAddr>() {
         return Ok(a);
@@ -114,7 +115,7 @@ pub fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Parses a network in CIDR form, or a single address.
-pub fn parse_network(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_network(s: &str) -> Result<IpNet, String> {
     let t = s.trim();
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -125,7 +126,7 @@ pub fn parse_network(s: &str) -> Result<IpNet, String> {
 }
 
 /// For a CIDR network written with host bits (`192.0.2.1/24`): what it really means.
-pub fn host_bits_warning(s: &str) -> Option<String> {
+pub(crate) fn host_bits_warning(s: &str) -> Option<String> {
     let t = s.trim();
     let n = t.parse::<IpNet>().ok()?;
     (n != n.trunc()).then(|| {
@@ -140,7 +141,7 @@ pub fn host_bits_warning(s: &str) -> Option<String> {
 }
 
 /// Parses `true` or `false`.
-pub fn parse_bool(s: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -149,7 +150,7 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// Parses a reply code: three digits, 200-599.
-pub fn parse_code(s: &str) -> Result<u16, String> {
+pub(crate) fn parse_code(s: &str) -> Result<u16, String> {
     let t = s.trim();
     match t.parse::<u16>() {
         Ok(c) if (200..=599).contains(&c) && t.len() == 3 => Ok(c),
@@ -160,12 +161,12 @@ pub fn parse_code(s: &str) -> Result<u16, String> {
 }
 
 /// Parses an enhanced status code such as `5.7.1`.
-pub fn parse_enhanced(s: &str) -> Result<Enhanced, String> {
+pub(crate) fn parse_enhanced(s: &str) -> Result<Enhanced, String> {
     s.trim().parse::<Enhanced>()
 }
 
 /// Checks reply text: not empty, no CR or other control characters (LF separates lines).
-pub fn check_reply_text(s: &str) -> Result<(), String> {
+pub(crate) fn check_reply_text(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("reply text is empty".into());
     }
@@ -176,14 +177,14 @@ pub fn check_reply_text(s: &str) -> Result<(), String> {
 }
 
 /// Parses a mail-flow policy name; a leading `$` (ESA style) is stripped.
-pub fn parse_policy_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_policy_name(s: &str) -> Result<String, String> {
     let t = s.trim();
     let name = t.strip_prefix('$').unwrap_or(t);
     check_table_name(name, "policy name").map(|()| name.to_string())
 }
 
 /// Checks a HAT, RAT or sender-group name: letters, digits, `_` and `-`.
-pub fn check_table_name(name: &str, what: &str) -> Result<(), String> {
+pub(crate) fn check_table_name(name: &str, what: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{what} is empty"));
     }
@@ -199,18 +200,8 @@ pub fn check_table_name(name: &str, what: &str) -> Result<(), String> {
 }
 
 /// Checks a host name (`mx.example.com`).
-pub fn check_hostname(s: &str) -> Result<(), String> {
-    let t = s.strip_suffix('.').unwrap_or(s);
-    let ok = !t.is_empty()
-        && t.len() <= 253
-        && t.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
+pub(crate) fn check_hostname(s: &str) -> Result<(), String> {
+    if is_host_name(s.strip_suffix('.').unwrap_or(s)) {
         Ok(())
     } else {
         Err(format!("{s:?} is not a valid host name"))
@@ -218,7 +209,7 @@ pub fn check_hostname(s: &str) -> Result<(), String> {
 }
 
 /// Checks a TLS-mandatory sender: `user@domain`, `@domain` or `domain`.
-pub fn check_sender(s: &str) -> Result<(), String> {
+pub(crate) fn check_sender(s: &str) -> Result<(), String> {
     let t = s.trim();
     let domain = match t.rsplit_once('@') {
         Some(("", d)) => d,
@@ -232,7 +223,7 @@ pub fn check_sender(s: &str) -> Result<(), String> {
 }
 
 /// Parses a listener type.
-pub fn parse_listener_kind(s: &str) -> Result<ListenerKind, String> {
+pub(crate) fn parse_listener_kind(s: &str) -> Result<ListenerKind, String> {
     match s.trim() {
         "public" => Ok(ListenerKind::Public),
         "private" => Ok(ListenerKind::Private),
@@ -243,7 +234,7 @@ pub fn parse_listener_kind(s: &str) -> Result<ListenerKind, String> {
 }
 
 /// Parses a mail-log format.
-pub fn parse_log_format(s: &str) -> Result<MailLogFormat, String> {
+pub(crate) fn parse_log_format(s: &str) -> Result<MailLogFormat, String> {
     match s.trim() {
         "text" => Ok(MailLogFormat::Text),
         "json" => Ok(MailLogFormat::Json),
@@ -254,7 +245,7 @@ pub fn parse_log_format(s: &str) -> Result<MailLogFormat, String> {
 }
 
 /// Parses a policy action.
-pub fn parse_action(s: &str) -> Result<Action, String> {
+pub(crate) fn parse_action(s: &str) -> Result<Action, String> {
     match s.trim() {
         "accept" => Ok(Action::Accept),
         "reject" => Ok(Action::Reject),
@@ -268,7 +259,7 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
 }
 
 /// Parses a TLS mode.
-pub fn parse_tls(s: &str) -> Result<TlsMode, String> {
+pub(crate) fn parse_tls(s: &str) -> Result<TlsMode, String> {
     match s.trim() {
         "off" => Ok(TlsMode::Off),
         "preferred" => Ok(TlsMode::Preferred),
@@ -280,7 +271,7 @@ pub fn parse_tls(s: &str) -> Result<TlsMode, String> {
 }
 
 /// Parses a RAT action.
-pub fn parse_rat_action(s: &str) -> Result<RatAction, String> {
+pub(crate) fn parse_rat_action(s: &str) -> Result<RatAction, String> {
     match s.trim() {
         "accept" => Ok(RatAction::Accept),
         "reject" => Ok(RatAction::Reject),

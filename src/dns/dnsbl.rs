@@ -31,7 +31,7 @@ use crate::policy::hat::{dnslist_entry, is_default_listing_answer};
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.2`, from dual-stack sockets) are asked in
 /// their IPv4 form, as block lists list the IPv4 address.
-pub fn query_name(ip: IpAddr, zone: &str) -> String {
+pub(crate) fn query_name(ip: IpAddr, zone: &str) -> String {
     let zone = zone.trim_end_matches('.');
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
@@ -55,7 +55,7 @@ pub fn query_name(ip: IpAddr, zone: &str) -> String {
 
 /// What one zone said about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The zone has A records for the client (whether they count is the criterion's call).
     Answered(Vec<Ipv4Addr>),
     /// NXDOMAIN / no A record: not listed.
@@ -69,7 +69,7 @@ impl Outcome {
     /// listing code by the default rule (whether a criterion's own codes count it is policy),
     /// `not_listed`, or `error` for a failure or an answer made only of list error codes
     /// (127.255.255.x, e.g. a refused public resolver): those mean the list is not usable.
-    pub fn metric_result(&self) -> &'static str {
+    pub(crate) fn metric_result(&self) -> &'static str {
         match self {
             Outcome::Answered(ips) if ips.iter().any(|a| is_default_listing_answer(*a)) => "listed",
             Outcome::Answered(_) | Outcome::Failed(_) => "error",
@@ -80,7 +80,7 @@ impl Outcome {
 
 /// The answer of one zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZoneAnswer {
+pub(crate) struct ZoneAnswer {
     /// The zone as configured.
     pub zone: String,
     /// The name that was asked.
@@ -91,7 +91,7 @@ pub struct ZoneAnswer {
 
 /// Asks every zone about `ip` concurrently; each lookup is bounded by the resolver's timeout,
 /// so the whole call is too. Answers come back in the order of `zones`.
-pub async fn check_zones(
+pub(crate) async fn check_zones(
     resolver: &ReverseResolver,
     ip: IpAddr,
     zones: &[&str],
@@ -117,7 +117,7 @@ pub async fn check_zones(
 }
 
 /// The entries for [`crate::policy::hat::Peer::dnslists_listed`]: `zone=answer` per A record.
-pub fn peer_entries(answers: &[ZoneAnswer]) -> Vec<String> {
+pub(crate) fn peer_entries(answers: &[ZoneAnswer]) -> Vec<String> {
     answers
         .iter()
         .flat_map(|a| match &a.outcome {
@@ -129,7 +129,7 @@ pub fn peer_entries(answers: &[ZoneAnswer]) -> Vec<String> {
 
 /// Mail-log notes for the answers of connection `icid` from `ip`: answers at Info, failures and
 /// error codes at Warning. A plain "not listed" is not logged.
-pub fn log_notes(icid: u64, ip: IpAddr, answers: &[ZoneAnswer]) -> Vec<(Level, String)> {
+pub(crate) fn log_notes(icid: u64, ip: IpAddr, answers: &[ZoneAnswer]) -> Vec<(Level, String)> {
     let mut notes = Vec::new();
     for a in answers {
         match &a.outcome {

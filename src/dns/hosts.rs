@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The names and addresses of one hosts file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HostsFile {
+pub(crate) struct HostsFile {
     /// Lower-case name (no trailing dot) -> its addresses, in file order.
     addresses: HashMap<String, Vec<IpAddr>>,
     /// Address -> its names, in file order (the first is the canonical name, as for glibc).
@@ -18,12 +18,12 @@ pub struct HostsFile {
 
 impl HostsFile {
     /// Reads and parses the file at `path`.
-    pub fn read(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn read(path: &Path) -> std::io::Result<Self> {
         Ok(Self::parse(&std::fs::read_to_string(path)?))
     }
 
     /// Parses `ADDRESS NAME [ALIAS...]` lines; `#` starts a comment; bad lines are skipped.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut h = HostsFile::default();
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("");
@@ -48,13 +48,13 @@ impl HostsFile {
     }
 
     /// Every address of `name` (any case, trailing dot or not), when the file names it.
-    pub fn addresses(&self, name: &str) -> Option<&[IpAddr]> {
+    pub(crate) fn addresses(&self, name: &str) -> Option<&[IpAddr]> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         self.addresses.get(&name).map(Vec::as_slice)
     }
 
     /// Every name of `ip`, canonical name first, when the file has the address.
-    pub fn names(&self, ip: IpAddr) -> Option<&[String]> {
+    pub(crate) fn names(&self, ip: IpAddr) -> Option<&[String]> {
         self.names.get(&ip.to_canonical()).map(Vec::as_slice)
     }
 }

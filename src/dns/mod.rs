@@ -6,8 +6,9 @@
 //! would answer by itself (`localhost`, the PTR of 127/8 and ::1) are asked of the servers
 //! too. A hosts file is read only when `dns.hosts_file` names one ([`HostsFile`]).
 
-pub mod dnsbl;
-pub mod hosts;
+pub(crate) mod dnsbl;
+pub(crate) mod hosts;
+pub(crate) mod name;
 
 #[cfg(test)]
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ pub enum DnsError {
 
 /// Outcome of one bounded A lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ALookup {
+pub(crate) enum ALookup {
     /// The name exists with these IPv4 addresses.
     Found(Vec<Ipv4Addr>),
     /// NXDOMAIN or no A record.
@@ -51,16 +52,16 @@ pub enum ALookup {
 
 /// One MX record: preference and exchange (lower case, no trailing dot; `""` for the root, `.`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MxRecord {
+pub(crate) struct MxRecord {
     /// Lower is tried first.
-    pub preference: u16,
+    pub(crate) preference: u16,
     /// The exchange host name; empty for the RFC 7505 null MX target `.`.
-    pub exchange: String,
+    pub(crate) exchange: String,
 }
 
 /// Outcome of one bounded MX lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MxLookup {
+pub(crate) enum MxLookup {
     /// The name has these MX records.
     Found(Vec<MxRecord>),
     /// NXDOMAIN or no MX record.
@@ -71,7 +72,7 @@ pub enum MxLookup {
 
 /// Outcome of one bounded A/AAAA lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IpLookup {
+pub(crate) enum IpLookup {
     /// The name has these addresses (IPv4 first, then IPv6 when there is no IPv4).
     Found(Vec<IpAddr>),
     /// NXDOMAIN or no A/AAAA record.
@@ -208,7 +209,7 @@ impl ReverseResolver {
     /// A resolver on 127.0.0.1:53, for unit tests that need one but never look anything up
     /// (the system configuration may be missing on a test machine).
     #[cfg(test)]
-    pub fn for_tests() -> Self {
+    pub(crate) fn for_tests() -> Self {
         Self::new(&DnsSettings {
             resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             timeout: Duration::from_secs(1),
@@ -224,7 +225,7 @@ impl ReverseResolver {
 
     /// A records of the fully qualified `name` (trailing dot: no search domains), bounded by
     /// the configured timeout like [`ReverseResolver::lookup`].
-    pub async fn lookup_a(&self, name: &str) -> ALookup {
+    pub(crate) async fn lookup_a(&self, name: &str) -> ALookup {
         let query = async {
             match self.resolver.ipv4_lookup(name).await {
                 Ok(l) => {
@@ -253,7 +254,7 @@ impl ReverseResolver {
     }
 
     /// MX records of `name`, bounded by the configured timeout.
-    pub async fn lookup_mx(&self, name: &str) -> MxLookup {
+    pub(crate) async fn lookup_mx(&self, name: &str) -> MxLookup {
         let query = async {
             match self.resolver.mx_lookup(fqdn(name)).await {
                 Ok(l) => {
@@ -289,7 +290,7 @@ impl ReverseResolver {
     }
 
     /// A (else AAAA) addresses of `name`, bounded by the configured timeout.
-    pub async fn lookup_ip(&self, name: &str) -> IpLookup {
+    pub(crate) async fn lookup_ip(&self, name: &str) -> IpLookup {
         if let Some(addrs) = self.hosts.as_ref().and_then(|h| h.addresses(name)) {
             return IpLookup::Found(addrs.to_vec());
         }

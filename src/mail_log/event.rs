@@ -71,8 +71,8 @@ pub enum Event {
         mid: Option<u64>,
         /// What was refused (`RCPT TO: <a@b>`, `MAIL FROM: <x>`, `connection`).
         what: String,
-        /// Which rule fired and the reply sent.
-        rule: String,
+        /// Which check refused it, as the stage's check decided (rendered as the rule's text).
+        reason: crate::policy::check::DenialReason,
     },
     /// A recipient refused by the RAT.
     RatRejected {
@@ -145,7 +145,7 @@ pub enum Event {
         /// Connection id.
         icid: u64,
         /// Reason.
-        reason: String,
+        reason: ReceivingFailure,
     },
     /// Pipelined plaintext behind STARTTLS thrown away.
     StartTlsInjection {
@@ -359,10 +359,10 @@ impl Event {
                 format!("ICID {icid} TLS was required but remote host did not initiate it")
             }
             // ESA has no line for these: the `mxgate:` prefix keeps ESA parsers from misreading them.
-            Event::Refused { icid, mid: Some(mid), what, rule } => {
-                format!("mxgate: ICID {icid} MID {mid} {what} refused: {rule}")
+            Event::Refused { icid, mid: Some(mid), what, reason } => {
+                format!("mxgate: ICID {icid} MID {mid} {what} refused: {reason}")
             }
-            Event::Refused { icid, mid: None, what, rule } => format!("mxgate: ICID {icid} {what} refused: {rule}"),
+            Event::Refused { icid, mid: None, what, reason } => format!("mxgate: ICID {icid} {what} refused: {reason}"),
             Event::RatRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by RAT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
@@ -412,6 +412,42 @@ impl Event {
                 format!("mxgate: {text}")
             }
             Event::Note { text, .. } => text.clone(),
+        }
+    }
+}
+
+/// Why a message was not accepted after DATA began (ESA's `Receiving Failed:` reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceivingFailure {
+    /// The message passed `max_message_size`.
+    TooBig,
+    /// The DATA stream could not be framed safely: the reader's error.
+    DataSyntax(String),
+    /// The spool could not store it: the spool error.
+    Spool(String),
+    /// The connection ended (timeout, shutdown, lost) during DATA.
+    ConnectionEnded,
+}
+
+impl ReceivingFailure {
+    /// The `reason` label of `mxgate_messages_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReceivingFailure::TooBig => "size",
+            ReceivingFailure::DataSyntax(_) => "data_syntax",
+            ReceivingFailure::Spool(_) => "spool",
+            ReceivingFailure::ConnectionEnded => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for ReceivingFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceivingFailure::TooBig => f.write_str("Message size exceeds limit"),
+            ReceivingFailure::DataSyntax(e) => f.write_str(e),
+            ReceivingFailure::Spool(e) => write!(f, "spool error: {e}"),
+            ReceivingFailure::ConnectionEnded => f.write_str("connection ended during DATA"),
         }
     }
 }

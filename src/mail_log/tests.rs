@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::model::MailLogFormat;
+use crate::policy::check::{DenialReason, LimitKind};
 
 #[test]
 fn esa_lines() {
@@ -40,7 +41,11 @@ fn trust_15_lines_follow_esa_forms() {
         icid: 5,
         mid: Some(7),
         what: "RCPT TO: <a@example.com>".into(),
-        rule: "max_recipients_per_message 2 (policy THROTTLED)".into(),
+        reason: DenialReason::Limit {
+            kind: LimitKind::RecipientsPerMessage,
+            max: 2,
+            policy: "THROTTLED".into(),
+        },
     };
     assert_eq!(
         rcpt.text(),
@@ -50,7 +55,7 @@ fn trust_15_lines_follow_esa_forms() {
         icid: 5,
         mid: None,
         what: "MAIL FROM: <a@example.com>".into(),
-        rule: "tls_mandatory_senders".into(),
+        reason: DenialReason::TlsMandatorySender,
     };
     assert_eq!(
         mail.text(),
@@ -59,7 +64,7 @@ fn trust_15_lines_follow_esa_forms() {
     let failed = Event::ReceivingFailed {
         mid: 7,
         icid: 5,
-        reason: "Message size exceeds limit".into(),
+        reason: ReceivingFailure::TooBig,
     };
     assert_eq!(
         failed.text(),

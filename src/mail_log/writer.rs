@@ -79,7 +79,7 @@ impl MailLog {
 
     /// Writes events as consecutive lines with one write call: the lines of one burst of a
     /// session stay together and cost one system call.
-    pub fn log_many(&self, events: &[Event]) {
+    pub(crate) fn log_many(&self, events: &[Event]) {
         if events.is_empty() {
             return;
         }
@@ -111,7 +111,7 @@ impl MailLog {
     }
 
     /// Reopens the file (after logrotate moved it); a no-op for stdout.
-    pub fn reopen(&self) -> Result<(), MailLogError> {
+    pub(crate) fn reopen(&self) -> Result<(), MailLogError> {
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         if let Sink::File(path, file) = &mut *sink {
             *file = open_append(path)?;

@@ -6,10 +6,8 @@
 
 mod ready;
 
-pub use ready::{
-    free_space, spool_unready, spool_write_failed, FreeSpace, Readiness, OUT_OF_SPACE_HOLD,
-    SPOOL_MIN_FREE_BYTES, SPOOL_MIN_FREE_INODES,
-};
+pub(crate) use ready::spool_write_failed;
+pub use ready::{free_space, FreeSpace, Readiness, SPOOL_MIN_FREE_BYTES};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,53 +19,53 @@ use tokio::net::TcpListener;
 /// Inbound TLS outcome per connection: `{listener, sender_group, policy, outcome, client_cert}`
 /// with outcome `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`,
 /// and client_cert `verified`, `missing`, `failed`, `not_requested`.
-pub const INBOUND_TLS: &str = "mxgate_inbound_tls_total";
+pub(crate) const INBOUND_TLS: &str = "mxgate_inbound_tls_total";
 /// Negotiated inbound TLS sessions: `{listener, protocol, cipher}`.
-pub const INBOUND_TLS_SESSIONS: &str = "mxgate_inbound_tls_sessions_total";
+pub(crate) const INBOUND_TLS_SESSIONS: &str = "mxgate_inbound_tls_sessions_total";
 /// Inbound TLS handshake duration histogram (seconds): `{listener}`.
-pub const TLS_HANDSHAKE_SECONDS: &str = "mxgate_tls_handshake_seconds";
+pub(crate) const TLS_HANDSHAKE_SECONDS: &str = "mxgate_tls_handshake_seconds";
 /// Connections by HAT action: `{listener, sender_group, action}`.
-pub const CONNECTIONS: &str = "mxgate_connections_total";
+pub(crate) const CONNECTIONS: &str = "mxgate_connections_total";
 /// Open inbound connections: `{listener}`.
-pub const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
+pub(crate) const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
 /// Messages accepted and queued: `{listener, sender_group}`.
-pub const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
+pub(crate) const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
 /// Messages refused at MAIL FROM or after DATA: `{listener, reason}` (tls_required, client_cert,
 /// size, limit, data_syntax, spool, aborted).
-pub const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
+pub(crate) const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
 /// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit).
-pub const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
+pub(crate) const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
 /// Recipients accepted: `{listener, sender_group}`.
-pub const RECIPIENTS_ACCEPTED: &str = "mxgate_recipients_accepted_total";
+pub(crate) const RECIPIENTS_ACCEPTED: &str = "mxgate_recipients_accepted_total";
 /// Message bytes received (as stored, before our `Received:` header): `{listener}`.
-pub const BYTES_RECEIVED: &str = "mxgate_bytes_received_total";
+pub(crate) const BYTES_RECEIVED: &str = "mxgate_bytes_received_total";
 /// Outbound TLS outcome per delivery connection: `{destination, mode, outcome}` with outcome
 /// `success`, `verified`, `not_verified`, `fell_back_plaintext`, `failed`, `not_offered`, `not_attempted`.
-pub const OUTBOUND_TLS: &str = "mxgate_outbound_tls_total";
+pub(crate) const OUTBOUND_TLS: &str = "mxgate_outbound_tls_total";
 /// Delivery attempts per recipient: `{destination, result}` (delivered, deferred, bounced).
-pub const DELIVERY_ATTEMPTS: &str = "mxgate_delivery_attempts_total";
+pub(crate) const DELIVERY_ATTEMPTS: &str = "mxgate_delivery_attempts_total";
 /// Required-TLS destinations that could not negotiate or verify TLS: `{destination}`.
-pub const REQUIRED_TLS_FAILURES: &str = "mxgate_required_tls_failures_total";
+pub(crate) const REQUIRED_TLS_FAILURES: &str = "mxgate_required_tls_failures_total";
 /// Messages in the queue.
-pub const QUEUE_MESSAGES: &str = "mxgate_queue_messages";
+pub(crate) const QUEUE_MESSAGES: &str = "mxgate_queue_messages";
 /// Age of the oldest queued message (seconds).
-pub const QUEUE_OLDEST_AGE_SECONDS: &str = "mxgate_queue_oldest_age_seconds";
+pub(crate) const QUEUE_OLDEST_AGE_SECONDS: &str = "mxgate_queue_oldest_age_seconds";
 /// Listener certificate expiry (Unix seconds): `{listener}`.
-pub const CERTIFICATE_EXPIRY: &str = "mxgate_certificate_expiry_timestamp_seconds";
+pub(crate) const CERTIFICATE_EXPIRY: &str = "mxgate_certificate_expiry_timestamp_seconds";
 /// Configuration reloads: `{result}` (success, failure).
-pub const CONFIG_RELOADS: &str = "mxgate_config_reloads_total";
+pub(crate) const CONFIG_RELOADS: &str = "mxgate_config_reloads_total";
 /// DNS block-list lookups: `{zone, result}` with result `listed`, `not_listed` or `error`
 /// (timeout, server failure, or only a list error code such as 127.255.255.254).
-pub const DNSBL_LOOKUPS: &str = "mxgate_dnsbl_lookups_total";
+pub(crate) const DNSBL_LOOKUPS: &str = "mxgate_dnsbl_lookups_total";
 /// Connections closed because of the PROXY protocol: `{listener, reason}` with reason
 /// `untrusted_source`, `timeout`, `closed`, `malformed`, `io_error`.
-pub const PROXY_REFUSED: &str = "mxgate_proxy_refused_total";
+pub(crate) const PROXY_REFUSED: &str = "mxgate_proxy_refused_total";
 /// Reverse-DNS (FCrDNS) results per connection, as RFC 8601 `iprev` names them:
 /// `{listener, result}` with result `pass`, `fail` (PTR names do not resolve back),
 /// `temperror` (lookup failed or timed out), `permerror` (no PTR).
-pub const REVERSE_DNS: &str = "mxgate_reverse_dns_total";
+pub(crate) const REVERSE_DNS: &str = "mxgate_reverse_dns_total";
 /// Build information, value 1: `{version}`.
-pub const BUILD_INFO: &str = "mxgate_build_info";
+pub(crate) const BUILD_INFO: &str = "mxgate_build_info";
 
 /// Handshake histogram buckets: most handshakes take a few milliseconds on loopback.
 const HANDSHAKE_BUCKETS: &[f64] = &[
@@ -243,8 +241,9 @@ pub struct InboundLabels {
 }
 
 /// Counts what an inbound mail-log event means for the metrics.
-pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
+pub(crate) fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
     use crate::mail_log::Event;
+    use crate::policy::check::Stage;
     let listener = l.listener.clone();
     match e {
         Event::Hat { action, group, .. } => {
@@ -275,39 +274,21 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
             metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => "rat")
                 .increment(1);
         }
-        Event::Refused { what, rule, .. } if what.starts_with("RCPT") => {
-            let reason = if rule.starts_with("address form") {
-                "relay_attempt"
-            } else {
-                "limit"
-            };
-            metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => reason)
-                .increment(1);
-        }
-        Event::Refused { what, rule, .. } if what.starts_with("MAIL") => {
-            let reason = if rule.starts_with("tls_mandatory") {
-                "tls_required"
-            } else if rule.starts_with("tls_verify_client") {
-                "client_cert"
-            } else if rule.starts_with("max_message_size") {
-                "size"
-            } else {
-                "limit"
-            };
-            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason)
-                .increment(1);
-        }
+        // The stage's check typed the reason; only MAIL and RCPT refusals are counted here
+        // (a message refused after DATA is counted by its `ReceivingFailed`).
+        Event::Refused { reason, .. } => match reason.stage() {
+            Stage::Mail => {
+                metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason.label())
+                    .increment(1);
+            }
+            Stage::Rcpt => {
+                metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => reason.label())
+                    .increment(1);
+            }
+            Stage::Connect | Stage::Helo | Stage::Data => {}
+        },
         Event::ReceivingFailed { reason, .. } => {
-            let kind = if reason.starts_with("Message size") {
-                "size"
-            } else if reason.starts_with("spool error") {
-                "spool"
-            } else if reason.starts_with("connection ended") {
-                "aborted"
-            } else {
-                "data_syntax"
-            };
-            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => kind)
+            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason.label())
                 .increment(1);
         }
         _ => {}
@@ -315,7 +296,7 @@ pub fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
 }
 
 /// Counts the connection's inbound TLS outcome once, at its end.
-pub fn inbound_tls_outcome(l: &InboundLabels, o: crate::smtp::session::TlsOutcome) {
+pub(crate) fn inbound_tls_outcome(l: &InboundLabels, o: crate::smtp::session::TlsOutcome) {
     metrics::counter!(INBOUND_TLS, "listener" => l.listener.clone(), "sender_group" => l.sender_group.clone(),
         "policy" => l.policy.clone(), "outcome" => o.outcome, "client_cert" => o.client_cert)
     .increment(1);
@@ -340,7 +321,7 @@ impl Drop for ActiveConnection {
 }
 
 /// The `destination` label: the destination-control entry that applies (bounded by config).
-pub fn destination_label(control: &crate::config::outbound::DestinationControl) -> String {
+pub(crate) fn destination_label(control: &crate::config::outbound::DestinationControl) -> String {
     match &control.domain {
         crate::config::outbound::DomainMatch::All => "default".to_string(),
         d => d.to_string(),
@@ -375,23 +356,23 @@ pub fn required_tls_failure(destination: &str) {
 }
 
 /// Counts per-recipient delivery results.
-pub fn delivery_attempt(destination: &str, result: &'static str, n: u64) {
+pub(crate) fn delivery_attempt(destination: &str, result: &'static str, n: u64) {
     metrics::counter!(DELIVERY_ATTEMPTS, "destination" => destination.to_string(), "result" => result).increment(n);
 }
 
 /// Counts one block-list lookup; `zone` comes from the HAT, never from the client.
-pub fn dnsbl_lookup(zone: &str, result: &'static str) {
+pub(crate) fn dnsbl_lookup(zone: &str, result: &'static str) {
     metrics::counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
 }
 
 /// Counts one PROXY refusal; the reason label comes from the typed refusal.
-pub fn proxy_refused(listener: &str, r: &crate::net::proxy::Refusal) {
+pub(crate) fn proxy_refused(listener: &str, r: &crate::net::proxy::Refusal) {
     metrics::counter!(PROXY_REFUSED, "listener" => listener.to_string(), "reason" => r.label())
         .increment(1);
 }
 
 /// Counts one connection's reverse-DNS result (nothing when it was not looked up).
-pub fn reverse_dns(listener: &str, r: &crate::policy::hat::ReverseDns) {
+pub(crate) fn reverse_dns(listener: &str, r: &crate::policy::hat::ReverseDns) {
     use crate::policy::hat::ReverseDns;
     let result = match r {
         ReverseDns::Verified(_) => "pass",
@@ -405,13 +386,13 @@ pub fn reverse_dns(listener: &str, r: &crate::policy::hat::ReverseDns) {
 }
 
 /// Sets the queue gauges.
-pub fn queue_state(messages: usize, oldest_age_seconds: u64) {
+pub(crate) fn queue_state(messages: usize, oldest_age_seconds: u64) {
     metrics::gauge!(QUEUE_MESSAGES).set(messages as f64);
     metrics::gauge!(QUEUE_OLDEST_AGE_SECONDS).set(oldest_age_seconds as f64);
 }
 
 /// Sets a listener's certificate expiry gauge from its PEM chain (leaf first).
-pub fn certificate_expiry(listener: &str, cert_pem: &std::path::Path) {
+pub(crate) fn certificate_expiry(listener: &str, cert_pem: &std::path::Path) {
     let Ok(pem) = std::fs::read(cert_pem) else {
         return;
     };

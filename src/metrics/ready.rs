@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 /// `452 Insufficient system storage`.
 pub const SPOOL_MIN_FREE_BYTES: u64 = 256 << 20;
 /// Free inodes `/ready` requires on the spool's filesystem (each message takes two files).
-pub const SPOOL_MIN_FREE_INODES: u64 = 1024;
+pub(crate) const SPOOL_MIN_FREE_INODES: u64 = 1024;
 /// How long a spool write that failed for lack of space keeps `/ready` at 503, unless a
 /// message is queued meanwhile. Bounded because a pod without traffic cannot prove that
 /// writing works again: after this, free space alone decides.
-pub const OUT_OF_SPACE_HOLD: Duration = Duration::from_secs(60);
+pub(crate) const OUT_OF_SPACE_HOLD: Duration = Duration::from_secs(60);
 
 /// When a spool write last failed with ENOSPC or EDQUOT; cleared by a queued message. One
 /// process serves one spool, and the failure is only seen as a mail-log event, hence global.
 static OUT_OF_SPACE_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Readiness: set by the app once listeners are bound and the spool is open; after that,
-/// each `/ready` also checks the spool's filesystem ([`spool_unready`]).
+/// each `/ready` also checks the spool's filesystem (`spool_unready`).
 #[derive(Debug, Default)]
 pub struct Readiness {
     started: AtomicBool,
@@ -57,7 +57,7 @@ impl Readiness {
 
     /// Before `/ready` says space is short, `reclaim` may free space kept only for reuse
     /// (returning true when it did), so that such space never makes the gateway unready.
-    pub fn on_low_space(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
+    pub(crate) fn on_low_space(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
         if let Ok(mut r) = self.reclaim.0.lock() {
             *r = Some(Box::new(reclaim));
         }
@@ -92,11 +92,6 @@ impl Readiness {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
-    }
-
-    /// True when ready.
-    pub fn is_ready(&self) -> bool {
-        self.check().is_ok()
     }
 }
 
@@ -135,7 +130,7 @@ pub fn free_space(dir: &Path) -> std::io::Result<FreeSpace> {
 /// Why the spool cannot take mail, or `None` when it can. `free` is its filesystem's free
 /// space (or why that could not be read); `out_of_space_ago` is how long ago a spool write
 /// last failed for lack of space, if no message has been queued since.
-pub fn spool_unready(
+pub(crate) fn spool_unready(
     free: &Result<FreeSpace, String>,
     min_free_bytes: u64,
     out_of_space_ago: Option<Duration>,
@@ -177,7 +172,7 @@ pub fn spool_unready(
 
 /// A spool write failed; `out_of_space` when the filesystem or a quota was full, which
 /// makes `/ready` answer 503 for a while ([`OUT_OF_SPACE_HOLD`]).
-pub fn spool_write_failed(out_of_space: bool) {
+pub(crate) fn spool_write_failed(out_of_space: bool) {
     if out_of_space {
         set_out_of_space(true);
     }

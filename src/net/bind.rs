@@ -13,7 +13,7 @@ const BACKLOG: i32 = 1024;
 /// `0.0.0.0:25` and `[::]:25` can be bound together whatever the system default
 /// (`net.ipv6.bindv6only`); an IPv4-mapped address (`[::ffff:a.b.c.d]`) is the exception,
 /// since it can only carry IPv4.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if let SocketAddr::V6(a) = addr {
         socket.set_only_v6(a.ip().to_ipv4_mapped().is_none())?;
@@ -28,6 +28,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into the IPv4 address it
 /// stands for: how an IPv4 client of an IPv6 socket, or of a TCP6 PROXY header, appears.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

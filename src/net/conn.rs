@@ -1,5 +1,6 @@
-//! The connection driver: PROXY header, reverse DNS, HAT, then feeding the session and doing
-//! what it asks (replies, STARTTLS, spool writes) under the listener's timeouts.
+//! One accepted connection: PROXY header, ICID, reverse DNS and block lists, HAT, the per-IP
+//! slot and the pre-greet pause; then the [`Driver`] runs the session over the socket
+//! (`Socket`: TCP, rustls after STARTTLS) and the spool and mail log (`SpoolBackend`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,32 +10,28 @@ use rustls::pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::model::Listener;
 use crate::dns::dnsbl;
 use crate::dns::ReverseResolver;
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics::{self, InboundLabels};
+use crate::net::driver::{Backend, ClientStream, Driver, StartTls};
 use crate::net::proxy::{self, ProxyParse};
-use crate::net::read_deadline::ReadDeadlines;
 use crate::net::tls;
-use crate::net::write_bound::{
-    bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
-};
+use crate::net::write_bound::{bounded_write, write_deadline};
+use crate::policy::check::connect;
 use crate::policy::flow::{Action as PolicyAction, ClientCert};
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
-use crate::smtp::session::{Action, Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use crate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
 use crate::spool::{Incoming, Spool};
 
-/// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
-const READ_CHUNK: usize = 4 * 1024;
-/// Read size during DATA.
-const DATA_CHUNK: usize = 64 * 1024;
-
 /// Everything a connection on one listener needs.
-pub struct ListenerContext {
+pub(crate) struct ListenerContext {
     /// The listener's configuration.
     pub listener: Listener,
     /// TLS acceptor (always present: a demo certificate is generated when none is configured).
@@ -55,26 +52,8 @@ pub struct ListenerContext {
     pub queue: Option<crate::relay::queue::QueueHandle>,
 }
 
-enum Flow<S> {
-    Done,
-    Upgrade(S),
-}
-
-struct Conn<'a> {
-    ctx: &'a ListenerContext,
-    labels: InboundLabels,
-    session: Session,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-    incoming: Option<Incoming>,
-    body_error: Option<String>,
-    deadline: Instant,
-    reads: ReadDeadlines,
-    force_close: watch::Receiver<bool>,
-}
-
 /// Handles one accepted TCP connection to the end.
-pub async fn handle(
+pub(crate) async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -128,10 +107,14 @@ pub async fn handle(
         Err(e) => {
             tracing::error!("cannot allocate ICID: {e}");
             let mut force_close = force_close;
+            let mut reply = Vec::new();
+            if let Some(r) = connect::no_icid().reply {
+                r.write_to(&mut reply);
+            }
             let _ = bounded_write(
-                stream.write_all(b"421 4.3.0 Local error, try again later\r\n"),
+                stream.write_all(&reply),
                 write_deadline(
-                    &ctx.listener,
+                    &ctx.listener.timeouts,
                     Instant::now() + ctx.listener.timeouts.session,
                 ),
                 &mut force_close,
@@ -177,52 +160,41 @@ pub async fn handle(
         rate: ctx.rate.clone(),
         env: ctx.env.clone(),
     };
-    let mut session = Session::new(params);
+    let session = Session::new(params);
     let slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
         None
     } else {
         ctx.rate
             .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
     };
-    // Watch for a client that talks first until the pause is over (time spent on DNS counts).
-    // Only a client about to be greeted waits: refusals (tcprefuse, reject, per-IP limit) go
-    // out at once, so a flood does not hold sockets for the pause.
-    let greets =
-        slot.is_some() && matches!(policy.action, PolicyAction::Accept | PolicyAction::Relay);
-    let pause = if greets {
-        policy.pre_greet_pause_on(ctx.listener.kind)
-    } else {
-        std::time::Duration::ZERO
-    };
+    // Watch for a client that talks first until the pause is over (time spent on DNS counts);
+    // what the session makes of it is decided by `check::connect`.
+    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_none());
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
-    } else if slot.is_none() && !matches!(policy.action, PolicyAction::TcpRefuse) {
+    } else if slot.is_none() && policy.action != PolicyAction::TcpRefuse {
+        // (TCPREFUSE asks for no slot.)
         Opening::ConcurrencyFull
     } else {
         Opening::Normal
     };
     let _slot = slot;
-    session.start(opening);
-    let mut conn = Conn {
+    let backend = SpoolBackend {
         ctx: &ctx,
-        labels,
-        session,
-        buf,
-        out: Vec::new(),
         incoming: None,
         body_error: None,
-        deadline: Instant::now() + ctx.listener.timeouts.session,
-        reads: ReadDeadlines::default(),
-        force_close,
     };
-    if let Flow::Upgrade(tcp) = conn.run(stream).await {
-        conn.upgrade(tcp).await;
-    }
-    conn.session.finish();
-    conn.process_final_actions();
-    if let Some(outcome) = conn.session.tls_outcome() {
-        metrics::inbound_tls_outcome(&conn.labels, outcome);
-    }
+    let client = Socket { stream, ctx: &ctx };
+    Driver::new(
+        session,
+        labels,
+        ctx.listener.timeouts.clone(),
+        backend,
+        force_close,
+    )
+    .with_input(buf)
+    .run(opening, client)
+    .await;
 }
 
 /// True when the client sends bytes before `until` (it spoke before our greeting); bytes
@@ -266,204 +238,79 @@ async fn read_proxy_header(
     }
 }
 
-impl Conn<'_> {
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> Flow<S> {
-        // Log lines of one burst of actions, written with one call before anything waits.
-        let mut logs: Vec<Event> = Vec::new();
-        loop {
-            for action in self.session.take_actions() {
-                match action {
-                    Action::Reply(r) => {
-                        self.reads.replied();
-                        r.write_to(&mut self.out)
-                    }
-                    Action::Log(e) => {
-                        metrics::observe_inbound(&e, &self.labels);
-                        logs.push(e);
-                    }
-                    Action::StartTls => {
-                        write_logs(&self.ctx.log, &mut logs);
-                        if self.flush(&mut stream).await.is_err() {
-                            return Flow::Done;
-                        }
-                        if !self.buf.is_empty() {
-                            // CVE-2011-0411: plaintext pipelined behind STARTTLS must never be read as commands.
-                            self.session.discarded_after_starttls(self.buf.len());
-                            self.buf.clear();
-                            self.log_pending();
-                        }
-                        return Flow::Upgrade(stream);
-                    }
-                    Action::BeginMessage(mid) => {
-                        self.reads.message_started();
-                        self.incoming = Some(self.ctx.spool.begin(mid));
-                        self.body_error = None;
-                    }
-                    Action::CommitMessage(env) => {
-                        write_logs(&self.ctx.log, &mut logs);
-                        self.drain_body().await;
-                        let result = match (self.incoming.take(), self.body_error.take()) {
-                            (Some(inc), None) => {
-                                let spool = self.ctx.spool.clone();
-                                match tokio::task::spawn_blocking(move || {
-                                    let r = spool.commit(inc, &env);
-                                    (r, env)
-                                })
-                                .await
-                                {
-                                    Ok((Ok(body), env)) => {
-                                        // The queue manager gets envelope and body as they are:
-                                        // the first delivery reads nothing back from disk.
-                                        if let Some(q) = &self.ctx.queue {
-                                            q.committed(env, body);
-                                        }
-                                        Ok(())
-                                    }
-                                    Ok((Err(e), _)) => {
-                                        metrics::spool_write_failed(e.is_out_of_space());
-                                        Err(e.to_string())
-                                    }
-                                    Err(e) => Err(format!("commit task failed: {e}")),
-                                }
-                            }
-                            (Some(inc), Some(err)) => {
-                                self.ctx.spool.abort(inc);
-                                Err(err)
-                            }
-                            (None, _) => Err("no message in progress".into()),
-                        };
-                        if let Err(e) = &result {
-                            tracing::error!("spool commit failed: {e}");
-                        }
-                        self.session.committed(result);
-                    }
-                    Action::AbortMessage => {
-                        if let Some(inc) = self.incoming.take() {
-                            self.ctx.spool.abort(inc);
-                        }
-                        // The session already dropped this message's bytes; what its body
-                        // holds now belongs to the next, pipelined message.
-                    }
-                    Action::Close => {
-                        write_logs(&self.ctx.log, &mut logs);
-                        let _ = self.flush(&mut stream).await;
-                        // TLS says close_notify; plain TCP sends its FIN when the socket is
-                        // closed right after this, so a separate shutdown call is not needed.
-                        if self.session.tls().is_some() {
-                            let deadline = self.write_deadline();
-                            let _ =
-                                bounded_write(stream.shutdown(), deadline, &mut self.force_close)
-                                    .await;
-                        }
-                        return Flow::Done;
-                    }
-                }
-            }
-            write_logs(&self.ctx.log, &mut logs);
-            self.drain_body().await;
-            // Callbacks above (committed, ...) may have queued more actions: run them first.
-            if self.session.has_actions() {
-                continue;
-            }
-            if self.session.is_closed() {
-                let _ = self.flush(&mut stream).await;
-                return Flow::Done;
-            }
-            if !self.buf.is_empty() && !self.session.is_waiting() {
-                let used = self.session.feed(&self.buf);
-                self.buf.drain(..used);
-                if used > 0 || self.session.is_waiting() {
-                    continue;
-                }
-            }
-            if self.session.is_waiting() {
-                continue;
-            }
-            // Out of input: answer everything pipelined so far, then wait (RFC 2920).
-            match self.flush(&mut stream).await {
-                Ok(()) => {}
-                Err(WriteStop::Failed) => return Flow::Done,
-                // A client that does not read gets no 421 (it would not read that either):
-                // log why, then close.
-                Err(WriteStop::Timeout(what)) => {
-                    self.session.timeout(what);
-                    self.log_pending();
-                    return Flow::Done;
-                }
-                Err(WriteStop::Shutdown) => {
-                    self.session.shutdown();
-                    self.log_pending();
-                    return Flow::Done;
-                }
-            }
-            if self.buf.capacity() > 2 * DATA_CHUNK && self.buf.is_empty() {
-                self.buf = Vec::new();
-            }
-            match self.read(&mut stream).await {
-                ReadOutcome::Data => {}
-                ReadOutcome::Closed => return Flow::Done,
-                ReadOutcome::Timeout(what) => self.session.timeout(what),
-                ReadOutcome::Shutdown => self.session.shutdown(),
-            }
-        }
+/// The client's socket: TCP, then its rustls stream after STARTTLS.
+struct Socket<'a, S> {
+    stream: S,
+    ctx: &'a ListenerContext,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for Socket<'_, S> {
+    async fn read(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.stream.read_buf(buf).await
     }
 
-    async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> ReadOutcome {
-        let in_data = self.session.is_in_data();
-        let t = &self.ctx.listener.timeouts;
-        let (until, what) = self.reads.next(in_data, Instant::now(), t, self.deadline);
-        self.buf
-            .reserve(if in_data { DATA_CHUNK } else { READ_CHUNK });
-        if *self.force_close.borrow() {
-            return ReadOutcome::Shutdown;
-        }
-        tokio::select! {
-            r = tokio::time::timeout_at(until.into(), stream.read_buf(&mut self.buf)) => match r {
-                Err(_) => ReadOutcome::Timeout(what),
-                Ok(Ok(0)) | Ok(Err(_)) => ReadOutcome::Closed,
-                Ok(Ok(n)) => {
-                    self.reads.received(in_data, n);
-                    ReadOutcome::Data
-                }
-            },
-            _ = self.force_close.changed() => ReadOutcome::Shutdown,
-        }
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), WriteStop> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let deadline = self.write_deadline();
-        let out = &self.out;
-        let write = async move {
-            stream.write_all(out).await?;
-            stream.flush().await
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.stream.shutdown().await
+    }
+}
+
+impl<'a> StartTls for Socket<'a, TcpStream> {
+    type Tls = Socket<'a, TlsStream<TcpStream>>;
+
+    async fn start_tls(self, client_cert: bool) -> Result<(Self::Tls, TlsInfo), String> {
+        let ctx = self.ctx;
+        // The policy is known since the HAT ran, so the config can be picked per connection.
+        let verify = match &ctx.tls_verify {
+            Some(v) if client_cert => Some(v),
+            _ => None,
         };
-        let r = bounded_write(write, deadline, &mut self.force_close).await;
-        self.out.clear();
-        r
+        let Some(acceptor) = verify.map(|v| v.acceptor.clone()).or(ctx.tls.clone()) else {
+            return Err("no certificate".into());
+        };
+        let stream = acceptor
+            .accept(self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, conn) = stream.get_ref();
+        let info = TlsInfo {
+            protocol: tls::protocol_name(conn.protocol_version()),
+            cipher: tls::cipher_name(conn.negotiated_cipher_suite()),
+            client_cert: match verify {
+                Some(v) => v.check.check(conn.peer_certificates(), UnixTime::now()),
+                None => ClientCert::NotRequested,
+            },
+        };
+        Ok((Socket { stream, ctx }, info))
+    }
+}
+
+/// The spool (messages go on to the queue manager) and the mail log.
+struct SpoolBackend<'a> {
+    ctx: &'a ListenerContext,
+    incoming: Option<Incoming>,
+    /// The first failed body write; the commit reports it.
+    body_error: Option<String>,
+}
+
+impl Backend for SpoolBackend<'_> {
+    fn log(&mut self, events: &[Event]) {
+        self.ctx.log.log_many(events);
     }
 
-    /// Until when the next write may block: see [`write_deadline`]; once shutdown forced the
-    /// close, only [`CLOSING_WRITE`] for the 421.
-    fn write_deadline(&self) -> WriteDeadline {
-        let mut d = write_deadline(&self.ctx.listener, self.deadline);
-        if *self.force_close.borrow() {
-            d.at = d.at.min(Instant::now() + CLOSING_WRITE);
-        }
-        d
+    fn begin_message(&mut self, mid: u64) {
+        self.incoming = Some(self.ctx.spool.begin(mid));
+        self.body_error = None;
     }
 
-    /// Moves the body bytes the session produced into the spool. Bytes that stay in memory
-    /// are copied here; a write to disk (a body past the in-memory threshold) runs on the
-    /// blocking pool, because a write can stall on writeback and would stall every session
-    /// of this runtime thread with it.
-    async fn drain_body(&mut self) {
-        let body = self.session.body_mut();
-        if body.is_empty() {
-            return;
-        }
+    /// Bytes that stay in memory are copied here; a write to disk (a body past the in-memory
+    /// threshold) runs on the blocking pool, because a write can stall on writeback and would
+    /// stall every session of this runtime thread with it.
+    async fn write_body(&mut self, body: &mut Vec<u8>) {
         let Some(inc) = self.incoming.as_mut().filter(|_| self.body_error.is_none()) else {
             body.clear();
             return;
@@ -487,7 +334,7 @@ impl Conn<'_> {
                     self.incoming = Some(inc);
                     // The buffer goes back to the session for the next bytes.
                     data.clear();
-                    *self.session.body_mut() = data;
+                    *body = data;
                     r
                 }
                 Err(e) => {
@@ -502,82 +349,42 @@ impl Conn<'_> {
         }
     }
 
-    fn log_pending(&mut self) {
-        for a in self.session.take_actions() {
-            if let Action::Log(e) = a {
-                self.log(&e);
+    async fn commit_message(&mut self, env: Envelope) -> Result<(), String> {
+        match (self.incoming.take(), self.body_error.take()) {
+            (Some(inc), None) => {
+                let spool = self.ctx.spool.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let r = spool.commit(inc, &env);
+                    (r, env)
+                })
+                .await
+                {
+                    Ok((Ok(body), env)) => {
+                        // The queue manager gets envelope and body as they are:
+                        // the first delivery reads nothing back from disk.
+                        if let Some(q) = &self.ctx.queue {
+                            q.committed(env, body);
+                        }
+                        Ok(())
+                    }
+                    Ok((Err(e), _)) => {
+                        metrics::spool_write_failed(e.is_out_of_space());
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(format!("commit task failed: {e}")),
+                }
             }
+            (Some(inc), Some(err)) => {
+                self.ctx.spool.abort(inc);
+                Err(err)
+            }
+            (None, _) => Err("no message in progress".into()),
         }
     }
 
-    fn process_final_actions(&mut self) {
-        for a in self.session.take_actions() {
-            match a {
-                Action::Log(e) => self.log(&e),
-                Action::AbortMessage => {
-                    if let Some(inc) = self.incoming.take() {
-                        self.ctx.spool.abort(inc);
-                    }
-                }
-                _ => {}
-            }
-        }
+    fn abort_message(&mut self) {
         if let Some(inc) = self.incoming.take() {
             self.ctx.spool.abort(inc);
         }
-    }
-
-    fn log(&self, e: &Event) {
-        self.ctx.log.log(e);
-        metrics::observe_inbound(e, &self.labels);
-    }
-
-    async fn upgrade(&mut self, tcp: TcpStream) {
-        // The policy is known since the HAT ran, so the config can be picked per connection.
-        let verify = match &self.ctx.tls_verify {
-            Some(v) if self.session.wants_client_cert() => Some(v),
-            _ => None,
-        };
-        let Some(acceptor) = verify.map(|v| v.acceptor.clone()).or(self.ctx.tls.clone()) else {
-            self.session.tls_failed("no certificate");
-            return;
-        };
-        let hs = self.ctx.listener.timeouts.tls_handshake;
-        let started = Instant::now();
-        match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
-            Ok(Ok(tls_stream)) => {
-                ::metrics::histogram!(metrics::TLS_HANDSHAKE_SECONDS, "listener" => self.labels.listener.clone())
-                    .record(started.elapsed().as_secs_f64());
-                let (_, conn) = tls_stream.get_ref();
-                let info = TlsInfo {
-                    protocol: tls::protocol_name(conn.protocol_version()),
-                    cipher: tls::cipher_name(conn.negotiated_cipher_suite()),
-                    client_cert: match verify {
-                        Some(v) => v.check.check(conn.peer_certificates(), UnixTime::now()),
-                        None => ClientCert::NotRequested,
-                    },
-                };
-                self.session.tls_established(info);
-                // A second STARTTLS is refused by the session, so this returns Done.
-                let _ = self.run(tls_stream).await;
-            }
-            Ok(Err(e)) => self.session.tls_failed(&e.to_string()),
-            Err(_) => self.session.tls_failed("handshake timeout"),
-        }
-    }
-}
-
-enum ReadOutcome {
-    Data,
-    Closed,
-    Timeout(&'static str),
-    Shutdown,
-}
-
-/// Writes and clears the log lines `run` collected.
-fn write_logs(log: &MailLog, logs: &mut Vec<Event>) {
-    if !logs.is_empty() {
-        log.log_many(logs);
-        logs.clear();
     }
 }

@@ -10,9 +10,11 @@ use tokio::task::JoinSet;
 use crate::mail_log::{Event, Level};
 use crate::net::bind::canonical;
 use crate::net::conn::{self, ListenerContext};
+use crate::policy::check::connect::{self, AcceptCtx};
+use crate::policy::check::Denial;
 
 /// Accepts until `stop` turns true, then waits for open sessions (they get 421 when `force_close` fires).
-pub async fn serve(
+pub(crate) async fn serve(
     socket: TcpListener,
     current: Arc<arc_swap::ArcSwap<ListenerContext>>,
     mut stop: watch::Receiver<bool>,
@@ -45,7 +47,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = cap.clone().try_acquire_owned() else {
+        let permit = cap.clone().try_acquire_owned().ok();
+        let verdict = connect::check_accept(&AcceptCtx {
+            slot_free: permit.is_some(),
+            max_connections: ctx.listener.max_connections,
+        });
+        let (Some(permit), Ok(_)) = (permit, &verdict) else {
             ctx.log.log(&Event::Note {
                 level: Level::Warning,
                 text: format!(
@@ -63,12 +70,14 @@ pub async fn serve(
                 .command
                 .min(ctx.listener.timeouts.session);
             let mut force = force_close.clone();
+            let mut reply = Vec::new();
+            if let Err(Denial { reply: Some(r), .. }) = verdict {
+                r.write_to(&mut reply);
+            }
             tasks.spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let refuse = async {
-                    stream
-                        .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-                        .await?;
+                    stream.write_all(&reply).await?;
                     stream.shutdown().await
                 };
                 tokio::select! {

@@ -1,10 +1,11 @@
-//! Network edge: accept loops, the connection driver, TLS and the PROXY protocol (DNS is in
-//! [`crate::dns`]).
+//! Network edge: accept loops, connection set-up (`conn`), the connection driver (`driver`),
+//! TLS and the PROXY protocol (DNS is in `crate::dns`).
 
-pub mod bind;
-pub mod conn;
-pub mod listener;
-pub mod proxy;
+pub(crate) mod bind;
+pub(crate) mod conn;
+pub mod driver;
+pub(crate) mod listener;
+pub(crate) mod proxy;
 mod read_deadline;
 pub mod tls;
 mod write_bound;

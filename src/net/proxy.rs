@@ -10,14 +10,14 @@ use crate::net::bind::canonical;
 
 /// Longest header we wait for: v1 is at most 107 bytes; v2 is 16 + a 16-bit length, but
 /// addresses plus the TLVs load balancers send fit well within this.
-pub const MAX_HEADER: usize = 1024;
+pub(crate) const MAX_HEADER: usize = 1024;
 
 /// Longest PROXY v1 header, CRLF included (the spec's limit).
 const MAX_V1_HEADER: usize = 107;
 
 /// Result of looking at the first bytes of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyParse {
+pub(crate) enum ProxyParse {
     /// More bytes are needed.
     Incomplete,
     /// A header of `consumed` bytes; `source` is the real client (`None` for LOCAL/UNKNOWN,
@@ -36,7 +36,7 @@ pub enum ProxyParse {
 
 /// Why a connection was closed before SMTP because of the PROXY protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The socket's peer is not in `proxy_protocol.trusted`.
     UntrustedSource,
     /// No whole header within `proxy_protocol.timeout`.
@@ -51,7 +51,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `reason` label of `mxgate_proxy_refused_total`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Refusal::UntrustedSource => "untrusted_source",
             Refusal::Timeout => "timeout",
@@ -74,7 +74,7 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Parses a PROXY v1 or v2 header at the start of `buf`.
-pub fn parse(buf: &[u8]) -> ProxyParse {
+pub(crate) fn parse(buf: &[u8]) -> ProxyParse {
     if buf.is_empty() {
         return ProxyParse::Incomplete;
     }

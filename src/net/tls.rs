@@ -96,7 +96,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 }
 
 /// Writes a self-signed demo certificate for `hostname` unless one exists; returns (cert, key, created).
-pub fn ensure_demo_certificate(
+pub(crate) fn ensure_demo_certificate(
     certs_dir: &Path,
     hostname: &str,
 ) -> Result<(PathBuf, PathBuf, bool), TlsError> {
@@ -153,7 +153,7 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
 
 /// The same server config, but asking for a client certificate that `check` judges after the
 /// handshake. Shares `store`, so a reloaded certificate is served by both configs.
-pub fn server_config_verifying(
+pub(crate) fn server_config_verifying(
     store: Arc<CertStore>,
     check: &ClientCertCheck,
 ) -> Arc<ServerConfig> {
@@ -343,7 +343,7 @@ impl ClientCertVerifier for AskingVerifier {
 }
 
 /// `TLSv1.3` / `TLSv1.2` as the mail log writes them.
-pub fn protocol_name(v: Option<rustls::ProtocolVersion>) -> String {
+pub(crate) fn protocol_name(v: Option<rustls::ProtocolVersion>) -> String {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
@@ -353,7 +353,7 @@ pub fn protocol_name(v: Option<rustls::ProtocolVersion>) -> String {
 }
 
 /// Cipher suite name as rustls names it (`TLS13_AES_256_GCM_SHA384`).
-pub fn cipher_name(s: Option<rustls::SupportedCipherSuite>) -> String {
+pub(crate) fn cipher_name(s: Option<rustls::SupportedCipherSuite>) -> String {
     match s {
         Some(s) => format!("{:?}", s.suite()),
         None => "unknown".into(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::model::Listener;
+use crate::config::model::Timeouts;
 
 /// How long the 421 (and TLS close_notify) may take once shutdown forced the close.
 pub(super) const CLOSING_WRITE: Duration = Duration::from_secs(1);
@@ -31,8 +31,8 @@ pub(super) struct WriteDeadline {
 
 /// A write may block for `timeouts.command` (a client that takes none of our bytes for that
 /// long is as gone as one that sends nothing), never past the session deadline.
-pub(super) fn write_deadline(listener: &Listener, session_deadline: Instant) -> WriteDeadline {
-    let per_write = Instant::now() + listener.timeouts.command;
+pub(super) fn write_deadline(timeouts: &Timeouts, session_deadline: Instant) -> WriteDeadline {
+    let per_write = Instant::now() + timeouts.command;
     if session_deadline <= per_write {
         WriteDeadline {
             at: session_deadline,

@@ -7,7 +7,7 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// Pre-greet pause of a policy that sets none, on a public listener: long enough that a bot
 /// which talks first is caught, short enough that nobody waiting for the banner notices.
-pub const DEFAULT_PUBLIC_PRE_GREET_PAUSE: Duration = Duration::from_millis(300);
+pub(crate) const DEFAULT_PUBLIC_PRE_GREET_PAUSE: Duration = Duration::from_millis(300);
 
 /// What happens to a connection whose sender group names this policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub enum ClientCert {
 
 impl ClientCert {
     /// The metric label: `verified`, `missing` or `failed`; `None` when not requested.
-    pub fn result_label(&self) -> Option<&'static str> {
+    pub(crate) fn result_label(&self) -> Option<&'static str> {
         match self {
             ClientCert::NotRequested => None,
             ClientCert::Missing => Some("missing"),
@@ -116,7 +116,7 @@ pub struct Limit {
 
 impl Limit {
     /// True when `count` is beyond the limit.
-    pub fn is_exceeded_by(&self, count: u64) -> bool {
+    pub(crate) fn is_exceeded_by(&self, count: u64) -> bool {
         self.max.is_some_and(|m| count > m)
     }
 }
@@ -179,14 +179,14 @@ pub struct MailFlowPolicy {
     /// Envelope senders (addresses or `@domain` / `domain`) for whom TLS is mandatory even under `preferred`.
     pub tls_mandatory_senders: Vec<String>,
     /// How long to wait before the greeting, watching for a client that talks first;
-    /// `None` = the listener kind's default (see [`MailFlowPolicy::pre_greet_pause_on`]).
+    /// `None` = the listener kind's default (see `MailFlowPolicy::pre_greet_pause_on`).
     pub pre_greet_pause: Option<Duration>,
 }
 
 impl MailFlowPolicy {
     /// The pre-greet pause on a listener of `kind`: the policy's own, else 300 ms on public
     /// listeners (where bots talk first) and none on private ones (internal hosts).
-    pub fn pre_greet_pause_on(&self, kind: ListenerKind) -> Duration {
+    pub(crate) fn pre_greet_pause_on(&self, kind: ListenerKind) -> Duration {
         self.pre_greet_pause.unwrap_or(match kind {
             ListenerKind::Public => DEFAULT_PUBLIC_PRE_GREET_PAUSE,
             ListenerKind::Private => Duration::ZERO,
@@ -194,7 +194,7 @@ impl MailFlowPolicy {
     }
 
     /// True when `sender` (an envelope address) must use TLS under this policy.
-    pub fn is_tls_mandatory_for(&self, sender: &str) -> bool {
+    pub(crate) fn is_tls_mandatory_for(&self, sender: &str) -> bool {
         let sender = sender.to_ascii_lowercase();
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         self.tls_mandatory_senders.iter().any(|entry| {
@@ -213,7 +213,10 @@ impl MailFlowPolicy {
     /// the certificate result of the active TLS session (`None` before STARTTLS). Returns the
     /// reason for the log. Only `tls: required` with `tls_verify_client` refuses; plaintext under
     /// `required` is refused earlier by the STARTTLS gate, and `preferred` only logs the result.
-    pub fn client_cert_refusal(&self, tls_client_cert: Option<&ClientCert>) -> Option<String> {
+    pub(crate) fn client_cert_refusal(
+        &self,
+        tls_client_cert: Option<&ClientCert>,
+    ) -> Option<String> {
         if self.tls != TlsMode::Required || !self.tls_verify_client {
             return None;
         }

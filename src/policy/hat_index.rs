@@ -19,7 +19,7 @@ type Hit = (u32, u32);
 
 /// Candidate lookup structures for one HAT.
 #[derive(Debug, Clone, Default)]
-pub struct HatIndex {
+pub(crate) struct HatIndex {
     /// Networks by prefix length, then by masked network address.
     nets: HashMap<u16, HashMap<IpAddr, Vec<Hit>>>,
     /// Prefix lengths present, longest first (few distinct lengths in practice).
@@ -97,7 +97,7 @@ fn blocks(lo: u128, hi: u128, bits: u32) -> Vec<(u128, u8)> {
 
 impl HatIndex {
     /// Builds the index for `groups`.
-    pub fn build(groups: &[SenderGroup]) -> Self {
+    pub(crate) fn build(groups: &[SenderGroup]) -> Self {
         let mut ix = HatIndex::default();
         for (g, group) in groups.iter().enumerate() {
             for (c, crit) in group.criteria.iter().enumerate() {
@@ -136,7 +136,7 @@ impl HatIndex {
     }
 
     /// Every (group, criterion) that matches the peer, in table order.
-    pub fn matches(&self, groups: &[SenderGroup], peer: &Peer) -> Vec<Hit> {
+    pub(crate) fn matches(&self, groups: &[SenderGroup], peer: &Peer) -> Vec<Hit> {
         let mut hits: Vec<Hit> = Vec::new();
         let lens = if peer.ip.is_ipv4() {
             &self.v4_lens

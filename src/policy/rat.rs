@@ -1,5 +1,6 @@
 //! RAT — recipient access table: which recipients a public listener accepts (docs/configuration.md).
 
+use crate::dns::name::is_host_name;
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// What a RAT entry matches.
@@ -35,18 +36,18 @@ impl RecipientPattern {
             return Ok(RecipientPattern::LocalPart(local.to_string()));
         }
         if let Some((local, domain)) = t.rsplit_once('@') {
-            if local.is_empty() || local.contains('@') || !is_domain(domain) {
+            if local.is_empty() || local.contains('@') || !is_host_name(domain) {
                 return Err(format!("{s:?} is not a valid address"));
             }
             return Ok(RecipientPattern::Address(t.to_string()));
         }
         if let Some(rest) = t.strip_prefix('.') {
-            if !is_domain(rest) {
+            if !is_host_name(rest) {
                 return Err(format!("{s:?} is not a valid .subdomain pattern"));
             }
             return Ok(RecipientPattern::Subdomain(format!(".{rest}")));
         }
-        if is_domain(t) {
+        if is_host_name(t) {
             return Ok(RecipientPattern::Domain(t.to_string()));
         }
         Err(format!(
@@ -69,15 +70,6 @@ impl RecipientPattern {
             RecipientPattern::All => true,
         }
     }
-}
-
-fn is_domain(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// Accept or reject.
@@ -122,7 +114,7 @@ pub struct RecipientAccessTable {
 
 impl RecipientAccessTable {
     /// The reply given when no entry accepts a recipient.
-    pub fn default_reply() -> Reply {
+    pub(crate) fn default_reply() -> Reply {
         Reply::new(550, Enhanced(5, 7, 1), "Recipient address rejected")
     }
 

@@ -26,10 +26,10 @@ impl Clock for SystemClock {
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// IPv6 prefix length counted as one client unless configured (`per_ip.ipv6_prefix`).
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub(crate) const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// How often the server drops entries that no longer limit anything.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct PerIp {
@@ -85,7 +85,7 @@ impl RateLimiter {
     }
 
     /// A limiter counting IPv6 clients per `/ipv6_prefix` network (at most 128).
-    pub fn with_ipv6_prefix(clock: Arc<dyn Clock>, ipv6_prefix: u8) -> Arc<Self> {
+    pub(crate) fn with_ipv6_prefix(clock: Arc<dyn Clock>, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(RateLimiter {
             clock,
             ipv6_prefix: ipv6_prefix.min(128),
@@ -118,7 +118,11 @@ impl RateLimiter {
 
     /// Takes a connection slot unless `ip` already holds `max` (None = unlimited: nothing
     /// is counted).
-    pub fn try_connect(self: &Arc<Self>, ip: IpAddr, max: Option<u64>) -> Option<ConnectionSlot> {
+    pub(crate) fn try_connect(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: Option<u64>,
+    ) -> Option<ConnectionSlot> {
         let Some(max) = max else {
             return Some(ConnectionSlot {
                 limiter: self.clone(),
@@ -140,7 +144,7 @@ impl RateLimiter {
 
     /// Counts one recipient for `ip` unless that would pass `max` in the current hour
     /// (None = unlimited: nothing is counted).
-    pub fn try_recipient(&self, ip: IpAddr, max: Option<u64>) -> bool {
+    pub(crate) fn try_recipient(&self, ip: IpAddr, max: Option<u64>) -> bool {
         let Some(max) = max else { return true };
         let now = self.clock.now();
         let key = self.key(ip);
@@ -162,13 +166,14 @@ impl RateLimiter {
 
     /// Drops every entry that limits nothing any more: no open connection and no recipient
     /// counted in the last hour. The server calls this every [`PRUNE_EVERY`].
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         let now = self.clock.now();
         self.lock().retain(|_, e| !e.is_idle(now));
     }
 
-    /// Number of IPs currently tracked (for tests and memory checks).
-    pub fn tracked(&self) -> usize {
+    /// Number of IPs currently tracked.
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.lock().len()
     }
 }
@@ -179,7 +184,7 @@ pub(crate) mod tests {
 
     /// A clock tests move by hand.
     #[derive(Debug)]
-    pub struct ManualClock(pub Mutex<Instant>);
+    pub(crate) struct ManualClock(pub(crate) Mutex<Instant>);
 
     impl Clock for ManualClock {
         fn now(&self) -> Instant {
@@ -188,7 +193,7 @@ pub(crate) mod tests {
     }
 
     impl ManualClock {
-        pub fn advance(&self, d: Duration) {
+        pub(crate) fn advance(&self, d: Duration) {
             *self.0.lock().unwrap() += d;
         }
     }

@@ -3,14 +3,15 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::envelope::Envelope;
 use crate::relay::dsn::{header_block, Dsn, FailedRecipient};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 /// Largest part of the original header block copied into a DSN.
 const MAX_HEADERS: usize = 64 * 1024;
 
 /// Builds and commits a DSN to the original sender; `Ok(None)` for a null sender (double bounce).
-pub async fn send_dsn(
+pub(crate) async fn send_dsn(
     spool: &Arc<Spool>,
     hostname: &str,
     original: &Envelope,
@@ -70,7 +71,7 @@ pub async fn send_dsn(
 }
 
 /// Queues an alert mail to the administrator about a required-TLS failure.
-pub async fn send_alert(
+pub(crate) async fn send_alert(
     spool: &Arc<Spool>,
     hostname: &str,
     to: &str,

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
+use crate::envelope::Envelope;
 use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
-use crate::spool::Envelope;
 
 /// The control socket's path inside a spool directory.
-pub fn socket_path(spool_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("control.sock")
 }
 

@@ -3,7 +3,7 @@
 
 /// One recipient that failed permanently.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub(crate) struct FailedRecipient {
     /// The recipient address.
     pub rcpt: String,
     /// Enhanced status code (`5.1.1`).
@@ -16,7 +16,7 @@ pub struct FailedRecipient {
 
 /// Why a recipient failed, typed for the DSN's `Diagnostic-Code` (RFC 3464 §2.3.6).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Diagnostic {
+pub(crate) enum Diagnostic {
     /// An SMTP reply (`550 5.1.1 No such user`): the server's, or one given for it (a null MX).
     Smtp(String),
     /// A reason of our own (`bounced by administrator`, expiry).
@@ -25,7 +25,7 @@ pub enum Diagnostic {
 
 impl Diagnostic {
     /// The text, whatever its type.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         match self {
             Diagnostic::Smtp(t) | Diagnostic::Local(t) => t,
         }
@@ -42,7 +42,7 @@ impl Diagnostic {
 
 /// Everything a DSN says.
 #[derive(Debug, Clone)]
-pub struct Dsn<'a> {
+pub(crate) struct Dsn<'a> {
     /// Our host name (Reporting-MTA, From: MAILER-DAEMON@...).
     pub reporting_mta: &'a str,
     /// Original envelope sender (the DSN goes to it).
@@ -62,7 +62,7 @@ pub struct Dsn<'a> {
 }
 
 /// Returns the header block of a message (up to and including the blank line), at most `max` bytes.
-pub fn header_block(message: &[u8], max: usize) -> &[u8] {
+pub(crate) fn header_block(message: &[u8], max: usize) -> &[u8] {
     let end = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -73,7 +73,7 @@ pub fn header_block(message: &[u8], max: usize) -> &[u8] {
 
 impl Dsn<'_> {
     /// Renders the DSN as a CRLF message ready for the spool.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         // Random, not derived from the (public) MID: nobody can plant the boundary in the
         // original headers or a downstream reply that the DSN quotes.
         let boundary = format!("mxgate-dsn-{}", random_hex());

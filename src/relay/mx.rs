@@ -14,24 +14,24 @@ use crate::dns::{IpLookup, MxLookup, ReverseResolver};
 /// At most this many addresses are tried for one route host, all MX exchanges together, so that
 /// a domain with many unreachable MX hosts cannot hold a connection slot for long (Postfix's
 /// `smtp_mx_address_limit` has the same purpose).
-pub const MAX_ADDRESSES: usize = 10;
+pub(crate) const MAX_ADDRESSES: usize = 10;
 
 /// MX host names resolved per route host at most (Postfix looks at 5 addresses by default,
 /// `smtp_mx_address_limit`); the rest of a longer list is ignored.
-pub const MAX_EXCHANGES: usize = 5;
+pub(crate) const MAX_EXCHANGES: usize = 5;
 
 /// RFC 7505 enhanced status code for a domain that accepts no mail.
-pub const NULL_MX_ENHANCED: &str = "5.1.10";
+pub(crate) const NULL_MX_ENHANCED: &str = "5.1.10";
 
 /// RFC 7505 reply code for a domain that accepts no mail.
-pub const NULL_MX_CODE: u16 = 556;
+pub(crate) const NULL_MX_CODE: u16 = 556;
 
 /// Enhanced status code of DNS failures (directory server failure).
-pub const DNS_FAILURE_ENHANCED: &str = "4.4.3";
+pub(crate) const DNS_FAILURE_ENHANCED: &str = "4.4.3";
 
 /// One exchange to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     /// Host name of the exchange.
     pub name: String,
     /// MX preference; `None` for the implicit MX (the name had no MX records).
@@ -40,7 +40,7 @@ pub struct Exchange {
 
 /// What the MX answer for a route host says to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MxPlan {
+pub(crate) enum MxPlan {
     /// Try these exchanges in this order.
     Exchanges(Vec<Exchange>),
     /// RFC 7505 null MX: the domain accepts no mail.
@@ -53,7 +53,7 @@ pub enum MxPlan {
 /// successive connections take turns, like equal-priority route hosts). No MX records gives the
 /// implicit MX `host`. A null MX target `.` next to real exchanges is skipped (RFC 7505 §3 forbids
 /// the mix; the real exchanges are still usable), alone it is [`MxPlan::NullMx`].
-pub fn plan(host: &str, answer: MxLookup, turn: usize) -> MxPlan {
+pub(crate) fn plan(host: &str, answer: MxLookup, turn: usize) -> MxPlan {
     let records = match answer {
         MxLookup::Failed(e) => return MxPlan::Failed(e),
         MxLookup::NotFound => Vec::new(),
@@ -95,7 +95,7 @@ pub fn plan(host: &str, answer: MxLookup, turn: usize) -> MxPlan {
 
 /// One address to connect to, with the exchange it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MxTarget {
+pub(crate) struct MxTarget {
     /// Address and the route host's port.
     pub addr: SocketAddr,
     /// The exchange (the route host itself for an IP literal or the implicit MX).
@@ -106,7 +106,7 @@ pub struct MxTarget {
 
 /// Why a route host yields no address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MxError {
+pub(crate) enum MxError {
     /// RFC 7505 null MX: permanent.
     #[error("{host} has a null MX (RFC 7505): the domain accepts no mail")]
     NullMx {
@@ -130,11 +130,11 @@ pub enum MxError {
 }
 
 /// Enhanced status code of a routing loop.
-pub const LOOP_ENHANCED: &str = "4.4.6";
+pub(crate) const LOOP_ENHANCED: &str = "4.4.6";
 
 /// RFC 5321 §5.1: when this host (`own`) is in the MX list, it and every exchange of the same
 /// or a less preferred (higher) preference are dropped; `None` when nothing is left.
-pub fn without_self(exchanges: Vec<Exchange>, own: &str) -> Option<Vec<Exchange>> {
+pub(crate) fn without_self(exchanges: Vec<Exchange>, own: &str) -> Option<Vec<Exchange>> {
     let own = own.trim_end_matches('.').to_ascii_lowercase();
     let is_own = |e: &Exchange| e.name.trim_end_matches('.').eq_ignore_ascii_case(&own);
     let Some(cut) = exchanges.iter().find(|e| is_own(e)).map(|e| e.preference) else {
@@ -150,7 +150,7 @@ pub fn without_self(exchanges: Vec<Exchange>, own: &str) -> Option<Vec<Exchange>
 /// Expands `host` into the addresses to try, in order: MX exchanges as [`plan`] orders them, each
 /// exchange's addresses as the resolver returns them, at most [`MAX_ADDRESSES`]. An IP literal is
 /// used as it is.
-pub async fn resolve(
+pub(crate) async fn resolve(
     resolver: &ReverseResolver,
     host: &RouteHost,
     turn: usize,

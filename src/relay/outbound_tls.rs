@@ -37,7 +37,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::outbound::{is_dns_name, OutboundTls};
+use crate::config::outbound::OutboundTls;
+use crate::dns::name::is_host_name as is_dns_name;
 
 /// Problems building the outbound TLS context or loading trust roots.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +132,7 @@ impl OutboundTlsContext {
     }
 
     /// The client configuration used for every STARTTLS handshake.
-    pub fn client_config(&self) -> Arc<ClientConfig> {
+    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }
 
@@ -154,14 +155,6 @@ impl OutboundTlsContext {
         let store = Arc::new(store);
         bundles.insert(path.to_path_buf(), store.clone());
         Ok(store)
-    }
-
-    /// Forgets cached CA bundles (after a configuration reload).
-    pub fn clear_cache(&self) {
-        self.bundles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
     }
 
     /// Checks the chain the server presented (`chain[0]` = its certificate) as `mode` demands.
@@ -208,7 +201,7 @@ fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, OutboundT
 
 /// The name sent as SNI (and handed to rustls): the route host when it is a DNS name,
 /// else the destination domain when that is one, else the host's IP address (no SNI).
-pub fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'static> {
+pub(crate) fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'static> {
     for candidate in [host, domain] {
         let c = candidate.trim_end_matches('.');
         if is_dns_name(c) && c.parse::<IpAddr>().is_err() {
@@ -223,7 +216,7 @@ pub fn server_name_for(host: &str, domain: &str, ip: IpAddr) -> ServerName<'stat
 /// True when the presented identity `pattern` (a dNSName or CN, perhaps `*.example.com`)
 /// covers the reference identity `name`. Case-insensitive; trailing dots ignored; a
 /// wildcard stands for exactly one whole left-most label.
-pub fn dns_name_matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn dns_name_matches(pattern: &str, name: &str) -> bool {
     let p = pattern.trim_end_matches('.').to_ascii_lowercase();
     let n = name.trim_end_matches('.').to_ascii_lowercase();
     if p.is_empty() || n.is_empty() {
@@ -268,7 +261,7 @@ fn presented_identities(der: &[u8]) -> Result<(Vec<String>, Vec<String>), String
 /// The identity check of a `*-verify*` mode on a DER certificate (no chain check).
 ///
 /// Returns the presented identity that matched (`DNS:…` or `CN=…`), or the reason.
-pub fn match_identity(
+pub(crate) fn match_identity(
     mode: OutboundTls,
     der: &[u8],
     domain: &str,

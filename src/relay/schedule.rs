@@ -25,7 +25,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Delay before the next attempt after `attempts` failed ones (1 m, 2 m, 4 m ... capped).
-    pub fn delay_after(&self, attempts: u32) -> Duration {
+    pub(crate) fn delay_after(&self, attempts: u32) -> Duration {
         let factor = 1u32
             .checked_shl(attempts.saturating_sub(1))
             .unwrap_or(u32::MAX);
@@ -33,7 +33,7 @@ impl RetryPolicy {
     }
 
     /// True when a message received at `received` (epoch seconds) has been queued too long.
-    pub fn is_expired(&self, received: u64, now: u64) -> bool {
+    pub(crate) fn is_expired(&self, received: u64, now: u64) -> bool {
         now.saturating_sub(received) >= self.max_queue_lifetime.as_secs()
     }
 }

@@ -32,7 +32,7 @@ pub struct DeliveryState {
 
 impl DeliveryState {
     /// Serialises to text.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = format!("attempts {}\nnext_try {}\n", self.attempts, self.next_try);
         for (rid, f) in &self.finals {
             let w = match f {
@@ -88,7 +88,7 @@ impl DeliveryState {
     /// Writes the state durably: tmp file, fsync, rename. On failure the tmp file is removed
     /// and the previous state (if any) stays: a delivery may be repeated, never lost.
     /// Blocking: the queue manager calls it on the blocking pool.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("dlv.tmp");
         let result = (|| {
             // Private like the rest of the spool.
@@ -109,7 +109,7 @@ impl DeliveryState {
 
     /// [`DeliveryState::save`] as message `mid`'s state in `spool`; when the disk is full,
     /// empties the spool's free-file pool and tries once more.
-    pub fn save_in(&self, spool: &Spool, mid: u64) -> std::io::Result<()> {
+    pub(crate) fn save_in(&self, spool: &Spool, mid: u64) -> std::io::Result<()> {
         let path = spool.state_path(mid);
         match self.save(&path) {
             Err(e)

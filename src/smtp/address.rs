@@ -43,7 +43,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// True if the address uses syntax typically abused for relaying.
-    pub fn is_relay_attempt(&self) -> bool {
+    pub(crate) fn is_relay_attempt(&self) -> bool {
         let f = &self.flags;
         f.source_route || f.domain_literal || f.local_has_routing || f.trailing_dot
     }

@@ -10,9 +10,9 @@ use super::reply::{Enhanced, Reply};
 /// One parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `EHLO <domain or address literal>` (checked by [`is_valid_helo_name`]).
+    /// `EHLO <domain or address literal>` (checked by `is_valid_helo_name`).
     Ehlo(String),
-    /// `HELO <domain or address literal>` (checked by [`is_valid_helo_name`]).
+    /// `HELO <domain or address literal>` (checked by `is_valid_helo_name`).
     Helo(String),
     /// `MAIL FROM:<path> [params]`; `None` is the null reverse-path `<>`.
     Mail {

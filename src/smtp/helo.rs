@@ -13,7 +13,7 @@ const MAX_LEN: usize = 255;
 /// Domain names are checked by character only (letters, digits, `-`, `.`, and `_`, which
 /// Windows hosts send): enough to keep the header intact without refusing real clients
 /// whose names break the label rules.
-pub fn is_valid_helo_name(name: &str) -> bool {
+pub(crate) fn is_valid_helo_name(name: &str) -> bool {
     if name.is_empty() || name.len() > MAX_LEN {
         return false;
     }

@@ -75,11 +75,6 @@ impl LineReader {
         }
     }
 
-    /// The configured limit, CRLF included.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// True while the rest of an overlong line is being dropped.
     pub fn is_discarding(&self) -> bool {
         matches!(self.state, State::Discarding { .. })

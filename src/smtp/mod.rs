@@ -3,7 +3,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
-pub mod helo;
+pub(crate) mod helo;
 pub mod line;
-pub mod reply;
+pub(crate) mod reply;
 pub mod session;

@@ -65,13 +65,8 @@ impl Reply {
         }
     }
 
-    /// True for 4xx and 5xx replies.
-    pub fn is_error(&self) -> bool {
-        self.code >= 400
-    }
-
     /// Appends the wire form (CRLF-terminated lines) to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         let mut lines = self.text.split('\n').peekable();
         if lines.peek().is_none() {
             out.extend_from_slice(format!("{}\r\n", self.code).as_bytes());

@@ -2,34 +2,7 @@
 
 use std::net::IpAddr;
 
-/// Everything about a queued message except its body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// Message id.
-    pub mid: u64,
-    /// Inbound connection id.
-    pub icid: u64,
-    /// Listener it arrived on.
-    pub listener: String,
-    /// HAT sender group of the client.
-    pub sender_group: String,
-    /// Mail-flow policy applied.
-    pub policy: String,
-    /// Client address.
-    pub peer_ip: IpAddr,
-    /// EHLO/HELO name given by the client.
-    pub helo: String,
-    /// Envelope sender; empty for the null sender `<>`.
-    pub from: String,
-    /// Accepted recipients in RID order.
-    pub rcpts: Vec<String>,
-    /// Arrival time, seconds since the Unix epoch.
-    pub received_unix: u64,
-    /// `protocol cipher` when received over TLS.
-    pub tls: Option<String>,
-    /// The client declared `BODY=8BITMIME` (RFC 6152); relayed with the message.
-    pub body_8bitmime: bool,
-}
+use crate::envelope::Envelope;
 
 /// An envelope file that could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,7 +13,7 @@ const MAGIC: &str = "mxgate-envelope 1";
 
 impl Envelope {
     /// Serialises to the text form (`key value` per line; values never contain newlines).
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = format!(
             "{MAGIC}\nmid {}\nicid {}\nlistener {}\nsender_group {}\npolicy {}\npeer_ip {}\nhelo {}\nreceived {}\n",
             self.mid,

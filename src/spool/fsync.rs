@@ -18,14 +18,14 @@ type Job = (File, SyncSender<io::Result<()>>);
 
 /// Idle helper threads, each fed through its own channel (dropping it ends the thread).
 #[derive(Debug, Default)]
-pub struct Flusher {
+pub(super) struct Flusher {
     idle: Mutex<Vec<Sender<Job>>>,
     spawned: AtomicUsize,
 }
 
 impl Flusher {
     /// fdatasyncs both files: `b` on a helper while this thread syncs `a`.
-    pub fn sync_both(&self, a: File, b: File) -> (io::Result<()>, io::Result<()>) {
+    pub(super) fn sync_both(&self, a: File, b: File) -> (io::Result<()>, io::Result<()>) {
         let Some(helper) = self.helper() else {
             return (a.sync_data(), b.sync_data());
         };

@@ -37,7 +37,7 @@ struct Failure {
 
 /// Shared by all commits of one spool.
 #[derive(Debug)]
-pub struct DirSync {
+pub(super) struct DirSync {
     dir: File,
     state: Mutex<State>,
     cv: Condvar,
@@ -45,7 +45,7 @@ pub struct DirSync {
 
 impl DirSync {
     /// Group commit for the directory `dir` (kept open for the spool's lifetime).
-    pub fn new(dir: File) -> Self {
+    pub(super) fn new(dir: File) -> Self {
         DirSync {
             dir,
             state: Mutex::new(State::default()),
@@ -55,7 +55,7 @@ impl DirSync {
 
     /// Returns once an fsync of the directory that started after this call has succeeded
     /// (blocking; call it after the renames it must cover).
-    pub fn sync(&self) -> io::Result<()> {
+    pub(super) fn sync(&self) -> io::Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = s.issued;
         s.issued += 1;

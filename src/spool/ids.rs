@@ -40,7 +40,7 @@ struct Inner {
 /// handing out an id normally never waits for the disk (an fsync there would stall every
 /// session of the thread that asked).
 #[derive(Debug)]
-pub struct IdAllocator {
+pub(crate) struct IdAllocator {
     inner: Arc<Inner>,
 }
 
@@ -49,7 +49,7 @@ impl IdAllocator {
     ///
     /// A new file (or one in an older, shorter format) gets its full record at once, so its
     /// block is allocated while there is space and later reservations never allocate.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         let existed = path.exists();
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -96,7 +96,7 @@ impl IdAllocator {
     }
 
     /// The next id. Fails only when the reservation cannot be written.
-    pub fn next(&self) -> std::io::Result<u64> {
+    pub(crate) fn next(&self) -> std::io::Result<u64> {
         let inner = &self.inner;
         let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {

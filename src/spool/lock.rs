@@ -10,7 +10,7 @@ use std::path::Path;
 use super::{io, SpoolError, FILE_MODE};
 
 /// Name of the lock file in the spool directory.
-pub const LOCK_FILE: &str = "mxgate.lock";
+pub(crate) const LOCK_FILE: &str = "mxgate.lock";
 
 /// Takes the spool's lock for this process (held until the returned file is closed), or
 /// says which process holds it.

@@ -6,86 +6,35 @@
 //! especially on ext4 without a journal, which scans recently freed inodes); reusing
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
-pub mod envelope;
+pub(crate) mod envelope;
+mod error;
 mod fsync;
 mod group;
-pub mod ids;
+pub(crate) mod ids;
+mod incoming;
 pub mod lock;
 mod pool;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use envelope::Envelope;
+use crate::envelope::Envelope;
+
+use error::io;
+pub use error::SpoolError;
 use fsync::Flusher;
 use group::DirSync;
 use ids::IdAllocator;
+pub use incoming::Incoming;
 use pool::Pool;
-
-/// Bodies up to this size are kept in memory until commit (one write, no extra syscalls);
-/// larger ones spill to the temp file as they arrive, so memory stays bounded.
-const SPILL_AT: usize = 64 * 1024;
 
 /// Mode of the spool's directories: only the server's user may enter them.
 const DIR_MODE: u32 = 0o700;
 /// Mode of the spool's files: only the server's user may read them.
-pub const FILE_MODE: u32 = 0o600;
-
-/// Spool failures; all of them are temporary from the client's point of view (452 4.3.1).
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// I/O error (disk full, permissions, ...).
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// Which file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Another server runs on this spool.
-    #[error(
-        "{root} is in use by {holder}: stop it first, or give each server its own spool directory"
-    )]
-    Locked {
-        /// The spool directory.
-        root: PathBuf,
-        /// Who holds it (`mxgate pid N`).
-        holder: String,
-    },
-}
-
-impl SpoolError {
-    /// True for errors worth retrying (all spool errors are).
-    pub fn is_temporary(&self) -> bool {
-        true
-    }
-
-    /// True when the filesystem is full or a quota is exhausted (ENOSPC, EDQUOT).
-    pub fn is_out_of_space(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if out_of_space(source))
-    }
-}
-
-/// ENOSPC or EDQUOT.
-fn out_of_space(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
-    move |source| SpoolError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// The spool directory with its id counters.
 #[derive(Debug)]
@@ -102,101 +51,6 @@ pub struct Spool {
     mids: IdAllocator,
     icids: IdAllocator,
     dcids: IdAllocator,
-}
-
-/// A message being received: buffered in memory, spilled to `tmp/` when large.
-#[derive(Debug)]
-pub struct Incoming {
-    mid: u64,
-    /// Where the body is written: `tmp/MID.msg` when spilled, else (at commit) possibly a
-    /// recycled file in `free/`.
-    tmp_msg: PathBuf,
-    /// Where the envelope was written, once it was.
-    tmp_env: Option<PathBuf>,
-    buf: Vec<u8>,
-    file: Option<File>,
-    /// The body went to `tmp/` rather than staying in `buf`.
-    spilled: bool,
-    bytes: u64,
-    /// Bytes written to `file`.
-    on_disk: u64,
-    /// Length of the recycled file the body spilled into: longer content is cut at commit.
-    reused_len: u64,
-    pool: Arc<Pool>,
-}
-
-impl Incoming {
-    /// Message id.
-    pub fn mid(&self) -> u64 {
-        self.mid
-    }
-
-    /// Bytes written so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// True when `n` more bytes stay in memory: [`Incoming::write`] then does no I/O.
-    pub fn stays_in_memory(&self, n: usize) -> bool {
-        self.file.is_none() && self.buf.len() + n <= SPILL_AT
-    }
-
-    /// Appends body bytes; spills to disk beyond the in-memory threshold (into a recycled
-    /// file when there is one).
-    pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
-        self.bytes += data.len() as u64;
-        if self.file.is_none() && self.buf.len() + data.len() <= SPILL_AT {
-            self.buf.extend_from_slice(data);
-            return Ok(());
-        }
-        if self.file.is_none() {
-            self.file = Some(self.spill_file()?);
-        }
-        if !self.buf.is_empty() {
-            let buf = std::mem::take(&mut self.buf);
-            self.append(&buf)?;
-        }
-        self.append(data)
-    }
-
-    /// Opens the file the body spills into: a recycled one, else a new one in `tmp/`.
-    fn spill_file(&mut self) -> Result<File, SpoolError> {
-        while let Some((p, e)) = self.pool.take(false) {
-            match OpenOptions::new().write(true).open(&p) {
-                Ok(f) => {
-                    self.tmp_msg = p;
-                    self.reused_len = e.len;
-                    return Ok(f);
-                }
-                Err(_) => {
-                    let _ = fs::remove_file(&p);
-                }
-            }
-        }
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&self.tmp_msg)
-            .map_err(io("create", &self.tmp_msg))
-    }
-
-    /// Writes at the end of the spilled body; when the disk is full, empties the pool of
-    /// recycled files and tries once more.
-    fn append(&mut self, data: &[u8]) -> Result<(), SpoolError> {
-        let Some(file) = &mut self.file else {
-            return Ok(());
-        };
-        let mut result = file.write_all(data);
-        if matches!(&result, Err(e) if out_of_space(e)) && self.pool.drain() > 0 {
-            result = file
-                .seek(SeekFrom::Start(self.on_disk))
-                .and_then(|_| file.write_all(data));
-        }
-        result.map_err(io("write", &self.tmp_msg))?;
-        self.on_disk += data.len() as u64;
-        Ok(())
-    }
 }
 
 impl Spool {
@@ -243,12 +97,12 @@ impl Spool {
 
     /// Recycled files are kept only while the filesystem has `bytes` free beyond their
     /// bound (the free space `/ready` requires).
-    pub fn keep_free(&self, bytes: u64) {
+    pub(crate) fn keep_free(&self, bytes: u64) {
         self.pool.keep_free(bytes);
     }
 
     /// Deletes the recycled files kept for reuse; true when that freed space.
-    pub fn reclaim_space(&self) -> bool {
+    pub(crate) fn reclaim_space(&self) -> bool {
         self.pool.drain() > 0
     }
 
@@ -258,7 +112,7 @@ impl Spool {
     }
 
     /// The queue directory.
-    pub fn queue_dir(&self) -> PathBuf {
+    pub(crate) fn queue_dir(&self) -> PathBuf {
         self.root.join("queue")
     }
 
@@ -299,7 +153,7 @@ impl Spool {
     }
 
     /// Path of a queued envelope.
-    pub fn envelope_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn envelope_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.env"))
     }
 
@@ -438,7 +292,7 @@ impl Spool {
     }
 
     /// Path of a message's delivery state.
-    pub fn state_path(&self, mid: u64) -> PathBuf {
+    pub(crate) fn state_path(&self, mid: u64) -> PathBuf {
         self.queue_dir().join(format!("{mid}.dlv"))
     }
 
@@ -458,7 +312,7 @@ impl Spool {
 
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
     /// none was ever written.
-    pub fn unlink_message_files(&self, mid: u64, state: bool) {
+    pub(crate) fn unlink_message_files(&self, mid: u64, state: bool) {
         self.pool.recycle(&self.envelope_path(mid), true);
         self.pool.recycle(&self.message_path(mid), false);
         if state {
@@ -476,7 +330,7 @@ impl Spool {
     }
 
     /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
-    pub fn remove_orphans(&self) {
+    pub(crate) fn remove_orphans(&self) {
         let Ok(entries) = fs::read_dir(self.queue_dir()) else {
             return;
         };
@@ -519,6 +373,7 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
+    use super::incoming::SPILL_AT;
     use super::*;
 
     fn env(mid: u64) -> Envelope {

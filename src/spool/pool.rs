@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 /// Recycled files of each kind kept at most.
 const MAX_FILES: usize = 4096;
 /// Bytes (allocated on disk) the pool keeps at most.
-pub const MAX_BYTES: u64 = 64 << 20;
+pub(super) const MAX_BYTES: u64 = 64 << 20;
 /// How long a free-space reading is trusted before recycling asks the filesystem again.
 const SPACE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A recycled file: its number in `free/`, length and allocated bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Entry {
+pub(super) struct Entry {
     n: u64,
     /// Content length: a reuse writing less must cut it.
     pub len: u64,
@@ -57,7 +57,7 @@ impl State {
 
 /// The pool of `free/`.
 #[derive(Debug)]
-pub struct Pool {
+pub(super) struct Pool {
     dir: PathBuf,
     state: Mutex<State>,
     /// Free bytes the filesystem must keep beyond the pool's bound for the pool to hold data.
@@ -67,11 +67,11 @@ pub struct Pool {
 
 /// Files recycled before a directory fsync started, released when it succeeded.
 #[derive(Debug)]
-pub struct Covered(Vec<(bool, Entry)>);
+pub(super) struct Covered(Vec<(bool, Entry)>);
 
 impl Pool {
     /// The pool of the (emptied) directory `dir`.
-    pub fn new(dir: PathBuf) -> Self {
+    pub(super) fn new(dir: PathBuf) -> Self {
         Self::bounded(dir, MAX_BYTES)
     }
 
@@ -89,17 +89,17 @@ impl Pool {
     }
 
     /// The pool keeps data only while the filesystem has `bytes` free beyond its bound.
-    pub fn keep_free(&self, bytes: u64) {
+    pub(super) fn keep_free(&self, bytes: u64) {
         self.keep_free.store(bytes, Ordering::Relaxed);
     }
 
     /// Path of file `n`.
-    pub fn path(&self, n: u64) -> PathBuf {
+    pub(super) fn path(&self, n: u64) -> PathBuf {
         self.dir.join(n.to_string())
     }
 
     /// Takes the oldest reusable file of a kind.
-    pub fn take(&self, envelope: bool) -> Option<(PathBuf, Entry)> {
+    pub(super) fn take(&self, envelope: bool) -> Option<(PathBuf, Entry)> {
         let mut s = self.state();
         let e = s.kind(envelope).pop_front()?;
         s.bytes = s.bytes.saturating_sub(e.size);
@@ -109,7 +109,7 @@ impl Pool {
 
     /// Moves the file of a finished message at `path` into `free/` (reusable after the next
     /// directory fsync), or deletes it when the pool is full or space is short.
-    pub fn recycle(&self, path: &Path, envelope: bool) {
+    pub(super) fn recycle(&self, path: &Path, envelope: bool) {
         let short = self.space_short();
         let meta = fs::symlink_metadata(path);
         let n = {
@@ -150,13 +150,13 @@ impl Pool {
     }
 
     /// Files a directory fsync starting now covers.
-    pub fn covered(&self) -> Covered {
+    pub(super) fn covered(&self) -> Covered {
         Covered(std::mem::take(&mut self.state().pending))
     }
 
     /// After the directory fsync: `covered` becomes reusable when it succeeded, else waits
     /// for the next one.
-    pub fn synced(&self, covered: Covered, ok: bool) {
+    pub(super) fn synced(&self, covered: Covered, ok: bool) {
         let mut s = self.state();
         if ok {
             for (envelope, e) in covered.0 {
@@ -168,7 +168,7 @@ impl Pool {
     }
 
     /// Deletes every reusable file (space is short); returns the bytes given back.
-    pub fn drain(&self) -> u64 {
+    pub(super) fn drain(&self) -> u64 {
         let drained: Vec<Entry> = {
             let mut guard = self.state();
             let s = &mut *guard;
@@ -202,7 +202,7 @@ impl Pool {
 
     /// Bytes held in `free/`.
     #[cfg(test)]
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.state().bytes
     }
 }

@@ -76,7 +76,7 @@ impl Connection {
 
 /// Appends `input` to `out`, doubling a `.` at the start of every line; `at_line_start`
 /// carries the state across chunks.
-pub fn dot_stuff(input: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
+pub(crate) fn dot_stuff(input: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
     // Line by line: whole lines are copied at once, a dot is inserted only at line starts.
     let mut rest = input;
     while let Some(&first) = rest.first() {

@@ -23,7 +23,7 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Capabilities from an EHLO reply (the first line is the server's name).
-    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Capabilities {
         let mut caps = Capabilities {
             esmtp: true,
             ..Capabilities::default()

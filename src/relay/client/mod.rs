@@ -24,10 +24,10 @@ mod setup;
 mod transaction;
 mod wire;
 
-pub use body::dot_stuff;
 pub use capabilities::Capabilities;
 pub use setup::{ConnectError, TlsOutcome};
-pub use transaction::{is_lost_connection, MessageResult, OutgoingMessage, RcptOutcome};
+pub(crate) use transaction::is_lost_connection;
+pub use transaction::{MessageResult, OutgoingMessage, RcptOutcome};
 pub use wire::ReplyParser;
 
 use std::fmt;

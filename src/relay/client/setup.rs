@@ -42,13 +42,6 @@ pub enum TlsOutcome {
     Failed(String),
 }
 
-impl TlsOutcome {
-    /// True when the session is encrypted.
-    pub fn is_encrypted(&self) -> bool {
-        matches!(self, TlsOutcome::Success { .. })
-    }
-}
-
 /// A connection could not be set up for mail: nothing was sent, try again later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectError {

@@ -366,6 +366,6 @@ fn lost_reply(peer: IpAddr, e: &WireError) -> Reply {
 
 /// True for the reply [`lost_reply`] made up: the server never sent its code, so the log
 /// must not show one.
-pub fn is_lost_connection(r: &Reply) -> bool {
+pub(crate) fn is_lost_connection(r: &Reply) -> bool {
     r.text.starts_with(LOST)
 }

@@ -30,7 +30,7 @@ pub struct ReplyParser {
 
 impl ReplyParser {
     /// Feeds one line (without its line ending). Returns the reply after the last line.
-    pub fn push_line(&mut self, line: &[u8]) -> Result<Option<Reply>, String> {
+    pub(crate) fn push_line(&mut self, line: &[u8]) -> Result<Option<Reply>, String> {
         self.total += line.len() + 2;
         if self.total > MAX_REPLY_TOTAL {
             return Err("reply too long".into());

@@ -45,7 +45,7 @@ impl QueueState {
     /// `retry`: makes one message (or all) due now; how many were made due, and how many
     /// of those asked for are in delivery right now (left alone: their round's outcome
     /// decides their next try).
-    pub fn retry(&mut self, which: Option<u64>) -> (usize, usize) {
+    pub(crate) fn retry(&mut self, which: Option<u64>) -> (usize, usize) {
         let mids: Vec<u64> = match which {
             Some(mid) => vec![mid],
             None => self.messages.keys().copied().collect(),
@@ -67,7 +67,7 @@ impl QueueState {
 
     /// `delete`: removes a message that is not in delivery right now; `None` when there
     /// is no such message.
-    pub fn delete(&mut self, mid: u64) -> Option<Vec<Effect>> {
+    pub(crate) fn delete(&mut self, mid: u64) -> Option<Vec<Effect>> {
         match self.messages.get(&mid) {
             Some(q) if q.jobs_in_flight == 0 => {}
             _ => return None,
@@ -92,7 +92,7 @@ impl QueueState {
     /// `bounce`: bounces every pending recipient of a message that is not in delivery right
     /// now; `None` when there is no such message. Done only when its DSN is committed: if
     /// it is not, the recipients stay pending.
-    pub fn bounce(&mut self, mid: u64, now: u64) -> Option<Vec<Effect>> {
+    pub(crate) fn bounce(&mut self, mid: u64, now: u64) -> Option<Vec<Effect>> {
         let q = match self.messages.get_mut(&mid) {
             Some(q) if q.jobs_in_flight == 0 => q,
             _ => return None,

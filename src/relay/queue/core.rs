@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level};
 use crate::relay::dsn::FailedRecipient;
 use crate::relay::state::DeliveryState;
-use crate::spool::Envelope;
 
 use super::dispatch::Lane;
 use super::effect::Effect;
@@ -40,7 +40,7 @@ pub(super) struct Queued {
 
 /// A queued message as read back from the spool.
 #[derive(Debug)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// No envelope (removed meanwhile, or never committed).
     Missing,
     /// The envelope does not parse: the reason.
@@ -57,7 +57,7 @@ pub enum Loaded {
 }
 
 /// Every queued message, the due index, the lanes and the limits they are run under.
-pub struct QueueState {
+pub(crate) struct QueueState {
     pub(super) settings: RelaySettings,
     pub(super) routes: Arc<RouteTable>,
     pub(super) controls: Arc<DestinationControls>,
@@ -85,7 +85,7 @@ pub(super) fn domain_of(rcpt: &str) -> String {
 
 impl QueueState {
     /// An empty queue whose bodies are in `queue_dir`.
-    pub fn new(
+    pub(crate) fn new(
         settings: RelaySettings,
         routes: Arc<RouteTable>,
         controls: Arc<DestinationControls>,
@@ -111,7 +111,7 @@ impl QueueState {
     }
 
     /// Takes message `mid` as read back from the spool (unless it is queued already).
-    pub fn admit(&mut self, mid: u64, loaded: Loaded) -> Vec<Effect> {
+    pub(crate) fn admit(&mut self, mid: u64, loaded: Loaded) -> Vec<Effect> {
         if self.messages.contains_key(&mid) {
             return Vec::new();
         }
@@ -141,7 +141,7 @@ impl QueueState {
 
     /// Takes a message a listener has just committed, with its envelope and body: nothing
     /// to read back, and no delivery state can exist yet.
-    pub fn admit_committed(
+    pub(crate) fn admit_committed(
         &mut self,
         mid: u64,
         env: Envelope,
@@ -198,7 +198,7 @@ impl QueueState {
 
     /// Brings message `mid`'s next try forward to `at` at the latest (in memory only: the
     /// saved state, and the attempt count the back-off is computed from, stay as they are).
-    pub fn due_by(&mut self, mid: u64, at: u64) {
+    pub(crate) fn due_by(&mut self, mid: u64, at: u64) {
         if let Some(q) = self.messages.get_mut(&mid) {
             q.state.next_try = q.state.next_try.min(at);
             self.file_due(mid);
@@ -215,28 +215,28 @@ impl QueueState {
     }
 
     /// When the earliest message is due (seconds since the epoch), if any is waiting.
-    pub fn next_due(&self) -> Option<u64> {
+    pub(crate) fn next_due(&self) -> Option<u64> {
         self.due.first().map(|(t, _)| *t)
     }
 
     /// Messages in the queue.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.messages.len()
     }
 
     /// True when no message is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
 
     /// When the oldest queued message was received.
-    pub fn oldest_received(&self) -> Option<u64> {
+    pub(crate) fn oldest_received(&self) -> Option<u64> {
         self.messages.values().map(|q| q.env.received_unix).min()
     }
 
     /// New limits after a reload. A message's next try stays as scheduled; the new retry
     /// delays apply from its next failure.
-    pub fn reconfigure(
+    pub(crate) fn reconfigure(
         &mut self,
         settings: RelaySettings,
         routes: Arc<RouteTable>,

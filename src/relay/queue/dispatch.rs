@@ -12,7 +12,7 @@ use super::effect::Effect;
 
 /// A delivery connection to start: a batch of jobs for one destination.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The destination domain (its lane).
     pub domain: String,
     /// Where to deliver; `None` when no route matches (the batch is deferred).
@@ -42,7 +42,7 @@ pub(super) struct Lane {
 impl QueueState {
     /// Turns the messages due at `now` into jobs on their destination lanes and starts
     /// connections within the total and per-destination limits.
-    pub fn dispatch(&mut self, now: u64) -> Vec<Effect> {
+    pub(crate) fn dispatch(&mut self, now: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
         let due: Vec<u64> = self
             .due

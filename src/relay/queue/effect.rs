@@ -2,16 +2,16 @@
 //! and the [`QueueManager`](super::QueueManager) carries out, in order (see its executor for
 //! the ordering that makes them durable).
 
+use crate::envelope::Envelope;
 use crate::mail_log::Event;
 use crate::relay::dsn::FailedRecipient;
 use crate::relay::state::DeliveryState;
-use crate::spool::Envelope;
 
 use super::dispatch::Batch;
 
 /// One thing for the queue manager to do.
 #[derive(Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Write a mail log line.
     Log(Event),
     /// Write mail log lines together.

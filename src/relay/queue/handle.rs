@@ -10,7 +10,7 @@ use super::command::Command;
 
 /// Bodies held in memory for their first delivery attempt, in bytes at most; beyond it
 /// (a slow or unreachable destination with a long queue) bodies are read from the spool.
-pub const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
+pub(crate) const BODY_CACHE_MAX: usize = 32 * 1024 * 1024;
 
 /// A just-committed body kept in memory so its first delivery need not read it back;
 /// counted against [`BODY_CACHE_MAX`] from the hand-over until the last job holding it is
@@ -25,7 +25,7 @@ pub struct CachedBody {
 impl CachedBody {
     /// Takes `bytes` if they fit in what is left of `budget`, else gives nothing (the relay
     /// then reads the spool file).
-    pub fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
+    pub(crate) fn reserve(bytes: Vec<u8>, budget: &Arc<AtomicUsize>) -> Option<CachedBody> {
         let len = bytes.len();
         let fits = budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
@@ -49,7 +49,7 @@ impl Drop for CachedBody {
 #[derive(Debug)]
 pub struct Committed {
     /// The envelope just written.
-    pub env: crate::spool::Envelope,
+    pub env: crate::envelope::Envelope,
     /// The body, when it was held in memory (not spilled to disk) and fit the budget.
     pub body: Option<CachedBody>,
 }
@@ -69,7 +69,7 @@ impl QueueHandle {
     }
 
     /// Tells the manager about a message just committed, handing over its envelope and body.
-    pub fn committed(&self, env: crate::spool::Envelope, body: Option<Vec<u8>>) {
+    pub fn committed(&self, env: crate::envelope::Envelope, body: Option<Vec<u8>>) {
         let mid = env.mid;
         let body = body.and_then(|b| CachedBody::reserve(b, &self.body_budget));
         let _ = self.tx.send(Command::Enqueued(

@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
+use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::state::DeliveryState;
 use crate::relay::worker::{self, Feed, JobResult, ResultSender, WorkerContext};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 use super::command::{Command, Reconfiguration};
 use super::core::{Loaded, QueueState};
@@ -62,7 +63,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// The queue manager task.
-pub struct QueueManager {
+pub(crate) struct QueueManager {
     pub(super) core: QueueState,
     spool: Arc<Spool>,
     log: Arc<MailLog>,
@@ -76,7 +77,7 @@ pub struct QueueManager {
     oldest_age: u64,
     /// Bytes of [`CachedBody`](super::CachedBody) alive.
     body_budget: Arc<AtomicUsize>,
-    /// Results connections report as each transaction ends (see [`Feed::reporting`]).
+    /// Results connections report as each transaction ends (see [`Feed::report_to`]).
     reported: mpsc::UnboundedReceiver<(String, JobResult)>,
     /// The sending end given to each new connection.
     reported_tx: ResultSender,
@@ -84,7 +85,7 @@ pub struct QueueManager {
 
 impl QueueManager {
     /// Creates the manager and its handle; run it with [`QueueManager::run`].
-    pub fn new(
+    pub(crate) fn new(
         spool: Arc<Spool>,
         log: Arc<MailLog>,
         routes: Arc<RouteTable>,
@@ -112,7 +113,7 @@ impl QueueManager {
     }
 
     /// Runs until `stop` turns true; in-flight deliveries finish first.
-    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let spool = self.spool.clone();
         let found = blocking(move || {
             spool.remove_orphans();

@@ -20,13 +20,15 @@ mod outcome;
 #[cfg(test)]
 mod tests;
 
-pub use self::command::{Command, Reconfiguration};
-pub use self::core::{Loaded, QueueState};
-pub use self::dispatch::Batch;
-pub use self::effect::Effect;
-pub use self::handle::{CachedBody, Committed, QueueHandle, BODY_CACHE_MAX};
-pub use self::manager::QueueManager;
-pub use self::outcome::DsnOutcome;
+pub(crate) use self::command::{Command, Reconfiguration};
+pub(crate) use self::handle::{CachedBody, QueueHandle};
+pub(crate) use self::manager::QueueManager;
+#[cfg(test)]
+use self::{
+    core::{Loaded, QueueState},
+    dispatch::Batch,
+    effect::Effect,
+};
 
 use crate::relay::schedule::RetryPolicy;
 

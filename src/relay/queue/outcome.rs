@@ -12,12 +12,17 @@ use super::effect::Effect;
 
 /// What came of committing a DSN: its MID, `None` for a null sender (a double bounce,
 /// dropped), or why it could not be committed.
-pub type DsnOutcome = Result<Option<u64>, String>;
+pub(crate) type DsnOutcome = Result<Option<u64>, String>;
 
 impl QueueState {
     /// A delivery task on `domain`'s lane ended: applies the results it did not report
     /// while its connection was open.
-    pub fn finish_batch(&mut self, domain: &str, results: Vec<JobResult>, now: u64) -> Vec<Effect> {
+    pub(crate) fn finish_batch(
+        &mut self,
+        domain: &str,
+        results: Vec<JobResult>,
+        now: u64,
+    ) -> Vec<Effect> {
         if let Some(l) = self.lanes.get_mut(domain) {
             l.active = l.active.saturating_sub(1);
         }
@@ -31,7 +36,11 @@ impl QueueState {
     /// Applies results connections reported as each transaction ended, while they may
     /// still be open: what was accepted is saved now, so a crash before the connection
     /// ends does not deliver it again.
-    pub fn apply_reported(&mut self, reported: Vec<(String, JobResult)>, now: u64) -> Vec<Effect> {
+    pub(crate) fn apply_reported(
+        &mut self,
+        reported: Vec<(String, JobResult)>,
+        now: u64,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         for (domain, r) in reported {
             self.apply_results(&domain, vec![r], now, &mut effects);
@@ -208,7 +217,7 @@ impl QueueState {
     /// The DSN for message `mid`'s recipients `rids` was committed, or could not be: the
     /// round ends. When it could not, those recipients stay pending and the message is
     /// retried later, as after a temporary failure.
-    pub fn dsn_done(
+    pub(crate) fn dsn_done(
         &mut self,
         mid: u64,
         rids: &[u32],

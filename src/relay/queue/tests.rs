@@ -7,11 +7,12 @@ use std::sync::Arc;
 use crate::config::outbound::{
     DestinationControl, DestinationControls, DomainMatch, Route, RouteHost, RouteTable,
 };
+use crate::envelope::Envelope;
 use crate::mail_log::Event;
 use crate::relay::schedule::RetryPolicy;
 use crate::relay::state::{DeliveryState, Final};
 use crate::relay::worker::{all_with, Feed, JobResult, Outcome};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 use super::*;
 

@@ -11,7 +11,7 @@ use super::job::{Job, JobResult};
 /// over few connections instead of one connection per message. The worker closes the feed
 /// (under its lock) when it stops taking, so a job is never left behind in it.
 #[derive(Debug)]
-pub struct Feed {
+pub(crate) struct Feed {
     jobs: VecDeque<Job>,
     open: bool,
     /// Jobs the connection was given in all: its first batch and those fed since.
@@ -26,14 +26,14 @@ pub struct Feed {
 }
 
 /// The queue manager's end for results reported while a connection is open.
-pub type ResultSender = tokio::sync::mpsc::UnboundedSender<(String, JobResult)>;
+pub(crate) type ResultSender = tokio::sync::mpsc::UnboundedSender<(String, JobResult)>;
 
 /// A feed shared by the queue manager (which offers) and one worker (which takes).
-pub type SharedFeed = Arc<Mutex<Feed>>;
+pub(crate) type SharedFeed = Arc<Mutex<Feed>>;
 
 impl Feed {
     /// An open feed for a connection that starts with `first_batch` jobs.
-    pub fn new(first_batch: usize) -> SharedFeed {
+    pub(crate) fn new(first_batch: usize) -> SharedFeed {
         Arc::new(Mutex::new(Feed {
             jobs: VecDeque::new(),
             open: true,
@@ -46,7 +46,12 @@ impl Feed {
 
     /// [`Feed::new`], and the connection sends each message's result to `report` as soon as
     /// its transaction ends (so it is saved before the connection closes).
-    pub fn reporting(first_batch: usize, domain: String, report: ResultSender) -> SharedFeed {
+    #[cfg(test)]
+    pub(crate) fn reporting(
+        first_batch: usize,
+        domain: String,
+        report: ResultSender,
+    ) -> SharedFeed {
         let feed = Feed::new(first_batch);
         Feed::report_to(&feed, domain, report);
         feed
@@ -54,7 +59,7 @@ impl Feed {
 
     /// From now on, the connection sends each message's result to `report` as soon as its
     /// transaction ends, with the lane's `domain`.
-    pub fn report_to(feed: &SharedFeed, domain: String, report: ResultSender) {
+    pub(crate) fn report_to(feed: &SharedFeed, domain: String, report: ResultSender) {
         feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
     }
 
@@ -74,7 +79,7 @@ impl Feed {
     }
 
     /// Gives `job` to the connection unless it stopped taking or has `max` jobs already.
-    pub fn offer(feed: &SharedFeed, job: Job, max: usize) -> Result<(), Job> {
+    pub(crate) fn offer(feed: &SharedFeed, job: Job, max: usize) -> Result<(), Job> {
         let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
         if f.open && f.given < max {
             f.given += 1;
@@ -86,13 +91,13 @@ impl Feed {
     }
 
     /// True while the connection takes jobs and none are waiting in the feed.
-    pub fn is_idle(feed: &SharedFeed) -> bool {
+    pub(crate) fn is_idle(feed: &SharedFeed) -> bool {
         let f = feed.lock().unwrap_or_else(|e| e.into_inner());
         f.open && f.jobs.is_empty()
     }
 
     /// True while the connection takes jobs.
-    pub fn is_open(feed: &SharedFeed) -> bool {
+    pub(crate) fn is_open(feed: &SharedFeed) -> bool {
         feed.lock().unwrap_or_else(|e| e.into_inner()).open
     }
 

@@ -76,7 +76,7 @@ pub(super) fn mx_note(dcid: u64, route: &Route, host: &RouteHost, t: &MxTarget) 
 }
 
 /// Hosts in try order: by priority, equal priorities rotated by `turn` (round-robin per connection).
-pub fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
+pub(crate) fn host_order(route: &Route, turn: usize) -> Vec<RouteHost> {
     let mut hosts = route.hosts.clone();
     hosts.sort_by_key(|h| h.priority);
     let mut out = Vec::with_capacity(hosts.len());

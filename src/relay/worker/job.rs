@@ -10,7 +10,7 @@ use crate::smtp::reply::Reply;
 
 /// Some recipients of one message, bound for one destination domain.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     /// Message id.
     pub mid: u64,
     /// Envelope sender.
@@ -41,7 +41,7 @@ impl Job {
 
 /// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Accepted downstream.
     Delivered,
     /// Try again later: enhanced code and the reason for the log.
@@ -64,7 +64,7 @@ pub enum Outcome {
 
 /// The result of one job.
 #[derive(Debug, Clone)]
-pub struct JobResult {
+pub(crate) struct JobResult {
     /// Message id.
     pub mid: u64,
     /// Delivery connection id used (0 when none could be opened).
@@ -111,7 +111,7 @@ pub(super) fn outcome_of(o: &RcptOutcome) -> Outcome {
 
 /// The same outcome for every recipient of every job, with no remote host (a failure before
 /// or without a connection).
-pub fn all_with(jobs: &[Job], dcid: u64, outcome: &Outcome) -> Vec<JobResult> {
+pub(crate) fn all_with(jobs: &[Job], dcid: u64, outcome: &Outcome) -> Vec<JobResult> {
     jobs.iter()
         .map(|j| JobResult {
             mid: j.mid,
@@ -128,7 +128,7 @@ pub fn all_with(jobs: &[Job], dcid: u64, outcome: &Outcome) -> Vec<JobResult> {
 }
 
 /// Every recipient of every job bounces (e.g. a null MX).
-pub fn all_permanent(
+pub(crate) fn all_permanent(
     jobs: &[Job],
     enhanced: &str,
     reason: &str,
@@ -143,7 +143,12 @@ pub fn all_permanent(
 }
 
 /// Every recipient of every job is deferred with the same reason.
-pub fn all_temporary(jobs: &[Job], dcid: u64, enhanced: &str, reason: &str) -> Vec<JobResult> {
+pub(crate) fn all_temporary(
+    jobs: &[Job],
+    dcid: u64,
+    enhanced: &str,
+    reason: &str,
+) -> Vec<JobResult> {
     let outcome = Outcome::Temporary {
         enhanced: enhanced.to_string(),
         reason: reason.to_string(),

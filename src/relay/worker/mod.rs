@@ -21,16 +21,18 @@ use crate::relay::mx::{self, MxError};
 use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::spool::Spool;
 
-pub use feed::{Feed, ResultSender, SharedFeed};
-pub use hosts::host_order;
-pub use job::{all_permanent, all_temporary, all_with, Job, JobResult, Outcome};
+pub(crate) use feed::{Feed, ResultSender, SharedFeed};
+pub(crate) use hosts::host_order;
+#[cfg(test)]
+pub(crate) use job::all_with;
+pub(crate) use job::{all_permanent, all_temporary, Job, JobResult, Outcome};
 
 use hosts::{mx_note, targets, verify_identity};
 use job::outcome_of;
 
 /// Everything a worker needs, shared by all workers.
 #[derive(Clone)]
-pub struct WorkerContext {
+pub(crate) struct WorkerContext {
     /// The spool (DCIDs).
     pub spool: Arc<Spool>,
     /// The mail log.
@@ -50,7 +52,7 @@ pub struct WorkerContext {
 /// [`deliver_batch`] in a task of its own, so that a panic in it (a bug) cannot strand its
 /// jobs: they, and every job fed to the connection, come back as temporary failures to be
 /// retried, and a Warning is logged.
-pub async fn deliver_batch_guarded(
+pub(crate) async fn deliver_batch_guarded(
     ctx: Arc<WorkerContext>,
     domain: String,
     route: Route,
@@ -104,7 +106,7 @@ async fn guarded(
 /// answers, then the jobs the queue manager feeds it meanwhile (see [`Feed`]). Every job
 /// given, fed ones included, gets a result. Under `mx_lookup` a route host stands for its MX
 /// hosts, tried in MX order before the next route host.
-pub async fn deliver_batch(
+pub(crate) async fn deliver_batch(
     ctx: Arc<WorkerContext>,
     domain: String,
     route: Route,

@@ -1,8 +1,12 @@
-//! One handler per SMTP command: where each command's reply code comes from.
+//! One handler per SMTP command: parse → sequence → the stage's check → event → reply. The
+//! checks (and so every refusing reply code) are in `src/policy/check/`.
 
 use super::{Action, Phase, Session};
 use crate::mail_log::Event;
-use crate::policy::flow::{Action as PolicyAction, TlsMode};
+use crate::policy::check::helo::{self, HeloCtx};
+use crate::policy::check::mail::{self, MailCtx};
+use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::policy::check::Denial;
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::{parse_command, Body, Command, CommandError, MailParams};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -21,14 +25,8 @@ impl Session {
                 return;
             }
         };
-        if self.is_tls_gate_closed(&cmd) {
-            self.log_tls_required();
-            self.reply(Reply::new(
-                530,
-                Enhanced(5, 7, 0),
-                "Must issue a STARTTLS command first",
-            ));
-            return;
+        if let Err(d) = helo::check_tls_gate(&self.helo_ctx(), &cmd) {
+            return self.deny(String::new(), None, d);
         }
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
@@ -73,23 +71,12 @@ impl Session {
         self.bad_command(e.reply());
     }
 
-    /// Under `tls: required`, only these commands work before STARTTLS (docs/tls.md).
-    fn is_tls_gate_closed(&self, cmd: &Command) -> bool {
-        self.policy.tls == TlsMode::Required
-            && self.tls.is_none()
-            && !matches!(
-                cmd,
-                Command::Ehlo(_)
-                    | Command::Helo(_)
-                    | Command::Noop
-                    | Command::Rset
-                    | Command::Quit
-                    | Command::StartTls
-            )
-    }
-
-    fn is_starttls_offered(&self) -> bool {
-        self.policy.tls != TlsMode::Off && self.tls.is_none() && self.p.tls_available
+    fn helo_ctx(&self) -> HeloCtx {
+        HeloCtx {
+            tls_mode: self.policy.tls,
+            tls_active: self.tls.is_some(),
+            tls_available: self.p.tls_available,
+        }
     }
 
     fn ehlo(&mut self, name: String, esmtp: bool) {
@@ -110,7 +97,7 @@ impl Session {
             text.push_str("\nSIZE");
         }
         text.push_str("\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8");
-        if self.is_starttls_offered() {
+        if helo::is_starttls_offered(&self.helo_ctx()) {
             text.push_str("\nSTARTTLS");
         }
         self.reply(Reply::plain(250, text));
@@ -120,13 +107,16 @@ impl Session {
         if self.tls.is_some() {
             return self.reply(sequence("TLS already active"));
         }
-        if !self.is_starttls_offered() {
-            return self.bad_command(Reply::new(502, Enhanced(5, 5, 1), "STARTTLS not available"));
-        }
+        let permit = match helo::check_starttls(&self.helo_ctx()) {
+            Ok(p) => p,
+            // Not offered: the client should not have asked, so it counts as a bad command.
+            Err(Denial { reply: Some(r), .. }) => return self.bad_command(r),
+            Err(d) => return self.deny(String::new(), None, d),
+        };
         if self.txn.is_some() {
             return self.reply(sequence("MAIL transaction in progress"));
         }
-        self.reply(Reply::new(220, Enhanced(2, 0, 0), "Ready to start TLS"));
+        self.permit(permit);
         self.actions.push(Action::StartTls);
         self.phase = Phase::TlsPending;
     }
@@ -138,76 +128,22 @@ impl Session {
         if self.txn.is_some() {
             return self.reply(sequence("Sender already specified"));
         }
-        // After HELO no extension was announced, so none of their parameters may be used
-        // (RFC 5321 §4.1.1.1, RFC 6152, RFC 6531).
-        if !self.esmtp && params != MailParams::default() {
-            return self.reply(Reply::new(
-                555,
-                Enhanced(5, 5, 4),
-                "MAIL parameters require EHLO",
-            ));
-        }
         let what = format!(
             "MAIL FROM: <{}>",
             from.as_ref().map(|m| m.address()).unwrap_or_default()
         );
-        if self.tls.is_none() {
-            if let Some(m) = &from {
-                if self.policy.is_tls_mandatory_for(&m.address()) {
-                    self.refused(None, what, "tls_mandatory_senders".into());
-                    return self.reply(Reply::new(
-                        530,
-                        Enhanced(5, 7, 0),
-                        "Must issue a STARTTLS command first",
-                    ));
-                }
-            }
-        }
-        let client_cert = self.tls.as_ref().map(|t| &t.client_cert);
-        if let Some(reason) = self.policy.client_cert_refusal(client_cert) {
-            self.refused(None, what, format!("tls_verify_client ({reason})"));
-            return self.reply(Reply::new(
-                530,
-                Enhanced(5, 7, 0),
-                "A verified client certificate is required",
-            ));
-        }
-        let limit = self.policy.max_messages_per_connection.clone();
-        if limit.is_exceeded_by(self.messages + 1) {
-            let rule = format!(
-                "max_messages_per_connection {} (policy {})",
-                limit.max.unwrap_or(0),
-                self.policy.name
-            );
-            self.refused(None, what, rule);
-            return self.reply(limit.reply);
-        }
-        let size_limit = self.policy.max_message_size.clone();
-        if let Some(declared) = params.size {
-            if size_limit.is_exceeded_by(declared) {
-                let rule = format!(
-                    "max_message_size {} < SIZE={declared} (policy {})",
-                    size_limit.max.unwrap_or(0),
-                    self.policy.name
-                );
-                self.refused(None, what, rule);
-                return self.reply(size_limit.reply);
-            }
-        }
-        if params.body == Some(Body::BinaryMime) {
-            return self.reply(Reply::new(
-                555,
-                Enhanced(5, 5, 4),
-                "BODY=BINARYMIME requires CHUNKING, which is not offered",
-            ));
-        }
-        if from.as_ref().is_some_and(|m| m.flags.utf8) && !params.smtputf8 {
-            return self.reply(Reply::new(
-                553,
-                Enhanced(5, 6, 7),
-                "Non-ASCII address requires SMTPUTF8",
-            ));
-        }
+        let verdict = mail::check_mail(&MailCtx {
+            policy: &self.policy,
+            esmtp: self.esmtp,
+            from: from.as_ref(),
+            params: &params,
+            tls: self.tls.as_ref().map(|t| &t.client_cert),
+            messages: self.messages,
+        });
+        let permit = match verdict {
+            Ok(p) => p,
+            Err(d) => return self.deny(what, None, d),
+        };
         let mid = match self.new_transaction(&from, params.smtputf8) {
             Ok(mid) => mid,
             Err(e) => {
@@ -233,7 +169,7 @@ impl Session {
             icid,
             from: from_addr,
         });
-        self.reply(Reply::new(250, Enhanced(2, 1, 0), "Sender ok"));
+        self.permit(permit);
     }
 
     fn rcpt(&mut self, to: Mailbox) {
@@ -244,70 +180,29 @@ impl Session {
         let smtputf8 = txn.smtputf8;
         // Limits count every accepted RCPT, duplicates included: what the client sent.
         let count = txn.rcpts_accepted;
-        // `<postmaster>` (only it parses without a domain) must be accepted (RFC 5321 §4.5.1):
-        // it goes to the RAT's postmaster address, past the RAT.
-        let postmaster = match to.domain.is_empty() {
-            true => self.p.rat.as_ref().and_then(|r| r.postmaster()),
-            false => None,
+        let rat = self.p.rat.as_deref();
+        let (addr, postmaster) = rcpt::recipient_address(&to, rat);
+        let (rate, ip, per_hour) = (
+            &self.p.rate,
+            self.p.peer_ip,
+            self.policy.max_recipients_per_hour.max,
+        );
+        let take_hourly = || rate.try_recipient(ip, per_hour);
+        let verdict = rcpt::check_rcpt(&RcptCtx {
+            policy: &self.policy,
+            rat,
+            to: &to,
+            addr: &addr,
+            postmaster,
+            smtputf8,
+            accepted: count,
+            take_hourly: &take_hourly,
+            peer_ip: ip,
+        });
+        let permit = match verdict {
+            Ok(p) => p,
+            Err(d) => return self.deny(format!("RCPT TO: <{addr}>"), Some(mid), d),
         };
-        let addr = postmaster.clone().unwrap_or_else(|| to.address());
-        let what = format!("RCPT TO: <{addr}>");
-        let relay = self.policy.action == PolicyAction::Relay;
-        if to.flags.utf8 && !smtputf8 {
-            return self.reply(Reply::new(
-                553,
-                Enhanced(5, 6, 7),
-                "Non-ASCII address requires SMTPUTF8",
-            ));
-        }
-        if !relay && to.is_relay_attempt() {
-            // %-hack, quoted @, source routes, literals, trailing dots: ways to reach another domain.
-            self.refused(
-                Some(mid),
-                what,
-                "address form not accepted from non-relay senders".into(),
-            );
-            return self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"));
-        }
-        let mut accept_reply = None;
-        if !relay && postmaster.is_none() {
-            let verdict = match &self.p.rat {
-                Some(rat) => rat.check(&to.local, &to.domain).map_err(|d| d.reply),
-                None => Err(crate::policy::rat::RecipientAccessTable::default_reply()),
-            };
-            match verdict {
-                Ok(custom) => accept_reply = custom,
-                Err(reply) => {
-                    self.log(Event::RatRejected {
-                        icid: self.p.icid,
-                        mid,
-                        rcpt: addr,
-                    });
-                    return self.reply(reply);
-                }
-            }
-        }
-        let per_msg = self.policy.max_recipients_per_message.clone();
-        if per_msg.is_exceeded_by(count + 1) {
-            let rule = format!(
-                "max_recipients_per_message {} (policy {})",
-                per_msg.max.unwrap_or(0),
-                self.policy.name
-            );
-            self.refused(Some(mid), what, rule);
-            return self.reply(per_msg.reply);
-        }
-        let per_hour = self.policy.max_recipients_per_hour.clone();
-        if !self.p.rate.try_recipient(self.p.peer_ip, per_hour.max) {
-            let rule = format!(
-                "max_recipients_per_hour {} for {} (policy {})",
-                per_hour.max.unwrap_or(0),
-                self.p.peer_ip,
-                self.policy.name
-            );
-            self.refused(Some(mid), what, rule);
-            return self.reply(per_hour.reply);
-        }
         let icid = self.p.icid;
         let Some(t) = self.txn.as_mut() else { return };
         t.rcpts_accepted += 1;
@@ -331,18 +226,7 @@ impl Session {
                 });
             }
         }
-        self.reply(
-            accept_reply.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")),
-        );
-    }
-
-    fn refused(&mut self, mid: Option<u64>, what: String, rule: String) {
-        self.log(Event::Refused {
-            icid: self.p.icid,
-            mid: mid.or(self.txn.as_ref().map(|t| t.mid)),
-            what,
-            rule,
-        });
+        self.permit(permit);
     }
 }
 

@@ -1,10 +1,12 @@
 //! The DATA phase: 354, streaming the body through the smuggling-safe reader, size limit, commit.
 
 use super::{Action, DataState, Phase, Session};
-use crate::mail_log::Event;
+use crate::envelope::Envelope;
+use crate::mail_log::{Event, ReceivingFailure};
+use crate::policy::check::{self, Denial, Permit};
+use crate::policy::flow::MailFlowPolicy;
 use crate::smtp::data::{DataReader, DataStatus};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::Envelope;
 
 use super::headers::HeaderScanner;
 
@@ -16,19 +18,25 @@ fn address_literal(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// The size check of the message received so far.
+fn message_check(policy: &MailFlowPolicy, size: u64) -> Result<Permit, Denial> {
+    check::data::check_message(&check::data::MessageCtx { policy, size })
+}
+
 impl Session {
     pub(super) fn start_data(&mut self) {
         let Some(txn) = &self.txn else {
             return self.reply(Reply::new(503, Enhanced(5, 5, 1), "Need MAIL command"));
         };
-        if txn.rcpts.is_empty() {
-            return self.reply(Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"));
-        }
+        let permit = match check::data::check_data(txn.rcpts.len()) {
+            Ok(p) => p,
+            Err(d) => return self.deny(String::new(), None, d),
+        };
         let mid = txn.mid;
         let received = self.received_header();
         self.actions.push(Action::BeginMessage(mid));
         self.body.extend_from_slice(received.as_bytes());
-        self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+        self.permit(permit);
         self.phase = Phase::Data(Box::new(DataState {
             reader: DataReader::new(),
             headers: HeaderScanner::default(),
@@ -88,7 +96,7 @@ impl Session {
         let Phase::Data(st) = &mut self.phase else {
             return (0, true);
         };
-        if !st.too_big && self.policy.max_message_size.is_exceeded_by(st.size) {
+        if !st.too_big && message_check(&self.policy, st.size).is_err() {
             st.too_big = true;
         }
         if st.too_big {
@@ -99,7 +107,7 @@ impl Session {
             Err(e) => {
                 let reply = e.reply();
                 let mid = self.txn.as_ref().map(|t| t.mid).unwrap_or(0);
-                self.receiving_failed(mid, format!("{e}"));
+                self.receiving_failed(mid, ReceivingFailure::DataSyntax(e.to_string()));
                 self.txn = None;
                 self.body.clear();
                 self.actions.push(Action::AbortMessage);
@@ -141,24 +149,14 @@ impl Session {
         }
         let Some(txn) = &self.txn else { return };
         let mid = txn.mid;
-        if st.too_big {
-            let limit = self.policy.max_message_size.clone();
+        if let Err(d) = message_check(&self.policy, st.size) {
             // ESA's words, then which limit it was (ESA has no line for that).
             self.log(Event::ReceivingFailed {
                 mid,
                 icid: self.p.icid,
-                reason: "Message size exceeds limit".into(),
+                reason: ReceivingFailure::TooBig,
             });
-            self.log(Event::Refused {
-                icid: self.p.icid,
-                mid: Some(mid),
-                what: "message".into(),
-                rule: format!(
-                    "max_message_size {} (policy {})",
-                    limit.max.unwrap_or(0),
-                    self.policy.name
-                ),
-            });
+            self.log_denial("message".into(), Some(mid), d.reason);
             self.log(Event::MessageFinished {
                 mid,
                 how: "aborted".into(),
@@ -166,7 +164,10 @@ impl Session {
             self.txn = None;
             self.body.clear();
             self.actions.push(Action::AbortMessage);
-            return self.reply(limit.reply);
+            if let Some(r) = d.reply {
+                self.reply(r);
+            }
+            return;
         }
         let from = txn.from.clone();
         self.log(Event::Ready {
@@ -199,7 +200,7 @@ impl Session {
     /// Drops the message being received (timeout, shutdown, lost connection).
     pub(super) fn abort_data(&mut self) {
         if let Some(txn) = self.txn.take() {
-            self.receiving_failed(txn.mid, "connection ended during DATA".into());
+            self.receiving_failed(txn.mid, ReceivingFailure::ConnectionEnded);
         }
         self.body.clear();
         self.actions.push(Action::AbortMessage);
@@ -208,7 +209,7 @@ impl Session {
 
     /// A message was not accepted after DATA began: ESA's `ICID n Receiving Failed: reason`
     /// line, then `Message finished MID n aborted` to tie it to the MID.
-    pub(super) fn receiving_failed(&mut self, mid: u64, reason: String) {
+    pub(super) fn receiving_failed(&mut self, mid: u64, reason: ReceivingFailure) {
         self.log(Event::ReceivingFailed {
             mid,
             icid: self.p.icid,

@@ -5,7 +5,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Collects the header block of a message as it streams past.
 #[derive(Debug, Default)]
-pub struct HeaderScanner {
+pub(crate) struct HeaderScanner {
     buf: Vec<u8>,
     done: bool,
     /// Length of `buf` already searched for the end of the header block.
@@ -17,7 +17,7 @@ pub struct HeaderScanner {
 
 /// Headers of interest found in a message.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FoundHeaders {
+pub(crate) struct FoundHeaders {
     /// `Message-ID` value.
     pub message_id: Option<String>,
     /// `Subject` value.
@@ -26,7 +26,7 @@ pub struct FoundHeaders {
 
 impl HeaderScanner {
     /// Feeds message bytes; returns the headers once the header block ended (or grew too large).
-    pub fn feed(&mut self, data: &[u8]) -> Option<FoundHeaders> {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Option<FoundHeaders> {
         if self.done {
             return None;
         }
@@ -53,7 +53,7 @@ impl HeaderScanner {
     }
 
     /// Ends scanning at end of message (a message with only headers).
-    pub fn finish(&mut self) -> Option<FoundHeaders> {
+    pub(crate) fn finish(&mut self) -> Option<FoundHeaders> {
         if self.done {
             return None;
         }

@@ -7,13 +7,16 @@
 
 mod commands;
 mod data;
-pub mod headers;
+pub(crate) mod headers;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::mail_log::Event;
+use crate::envelope::Envelope;
+use crate::mail_log::{Event, ReceivingFailure};
+use crate::policy::check::connect::{self, ConnectCtx};
+use crate::policy::check::{self, Denial, DenialReason, Permit};
 use crate::policy::flow::{Action as PolicyAction, ClientCert, MailFlowPolicy, TlsMode};
 use crate::policy::hat::Classification;
 use crate::policy::rat::RecipientAccessTable;
@@ -22,7 +25,6 @@ use crate::smtp::address::Mailbox;
 use crate::smtp::data::DataReader;
 use crate::smtp::line::{LineEvent, LineReader};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::Envelope;
 
 use headers::HeaderScanner;
 
@@ -108,7 +110,7 @@ pub enum Action {
     /// Write this mail-log event.
     Log(Event),
     /// Flush replies, drop any buffered input, run the TLS handshake, then call
-    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    /// `Session::tls_established` or `Session::tls_failed`.
     StartTls,
     /// Open a spool file for this message id; body bytes follow in [`Session::body_mut`].
     BeginMessage(u64),
@@ -203,13 +205,24 @@ impl Session {
         }
     }
 
-    /// Logs the connection and the HAT decision, then greets, rejects or refuses.
-    /// The HAT decision comes first: a refused or rejected host is treated as such even
-    /// when it also spoke early or is over its connection limit.
+    /// Logs the connection and the HAT decision, then greets, rejects or refuses
+    /// (`connect::check_connect` decides which).
     pub fn start(&mut self, opening: Opening) {
         let c = self.p.classification.clone();
+        let verdict = connect::check_connect(&ConnectCtx {
+            policy: &self.policy,
+            peer_ip: self.p.peer_ip,
+            hostname: &self.hostname,
+            group: &c.group,
+            talked_first: opening == Opening::PreGreet,
+            per_ip_full: opening == Opening::ConcurrencyFull,
+        });
         let action = self.policy.action;
-        if action == PolicyAction::TcpRefuse {
+        if let Err(Denial {
+            reason: DenialReason::HatRefuse,
+            ..
+        }) = verdict
+        {
             // ESA logs refused connections under ICID 0: no SMTP session ever existed.
             self.log(Event::Hat {
                 icid: 0,
@@ -235,43 +248,11 @@ impl Session {
             group: c.group.clone(),
             matched: c.matched.clone(),
         });
-        let ip = self.p.peer_ip.to_string();
-        if action == PolicyAction::Reject {
-            let r = self
-                .policy
-                .reject_banner
-                .render(&ip, &self.hostname, &c.group);
-            self.reply(r);
-            return self.close();
-        }
-        match opening {
-            Opening::Normal => {
-                let r = self.policy.banner.render(&ip, &self.hostname, &c.group);
-                self.reply(r);
-            }
-            Opening::PreGreet => {
-                self.log(Event::PreGreet { icid: self.p.icid });
-                self.reply(Reply::new(
-                    554,
-                    Enhanced(5, 5, 0),
-                    "Protocol error: data sent before greeting",
-                ));
-                self.close();
-            }
-            Opening::ConcurrencyFull => {
-                let limit = self.policy.max_concurrent_connections_per_ip.clone();
-                self.log(Event::Refused {
-                    icid: self.p.icid,
-                    mid: None,
-                    what: format!("connection from {}", self.p.peer_ip),
-                    rule: format!(
-                        "max_concurrent_connections_per_ip {} (policy {}) -> {}",
-                        limit.max.unwrap_or(0),
-                        self.policy.name,
-                        limit.reply
-                    ),
-                });
-                self.reply(limit.reply);
+        match verdict {
+            Ok(permit) => self.permit(permit),
+            Err(d) => {
+                let what = format!("connection from {}", self.p.peer_ip);
+                self.deny(what, None, d);
                 self.close();
             }
         }
@@ -330,7 +311,7 @@ impl Session {
     }
 
     /// True when actions are waiting to be taken.
-    pub fn has_actions(&self) -> bool {
+    pub(crate) fn has_actions(&self) -> bool {
         !self.actions.is_empty()
     }
 
@@ -340,17 +321,17 @@ impl Session {
     }
 
     /// True once the session wants the connection closed.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
 
     /// True while the session waits for the driver (TLS handshake or spool commit).
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         matches!(self.phase, Phase::TlsPending | Phase::Committing)
     }
 
     /// True inside DATA (the driver applies the data timeout).
-    pub fn is_in_data(&self) -> bool {
+    pub(crate) fn is_in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
     }
 
@@ -360,7 +341,7 @@ impl Session {
     }
 
     /// The inbound TLS outcome of the connection for metrics; `None` for rejected or refused hosts.
-    pub fn tls_outcome(&self) -> Option<TlsOutcome> {
+    pub(crate) fn tls_outcome(&self) -> Option<TlsOutcome> {
         if matches!(
             self.policy.action,
             PolicyAction::Reject | PolicyAction::TcpRefuse
@@ -400,12 +381,12 @@ impl Session {
     }
 
     /// True when the driver must ask for a client certificate at STARTTLS.
-    pub fn wants_client_cert(&self) -> bool {
+    pub(crate) fn wants_client_cert(&self) -> bool {
         self.policy.tls_verify_client
     }
 
     /// The handshake succeeded: RFC 3207 §4.2 — forget everything learned before it.
-    pub fn tls_established(&mut self, info: TlsInfo) {
+    pub(crate) fn tls_established(&mut self, info: TlsInfo) {
         self.log(Event::TlsSuccess {
             icid: self.p.icid,
             protocol: info.protocol.clone(),
@@ -421,7 +402,7 @@ impl Session {
     }
 
     /// The handshake failed; the connection cannot continue.
-    pub fn tls_failed(&mut self, reason: &str) {
+    pub(crate) fn tls_failed(&mut self, reason: &str) {
         self.tls_failed = true;
         self.log(Event::TlsFailed {
             icid: self.p.icid,
@@ -432,7 +413,7 @@ impl Session {
     }
 
     /// The driver discarded plaintext pipelined behind STARTTLS.
-    pub fn discarded_after_starttls(&mut self, bytes: usize) {
+    pub(crate) fn discarded_after_starttls(&mut self, bytes: usize) {
         self.log(Event::StartTlsInjection {
             icid: self.p.icid,
             bytes,
@@ -443,23 +424,17 @@ impl Session {
     pub fn committed(&mut self, result: Result<(), String>) {
         let Some(txn) = self.txn.take() else { return };
         self.phase = Phase::Command;
-        match result {
-            Ok(()) => {
+        match check::data::check_commit(txn.mid, &result) {
+            Ok(permit) => {
                 self.messages += 1;
                 self.log(Event::Queued { mid: txn.mid });
-                self.reply(Reply::new(
-                    250,
-                    Enhanced(2, 0, 0),
-                    format!("Ok: queued as {}", txn.mid),
-                ));
+                self.permit(permit);
             }
-            Err(reason) => {
-                self.receiving_failed(txn.mid, format!("spool error: {reason}"));
-                self.reply(Reply::new(
-                    452,
-                    Enhanced(4, 3, 1),
-                    "Insufficient system storage",
-                ));
+            Err(d) => {
+                if let Err(e) = result {
+                    self.receiving_failed(txn.mid, ReceivingFailure::Spool(e));
+                }
+                self.deny(String::new(), None, d);
             }
         }
     }
@@ -469,14 +444,8 @@ impl Session {
         if matches!(self.phase, Phase::Data(_)) {
             self.abort_data();
         }
-        self.log(Event::Refused {
-            icid: self.p.icid,
-            mid: None,
-            what: "session".into(),
-            rule: format!("{what} timeout"),
-        });
-        let text = format!("{} Error: timeout exceeded", self.hostname);
-        self.reply(Reply::new(421, Enhanced(4, 4, 2), text));
+        let d = connect::timeout(what, &self.hostname);
+        self.deny("session".into(), None, d);
         self.close();
     }
 
@@ -485,11 +454,8 @@ impl Session {
         if matches!(self.phase, Phase::Data(_)) {
             self.abort_data();
         }
-        let text = format!(
-            "{} Service shutting down, closing transmission channel",
-            self.hostname
-        );
-        self.reply(Reply::new(421, Enhanced(4, 3, 2), text));
+        let d = connect::shutdown(&self.hostname);
+        self.deny(String::new(), None, d);
         self.close();
     }
 
@@ -539,20 +505,60 @@ impl Session {
 
     fn bad_command(&mut self, r: Reply) {
         self.bad_commands += 1;
-        if self.bad_commands > self.p.max_bad_commands {
-            self.log(Event::Refused {
-                icid: self.p.icid,
-                mid: self.txn.as_ref().map(|t| t.mid),
-                what: "session".into(),
-                rule: format!("max_bad_commands {} exceeded", self.p.max_bad_commands),
-            });
-            self.reply(Reply::new(
-                421,
-                Enhanced(4, 7, 0),
-                "Too many errors, closing connection",
-            ));
-        } else {
+        match connect::check_bad_commands(self.bad_commands, self.p.max_bad_commands) {
+            Ok(_) => self.reply(r),
+            Err(d) => {
+                let mid = self.txn.as_ref().map(|t| t.mid);
+                self.deny("session".into(), mid, d);
+            }
+        }
+    }
+
+    /// Sends the reply a check's permit carries, if it carries one.
+    fn permit(&mut self, permit: Permit) {
+        if let Some(r) = permit.reply {
             self.reply(r);
+        }
+    }
+
+    /// Logs a denial, then sends its reply.
+    fn deny(&mut self, what: String, mid: Option<u64>, d: Denial) {
+        self.log_denial(what, mid, d.reason);
+        if let Some(r) = d.reply {
+            self.reply(r);
+        }
+    }
+
+    /// What a denial means for the mail log: ESA's own line where ESA has one, else
+    /// `refused: <reason>` for `what`.
+    fn log_denial(&mut self, what: String, mid: Option<u64>, reason: DenialReason) {
+        let icid = self.p.icid;
+        match reason {
+            DenialReason::PreGreet => self.log(Event::PreGreet { icid }),
+            DenialReason::Rat { ref rcpt, .. } => self.log(Event::RatRejected {
+                icid,
+                mid: mid.unwrap_or(0),
+                rcpt: rcpt.clone(),
+            }),
+            DenialReason::TlsRequired => self.log_tls_required(),
+            // The reply says all there is (or, for a message, `Receiving Failed` did).
+            DenialReason::HatRefuse
+            | DenialReason::HatReject
+            | DenialReason::Shutdown
+            | DenialReason::LocalError
+            | DenialReason::ListenerFull { .. }
+            | DenialReason::StartTlsUnavailable
+            | DenialReason::ParamsNeedEhlo
+            | DenialReason::BinaryMime
+            | DenialReason::NeedsSmtputf8
+            | DenialReason::NoRecipients
+            | DenialReason::Spool { .. } => {}
+            reason => self.log(Event::Refused {
+                icid,
+                mid,
+                what,
+                reason,
+            }),
         }
     }
 

@@ -1,4 +1,7 @@
 //! Wires listeners, spool, mail log and resolver together; owns start-up and shutdown.
+//! [`reload`] runs the started server: reload, certificate watching, signals.
+
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +60,9 @@ pub enum AppError {
         /// Cause (in the message, not a `source`: `mxgate: {e:#}` would print it twice).
         cause: std::io::Error,
     },
+    /// The signal handlers (stop, reload, reopen) could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Ids from the spool's persistent counters, time from the system clock.
@@ -235,7 +241,7 @@ impl Running {
     }
 
     /// Certificate files of every listener (for change detection).
-    pub fn certificate_files(config: &Config) -> Vec<std::path::PathBuf> {
+    pub(crate) fn certificate_files(config: &Config) -> Vec<std::path::PathBuf> {
         let mut v = Vec::new();
         for l in &config.listeners {
             match (&l.certificate, &l.key) {

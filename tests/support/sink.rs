@@ -1,21 +1,13 @@
-//! A programmable downstream SMTP server for relay-client tests (real sockets on
-//! 127.0.0.1, tokio-rustls on the server side), test certificates made with rcgen,
-//! and a `DeliveryLog` that collects events.
-
-#![allow(dead_code)]
+//! The one internal server (downstream SMTP) of the tests, in-process on a real socket:
+//! records what it accepts and every line of every session, and is programmable (STARTTLS
+//! states, capabilities, replies per recipient, to DATA and to the final dot, a slow final
+//! reply). [`Sink::start`] is the plain internal server of the relay tests, on a chosen
+//! address, answering by recipient prefix (`nouser`, `later`, `ctrl`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mxgate::mail_log::Event;
-use mxgate::relay::client::DeliveryLog;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +45,14 @@ pub struct SinkConfig {
     pub final_reply: Option<String>,
     /// Send an extra line in the same write as the 220 to STARTTLS.
     pub extra_after_starttls: bool,
+    /// Advertise ENHANCEDSTATUSCODES.
+    pub enhanced_status_codes: bool,
+    /// Reply per recipient local-part prefix, after `rcpt_replies`.
+    pub rcpt_prefix_replies: Vec<(String, String)>,
+    /// Wait this long before answering the final dot (a slow server).
+    pub data_delay: Duration,
+    /// Where to listen (`127.0.0.1:0` for any port).
+    pub bind: String,
 }
 
 impl Default for SinkConfig {
@@ -68,6 +68,32 @@ impl Default for SinkConfig {
             data_reply: None,
             final_reply: None,
             extra_after_starttls: false,
+            enhanced_status_codes: true,
+            rcpt_prefix_replies: Vec::new(),
+            data_delay: Duration::ZERO,
+            bind: "127.0.0.1:0".into(),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The plain internal server of the relay tests on `bind`: PIPELINING and 8BITMIME only;
+    /// recipients whose local part starts with `nouser` get `550 5.1.1`, `later` get
+    /// `451 4.3.0`, `ctrl` a 550 whose text carries ESC and a bare CR (a hostile server).
+    pub fn plain(bind: &str) -> SinkConfig {
+        SinkConfig {
+            greeting: "220 sink.test ESMTP".into(),
+            size: None,
+            smtputf8: false,
+            enhanced_status_codes: false,
+            rcpt_prefix_replies: vec![
+                ("ctrl".into(), "550 5.1.1 Bad \x1b[31m\rINJ".into()),
+                ("nouser".into(), "550 5.1.1 No such user".into()),
+                ("later".into(), "451 4.3.0 Try again later".into()),
+            ],
+            final_reply: Some("250 2.0.0 queued".into()),
+            bind: bind.into(),
+            ..SinkConfig::default()
         }
     }
 }
@@ -75,10 +101,15 @@ impl Default for SinkConfig {
 /// One message the server accepted.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub mail_from: String,
+    /// The reverse path, without the angle brackets (empty for a DSN).
+    pub from: String,
+    /// The MAIL command as sent, parameters included (no CRLF).
+    pub mail_cmd: String,
     pub rcpts: Vec<String>,
-    /// The body, de-stuffed, without the terminating dot line.
-    pub body: Vec<u8>,
+    /// The body, de-stuffed, without the terminating dot line, as text (lossy UTF-8).
+    pub body: String,
+    /// The same body as bytes.
+    pub bytes: Vec<u8>,
     /// Arrived over TLS.
     pub tls: bool,
 }
@@ -111,8 +142,24 @@ impl Drop for Sink {
 }
 
 impl Sink {
-    pub async fn start(cfg: SinkConfig) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// The plain internal server ([`SinkConfig::plain`]) on `bind` (`127.0.0.1:0` for any
+    /// port, or a port kept free for it).
+    pub async fn start(bind: &str) -> Sink {
+        Self::start_with(SinkConfig::plain(bind)).await
+    }
+
+    /// [`Sink::start`] answering the final dot only after `delay`.
+    pub async fn start_with_delay(bind: &str, delay: Duration) -> Sink {
+        Self::start_with(SinkConfig {
+            data_delay: delay,
+            ..SinkConfig::plain(bind)
+        })
+        .await
+    }
+
+    /// A server behaving as `cfg` says.
+    pub async fn start_with(cfg: SinkConfig) -> Sink {
+        let listener = TcpListener::bind(cfg.bind.as_str()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(SinkState::default()));
         let cfg = Arc::new(cfg);
@@ -128,14 +175,33 @@ impl Sink {
         Sink { addr, state, task }
     }
 
+    /// Stops accepting (the port closes).
+    pub fn stop(self) {}
+
+    /// The Message-ID of each message received, in order (without the angle brackets).
+    pub fn message_ids(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .filter_map(|m| {
+                m.body.lines().find_map(|l| {
+                    l.strip_prefix("Message-ID: <")
+                        .map(|v| v.trim_end_matches('>').to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// `C: …` / `S: …` lines of every session so far.
     pub fn transcript(&self) -> Vec<String> {
         self.state.lock().unwrap().transcript.clone()
     }
 
+    /// Messages received so far.
     pub fn messages(&self) -> Vec<Received> {
         self.state.lock().unwrap().messages.clone()
     }
 
+    /// The command lines received so far.
     pub fn commands(&self) -> Vec<String> {
         self.transcript()
             .into_iter()
@@ -220,6 +286,7 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
     tls: bool,
 ) -> End {
     let mut from: Option<String> = None;
+    let mut mail_cmd = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = Vec::new();
     loop {
@@ -249,7 +316,9 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 if !tls && !matches!(cfg.tls, ServerTls::NotOffered) {
                     lines.push("STARTTLS".into());
                 }
-                lines.push("ENHANCEDSTATUSCODES".into());
+                if cfg.enhanced_status_codes {
+                    lines.push("ENHANCEDSTATUSCODES".into());
+                }
                 let n = lines.len();
                 lines
                     .iter()
@@ -280,6 +349,7 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     .mail_pipelined
                     .push(buffered.contains("RCPT TO:") && buffered.contains("DATA\r\n"));
                 from = Some(text[10.min(text.len())..].to_string());
+                mail_cmd = text.clone();
                 rcpts.clear();
                 "250 2.1.0 Ok\r\n".into()
             }
@@ -293,6 +363,11 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     .rcpt_replies
                     .iter()
                     .find(|(a, _)| *a == addr)
+                    .or_else(|| {
+                        cfg.rcpt_prefix_replies
+                            .iter()
+                            .find(|(p, _)| addr.starts_with(p.as_str()))
+                    })
                     .map(|(_, r)| r.clone());
                 match custom.as_deref() {
                     Some("DROP") => {
@@ -345,11 +420,21 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         .final_reply
                         .clone()
                         .unwrap_or_else(|| "250 2.0.0 Ok: queued as TEST".into());
+                    tokio::time::sleep(cfg.data_delay).await;
                     if fin.starts_with('2') {
+                        let arg = from.clone().unwrap_or_default();
+                        let arg = arg.trim();
+                        // The address between the brackets; parameters may follow.
+                        let address = arg
+                            .strip_prefix('<')
+                            .and_then(|a| a.split_once('>'))
+                            .map_or(arg, |(a, _)| a);
                         st.lock().unwrap().messages.push(Received {
-                            mail_from: from.clone().unwrap_or_default(),
+                            from: address.to_string(),
+                            mail_cmd: mail_cmd.clone(),
                             rcpts: rcpts.clone(),
-                            body,
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                            bytes: body,
                             tls,
                         });
                     }
@@ -373,99 +458,5 @@ async fn smtp_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if say(r, st, &reply).await.is_err() {
             return End::Closed;
         }
-    }
-}
-
-/// Test certificates.
-pub struct TestPki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    pub ca_pem: String,
-}
-
-/// A server certificate chain and its key.
-pub struct ServerCert {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-fn leaf_params(sans: &[&str], cn: Option<&str>) -> CertificateParams {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name = DistinguishedName::new();
-    if let Some(cn) = cn {
-        p.distinguished_name.push(DnType::CommonName, cn);
-    }
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p
-}
-
-impl TestPki {
-    pub fn new() -> TestPki {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::CommonName, "mxgate test CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-        let ca_pem = ca.pem();
-        TestPki { ca, ca_pem }
-    }
-
-    /// A leaf signed by the test CA.
-    pub fn leaf(&self, sans: &[&str], cn: Option<&str>) -> ServerCert {
-        let key = KeyPair::generate().unwrap();
-        let cert = leaf_params(sans, cn).signed_by(&key, &self.ca).unwrap();
-        ServerCert {
-            chain: vec![cert.der().clone(), self.ca.der().clone()],
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        }
-    }
-
-    /// Writes the CA certificate as a PEM bundle.
-    pub fn write_ca(&self, path: &Path) {
-        std::fs::write(path, &self.ca_pem).unwrap();
-    }
-}
-
-/// A self-signed certificate.
-pub fn self_signed(sans: &[&str], cn: Option<&str>) -> ServerCert {
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf_params(sans, cn).self_signed(&key).unwrap();
-    ServerCert {
-        chain: vec![cert.der().clone()],
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-    }
-}
-
-/// A rustls server configuration presenting `cert`.
-pub fn server_config(cert: ServerCert) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(cert.chain, cert.key)
-        .unwrap();
-    Arc::new(cfg)
-}
-
-/// Collects delivery events.
-#[derive(Default)]
-pub struct Collect(pub Mutex<Vec<Event>>);
-
-impl DeliveryLog for Collect {
-    fn log(&self, e: Event) {
-        self.0.lock().unwrap().push(e);
-    }
-}
-
-impl Collect {
-    pub fn texts(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(Event::text).collect()
-    }
-
-    pub fn clear(&self) {
-        self.0.lock().unwrap().clear();
     }
 }

@@ -1,0 +1,350 @@
+//! The connection driver: feeds the [`Session`] what the client sends and carries out what it
+//! asks (replies, STARTTLS, spool writes, mail-log lines) under the listener's timeouts.
+//!
+//! The driver is generic over where its bytes come from and go ([`ClientStream`], upgraded by
+//! [`StartTls`]) and where messages and log lines go ([`Backend`]). `net/conn.rs` runs it over
+//! the TCP socket, rustls, the spool and the mail log; `tests/transcripts.rs` over scripted
+//! packets, so the transcripts test this loop and not a copy of it. Generic, not `dyn`: the
+//! per-line path compiles to direct calls.
+
+use std::future::Future;
+use std::io;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::config::model::Timeouts;
+use crate::envelope::Envelope;
+use crate::mail_log::Event;
+use crate::metrics::{self, InboundLabels};
+use crate::net::read_deadline::ReadDeadlines;
+use crate::net::write_bound::{
+    bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
+};
+use crate::smtp::session::{Action, Opening, Session, TlsInfo};
+
+/// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
+const READ_CHUNK: usize = 4 * 1024;
+/// Read size during DATA.
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// The client's byte stream: plain TCP, or TLS after STARTTLS. The driver bounds every call
+/// with its deadlines and shutdown, so implementations need no timers of their own.
+pub trait ClientStream: Send {
+    /// Appends what the client sent to `buf` (its spare capacity is reserved); `Ok(0)` when
+    /// the client closed.
+    fn read(&mut self, buf: &mut Vec<u8>) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes all of `bytes` and flushes them.
+    fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends a TLS stream with close_notify (plain TCP sends its FIN when dropped).
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A plain stream that STARTTLS turns into [`StartTls::Tls`].
+pub trait StartTls: ClientStream + Sized {
+    /// The stream after the handshake.
+    type Tls: ClientStream;
+    /// Runs the server side of the TLS handshake, asking for a client certificate when
+    /// `client_cert`; the error text goes to the mail log. The driver bounds it with
+    /// `timeouts.tls_handshake`.
+    fn start_tls(
+        self,
+        client_cert: bool,
+    ) -> impl Future<Output = Result<(Self::Tls, TlsInfo), String>> + Send;
+}
+
+/// Where a connection's results go: messages to the spool, events to the mail log.
+pub trait Backend: Send {
+    /// Writes mail-log lines (one call per burst of the session's actions).
+    fn log(&mut self, events: &[Event]);
+    /// A message with this id starts; its body follows through [`Backend::write_body`].
+    fn begin_message(&mut self, mid: u64);
+    /// Takes the body bytes the session produced and leaves `body` empty (the buffer may be
+    /// replaced by another allocation). A failure is kept until the commit reports it.
+    fn write_body(&mut self, body: &mut Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// Makes the current message durable and hands it on; `Err` names why it was not.
+    fn commit_message(
+        &mut self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Throws the current message (if any) away.
+    fn abort_message(&mut self);
+}
+
+enum Flow<C> {
+    Done,
+    Upgrade(C),
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+    Timeout(&'static str),
+    Shutdown,
+}
+
+/// Runs one classified connection's session from the greeting to the close.
+pub struct Driver<B> {
+    session: Session,
+    labels: InboundLabels,
+    timeouts: Timeouts,
+    backend: B,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    deadline: Instant,
+    reads: ReadDeadlines,
+    force_close: watch::Receiver<bool>,
+}
+
+impl<B: Backend> Driver<B> {
+    /// A driver for `session`; the session deadline (`timeouts.session`) starts now, and
+    /// `force_close` turning true (or its sender dropping) is shutdown.
+    pub fn new(
+        session: Session,
+        labels: InboundLabels,
+        timeouts: Timeouts,
+        backend: B,
+        force_close: watch::Receiver<bool>,
+    ) -> Self {
+        let deadline = Instant::now() + timeouts.session;
+        Driver {
+            session,
+            labels,
+            timeouts,
+            backend,
+            buf: Vec::new(),
+            out: Vec::new(),
+            deadline,
+            reads: ReadDeadlines::default(),
+            force_close,
+        }
+    }
+
+    /// Client bytes already read (after a PROXY header) that the session gets first.
+    pub(crate) fn with_input(mut self, buf: Vec<u8>) -> Self {
+        self.buf = buf;
+        self
+    }
+
+    /// Starts the session with `opening` and serves `client` until the connection ends, then
+    /// writes the final log lines and drops any unfinished message.
+    pub async fn run<C: StartTls>(mut self, opening: Opening, client: C) {
+        self.session.start(opening);
+        if let Flow::Upgrade(plain) = self.serve(client).await {
+            self.upgrade(plain).await;
+        }
+        self.session.finish();
+        self.process_final_actions();
+        if let Some(outcome) = self.session.tls_outcome() {
+            metrics::inbound_tls_outcome(&self.labels, outcome);
+        }
+    }
+
+    async fn serve<C: ClientStream>(&mut self, mut client: C) -> Flow<C> {
+        // Log lines of one burst of actions, written with one call before anything waits.
+        let mut logs: Vec<Event> = Vec::new();
+        loop {
+            for action in self.session.take_actions() {
+                match action {
+                    Action::Reply(r) => {
+                        self.reads.replied();
+                        r.write_to(&mut self.out)
+                    }
+                    Action::Log(e) => {
+                        metrics::observe_inbound(&e, &self.labels);
+                        logs.push(e);
+                    }
+                    Action::StartTls => {
+                        self.write_logs(&mut logs);
+                        if self.flush(&mut client).await.is_err() {
+                            return Flow::Done;
+                        }
+                        if !self.buf.is_empty() {
+                            // CVE-2011-0411: plaintext pipelined behind STARTTLS must never be read as commands.
+                            self.session.discarded_after_starttls(self.buf.len());
+                            self.buf.clear();
+                            self.log_pending();
+                        }
+                        return Flow::Upgrade(client);
+                    }
+                    Action::BeginMessage(mid) => {
+                        self.reads.message_started();
+                        self.backend.begin_message(mid);
+                    }
+                    Action::CommitMessage(env) => {
+                        self.write_logs(&mut logs);
+                        self.drain_body().await;
+                        let result = self.backend.commit_message(env).await;
+                        if let Err(e) = &result {
+                            tracing::error!("spool commit failed: {e}");
+                        }
+                        self.session.committed(result);
+                    }
+                    Action::AbortMessage => {
+                        self.backend.abort_message();
+                        // The session already dropped this message's bytes; what its body
+                        // holds now belongs to the next, pipelined message.
+                    }
+                    Action::Close => {
+                        self.write_logs(&mut logs);
+                        let _ = self.flush(&mut client).await;
+                        // TLS says close_notify; plain TCP sends its FIN when the socket is
+                        // closed right after this, so a separate shutdown call is not needed.
+                        if self.session.tls().is_some() {
+                            let deadline = self.write_deadline();
+                            let _ =
+                                bounded_write(client.shutdown(), deadline, &mut self.force_close)
+                                    .await;
+                        }
+                        return Flow::Done;
+                    }
+                }
+            }
+            self.write_logs(&mut logs);
+            self.drain_body().await;
+            // Callbacks above (committed, ...) may have queued more actions: run them first.
+            if self.session.has_actions() {
+                continue;
+            }
+            if self.session.is_closed() {
+                let _ = self.flush(&mut client).await;
+                return Flow::Done;
+            }
+            if !self.buf.is_empty() && !self.session.is_waiting() {
+                let used = self.session.feed(&self.buf);
+                self.buf.drain(..used);
+                if used > 0 || self.session.is_waiting() {
+                    continue;
+                }
+            }
+            if self.session.is_waiting() {
+                continue;
+            }
+            // Out of input: answer everything pipelined so far, then wait (RFC 2920).
+            match self.flush(&mut client).await {
+                Ok(()) => {}
+                Err(WriteStop::Failed) => return Flow::Done,
+                // A client that does not read gets no 421 (it would not read that either):
+                // log why, then close.
+                Err(WriteStop::Timeout(what)) => {
+                    self.session.timeout(what);
+                    self.log_pending();
+                    return Flow::Done;
+                }
+                Err(WriteStop::Shutdown) => {
+                    self.session.shutdown();
+                    self.log_pending();
+                    return Flow::Done;
+                }
+            }
+            if self.buf.capacity() > 2 * DATA_CHUNK && self.buf.is_empty() {
+                self.buf = Vec::new();
+            }
+            match self.read(&mut client).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::Closed => return Flow::Done,
+                ReadOutcome::Timeout(what) => self.session.timeout(what),
+                ReadOutcome::Shutdown => self.session.shutdown(),
+            }
+        }
+    }
+
+    async fn read<C: ClientStream>(&mut self, client: &mut C) -> ReadOutcome {
+        let in_data = self.session.is_in_data();
+        let (until, what) = self
+            .reads
+            .next(in_data, Instant::now(), &self.timeouts, self.deadline);
+        self.buf
+            .reserve(if in_data { DATA_CHUNK } else { READ_CHUNK });
+        if *self.force_close.borrow() {
+            return ReadOutcome::Shutdown;
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(until.into(), client.read(&mut self.buf)) => match r {
+                Err(_) => ReadOutcome::Timeout(what),
+                Ok(Ok(0)) | Ok(Err(_)) => ReadOutcome::Closed,
+                Ok(Ok(n)) => {
+                    self.reads.received(in_data, n);
+                    ReadOutcome::Data
+                }
+            },
+            _ = self.force_close.changed() => ReadOutcome::Shutdown,
+        }
+    }
+
+    async fn flush<C: ClientStream>(&mut self, client: &mut C) -> Result<(), WriteStop> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let deadline = self.write_deadline();
+        let r = bounded_write(client.write_all(&self.out), deadline, &mut self.force_close).await;
+        self.out.clear();
+        r
+    }
+
+    /// Until when the next write may block: see [`write_deadline`]; once shutdown forced the
+    /// close, only [`CLOSING_WRITE`] for the 421.
+    fn write_deadline(&self) -> WriteDeadline {
+        let mut d = write_deadline(&self.timeouts, self.deadline);
+        if *self.force_close.borrow() {
+            d.at = d.at.min(Instant::now() + CLOSING_WRITE);
+        }
+        d
+    }
+
+    /// Hands the body bytes the session produced to the backend.
+    async fn drain_body(&mut self) {
+        let body = self.session.body_mut();
+        if !body.is_empty() {
+            self.backend.write_body(body).await;
+        }
+    }
+
+    /// Writes and clears the log lines `serve` collected.
+    fn write_logs(&mut self, logs: &mut Vec<Event>) {
+        if !logs.is_empty() {
+            self.backend.log(logs);
+            logs.clear();
+        }
+    }
+
+    fn log_pending(&mut self) {
+        for a in self.session.take_actions() {
+            if let Action::Log(e) = a {
+                self.log(&e);
+            }
+        }
+    }
+
+    fn process_final_actions(&mut self) {
+        for a in self.session.take_actions() {
+            match a {
+                Action::Log(e) => self.log(&e),
+                Action::AbortMessage => self.backend.abort_message(),
+                _ => {}
+            }
+        }
+        self.backend.abort_message();
+    }
+
+    fn log(&mut self, e: &Event) {
+        self.backend.log(std::slice::from_ref(e));
+        metrics::observe_inbound(e, &self.labels);
+    }
+
+    async fn upgrade<C: StartTls>(&mut self, plain: C) {
+        let started = Instant::now();
+        let handshake = plain.start_tls(self.session.wants_client_cert());
+        match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
+            Ok(Ok((tls, info))) => {
+                ::metrics::histogram!(metrics::TLS_HANDSHAKE_SECONDS, "listener" => self.labels.listener.clone())
+                    .record(started.elapsed().as_secs_f64());
+                self.session.tls_established(info);
+                // A second STARTTLS is refused by the session, so this returns Done.
+                let _ = self.serve(tls).await;
+            }
+            Ok(Err(e)) => self.session.tls_failed(&e),
+            Err(_) => self.session.tls_failed("handshake timeout"),
+        }
+    }
+}

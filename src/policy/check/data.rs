@@ -1,0 +1,100 @@
+//! `DATA` and the message: the 354, the size limit, and the answer to the spool commit.
+//!
+//! A stream that cannot be framed safely (smuggling bytes, bare CR/LF) is refused by the DATA
+//! reader itself (`src/smtp/data.rs`): that is framing, not policy.
+
+use super::mail::limit_denial;
+use super::{Denial, DenialReason, LimitKind, Permit};
+use crate::policy::flow::MailFlowPolicy;
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// `DATA`: 354 once at least one recipient was accepted.
+pub(crate) fn check_data(recipients: usize) -> Result<Permit, Denial> {
+    if recipients == 0 {
+        return Err(Denial::new(
+            Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
+            DenialReason::NoRecipients,
+        ));
+    }
+    Ok(Permit::with(Reply::plain(
+        354,
+        "End data with <CR><LF>.<CR><LF>",
+    )))
+}
+
+/// What the message-size decision needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageCtx<'a> {
+    /// The session's mail-flow policy.
+    pub policy: &'a MailFlowPolicy,
+    /// Message bytes received so far (without our `Received:` header).
+    pub size: u64,
+}
+
+/// The message so far is within `max_message_size`; checked while it streams and at its end.
+pub(crate) fn check_message(ctx: &MessageCtx) -> Result<Permit, Denial> {
+    let limit = &ctx.policy.max_message_size;
+    if limit.is_exceeded_by(ctx.size) {
+        return Err(limit_denial(
+            ctx.policy,
+            &limit.reply,
+            limit.max,
+            LimitKind::MessageSize,
+        ));
+    }
+    Ok(Permit::later())
+}
+
+/// The answer to the spool commit of message `mid`: 250 once it is durable.
+pub(crate) fn check_commit(mid: u64, result: &Result<(), String>) -> Result<Permit, Denial> {
+    match result {
+        Ok(()) => Ok(Permit::with(Reply::new(
+            250,
+            Enhanced(2, 0, 0),
+            format!("Ok: queued as {mid}"),
+        ))),
+        Err(e) => Err(Denial::new(
+            Reply::new(452, Enhanced(4, 3, 1), "Insufficient system storage"),
+            DenialReason::Spool { error: e.clone() },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::outcome;
+    use super::*;
+
+    #[test]
+    fn data_table() {
+        let mut p = MailFlowPolicy::builtin_default("P");
+        p.max_message_size.max = Some(100);
+        let mut unlimited = p.clone();
+        unlimited.max_message_size.max = None;
+        let msg = |policy, size| check_message(&MessageCtx { policy, size });
+        let table = [
+            (check_data(0), (554, "5.5.1", "no_recipients")),
+            (check_data(1), (354, "", "permit")),
+            (msg(&p, 100), (0, "", "permit")),
+            (msg(&p, 101), (552, "5.3.4", "size")),
+            (msg(&unlimited, u64::MAX), (0, "", "permit")),
+            (check_commit(7, &Ok(())), (250, "2.0.0", "permit")),
+            (
+                check_commit(7, &Err("disk full".into())),
+                (452, "4.3.1", "spool"),
+            ),
+            (msg(&p, 0), (0, "", "permit")),
+        ];
+        for (i, (r, (code, enh, label))) in table.into_iter().enumerate() {
+            assert_eq!(outcome(&r), (code, enh.to_string(), label), "row {i}");
+        }
+        assert_eq!(
+            check_commit(7, &Ok(())).unwrap().reply.unwrap().text,
+            "Ok: queued as 7"
+        );
+        assert_eq!(
+            msg(&p, 101).unwrap_err().reason.to_string(),
+            "max_message_size 100 (policy P)"
+        );
+    }
+}

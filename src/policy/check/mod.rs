@@ -1,0 +1,451 @@
+//! Policy checks per SMTP stage: where every refusing reply code is decided.
+//!
+//! Each stage has one file and one (or a few) pure `check_*` functions over a context struct
+//! that carries what the decision needs; each returns `Ok(Permit)` or `Err(Denial)`. A
+//! [`Denial`] is the reply the client gets plus a typed [`DenialReason`]: the mail log renders
+//! the reason ([`DenialReason`]'s `Display`), the metrics use [`DenialReason::label`]. The
+//! session (`src/smtp/session/`) only sequences parse → check → event → reply.
+//!
+//! | stage | file | decides |
+//! |---|---|---|
+//! | connect | [`connect`] | listener full (421), ICID allocation failure (421), the pre-greet pause, TCPREFUSE, the REJECT banner, pre-greeting talk (554), per-IP connection limit, the greeting; for the whole session: too many bad commands, timeouts, shutdown (421) |
+//! | helo | [`helo`] | whether STARTTLS is offered (EHLO keyword, 502 when not), the `tls: required` gate (530 before STARTTLS) |
+//! | mail | [`mail`] | `MAIL FROM`: parameters after HELO (555), `tls_mandatory_senders` and client certificate (530), messages per connection, declared `SIZE=` (552), `BODY=BINARYMIME` (555), non-ASCII without SMTPUTF8 (553), 250 |
+//! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
+//! | data | [`data`] | `DATA` without recipients (554), 354, the message size (552), the spool commit (250 queued, 452 4.3.1) |
+//!
+//! Syntax and sequence replies (500/501/503/504, including an invalid HELO name) are the
+//! parser's and the session's (`src/smtp/command.rs`, `src/smtp/session/commands.rs`), and a
+//! smuggling-unsafe DATA stream is refused by `src/smtp/data.rs`. The next check (recipient
+//! validation, SPF) is one new function in its stage's file, called from that stage's
+//! `check_*` in the order it should run, and one new [`DenialReason`] variant.
+
+pub(crate) mod connect;
+pub(crate) mod data;
+pub(crate) mod helo;
+pub(crate) mod mail;
+pub(crate) mod rcpt;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::smtp::reply::Reply;
+
+/// What a passing check lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Permit {
+    /// The reply accepting the command, when the check decides it (the greeting, a RAT entry's
+    /// own 250, ...); `None` when the stage answers later (after the spool commit).
+    pub reply: Option<Reply>,
+}
+
+impl Permit {
+    /// A permit answered with `reply`.
+    pub(crate) fn with(reply: Reply) -> Self {
+        Permit { reply: Some(reply) }
+    }
+
+    /// A permit whose reply comes later.
+    pub(crate) fn later() -> Self {
+        Permit { reply: None }
+    }
+}
+
+/// A refusal: the reply the client gets and the reason the log and metrics get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Denial {
+    /// The reply sent; `None` only for TCPREFUSE (the connection closes without a word).
+    pub reply: Option<Reply>,
+    /// Why, for the mail log and the metric label.
+    pub reason: DenialReason,
+}
+
+impl Denial {
+    /// A denial answered with `reply`.
+    pub(crate) fn new(reply: Reply, reason: DenialReason) -> Self {
+        Denial {
+            reply: Some(reply),
+            reason,
+        }
+    }
+}
+
+/// The SMTP stage a reason belongs to (decides which counter the metrics use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The connection as a whole.
+    Connect,
+    /// Between the greeting and `MAIL FROM`.
+    Helo,
+    /// `MAIL FROM`.
+    Mail,
+    /// `RCPT TO`.
+    Rcpt,
+    /// `DATA` and the message.
+    Data,
+}
+
+/// Which numeric limit of the mail-flow policy was exceeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `max_messages_per_connection`.
+    MessagesPerConnection,
+    /// `max_message_size`, against the `SIZE=` a client declared at `MAIL FROM`.
+    DeclaredSize {
+        /// The declared size.
+        declared: u64,
+    },
+    /// `max_recipients_per_message`.
+    RecipientsPerMessage,
+    /// `max_recipients_per_hour` for one client address (network for IPv6).
+    RecipientsPerHour {
+        /// The client address.
+        ip: IpAddr,
+    },
+    /// `max_message_size`, against the bytes received in DATA.
+    MessageSize,
+}
+
+/// Why something was refused. `Display` is the mail log's text (after `refused: `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialReason {
+    /// The listener holds `max_connections` sessions.
+    ListenerFull {
+        /// The listener's `max_connections`.
+        max: usize,
+    },
+    /// No connection id could be allocated (spool counter failure).
+    LocalError,
+    /// The HAT said TCPREFUSE: closed before any greeting.
+    HatRefuse,
+    /// The HAT said REJECT: the reject banner, then close.
+    HatReject,
+    /// The client talked before the greeting.
+    PreGreet,
+    /// The client's address already holds `max_concurrent_connections_per_ip`.
+    PerIpFull {
+        /// The limit.
+        max: u64,
+        /// Mail-flow policy name.
+        policy: String,
+        /// The reply sent (the log line names it).
+        reply: Reply,
+    },
+    /// More bad commands than `max_bad_commands`.
+    TooManyBadCommands {
+        /// The listener's `max_bad_commands`.
+        max: u32,
+    },
+    /// A timeout fired (`command`, `data`, `session`, ...).
+    Timeout {
+        /// Which timeout.
+        what: String,
+    },
+    /// The server is shutting down.
+    Shutdown,
+    /// STARTTLS is not offered (TLS off, or no certificate).
+    StartTlsUnavailable,
+    /// `tls: required` and the client sent a mail command before STARTTLS.
+    TlsRequired,
+    /// MAIL parameters after HELO (no extension was announced).
+    ParamsNeedEhlo,
+    /// The sender is in `tls_mandatory_senders` and TLS is not active.
+    TlsMandatorySender,
+    /// `tls_verify_client` under `tls: required` and no verified certificate: why.
+    ClientCert {
+        /// What the certificate check found (`no client certificate`, ...).
+        why: String,
+    },
+    /// A numeric limit of the mail-flow policy.
+    Limit {
+        /// Which limit.
+        kind: LimitKind,
+        /// Its value.
+        max: u64,
+        /// Mail-flow policy name.
+        policy: String,
+    },
+    /// `BODY=BINARYMIME` without CHUNKING.
+    BinaryMime,
+    /// A non-ASCII address without `SMTPUTF8`.
+    NeedsSmtputf8,
+    /// A recipient address form that reaches another domain, from a non-relay sender.
+    RelayAttempt,
+    /// The recipient access table refused the recipient.
+    Rat {
+        /// The recipient address.
+        rcpt: String,
+        /// Which RAT rule (`entry N` or `default`).
+        rule: String,
+    },
+    /// `DATA` with no accepted recipient.
+    NoRecipients,
+    /// The spool could not store the message.
+    Spool {
+        /// The spool error.
+        error: String,
+    },
+}
+
+impl DenialReason {
+    /// The metric label (`reason` of `mxgate_messages_rejected_total` and
+    /// `mxgate_recipients_rejected_total` for the MAIL and RCPT stages).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DenialReason::ListenerFull { .. } => "listener_full",
+            DenialReason::LocalError => "local_error",
+            DenialReason::HatRefuse => "hat_refuse",
+            DenialReason::HatReject => "hat_reject",
+            DenialReason::PreGreet => "pre_greet",
+            DenialReason::PerIpFull { .. } => "per_ip_full",
+            DenialReason::TooManyBadCommands { .. } => "bad_commands",
+            DenialReason::Timeout { .. } => "timeout",
+            DenialReason::Shutdown => "shutdown",
+            DenialReason::StartTlsUnavailable => "starttls_unavailable",
+            DenialReason::TlsRequired | DenialReason::TlsMandatorySender => "tls_required",
+            DenialReason::ParamsNeedEhlo => "params_need_ehlo",
+            DenialReason::ClientCert { .. } => "client_cert",
+            DenialReason::Limit {
+                kind: LimitKind::DeclaredSize { .. } | LimitKind::MessageSize,
+                ..
+            } => "size",
+            DenialReason::Limit { .. } => "limit",
+            DenialReason::BinaryMime => "binarymime",
+            DenialReason::NeedsSmtputf8 => "smtputf8",
+            DenialReason::RelayAttempt => "relay_attempt",
+            DenialReason::Rat { .. } => "rat",
+            DenialReason::NoRecipients => "no_recipients",
+            DenialReason::Spool { .. } => "spool",
+        }
+    }
+
+    /// The stage whose check decides this reason.
+    pub(crate) fn stage(&self) -> Stage {
+        match self {
+            DenialReason::ListenerFull { .. }
+            | DenialReason::LocalError
+            | DenialReason::HatRefuse
+            | DenialReason::HatReject
+            | DenialReason::PreGreet
+            | DenialReason::PerIpFull { .. }
+            | DenialReason::TooManyBadCommands { .. }
+            | DenialReason::Timeout { .. }
+            | DenialReason::Shutdown => Stage::Connect,
+            DenialReason::StartTlsUnavailable | DenialReason::TlsRequired => Stage::Helo,
+            DenialReason::ParamsNeedEhlo
+            | DenialReason::TlsMandatorySender
+            | DenialReason::ClientCert { .. }
+            | DenialReason::BinaryMime
+            | DenialReason::Limit {
+                kind: LimitKind::MessagesPerConnection | LimitKind::DeclaredSize { .. },
+                ..
+            } => Stage::Mail,
+            // Decided at RCPT as well; never logged as `Refused`, so never counted.
+            DenialReason::NeedsSmtputf8 => Stage::Mail,
+            DenialReason::RelayAttempt
+            | DenialReason::Rat { .. }
+            | DenialReason::Limit {
+                kind: LimitKind::RecipientsPerMessage | LimitKind::RecipientsPerHour { .. },
+                ..
+            } => Stage::Rcpt,
+            DenialReason::NoRecipients
+            | DenialReason::Spool { .. }
+            | DenialReason::Limit {
+                kind: LimitKind::MessageSize,
+                ..
+            } => Stage::Data,
+        }
+    }
+}
+
+impl fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenialReason::ListenerFull { max } => write!(f, "max_connections {max} reached"),
+            DenialReason::LocalError => f.write_str("local error"),
+            DenialReason::HatRefuse => f.write_str("HAT TCPREFUSE"),
+            DenialReason::HatReject => f.write_str("HAT REJECT"),
+            DenialReason::PreGreet => f.write_str("pre-greeting traffic"),
+            DenialReason::PerIpFull { max, policy, reply } => write!(
+                f,
+                "max_concurrent_connections_per_ip {max} (policy {policy}) -> {reply}"
+            ),
+            DenialReason::TooManyBadCommands { max } => {
+                write!(f, "max_bad_commands {max} exceeded")
+            }
+            DenialReason::Timeout { what } => write!(f, "{what} timeout"),
+            DenialReason::Shutdown => f.write_str("shutdown"),
+            DenialReason::StartTlsUnavailable => f.write_str("STARTTLS not offered"),
+            DenialReason::TlsRequired => f.write_str("tls required"),
+            DenialReason::ParamsNeedEhlo => f.write_str("MAIL parameters after HELO"),
+            DenialReason::TlsMandatorySender => f.write_str("tls_mandatory_senders"),
+            DenialReason::ClientCert { why } => write!(f, "tls_verify_client ({why})"),
+            DenialReason::Limit { kind, max, policy } => match kind {
+                LimitKind::MessagesPerConnection => {
+                    write!(f, "max_messages_per_connection {max} (policy {policy})")
+                }
+                LimitKind::DeclaredSize { declared } => write!(
+                    f,
+                    "max_message_size {max} < SIZE={declared} (policy {policy})"
+                ),
+                LimitKind::RecipientsPerMessage => {
+                    write!(f, "max_recipients_per_message {max} (policy {policy})")
+                }
+                LimitKind::RecipientsPerHour { ip } => write!(
+                    f,
+                    "max_recipients_per_hour {max} for {ip} (policy {policy})"
+                ),
+                LimitKind::MessageSize => write!(f, "max_message_size {max} (policy {policy})"),
+            },
+            DenialReason::BinaryMime => f.write_str("BODY=BINARYMIME without CHUNKING"),
+            DenialReason::NeedsSmtputf8 => f.write_str("non-ASCII address without SMTPUTF8"),
+            DenialReason::RelayAttempt => {
+                f.write_str("address form not accepted from non-relay senders")
+            }
+            DenialReason::Rat { rule, .. } => write!(f, "RAT {rule}"),
+            DenialReason::NoRecipients => f.write_str("no valid recipients"),
+            DenialReason::Spool { error } => write!(f, "spool error: {error}"),
+        }
+    }
+}
+
+/// Table-test helper: the code, enhanced code and label of a check's result.
+#[cfg(test)]
+pub(crate) fn outcome(r: &Result<Permit, Denial>) -> (u16, String, &'static str) {
+    let (reply, label) = match r {
+        Ok(p) => (p.reply.clone(), "permit"),
+        Err(d) => (d.reply.clone(), d.reason.label()),
+    };
+    match reply {
+        Some(r) => (
+            r.code,
+            r.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+            label,
+        ),
+        None => (0, String::new(), label),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::reply::Enhanced;
+
+    /// The log texts are the ones the mail log printed before the checks were typed.
+    #[test]
+    fn reasons_render_as_the_mail_log_always_printed_them() {
+        let lim = |kind, max| DenialReason::Limit {
+            kind,
+            max,
+            policy: "THROTTLED".into(),
+        };
+        let cases = [
+            (
+                lim(LimitKind::RecipientsPerMessage, 2),
+                "max_recipients_per_message 2 (policy THROTTLED)",
+            ),
+            (
+                lim(
+                    LimitKind::RecipientsPerHour {
+                        ip: "192.0.2.42".parse().unwrap(),
+                    },
+                    3,
+                ),
+                "max_recipients_per_hour 3 for 192.0.2.42 (policy THROTTLED)",
+            ),
+            (
+                lim(LimitKind::MessagesPerConnection, 1),
+                "max_messages_per_connection 1 (policy THROTTLED)",
+            ),
+            (
+                lim(LimitKind::DeclaredSize { declared: 5000 }, 2048),
+                "max_message_size 2048 < SIZE=5000 (policy THROTTLED)",
+            ),
+            (
+                lim(LimitKind::MessageSize, 2048),
+                "max_message_size 2048 (policy THROTTLED)",
+            ),
+            (DenialReason::TlsMandatorySender, "tls_mandatory_senders"),
+            (
+                DenialReason::ClientCert {
+                    why: "no client certificate".into(),
+                },
+                "tls_verify_client (no client certificate)",
+            ),
+            (
+                DenialReason::RelayAttempt,
+                "address form not accepted from non-relay senders",
+            ),
+            (
+                DenialReason::TooManyBadCommands { max: 3 },
+                "max_bad_commands 3 exceeded",
+            ),
+            (
+                DenialReason::Timeout {
+                    what: "command".into(),
+                },
+                "command timeout",
+            ),
+            (
+                DenialReason::PerIpFull {
+                    max: 5,
+                    policy: "ACCEPTED".into(),
+                    reply: Reply::new(421, Enhanced(4, 7, 0), "Too many"),
+                },
+                "max_concurrent_connections_per_ip 5 (policy ACCEPTED) -> 421 4.7.0 Too many",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    /// The metric labels dashboards already use, and the counter each stage feeds.
+    #[test]
+    fn labels_and_stages_of_counted_reasons() {
+        let lim = |kind| DenialReason::Limit {
+            kind,
+            max: 1,
+            policy: "P".into(),
+        };
+        let cases = [
+            (
+                DenialReason::TlsMandatorySender,
+                "tls_required",
+                Stage::Mail,
+            ),
+            (
+                DenialReason::ClientCert { why: "x".into() },
+                "client_cert",
+                Stage::Mail,
+            ),
+            (
+                lim(LimitKind::DeclaredSize { declared: 9 }),
+                "size",
+                Stage::Mail,
+            ),
+            (lim(LimitKind::MessagesPerConnection), "limit", Stage::Mail),
+            (DenialReason::RelayAttempt, "relay_attempt", Stage::Rcpt),
+            (
+                DenialReason::Rat {
+                    rcpt: "a@b".into(),
+                    rule: "default".into(),
+                },
+                "rat",
+                Stage::Rcpt,
+            ),
+            (lim(LimitKind::RecipientsPerMessage), "limit", Stage::Rcpt),
+            (
+                lim(LimitKind::RecipientsPerHour {
+                    ip: "192.0.2.1".parse().unwrap(),
+                }),
+                "limit",
+                Stage::Rcpt,
+            ),
+            (lim(LimitKind::MessageSize), "size", Stage::Data),
+        ];
+        for (reason, label, stage) in cases {
+            assert_eq!((reason.label(), reason.stage()), (label, stage), "{reason}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `RCPT TO`: every reply after the sequence check (a transaction must be open), in the order
+//! they run. The next recipient check (validation against a directory) goes here.
+
+use super::mail::{limit_denial, needs_smtputf8};
+use super::{Denial, DenialReason, LimitKind, Permit};
+use crate::policy::flow::{Action, MailFlowPolicy};
+use crate::policy::rat::RecipientAccessTable;
+use crate::smtp::address::Mailbox;
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// The address a recipient is stored under: `<postmaster>` (only it parses without a domain)
+/// must be accepted (RFC 5321 §4.5.1) and goes to the RAT's postmaster address, past the RAT.
+/// Returns the address and whether it is that postmaster.
+pub(crate) fn recipient_address(
+    to: &Mailbox,
+    rat: Option<&RecipientAccessTable>,
+) -> (String, bool) {
+    let postmaster = match to.domain.is_empty() {
+        true => rat.and_then(|r| r.postmaster()),
+        false => None,
+    };
+    match postmaster {
+        Some(p) => (p, true),
+        None => (to.address(), false),
+    }
+}
+
+/// What the RCPT decision needs.
+pub(crate) struct RcptCtx<'a> {
+    /// The session's mail-flow policy.
+    pub policy: &'a MailFlowPolicy,
+    /// The listener's recipient access table (`None` on listeners without one).
+    pub rat: Option<&'a RecipientAccessTable>,
+    /// The forward-path as parsed.
+    pub to: &'a Mailbox,
+    /// The address it is stored under ([`recipient_address`]).
+    pub addr: &'a str,
+    /// It is `<postmaster>`, resolved to the RAT's postmaster address.
+    pub postmaster: bool,
+    /// The transaction declared `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// RCPT commands already accepted in this transaction, duplicates included.
+    pub accepted: u64,
+    /// Takes one recipient from the client's hourly budget (`max_recipients_per_hour`);
+    /// false when it is spent. Called last, and only when every other check passed, because
+    /// taking counts.
+    pub take_hourly: &'a dyn Fn() -> bool,
+    /// The client address, for the log.
+    pub peer_ip: std::net::IpAddr,
+}
+
+/// The checks of `RCPT TO`, in order; `Ok` carries the 250 (or the RAT entry's own).
+pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
+    let p = ctx.policy;
+    let relay = p.action == Action::Relay;
+    if ctx.to.flags.utf8 && !ctx.smtputf8 {
+        return Err(needs_smtputf8());
+    }
+    if !relay && ctx.to.is_relay_attempt() {
+        // %-hack, quoted @, source routes, literals, trailing dots: ways to reach another domain.
+        return Err(Denial::new(
+            Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"),
+            DenialReason::RelayAttempt,
+        ));
+    }
+    let mut accept = None;
+    if !relay && !ctx.postmaster {
+        let verdict = match ctx.rat {
+            Some(rat) => rat.check(&ctx.to.local, &ctx.to.domain),
+            None => Err(crate::policy::rat::RatDenied {
+                reply: RecipientAccessTable::default_reply(),
+                rule: "no table".into(),
+            }),
+        };
+        match verdict {
+            Ok(custom) => accept = custom,
+            Err(d) => {
+                return Err(Denial::new(
+                    d.reply,
+                    DenialReason::Rat {
+                        rcpt: ctx.addr.to_owned(),
+                        rule: d.rule,
+                    },
+                ))
+            }
+        }
+    }
+    let per_msg = &p.max_recipients_per_message;
+    if per_msg.is_exceeded_by(ctx.accepted + 1) {
+        return Err(limit_denial(
+            p,
+            &per_msg.reply,
+            per_msg.max,
+            LimitKind::RecipientsPerMessage,
+        ));
+    }
+    let per_hour = &p.max_recipients_per_hour;
+    if !(ctx.take_hourly)() {
+        return Err(limit_denial(
+            p,
+            &per_hour.reply,
+            per_hour.max,
+            LimitKind::RecipientsPerHour { ip: ctx.peer_ip },
+        ));
+    }
+    Ok(Permit::with(accept.unwrap_or_else(|| {
+        Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::outcome;
+    use super::*;
+    use crate::smtp::command::{parse_command, Command};
+    use std::cell::Cell;
+
+    fn mailbox(s: &str) -> Mailbox {
+        match parse_command(format!("RCPT TO:{s}").as_bytes()) {
+            Ok(Command::Rcpt { to, .. }) => to,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn rat() -> RecipientAccessTable {
+        use crate::policy::rat::{RatAction, RatEntry, RecipientPattern};
+        RecipientAccessTable {
+            name: "t".into(),
+            entries: vec![RatEntry {
+                pattern: RecipientPattern::parse("example.com").unwrap(),
+                action: RatAction::Accept,
+                reply: None,
+            }],
+            postmaster: None,
+        }
+    }
+
+    #[test]
+    fn rcpt_table() {
+        let mut accept = MailFlowPolicy::builtin_default("P");
+        accept.max_recipients_per_message.max = Some(2);
+        let mut relay = accept.clone();
+        relay.action = Action::Relay;
+        let table = rat();
+
+        // (policy, rat, address, smtputf8, accepted so far, hourly budget left)
+        //   -> (code, enhanced, label)
+        type Row<'a> = (
+            &'a MailFlowPolicy,
+            Option<&'a RecipientAccessTable>,
+            &'a str,
+            bool,
+            u64,
+            bool,
+            (u16, &'a str, &'a str),
+        );
+        let rows: Vec<Row> = vec![
+            (
+                &accept,
+                Some(&table),
+                "<a@example.com>",
+                false,
+                0,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<a@other.example>",
+                false,
+                0,
+                true,
+                (550, "5.7.1", "rat"),
+            ),
+            (
+                &accept,
+                None,
+                "<a@example.com>",
+                false,
+                0,
+                true,
+                (550, "5.7.1", "rat"),
+            ),
+            (
+                &relay,
+                None,
+                "<a@other.example>",
+                false,
+                0,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<a%b@example.com>",
+                false,
+                0,
+                true,
+                (550, "5.7.1", "relay_attempt"),
+            ),
+            (
+                &relay,
+                None,
+                "<a%b@example.com>",
+                false,
+                0,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<δ@example.com>",
+                false,
+                0,
+                true,
+                (553, "5.6.7", "smtputf8"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<δ@example.com>",
+                true,
+                0,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<a@example.com>",
+                false,
+                1,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<a@example.com>",
+                false,
+                2,
+                true,
+                (452, "4.5.3", "limit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<a@example.com>",
+                false,
+                0,
+                false,
+                (452, "4.5.3", "limit"),
+            ),
+            (
+                &accept,
+                Some(&table),
+                "<Postmaster>",
+                false,
+                0,
+                true,
+                (250, "2.1.5", "permit"),
+            ),
+            // The order: the RAT before the limits.
+            (
+                &accept,
+                Some(&table),
+                "<a@other.example>",
+                false,
+                2,
+                false,
+                (550, "5.7.1", "rat"),
+            ),
+        ];
+        for (i, (policy, rat, to, smtputf8, accepted, budget, (code, enh, label))) in
+            rows.into_iter().enumerate()
+        {
+            let to = mailbox(to);
+            let (addr, postmaster) = recipient_address(&to, rat);
+            let taken = Cell::new(false);
+            let take = || {
+                taken.set(true);
+                budget
+            };
+            let ctx = RcptCtx {
+                policy,
+                rat,
+                to: &to,
+                addr: &addr,
+                postmaster,
+                smtputf8,
+                accepted,
+                take_hourly: &take,
+                peer_ip: "192.0.2.1".parse().unwrap(),
+            };
+            assert_eq!(
+                outcome(&check_rcpt(&ctx)),
+                (code, enh.to_string(), label),
+                "row {i}"
+            );
+            // The hourly budget is only touched when everything before it passed.
+            let reached_hourly = code == 250 || (label == "limit" && accepted < 2);
+            assert_eq!(taken.get(), reached_hourly, "row {i}");
+        }
+    }
+
+    #[test]
+    fn postmaster_goes_to_the_rat_postmaster() {
+        let table = rat();
+        let (addr, pm) = recipient_address(&mailbox("<Postmaster>"), Some(&table));
+        assert_eq!((addr.as_str(), pm), ("postmaster@example.com", true));
+        let (addr, pm) = recipient_address(&mailbox("<a@example.com>"), Some(&table));
+        assert_eq!((addr.as_str(), pm), ("a@example.com", false));
+    }
+}

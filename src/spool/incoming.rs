@@ -1,0 +1,110 @@
+//! A message being received, before it is committed to the queue.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::error::{io, out_of_space, SpoolError};
+use super::pool::Pool;
+use super::FILE_MODE;
+
+/// Bodies up to this size are kept in memory until commit (one write, no extra syscalls);
+/// larger ones spill to the temp file as they arrive, so memory stays bounded.
+pub(super) const SPILL_AT: usize = 64 * 1024;
+
+/// A message being received: buffered in memory, spilled to `tmp/` when large.
+#[derive(Debug)]
+pub struct Incoming {
+    pub(super) mid: u64,
+    /// Where the body is written: `tmp/MID.msg` when spilled, else (at commit) possibly a
+    /// recycled file in `free/`.
+    pub(super) tmp_msg: PathBuf,
+    /// Where the envelope was written, once it was.
+    pub(super) tmp_env: Option<PathBuf>,
+    pub(super) buf: Vec<u8>,
+    pub(super) file: Option<File>,
+    /// The body went to `tmp/` rather than staying in `buf`.
+    pub(super) spilled: bool,
+    pub(super) bytes: u64,
+    /// Bytes written to `file`.
+    pub(super) on_disk: u64,
+    /// Length of the recycled file the body spilled into: longer content is cut at commit.
+    pub(super) reused_len: u64,
+    pub(super) pool: Arc<Pool>,
+}
+
+impl Incoming {
+    /// Message id.
+    pub fn mid(&self) -> u64 {
+        self.mid
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True when `n` more bytes stay in memory: [`Incoming::write`] then does no I/O.
+    pub(crate) fn stays_in_memory(&self, n: usize) -> bool {
+        self.file.is_none() && self.buf.len() + n <= SPILL_AT
+    }
+
+    /// Appends body bytes; spills to disk beyond the in-memory threshold (into a recycled
+    /// file when there is one).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        self.bytes += data.len() as u64;
+        if self.file.is_none() && self.buf.len() + data.len() <= SPILL_AT {
+            self.buf.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(self.spill_file()?);
+        }
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            self.append(&buf)?;
+        }
+        self.append(data)
+    }
+
+    /// Opens the file the body spills into: a recycled one, else a new one in `tmp/`.
+    fn spill_file(&mut self) -> Result<File, SpoolError> {
+        while let Some((p, e)) = self.pool.take(false) {
+            match OpenOptions::new().write(true).open(&p) {
+                Ok(f) => {
+                    self.tmp_msg = p;
+                    self.reused_len = e.len;
+                    return Ok(f);
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&self.tmp_msg)
+            .map_err(io("create", &self.tmp_msg))
+    }
+
+    /// Writes at the end of the spilled body; when the disk is full, empties the pool of
+    /// recycled files and tries once more.
+    pub(super) fn append(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        let mut result = file.write_all(data);
+        if matches!(&result, Err(e) if out_of_space(e)) && self.pool.drain() > 0 {
+            result = file
+                .seek(SeekFrom::Start(self.on_disk))
+                .and_then(|_| file.write_all(data));
+        }
+        result.map_err(io("write", &self.tmp_msg))?;
+        self.on_disk += data.len() as u64;
+        Ok(())
+    }
+}
