@@ -35,3 +35,4 @@ pub mod policy;
 pub mod relay;
 pub mod smtp;
 pub mod spool;
+pub mod validate;

@@ -20,6 +20,8 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import yaml' 2>/dev/null || need+=(python3 python3-yaml)
 # HAProxy sends PROXY v1/v2 headers in the load-balancer tests.
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# A private OpenLDAP slapd answers the ldap: recipient-validation tests (tests/validate_ldap.rs).
+[ -x /usr/sbin/slapd ] || need+=(slapd ldap-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo_cmd=""
@@ -30,6 +32,8 @@ if [ ${#need[@]} -gt 0 ]; then
   # "No configuration", and no service is started while installing (policy-rc.d, Debian's
   # switch for that), unless the machine already has a policy of its own.
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo_cmd debconf-set-selections
+  # slapd likewise: no default directory of its own (the tests build theirs).
+  echo "slapd slapd/no_configuration boolean true" | $sudo_cmd debconf-set-selections
   own_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null

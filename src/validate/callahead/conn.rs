@@ -1,0 +1,234 @@
+//! One probe connection to the internal server: the socket with its read buffer, replies
+//! parsed with the relay client's sans-IO [`ReplyParser`], and the two exchanges of a probe:
+//! [`ProbeConn::open`] (greeting, EHLO or HELO) and [`ProbeConn::ask`] (RSET when needed,
+//! MAIL, RCPT).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::relay::client::ReplyParser;
+use crate::smtp::reply::Reply;
+
+use crate::validate::verdict::{Answer, TempFailCause, Verdict};
+
+/// Longest reply line read from the internal server.
+const MAX_LINE: usize = 4096;
+
+/// A failed step on a probe connection.
+#[derive(Debug)]
+pub(super) enum StepError {
+    Io(io::Error),
+    Closed,
+    Protocol(String),
+}
+
+impl StepError {
+    /// The tempfail cause it maps to.
+    pub(super) fn cause(&self) -> TempFailCause {
+        match self {
+            StepError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                TempFailCause::Refused
+            }
+            StepError::Io(_) | StepError::Closed => TempFailCause::Io,
+            StepError::Protocol(_) => TempFailCause::Protocol,
+        }
+    }
+
+    /// Text for the log.
+    pub(super) fn text(&self) -> String {
+        match self {
+            StepError::Io(e) => e.to_string(),
+            StepError::Closed => "connection closed by server".into(),
+            StepError::Protocol(m) => m.clone(),
+        }
+    }
+}
+
+/// A reply for the log: code, enhanced code and text on one line.
+fn reply_text(r: &Reply) -> String {
+    let text = r.text.replace('\n', " ");
+    match r.enhanced {
+        Some(e) => format!("{} {e} {text}", r.code),
+        None => format!("{} {text}", r.code),
+    }
+}
+
+/// The verdict of a RCPT reply.
+pub fn classify_rcpt(code: u16) -> Verdict {
+    match code {
+        250..=252 => Verdict::Valid,
+        500..=599 => Verdict::Invalid,
+        400..=499 => Verdict::TempFail(TempFailCause::Server4xx),
+        _ => Verdict::TempFail(TempFailCause::Protocol),
+    }
+}
+
+/// True when `s` can go between `<` and `>` of a command without changing it: addresses
+/// come from the session's parser, but a CR, LF or bracket here would inject commands
+/// into the internal server's session.
+pub(super) fn is_safe_path(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() || c == '<' || c == '>')
+}
+
+/// One open connection to the internal server, past EHLO.
+pub(super) struct ProbeConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// When it last finished a probe (idle connections expire).
+    pub(super) last_used: Instant,
+    /// RCPTs sent on it.
+    pub(super) probes: u32,
+    /// RCPTs refused on it (4xx/5xx): the server's error count for the session.
+    pub(super) refusals: u32,
+    /// A MAIL was accepted since the last RSET: the next probe starts with RSET.
+    in_transaction: bool,
+}
+
+impl ProbeConn {
+    async fn read_reply(&mut self) -> Result<Reply, StepError> {
+        let mut parser = ReplyParser::default();
+        loop {
+            while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if let Some(r) = parser.push_line(line).map_err(StepError::Protocol)? {
+                    return Ok(r);
+                }
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(StepError::Protocol("reply line too long".into()));
+            }
+            let mut chunk = [0u8; 2048];
+            let n = self.stream.read(&mut chunk).await.map_err(StepError::Io)?;
+            if n == 0 {
+                return Err(StepError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Writes `cmd` and reads its reply.
+    pub(super) async fn command(&mut self, cmd: &str) -> Result<Reply, StepError> {
+        self.stream
+            .write_all(cmd.as_bytes())
+            .await
+            .map_err(StepError::Io)?;
+        self.read_reply().await
+    }
+
+    /// Closes the write side (after QUIT).
+    pub(super) async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Connects to `dest`, reads the greeting and says EHLO (HELO when EHLO is refused with
+    /// 5xx); `connects` counts the TCP connections made.
+    pub(super) async fn open(
+        dest: SocketAddr,
+        helo: &str,
+        connects: &AtomicU64,
+    ) -> Result<ProbeConn, Answer> {
+        let fail = |e: StepError, stage: &str| {
+            Answer::temp(e.cause(), format!("probe {dest}: {stage}: {}", e.text()))
+        };
+        let stream = TcpStream::connect(dest)
+            .await
+            .map_err(|e| fail(StepError::Io(e), "connect"))?;
+        connects.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let mut c = ProbeConn {
+            stream,
+            buf: Vec::new(),
+            last_used: Instant::now(),
+            probes: 0,
+            refusals: 0,
+            in_transaction: false,
+        };
+        let refused = |r: &Reply, stage: &str| {
+            Answer::temp(
+                TempFailCause::SessionRefused,
+                format!("probe {dest}: {stage}: {}", reply_text(r)),
+            )
+        };
+        let greeting = c.read_reply().await.map_err(|e| fail(e, "greeting"))?;
+        if greeting.code != 220 {
+            return Err(refused(&greeting, "greeting"));
+        }
+        let ehlo = c
+            .command(&format!("EHLO {helo}\r\n"))
+            .await
+            .map_err(|e| fail(e, "EHLO"))?;
+        if ehlo.code / 100 == 2 {
+            return Ok(c);
+        }
+        if ehlo.code / 100 != 5 {
+            return Err(refused(&ehlo, "EHLO"));
+        }
+        let r = c
+            .command(&format!("HELO {helo}\r\n"))
+            .await
+            .map_err(|e| fail(e, "HELO"))?;
+        if r.code / 100 == 2 {
+            Ok(c)
+        } else {
+            Err(refused(&r, "HELO"))
+        }
+    }
+
+    /// RSET (when needed), `MAIL FROM:<mail_from>` and `RCPT TO:<address>`; `sent` counts
+    /// the RCPTs. On success, the answer and the connection (reusable). On failure, the error
+    /// and whether the RCPT was already sent (then a retry on a new connection would probe
+    /// twice).
+    pub(super) async fn ask(
+        mut self,
+        dest: SocketAddr,
+        mail_from: &str,
+        address: &str,
+        sent: &AtomicU64,
+    ) -> Result<(Answer, ProbeConn), (StepError, bool)> {
+        if self.in_transaction {
+            let r = self.command("RSET\r\n").await.map_err(|e| (e, false))?;
+            if r.code / 100 != 2 {
+                return Err((
+                    StepError::Protocol(format!("RSET answered {}", reply_text(&r))),
+                    false,
+                ));
+            }
+            self.in_transaction = false;
+        }
+        let r = self
+            .command(&format!("MAIL FROM:<{mail_from}>\r\n"))
+            .await
+            .map_err(|e| (e, false))?;
+        if r.code / 100 != 2 {
+            // No transaction was opened: the connection stays usable.
+            let a = Answer::temp(
+                TempFailCause::MailRefused,
+                format!(
+                    "probe {dest}: MAIL FROM:<{mail_from}> refused: {}",
+                    reply_text(&r)
+                ),
+            );
+            return Ok((a, self));
+        }
+        self.in_transaction = true;
+        sent.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .command(&format!("RCPT TO:<{address}>\r\n"))
+            .await
+            .map_err(|e| (e, true))?;
+        self.probes += 1;
+        if r.code >= 400 {
+            self.refusals += 1;
+        }
+        let verdict = classify_rcpt(r.code);
+        let detail = format!("probe {dest}: {}", reply_text(&r));
+        Ok((Answer::new(verdict, detail), self))
+    }
+}
