@@ -390,6 +390,11 @@ async fn trust_05_a_second_server_on_the_same_spool_is_refused() {
         err.contains(&format!("is in use by mxgate pid {pid}")),
         "the refusal names the running server: {err}"
     );
+    assert_eq!(
+        err.matches("is in use by").count(),
+        1,
+        "the refusal is said once: {err}"
+    );
     // The first server keeps its pid file and control socket, and still serves.
     assert_eq!(
         std::fs::read_to_string(spool.join("mxgate.pid")).unwrap(),

@@ -71,7 +71,7 @@ fn trust_17_check_refuses_a_missing_certificate_file_naming_the_listener() {
     assert!(
         text.contains("listener inbound: certificate file ")
             && text.contains("certs/mx.crt not found")
-            && text.contains("mxgate certs new mx"),
+            && text.contains("mxgate certs new-self-signed mx"),
         "{text}"
     );
     assert!(!text.contains("configuration OK"), "{text}");

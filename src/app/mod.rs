@@ -32,9 +32,10 @@ use crate::spool::{Spool, SpoolError};
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Spool directory unusable.
+    /// Spool directory unusable (the cause in the message, not a `source`: `mxgate: {e:#}`
+    /// would print it twice).
     #[error("spool: {0}")]
-    Spool(#[from] SpoolError),
+    Spool(SpoolError),
     /// Mail log unusable.
     #[error(transparent)]
     MailLog(#[from] MailLogError),
@@ -63,6 +64,12 @@ pub enum AppError {
     /// The signal handlers (stop, reload, reopen) could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+}
+
+impl From<SpoolError> for AppError {
+    fn from(e: SpoolError) -> Self {
+        AppError::Spool(e)
+    }
 }
 
 /// Ids from the spool's persistent counters, time from the system clock.
@@ -472,7 +479,7 @@ pub fn check_tls_files(config: &Config) -> Vec<String> {
             problem = match missing {
                 Some((what, path)) => Some(format!(
                     "{what} file {} not found: `mxgate certs list` shows what is installed; \
-                     `mxgate certs new {n}` makes a self-signed one, `mxgate certs csr {n}` then \
+                     `mxgate certs new-self-signed {n}` makes a self-signed one, `mxgate certs csr {n}` then \
                      `mxgate certs install {n} --cert SIGNED` a CA-signed one",
                     path.display(),
                     n = name.as_deref().unwrap_or("NAME")
