@@ -83,6 +83,16 @@ pub enum Event {
         /// The address.
         rcpt: String,
     },
+    /// A recipient refused by an LDAP accept query (ESA's line; the `refused:` line that
+    /// follows says why).
+    LdapAcceptRejected {
+        /// Connection id.
+        icid: u64,
+        /// Message id.
+        mid: u64,
+        /// The address.
+        rcpt: String,
+    },
     /// MAIL FROM accepted: a message id starts.
     StartMid {
         /// Message id.
@@ -302,6 +312,7 @@ impl Event {
             Event::TlsRequiredNotInitiated { .. } => "tls_required_not_initiated",
             Event::Refused { .. } => "refused",
             Event::RatRejected { .. } => "rat_rejected",
+            Event::LdapAcceptRejected { .. } => "ldap_accept_rejected",
             Event::StartMid { .. } => "start_mid",
             Event::From { .. } => "from",
             Event::To { .. } => "to",
@@ -364,6 +375,7 @@ impl Event {
             }
             Event::Refused { icid, mid: None, what, reason } => format!("mxgate: ICID {icid} {what} refused: {reason}"),
             Event::RatRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by RAT"),
+            Event::LdapAcceptRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by LDAPACCEPT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
