@@ -195,8 +195,15 @@ impl Running {
     pub fn apply(&self, config: &Config) -> Result<(), AppError> {
         // `dns:` applies to new connections and the next delivery connections.
         let resolver = ReverseResolver::new(&config.global.dns)?;
+        // Re-read too: the client certificate and the CA bundles (a renewed file behind an
+        // unchanged path is read again).
+        let outbound = Arc::new(outbound_tls(config)?);
         let shared = Shared {
-            validator: self.validation.validator(config, delivery_hostname(config)),
+            validator: self.validation.validator(
+                config,
+                delivery_hostname(config),
+                outbound.clone(),
+            ),
             ..self.shared.clone()
         };
         if config.validation.cache != *self.validation.cache.settings() {
@@ -242,9 +249,6 @@ impl Running {
                 ));
             }
         }
-        // Re-read too: the client certificate and the CA bundles (a renewed file behind an
-        // unchanged path is read again).
-        let outbound = Arc::new(outbound_tls(config)?);
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
@@ -384,7 +388,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let queue = start_queue(config, &spool, &mail_log)?;
     let validation = validation::ValidationRuntime::start(config, &mail_log);
     let shared = Shared {
-        validator: validation.validator(config, delivery_hostname(config)),
+        validator: validation.validator(
+            config,
+            delivery_hostname(config),
+            Arc::new(outbound_tls(config)?),
+        ),
         resolver,
         rate,
         spool: spool.clone(),

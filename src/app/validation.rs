@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::model::Config;
 use crate::mail_log::{Event, Level, MailLog};
+use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::validate::cache::VerdictCache;
 use crate::validate::destination::{SystemClocks, ValidationClock};
 use crate::validate::persist;
@@ -93,13 +94,20 @@ impl ValidationRuntime {
     }
 
     /// The validator of `config`, around the shared cache.
-    pub(crate) fn validator(&self, config: &Config, helo_name: String) -> Arc<Validator> {
+    pub(crate) fn validator(
+        &self,
+        config: &Config,
+        helo_name: String,
+        tls: Arc<OutboundTlsContext>,
+    ) -> Arc<Validator> {
         let clock: Arc<dyn ValidationClock> = Arc::new(SystemClocks);
         Arc::new(Validator::new(
             ValidatorConfig {
                 settings: config.validation.clone(),
                 routes: config.routes.clone(),
                 helo_name,
+                destinations: config.destinations.clone(),
+                tls,
             },
             self.cache.clone(),
             clock,

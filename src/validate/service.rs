@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use super::breaker::Transition;
 use super::cache::VerdictCache;
-use super::callahead::{CallaheadSettings, ProbePool};
+use super::callahead::{CallaheadSettings, ProbePool, ProbeTls};
 use super::destination::{Checked, Destination, Method, Source, ValidationClock};
 use super::ldap::{LdapDirectory, LdapSettings};
 use super::rule::{ValidationMethod, ValidationRequest};
 use super::settings::ValidationSettings;
 use super::verdict::{Answer, TempFailCause};
-use crate::config::outbound::{Route, RouteTable};
+use crate::config::outbound::{DestinationControls, Route, RouteTable};
+use crate::relay::outbound_tls::OutboundTlsContext;
 
 /// What a lookup needs from the configuration.
 #[derive(Debug, Clone)]
@@ -26,6 +27,10 @@ pub struct ValidatorConfig {
     pub routes: Arc<RouteTable>,
     /// The name probes send in EHLO (the delivery host name).
     pub helo_name: String,
+    /// Per-domain outbound controls: a probe uses the TLS mode delivery would.
+    pub destinations: Arc<DestinationControls>,
+    /// Outbound TLS (roots, client certificate), as delivery has it.
+    pub tls: Arc<OutboundTlsContext>,
 }
 
 /// The validator of one configuration.
@@ -52,16 +57,17 @@ fn route_id(route: &Route) -> String {
 
 /// The first host of a route, resolved (IP literals as they are; names through the system
 /// resolver, so `/etc/hosts` works for the internal server as it does for delivery).
-async fn first_host(route: &Route) -> Result<SocketAddr, String> {
+async fn first_host(route: &Route) -> Result<(String, SocketAddr), String> {
     let host = route.hosts.first().ok_or("route has no host")?;
     if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, host.port));
+        return Ok((host.host.clone(), SocketAddr::new(ip, host.port)));
     }
-    tokio::net::lookup_host((host.host.as_str(), host.port))
+    let addr = tokio::net::lookup_host((host.host.as_str(), host.port))
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", host.host))?
         .next()
-        .ok_or_else(|| format!("{} has no address", host.host))
+        .ok_or_else(|| format!("{} has no address", host.host))?;
+    Ok((host.host.clone(), addr))
 }
 
 /// A tempfail answered without asking anyone.
@@ -193,14 +199,23 @@ impl Validator {
         if let Some(d) = lock(&self.callahead).get(&id) {
             return Ok(d.clone());
         }
-        let addr = first_host(route).await.map_err(|e| format!("{id}: {e}"))?;
+        let (host, addr) = first_host(route).await.map_err(|e| format!("{id}: {e}"))?;
         let settings = CallaheadSettings {
             helo_name: self.config.helo_name.clone(),
             ..self.config.settings.callahead.clone()
         };
+        // The TLS mode of the domain's destination control, as delivery uses it (a route
+        // covering several domains takes the first recipient domain's).
+        let tls = ProbeTls::for_route_host(
+            &self.config.destinations,
+            self.config.tls.clone(),
+            &domain,
+            &host,
+            addr,
+        );
         let mut d = Destination::new(
             id.clone(),
-            Method::Callahead(ProbePool::new(addr, settings)),
+            Method::Callahead(ProbePool::with_tls(settings, tls)),
             self.config.settings.callahead_breaker,
         );
         if self.config.settings.detect_catch_all {
