@@ -29,6 +29,7 @@ use crate::relay::schedule::RetryPolicy;
 use crate::relay::worker::WorkerContext;
 use crate::smtp::session::SessionEnv;
 use crate::spool::{Spool, SpoolError};
+use crate::validate::control::LiveRecipients;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,8 @@ pub struct Running {
     queue_task: tokio::task::JoinHandle<()>,
     control_task: tokio::task::JoinHandle<()>,
     validation: validation::ValidationRuntime,
+    /// What the control socket's recipient verbs see (replaced on reload).
+    recipients: Arc<ArcSwap<LiveRecipients>>,
 }
 
 /// One listener's swappable context: new connections take the current one.
@@ -252,6 +255,8 @@ impl Running {
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
+        let live = LiveRecipients::new(config, shared.validator.clone());
+        self.recipients.store(Arc::new(live));
         self.shared
             .queue
             .send(crate::relay::queue::Command::Reconfigure(Box::new(
@@ -385,14 +390,17 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         }
         None => (None, None),
     };
-    let queue = start_queue(config, &spool, &mail_log)?;
     let validation = validation::ValidationRuntime::start(config, &mail_log);
+    let validator = validation.validator(
+        config,
+        delivery_hostname(config),
+        Arc::new(outbound_tls(config)?),
+    );
+    let live = LiveRecipients::new(config, validator.clone());
+    let recipients = Arc::new(ArcSwap::from_pointee(live));
+    let queue = start_queue(config, &spool, &mail_log, recipients.clone())?;
     let shared = Shared {
-        validator: validation.validator(
-            config,
-            delivery_hostname(config),
-            Arc::new(outbound_tls(config)?),
-        ),
+        validator,
         resolver,
         rate,
         spool: spool.clone(),
@@ -459,6 +467,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         queue_task: queue.task,
         control_task: queue.control,
         validation,
+        recipients,
     })
 }
 
@@ -470,7 +479,7 @@ struct QueueParts {
 }
 
 /// The name the relay says in EHLO and signs DSNs with.
-fn delivery_hostname(config: &Config) -> String {
+pub(crate) fn delivery_hostname(config: &Config) -> String {
     config
         .global
         .delivery
@@ -543,7 +552,7 @@ pub fn check_tls_files(config: &Config) -> Vec<String> {
 
 /// Outbound TLS as configured: the client certificate read now, and every destination's
 /// `ca_file` loaded now, so a bad file fails start-up or the reload rather than a delivery.
-fn outbound_tls(config: &Config) -> Result<OutboundTlsContext, AppError> {
+pub(crate) fn outbound_tls(config: &Config) -> Result<OutboundTlsContext, AppError> {
     if config.destinations.client_certificate.as_deref() == Some("demo") {
         tls::ensure_demo_certificate(&config.global.certs_dir, &delivery_hostname(config))?;
     }
@@ -576,6 +585,7 @@ fn start_queue(
     config: &Config,
     spool: &Arc<Spool>,
     log: &Arc<MailLog>,
+    recipients: Arc<ArcSwap<LiveRecipients>>,
 ) -> Result<QueueParts, AppError> {
     let hostname = delivery_hostname(config);
     let worker = Arc::new(WorkerContext {
@@ -603,7 +613,13 @@ fn start_queue(
     // Bind now so a failure is a start-up error, not a silent background one.
     let _ = std::fs::remove_file(&path);
     let control = match tokio::net::UnixListener::bind(&path) {
-        Ok(listener) => tokio::spawn(control::serve(listener, handle.clone())),
+        Ok(listener) => {
+            let targets = control::ControlTargets {
+                queue: handle.clone(),
+                recipients,
+            };
+            tokio::spawn(control::serve(listener, targets))
+        }
         Err(e) => {
             // The gateway still works; only `mxgate queue retry|delete|bounce` cannot reach it.
             log.log(&Event::Note {

@@ -1,10 +1,12 @@
 //! The `mxgate` command line: arguments, and one module per command family.
 //! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
-//! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket);
-//! `certs` lives in the library (`mxgate::certs::cli`).
+//! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket),
+//! `recipients` (`recipients check`, `recipients cache list|flush`); `certs` lives in the
+//! library (`mxgate::certs::cli`).
 
 mod hat;
 mod queue;
+mod recipients;
 mod serve;
 mod tables;
 
@@ -60,6 +62,59 @@ enum Cmd {
     Certs {
         #[command(subcommand)]
         command: mxgate::certs::cli::CertsCmd,
+    },
+    /// Recipient validation: check an address, inspect and flush the verdict cache.
+    Recipients {
+        #[command(subcommand)]
+        command: RecipientsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RecipientsCmd {
+    /// What the running configuration answers for ADDRESS, and why: RAT entry, method,
+    /// breaker, cached or asked now, and the reply a client gets.
+    Check {
+        /// Recipient address (`<>` optional; `postmaster` alone is `<postmaster>`).
+        address: String,
+        /// Listener whose RAT to use (default: the first listener with a RAT).
+        #[arg(long)]
+        listener: Option<String>,
+        /// Ask the internal server or directory even when the cache has an answer (without
+        /// a running server: probe from this command).
+        #[arg(long)]
+        no_cache: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// The running server's verdict cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCmd {
+    /// List cached answers: method, verdict, stored and expiry times (UTC), address.
+    List {
+        /// Valid answers only.
+        #[arg(long, conflicts_with = "invalid")]
+        valid: bool,
+        /// Invalid answers only.
+        #[arg(long)]
+        invalid: bool,
+        /// One address, or `@DOMAIN` for every address at a domain.
+        address: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Forget cached answers (all of them without ADDRESS); says how many were removed.
+    Flush {
+        /// One address, or `@DOMAIN` for every address at a domain.
+        address: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -329,6 +384,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Queue { command } => queue::queue_command(command),
+        Cmd::Recipients { command } => recipients::recipients_command(command),
         Cmd::Reload(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));

@@ -1,22 +1,36 @@
-//! Queue administration: the running server's control socket (`spool/control.sock`) and
-//! read-only views of the spool for `mxgate queue list|show`.
+//! The running server's control socket (`spool/control.sock`): one line in, the answer out,
+//! dispatched by verb — the queue's here (`retry`, `delete`, `bounce`), recipient
+//! validation's in [`crate::validate::control`] — and read-only views of the spool for
+//! `mxgate queue list|show`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use crate::envelope::Envelope;
 use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
+use crate::validate::control::{self as recipients, LiveRecipients};
 
 /// The control socket's path inside a spool directory.
 pub(crate) fn socket_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("control.sock")
 }
 
-/// Serves `retry all|MID`, `delete MID`, `bounce MID` on a bound socket until aborted.
-pub async fn serve(listener: UnixListener, handle: QueueHandle) {
+/// What the control socket steers.
+#[derive(Clone)]
+pub struct ControlTargets {
+    /// The queue manager.
+    pub queue: QueueHandle,
+    /// Recipient validation of the current configuration (the server swaps it on reload).
+    pub recipients: Arc<ArcSwap<LiveRecipients>>,
+}
+
+/// Serves the control verbs on a bound socket until aborted.
+pub async fn serve(listener: UnixListener, targets: ControlTargets) {
     if let Ok(addr) = listener.local_addr() {
         if let Some(path) = addr.as_pathname() {
             use std::os::unix::fs::PermissionsExt;
@@ -29,7 +43,7 @@ pub async fn serve(listener: UnixListener, handle: QueueHandle) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let handle = handle.clone();
+        let targets = targets.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -37,16 +51,26 @@ pub async fn serve(listener: UnixListener, handle: QueueHandle) {
             if r.read_line(&mut line).await.is_err() {
                 return;
             }
-            let answer = execute(&handle, line.trim()).await;
+            let answer = execute(&targets, line.trim()).await;
             let _ = w.write_all(answer.as_bytes()).await;
         });
     }
 }
 
-async fn execute(handle: &QueueHandle, line: &str) -> String {
-    let mut words = line.split_whitespace();
-    let verb = words.next().unwrap_or("");
-    let arg = words.next().unwrap_or("");
+/// Answers one line: the first word is the verb.
+async fn execute(targets: &ControlTargets, line: &str) -> String {
+    let (verb, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    if recipients::is_verb(verb) {
+        // The configuration of the moment; a reload during the lookup does not change it.
+        let live = targets.recipients.load_full();
+        return recipients::execute(&live, verb, rest).await;
+    }
+    queue_verb(&targets.queue, verb, rest).await
+}
+
+/// `retry all|MID`, `delete MID`, `bounce MID`.
+async fn queue_verb(handle: &QueueHandle, verb: &str, rest: &str) -> String {
+    let arg = rest.split_whitespace().next().unwrap_or("");
     let mid = arg.parse::<u64>().ok();
     match (verb, arg, mid) {
         ("retry", "all", _) | ("retry", _, Some(_)) => {
@@ -76,7 +100,10 @@ async fn execute(handle: &QueueHandle, line: &str) -> String {
                 _ => format!("error MID {m} is not queued or is being delivered right now\n"),
             }
         }
-        _ => "error usage: retry all|MID, delete MID, bounce MID\n".into(),
+        _ => format!(
+            "error usage: retry all|MID, delete MID, bounce MID, {}\n",
+            recipients::USAGE
+        ),
     }
 }
 

@@ -15,10 +15,13 @@
 //! - [`breaker`]: the pure circuit breaker of one destination.
 //! - [`destination`]: a method with its breaker in front of the cache (the order of a
 //!   lookup: cache, breaker, method, cache store, breaker record).
+//! - [`control`]: the control socket's `validate`, `cache-list` and `cache-flush` verbs
+//!   (`mxgate recipients ...`).
 
 pub mod breaker;
 pub mod cache;
 pub mod callahead;
+pub mod control;
 pub mod destination;
 pub mod ldap;
 pub mod list;

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Validator {
 }
 
 /// The method id (first part of a cache key) of a call-ahead to `route`.
-fn route_id(route: &Route) -> String {
+pub fn route_id(route: &Route) -> String {
     format!("callahead:{}", route.domain)
 }
 
