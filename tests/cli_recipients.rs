@@ -405,4 +405,23 @@ async fn check_list_and_flush_ask_the_running_server() {
         list.ends_with("-- 0 entries shown; the cache holds 0 valid and 0 invalid\n"),
         "{list}"
     );
+
+    // After a reload the control socket answers with the new configuration.
+    let rat = cfg.path().join("policies/rat.yaml");
+    let text = std::fs::read_to_string(&rat).unwrap();
+    let refuse = "  entries:\n    - recipient: nobody@example.com\n      action: reject\n";
+    std::fs::write(&rat, text.replacen("  entries:\n", refuse, 1)).unwrap();
+    let mark = m.log_mark();
+    let (ok, out, err) = run(&mut m.ctl(&["reload"]));
+    assert!(ok, "{out}{err}");
+    m.wait_log_after(mark, "configuration reloaded");
+    let out = check("nobody@example.com");
+    assert_eq!(
+        line(&out, "entry"),
+        "entry     entry 0 nobody@example.com (policies/rat.yaml:3:7), action reject"
+    );
+    assert_eq!(
+        line(&out, "reply"),
+        "reply     550 5.7.1 Recipient address rejected"
+    );
 }

@@ -10,6 +10,7 @@
 //! configuration; the server replaces it on reload.
 
 pub mod check;
+mod explain;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
