@@ -7,14 +7,14 @@
 //! breakers ([`check_live`]); without one the CLI answers from the configuration directory
 //! and the cache file, and probes only when asked to ([`check_offline`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::explain::{accepted, describe_method, explain, method_id, pattern_text, Decision};
 use super::{utc, LiveRecipients, RecipientView};
 use crate::config::model::Config;
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::validate::cache::{Hit, VerdictCache};
+use crate::validate::cache::{CacheSettings, Hit, VerdictCache};
 use crate::validate::destination::{Checked, Source, SystemClocks, ValidationClock};
 use crate::validate::rule::{OnTempFail, RecipientValidation, ValidationMethod, ValidationRequest};
 use crate::validate::service::{transition_text, Validator, ValidatorConfig};
@@ -95,18 +95,11 @@ enum Asker<'a> {
     Server(&'a Validator),
     /// A validator of the CLI's own (no server runs; `--no-cache`).
     Cli(Validator),
-    /// The cache file (no server runs).
-    File(PathBuf),
-}
-
-impl Asker<'_> {
-    fn validator(&self) -> Option<&Validator> {
-        match self {
-            Asker::Server(v) => Some(v),
-            Asker::Cli(v) => Some(v),
-            Asker::File(_) => None,
-        }
-    }
+    /// The cache file (no server runs), read with the configuration's cache settings.
+    File {
+        path: PathBuf,
+        settings: CacheSettings,
+    },
 }
 
 /// The reply of a validated recipient.
@@ -155,8 +148,7 @@ fn cached_text((h, catch_all): (Hit, bool), address: &str) -> String {
     )
 }
 
-/// Asks (or reads the cache file) for a callahead or ldap rule, and writes the breaker,
-/// answer, detail, cached and reply lines.
+/// Answers a callahead or ldap rule: the breaker, answer, detail, cached and reply lines.
 async fn answer(
     r: &mut Report,
     asker: &Asker<'_>,
@@ -165,54 +157,76 @@ async fn answer(
     accept: Option<&Reply>,
     no_cache: bool,
 ) {
-    let rule = &req.rule;
-    let now = SystemClocks.unix();
-    let Some(v) = asker.validator() else {
-        let Asker::File(path) = asker else { return };
-        let cache = VerdictCache::new(crate::validate::cache::CacheSettings::default());
-        let loaded = crate::validate::persist::load(&cache, path, now, |_| true);
-        r.line("breaker", "unknown (no running server)");
-        match (
-            loaded,
-            id.and_then(|id| cached(&cache, id, &req.address, now)),
-        ) {
-            (Ok(_), Some(hit)) => {
-                r.line(
-                    "answer",
-                    format!(
-                        "{}, from the cache file {} (nothing asked)",
-                        hit.0.verdict.label(),
-                        path.display()
-                    ),
-                );
-                r.line("cached", cached_text(hit, &req.address));
-                r.line("reply", reply_for(rule, accept, hit.0.verdict));
-            }
-            (loaded, _) => {
-                let why = match loaded {
-                    Ok(_) => format!("not in the cache file {}", path.display()),
-                    Err(e) => format!("the cache file cannot be read ({e})"),
-                };
-                r.line(
-                    "answer",
-                    format!("unknown: {why}; the server asks at the first RCPT (--no-cache probes from here)"),
-                );
-                let tempfail = reply_for(rule, accept, Verdict::TempFail(TempFailCause::Timeout));
-                r.line(
-                    "reply",
-                    format!(
-                        "{} if valid, {} if invalid, {tempfail} without an answer",
-                        accepted(accept),
-                        rule.invalid_reply
-                    ),
-                );
-            }
+    match asker {
+        Asker::File { path, settings } => from_file(r, path, settings, id, req, accept),
+        Asker::Server(v) => lookup(r, v, false, id, req, accept, no_cache).await,
+        Asker::Cli(v) => lookup(r, v, true, id, req, accept, true).await,
+    }
+}
+
+/// The answer of the cache file, nothing asked (no server runs).
+fn from_file(
+    r: &mut Report,
+    path: &Path,
+    settings: &CacheSettings,
+    id: Option<&str>,
+    req: &ValidationRequest,
+    accept: Option<&Reply>,
+) {
+    let (rule, now) = (&req.rule, SystemClocks.unix());
+    let cache = VerdictCache::new(settings.clone());
+    let loaded = crate::validate::persist::load(&cache, path, now, |_| true);
+    r.line("breaker", "unknown (no running server)");
+    let hit = id.and_then(|id| cached(&cache, id, &req.address, now));
+    match (loaded, hit) {
+        (Ok(_), Some(hit)) => {
+            let verdict = hit.0.verdict;
+            r.line(
+                "answer",
+                format!(
+                    "{}, from the cache file {} (nothing asked)",
+                    verdict.label(),
+                    path.display()
+                ),
+            );
+            r.line("cached", cached_text(hit, &req.address));
+            r.line("reply", reply_for(rule, accept, verdict));
         }
-        return;
-    };
-    let checked: Checked = match asker {
-        Asker::Server(_) if !no_cache => v.validate(req).await,
-        _ => v.validate_uncached(req).await,
+        (loaded, _) => {
+            let why = match loaded {
+                Ok(_) => format!("not in the cache file {}", path.display()),
+                Err(e) => format!("the cache file cannot be read ({e})"),
+            };
+            r.line(
+                "answer",
+                format!("unknown: {why}; the server asks at the first RCPT (--no-cache probes from here)"),
+            );
+            let tempfail = reply_for(rule, accept, Verdict::TempFail(TempFailCause::Timeout));
+            r.line(
+                "reply",
+                format!(
+                    "{} if valid, {} if invalid, {tempfail} without an answer",
+                    accepted(accept),
+                    rule.invalid_reply
+                ),
+            );
+        }
+    }
+}
+
+/// The answer of `v` (the server's validator, or the CLI's own when `from_cli`).
+async fn lookup(
+    r: &mut Report,
+    v: &Validator,
+    from_cli: bool,
+    id: Option<&str>,
+    req: &ValidationRequest,
+    accept: Option<&Reply>,
+    no_cache: bool,
+) {
+    let checked: Checked = match no_cache {
+        false => v.validate(req).await,
+        true => v.validate_uncached(req).await,
     };
     if let Some(id) = id {
         let state = match v.breakers().into_iter().find(|(d, _)| d == id) {
@@ -228,14 +242,14 @@ async fn answer(
             None => r.line("breaker", state),
         }
     }
-    let how = match (asker, checked.source) {
-        (_, Source::Cache { .. }) => "from the cache",
-        (_, Source::Breaker) => "nothing asked (breaker open)",
-        (Asker::Cli(_), Source::Lookup) => {
+    let how = match checked.source {
+        Source::Cache { .. } => "from the cache",
+        Source::Breaker => "nothing asked (breaker open)",
+        Source::Lookup if from_cli => {
             "probed from the CLI now (no running server; its cache file is not changed)"
         }
-        (_, Source::Lookup) if no_cache => "asked now (cache bypassed)",
-        (_, Source::Lookup) => "asked now",
+        Source::Lookup if no_cache => "asked now (cache bypassed)",
+        Source::Lookup => "asked now",
     };
     let verdict = checked.answer.verdict;
     r.line("answer", format!("{}, {how}", verdict_text(verdict)));
@@ -243,7 +257,7 @@ async fn answer(
         r.line("detail", &checked.answer.detail);
     }
     if let Some(id) = id {
-        match cached(v.cache(), id, &req.address, now) {
+        match cached(v.cache(), id, &req.address, SystemClocks.unix()) {
             Some(hit) => r.line("cached", cached_text(hit, &req.address)),
             None if verdict.is_temporary() => {
                 r.line("cached", "no entry (tempfails are never cached)")
@@ -251,7 +265,7 @@ async fn answer(
             None => r.line("cached", "no entry"),
         }
     }
-    r.line("reply", reply_for(rule, accept, verdict));
+    r.line("reply", reply_for(req.rule.as_ref(), accept, verdict));
 }
 
 /// The report of `req` on `view`, answered by `asker`; `server` is the first line.
@@ -423,7 +437,10 @@ pub async fn check_offline(
         );
         Asker::Cli(validator)
     } else {
-        Asker::File(crate::app::validation::cache_path(&config.global.spool_dir))
+        Asker::File {
+            path: crate::app::validation::cache_path(&config.global.spool_dir),
+            settings: config.validation.cache.clone(),
+        }
     };
     report(&view, req, server, asker).await
 }
