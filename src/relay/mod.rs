@@ -11,7 +11,8 @@
 //!   every job). It owns the SMTP connection (`client`) and ends with the results it could
 //!   not report.
 //! - **The control socket** ([`control::serve`], one task plus one per connection) turns
-//!   `retry`, `delete` and `bounce` into commands and waits for their answer.
+//!   `retry`, `delete` and `bounce` into commands and waits for their answer (the
+//!   recipient-validation verbs go to `validate::control`).
 //!
 //! Channels, all to the manager unless said otherwise:
 //! - `queue::Command` over an unbounded mpsc, sent through a `queue::QueueHandle`:

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::explain::{accepted, describe_method, explain, method_id, pattern_text, Decision};
 use super::{utc, LiveRecipients, RecipientView};
 use crate::config::model::Config;
+use crate::policy::rat::RecipientAccessTable;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::validate::cache::{CacheSettings, Hit, VerdictCache};
 use crate::validate::destination::{Checked, Source, SystemClocks, ValidationClock};
@@ -301,7 +302,7 @@ async fn report(
             pattern.unwrap_or_default()
         )
     };
-    let default_refusal = Reply::new(550, Enhanced(5, 7, 1), "Recipient address rejected");
+    let default_refusal = RecipientAccessTable::default_reply();
     match &ex.decision {
         Decision::NoRat => {
             r.line("entry", format!("none: listener {} has no RAT", l.name));

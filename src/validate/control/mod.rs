@@ -5,6 +5,8 @@
 //! - `cache-list [valid|invalid] [ADDRESS|@DOMAIN]` and `cache-flush [ADDRESS|@DOMAIN]`: the
 //!   verdict cache.
 //!
+//! `explain` holds the configuration side of a check (listener, RAT entry, method): no I/O.
+//!
 //! An answer's first line is `ok` (a report follows) or `ok TEXT`, or `error TEXT`, as the
 //! queue verbs answer. [`LiveRecipients`] is what the socket sees of the current
 //! configuration; the server replaces it on reload.
