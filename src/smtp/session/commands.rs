@@ -188,6 +188,8 @@ impl Session {
             self.policy.max_recipients_per_hour.max,
         );
         let take_hourly = || rate.try_recipient(ip, per_hour);
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
         let verdict = rcpt::check_rcpt(&RcptCtx {
             policy: &self.policy,
             rat,
@@ -198,6 +200,8 @@ impl Session {
             accepted: count,
             take_hourly: &take_hourly,
             peer_ip: ip,
+            record_invalid: &record_invalid,
+            dhap_exceeded: rate.dhap_exceeded(ip, max_invalid),
         });
         let permit = match verdict {
             Ok(p) => p,

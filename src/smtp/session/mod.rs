@@ -519,11 +519,34 @@ impl Session {
         }
     }
 
-    /// Logs a denial, then sends its reply.
+    /// Logs a denial, then sends its reply. A DHAP refusal also drops the connection.
     fn deny(&mut self, what: String, mid: Option<u64>, d: Denial) {
+        let dhap = match &d.reason {
+            DenialReason::Dhap { max, .. } => Some(*max),
+            _ => None,
+        };
         self.log_denial(what, mid, d.reason);
         if let Some(r) = d.reply {
             self.reply(r);
+        }
+        if let Some(limit) = dhap {
+            self.dhap_drop(limit);
+        }
+    }
+
+    /// ESA's "drop" after a DHAP refusal: its log line, then close.
+    fn dhap_drop(&mut self, limit: u64) {
+        let rdns = (self.p.rdns_host != "unknown").then(|| self.p.rdns_host.clone());
+        self.log(Event::DhapDrop {
+            icid: self.p.icid,
+            peer_ip: self.p.peer_ip,
+            rdns_host: rdns,
+            limit,
+            sender_group: self.p.classification.group.clone(),
+            listener: self.p.listener.clone(),
+        });
+        if !matches!(self.phase, Phase::Closed) {
+            self.close();
         }
     }
 
