@@ -433,13 +433,19 @@ policies:
     // A code alone keeps the inherited detail in its class.
     assert_eq!(
         (dhap("LOUD").max, dhap("LOUD").reply.to_wire()),
-        (Some(25), "450 4.7.1 Too many invalid recipients\r\n".to_string())
+        (
+            Some(25),
+            "450 4.7.1 Too many invalid recipients\r\n".to_string()
+        )
     );
     assert_eq!(dhap("RELAYED").max, None);
 
     // Without the key: unlimited, as before DHAP existed.
     let c = loaded(&config_dir(&[]), &Overrides::default());
-    assert_eq!(c.policies["ACCEPTED"].max_invalid_recipients_per_hour.max, None);
+    assert_eq!(
+        c.policies["ACCEPTED"].max_invalid_recipients_per_hour.max,
+        None
+    );
 
     // The shipped file: 25 for public senders (ESA's default), unlimited for RELAYED.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -454,8 +460,7 @@ policies:
         ("RELAYED", None),
     ] {
         assert_eq!(
-            c.policies[name].max_invalid_recipients_per_hour.max,
-            max,
+            c.policies[name].max_invalid_recipients_per_hour.max, max,
             "{name}"
         );
     }

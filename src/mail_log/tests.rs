@@ -124,11 +124,11 @@ fn dhap_lines() {
             max: 25,
             ip: "198.51.100.7".parse().unwrap(),
             policy: "ACCEPTED".into(),
-            reply: crate::smtp::reply::Reply::new(
+            reply: Box::new(crate::smtp::reply::Reply::new(
                 550,
                 crate::smtp::reply::Enhanced(5, 7, 1),
                 "Too many invalid recipients",
-            ),
+            )),
         },
     };
     assert_eq!(

@@ -187,8 +187,8 @@ pub enum DenialReason {
         ip: IpAddr,
         /// Mail-flow policy name.
         policy: String,
-        /// The reply sent (the log line names it).
-        reply: Reply,
+        /// The reply sent (the log line names it); boxed to keep every `Denial` small.
+        reply: Box<Reply>,
     },
     /// `DATA` with no accepted recipient.
     NoRecipients,
@@ -422,7 +422,11 @@ mod tests {
                     max: 25,
                     ip: "198.51.100.7".parse().unwrap(),
                     policy: "ACCEPTED".into(),
-                    reply: Reply::new(550, Enhanced(5, 7, 1), "Too many invalid recipients"),
+                    reply: Box::new(Reply::new(
+                        550,
+                        Enhanced(5, 7, 1),
+                        "Too many invalid recipients",
+                    )),
                 },
                 "max_invalid_recipients_per_hour 25 for 198.51.100.7 (policy ACCEPTED) \
                  -> 550 5.7.1 Too many invalid recipients",
@@ -481,7 +485,7 @@ mod tests {
                     max: 25,
                     ip: "192.0.2.1".parse().unwrap(),
                     policy: "P".into(),
-                    reply: Reply::new(550, Enhanced(5, 7, 1), "x"),
+                    reply: Box::new(Reply::new(550, Enhanced(5, 7, 1), "x")),
                 },
                 "dhap",
                 Stage::Rcpt,

@@ -65,7 +65,7 @@ pub(crate) fn dhap_denial(p: &MailFlowPolicy, ip: std::net::IpAddr) -> Denial {
             max: limit.max.unwrap_or(0),
             ip,
             policy: p.name.clone(),
-            reply: limit.reply.clone(),
+            reply: Box::new(limit.reply.clone()),
         },
     )
 }
