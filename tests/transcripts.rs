@@ -646,6 +646,7 @@ transcript_tests! {
     t43_starttls_pipelined_mail_discarded => "43_starttls_pipelined_mail_discarded.txt",
     t44_relay_form_logged_as_sent => "44_relay_form_logged_as_sent.txt",
     t45_bad_commands_refusal_without_mid => "45_bad_commands_refusal_without_mid.txt",
+    t46_dhap_shipped_default => "46_dhap_shipped_default.txt",
 }
 
 /// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).
