@@ -135,6 +135,7 @@ fn session_params() -> SessionParams {
                 pattern: RecipientPattern::parse("example.com").unwrap(),
                 action: RatAction::Accept,
                 reply: None,
+                validation: None,
             }],
             postmaster: None,
         })),

@@ -5,8 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use mxgate::relay::client::{
 };
 use mxgate::relay::outbound_tls::OutboundTlsContext;
 use support::pki::*;
+use support::postfix::{self, smtp_sink_available, start_smtp_sink, PostfixOptions};
 use support::sink::*;
 
 const DOMAIN: &str = "tls.test";
@@ -793,69 +793,6 @@ async fn capabilities_are_relearned_over_tls() {
 
 // ---- Postfix smtp-sink ----
 
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
-
-/// A running smtp-sink dumping each message into `dir`; killed on drop.
-struct PostfixSink {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for PostfixSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn smtp_sink_available() -> bool {
-    if Path::new(SMTP_SINK).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{SMTP_SINK} is missing: install the Debian package postfix (apt-get install postfix)"
-        );
-    }
-    println!("SKIP: {SMTP_SINK} not installed (Debian package postfix)");
-    false
-}
-
-async fn start_smtp_sink(dir: &Path) -> PostfixSink {
-    use std::os::unix::fs::PermissionsExt;
-    let dump = dir.join("dump");
-    std::fs::create_dir_all(&dump).unwrap();
-    // smtp-sink drops privileges to `nobody` when started as root.
-    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = support::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new(SMTP_SINK);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.args(["-u", "nobody"]);
-    }
-    cmd.arg("-d")
-        .arg(format!("{}/msg.", dump.display()))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("16")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().expect("start smtp-sink");
-    let sink = PostfixSink {
-        child,
-        addr,
-        dir: dump,
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return sink;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("smtp-sink did not start on {addr}");
-}
-
 async fn dumped_messages(dir: &Path, n: usize) -> Vec<String> {
     for _ in 0..100 {
         let mut found: Vec<String> = std::fs::read_dir(dir)
@@ -933,171 +870,6 @@ async fn postfix_smtp_sink_plain_delivery_and_required_refusal() {
 
 // ---- Postfix smtpd (STARTTLS) in front of smtp-sink ----
 
-const POSTFIX_MASTER: &str = "/usr/lib/postfix/sbin/master";
-
-/// A private Postfix instance (master, smtpd with STARTTLS, tlsmgr) whose smtpd
-/// hands every transaction to smtp-sink through `smtpd_proxy_filter`; stopped on drop.
-struct PostfixInstance {
-    master: Child,
-    addr: SocketAddr,
-    _sink: PostfixSink,
-}
-
-impl Drop for PostfixInstance {
-    fn drop(&mut self) {
-        let pid = self.master.id() as libc::pid_t;
-        // SAFETY: plain signal calls on the process (group) this test started:
-        // master runs in its own process group, with its smtpd/tlsmgr children.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        for _ in 0..50 {
-            if matches!(self.master.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.master.wait();
-    }
-}
-
-/// Starts the instance in `dir`, or says why it cannot run here.
-async fn start_postfix(dir: &Path, cert: &ServerCert) -> Result<PostfixInstance, String> {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    if !Path::new(POSTFIX_MASTER).exists() {
-        return Err(format!("{POSTFIX_MASTER} not installed"));
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("Postfix master needs root".into());
-    }
-    let sink = start_smtp_sink(dir).await;
-    // The postfix user must reach the queue directory below the test's temp dir.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = dir.join("conf");
-    let queue = dir.join("queue");
-    let data = dir.join("data");
-    for d in [
-        &conf,
-        &queue.join("private"),
-        &queue.join("public"),
-        &queue.join("pid"),
-        &data,
-    ] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let chown = |p: &Path| {
-        let ok = Command::new("chown")
-            .arg("postfix")
-            .arg(p)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "chown postfix {}", p.display());
-    };
-    chown(&queue.join("private"));
-    chown(&queue.join("public"));
-    chown(&data);
-    let mut pem = String::new();
-    let key = match &cert.key {
-        rustls::pki_types::PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
-        _ => unreachable!("rcgen keys are PKCS#8"),
-    };
-    pem.push_str(&pem_block("PRIVATE KEY", &key));
-    for c in &cert.chain {
-        pem.push_str(&pem_block("CERTIFICATE", c.as_ref()));
-    }
-    let chain_file = conf.join("chain.pem");
-    std::fs::write(&chain_file, pem).unwrap();
-    let port = support::free_port();
-    let main_cf = format!(
-        "compatibility_level = 3.6\n\
-         queue_directory = {queue}\n\
-         data_directory = {data}\n\
-         mail_owner = postfix\n\
-         myhostname = postfix.test\n\
-         mydestination =\n\
-         inet_protocols = ipv4\n\
-         mynetworks = 127.0.0.0/8\n\
-         smtpd_relay_restrictions = permit_mynetworks, reject\n\
-         local_recipient_maps =\n\
-         relay_recipient_maps =\n\
-         alias_maps =\n\
-         virtual_alias_maps =\n\
-         smtpd_peername_lookup = no\n\
-         smtpd_client_connection_count_limit = 0\n\
-         smtpd_client_connection_rate_limit = 0\n\
-         smtpd_tls_security_level = may\n\
-         smtpd_tls_chain_files = {chain}\n\
-         smtpd_tls_session_cache_database =\n\
-         smtpd_proxy_filter = {sink}\n",
-        queue = queue.display(),
-        data = data.display(),
-        chain = chain_file.display(),
-        sink = sink.addr,
-    );
-    std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-    let master_cf = format!(
-        "127.0.0.1:{port} inet n - n - - smtpd\n\
-         tlsmgr unix - - n 1000? 1 tlsmgr\n\
-         rewrite unix - - n - - trivial-rewrite\n\
-         proxymap unix - - n - - proxymap\n\
-         anvil unix - - n - 1 anvil\n"
-    );
-    std::fs::write(conf.join("master.cf"), master_cf).unwrap();
-    let master = Command::new(POSTFIX_MASTER)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-d")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {POSTFIX_MASTER}: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let pf = PostfixInstance {
-        master,
-        addr,
-        _sink: sink,
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(pf);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("Postfix did not listen on {addr}"))
-}
-
-fn pem_block(label: &str, der: &[u8]) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk.len();
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= n {
-                b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 /// The STARTTLS happy path against Postfix's real smtpd (which proxies the
 /// transaction to smtp-sink): `preferred` encrypts, `required-verify` and
 /// `required-verify-hosted` verify the test-CA certificate for tls.test.
@@ -1111,13 +883,13 @@ async fn postfix_smtpd_starttls_happy_path() {
     let ca_file = dir.path().join("test-ca.pem");
     pki.write_ca(&ca_file);
     let cert = pki.leaf(&[DOMAIN], Some(DOMAIN));
-    let pf = match start_postfix(dir.path(), &cert).await {
-        Ok(pf) => pf,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("Postfix instance: {why}"),
-        Err(why) => {
-            println!("SKIP: Postfix instance: {why}");
-            return;
-        }
+    let opts = PostfixOptions {
+        myhostname: "postfix.test",
+        tls: Some(&cert),
+        ..PostfixOptions::default()
+    };
+    let Some(pf) = postfix::start_or_skip(dir.path(), &opts).await else {
+        return;
     };
     let ctx = Arc::new(OutboundTlsContext::new(None).unwrap());
     let modes = [
@@ -1159,7 +931,7 @@ async fn postfix_smtpd_starttls_happy_path() {
             assert!(!tls_line.contains("verified"), "{tls_line}");
         }
     }
-    let dumps = dumped_messages(&pf._sink.dir, modes.len()).await;
+    let dumps = dumped_messages(&pf.sink.dir, modes.len()).await;
     assert_eq!(dumps.len(), modes.len());
     for d in &dumps {
         assert!(d.contains("X-Rcpt-Args: <a@tls.test>"), "{d}");

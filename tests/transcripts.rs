@@ -6,6 +6,11 @@
 //! - `@config DIR` config dir relative to the repo (default: the shipped config `.`)
 //! - `@listener NAME`, `@peer IP`, `@rdns verified NAME|missing|tempfail|mismatch NAME`
 //! - `@tls-available no` (no certificate loaded)
+//! - `@validate ADDRESS ANSWER` what recipient validation answers for ADDRESS (call-ahead and
+//!   LDAP entries; `list:` files are looked up for real): `valid`, `invalid`, `cached-invalid`,
+//!   `tempfail`, `breaker-opens` (a tempfail that opens the breaker) or `breaker-open`. A
+//!   lookup of an address without one fails the test; each lookup adds the log line
+//!   `(lookup) ADDRESS`, so `!L: (lookup) ADDRESS` says it was never asked
 //! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
 //!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
@@ -50,6 +55,8 @@ use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
 use mxgate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::validate::destination::{Checked, Source};
+use mxgate::validate::rule::{ValidationMethod, ValidationRequest};
 
 struct TestEnv {
     mid: AtomicU64,
@@ -185,6 +192,8 @@ struct Replay {
     force_close: watch::Sender<bool>,
     /// `BLESS=1`: expected replies are recorded, not checked.
     bless: Option<Bless>,
+    /// `@validate` answers by address.
+    answers: std::collections::HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<Replay>>;
@@ -443,6 +452,69 @@ impl Backend for ScriptedBackend {
     fn abort_message(&mut self) {
         self.0.lock().unwrap().body.clear();
     }
+
+    async fn validate(&mut self, req: &ValidationRequest) -> Checked {
+        use mxgate::validate::breaker::Transition;
+        use mxgate::validate::{Answer, TempFailCause, Verdict};
+        let mut r = self.0.lock().unwrap();
+        r.logs.push(format!("(lookup) {}", req.address));
+        let checked = |verdict, detail: &str, source, transition| Checked {
+            answer: Answer::new(verdict, detail),
+            source,
+            refresh_due: false,
+            transition,
+        };
+        if let ValidationMethod::List(list) = &req.rule.method {
+            return checked(list.lookup(&req.address), "list", Source::Lookup, None);
+        }
+        let Some(answer) = r.answers.get(&req.address.to_ascii_lowercase()).cloned() else {
+            let msg = format!("lookup of {} without an @validate answer", req.address);
+            r.fail(0, msg);
+        };
+        let ldap = req.address.ends_with("@corp.example");
+        let probe = match ldap {
+            true => "ldap:corp: ldap://127.0.0.1:3389",
+            false => "callahead:example.com: probe 127.0.0.1:2525",
+        };
+        let id = probe.split(": ").next().unwrap_or_default();
+        match answer.as_str() {
+            "valid" => checked(Verdict::Valid, &format!("{probe}: 250 2.1.5 Ok"), Source::Lookup, None),
+            "invalid" => checked(
+                Verdict::Invalid,
+                &format!("{probe}: 550 5.1.1 <x>: Recipient address rejected: User unknown in relay recipient table"),
+                Source::Lookup,
+                None,
+            ),
+            "cached-invalid" => checked(
+                Verdict::Invalid,
+                &format!("{id}: cached"),
+                Source::Cache { stored: 1_523_926_000 },
+                None,
+            ),
+            "tempfail" => checked(
+                Verdict::TempFail(TempFailCause::Timeout),
+                &format!("{probe}: timeout"),
+                Source::Lookup,
+                None,
+            ),
+            "breaker-opens" => checked(
+                Verdict::TempFail(TempFailCause::Refused),
+                &format!("{probe}: connection refused"),
+                Source::Lookup,
+                Some(Transition::Opened { failures: 5 }),
+            ),
+            "breaker-open" => checked(
+                Verdict::TempFail(TempFailCause::BreakerOpen),
+                &format!("{id}: breaker open"),
+                Source::Breaker,
+                None,
+            ),
+            other => {
+                let msg = format!("unknown @validate answer {other:?}");
+                r.fail(0, msg)
+            }
+        }
+    }
 }
 
 /// Whether `BLESS` is set (to anything but `0`).
@@ -459,6 +531,7 @@ fn run_transcript(path: &Path) {
     let mut peer_ip: IpAddr = "192.0.2.1".parse().unwrap();
     let mut rdns = ReverseDns::Missing;
     let mut tls_available = true;
+    let mut answers = std::collections::HashMap::new();
     let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
@@ -477,6 +550,10 @@ fn run_transcript(path: &Path) {
                 }
             }
             "@tls-available" => tls_available = arg != "no",
+            "@validate" => {
+                let (addr, answer) = arg.split_once(' ').unwrap_or((arg, ""));
+                answers.insert(addr.to_ascii_lowercase(), answer.to_string());
+            }
             _ => {
                 let line = line.trim_end();
                 if line.is_empty() || line.starts_with('#') {
@@ -550,6 +627,7 @@ fn run_transcript(path: &Path) {
         timeout: None,
         force_close,
         bless: blessing().then(Bless::default),
+        answers,
     }));
     let driver = Driver::new(
         Session::new(params),
@@ -646,7 +724,9 @@ transcript_tests! {
     t43_starttls_pipelined_mail_discarded => "43_starttls_pipelined_mail_discarded.txt",
     t44_relay_form_logged_as_sent => "44_relay_form_logged_as_sent.txt",
     t45_bad_commands_refusal_without_mid => "45_bad_commands_refusal_without_mid.txt",
-    t46_dhap_shipped_default => "46_dhap_shipped_default.txt",
+    t46_validation_callahead => "46_validation_callahead.txt",
+    t47_validation_list_ldap => "47_validation_list_ldap.txt",
+    t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 
 /// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).

@@ -5,243 +5,41 @@
 //! kept-open connection, and that a cached answer makes no probe; with Postfix down, the
 //! breaker answers at once.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mxgate::config::outbound::{DestinationControl, DestinationControls, OutboundTls};
+use mxgate::relay::outbound_tls::OutboundTlsContext;
 use mxgate::validate::breaker::BreakerSettings;
 use mxgate::validate::cache::{CacheSettings, VerdictCache};
-use mxgate::validate::callahead::{CallaheadSettings, ProbePool};
+use mxgate::validate::callahead::{CallaheadSettings, ProbePool, ProbeTls};
 use mxgate::validate::destination::{Destination, Method, Source, ValidationClock};
 use mxgate::validate::{TempFailCause, Verdict};
+use support::pki::{ServerCert, TestPki};
+use support::postfix::{start_or_skip, Postfix, PostfixOptions};
 
-const POSTFIX_MASTER: &str = "/usr/lib/postfix/sbin/master";
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
-
-/// smtp-sink behind `smtpd_proxy_filter` (smtpd needs somewhere to hand a transaction).
-struct Sink(Child);
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A private Postfix instance (master, smtpd, postlogd writing `dir/maillog`); stopped on drop.
-struct Postfix {
-    master: Option<Child>,
-    addr: SocketAddr,
-    maillog: PathBuf,
-    _sink: Sink,
-}
-
-impl Postfix {
-    fn stop(&mut self) {
-        let Some(mut master) = self.master.take() else {
-            return;
-        };
-        let pid = master.id() as libc::pid_t;
-        // SAFETY: plain signal calls on the process (group) this test started: master runs
-        // in its own process group with its smtpd/postlogd children.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        for _ in 0..50 {
-            if matches!(master.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = master.wait();
-        // Its smtpd children die a moment later and hold the listening socket until then:
-        // stopped means nothing accepts any more.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(self.addr).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn maillog(&self) -> String {
-        std::fs::read_to_string(&self.maillog).unwrap_or_default()
-    }
-
-    /// Waits until the maillog has a line containing `needle`, and returns the log.
-    async fn wait_for(&self, needle: &str) -> String {
-        for _ in 0..100 {
-            let log = self.maillog();
-            if log.contains(needle) {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("maillog has no {needle:?}:\n{}", self.maillog());
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(addr: SocketAddr) -> bool {
-    for _ in 0..100 {
-        // Connect without sending: a byte before the greeting would log "improper command
-        // pipelining" in Postfix.
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-/// Starts Postfix in `dir` accepting `recipients` of example.test, or says why it cannot
-/// run here.
-async fn start_postfix(dir: &Path, recipients: &[&str]) -> Result<Postfix, String> {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    for p in [POSTFIX_MASTER, SMTP_SINK] {
-        if !Path::new(p).exists() {
-            return Err(format!("{p} not installed (Debian package postfix)"));
-        }
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("Postfix master needs root".into());
-    }
-    // The postfix user must reach the queue directory below the test's temp dir.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dump = dir.join("dump");
-    std::fs::create_dir_all(&dump).unwrap();
-    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let sink = Sink(
-        Command::new(SMTP_SINK)
-            .args(["-u", "nobody", "-d"])
-            .arg(format!("{}/msg.", dump.display()))
-            .arg(sink_addr.to_string())
-            .arg("16")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {SMTP_SINK}: {e}"))?,
-    );
-    if !wait_listening(sink_addr).await {
-        return Err(format!("smtp-sink did not listen on {sink_addr}"));
-    }
-    let conf = dir.join("conf");
-    let queue = dir.join("queue");
-    let data = dir.join("data");
-    for d in [
-        &conf,
-        &queue.join("private"),
-        &queue.join("public"),
-        &queue.join("pid"),
-        &data,
-    ] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    for p in [queue.join("private"), queue.join("public"), data.clone()] {
-        let ok = Command::new("chown")
-            .arg("postfix")
-            .arg(&p)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "chown postfix {}", p.display());
-    }
-    let map: String = recipients.iter().map(|r| format!("{r} OK\n")).collect();
-    std::fs::write(conf.join("relay_recipients"), map).unwrap();
-    let port = free_port();
-    let maillog = dir.join("maillog");
-    let main_cf = format!(
-        "compatibility_level = 3.6\n\
-         queue_directory = {queue}\n\
-         data_directory = {data}\n\
-         mail_owner = postfix\n\
-         myhostname = internal.test\n\
-         mydestination =\n\
-         inet_protocols = ipv4\n\
-         mynetworks =\n\
-         relay_domains = example.test\n\
-         relay_recipient_maps = texthash:{conf}/relay_recipients\n\
-         smtpd_reject_unlisted_recipient = yes\n\
-         smtpd_relay_restrictions = reject_unauth_destination\n\
-         smtpd_recipient_restrictions =\n\
-         local_recipient_maps =\n\
-         alias_maps =\n\
-         virtual_alias_maps =\n\
-         smtpd_peername_lookup = no\n\
-         smtpd_client_connection_count_limit = 0\n\
-         smtpd_client_connection_rate_limit = 0\n\
-         smtpd_proxy_filter = {sink_addr}\n\
-         maillog_file = {maillog}\n\
-         maillog_file_prefixes = {dir}\n",
-        queue = queue.display(),
-        data = data.display(),
-        conf = conf.display(),
-        maillog = maillog.display(),
-        dir = dir.display(),
-    );
-    std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-    let master_cf = format!(
-        "127.0.0.1:{port} inet n - n - - smtpd\n\
-         rewrite unix - - n - - trivial-rewrite\n\
-         proxymap unix - - n - - proxymap\n\
-         anvil unix - - n - 1 anvil\n\
-         postlog unix-dgram n - n - 1 postlogd\n"
-    );
-    std::fs::write(conf.join("master.cf"), master_cf).unwrap();
-    let master = Command::new(POSTFIX_MASTER)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-d")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {POSTFIX_MASTER}: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let pf = Postfix {
-        master: Some(master),
-        addr,
-        maillog,
-        _sink: sink,
+/// A private Postfix relaying example.test for `recipients` only (optionally offering
+/// STARTTLS with `tls`), or `None` after printing SKIP (a failure under CI).
+async fn postfix_with(
+    dir: &Path,
+    recipients: &[&str],
+    tls: Option<&ServerCert>,
+) -> Option<Postfix> {
+    let opts = PostfixOptions {
+        relay_domain: Some("example.test"),
+        recipients,
+        tls,
+        ..PostfixOptions::default()
     };
-    if wait_listening(addr).await {
-        Ok(pf)
-    } else {
-        Err(format!("Postfix did not listen on {addr}"))
-    }
+    start_or_skip(dir, &opts).await
 }
 
-/// Postfix, or `None` after printing SKIP (a failure under CI).
+/// [`postfix_with`] in plaintext.
 async fn postfix(dir: &Path, recipients: &[&str]) -> Option<Postfix> {
-    match start_postfix(dir, recipients).await {
-        Ok(pf) => Some(pf),
-        Err(why) if std::env::var_os("CI").is_some() => panic!("Postfix instance: {why}"),
-        Err(why) => {
-            println!("SKIP: Postfix instance: {why}");
-            None
-        }
-    }
+    postfix_with(dir, recipients, None).await
 }
 
 fn settings() -> CallaheadSettings {
@@ -310,19 +108,11 @@ async fn known_users_are_valid_unknown_invalid_over_one_connection() {
         probing[0]
     );
     assert_eq!(rcpts_seen(&log), 6, "{log}");
-    let rejects = |who: &str| {
-        log.lines()
-            .filter(|l| l.contains("NOQUEUE: reject: RCPT") && l.contains(&format!("to=<{who}>")))
-            .count()
-    };
-    assert_eq!(rejects("nobody@example.test"), 2, "{log}");
-    assert_eq!(rejects("carol@example.test"), 1, "{log}");
-    assert_eq!(rejects("alice@example.test"), 0, "{log}");
+    assert_eq!(pf.rejects("nobody@example.test"), 2, "{log}");
+    assert_eq!(pf.rejects("carol@example.test"), 1, "{log}");
+    assert_eq!(pf.rejects("alice@example.test"), 0, "{log}");
     // The probes never opened a mail transaction to the end: nothing reached the sink.
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("dump")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(&pf.sink.dir).unwrap().count(), 0);
 }
 
 #[tokio::test]
@@ -405,11 +195,11 @@ async fn the_cache_saves_probes_and_the_breaker_opens_when_postfix_is_down() {
     };
     pool.close_idle().await;
     let log = pf.wait_for(" rcpt=").await;
-    let rejects = log
-        .lines()
-        .filter(|l| l.contains("NOQUEUE: reject: RCPT") && l.contains("to=<nobody@example.test>"))
-        .count();
-    assert_eq!(rejects, 1, "one probe for two lookups:\n{log}");
+    assert_eq!(
+        pf.rejects("nobody@example.test"),
+        1,
+        "one probe for two lookups:\n{log}"
+    );
     assert_eq!(rcpts_seen(&log), 2, "{log}");
 
     pf.stop();
@@ -494,4 +284,54 @@ async fn a_run_of_unknown_addresses_stays_fast_against_postfix_error_limits() {
         "Postfix slowed down past 10 errors: {slow:?}"
     );
     assert!(fast < Duration::from_secs(1), "{fast:?}");
+}
+
+/// Probes over STARTTLS to Postfix, in `required-verify` (the pool built by
+/// [`ProbeTls::for_route_host`] from destination controls, as delivery would): the known user
+/// is valid, the unknown one invalid, and Postfix logged the encrypted session.
+#[tokio::test]
+async fn required_tls_probes_go_over_starttls_to_postfix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let ca_file = dir.path().join("test-ca.pem");
+    pki.write_ca(&ca_file);
+    let cert = pki.leaf(&["example.test"], Some("example.test"));
+    let Some(pf) = postfix_with(dir.path(), &["alice@example.test"], Some(&cert)).await else {
+        return;
+    };
+    let controls = DestinationControls {
+        default: DestinationControl {
+            tls: OutboundTls::RequiredVerify,
+            ca_file: Some(ca_file),
+            ..DestinationControl::builtin_default()
+        },
+        ..DestinationControls::default()
+    };
+    let ctx = Arc::new(OutboundTlsContext::new(None).unwrap());
+    let tls = ProbeTls::for_route_host(&controls, ctx, "example.test", "127.0.0.1", pf.addr);
+    let pool = ProbePool::with_tls(settings(), tls);
+    let a = pool.check("alice@example.test").await;
+    assert_eq!(a.verdict, Verdict::Valid, "{a:?}");
+    let a = pool.check("nobody@example.test").await;
+    assert_eq!(a.verdict, Verdict::Invalid, "{a:?}");
+    assert!(a.detail.contains("550 5.1.1"), "{}", a.detail);
+    assert_eq!(pool.connections_opened(), 1);
+    pool.close_idle().await;
+    let log = pf.wait_for(" rcpt=").await;
+    let established: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS connection established from"))
+        .collect();
+    assert_eq!(established.len(), 1, "one encrypted session:\n{log}");
+    assert!(established[0].contains("TLSv1.3"), "{}", established[0]);
+    assert_eq!(pf.rejects("nobody@example.test"), 1, "{log}");
+    // The readiness check's connection and the probe's.
+    assert_eq!(pf.connects(), 2, "{log}");
+    let probing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" disconnect from ") && !l.contains(" commands=0/0"))
+        .collect();
+    assert_eq!(probing.len(), 1, "{log}");
+    assert!(probing[0].contains(" starttls=1 "), "{}", probing[0]);
+    assert_eq!(rcpts_seen(&log), 2, "{log}");
 }

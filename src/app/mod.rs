@@ -2,6 +2,7 @@
 //! [`reload`] runs the started server: reload, certificate watching, signals.
 
 pub mod reload;
+pub(crate) mod validation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,6 +119,7 @@ pub struct Running {
     queue_stop: watch::Sender<bool>,
     queue_task: tokio::task::JoinHandle<()>,
     control_task: tokio::task::JoinHandle<()>,
+    validation: validation::ValidationRuntime,
 }
 
 /// One listener's swappable context: new connections take the current one.
@@ -136,6 +138,8 @@ struct Shared {
     log: Arc<MailLog>,
     env: Arc<dyn SessionEnv>,
     queue: QueueHandle,
+    /// Recipient validation of the current configuration (replaced on reload).
+    validator: Arc<crate::validate::service::Validator>,
 }
 
 /// Loads a listener's certificate (the demo one when none is configured) and builds its context.
@@ -180,6 +184,7 @@ fn build_context(
         log: shared.log.clone(),
         env: shared.env.clone(),
         queue: Some(shared.queue.clone()),
+        validator: Some(shared.validator.clone()),
     })
 }
 
@@ -190,6 +195,16 @@ impl Running {
     pub fn apply(&self, config: &Config) -> Result<(), AppError> {
         // `dns:` applies to new connections and the next delivery connections.
         let resolver = ReverseResolver::new(&config.global.dns)?;
+        let shared = Shared {
+            validator: self.validation.validator(config, delivery_hostname(config)),
+            ..self.shared.clone()
+        };
+        if config.validation.cache != *self.validation.cache.settings() {
+            self.warn(
+                "reload: the recipient validation cache settings changed; the change needs a restart"
+                    .into(),
+            );
+        }
         let mut contexts = Vec::new();
         for l in &config.listeners {
             let Some(slot) = self.slots.iter().find(|s| s.name == l.name) else {
@@ -208,7 +223,7 @@ impl Running {
             // Build everything first: one bad certificate keeps the whole old configuration.
             contexts.push((
                 slot,
-                build_context(l, &self.shared, &resolver, &config.global.certs_dir, false)?,
+                build_context(l, &shared, &resolver, &config.global.certs_dir, false)?,
             ));
         }
         if config.global.metrics_listen != self.metrics_listen {
@@ -313,6 +328,7 @@ impl Running {
         {
             self.queue_task.abort();
         }
+        self.validation.stop().await;
         self.mail_log.log(&Event::Note {
             level: Level::Info,
             text: "mxgate stopped".into(),
@@ -366,7 +382,9 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         None => (None, None),
     };
     let queue = start_queue(config, &spool, &mail_log)?;
+    let validation = validation::ValidationRuntime::start(config, &mail_log);
     let shared = Shared {
+        validator: validation.validator(config, delivery_hostname(config)),
         resolver,
         rate,
         spool: spool.clone(),
@@ -432,6 +450,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         queue_stop: queue.stop,
         queue_task: queue.task,
         control_task: queue.control,
+        validation,
     })
 }
 

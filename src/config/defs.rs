@@ -419,6 +419,18 @@ pub(crate) struct RatEntryDef {
     /// Custom reply: 2xx for accept, 4xx/5xx for reject.
     #[serde(default)]
     pub reply: Option<ReplyDef>,
+    /// Recipient validation: `none`, `callahead`, `{list: FILE}`, `{ldap: NAME}`.
+    #[serde(default)]
+    pub validate: Option<Spanned<super::validation::ValidateDef>>,
+    /// `tempfail` (default) or `accept` when validation gives no answer.
+    #[serde(default)]
+    pub on_tempfail: Option<SpannedStr>,
+    /// Reply to an invalid recipient (5xx).
+    #[serde(default)]
+    pub invalid_reply: Option<Spanned<ReplyDef>>,
+    /// Reply when validation gives no answer (4xx).
+    #[serde(default)]
+    pub tempfail_reply: Option<Spanned<ReplyDef>>,
 }
 
 /// `policies/routes.yaml`.

@@ -20,15 +20,18 @@ use super::listeners::{
     build_listener, check_listeners, BuiltListener, CrossCheck, ListenerContext,
 };
 use super::model::{Config, DeliverySettings, DnsSettings, Global, MailLogFormat, MailLogTarget};
+use super::outbound::RouteTable;
 use super::policies::{build_policies, Named};
 use super::routes::load_outbound;
 use super::tables::{build_hats, build_rats};
+use super::validation::{load_validation, ValidationContext};
 use super::values::{
     parse_duration, parse_listen_addr, parse_log_format, parse_resolver, parse_size,
 };
 use crate::policy::flow::MailFlowPolicy;
 use crate::policy::hat::HostAccessTable;
 use crate::policy::rat::RecipientAccessTable;
+use crate::validate::settings::ValidationSettings;
 
 /// Values given on the command line, replacing those from the files.
 #[derive(Debug, Clone, Default)]
@@ -326,10 +329,12 @@ struct Tables {
     rat_accept_all: BTreeMap<String, Vec<String>>,
     /// Whether `policies/rat.yaml` exists.
     rat_file_exists: bool,
+    /// `policies/validation.yaml`.
+    validation: ValidationSettings,
 }
 
-/// Reads `policies/`.
-fn load_policies(dir: &Path, sink: &mut Vec<ConfigError>) -> Tables {
+/// Reads `policies/` (the routes are read first: a call-ahead entry needs one).
+fn load_policies(dir: &Path, routes: &RouteTable, sink: &mut Vec<ConfigError>) -> Tables {
     let mut t = Tables {
         policies: Named::unknown(),
         hats: Named::unknown(),
@@ -337,6 +342,7 @@ fn load_policies(dir: &Path, sink: &mut Vec<ConfigError>) -> Tables {
         rats: Named::unknown(),
         rat_accept_all: BTreeMap::new(),
         rat_file_exists: true,
+        validation: ValidationSettings::default(),
     };
     if !dir.join("policies").is_dir() {
         FileErrors::new("policies/", sink)
@@ -362,6 +368,13 @@ fn load_policies(dir: &Path, sink: &mut Vec<ConfigError>) -> Tables {
             t.hats.complete = true;
         }
     }
+    let (validation, ldap_names) = load_validation(dir, sink);
+    t.validation = validation;
+    let vctx = ValidationContext {
+        dir,
+        ldap_names,
+        routes,
+    };
     let mut e = FileErrors::new(Path::new("policies").join("rat.yaml"), sink);
     match read_yaml::<NamedMap<Option<RatDef>>>(dir, &mut e) {
         Read::Missing => {
@@ -370,7 +383,7 @@ fn load_policies(dir: &Path, sink: &mut Vec<ConfigError>) -> Tables {
         }
         Read::Failed => {}
         Read::Parsed(def) => {
-            (t.rats.map, t.rat_accept_all) = build_rats(&def.unwrap_or_default(), &mut e);
+            (t.rats.map, t.rat_accept_all) = build_rats(&def.unwrap_or_default(), &vctx, &mut e);
             t.rats.complete = true;
         }
     }
@@ -427,8 +440,8 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         _ => GlobalDef::default(),
     };
     let global = build_global(dir, &global_def, overrides, &mut e);
-    let tables = load_policies(dir, &mut sink);
     let (routes, destinations) = load_outbound(dir, &global.certs_dir, &mut sink);
+    let tables = load_policies(dir, &routes, &mut sink);
     let ctx = ListenerContext {
         dir,
         certs_dir: &global.certs_dir,
@@ -471,6 +484,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         rats: tables.rats.map,
         routes: Arc::new(routes),
         destinations: Arc::new(destinations),
+        validation: Arc::new(tables.validation),
         warnings,
     })
 }

@@ -13,6 +13,7 @@ mod policies;
 mod recover;
 mod routes;
 mod tables;
+mod validation;
 pub(crate) mod values;
 
 #[cfg(test)]

@@ -186,6 +186,8 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     /// Destination controls (`policies/destinations.yaml`; built-in defaults when absent).
     pub destinations: Arc<DestinationControls>,
+    /// Recipient validation settings (`policies/validation.yaml`).
+    pub validation: Arc<crate::validate::settings::ValidationSettings>,
     /// Warnings found while loading (`192.0.2.1/24`), sorted by file and position.
     pub warnings: Vec<super::ConfigError>,
 }

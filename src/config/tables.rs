@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::defs::{HatDef, NamedMap, RatDef, SpannedStr};
 use super::error::{index, join, FileErrors, Pos};
 use super::policies::{merge_reply, Class, Named, Parts};
+use super::validation::{build_entry_validation, ValidationContext};
 use super::values::{check_table_name, host_bits_warning, parse_policy_name, parse_rat_action};
 use crate::policy::flow::{Action, MailFlowPolicy};
 use crate::policy::hat::{Criterion, HostAccessTable, SenderGroup};
@@ -199,7 +200,11 @@ pub(crate) type Rats = (
 );
 
 /// Builds every RAT.
-pub(crate) fn build_rats(def: &NamedMap<Option<RatDef>>, e: &mut FileErrors<'_>) -> Rats {
+pub(crate) fn build_rats(
+    def: &NamedMap<Option<RatDef>>,
+    vctx: &ValidationContext<'_>,
+    e: &mut FileErrors<'_>,
+) -> Rats {
     let file = e.file.display().to_string();
     let mut rats = BTreeMap::new();
     let mut accept_all = BTreeMap::new();
@@ -267,11 +272,20 @@ pub(crate) fn build_rats(def: &NamedMap<Option<RatDef>>, e: &mut FileErrors<'_>)
                     text: p.text.into(),
                 }
             });
+            let validation = build_entry_validation(
+                d,
+                action == RatAction::Accept,
+                pattern.as_ref(),
+                &path,
+                vctx,
+                e,
+            );
             if let Some(pattern) = pattern {
                 entries.push(RatEntry {
                     pattern,
                     action,
                     reply,
+                    validation,
                 });
             }
         }

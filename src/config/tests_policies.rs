@@ -230,11 +230,13 @@ inbound:
     assert_eq!(
         t.check("postmaster", "example.com")
             .unwrap()
+            .reply
             .unwrap()
             .to_wire(),
         "250 2.1.5 Welcome\r\n"
     );
-    assert_eq!(t.check("bob", "example.com"), Ok(None));
+    let bob = t.check("bob", "example.com").unwrap();
+    assert_eq!((bob.reply, bob.validation), (None, None));
 }
 
 #[test]

@@ -99,6 +99,16 @@ pub enum Event {
         /// Listener name.
         listener: String,
     },
+    /// A recipient refused by an LDAP accept query (ESA's line; the `refused:` line that
+    /// follows says why).
+    LdapAcceptRejected {
+        /// Connection id.
+        icid: u64,
+        /// Message id.
+        mid: u64,
+        /// The address.
+        rcpt: String,
+    },
     /// MAIL FROM accepted: a message id starts.
     StartMid {
         /// Message id.
@@ -319,6 +329,7 @@ impl Event {
             Event::Refused { .. } => "refused",
             Event::RatRejected { .. } => "rat_rejected",
             Event::DhapDrop { .. } => "dhap_drop",
+            Event::LdapAcceptRejected { .. } => "ldap_accept_rejected",
             Event::StartMid { .. } => "start_mid",
             Event::From { .. } => "from",
             Event::To { .. } => "to",
@@ -388,6 +399,7 @@ impl Event {
                  dhap_limit={limit}, sender_group={sender_group}, listener={listener}, reverse_dns={peer_ip}",
                 rdns_host.as_deref().map_or_else(|| peer_ip.to_string(), str::to_string)
             ),
+            Event::LdapAcceptRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by LDAPACCEPT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),

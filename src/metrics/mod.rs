@@ -5,6 +5,7 @@
 //! `ready` submodule and is re-exported here.
 
 mod ready;
+pub(crate) mod validation;
 
 pub(crate) use ready::spool_write_failed;
 pub use ready::{free_space, FreeSpace, Readiness, SPOOL_MIN_FREE_BYTES};
@@ -106,6 +107,11 @@ pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
             HANDSHAKE_BUCKETS,
         )
         .map_err(|e| MetricsError::Recorder(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(validation::VALIDATION_SECONDS.into()),
+            validation::VALIDATION_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Recorder(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError::Recorder(e.to_string()))?;
     *slot = Some(handle.clone());
@@ -165,6 +171,7 @@ fn describe() {
     );
     describe_counter!(REVERSE_DNS, "Reverse-DNS (iprev) results per connection");
     describe_gauge!(BUILD_INFO, "Build information");
+    validation::describe();
 }
 
 /// How long a response of the metrics endpoint may take to write.

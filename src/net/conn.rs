@@ -50,6 +50,8 @@ pub(crate) struct ListenerContext {
     pub env: Arc<dyn SessionEnv>,
     /// The queue manager, told about every committed message.
     pub queue: Option<crate::relay::queue::QueueHandle>,
+    /// Recipient validation of this configuration.
+    pub validator: Option<Arc<crate::validate::service::Validator>>,
 }
 
 /// Handles one accepted TCP connection to the end.
@@ -379,6 +381,25 @@ impl Backend for SpoolBackend<'_> {
                 Err(err)
             }
             (None, _) => Err("no message in progress".into()),
+        }
+    }
+
+    async fn validate(
+        &mut self,
+        req: &crate::validate::rule::ValidationRequest,
+    ) -> crate::validate::destination::Checked {
+        match &self.ctx.validator {
+            Some(v) => v.validate(req).await,
+            // A context without a validator (none is built in tests of other parts).
+            None => crate::validate::destination::Checked {
+                answer: crate::validate::Answer::temp(
+                    crate::validate::TempFailCause::Protocol,
+                    "recipient validation is not running",
+                ),
+                source: crate::validate::destination::Source::Lookup,
+                refresh_due: false,
+                transition: None,
+            },
         }
     }
 

@@ -22,6 +22,9 @@ use crate::net::write_bound::{
     bounded_write, write_deadline, WriteDeadline, WriteStop, CLOSING_WRITE,
 };
 use crate::smtp::session::{Action, Opening, Session, TlsInfo};
+use crate::validate::destination::{Checked, Source};
+use crate::validate::rule::ValidationRequest;
+use crate::validate::{Answer, TempFailCause};
 
 /// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
 const READ_CHUNK: usize = 4 * 1024;
@@ -69,6 +72,9 @@ pub trait Backend: Send {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Throws the current message (if any) away.
     fn abort_message(&mut self);
+    /// Answers whether a recipient exists (cache, list, call-ahead or LDAP); the driver
+    /// bounds it with the command timeout and shutdown.
+    fn validate(&mut self, req: &ValidationRequest) -> impl Future<Output = Checked> + Send;
 }
 
 enum Flow<C> {
@@ -180,6 +186,10 @@ impl<B: Backend> Driver<B> {
                         }
                         self.session.committed(result);
                     }
+                    Action::ValidateRecipient(req) => {
+                        self.write_logs(&mut logs);
+                        self.validate(req).await;
+                    }
                     Action::AbortMessage => {
                         self.backend.abort_message();
                         // The session already dropped this message's bytes; what its body
@@ -247,6 +257,36 @@ impl<B: Backend> Driver<B> {
                 ReadOutcome::Shutdown => self.session.shutdown(),
             }
         }
+    }
+
+    /// Runs a recipient lookup for the session, bounded by the command timeout (and the
+    /// session's). Shutdown interrupts it: the session then says its 421 and closes.
+    async fn validate(&mut self, req: ValidationRequest) {
+        let started = Instant::now();
+        let until = (started + self.timeouts.command).min(self.deadline);
+        let method = req.rule.method.label();
+        let checked = tokio::select! {
+            r = tokio::time::timeout_at(until.into(), self.backend.validate(&req)) => match r {
+                Ok(c) => c,
+                Err(_) => Checked {
+                    answer: Answer::temp(TempFailCause::Timeout, "no answer within the command timeout"),
+                    source: Source::Lookup,
+                    refresh_due: false,
+                    transition: None,
+                },
+            },
+            _ = self.force_close.changed() => {
+                self.session.shutdown();
+                return;
+            }
+        };
+        metrics::validation::observe(
+            &self.labels.listener,
+            method,
+            &checked,
+            started.elapsed().as_secs_f64(),
+        );
+        self.session.recipient_validated(checked);
     }
 
     async fn read<C: ClientStream>(&mut self, client: &mut C) -> ReadOutcome {

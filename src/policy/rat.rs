@@ -1,7 +1,10 @@
 //! RAT — recipient access table: which recipients a public listener accepts (docs/configuration.md).
 
+use std::sync::Arc;
+
 use crate::dns::name::is_host_name;
 use crate::smtp::reply::{Enhanced, Reply};
+use crate::validate::rule::RecipientValidation;
 
 /// What a RAT entry matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +93,19 @@ pub struct RatEntry {
     pub action: RatAction,
     /// Custom reply (for accept: the 250 text; for reject: the refusal).
     pub reply: Option<Reply>,
+    /// How an accepted recipient is validated (`validate:`); `None`: not at all.
+    pub validation: Option<Arc<RecipientValidation>>,
+}
+
+/// What the RAT says about an accepted recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RatMatch {
+    /// The entry's custom 250 reply.
+    pub reply: Option<Reply>,
+    /// The entry's validation rule.
+    pub validation: Option<Arc<RecipientValidation>>,
+    /// The entry that accepted (`entry N`), for the log.
+    pub rule: String,
 }
 
 /// Why a recipient was refused by the RAT (for the log).
@@ -118,8 +134,8 @@ impl RecipientAccessTable {
         Reply::new(550, Enhanced(5, 7, 1), "Recipient address rejected")
     }
 
-    /// Checks a recipient; `Ok` carries an optional custom 250 reply.
-    pub fn check(&self, local: &str, domain: &str) -> Result<Option<Reply>, RatDenied> {
+    /// Checks a recipient; `Ok` carries the accepting entry's reply and validation rule.
+    pub fn check(&self, local: &str, domain: &str) -> Result<RatMatch, RatDenied> {
         let local = local.to_ascii_lowercase();
         let domain = domain.to_ascii_lowercase();
         for (i, e) in self.entries.iter().enumerate() {
@@ -130,7 +146,11 @@ impl RecipientAccessTable {
                 && !self.is_own_domain(&domain);
             if e.pattern.matches(&local, &domain) && !foreign {
                 return match e.action {
-                    RatAction::Accept => Ok(e.reply.clone()),
+                    RatAction::Accept => Ok(RatMatch {
+                        reply: e.reply.clone(),
+                        validation: e.validation.clone(),
+                        rule: format!("entry {i}"),
+                    }),
                     RatAction::Reject => Err(RatDenied {
                         reply: e.reply.clone().unwrap_or_else(Self::default_reply),
                         rule: format!("entry {i}"),
@@ -190,6 +210,7 @@ mod tests {
                     pattern: RecipientPattern::parse(p).unwrap(),
                     action: *a,
                     reply: None,
+                    validation: None,
                 })
                 .collect(),
             postmaster: None,

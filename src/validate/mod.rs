@@ -23,6 +23,9 @@ pub mod destination;
 pub mod ldap;
 pub mod list;
 pub mod persist;
+pub mod rule;
+pub mod service;
+pub mod settings;
 pub mod verdict;
 
 pub use verdict::{Answer, TempFailCause, Verdict};

@@ -46,6 +46,10 @@ pub enum TempFailCause {
     Server4xx,
     /// The server sent something that is not an SMTP reply, or an unexpected code.
     Protocol,
+    /// STARTTLS as the destination's TLS mode demands failed: not offered or refused under
+    /// a `required*` mode, a failed handshake, or a failed certificate check under
+    /// `required-verify*`.
+    Tls,
     /// The destination's circuit breaker is open: nothing was asked.
     BreakerOpen,
     /// Too many lookups were already waiting for the destination: nothing was asked.
@@ -69,6 +73,7 @@ impl TempFailCause {
             TempFailCause::MailRefused => "mail_refused",
             TempFailCause::Server4xx => "server_4xx",
             TempFailCause::Protocol => "protocol",
+            TempFailCause::Tls => "tls",
             TempFailCause::BreakerOpen => "breaker_open",
             TempFailCause::Shed => "shed",
             TempFailCause::LdapDown => "ldap_down",
@@ -94,6 +99,7 @@ impl fmt::Display for TempFailCause {
             TempFailCause::MailRefused => "MAIL FROM refused",
             TempFailCause::Server4xx => "4xx reply",
             TempFailCause::Protocol => "protocol error",
+            TempFailCause::Tls => "TLS failure",
             TempFailCause::BreakerOpen => "breaker open",
             TempFailCause::Shed => "too many waiting lookups",
             TempFailCause::LdapDown => "LDAP server unreachable",
@@ -140,6 +146,8 @@ mod tests {
         assert_eq!((t.label(), t.is_temporary()), ("tempfail", true));
         assert_eq!(TempFailCause::Server4xx.label(), "server_4xx");
         assert!(TempFailCause::Timeout.counts_for_breaker());
+        assert_eq!(TempFailCause::Tls.label(), "tls");
+        assert!(TempFailCause::Tls.counts_for_breaker());
         assert!(!TempFailCause::Shed.counts_for_breaker());
         assert!(!TempFailCause::BreakerOpen.counts_for_breaker());
     }

@@ -5,6 +5,7 @@
 //! - [`Client`] is the line-level SMTP client;
 //! - [`log`] waits for mail-log lines matching a pattern;
 //! - [`Dnsmasq`](dnsmasq::Dnsmasq) serves test zones, [`pki`] makes test certificates;
+//! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]
@@ -14,6 +15,7 @@ pub mod dnsmasq;
 pub mod log;
 pub mod mxgate;
 pub mod pki;
+pub mod postfix;
 pub mod server;
 pub mod sink;
 

@@ -190,6 +190,26 @@ pub enum DenialReason {
         /// The reply sent (the log line names it); boxed to keep every `Denial` small.
         reply: Box<Reply>,
     },
+    /// Recipient validation said the address does not exist.
+    InvalidRecipient {
+        /// The recipient address.
+        rcpt: String,
+        /// The method (`callahead`, `list`, `ldap`).
+        method: &'static str,
+        /// What the lookup found (log only: may name the internal server).
+        detail: String,
+        /// When the cached answer was obtained (unix seconds); `None`: asked just now.
+        cached: Option<u64>,
+    },
+    /// Recipient validation gave no answer and the entry says `on_tempfail: tempfail`.
+    ValidationTempFail {
+        /// The method.
+        method: &'static str,
+        /// Why no answer.
+        cause: crate::validate::TempFailCause,
+        /// What happened (log only).
+        detail: String,
+    },
     /// `DATA` with no accepted recipient.
     NoRecipients,
     /// The spool could not store the message.
@@ -227,6 +247,8 @@ impl DenialReason {
             DenialReason::RelayAttempt => "relay_attempt",
             DenialReason::Rat { .. } => "rat",
             DenialReason::Dhap { .. } => "dhap",
+            DenialReason::InvalidRecipient { .. } => "invalid_recipient",
+            DenialReason::ValidationTempFail { .. } => "validation_tempfail",
             DenialReason::NoRecipients => "no_recipients",
             DenialReason::Spool { .. } => "spool",
         }
@@ -258,6 +280,8 @@ impl DenialReason {
             DenialReason::RelayAttempt
             | DenialReason::Rat { .. }
             | DenialReason::Dhap { .. }
+            | DenialReason::InvalidRecipient { .. }
+            | DenialReason::ValidationTempFail { .. }
             | DenialReason::Limit {
                 kind: LimitKind::RecipientsPerMessage | LimitKind::RecipientsPerHour { .. },
                 ..
@@ -326,6 +350,24 @@ impl fmt::Display for DenialReason {
                 f,
                 "max_invalid_recipients_per_hour {max} for {ip} (policy {policy}) -> {reply}"
             ),
+            DenialReason::InvalidRecipient {
+                method,
+                detail,
+                cached,
+                ..
+            } => {
+                write!(f, "validate {method}: invalid ({detail}")?;
+                match cached {
+                    Some(t) => match chrono::DateTime::from_timestamp(*t as i64, 0) {
+                        Some(at) => write!(f, ", cached {})", at.format("%Y-%m-%dT%H:%M:%SZ")),
+                        None => f.write_str(", cached)"),
+                    },
+                    None => f.write_str(")"),
+                }
+            }
+            DenialReason::ValidationTempFail { method, detail, .. } => {
+                write!(f, "validate {method}: no answer ({detail})")
+            }
             DenialReason::NoRecipients => f.write_str("no valid recipients"),
             DenialReason::Spool { error } => write!(f, "spool error: {error}"),
         }

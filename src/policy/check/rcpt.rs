@@ -1,5 +1,9 @@
 //! `RCPT TO`: every reply after the sequence check (a transaction must be open), in the order
-//! they run. The next recipient check (validation against a directory) goes here.
+//! they run. Recipient validation splits the decision in two: [`check_rcpt`] runs every check
+//! up to the RAT and the per-message limit and, when the RAT entry validates, says so
+//! ([`RcptPermit::Validate`]); the driver asks the directory, and [`check_rcpt_verdict`]
+//! turns its answer into the reply (550 5.1.1, 451 4.4.3 or `on_tempfail: accept`, then the
+//! hourly limit).
 
 use super::mail::{limit_denial, needs_smtputf8};
 use super::{Denial, DenialReason, LimitKind, Permit};
@@ -8,6 +12,10 @@ use crate::policy::rat::RecipientAccessTable;
 use crate::policy::rate::DhapCount;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::{Enhanced, Reply};
+use crate::validate::destination::{Checked, Source};
+use crate::validate::rule::{OnTempFail, RecipientValidation};
+use crate::validate::Verdict;
+use std::sync::Arc;
 
 /// The address a recipient is stored under: `<postmaster>` (only it parses without a domain)
 /// must be accepted (RFC 5321 §4.5.1) and goes to the RAT's postmaster address, past the RAT.
@@ -79,8 +87,83 @@ pub(crate) fn count_invalid(ctx: &RcptCtx, invalid: Denial) -> Denial {
     }
 }
 
-/// The checks of `RCPT TO`, in order; `Ok` carries the 250 (or the RAT entry's own).
-pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
+/// What passing the first stage of `RCPT TO` means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RcptPermit {
+    /// Accepted, with this reply.
+    Accept(Permit),
+    /// The RAT entry validates its recipients: ask, then call [`check_rcpt_verdict`].
+    Validate {
+        /// The entry's rule.
+        rule: Arc<RecipientValidation>,
+        /// The entry's own 250, if any.
+        reply: Option<Reply>,
+    },
+}
+
+/// The 250 of an accepted recipient: the RAT entry's own, else the standard one.
+fn accepted(reply: Option<Reply>) -> Permit {
+    Permit::with(reply.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")))
+}
+
+/// The hourly budget, last: taking from it counts.
+fn hourly(ctx: &RcptCtx, reply: Option<Reply>) -> Result<Permit, Denial> {
+    let p = ctx.policy;
+    let per_hour = &p.max_recipients_per_hour;
+    if !(ctx.take_hourly)() {
+        return Err(limit_denial(
+            p,
+            &per_hour.reply,
+            per_hour.max,
+            LimitKind::RecipientsPerHour { ip: ctx.peer_ip },
+        ));
+    }
+    Ok(accepted(reply))
+}
+
+/// The second stage of `RCPT TO`, after a validation lookup: the lookup's answer decides
+/// (invalid: the rule's 5xx; no answer: the rule's 4xx or, under `on_tempfail: accept`,
+/// on), then the hourly limit.
+pub(crate) fn check_rcpt_verdict(
+    ctx: &RcptCtx,
+    rule: &RecipientValidation,
+    reply: Option<Reply>,
+    checked: &Checked,
+) -> Result<Permit, Denial> {
+    let method = rule.method.label();
+    let detail = checked.answer.detail.clone();
+    let cached = match checked.source {
+        Source::Cache { stored } => Some(stored),
+        Source::Lookup | Source::Breaker => None,
+    };
+    match checked.answer.verdict {
+        Verdict::Valid => hourly(ctx, reply),
+        Verdict::Invalid => Err(Denial::new(
+            rule.invalid_reply.clone(),
+            DenialReason::InvalidRecipient {
+                rcpt: ctx.addr.to_owned(),
+                method,
+                detail,
+                cached,
+            },
+        )),
+        Verdict::TempFail(cause) => match rule.on_tempfail {
+            OnTempFail::Accept => hourly(ctx, reply),
+            OnTempFail::TempFail => Err(Denial::new(
+                rule.tempfail_reply.clone(),
+                DenialReason::ValidationTempFail {
+                    method,
+                    cause,
+                    detail,
+                },
+            )),
+        },
+    }
+}
+
+/// The checks of `RCPT TO`, in order; `Ok` carries the 250 (or the RAT entry's own), or
+/// says the recipient must be validated first.
+pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
     let p = ctx.policy;
     let relay = p.action == Action::Relay;
     if ctx.to.flags.utf8 && !ctx.smtputf8 {
@@ -99,6 +182,7 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
         return Err(dhap_denial(p, ctx.peer_ip));
     }
     let mut accept = None;
+    let mut validation = None;
     if !relay && !ctx.postmaster {
         let verdict = match ctx.rat {
             Some(rat) => rat.check(&ctx.to.local, &ctx.to.domain),
@@ -108,7 +192,10 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
             }),
         };
         match verdict {
-            Ok(custom) => accept = custom,
+            Ok(m) => {
+                accept = m.reply;
+                validation = m.validation;
+            }
             Err(d) => {
                 let refusal = Denial::new(
                     d.reply,
@@ -130,18 +217,14 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<Permit, Denial> {
             LimitKind::RecipientsPerMessage,
         ));
     }
-    let per_hour = &p.max_recipients_per_hour;
-    if !(ctx.take_hourly)() {
-        return Err(limit_denial(
-            p,
-            &per_hour.reply,
-            per_hour.max,
-            LimitKind::RecipientsPerHour { ip: ctx.peer_ip },
-        ));
+    if let Some(rule) = validation {
+        // Asked before the hourly budget is taken: an invalid recipient must not spend it.
+        return Ok(RcptPermit::Validate {
+            rule,
+            reply: accept,
+        });
     }
-    Ok(Permit::with(accept.unwrap_or_else(|| {
-        Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
-    })))
+    hourly(ctx, accept).map(RcptPermit::Accept)
 }
 
 #[cfg(test)]
@@ -166,9 +249,18 @@ mod tests {
                 pattern: RecipientPattern::parse("example.com").unwrap(),
                 action: RatAction::Accept,
                 reply: None,
+                validation: None,
             }],
             postmaster: None,
         }
+    }
+
+    /// A first-stage result as a plain check result (`Validate` has no reply yet).
+    fn first_stage(r: Result<RcptPermit, Denial>) -> Result<Permit, Denial> {
+        r.map(|p| match p {
+            RcptPermit::Accept(p) => p,
+            RcptPermit::Validate { .. } => Permit::later(),
+        })
     }
 
     #[test]
@@ -337,7 +429,7 @@ mod tests {
                 dhap_exceeded: false,
             };
             assert_eq!(
-                outcome(&check_rcpt(&ctx)),
+                outcome(&first_stage(check_rcpt(&ctx))),
                 (code, enh.to_string(), label),
                 "row {i}"
             );
@@ -383,7 +475,7 @@ mod tests {
                 Err(d) => d.reason.to_string(),
                 Ok(_) => String::new(),
             };
-            (outcome(&r), text)
+            (outcome(&first_stage(r)), text)
         };
         let rat_550 = ((550, "5.7.1".to_string(), "rat"), "RAT default".to_string());
         assert_eq!(run("<x@other.example>", false), rat_550);

@@ -15,12 +15,14 @@
 //! acts on that.
 //!
 //! Its parts: `wire` (socket, replies, timeouts), `capabilities` (EHLO), `setup` (connect,
-//! greeting, EHLO, STARTTLS), `transaction` (MAIL/RCPT/DATA, outcomes) and `body` (the
-//! dot-stuffed body).
+//! greeting, EHLO, STARTTLS), `tls` (the handshake and certificate check after STARTTLS,
+//! shared with the call-ahead probes), `transaction` (MAIL/RCPT/DATA, outcomes) and `body`
+//! (the dot-stuffed body).
 
 mod body;
 mod capabilities;
 mod setup;
+pub(crate) mod tls;
 mod transaction;
 mod wire;
 
@@ -29,6 +31,7 @@ pub use setup::{ConnectError, TlsOutcome};
 pub(crate) use transaction::is_lost_connection;
 pub use transaction::{MessageResult, OutgoingMessage, RcptOutcome};
 pub use wire::ReplyParser;
+pub(crate) use wire::Stream;
 
 use std::fmt;
 use std::net::SocketAddr;

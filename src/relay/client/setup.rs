@@ -5,17 +5,14 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use rustls::pki_types::UnixTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::TlsConnector;
 
 use crate::mail_log::Event;
-use crate::net::tls::{cipher_name, protocol_name};
-use crate::relay::outbound_tls::server_name_for;
 use crate::smtp::reply::Reply;
 
+use super::tls::handshake;
 use super::wire::{Stream, Wire, WireError};
 use super::{Capabilities, ClientSettings, Connection, DeliveryLog, Target, QUIT_TIMEOUT};
 
@@ -300,70 +297,58 @@ impl Connection {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.wire.stream, Stream::Gone) else {
             return Err(tls_failed("STARTTLS on an encrypted session".into(), log));
         };
-        let connector = TlsConnector::from(settings.tls.client_config());
-        let name = server_name_for(&target.host, &target.domain, peer);
-        let tls = match timeout(t.ehlo, connector.connect(name, tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(tls_failed(format!("TLS handshake failed: {e}"), log)),
-            Err(_) => return Err(tls_failed("TLS handshake timed out".into(), log)),
+        let done = match handshake(
+            tcp,
+            target,
+            &settings.tls,
+            mode,
+            settings.control.ca_file.as_deref(),
+            t.ehlo,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(reason) => return Err(tls_failed(reason, log)),
         };
-        let (protocol, cipher, certs) = {
-            let c = tls.get_ref().1;
-            (
-                protocol_name(c.protocol_version()),
-                cipher_name(c.negotiated_cipher_suite()),
-                c.peer_certificates()
-                    .map(|c| c.to_vec())
-                    .unwrap_or_default(),
-            )
-        };
-        self.wire.stream = Stream::Tls(Box::new(tls));
+        let (protocol, cipher) = (done.protocol, done.cipher);
+        self.wire.stream = Stream::Tls(Box::new(done.stream));
 
-        let verified = if mode.verifies() {
-            let result = settings.tls.verify(
-                mode,
-                settings.control.ca_file.as_deref(),
-                &certs,
-                &target.domain,
-                &target.identity,
-                UnixTime::now(),
-            );
-            match result {
-                Ok(identity) => {
-                    log.log(Event::DcidTlsSuccess {
-                        dcid: self.dcid,
-                        protocol: protocol.clone(),
-                        cipher: cipher.clone(),
-                        verified: Some(identity),
-                    });
-                    Some(true)
-                }
-                Err(why) => {
-                    let reason = format!("certificate verification failed: {why}");
-                    if mode.is_required() {
-                        return Err(tls_failed(reason, log));
-                    }
-                    log.log(Event::DcidTlsFailed {
-                        dcid: self.dcid,
-                        reason,
-                    });
-                    log.log(Event::DcidTlsSuccess {
-                        dcid: self.dcid,
-                        protocol: protocol.clone(),
-                        cipher: cipher.clone(),
-                        verified: None,
-                    });
-                    Some(false)
-                }
+        let verified = match done.verification {
+            Some(Ok(identity)) => {
+                log.log(Event::DcidTlsSuccess {
+                    dcid: self.dcid,
+                    protocol: protocol.clone(),
+                    cipher: cipher.clone(),
+                    verified: Some(identity),
+                });
+                Some(true)
             }
-        } else {
-            log.log(Event::DcidTlsSuccess {
-                dcid: self.dcid,
-                protocol: protocol.clone(),
-                cipher: cipher.clone(),
-                verified: None,
-            });
-            None
+            Some(Err(why)) => {
+                let reason = format!("certificate verification failed: {why}");
+                if mode.is_required() {
+                    return Err(tls_failed(reason, log));
+                }
+                log.log(Event::DcidTlsFailed {
+                    dcid: self.dcid,
+                    reason,
+                });
+                log.log(Event::DcidTlsSuccess {
+                    dcid: self.dcid,
+                    protocol: protocol.clone(),
+                    cipher: cipher.clone(),
+                    verified: None,
+                });
+                Some(false)
+            }
+            None => {
+                log.log(Event::DcidTlsSuccess {
+                    dcid: self.dcid,
+                    protocol: protocol.clone(),
+                    cipher: cipher.clone(),
+                    verified: None,
+                });
+                None
+            }
         };
         self.tls = TlsOutcome::Success {
             protocol,

@@ -92,8 +92,8 @@ fn shorten(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// Plain TCP or TLS.
-pub(super) enum Stream {
+/// Plain TCP or TLS (also the socket of a call-ahead probe).
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     /// Only while STARTTLS swaps the stream.

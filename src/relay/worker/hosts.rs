@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::config::outbound::{Route, RouteHost};
+use crate::relay::client::Target;
 use crate::relay::mx::{self, MxError, MxTarget};
 
 use super::WorkerContext;
@@ -39,6 +40,24 @@ pub(super) async fn targets(
         exchange: host.host.clone(),
         preference: None,
     }])
+}
+
+/// Where a connection for mail to `domain` goes: `addr` of `exchange`, found for the route
+/// host `route_host` (the same name without `mx_lookup`). The exchange, not the route host,
+/// is the server's name (SNI); the `-verify` identity is [`verify_identity`]. Delivery and
+/// the call-ahead probes (`validate::callahead::ProbeTls`) both build their targets here.
+pub(crate) fn delivery_target(
+    addr: SocketAddr,
+    domain: &str,
+    route_host: &str,
+    exchange: &str,
+) -> Target {
+    Target {
+        addr,
+        identity: verify_identity(route_host, exchange),
+        host: exchange.to_string(),
+        domain: domain.to_string(),
+    }
 }
 
 /// The name a `-verify` certificate may present for a connection to `exchange` found for

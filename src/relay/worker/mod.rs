@@ -15,19 +15,19 @@ use crate::dns::ReverseResolver;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::client::{
-    ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage, Target,
+    ClientSettings, ClientTimeouts, Connection, DeliveryLog, OutgoingMessage,
 };
 use crate::relay::mx::{self, MxError};
 use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::spool::Spool;
 
 pub(crate) use feed::{Feed, ResultSender, SharedFeed};
-pub(crate) use hosts::host_order;
+pub(crate) use hosts::{delivery_target, host_order};
 #[cfg(test)]
 pub(crate) use job::all_with;
 pub(crate) use job::{all_permanent, all_temporary, Job, JobResult, Outcome};
 
-use hosts::{mx_note, targets, verify_identity};
+use hosts::{mx_note, targets};
 use job::outcome_of;
 
 /// Everything a worker needs, shared by all workers.
@@ -172,12 +172,7 @@ pub(crate) async fn deliver_batch(
             let exchange = target.exchange;
             // The exchange, not the route host, is the server's name (SNI). The `-verify`
             // identity is the configured route host, or the exchange only when it lies within it.
-            let target = Target {
-                addr: target.addr,
-                identity: verify_identity(&host.host, &exchange),
-                host: exchange.clone(),
-                domain: domain.clone(),
-            };
+            let target = delivery_target(target.addr, &domain, &host.host, &exchange);
             let dest_label = metrics::destination_label(&control);
             let e = match Connection::open(dcid, &target, &settings, log).await {
                 Ok(conn) => {
@@ -318,6 +313,7 @@ async fn send_jobs(
 
 #[cfg(test)]
 mod tests {
+    use super::hosts::verify_identity;
     use super::*;
     use crate::config::outbound::{DomainMatch, RouteHost};
     use std::path::PathBuf;

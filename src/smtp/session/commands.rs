@@ -5,7 +5,7 @@ use super::{Action, Phase, Session};
 use crate::mail_log::{printable, Event};
 use crate::policy::check::helo::{self, HeloCtx};
 use crate::policy::check::mail::{self, MailCtx};
-use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::policy::check::rcpt::{self, RcptCtx, RcptPermit};
 use crate::policy::check::{Denial, DenialReason};
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::{parse_command, Body, Command, CommandError, MailParams};
@@ -204,12 +204,23 @@ impl Session {
             dhap_exceeded: rate.dhap_exceeded(ip, max_invalid),
         });
         let permit = match verdict {
-            Ok(p) => p,
+            Ok(RcptPermit::Accept(p)) => p,
+            Ok(RcptPermit::Validate { rule, reply }) => {
+                return self.validate_recipient(to, addr, postmaster, rule, reply)
+            }
             // A refused form is logged as sent: normalising would hide the trick tried.
             Err(d) if d.reason == DenialReason::RelayAttempt => {
                 return self.deny(format!("RCPT TO: {}", printable(path)), Some(mid), d)
             }
             Err(d) => return self.deny(format!("RCPT TO: <{addr}>"), Some(mid), d),
+        };
+        self.accept_recipient(addr, permit);
+    }
+
+    /// Adds an accepted recipient to the transaction and answers it.
+    pub(super) fn accept_recipient(&mut self, addr: String, permit: crate::policy::check::Permit) {
+        let Some(mid) = self.txn.as_ref().map(|t| t.mid) else {
+            return;
         };
         let icid = self.p.icid;
         let Some(t) = self.txn.as_mut() else { return };
@@ -235,6 +246,25 @@ impl Session {
             }
         }
         self.permit(permit);
+    }
+}
+
+impl Session {
+    /// ESA's "drop" after a DHAP refusal (`max_invalid_recipients_per_hour`): its log line,
+    /// then close.
+    pub(super) fn dhap_drop(&mut self, limit: u64) {
+        let rdns = (self.p.rdns_host != "unknown").then(|| self.p.rdns_host.clone());
+        self.log(Event::DhapDrop {
+            icid: self.p.icid,
+            peer_ip: self.p.peer_ip,
+            rdns_host: rdns,
+            limit,
+            sender_group: self.p.classification.group.clone(),
+            listener: self.p.listener.clone(),
+        });
+        if !matches!(self.phase, Phase::Closed) {
+            self.close();
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod commands;
 mod data;
 pub(crate) mod headers;
+mod validation;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -118,6 +119,9 @@ pub enum Action {
     CommitMessage(Envelope),
     /// Throw the message being received away.
     AbortMessage,
+    /// Ask whether this recipient exists (bounded by the command timeout), then call
+    /// [`Session::recipient_validated`].
+    ValidateRecipient(crate::validate::rule::ValidationRequest),
     /// Flush and close the connection.
     Close,
 }
@@ -128,6 +132,7 @@ enum Phase {
     Data(Box<DataState>),
     TlsPending,
     Committing,
+    Validating(Box<validation::PendingRcpt>),
     Closed,
 }
 
@@ -293,7 +298,9 @@ impl Session {
                         break;
                     }
                 }
-                Phase::TlsPending | Phase::Committing | Phase::Closed => break,
+                Phase::TlsPending | Phase::Committing | Phase::Validating(_) | Phase::Closed => {
+                    break
+                }
             }
             if pos >= input.len() && !matches!(self.phase, Phase::Data(_)) {
                 break;
@@ -327,7 +334,10 @@ impl Session {
 
     /// True while the session waits for the driver (TLS handshake or spool commit).
     pub(crate) fn is_waiting(&self) -> bool {
-        matches!(self.phase, Phase::TlsPending | Phase::Committing)
+        matches!(
+            self.phase,
+            Phase::TlsPending | Phase::Committing | Phase::Validating(_)
+        )
     }
 
     /// True inside DATA (the driver applies the data timeout).
@@ -531,22 +541,6 @@ impl Session {
         }
         if let Some(limit) = dhap {
             self.dhap_drop(limit);
-        }
-    }
-
-    /// ESA's "drop" after a DHAP refusal: its log line, then close.
-    fn dhap_drop(&mut self, limit: u64) {
-        let rdns = (self.p.rdns_host != "unknown").then(|| self.p.rdns_host.clone());
-        self.log(Event::DhapDrop {
-            icid: self.p.icid,
-            peer_ip: self.p.peer_ip,
-            rdns_host: rdns,
-            limit,
-            sender_group: self.p.classification.group.clone(),
-            listener: self.p.listener.clone(),
-        });
-        if !matches!(self.phase, Phase::Closed) {
-            self.close();
         }
     }
 

@@ -1,20 +1,24 @@
 //! One probe connection to the internal server: the socket with its read buffer, replies
 //! parsed with the relay client's sans-IO [`ReplyParser`], and the two exchanges of a probe:
-//! [`ProbeConn::open`] (greeting, EHLO or HELO) and [`ProbeConn::ask`] (RSET when needed,
-//! MAIL, RCPT).
+//! [`ProbeConn::open`] (greeting, EHLO or HELO, STARTTLS per the destination's mode) and
+//! [`ProbeConn::ask`] (RSET when needed, MAIL, RCPT).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout, Instant};
 
-use crate::relay::client::ReplyParser;
+use crate::relay::client::tls::handshake;
+use crate::relay::client::{Capabilities, ReplyParser, Stream};
 use crate::smtp::reply::Reply;
 
 use crate::validate::verdict::{Answer, TempFailCause, Verdict};
+
+use super::{CallaheadSettings, ProbeTls, QUIT_TIMEOUT};
 
 /// Longest reply line read from the internal server.
 const MAX_LINE: usize = 4096;
@@ -58,6 +62,14 @@ fn reply_text(r: &Reply) -> String {
     }
 }
 
+/// A tempfail for a refused greeting, EHLO or HELO.
+fn refused(dest: SocketAddr, r: &Reply, stage: &str) -> Answer {
+    Answer::temp(
+        TempFailCause::SessionRefused,
+        format!("probe {dest}: {stage}: {}", reply_text(r)),
+    )
+}
+
 /// The verdict of a RCPT reply.
 pub fn classify_rcpt(code: u16) -> Verdict {
     match code {
@@ -77,7 +89,8 @@ pub(super) fn is_safe_path(s: &str) -> bool {
 
 /// One open connection to the internal server, past EHLO.
 pub(super) struct ProbeConn {
-    stream: TcpStream,
+    /// Plain, or TLS after STARTTLS (kept for every probe on the connection).
+    stream: Stream,
     buf: Vec<u8>,
     /// When it last finished a probe (idle connections expire).
     pub(super) last_used: Instant,
@@ -127,13 +140,16 @@ impl ProbeConn {
         let _ = self.stream.shutdown().await;
     }
 
-    /// Connects to `dest`, reads the greeting and says EHLO (HELO when EHLO is refused with
-    /// 5xx); `connects` counts the TCP connections made.
+    /// Connects to `dest`, reads the greeting, says EHLO (HELO when EHLO is refused with
+    /// 5xx) and negotiates STARTTLS as `tls` says (none: plaintext); `connects` counts the
+    /// TCP connections made.
     pub(super) async fn open(
         dest: SocketAddr,
-        helo: &str,
+        settings: &CallaheadSettings,
+        tls: Option<&ProbeTls>,
         connects: &AtomicU64,
     ) -> Result<ProbeConn, Answer> {
+        let helo = settings.helo_name.as_str();
         let fail = |e: StepError, stage: &str| {
             Answer::temp(e.cause(), format!("probe {dest}: {stage}: {}", e.text()))
         };
@@ -143,42 +159,130 @@ impl ProbeConn {
         connects.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let mut c = ProbeConn {
-            stream,
+            stream: Stream::Plain(stream),
             buf: Vec::new(),
             last_used: Instant::now(),
             probes: 0,
             refusals: 0,
             in_transaction: false,
         };
-        let refused = |r: &Reply, stage: &str| {
-            Answer::temp(
-                TempFailCause::SessionRefused,
-                format!("probe {dest}: {stage}: {}", reply_text(r)),
-            )
-        };
         let greeting = c.read_reply().await.map_err(|e| fail(e, "greeting"))?;
         if greeting.code != 220 {
-            return Err(refused(&greeting, "greeting"));
+            return Err(refused(dest, &greeting, "greeting"));
         }
-        let ehlo = c
+        let caps = c.hello(dest, helo).await?;
+        match tls {
+            Some(tls) if tls.mode.uses_starttls() => {
+                c.starttls(dest, helo, tls, &caps, settings.timeout).await
+            }
+            _ => Ok(c),
+        }
+    }
+
+    /// EHLO, or HELO when EHLO gets a 5xx; what the server announced.
+    async fn hello(&mut self, dest: SocketAddr, helo: &str) -> Result<Capabilities, Answer> {
+        let fail = |e: StepError, stage: &str| {
+            Answer::temp(e.cause(), format!("probe {dest}: {stage}: {}", e.text()))
+        };
+        let ehlo = self
             .command(&format!("EHLO {helo}\r\n"))
             .await
             .map_err(|e| fail(e, "EHLO"))?;
         if ehlo.code / 100 == 2 {
-            return Ok(c);
+            return Ok(Capabilities::from_ehlo(&ehlo));
         }
         if ehlo.code / 100 != 5 {
-            return Err(refused(&ehlo, "EHLO"));
+            return Err(refused(dest, &ehlo, "EHLO"));
         }
-        let r = c
+        let r = self
             .command(&format!("HELO {helo}\r\n"))
             .await
             .map_err(|e| fail(e, "HELO"))?;
         if r.code / 100 == 2 {
-            Ok(c)
+            Ok(Capabilities::default())
         } else {
-            Err(refused(&r, "HELO"))
+            Err(refused(dest, &r, "HELO"))
         }
+    }
+
+    /// STARTTLS as delivery does it (relay/client/setup.rs): a `required*` mode must get an
+    /// encrypted session (and under `required-verify*` a certificate that checks), else
+    /// `TempFail(Tls)`; a `preferred*` mode goes on in plaintext when STARTTLS is not offered
+    /// or refused (before the 220 the plaintext session is intact). After the 220 there is no
+    /// way back to plaintext: a failed handshake is `TempFail(Tls)` in every mode. Then EHLO
+    /// again over TLS.
+    async fn starttls(
+        mut self,
+        dest: SocketAddr,
+        helo: &str,
+        tls: &ProbeTls,
+        caps: &Capabilities,
+        limit: Duration,
+    ) -> Result<ProbeConn, Answer> {
+        let mode = tls.mode;
+        let tls_failed = |why: String| {
+            Answer::temp(TempFailCause::Tls, format!("probe {dest}: STARTTLS: {why}"))
+        };
+        if !caps.starttls {
+            if !mode.is_required() {
+                return Ok(self);
+            }
+            self.quit().await;
+            return Err(tls_failed(format!(
+                "TLS is required ({mode}) but the server does not offer STARTTLS"
+            )));
+        }
+        let r = self
+            .command("STARTTLS\r\n")
+            .await
+            .map_err(|e| tls_failed(e.text()))?;
+        if r.code != 220 {
+            if !mode.is_required() {
+                return Ok(self);
+            }
+            self.quit().await;
+            return Err(tls_failed(format!(
+                "TLS is required ({mode}) but STARTTLS was answered {}",
+                reply_text(&r)
+            )));
+        }
+        if !self.buf.is_empty() {
+            return Err(tls_failed(format!(
+                "{} bytes sent by the server after its 220 reply to STARTTLS",
+                self.buf.len()
+            )));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(tls_failed("STARTTLS on an encrypted session".into()));
+        };
+        let done = handshake(
+            tcp,
+            &tls.target,
+            &tls.context,
+            mode,
+            tls.ca_file.as_deref(),
+            limit,
+        )
+        .await
+        .map_err(tls_failed)?;
+        self.stream = Stream::Tls(Box::new(done.stream));
+        if let Some(Err(why)) = done.verification {
+            // `preferred-verify` probes over the unverified session, as it delivers.
+            if mode.is_required() {
+                return Err(tls_failed(format!(
+                    "certificate verification failed: {why}"
+                )));
+            }
+        }
+        // Forget what was learned in plaintext and ask again over TLS.
+        self.hello(dest, helo).await?;
+        Ok(self)
+    }
+
+    /// A courtesy QUIT before giving up a sound plaintext session.
+    async fn quit(&mut self) {
+        let _ = timeout(QUIT_TIMEOUT, self.command("QUIT\r\n")).await;
+        let _ = timeout(QUIT_TIMEOUT, self.shutdown()).await;
     }
 
     /// RSET (when needed), `MAIL FROM:<mail_from>` and `RCPT TO:<address>`; `sent` counts

@@ -8,17 +8,24 @@
 //! TempFail; MAIL refused → TempFail (a misconfiguration, e.g. the null sender refused). The
 //! server's text goes into [`Answer::detail`] for the log only, never into a reply.
 //!
-//! Plain TCP only for now: STARTTLS per the destination's TLS mode is to come with the probe
-//! on the relay client (`relay/client/probe.rs`, issue 13 plan §2.3).
+//! TLS: a pool made with [`ProbePool::with_tls`] negotiates STARTTLS on each new connection
+//! exactly as delivery to the destination does ([`ProbeTls::for_route_host`]: the same mode,
+//! CA bundle, server name and verify identity; the relay client's handshake and certificate
+//! check), and keeps the encrypted session for the connection's later probes. A `required*`
+//! mode that cannot get TLS (or, `required-verify*`, a certificate that checks) answers
+//! `TempFail(Tls)`. [`ProbePool::new`] probes in plaintext (mode `no`).
 //!
-//! Parts: `conn` (one connection: greeting, EHLO, RSET/MAIL/RCPT, reply mapping) and this
-//! module (the pool: slots, shedding, coalescing, idle connections).
+//! Parts: `conn` (one connection: greeting, EHLO, STARTTLS, RSET/MAIL/RCPT, reply mapping),
+//! `tls` ([`ProbeTls`]) and this module (the pool: slots, shedding, coalescing, idle
+//! connections).
 
 mod conn;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use conn::classify_rcpt;
+pub use tls::ProbeTls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +87,7 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ProbePool {
     addr: SocketAddr,
     settings: CallaheadSettings,
+    tls: Option<ProbeTls>,
     permits: Semaphore,
     waiting: AtomicUsize,
     idle: Mutex<Vec<IdleConn>>,
@@ -130,10 +138,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ProbePool {
-    /// A pool for the internal server at `addr`.
+    /// A pool for the internal server at `addr`, probing in plaintext (TLS mode `no`).
     pub fn new(addr: SocketAddr, settings: CallaheadSettings) -> Self {
+        Self::build(addr, settings, None)
+    }
+
+    /// A pool for the internal server at `tls.target.addr`, negotiating STARTTLS as `tls`
+    /// says (see [`ProbeTls::for_route_host`]).
+    pub fn with_tls(settings: CallaheadSettings, tls: ProbeTls) -> Self {
+        Self::build(tls.target.addr, settings, Some(tls))
+    }
+
+    fn build(addr: SocketAddr, settings: CallaheadSettings, tls: Option<ProbeTls>) -> Self {
         ProbePool {
             addr,
+            tls,
             permits: Semaphore::new(settings.max_concurrency.max(1)),
             settings,
             waiting: AtomicUsize::new(0),
@@ -274,10 +293,11 @@ impl ProbePool {
                 }
             }
         }
-        let conn = match ProbeConn::open(dest, &self.settings.helo_name, &self.connects).await {
-            Ok(c) => c,
-            Err(a) => return a,
-        };
+        let conn =
+            match ProbeConn::open(dest, &self.settings, self.tls.as_ref(), &self.connects).await {
+                Ok(c) => c,
+                Err(a) => return a,
+            };
         match conn.ask(dest, from, address, &self.probes).await {
             Ok((answer, conn)) => {
                 self.keep(conn);

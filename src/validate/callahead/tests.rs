@@ -226,3 +226,234 @@ async fn a_connection_is_replaced_after_its_share_of_refusals() {
     }
     assert_eq!(conns.load(Ordering::SeqCst), 3, "4 + 4 + 2 refusals");
 }
+
+// ---- STARTTLS per the destination's TLS mode ----
+
+mod starttls {
+    use super::*;
+    use crate::config::outbound::{DestinationControl, DestinationControls, OutboundTls};
+    use crate::relay::outbound_tls::OutboundTlsContext;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tokio_rustls::TlsAcceptor;
+
+    /// Lines a test server received, `tls:`-prefixed once the session is encrypted.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// A CA (written to `dir/ca.pem`) and a server configuration presenting a leaf it
+    /// signed for `names`.
+    fn pki(dir: &std::path::Path, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
+        let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    /// One SMTP dialogue on `s`; returns the socket when the client asked for STARTTLS
+    /// (after the 220), `None` when the session ended.
+    async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+        s: S,
+        seen: &Seen,
+        tls: bool,
+        offer: bool,
+    ) -> Option<S> {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let cmd = line.trim_end().to_string();
+            seen.lock()
+                .unwrap()
+                .push(format!("{}{cmd}", if tls { "tls:" } else { "" }));
+            let up = cmd.to_ascii_uppercase();
+            let reply = if up.starts_with("EHLO") && offer && !tls {
+                "250-internal.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n"
+            } else if up.starts_with("EHLO") {
+                "250-internal.test\r\n250 PIPELINING\r\n"
+            } else if up == "STARTTLS" && offer && !tls {
+                r.get_mut().write_all(b"220 2.0.0 Ready\r\n").await.ok()?;
+                return Some(r.into_inner());
+            } else if up.starts_with("MAIL") || up.starts_with("RSET") {
+                "250 2.0.0 Ok\r\n"
+            } else if up.starts_with("RCPT") {
+                alice_only(&line)
+            } else if up.starts_with("QUIT") {
+                let _ = r.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+                return None;
+            } else {
+                "502 5.5.2 Error\r\n"
+            };
+            r.get_mut().write_all(reply.as_bytes()).await.ok()?;
+            line.clear();
+        }
+        None
+    }
+
+    /// A scripted server that offers STARTTLS when `config` is given.
+    async fn tls_server(config: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Seen) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (seen, config) = (log.clone(), config.clone());
+                tokio::spawn(async move {
+                    s.write_all(b"220 internal.test ESMTP\r\n").await.unwrap();
+                    let Some(tcp) = dialogue(s, &seen, false, config.is_some()).await else {
+                        return;
+                    };
+                    let acceptor = TlsAcceptor::from(config.unwrap());
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            seen.lock().unwrap().push("handshake".into());
+                            dialogue(tls, &seen, true, true).await;
+                        }
+                        Err(e) => seen.lock().unwrap().push(format!("handshake failed: {e}")),
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A pool probing `addr` (route host `127.0.0.1`, domain example.test) in `mode`,
+    /// through the helper the coordinator uses.
+    fn pool(addr: SocketAddr, mode: OutboundTls, ca_file: Option<std::path::PathBuf>) -> ProbePool {
+        let controls = DestinationControls {
+            default: DestinationControl {
+                tls: mode,
+                ca_file,
+                ..DestinationControl::builtin_default()
+            },
+            ..DestinationControls::default()
+        };
+        let ctx = Arc::new(OutboundTlsContext::new(None).unwrap());
+        let tls = ProbeTls::for_route_host(&controls, ctx, "example.test", "127.0.0.1", addr);
+        assert_eq!(
+            (tls.target.host.as_str(), tls.target.addr),
+            ("127.0.0.1", addr)
+        );
+        ProbePool::with_tls(CallaheadSettings::default(), tls)
+    }
+
+    fn lines(seen: &Seen) -> Vec<String> {
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn required_without_starttls_offered_is_a_tls_tempfail_and_probes_nothing() {
+        let (addr, seen) = tls_server(None).await;
+        let a = pool(addr, OutboundTls::Required, None)
+            .check("alice@example.test")
+            .await;
+        assert_eq!(a.verdict, Verdict::TempFail(TempFailCause::Tls), "{a:?}");
+        assert_eq!(
+            a.detail,
+            format!(
+                "probe {addr}: STARTTLS: TLS is required (required) but the server does not \
+                 offer STARTTLS"
+            )
+        );
+        assert!(TempFailCause::Tls.counts_for_breaker());
+        let got = lines(&seen);
+        assert!(
+            !got.iter()
+                .any(|l| l.starts_with("MAIL") || l.starts_with("RCPT")),
+            "{got:?}"
+        );
+        // `preferred` goes on in plaintext.
+        let a = pool(addr, OutboundTls::Preferred, None)
+            .check("alice@example.test")
+            .await;
+        assert_eq!(a.verdict, Verdict::Valid, "{a:?}");
+        assert!(lines(&seen).contains(&"RCPT TO:<alice@example.test>".to_string()));
+    }
+
+    #[tokio::test]
+    async fn preferred_with_starttls_offered_probes_over_tls_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, seen) = tls_server(Some(pki(dir.path(), &["other.test"]))).await;
+        let pool = pool(addr, OutboundTls::Preferred, None);
+        assert_eq!(
+            pool.check("alice@example.test").await.verdict,
+            Verdict::Valid
+        );
+        assert_eq!(
+            pool.check("nobody@example.test").await.verdict,
+            Verdict::Invalid
+        );
+        assert_eq!(pool.connections_opened(), 1);
+        let got = lines(&seen);
+        assert_eq!(
+            got,
+            [
+                "EHLO localhost",
+                "STARTTLS",
+                "handshake",
+                "tls:EHLO localhost",
+                "tls:MAIL FROM:<>",
+                "tls:RCPT TO:<alice@example.test>",
+                "tls:RSET",
+                "tls:MAIL FROM:<>",
+                "tls:RCPT TO:<nobody@example.test>",
+            ],
+            "the certificate is not checked; RCPTs only after the handshake"
+        );
+        pool.close_idle().await;
+    }
+
+    #[tokio::test]
+    async fn required_verify_needs_a_certificate_for_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Some(dir.path().join("ca.pem"));
+        let (addr, seen) = tls_server(Some(pki(dir.path(), &["mx.other.test"]))).await;
+        let a = pool(addr, OutboundTls::RequiredVerify, ca.clone())
+            .check("alice@example.test")
+            .await;
+        assert_eq!(a.verdict, Verdict::TempFail(TempFailCause::Tls), "{a:?}");
+        assert!(
+            a.detail.contains(
+                "STARTTLS: certificate verification failed: certificate name mismatch: \
+                 presented DNS:mx.other.test"
+            ),
+            "{}",
+            a.detail
+        );
+        // The server task records the handshake a moment after the client has given up.
+        for _ in 0..100 {
+            if lines(&seen).iter().any(|l| l.starts_with("handshake")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = lines(&seen);
+        assert_eq!(got, ["EHLO localhost", "STARTTLS", "handshake"]);
+        // The same CA, a certificate for the destination domain: verified, probed.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Some(dir.path().join("ca.pem"));
+        let (addr, seen) = tls_server(Some(pki(dir.path(), &["example.test"]))).await;
+        let a = pool(addr, OutboundTls::RequiredVerify, ca)
+            .check("alice@example.test")
+            .await;
+        assert_eq!(a.verdict, Verdict::Valid, "{a:?}");
+        assert!(lines(&seen).contains(&"tls:RCPT TO:<alice@example.test>".to_string()));
+    }
+}

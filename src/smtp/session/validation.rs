@@ -1,0 +1,135 @@
+//! `RCPT TO` with recipient validation: the session asks the driver
+//! ([`Action::ValidateRecipient`]) and waits in `Phase::Validating`; the answer comes back
+//! through [`Session::recipient_validated`], and [`rcpt::check_rcpt_verdict`] decides the
+//! reply. Pipelined commands behind the RCPT wait in the driver's buffer, so replies stay
+//! in order.
+
+use std::sync::Arc;
+
+use super::{Action, Phase, Session};
+use crate::mail_log::{Event, Level};
+use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::smtp::address::Mailbox;
+use crate::smtp::reply::Reply;
+use crate::validate::breaker::Transition;
+use crate::validate::destination::{Checked, Source};
+use crate::validate::rule::{OnTempFail, RecipientValidation, ValidationRequest};
+use crate::validate::Verdict;
+
+/// A RCPT waiting for its validation answer.
+#[derive(Debug)]
+pub(super) struct PendingRcpt {
+    to: Mailbox,
+    addr: String,
+    postmaster: bool,
+    rule: Arc<RecipientValidation>,
+    reply: Option<Reply>,
+}
+
+impl Session {
+    /// Parks the RCPT and asks the driver to validate its recipient.
+    pub(super) fn validate_recipient(
+        &mut self,
+        to: Mailbox,
+        addr: String,
+        postmaster: bool,
+        rule: Arc<RecipientValidation>,
+        reply: Option<Reply>,
+    ) {
+        self.actions
+            .push(Action::ValidateRecipient(ValidationRequest {
+                address: addr.clone(),
+                rule: rule.clone(),
+            }));
+        self.phase = Phase::Validating(Box::new(PendingRcpt {
+            to,
+            addr,
+            postmaster,
+            rule,
+            reply,
+        }));
+    }
+
+    /// The answer to [`Action::ValidateRecipient`]: decides and answers the waiting RCPT.
+    pub fn recipient_validated(&mut self, checked: Checked) {
+        let Phase::Validating(p) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let icid = self.p.icid;
+        if let Some(t) = checked.transition {
+            let detail = &checked.answer.detail;
+            let (level, text) = match t {
+                Transition::Opened { failures } => (
+                    Level::Warning,
+                    format!(
+                        "recipient validation breaker open after {failures} consecutive failures (last: {detail}); on_tempfail applies until a trial lookup succeeds"
+                    ),
+                ),
+                Transition::Reopened => (
+                    Level::Warning,
+                    format!("recipient validation breaker open again: trial lookup failed ({detail})"),
+                ),
+                Transition::Closed => (
+                    Level::Info,
+                    format!("recipient validation breaker closed: trial lookup answered ({detail})"),
+                ),
+            };
+            self.log(Event::Note { level, text });
+        }
+        let Some(txn) = &self.txn else { return };
+        let (mid, smtputf8, count) = (txn.mid, txn.smtputf8, txn.rcpts_accepted);
+        let (rate, ip, per_hour) = (
+            &self.p.rate,
+            self.p.peer_ip,
+            self.policy.max_recipients_per_hour.max,
+        );
+        let take_hourly = || rate.try_recipient(ip, per_hour);
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
+        let ctx = RcptCtx {
+            policy: &self.policy,
+            rat: self.p.rat.as_deref(),
+            to: &p.to,
+            addr: &p.addr,
+            postmaster: p.postmaster,
+            smtputf8,
+            accepted: count,
+            take_hourly: &take_hourly,
+            peer_ip: ip,
+            record_invalid: &record_invalid,
+            // The first stage refused an IP already past the limit before asking.
+            dhap_exceeded: false,
+        };
+        match rcpt::check_rcpt_verdict(&ctx, &p.rule, p.reply.clone(), &checked) {
+            Ok(permit) => {
+                if let Verdict::TempFail(_) = checked.answer.verdict {
+                    debug_assert_eq!(p.rule.on_tempfail, OnTempFail::Accept);
+                    self.log(Event::Note {
+                        level: Level::Info,
+                        text: format!(
+                            "ICID {icid} MID {mid} RCPT TO: <{}> accepted unverified: validate {}: no answer ({}) (on_tempfail accept)",
+                            p.addr,
+                            p.rule.method.label(),
+                            checked.answer.detail
+                        ),
+                    });
+                }
+                self.accept_recipient(p.addr, permit);
+            }
+            Err(d) => {
+                let ldap = matches!(checked.answer.verdict, Verdict::Invalid)
+                    && p.rule.method.label() == "ldap"
+                    && !matches!(checked.source, Source::Breaker);
+                if ldap {
+                    // ESA's own line for an LDAP accept refusal (log parsers count it).
+                    self.log(Event::LdapAcceptRejected {
+                        icid,
+                        mid,
+                        rcpt: p.addr.clone(),
+                    });
+                }
+                self.deny(format!("RCPT TO: <{}>", p.addr), Some(mid), d);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The validator of one configuration: answers a [`ValidationRequest`] with the method its
+//! RAT entry names — `list:` in memory, `callahead` through the probe pool of the
+//! recipient domain's SMTP route, `ldap:` through the named directory — in front of the
+//! shared verdict cache. A reload builds a new validator around the same cache.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use super::breaker::Transition;
+use super::cache::VerdictCache;
+use super::callahead::{CallaheadSettings, ProbePool};
+use super::destination::{Checked, Destination, Method, Source, ValidationClock};
+use super::ldap::{LdapDirectory, LdapSettings};
+use super::rule::{ValidationMethod, ValidationRequest};
+use super::settings::ValidationSettings;
+use super::verdict::{Answer, TempFailCause};
+use crate::config::outbound::{Route, RouteTable};
+
+/// What a lookup needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ValidatorConfig {
+    /// `policies/validation.yaml`.
+    pub settings: Arc<ValidationSettings>,
+    /// The SMTP routes (a call-ahead asks the route's internal server).
+    pub routes: Arc<RouteTable>,
+    /// The name probes send in EHLO (the delivery host name).
+    pub helo_name: String,
+}
+
+/// The validator of one configuration.
+pub struct Validator {
+    config: ValidatorConfig,
+    cache: Arc<VerdictCache>,
+    clock: Arc<dyn ValidationClock>,
+    ldap: HashMap<String, Arc<Destination>>,
+    callahead: Mutex<HashMap<String, Arc<Destination>>>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("ldap", &self.ldap.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The method id (first part of a cache key) of a call-ahead to `route`.
+fn route_id(route: &Route) -> String {
+    format!("callahead:{}", route.domain)
+}
+
+/// The first host of a route, resolved (IP literals as they are; names through the system
+/// resolver, so `/etc/hosts` works for the internal server as it does for delivery).
+async fn first_host(route: &Route) -> Result<SocketAddr, String> {
+    let host = route.hosts.first().ok_or("route has no host")?;
+    if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, host.port));
+    }
+    tokio::net::lookup_host((host.host.as_str(), host.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", host.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", host.host))
+}
+
+/// A tempfail answered without asking anyone.
+fn unanswered(cause: TempFailCause, detail: String) -> Checked {
+    Checked {
+        answer: Answer::temp(cause, detail),
+        source: Source::Lookup,
+        refresh_due: false,
+        transition: None,
+    }
+}
+
+impl Validator {
+    /// A validator for `config` around the shared `cache`.
+    pub fn new(
+        config: ValidatorConfig,
+        cache: Arc<VerdictCache>,
+        clock: Arc<dyn ValidationClock>,
+    ) -> Self {
+        let ldap = config
+            .settings
+            .ldap
+            .iter()
+            .map(|(name, s)| {
+                let settings = LdapSettings {
+                    name: name.clone(),
+                    url: s.url.clone(),
+                    starttls: s.starttls,
+                    tls: s.ca_file.as_deref().and_then(ldap_tls),
+                    bind_dn: s.bind_dn.clone(),
+                    password: s.password.clone(),
+                    base: s.base.clone(),
+                    filter: s.filter.clone(),
+                    timeout: s.timeout,
+                    max_connections: s.max_connections,
+                };
+                let d = Destination::new(
+                    format!("ldap:{name}"),
+                    Method::Ldap(LdapDirectory::new(settings)),
+                    s.breaker,
+                );
+                (name.clone(), Arc::new(d))
+            })
+            .collect();
+        Validator {
+            config,
+            cache,
+            clock,
+            ldap,
+            callahead: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shared verdict cache.
+    pub fn cache(&self) -> &Arc<VerdictCache> {
+        &self.cache
+    }
+
+    /// Answers `req`; a valid cache entry due for refresh is refreshed in the background.
+    pub async fn validate(&self, req: &ValidationRequest) -> Checked {
+        self.lookup(req, true).await
+    }
+
+    /// Answers `req` without the cache (`mxgate recipients check --no-cache`); the answer is
+    /// still stored.
+    pub async fn validate_uncached(&self, req: &ValidationRequest) -> Checked {
+        self.lookup(req, false).await
+    }
+
+    async fn lookup(&self, req: &ValidationRequest, use_cache: bool) -> Checked {
+        let dest = match &req.rule.method {
+            ValidationMethod::List(list) => {
+                return Checked {
+                    answer: Answer::new(
+                        list.lookup(&req.address),
+                        format!("list {}", list.path().display()),
+                    ),
+                    source: Source::Lookup,
+                    refresh_due: false,
+                    transition: None,
+                }
+            }
+            ValidationMethod::Ldap(name) => match self.ldap.get(name) {
+                Some(d) => d.clone(),
+                None => {
+                    return unanswered(
+                        TempFailCause::Protocol,
+                        format!("ldap:{name}: no such directory"),
+                    )
+                }
+            },
+            ValidationMethod::Callahead => match self.callahead_destination(&req.address).await {
+                Ok(d) => d,
+                Err(detail) => return unanswered(TempFailCause::Refused, detail),
+            },
+        };
+        let checked = if use_cache {
+            dest.validate(&self.cache, self.clock.as_ref(), &req.address)
+                .await
+        } else {
+            dest.refresh(&self.cache, self.clock.as_ref(), &req.address)
+                .await
+        };
+        if checked.refresh_due {
+            let (dest, cache, clock) = (dest.clone(), self.cache.clone(), self.clock.clone());
+            let address = req.address.clone();
+            tokio::spawn(async move {
+                let c = dest.refresh(&cache, clock.as_ref(), &address).await;
+                if let Some(t) = c.transition {
+                    tracing::warn!("validation {}: breaker {t:?} during a refresh", dest.id());
+                }
+            });
+        }
+        checked
+    }
+
+    /// The call-ahead destination of the recipient domain's route, created on first use.
+    async fn callahead_destination(&self, address: &str) -> Result<Arc<Destination>, String> {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let route = self
+            .config
+            .routes
+            .route_for(&domain)
+            .ok_or_else(|| format!("callahead: no SMTP route covers {domain}"))?;
+        let id = route_id(route);
+        if let Some(d) = lock(&self.callahead).get(&id) {
+            return Ok(d.clone());
+        }
+        let addr = first_host(route).await.map_err(|e| format!("{id}: {e}"))?;
+        let settings = CallaheadSettings {
+            helo_name: self.config.helo_name.clone(),
+            ..self.config.settings.callahead.clone()
+        };
+        let mut d = Destination::new(
+            id.clone(),
+            Method::Callahead(ProbePool::new(addr, settings)),
+            self.config.settings.callahead_breaker,
+        );
+        if self.config.settings.detect_catch_all {
+            d = d.with_catch_all_detection();
+        }
+        let d = Arc::new(d);
+        // Two first lookups may race: the first one stored wins, the other pool is dropped.
+        Ok(lock(&self.callahead).entry(id).or_insert(d).clone())
+    }
+
+    /// Open breakers by destination id (the gauge and `recipients check`).
+    pub fn breakers(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .ldap
+            .values()
+            .chain(lock(&self.callahead).values())
+            .map(|d| (d.id().to_string(), d.is_breaker_open()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Text for a breaker transition (log lines).
+pub fn transition_text(t: Transition) -> &'static str {
+    match t {
+        Transition::Opened { .. } => "opened",
+        Transition::Reopened => "reopened",
+        Transition::Closed => "closed",
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A rustls client configuration trusting the CA bundle at `path`; `None` (ldap3's
+/// defaults) when it cannot be read — `mxgate check` already refused an unreadable one.
+fn ldap_tls(path: &std::path::Path) -> Option<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).ok()?.flatten() {
+        roots.add(c).ok()?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Some(Arc::new(config))
+}
