@@ -84,6 +84,8 @@ impl Session {
             self.policy.max_recipients_per_hour.max,
         );
         let take_hourly = || rate.try_recipient(ip, per_hour);
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
         let ctx = RcptCtx {
             policy: &self.policy,
             rat: self.p.rat.as_deref(),
@@ -94,6 +96,9 @@ impl Session {
             accepted: count,
             take_hourly: &take_hourly,
             peer_ip: ip,
+            record_invalid: &record_invalid,
+            // The first stage refused an IP already past the limit before asking.
+            dhap_exceeded: false,
         };
         match rcpt::check_rcpt_verdict(&ctx, &p.rule, p.reply.clone(), &checked) {
             Ok(permit) => {
