@@ -138,14 +138,18 @@ pub(crate) fn check_rcpt_verdict(
     };
     match checked.answer.verdict {
         Verdict::Valid => hourly(ctx, reply),
-        Verdict::Invalid => Err(Denial::new(
-            rule.invalid_reply.clone(),
-            DenialReason::InvalidRecipient {
-                rcpt: ctx.addr.to_owned(),
-                method,
-                detail,
-                cached,
-            },
+        // A recipient the directory does not know counts towards the harvest limit.
+        Verdict::Invalid => Err(count_invalid(
+            ctx,
+            Denial::new(
+                rule.invalid_reply.clone(),
+                DenialReason::InvalidRecipient {
+                    rcpt: ctx.addr.to_owned(),
+                    method,
+                    detail,
+                    cached,
+                },
+            ),
         )),
         Verdict::TempFail(cause) => match rule.on_tempfail {
             OnTempFail::Accept => hourly(ctx, reply),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::{Action, Phase, Session};
 use crate::mail_log::{Event, Level};
 use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::policy::check::DenialReason;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::Reply;
 use crate::validate::breaker::Transition;
@@ -117,7 +118,7 @@ impl Session {
                 self.accept_recipient(p.addr, permit);
             }
             Err(d) => {
-                let ldap = matches!(checked.answer.verdict, Verdict::Invalid)
+                let ldap = matches!(d.reason, DenialReason::InvalidRecipient { .. })
                     && p.rule.method.label() == "ldap"
                     && !matches!(checked.source, Source::Breaker);
                 if ldap {
