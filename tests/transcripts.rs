@@ -487,7 +487,7 @@ impl Backend for ScriptedBackend {
             ),
             "cached-invalid" => checked(
                 Verdict::Invalid,
-                &format!("{id}: cached"),
+                id,
                 Source::Cache { stored: 1_523_926_000 },
                 None,
             ),
