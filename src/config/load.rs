@@ -125,7 +125,7 @@ fn dir_key(
 }
 
 /// Parses an optional duration.
-fn duration(
+pub(super) fn duration(
     v: &Option<SpannedStr>,
     default: Duration,
     allow_zero: bool,

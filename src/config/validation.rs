@@ -13,11 +13,11 @@ use serde_saphyr::Spanned;
 
 use super::defs::{NamedMap, RatEntryDef, ReplyDef, SpannedStr};
 use super::error::{join, ConfigError, FileErrors, Pos};
-use super::load::{read_yaml, Read};
+use super::load::{duration, read_yaml, Read};
 use super::outbound::RouteTable;
 use super::policies::{merge_reply, Class, Parts};
 use super::routes::ranged;
-use super::values::{check_sender, parse_bool, parse_duration};
+use super::values::{check_sender, parse_bool};
 use crate::policy::rat::RecipientPattern;
 use crate::smtp::reply::Reply;
 use crate::validate::breaker::BreakerSettings;
@@ -196,19 +196,9 @@ pub(crate) struct ValidationContext<'a> {
     pub routes: &'a RouteTable,
 }
 
+/// A duration longer than 0.
 fn dur(v: &Option<SpannedStr>, default: Duration, path: &str, e: &mut FileErrors<'_>) -> Duration {
-    let Some(s) = v else { return default };
-    match parse_duration(&s.value) {
-        Ok(d) if d.is_zero() => {
-            e.on(s, path, "must be longer than 0");
-            default
-        }
-        Ok(d) => d,
-        Err(m) => {
-            e.on(s, path, m);
-            default
-        }
-    }
+    duration(v, default, false, path, e)
 }
 
 fn num(v: &Option<SpannedStr>, default: u64, max: u64, path: &str, e: &mut FileErrors<'_>) -> u64 {

@@ -6,6 +6,7 @@
 //! - [`log`] waits for mail-log lines matching a pattern;
 //! - [`Dnsmasq`](dnsmasq::Dnsmasq) serves test zones, [`pki`] makes test certificates;
 //! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
+//! - [`slapd`] runs a private OpenLDAP slapd loaded from an LDIF;
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]
@@ -18,6 +19,7 @@ pub mod pki;
 pub mod postfix;
 pub mod server;
 pub mod sink;
+pub mod slapd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

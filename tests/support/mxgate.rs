@@ -191,6 +191,30 @@ impl Mxgate {
         self.printed_addr("mxgate: metrics listening on ")
     }
 
+    /// `GET /metrics` from the metrics endpoint (started with `--metrics-listen 127.0.0.1:0`).
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics_addr()).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The value of the series `name` carrying these `labels` (among others) on `/metrics`;
+    /// 0 when no such series exists yet.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x.as_str()))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// What the server wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr

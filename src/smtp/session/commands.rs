@@ -177,28 +177,11 @@ impl Session {
             return self.reply(sequence("Need MAIL command"));
         };
         let mid = txn.mid;
-        let smtputf8 = txn.smtputf8;
-        // Limits count every accepted RCPT, duplicates included: what the client sent.
-        let count = txn.rcpts_accepted;
-        let rat = self.p.rat.as_deref();
-        let (addr, postmaster) = rcpt::recipient_address(&to, rat);
-        let (rate, ip, per_hour) = (
-            &self.p.rate,
-            self.p.peer_ip,
-            self.policy.max_recipients_per_hour.max,
-        );
-        let take_hourly = || rate.try_recipient(ip, per_hour);
-        let verdict = rcpt::check_rcpt(&RcptCtx {
-            policy: &self.policy,
-            rat,
-            to: &to,
-            addr: &addr,
-            postmaster,
-            smtputf8,
-            accepted: count,
-            take_hourly: &take_hourly,
-            peer_ip: ip,
-        });
+        let (addr, postmaster) = rcpt::recipient_address(&to, self.p.rat.as_deref());
+        let Some(verdict) = self.with_rcpt_ctx(&to, &addr, postmaster, true, rcpt::check_rcpt)
+        else {
+            return;
+        };
         let permit = match verdict {
             Ok(RcptPermit::Accept(p)) => p,
             Ok(RcptPermit::Validate { rule, reply }) => {
@@ -211,6 +194,39 @@ impl Session {
             Err(d) => return self.deny(format!("RCPT TO: <{addr}>"), Some(mid), d),
         };
         self.accept_recipient(addr, permit);
+    }
+
+    /// Runs `f` with the RCPT context of the open transaction (`None` without one). The
+    /// harvest check of the first stage (`first_stage`) refuses a client already past
+    /// `max_invalid_recipients_per_hour` before anything is asked.
+    pub(super) fn with_rcpt_ctx<R>(
+        &self,
+        to: &Mailbox,
+        addr: &str,
+        postmaster: bool,
+        first_stage: bool,
+        f: impl FnOnce(&RcptCtx) -> R,
+    ) -> Option<R> {
+        let txn = self.txn.as_ref()?;
+        let (rate, ip) = (&self.p.rate, self.p.peer_ip);
+        let per_hour = self.policy.max_recipients_per_hour.max;
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let take_hourly = || rate.try_recipient(ip, per_hour);
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
+        Some(f(&RcptCtx {
+            policy: &self.policy,
+            rat: self.p.rat.as_deref(),
+            to,
+            addr,
+            postmaster,
+            smtputf8: txn.smtputf8,
+            // Limits count every accepted RCPT, duplicates included: what the client sent.
+            accepted: txn.rcpts_accepted,
+            take_hourly: &take_hourly,
+            peer_ip: ip,
+            record_invalid: &record_invalid,
+            dhap_exceeded: first_stage && rate.dhap_exceeded(ip, max_invalid),
+        }))
     }
 
     /// Adds an accepted recipient to the transaction and answers it.
@@ -242,6 +258,25 @@ impl Session {
             }
         }
         self.permit(permit);
+    }
+}
+
+impl Session {
+    /// ESA's "drop" after a DHAP refusal (`max_invalid_recipients_per_hour`): its log line,
+    /// then close.
+    pub(super) fn dhap_drop(&mut self, limit: u64) {
+        let rdns = (self.p.rdns_host != "unknown").then(|| self.p.rdns_host.clone());
+        self.log(Event::DhapDrop {
+            icid: self.p.icid,
+            peer_ip: self.p.peer_ip,
+            rdns_host: rdns,
+            limit,
+            sender_group: self.p.classification.group.clone(),
+            listener: self.p.listener.clone(),
+        });
+        if !matches!(self.phase, Phase::Closed) {
+            self.close();
+        }
     }
 }
 

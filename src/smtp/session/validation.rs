@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::{Action, Phase, Session};
 use crate::mail_log::{Event, Level};
-use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::policy::check::rcpt;
+use crate::policy::check::DenialReason;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::Reply;
 use crate::validate::breaker::Transition;
@@ -76,26 +77,14 @@ impl Session {
             };
             self.log(Event::Note { level, text });
         }
-        let Some(txn) = &self.txn else { return };
-        let (mid, smtputf8, count) = (txn.mid, txn.smtputf8, txn.rcpts_accepted);
-        let (rate, ip, per_hour) = (
-            &self.p.rate,
-            self.p.peer_ip,
-            self.policy.max_recipients_per_hour.max,
-        );
-        let take_hourly = || rate.try_recipient(ip, per_hour);
-        let ctx = RcptCtx {
-            policy: &self.policy,
-            rat: self.p.rat.as_deref(),
-            to: &p.to,
-            addr: &p.addr,
-            postmaster: p.postmaster,
-            smtputf8,
-            accepted: count,
-            take_hourly: &take_hourly,
-            peer_ip: ip,
+        let Some(mid) = self.txn.as_ref().map(|t| t.mid) else {
+            return;
         };
-        match rcpt::check_rcpt_verdict(&ctx, &p.rule, p.reply.clone(), &checked) {
+        let verdict = self.with_rcpt_ctx(&p.to, &p.addr, p.postmaster, false, |ctx| {
+            rcpt::check_rcpt_verdict(ctx, &p.rule, p.reply.clone(), &checked)
+        });
+        let Some(verdict) = verdict else { return };
+        match verdict {
             Ok(permit) => {
                 if let Verdict::TempFail(_) = checked.answer.verdict {
                     debug_assert_eq!(p.rule.on_tempfail, OnTempFail::Accept);
@@ -112,7 +101,7 @@ impl Session {
                 self.accept_recipient(p.addr, permit);
             }
             Err(d) => {
-                let ldap = matches!(checked.answer.verdict, Verdict::Invalid)
+                let ldap = matches!(d.reason, DenialReason::InvalidRecipient { .. })
                     && p.rule.method.label() == "ldap"
                     && !matches!(checked.source, Source::Breaker);
                 if ldap {

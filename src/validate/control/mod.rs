@@ -152,7 +152,12 @@ pub async fn execute(live: &LiveRecipients, verb: &str, rest: &str) -> String {
             Err(e) => Err(e),
         },
         "cache-list" => CacheFilter::parse(rest, true).map(|f| list(cache, &f, now)),
-        "cache-flush" => CacheFilter::parse(rest, false).map(|f| flush(cache, &f, now)),
+        "cache-flush" => CacheFilter::parse(rest, false).map(|f| {
+            let answer = flush(cache, &f, now);
+            let (valid, invalid) = cache.counts();
+            crate::metrics::validation::set_cache_entries(valid, invalid);
+            answer
+        }),
         _ => Err(format!("usage: {USAGE}")),
     };
     answer.unwrap_or_else(|e| format!("error {e}\n"))
