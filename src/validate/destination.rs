@@ -249,7 +249,9 @@ impl Destination {
                 transition: None,
             };
         }
-        let answer = self.method.ask(address).await;
+        let mut answer = self.method.ask(address).await;
+        // The log names the destination first (`callahead:example.com: probe ...`).
+        answer.detail = format!("{}: {}", self.id, answer.detail);
         let transition = match answer.verdict {
             Verdict::TempFail(c) if !c.counts_for_breaker() => None,
             v => self.breaker().record(clock.now(), !v.is_temporary()),

@@ -131,9 +131,9 @@ impl LdapDirectory {
         format!("ldap:{}", self.settings.name)
     }
 
-    /// Looks `address` up; the answer's detail names the directory (log only).
+    /// Looks `address` up; the answer's detail names the directory's URL (log only).
     pub async fn lookup(&self, address: &str) -> Answer {
-        let name = &self.settings.name;
+        let url = &self.settings.url;
         let limit = self.settings.timeout;
         let work = async {
             let _permit = self
@@ -153,13 +153,11 @@ impl LdapDirectory {
             self.search(ldap, address).await
         };
         match timeout(limit, work).await {
-            Ok(Ok((verdict, detail))) => Answer::new(verdict, format!("ldap {name}: {detail}")),
-            Ok(Err(Failure(cause, detail))) => {
-                Answer::temp(cause, format!("ldap {name}: {detail}"))
-            }
+            Ok(Ok((verdict, detail))) => Answer::new(verdict, format!("{url}: {detail}")),
+            Ok(Err(Failure(cause, detail))) => Answer::temp(cause, format!("{url}: {detail}")),
             Err(_) => Answer::temp(
                 TempFailCause::Timeout,
-                format!("ldap {name}: no answer within {limit:?}"),
+                format!("{url}: no answer within {limit:?}"),
             ),
         }
     }
