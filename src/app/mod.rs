@@ -2,7 +2,12 @@
 //! [`reload`] runs the started server: reload, certificate watching, signals.
 
 pub mod reload;
+pub(crate) mod tls_files;
 pub(crate) mod validation;
+
+pub use tls_files::check_tls_files;
+use tls_files::client_certificate_files;
+pub(crate) use tls_files::outbound_tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +27,6 @@ use crate::net::tls::{self, CertStore, TlsError};
 use crate::policy::rate::RateLimiter;
 use crate::relay::client::ClientTimeouts;
 use crate::relay::control;
-use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::relay::queue::QueueHandle;
 use crate::relay::queue::{QueueManager, RelaySettings};
 use crate::relay::schedule::RetryPolicy;
@@ -487,83 +491,6 @@ pub(crate) fn delivery_hostname(config: &Config) -> String {
         .clone()
         .or_else(|| config.listeners.first().map(|l| l.hostname.clone()))
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// The client certificate files `destinations.yaml` names (`demo` = the demo certificate).
-fn client_certificate_files(config: &Config) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let dir = &config.global.certs_dir;
-    config.destinations.client_certificate.as_ref().map(|name| {
-        (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        )
-    })
-}
-
-/// The certificate, key and CA files `serve` would refuse to start with, read without
-/// binding anything (for `mxgate check`): one line per problem. The demo certificate is
-/// left out, because `serve` generates it.
-pub fn check_tls_files(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for l in &config.listeners {
-        let mut problem = None;
-        if let (Some(cert), Some(key)) = (&l.certificate, &l.key) {
-            let missing = [("certificate", cert), ("key", key)]
-                .into_iter()
-                .find(|(_, p)| !p.exists());
-            let name = cert.file_stem().map(|s| s.to_string_lossy().into_owned());
-            problem = match missing {
-                Some((what, path)) => Some(format!(
-                    "{what} file {} not found: `mxgate certs list` shows what is installed; \
-                     `mxgate certs new-self-signed {n}` makes a self-signed one, `mxgate certs csr {n}` then \
-                     `mxgate certs install {n} --cert SIGNED` a CA-signed one",
-                    path.display(),
-                    n = name.as_deref().unwrap_or("NAME")
-                )),
-                None => tls::load_certified_key(cert, key)
-                    .err()
-                    .map(|e| e.to_string()),
-            };
-        }
-        let problem = problem.or_else(|| {
-            let ca = l.client_ca_file.as_deref()?;
-            tls::ClientCertCheck::new(Some(ca))
-                .err()
-                .map(|e| e.to_string())
-        });
-        if let Some(p) = problem {
-            out.push(format!("listener {}: {p}", l.name));
-        }
-    }
-    let d = &config.destinations;
-    if d.client_certificate.as_deref() != Some("demo") {
-        let checked = OutboundTlsContext::new(client_certificate_files(config)).and_then(|ctx| {
-            std::iter::once(&d.default)
-                .chain(&d.entries)
-                .filter_map(|c| c.ca_file.as_deref())
-                .try_for_each(|ca| ctx.roots(Some(ca)).map(|_| ()))
-        });
-        if let Err(e) = checked {
-            out.push(format!("policies/destinations.yaml: {e}"));
-        }
-    }
-    out
-}
-
-/// Outbound TLS as configured: the client certificate read now, and every destination's
-/// `ca_file` loaded now, so a bad file fails start-up or the reload rather than a delivery.
-pub(crate) fn outbound_tls(config: &Config) -> Result<OutboundTlsContext, AppError> {
-    if config.destinations.client_certificate.as_deref() == Some("demo") {
-        tls::ensure_demo_certificate(&config.global.certs_dir, &delivery_hostname(config))?;
-    }
-    let ctx = OutboundTlsContext::new(client_certificate_files(config))?;
-    let d = &config.destinations;
-    for control in std::iter::once(&d.default).chain(&d.entries) {
-        if let Some(ca) = &control.ca_file {
-            ctx.roots(Some(ca))?;
-        }
-    }
-    Ok(ctx)
 }
 
 /// `delivery:` of mxgate.yaml as the queue manager uses it.
