@@ -78,7 +78,8 @@ fn python_with_yaml(test: &str) -> Option<PathBuf> {
 // End to end: gateway + Prometheus
 // ---------------------------------------------------------------------------------------------
 
-/// Metrics on `metrics`, and a required-TLS destination the sink cannot satisfy.
+/// Metrics on `metrics`, a required-TLS destination the sink cannot satisfy, and recipient
+/// validation by call-ahead to the sink for `validated.example` (the sink refuses `nouser*`).
 fn configure(dir: &Path, metrics: SocketAddr) {
     let path = dir.join("mxgate.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -92,6 +93,20 @@ fn configure(dir: &Path, metrics: SocketAddr) {
     std::fs::write(
         dir.join("policies/destinations.yaml"),
         "destinations:\n  - domain: secure.example.com\n    tls: required\n",
+    )
+    .unwrap();
+    let rat = std::fs::read_to_string(dir.join("policies/rat.yaml")).unwrap();
+    let validated =
+        "inbound:\n  entries:\n    - recipient: validated.example\n      validate: callahead\n";
+    std::fs::write(
+        dir.join("policies/rat.yaml"),
+        rat.replacen("inbound:\n  entries:\n", validated, 1),
+    )
+    .unwrap();
+    // The sink accepts any other address: catch-all detection would (rightly) skip probing.
+    std::fs::write(
+        dir.join("policies/validation.yaml"),
+        "callahead:\n  detect_catch_all: false\n",
     )
     .unwrap();
 }
@@ -260,6 +275,28 @@ async fn drive_sessions(srv: &Server) {
         )
         .await;
     expect(&r, "250", "message 4");
+    // Recipient validation: a probe says ok@ exists, nouser@ does not; ok@ again is a cache hit.
+    expect(
+        &c.cmd("MAIL FROM:<gina@other.example>").await,
+        "250",
+        "MAIL",
+    );
+    expect(
+        &c.cmd("RCPT TO:<ok@validated.example>").await,
+        "250",
+        "valid",
+    );
+    expect(
+        &c.cmd("RCPT TO:<nouser@validated.example>").await,
+        "550 5.1.1",
+        "invalid",
+    );
+    expect(
+        &c.cmd("RCPT TO:<ok@validated.example>").await,
+        "250",
+        "cached",
+    );
+    expect(&c.cmd("RSET").await, "250", "RSET");
     c.cmd("QUIT").await;
 
     // 7. proxied: BLOCKLIST (reject) and REFUSELIST (tcprefuse).
@@ -428,11 +465,68 @@ fn expectations(listeners: usize) -> Vec<Expect> {
             lr("mxgate_recipients_rejected_total", "preferred", "limit"),
             1.0,
         ),
-        eq(sum("mxgate_recipients_rejected_total", &[]), 3.0),
+        eq(
+            lr(
+                "mxgate_recipients_rejected_total",
+                "off",
+                "invalid_recipient",
+            ),
+            1.0,
+        ),
+        eq(sum("mxgate_recipients_rejected_total", &[]), 4.0),
+        // Recipient validation (listener off): one valid and one invalid probe, one cache hit.
+        eq(
+            sum(
+                "mxgate_recipient_validation_total",
+                &[
+                    ("listener", "off"),
+                    ("method", "callahead"),
+                    ("result", "valid"),
+                ],
+            ),
+            1.0,
+        ),
+        eq(
+            sum(
+                "mxgate_recipient_validation_total",
+                &[
+                    ("listener", "off"),
+                    ("method", "callahead"),
+                    ("result", "invalid"),
+                ],
+            ),
+            1.0,
+        ),
+        eq(
+            sum(
+                "mxgate_recipient_validation_total",
+                &[
+                    ("listener", "off"),
+                    ("method", "callahead"),
+                    ("result", "cache_hit"),
+                ],
+            ),
+            1.0,
+        ),
+        eq(
+            sum(
+                "mxgate_recipient_validation_seconds_count",
+                &[("method", "callahead")],
+            ),
+            2.0,
+        ),
+        eq(
+            sum(
+                "mxgate_recipient_validation_cache_entries",
+                &[("verdict", "invalid")],
+            ),
+            1.0,
+        ),
         // bob, nouser, carol, dan, and bob again for the message that was too big.
         eq(lg(rcpts, "preferred", "ALL"), 5.0),
         eq(lg(rcpts, "required", "ALL"), 1.0),
-        eq(lg(rcpts, "off", "ALL"), 1.0),
+        // ops@secure.example.com and ok@validated.example (its second RCPT is a duplicate).
+        eq(lg(rcpts, "off", "ALL"), 2.0),
         eq(lg(rcpts, "relay", "RELAYLIST"), 1.0),
         Expect {
             query: sum("mxgate_bytes_received_total", &[("listener", "preferred")]),
@@ -598,6 +692,15 @@ fn substitute(expr: &str) -> String {
     s
 }
 
+/// The metric-name constants: `src/metrics/mod.rs` and its submodules.
+fn metrics_source() -> String {
+    ["src/metrics/mod.rs", "src/metrics/validation.rs"]
+        .iter()
+        .map(|f| read(f))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `label_values(EXPR, label)` → (EXPR, label).
 fn label_values(def: &str) -> Option<(String, String)> {
     let inner = def
@@ -610,7 +713,15 @@ fn label_values(def: &str) -> Option<(String, String)> {
 
 /// Panels allowed to show no data in this run (the event never happens in-process). No HAT of
 /// this run names a block list; `tests/hardening.rs` checks the lookup counter against dnsmasq.
-const PANELS_WITHOUT_DATA: &[&str] = &["Configuration reloads", "DNS block-list lookups"];
+/// No policy of this run sets `max_invalid_recipients_per_hour`; `tests/dhap.rs` checks the
+/// DHAP drop counter. No validation destination fails here; `tests/validation_e2e.rs` opens a
+/// breaker against a stopped internal server.
+const PANELS_WITHOUT_DATA: &[&str] = &[
+    "Validation breakers open and trips",
+    "Configuration reloads",
+    "DNS block-list lookups",
+    "DHAP drops by sender group",
+];
 
 async fn check_dashboard(p: &Prometheus, metrics_addr: SocketAddr, failures: &mut Vec<String>) {
     let dash = Json::parse(&read("deploy/grafana/mxgate-dashboard.json")).unwrap();
@@ -1003,7 +1114,7 @@ fn dashboard_is_provisioning_ready_and_queries_only_defined_metrics() {
     }
 
     // Panels: unique ids, on the 24-column grid, every query through ${datasource}.
-    let defined = promql::defined_metrics(&read("src/metrics/mod.rs"));
+    let defined = promql::defined_metrics(&metrics_source());
     assert!(
         defined.names.len() >= 15,
         "src/metrics/mod.rs: only {:?}",
@@ -1165,7 +1276,7 @@ fn deploy_yaml_parses_and_the_files_agree_with_each_other() {
     assert_eq!(p.at("rule_files/0").str(), Some("alerts.yml"));
 
     // alerts.yml: every rule has for, severity, summary, description, and known metrics.
-    let defined = promql::defined_metrics(&read("src/metrics/mod.rs"));
+    let defined = promql::defined_metrics(&metrics_source());
     let mut alerts = BTreeSet::new();
     for g in doc("alerts.yml").get("groups").arr() {
         for r in g.get("rules").arr() {

@@ -487,7 +487,7 @@ impl Backend for ScriptedBackend {
             ),
             "cached-invalid" => checked(
                 Verdict::Invalid,
-                &format!("{id}: cached"),
+                id,
                 Source::Cache { stored: 1_523_926_000 },
                 None,
             ),
@@ -726,6 +726,8 @@ transcript_tests! {
     t45_bad_commands_refusal_without_mid => "45_bad_commands_refusal_without_mid.txt",
     t46_validation_callahead => "46_validation_callahead.txt",
     t47_validation_list_ldap => "47_validation_list_ldap.txt",
+    t49_dhap_counts_validation => "49_dhap_counts_validation.txt",
+    t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 
 /// Every `.txt` file in tests/transcripts has its test above (a new file must be listed).

@@ -125,7 +125,7 @@ impl ValidationRuntime {
 /// a Warning (the cache only saves probes).
 async fn save(cache: &Arc<VerdictCache>, path: &std::path::Path, log: &MailLog) {
     let (valid, invalid) = cache.counts();
-    crate::metrics::validation::set_state(valid, invalid, &[]);
+    crate::metrics::validation::set_cache_entries(valid, invalid);
     if valid + invalid == 0 && !path.exists() {
         return;
     }

@@ -199,6 +199,11 @@ pub(super) fn describe_policy(s: &mut String, p: &MailFlowPolicy, hostname: &str
         "  max_recipients_per_hour           {}",
         lim(&p.max_recipients_per_hour)
     );
+    let _ = writeln!(
+        s,
+        "  max_invalid_recipients_per_hour   {}",
+        lim(&p.max_invalid_recipients_per_hour)
+    );
     let host = p.override_hostname.as_deref().unwrap_or(hostname);
     let _ = writeln!(
         s,

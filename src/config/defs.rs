@@ -262,6 +262,10 @@ pub(crate) struct PolicyDef {
     /// Maximum recipients per hour per client IP: a number, `unlimited` or a limit map.
     #[serde(default)]
     pub max_recipients_per_hour: Option<Spanned<LimitDef>>,
+    /// Maximum invalid recipients per hour per client IP (DHAP): a number, `unlimited` or a
+    /// limit map.
+    #[serde(default)]
+    pub max_invalid_recipients_per_hour: Option<Spanned<LimitDef>>,
     /// Greeting banner (code 2xx).
     #[serde(default)]
     pub banner: Option<ReplyDef>,

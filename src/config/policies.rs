@@ -278,6 +278,11 @@ fn apply_policy(
             &def.max_recipients_per_hour,
             "max_recipients_per_hour",
         ),
+        (
+            &mut p.max_invalid_recipients_per_hour,
+            &def.max_invalid_recipients_per_hour,
+            "max_invalid_recipients_per_hour",
+        ),
     ];
     for (limit, d, key) in counts {
         apply_limit(limit, d, false, e, &join(path, key));

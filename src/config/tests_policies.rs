@@ -406,3 +406,84 @@ policies:
     );
     assert_eq!(c.policies["BLOCKED"].tls, TlsMode::Off);
 }
+
+#[test]
+fn dhap_limit_short_and_map_forms_inherit_and_are_checked() {
+    let flow = "\
+default:
+  max_invalid_recipients_per_hour: 25
+policies:
+  ACCEPTED: {action: accept}
+  QUIET:
+    max_invalid_recipients_per_hour: {max: 5, code: 554, text: Go away}
+  LOUD: {max_invalid_recipients_per_hour: {code: 450}}
+  RELAYED: {action: relay, max_invalid_recipients_per_hour: unlimited}
+  BLOCKED: {action: reject}
+";
+    let c = loaded(
+        &config_dir(&[("policies/mail_flow.yaml", Some(flow))]),
+        &Overrides::default(),
+    );
+    let dhap = |name: &str| c.policies[name].max_invalid_recipients_per_hour.clone();
+    assert_eq!(dhap("ACCEPTED").max, Some(25));
+    assert_eq!(
+        dhap("ACCEPTED").reply.to_wire(),
+        "550 5.7.1 Too many invalid recipients\r\n"
+    );
+    assert_eq!(dhap("QUIET").max, Some(5));
+    assert_eq!(dhap("QUIET").reply.to_wire(), "554 5.7.1 Go away\r\n");
+    // A code alone keeps the inherited detail in its class.
+    assert_eq!(
+        (dhap("LOUD").max, dhap("LOUD").reply.to_wire()),
+        (
+            Some(25),
+            "450 4.7.1 Too many invalid recipients\r\n".to_string()
+        )
+    );
+    assert_eq!(dhap("RELAYED").max, None);
+
+    // Without the key: unlimited, as before DHAP existed.
+    let c = loaded(&config_dir(&[]), &Overrides::default());
+    assert_eq!(
+        c.policies["ACCEPTED"].max_invalid_recipients_per_hour.max,
+        None
+    );
+
+    // The shipped file: 25 for public senders (ESA's default), unlimited for RELAYED.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = match root.join("shipped/policies").is_dir() {
+        true => root.join("shipped"),
+        false => root.to_path_buf(),
+    };
+    let c = super::load(&shipped, &Overrides::default()).unwrap();
+    for (name, max) in [
+        ("ACCEPTED", Some(25)),
+        ("THROTTLED", Some(25)),
+        ("RELAYED", None),
+    ] {
+        assert_eq!(
+            c.policies[name].max_invalid_recipients_per_hour.max, max,
+            "{name}"
+        );
+    }
+
+    let flow = "\
+default:
+  max_invalid_recipients_per_hour: lots
+policies:
+  ACCEPTED:
+    max_invalid_recipients_per_hour: {max: -1, code: 250}
+  RELAYED: {action: relay, max_invalid_recipients_per_hour: {code: 550, enhanced: \"4.7.1\"}}
+  BLOCKED: {action: reject}
+";
+    let d = config_dir(&[("policies/mail_flow.yaml", Some(flow))]);
+    assert_eq!(
+        errors(&d, &Overrides::default()),
+        [
+            "policies/mail_flow.yaml:2:36: default.max_invalid_recipients_per_hour: \"lots\" is not a whole number: write a number or unlimited",
+            "policies/mail_flow.yaml:5:44: policies.ACCEPTED.max_invalid_recipients_per_hour.max: \"-1\" is not a whole number: write a number or unlimited",
+            "policies/mail_flow.yaml:5:54: policies.ACCEPTED.max_invalid_recipients_per_hour.code: reply code 250 must be 4xx or 5xx here",
+            "policies/mail_flow.yaml:6:83: policies.RELAYED.max_invalid_recipients_per_hour.enhanced: enhanced code 4.7.1 does not match reply code 550: its first digit must be 5",
+        ]
+    );
+}

@@ -83,6 +83,22 @@ pub enum Event {
         /// The address.
         rcpt: String,
     },
+    /// A client passed `max_invalid_recipients_per_hour`: its connection is dropped (ESA's
+    /// Directory Harvest Attack Prevention line).
+    DhapDrop {
+        /// Connection id (not in ESA's line; for the JSON form's readers and tests).
+        icid: u64,
+        /// Client address.
+        peer_ip: IpAddr,
+        /// Its reverse-DNS name, when it has one.
+        rdns_host: Option<String>,
+        /// The limit it passed.
+        limit: u64,
+        /// Sender group.
+        sender_group: String,
+        /// Listener name.
+        listener: String,
+    },
     /// A recipient refused by an LDAP accept query (ESA's line; the `refused:` line that
     /// follows says why).
     LdapAcceptRejected {
@@ -312,6 +328,7 @@ impl Event {
             Event::TlsRequiredNotInitiated { .. } => "tls_required_not_initiated",
             Event::Refused { .. } => "refused",
             Event::RatRejected { .. } => "rat_rejected",
+            Event::DhapDrop { .. } => "dhap_drop",
             Event::LdapAcceptRejected { .. } => "ldap_accept_rejected",
             Event::StartMid { .. } => "start_mid",
             Event::From { .. } => "from",
@@ -375,6 +392,13 @@ impl Event {
             }
             Event::Refused { icid, mid: None, what, reason } => format!("mxgate: ICID {icid} {what} refused: {reason}"),
             Event::RatRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by RAT"),
+            // ESA's wording: the host pair is (address, name), the name repeats the address
+            // when there is no PTR; reverse_dns is the address looked up.
+            Event::DhapDrop { peer_ip, rdns_host, limit, sender_group, listener, .. } => format!(
+                "Dropping connection due to potential Directory Harvest Attack from host=('{peer_ip}', '{}'), \
+                 dhap_limit={limit}, sender_group={sender_group}, listener={listener}, reverse_dns={peer_ip}",
+                rdns_host.as_deref().map_or_else(|| peer_ip.to_string(), str::to_string)
+            ),
             Event::LdapAcceptRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by LDAPACCEPT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),

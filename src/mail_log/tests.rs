@@ -112,3 +112,54 @@ fn timestamp_shape() {
     let t = timestamp();
     assert_eq!(t.len(), 24, "{t}");
 }
+
+/// DHAP: our `refused:` line, and ESA's own drop line (its wording from an ESA mail log).
+#[test]
+fn dhap_lines() {
+    let refused = Event::Refused {
+        icid: 7,
+        mid: Some(12),
+        what: "RCPT TO: <x@example.com>".into(),
+        reason: DenialReason::Dhap {
+            max: 25,
+            ip: "198.51.100.7".parse().unwrap(),
+            policy: "ACCEPTED".into(),
+            reply: Box::new(crate::smtp::reply::Reply::new(
+                550,
+                crate::smtp::reply::Enhanced(5, 7, 1),
+                "Too many invalid recipients",
+            )),
+        },
+    };
+    assert_eq!(
+        refused.text(),
+        "mxgate: ICID 7 MID 12 RCPT TO: <x@example.com> refused: max_invalid_recipients_per_hour 25 \
+         for 198.51.100.7 (policy ACCEPTED) -> 550 5.7.1 Too many invalid recipients"
+    );
+    let drop = |rdns_host: Option<&str>| Event::DhapDrop {
+        icid: 7,
+        peer_ip: "198.51.100.7".parse().unwrap(),
+        rdns_host: rdns_host.map(str::to_string),
+        limit: 25,
+        sender_group: "ALL".into(),
+        listener: "inbound".into(),
+    };
+    assert_eq!(
+        drop(Some("mail.example.net")).text(),
+        "Dropping connection due to potential Directory Harvest Attack from \
+         host=('198.51.100.7', 'mail.example.net'), dhap_limit=25, sender_group=ALL, \
+         listener=inbound, reverse_dns=198.51.100.7"
+    );
+    assert_eq!(
+        drop(None).text(),
+        "Dropping connection due to potential Directory Harvest Attack from \
+         host=('198.51.100.7', '198.51.100.7'), dhap_limit=25, sender_group=ALL, \
+         listener=inbound, reverse_dns=198.51.100.7"
+    );
+    assert_eq!(drop(None).level(), Level::Info);
+    let json = render(&drop(None), MailLogFormat::Json, "T");
+    assert!(
+        json.starts_with("{\"time\":\"T\",\"level\":\"Info\",\"event\":\"dhap_drop\",\"text\":\"Dropping connection"),
+        "{json}"
+    );
+}

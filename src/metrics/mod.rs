@@ -34,8 +34,11 @@ pub(crate) const MESSAGES_ACCEPTED: &str = "mxgate_messages_accepted_total";
 /// Messages refused at MAIL FROM or after DATA: `{listener, reason}` (tls_required, client_cert,
 /// size, limit, data_syntax, spool, aborted).
 pub(crate) const MESSAGES_REJECTED: &str = "mxgate_messages_rejected_total";
-/// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit).
+/// Recipients refused: `{listener, reason}` (rat, relay_attempt, limit, dhap).
 pub(crate) const RECIPIENTS_REJECTED: &str = "mxgate_recipients_rejected_total";
+/// Connections dropped by Directory Harvest Attack Prevention (`max_invalid_recipients_per_hour`
+/// passed): `{listener, sender_group}`.
+pub(crate) const DHAP_DROPS: &str = "mxgate_dhap_drops_total";
 /// Recipients accepted: `{listener, sender_group}`.
 pub(crate) const RECIPIENTS_ACCEPTED: &str = "mxgate_recipients_accepted_total";
 /// Message bytes received (as stored, before our `Received:` header): `{listener}`.
@@ -135,6 +138,10 @@ fn describe() {
     describe_counter!(MESSAGES_REJECTED, "Messages refused at or after DATA");
     describe_counter!(RECIPIENTS_REJECTED, "Recipients refused");
     describe_counter!(RECIPIENTS_ACCEPTED, "Recipients accepted");
+    describe_counter!(
+        DHAP_DROPS,
+        "Connections dropped by Directory Harvest Attack Prevention"
+    );
     describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Message bytes received");
     describe_counter!(OUTBOUND_TLS, "Outbound TLS outcome per delivery connection");
     describe_counter!(
@@ -279,6 +286,10 @@ pub(crate) fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
         }
         Event::RatRejected { .. } => {
             metrics::counter!(RECIPIENTS_REJECTED, "listener" => listener, "reason" => "rat")
+                .increment(1);
+        }
+        Event::DhapDrop { .. } => {
+            metrics::counter!(DHAP_DROPS, "listener" => listener, "sender_group" => l.sender_group.clone())
                 .increment(1);
         }
         // The stage's check typed the reason; only MAIL and RCPT refusals are counted here

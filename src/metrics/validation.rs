@@ -14,6 +14,9 @@ pub(crate) const VALIDATION_CACHE_ENTRIES: &str = "mxgate_recipient_validation_c
 /// Gauge: 1 while a destination's circuit breaker is open.
 pub(crate) const VALIDATION_BREAKER_OPEN: &str = "mxgate_recipient_validation_breaker_open";
 
+/// Counter: times a destination's circuit breaker opened (again).
+pub(crate) const VALIDATION_BREAKER_TRIPS: &str = "mxgate_recipient_validation_breaker_trips_total";
+
 /// Lookup latency buckets: a cache hit is microseconds, a probe milliseconds, a timeout 10 s.
 pub(crate) const VALIDATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -35,6 +38,14 @@ pub(crate) fn describe() {
         VALIDATION_CACHE_ENTRIES,
         "Recipient validation cache entries"
     );
+    describe_counter!(
+        VALIDATION_BREAKER_TRIPS,
+        "Times a validation destination's circuit breaker opened"
+    );
+    describe_counter!(
+        VALIDATION_BREAKER_TRIPS,
+        "Times a validation destination's circuit breaker opened"
+    );
     describe_gauge!(
         VALIDATION_BREAKER_OPEN,
         "1 while a validation destination's circuit breaker is open"
@@ -55,15 +66,20 @@ pub(crate) fn observe(listener: &str, method: &'static str, c: &Checked, seconds
     }
 }
 
-/// Sets the cache gauge and the breaker gauges.
-pub(crate) fn set_state(valid: usize, invalid: usize, breakers: &[(String, bool)]) {
+/// Sets the cache gauge.
+pub(crate) fn set_cache_entries(valid: usize, invalid: usize) {
     metrics::gauge!(VALIDATION_CACHE_ENTRIES, "verdict" => "valid").set(valid as f64);
     metrics::gauge!(VALIDATION_CACHE_ENTRIES, "verdict" => "invalid").set(invalid as f64);
-    for (id, open) in breakers {
-        metrics::gauge!(VALIDATION_BREAKER_OPEN, "destination" => id.clone()).set(if *open {
-            1.0
-        } else {
-            0.0
-        });
+}
+
+/// A destination's breaker changed state: its gauge, and the trips counter when it opened.
+pub(crate) fn breaker(destination: &str, t: crate::validate::breaker::Transition) {
+    use crate::validate::breaker::Transition;
+    let open = !matches!(t, Transition::Closed);
+    metrics::gauge!(VALIDATION_BREAKER_OPEN, "destination" => destination.to_string())
+        .set(if open { 1.0 } else { 0.0 });
+    if open {
+        metrics::counter!(VALIDATION_BREAKER_TRIPS, "destination" => destination.to_string())
+            .increment(1);
     }
 }

@@ -165,6 +165,9 @@ pub struct MailFlowPolicy {
     pub max_concurrent_connections_per_ip: Limit,
     /// Maximum recipients per hour from one client IP, across all listeners.
     pub max_recipients_per_hour: Limit,
+    /// Maximum invalid recipients per hour from one client IP, across all listeners (DHAP):
+    /// past it every RCPT gets the reply and the connection is dropped, until the hour ends.
+    pub max_invalid_recipients_per_hour: Limit,
     /// Greeting banner (code 220 by default).
     pub banner: Banner,
     /// Banner sent before closing when the action is `reject`.
@@ -265,6 +268,12 @@ impl MailFlowPolicy {
                     Enhanced(4, 5, 3),
                     "Too many recipients received this hour",
                 ),
+            },
+            // Unlimited unless configured: configs written before DHAP keep their behaviour
+            // (the shipped mail_flow.yaml sets 25, ESA's default on public listeners).
+            max_invalid_recipients_per_hour: Limit {
+                max: None,
+                reply: Reply::new(550, Enhanced(5, 7, 1), "Too many invalid recipients"),
             },
             banner: Banner {
                 code: 220,

@@ -1,4 +1,5 @@
-//! Per-client-IP limits shared by every listener: concurrent connections and recipients per hour.
+//! Per-client-IP limits shared by every listener: concurrent connections, recipients per hour
+//! and invalid recipients per hour (Directory Harvest Attack Prevention, DHAP).
 //! IPv6 clients are counted per network (`/64` by default): one host owns a whole /64, so
 //! counting each address apart would let it escape every limit.
 
@@ -37,15 +38,34 @@ struct PerIp {
     /// Start of the current one-hour window and recipients counted in it.
     window_start: Option<Instant>,
     recipients: u64,
+    /// Start of the current one-hour DHAP window and invalid recipients counted in it: a
+    /// window of its own, so a burst of valid mail does not restart the harvest count.
+    invalid_window_start: Option<Instant>,
+    invalid: u64,
 }
 
 impl PerIp {
     fn is_idle(&self, now: Instant) -> bool {
-        self.connections == 0
-            && self
-                .window_start
-                .is_none_or(|s| now.duration_since(s) >= HOUR)
+        let over = |w: Option<Instant>| w.is_none_or(|s| now.duration_since(s) >= HOUR);
+        self.connections == 0 && over(self.window_start) && over(self.invalid_window_start)
     }
+
+    /// Invalid recipients counted in the DHAP window running at `now` (0 once it is over).
+    fn invalid_now(&self, now: Instant) -> u64 {
+        match self.invalid_window_start {
+            Some(s) if now.duration_since(s) < HOUR => self.invalid,
+            _ => 0,
+        }
+    }
+}
+
+/// An IP's invalid-recipient count after one more was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhapCount {
+    /// Invalid recipients in the current hour, this one included (0 when unlimited).
+    pub count: u64,
+    /// The count is now above `max_invalid_recipients_per_hour`.
+    pub exceeded: bool,
 }
 
 /// Shared per-IP counters, keyed by IPv4 address or IPv6 network.
@@ -164,8 +184,44 @@ impl RateLimiter {
         true
     }
 
+    /// Counts one invalid recipient for `ip` (`max_invalid_recipients_per_hour`; None =
+    /// unlimited: nothing is counted). The window starts at the first invalid recipient and
+    /// lasts an hour; `exceeded` once the count passes `max` (the 26th of 25).
+    pub(crate) fn record_invalid(&self, ip: IpAddr, max: Option<u64>) -> DhapCount {
+        let Some(max) = max else {
+            return DhapCount {
+                count: 0,
+                exceeded: false,
+            };
+        };
+        let now = self.clock.now();
+        let key = self.key(ip);
+        let mut t = self.lock();
+        let e = t.entry(key).or_default();
+        if e.invalid_now(now) == 0 {
+            e.invalid_window_start = Some(now);
+            e.invalid = 0;
+        }
+        e.invalid = e.invalid.saturating_add(1);
+        DhapCount {
+            count: e.invalid,
+            exceeded: e.invalid > max,
+        }
+    }
+
+    /// True when `ip` already passed `max` invalid recipients this hour: every further
+    /// recipient gets the DHAP refusal until its window ends. Counts nothing.
+    pub(crate) fn dhap_exceeded(&self, ip: IpAddr, max: Option<u64>) -> bool {
+        let Some(max) = max else { return false };
+        let now = self.clock.now();
+        let key = self.key(ip);
+        self.lock()
+            .get(&key)
+            .is_some_and(|e| e.invalid_now(now) > max)
+    }
+
     /// Drops every entry that limits nothing any more: no open connection and no recipient
-    /// counted in the last hour. The server calls this every [`PRUNE_EVERY`].
+    /// (valid or invalid) counted in the last hour. The server calls this every [`PRUNE_EVERY`].
     pub(crate) fn prune(&self) {
         let now = self.clock.now();
         self.lock().retain(|_, e| !e.is_idle(now));
@@ -295,6 +351,94 @@ pub(crate) mod tests {
         assert!(l
             .try_connect("192.0.2.2".parse().unwrap(), Some(1))
             .is_some());
+    }
+
+    #[test]
+    fn dhap_25_invalid_pass_the_26th_exceeds_for_an_hour() {
+        let clock = manual();
+        let l = RateLimiter::new(clock.clone());
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        for n in 1..=25 {
+            assert_eq!(
+                l.record_invalid(ip, Some(25)),
+                DhapCount {
+                    count: n,
+                    exceeded: false
+                }
+            );
+            assert!(!l.dhap_exceeded(ip, Some(25)), "after {n}");
+        }
+        assert_eq!(
+            l.record_invalid(ip, Some(25)),
+            DhapCount {
+                count: 26,
+                exceeded: true
+            }
+        );
+        assert!(l.dhap_exceeded(ip, Some(25)));
+        // Another client is unaffected.
+        let other: IpAddr = "198.51.100.8".parse().unwrap();
+        assert!(!l.dhap_exceeded(other, Some(25)));
+        assert_eq!(l.record_invalid(other, Some(25)).count, 1);
+        // The window runs an hour from the first invalid recipient, then starts over.
+        clock.advance(Duration::from_secs(3599));
+        assert!(l.dhap_exceeded(ip, Some(25)));
+        l.prune();
+        assert_eq!(l.tracked(), 2, "a running DHAP window keeps its entry");
+        clock.advance(Duration::from_secs(1));
+        assert!(!l.dhap_exceeded(ip, Some(25)));
+        assert_eq!(l.record_invalid(ip, Some(25)).count, 1);
+        clock.advance(Duration::from_secs(3600));
+        l.prune();
+        assert_eq!(l.tracked(), 0, "pruned with the other per-IP entries");
+    }
+
+    #[test]
+    fn dhap_unlimited_counts_nothing_and_has_its_own_window() {
+        let clock = manual();
+        let l = RateLimiter::new(clock.clone());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            l.record_invalid(ip, None),
+            DhapCount {
+                count: 0,
+                exceeded: false
+            }
+        );
+        assert!(!l.dhap_exceeded(ip, None));
+        assert_eq!(l.tracked(), 0);
+        // Recipients per hour and invalid recipients are separate budgets.
+        assert!(l.try_recipient(ip, Some(1)));
+        clock.advance(Duration::from_secs(1800));
+        assert_eq!(l.record_invalid(ip, Some(1)).count, 1);
+        assert!(!l.try_recipient(ip, Some(1)));
+        clock.advance(Duration::from_secs(1800));
+        assert!(l.try_recipient(ip, Some(1)), "recipient window restarted");
+        assert_eq!(
+            l.record_invalid(ip, Some(1)),
+            DhapCount {
+                count: 2,
+                exceeded: true
+            },
+            "DHAP window still running"
+        );
+    }
+
+    #[test]
+    fn dhap_ipv6_clients_are_counted_per_network() {
+        let l = RateLimiter::new(manual());
+        let a: IpAddr = "2001:db8:1:2::a".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::b".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::a".parse().unwrap();
+        assert!(!l.record_invalid(a, Some(1)).exceeded);
+        assert!(l.record_invalid(b, Some(1)).exceeded, "same /64");
+        assert!(l.dhap_exceeded(a, Some(1)));
+        assert!(!l.dhap_exceeded(other, Some(1)), "next /64");
+        // IPv4-mapped addresses count as the IPv4 client.
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        l.record_invalid(v4, Some(1));
+        l.record_invalid("::ffff:192.0.2.9".parse().unwrap(), Some(1));
+        assert!(l.dhap_exceeded(v4, Some(1)));
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl Destination {
         let key = cache.key(&self.id, address);
         if let Some(hit) = cache.get(&key, clock.unix()) {
             return Checked {
-                answer: Answer::new(hit.verdict, format!("{}: cached", self.id)),
+                answer: Answer::new(hit.verdict, self.id.clone()),
                 source: Source::Cache { stored: hit.stored },
                 refresh_due: hit.refresh_due,
                 transition: None,

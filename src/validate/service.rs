@@ -171,13 +171,26 @@ impl Validator {
             dest.refresh(&self.cache, self.clock.as_ref(), &req.address)
                 .await
         };
+        if let Some(t) = checked.transition {
+            crate::metrics::validation::breaker(dest.id(), t);
+        }
+        if checked.source == Source::Lookup {
+            // A lookup may have added an entry (hits change nothing): keep the gauge current.
+            let (valid, invalid) = self.cache.counts();
+            crate::metrics::validation::set_cache_entries(valid, invalid);
+        }
         if checked.refresh_due {
             let (dest, cache, clock) = (dest.clone(), self.cache.clone(), self.clock.clone());
             let address = req.address.clone();
             tokio::spawn(async move {
                 let c = dest.refresh(&cache, clock.as_ref(), &address).await;
                 if let Some(t) = c.transition {
-                    tracing::warn!("validation {}: breaker {t:?} during a refresh", dest.id());
+                    crate::metrics::validation::breaker(dest.id(), t);
+                    tracing::warn!(
+                        "recipient validation {}: breaker {} during a background refresh",
+                        dest.id(),
+                        transition_text(t)
+                    );
                 }
             });
         }

@@ -11,7 +11,7 @@
 //! | connect | [`connect`] | listener full (421), ICID allocation failure (421), the pre-greet pause, TCPREFUSE, the REJECT banner, pre-greeting talk (554), per-IP connection limit, the greeting; for the whole session: too many bad commands, timeouts, shutdown (421) |
 //! | helo | [`helo`] | whether STARTTLS is offered (EHLO keyword, 502 when not), the `tls: required` gate (530 before STARTTLS) |
 //! | mail | [`mail`] | `MAIL FROM`: parameters after HELO (555), `tls_mandatory_senders` and client certificate (530), messages per connection, declared `SIZE=` (552), `BODY=BINARYMIME` (555), non-ASCII without SMTPUTF8 (553), 250 |
-//! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
+//! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), DHAP (550, then the connection is dropped), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
 //! | data | [`data`] | `DATA` without recipients (554), 354, the message size (552), the spool commit (250 queued, 452 4.3.1) |
 //!
 //! Syntax and sequence replies (500/501/503/504, including an invalid HELO name) are the
@@ -178,6 +178,18 @@ pub enum DenialReason {
         /// Which RAT rule (`entry N` or `default`).
         rule: String,
     },
+    /// The client passed `max_invalid_recipients_per_hour` (Directory Harvest Attack
+    /// Prevention): refused, and the connection is dropped.
+    Dhap {
+        /// The limit.
+        max: u64,
+        /// The client address (network for IPv6 is counted, the address is logged).
+        ip: IpAddr,
+        /// Mail-flow policy name.
+        policy: String,
+        /// The reply sent (the log line names it); boxed to keep every `Denial` small.
+        reply: Box<Reply>,
+    },
     /// Recipient validation said the address does not exist.
     InvalidRecipient {
         /// The recipient address.
@@ -234,6 +246,7 @@ impl DenialReason {
             DenialReason::NeedsSmtputf8 => "smtputf8",
             DenialReason::RelayAttempt => "relay_attempt",
             DenialReason::Rat { .. } => "rat",
+            DenialReason::Dhap { .. } => "dhap",
             DenialReason::InvalidRecipient { .. } => "invalid_recipient",
             DenialReason::ValidationTempFail { .. } => "validation_tempfail",
             DenialReason::NoRecipients => "no_recipients",
@@ -266,6 +279,7 @@ impl DenialReason {
             DenialReason::NeedsSmtputf8 => Stage::Mail,
             DenialReason::RelayAttempt
             | DenialReason::Rat { .. }
+            | DenialReason::Dhap { .. }
             | DenialReason::InvalidRecipient { .. }
             | DenialReason::ValidationTempFail { .. }
             | DenialReason::Limit {
@@ -327,6 +341,15 @@ impl fmt::Display for DenialReason {
                 f.write_str("address form not accepted from non-relay senders")
             }
             DenialReason::Rat { rule, .. } => write!(f, "RAT {rule}"),
+            DenialReason::Dhap {
+                max,
+                ip,
+                policy,
+                reply,
+            } => write!(
+                f,
+                "max_invalid_recipients_per_hour {max} for {ip} (policy {policy}) -> {reply}"
+            ),
             DenialReason::InvalidRecipient {
                 method,
                 detail,
@@ -436,6 +459,20 @@ mod tests {
                 },
                 "max_concurrent_connections_per_ip 5 (policy ACCEPTED) -> 421 4.7.0 Too many",
             ),
+            (
+                DenialReason::Dhap {
+                    max: 25,
+                    ip: "198.51.100.7".parse().unwrap(),
+                    policy: "ACCEPTED".into(),
+                    reply: Box::new(Reply::new(
+                        550,
+                        Enhanced(5, 7, 1),
+                        "Too many invalid recipients",
+                    )),
+                },
+                "max_invalid_recipients_per_hour 25 for 198.51.100.7 (policy ACCEPTED) \
+                 -> 550 5.7.1 Too many invalid recipients",
+            ),
         ];
         for (reason, text) in cases {
             assert_eq!(reason.to_string(), text);
@@ -485,6 +522,16 @@ mod tests {
                 Stage::Rcpt,
             ),
             (lim(LimitKind::MessageSize), "size", Stage::Data),
+            (
+                DenialReason::Dhap {
+                    max: 25,
+                    ip: "192.0.2.1".parse().unwrap(),
+                    policy: "P".into(),
+                    reply: Box::new(Reply::new(550, Enhanced(5, 7, 1), "x")),
+                },
+                "dhap",
+                Stage::Rcpt,
+            ),
         ];
         for (reason, label, stage) in cases {
             assert_eq!((reason.label(), reason.stage()), (label, stage), "{reason}");

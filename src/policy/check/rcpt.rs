@@ -9,6 +9,7 @@ use super::mail::{limit_denial, needs_smtputf8};
 use super::{Denial, DenialReason, LimitKind, Permit};
 use crate::policy::flow::{Action, MailFlowPolicy};
 use crate::policy::rat::RecipientAccessTable;
+use crate::policy::rate::DhapCount;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::validate::destination::{Checked, Source};
@@ -55,6 +56,35 @@ pub(crate) struct RcptCtx<'a> {
     pub take_hourly: &'a dyn Fn() -> bool,
     /// The client address, for the log.
     pub peer_ip: std::net::IpAddr,
+    /// Counts one invalid recipient for the client (`max_invalid_recipients_per_hour`, DHAP).
+    pub record_invalid: &'a dyn Fn() -> DhapCount,
+    /// The client already passed `max_invalid_recipients_per_hour` this hour.
+    pub dhap_exceeded: bool,
+}
+
+/// The DHAP refusal for a client past `max_invalid_recipients_per_hour` under `p`; the
+/// session drops the connection after it (ESA's "Dropping connection").
+pub(crate) fn dhap_denial(p: &MailFlowPolicy, ip: std::net::IpAddr) -> Denial {
+    let limit = &p.max_invalid_recipients_per_hour;
+    Denial::new(
+        limit.reply.clone(),
+        DenialReason::Dhap {
+            // Only an IP past a set maximum gets here: unlimited counts nothing.
+            max: limit.max.unwrap_or(0),
+            ip,
+            policy: p.name.clone(),
+            reply: Box::new(limit.reply.clone()),
+        },
+    )
+}
+
+/// Counts `invalid` (the refusal of an address that does not exist: RAT or directory) against
+/// the client's DHAP budget; the refusal that crosses the limit becomes the DHAP one.
+pub(crate) fn count_invalid(ctx: &RcptCtx, invalid: Denial) -> Denial {
+    match (ctx.record_invalid)() {
+        DhapCount { exceeded: true, .. } => dhap_denial(ctx.policy, ctx.peer_ip),
+        _ => invalid,
+    }
 }
 
 /// What passing the first stage of `RCPT TO` means.
@@ -108,14 +138,18 @@ pub(crate) fn check_rcpt_verdict(
     };
     match checked.answer.verdict {
         Verdict::Valid => hourly(ctx, reply),
-        Verdict::Invalid => Err(Denial::new(
-            rule.invalid_reply.clone(),
-            DenialReason::InvalidRecipient {
-                rcpt: ctx.addr.to_owned(),
-                method,
-                detail,
-                cached,
-            },
+        // A recipient the directory does not know counts towards the harvest limit.
+        Verdict::Invalid => Err(count_invalid(
+            ctx,
+            Denial::new(
+                rule.invalid_reply.clone(),
+                DenialReason::InvalidRecipient {
+                    rcpt: ctx.addr.to_owned(),
+                    method,
+                    detail,
+                    cached,
+                },
+            ),
         )),
         Verdict::TempFail(cause) => match rule.on_tempfail {
             OnTempFail::Accept => hourly(ctx, reply),
@@ -146,6 +180,11 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
             DenialReason::RelayAttempt,
         ));
     }
+    if ctx.dhap_exceeded {
+        // Past the DHAP limit every recipient gets the same refusal, valid or not: the
+        // harvester learns nothing more from this address until its hour is over.
+        return Err(dhap_denial(p, ctx.peer_ip));
+    }
     let mut accept = None;
     let mut validation = None;
     if !relay && !ctx.postmaster {
@@ -162,13 +201,14 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
                 validation = m.validation;
             }
             Err(d) => {
-                return Err(Denial::new(
+                let refusal = Denial::new(
                     d.reply,
                     DenialReason::Rat {
                         rcpt: ctx.addr.to_owned(),
                         rule: d.rule,
                     },
-                ))
+                );
+                return Err(count_invalid(ctx, refusal));
             }
         }
     }
@@ -386,6 +426,11 @@ mod tests {
                 accepted,
                 take_hourly: &take,
                 peer_ip: "192.0.2.1".parse().unwrap(),
+                record_invalid: &|| DhapCount {
+                    count: 1,
+                    exceeded: false,
+                },
+                dhap_exceeded: false,
             };
             assert_eq!(
                 outcome(&first_stage(check_rcpt(&ctx))),
@@ -396,6 +441,63 @@ mod tests {
             let reached_hourly = code == 250 || (label == "limit" && accepted < 2);
             assert_eq!(taken.get(), reached_hourly, "row {i}");
         }
+    }
+
+    /// DHAP: RAT refusals count; the one crossing the limit and every RCPT after it (valid,
+    /// postmaster, relay policy alike) get the DHAP reply; relay tricks do not count.
+    #[test]
+    fn dhap_counts_rat_refusals_and_refuses_past_the_limit() {
+        let mut p = MailFlowPolicy::builtin_default("ACCEPTED");
+        p.max_invalid_recipients_per_hour.max = Some(2);
+        let table = rat();
+        let count = Cell::new(0u64);
+        let record = || {
+            count.set(count.get() + 1);
+            DhapCount {
+                count: count.get(),
+                exceeded: count.get() > 2,
+            }
+        };
+        let take = || true;
+        let run = |to: &str, exceeded: bool| {
+            let to = mailbox(to);
+            let (addr, postmaster) = recipient_address(&to, Some(&table));
+            let r = check_rcpt(&RcptCtx {
+                policy: &p,
+                rat: Some(&table),
+                to: &to,
+                addr: &addr,
+                postmaster,
+                smtputf8: false,
+                accepted: 0,
+                take_hourly: &take,
+                peer_ip: "198.51.100.7".parse().unwrap(),
+                record_invalid: &record,
+                dhap_exceeded: exceeded,
+            });
+            let text = match &r {
+                Err(d) => d.reason.to_string(),
+                Ok(_) => String::new(),
+            };
+            (outcome(&first_stage(r)), text)
+        };
+        let rat_550 = ((550, "5.7.1".to_string(), "rat"), "RAT default".to_string());
+        assert_eq!(run("<x@other.example>", false), rat_550);
+        assert_eq!(run("<a%b@example.com>", false).0 .2, "relay_attempt");
+        assert_eq!(count.get(), 1, "relay tricks are not counted");
+        assert_eq!(run("<y@other.example>", false), rat_550);
+        let dhap = (
+            (550, "5.7.1".to_string(), "dhap"),
+            "max_invalid_recipients_per_hour 2 for 198.51.100.7 (policy ACCEPTED) \
+             -> 550 5.7.1 Too many invalid recipients"
+                .to_string(),
+        );
+        assert_eq!(run("<z@other.example>", false), dhap, "the third crosses 2");
+        // Already past the limit: refused before the RAT, counted no further.
+        assert_eq!(run("<a@example.com>", true), dhap);
+        assert_eq!(run("<Postmaster>", true), dhap);
+        assert_eq!(count.get(), 3);
+        assert_eq!(run("<a@example.com>", false).0 .2, "permit");
     }
 
     #[test]

@@ -188,6 +188,8 @@ impl Session {
             self.policy.max_recipients_per_hour.max,
         );
         let take_hourly = || rate.try_recipient(ip, per_hour);
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
         let verdict = rcpt::check_rcpt(&RcptCtx {
             policy: &self.policy,
             rat,
@@ -198,6 +200,8 @@ impl Session {
             accepted: count,
             take_hourly: &take_hourly,
             peer_ip: ip,
+            record_invalid: &record_invalid,
+            dhap_exceeded: rate.dhap_exceeded(ip, max_invalid),
         });
         let permit = match verdict {
             Ok(RcptPermit::Accept(p)) => p,
@@ -242,6 +246,25 @@ impl Session {
             }
         }
         self.permit(permit);
+    }
+}
+
+impl Session {
+    /// ESA's "drop" after a DHAP refusal (`max_invalid_recipients_per_hour`): its log line,
+    /// then close.
+    pub(super) fn dhap_drop(&mut self, limit: u64) {
+        let rdns = (self.p.rdns_host != "unknown").then(|| self.p.rdns_host.clone());
+        self.log(Event::DhapDrop {
+            icid: self.p.icid,
+            peer_ip: self.p.peer_ip,
+            rdns_host: rdns,
+            limit,
+            sender_group: self.p.classification.group.clone(),
+            listener: self.p.listener.clone(),
+        });
+        if !matches!(self.phase, Phase::Closed) {
+            self.close();
+        }
     }
 }
 

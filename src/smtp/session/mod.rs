@@ -529,11 +529,18 @@ impl Session {
         }
     }
 
-    /// Logs a denial, then sends its reply.
+    /// Logs a denial, then sends its reply. A DHAP refusal also drops the connection.
     fn deny(&mut self, what: String, mid: Option<u64>, d: Denial) {
+        let dhap = match &d.reason {
+            DenialReason::Dhap { max, .. } => Some(*max),
+            _ => None,
+        };
         self.log_denial(what, mid, d.reason);
         if let Some(r) = d.reply {
             self.reply(r);
+        }
+        if let Some(limit) = dhap {
+            self.dhap_drop(limit);
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::{Action, Phase, Session};
 use crate::mail_log::{Event, Level};
 use crate::policy::check::rcpt::{self, RcptCtx};
+use crate::policy::check::DenialReason;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::Reply;
 use crate::validate::breaker::Transition;
@@ -84,6 +85,8 @@ impl Session {
             self.policy.max_recipients_per_hour.max,
         );
         let take_hourly = || rate.try_recipient(ip, per_hour);
+        let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
+        let record_invalid = || rate.record_invalid(ip, max_invalid);
         let ctx = RcptCtx {
             policy: &self.policy,
             rat: self.p.rat.as_deref(),
@@ -94,6 +97,9 @@ impl Session {
             accepted: count,
             take_hourly: &take_hourly,
             peer_ip: ip,
+            record_invalid: &record_invalid,
+            // The first stage refused an IP already past the limit before asking.
+            dhap_exceeded: false,
         };
         match rcpt::check_rcpt_verdict(&ctx, &p.rule, p.reply.clone(), &checked) {
             Ok(permit) => {
@@ -112,7 +118,7 @@ impl Session {
                 self.accept_recipient(p.addr, permit);
             }
             Err(d) => {
-                let ldap = matches!(checked.answer.verdict, Verdict::Invalid)
+                let ldap = matches!(d.reason, DenialReason::InvalidRecipient { .. })
                     && p.rule.method.label() == "ldap"
                     && !matches!(checked.source, Source::Breaker);
                 if ldap {
