@@ -52,7 +52,7 @@ report=$results/report.md
   echo "- commit: $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- src tests || echo ' (with local changes)')"
   echo "- machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
   echo "- $(rustc --version), Postfix $(postconf -d -h mail_version 2>/dev/null || echo '?')"
-  echo "- knobs: $(env | grep '^ATTACK_' | sort | tr '\n' ' ')"
+  echo "- knobs: $(env | grep "^ATTACK_" | sort | tr "\n" " ")(the rest at their defaults)"
   echo
 } >> "$report"
 
