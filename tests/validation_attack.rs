@@ -297,23 +297,39 @@ struct LegitStats {
     accepted: u64,
     /// Connect to the `250` after the final dot, of the accepted messages.
     latencies: Vec<Duration>,
+    /// Of which the greeting (connect, PROXY, reverse DNS) and the RCPT (validation).
+    greetings: Vec<Duration>,
+    rcpts: Vec<Duration>,
     failures: Vec<String>,
     elapsed: Duration,
 }
 
-/// One message to `to` on a new connection; the latency to the `250` after the dot.
-async fn send_one(addr: SocketAddr, to: &str) -> Result<Duration, String> {
+/// How long one legitimate message took.
+struct Timing {
+    /// Connect to the `250` after the dot.
+    total: Duration,
+    /// Connect to the `220`.
+    greeting: Duration,
+    /// RCPT to its `250`.
+    rcpt: Duration,
+}
+
+/// One message to `to` on a new connection.
+async fn send_one(addr: SocketAddr, to: &str) -> Result<Timing, String> {
     let t0 = Instant::now();
     let mut c = Conn::open(addr, LEGIT_IP)
         .await
         .map_err(|e| e.to_string())?;
     c.expect("220").await?;
+    let greeting = t0.elapsed();
     c.send("EHLO mail.partner.example\r\n").await;
     c.expect("250").await?;
     c.send("MAIL FROM:<news@partner.example>\r\n").await;
     c.expect("250").await?;
+    let t_rcpt = Instant::now();
     c.send(&format!("RCPT TO:<{to}>\r\n")).await;
     c.expect("250").await.map_err(|r| format!("RCPT: {r}"))?;
+    let rcpt = t_rcpt.elapsed();
     c.send("DATA\r\n").await;
     c.expect("354").await?;
     c.send(&format!(
@@ -321,10 +337,14 @@ async fn send_one(addr: SocketAddr, to: &str) -> Result<Duration, String> {
     ))
     .await;
     c.expect("250").await.map_err(|r| format!("DATA: {r}"))?;
-    let took = t0.elapsed();
+    let total = t0.elapsed();
     c.send("QUIT\r\n").await;
     let _ = c.reply().await;
-    Ok(took)
+    Ok(Timing {
+        total,
+        greeting,
+        rcpt,
+    })
 }
 
 /// Sends to the real users in turn, one message every `interval` (back to back when 0 or
@@ -347,7 +367,9 @@ async fn legit_client(
         match send_one(addr, to).await {
             Ok(t) => {
                 st.accepted += 1;
-                st.latencies.push(t);
+                st.latencies.push(t.total);
+                st.greetings.push(t.greeting);
+                st.rcpts.push(t.rcpt);
             }
             Err(e) => {
                 if st.failures.len() < 5 {
@@ -738,13 +760,19 @@ fn pct(v: &[Duration], q: f64) -> f64 {
 fn legit_rows(label: &str, l: &LegitStats) -> String {
     let secs = l.elapsed.as_secs_f64().max(1e-9);
     format!(
-        "| {label} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+        "| {label} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} |\n",
         l.sent,
         l.accepted,
         l.accepted as f64 / secs,
         pct(&l.latencies, 0.5),
         pct(&l.latencies, 0.99),
         pct(&l.latencies, 1.0),
+        pct(&l.greetings, 0.5),
+        pct(&l.greetings, 0.99),
+        pct(&l.greetings, 1.0),
+        pct(&l.rcpts, 0.5),
+        pct(&l.rcpts, 0.99),
+        pct(&l.rcpts, 1.0),
         if l.failures.is_empty() {
             "-".to_string()
         } else {
@@ -920,7 +948,7 @@ async fn dictionary_attack_against_callahead() {
         k.legit_interval.as_millis(),
         k.valid_users
     ));
-    r.push_str("| | sent | accepted | accepted/s | p50 ms | p99 ms | max ms | failures |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    r.push_str("| | sent | accepted | accepted/s | p50 ms | p99 ms | max ms | greeting p50 / p99 / max ms | RCPT p50 / p99 / max ms | failures |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     r.push_str(&legit_rows("during the attack", &legit_attack));
     if let Some((l, pf)) = &baseline {
         r.push_str(&legit_rows("alone (baseline)", l));
