@@ -99,6 +99,9 @@ pub struct Destination {
     method: Method,
     breaker: Mutex<CircuitBreaker>,
     detect_catch_all: bool,
+    /// One catch-all detection at a time: lookups arriving meanwhile wait for its finding
+    /// instead of each probing a random address of their own.
+    detecting: tokio::sync::Mutex<()>,
 }
 
 /// A local part no real mailbox has, for catch-all detection (Exim's `callout=random`).
@@ -122,6 +125,7 @@ impl Destination {
             method,
             breaker: Mutex::new(CircuitBreaker::new(breaker)),
             detect_catch_all: false,
+            detecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -161,21 +165,35 @@ impl Destination {
         clock: &dyn ValidationClock,
         address: &str,
     ) -> Checked {
-        let key = cache.key(&self.id, address);
-        if let Some(hit) = cache.get(&key, clock.unix()) {
-            return Checked {
-                answer: Answer::new(hit.verdict, self.id.clone()),
-                source: Source::Cache { stored: hit.stored },
-                refresh_due: hit.refresh_due,
-                transition: None,
-            };
+        if let Some(hit) = self.cached(cache, clock, address) {
+            return hit;
         }
         if self.detect_catch_all {
             if let Some(done) = self.catch_all(cache, clock, address).await {
                 return done;
             }
+            // A lookup of the same address may have answered while this one waited.
+            if let Some(hit) = self.cached(cache, clock, address) {
+                return hit;
+            }
         }
         self.lookup(cache, clock, address).await
+    }
+
+    /// The cached answer for `address`, if any.
+    fn cached(
+        &self,
+        cache: &VerdictCache,
+        clock: &dyn ValidationClock,
+        address: &str,
+    ) -> Option<Checked> {
+        let hit = cache.get(&cache.key(&self.id, address), clock.unix())?;
+        Some(Checked {
+            answer: Answer::new(hit.verdict, self.id.clone()),
+            source: Source::Cache { stored: hit.stored },
+            refresh_due: hit.refresh_due,
+            transition: None,
+        })
     }
 
     /// Valid at once when the address's domain is a known catch-all (detecting it first if
@@ -190,33 +208,39 @@ impl Destination {
         let marker = format!("@{domain}");
         let key = cache.key(&self.id, &marker);
         let detail = format!("{}: {domain} accepts any address (catch-all)", self.id);
-        match cache.get(&key, clock.unix()) {
-            Some(hit) if hit.verdict == Verdict::Valid => Some(Checked {
-                answer: Answer::new(Verdict::Valid, detail),
+        let known = |hit: super::cache::Hit| match hit.verdict {
+            Verdict::Valid => Some(Some(Checked {
+                answer: Answer::new(Verdict::Valid, detail.clone()),
                 source: Source::Cache { stored: hit.stored },
                 // The finding is not refreshed: it expires and is detected again.
                 refresh_due: false,
                 transition: None,
-            }),
-            Some(_) => None,
-            None => {
-                let probe = format!("{}@{domain}", random_local_part());
-                let mut checked = self.lookup(cache, clock, &probe).await;
-                // The random address itself is not worth a cache entry; the finding is.
-                cache.remove(&cache.key(&self.id, &probe));
-                match checked.answer.verdict {
-                    Verdict::Valid => {
-                        cache.insert(key, Verdict::Valid, clock.unix());
-                        checked.answer.detail = detail;
-                        Some(checked)
-                    }
-                    Verdict::Invalid => {
-                        cache.insert(key, Verdict::Invalid, clock.unix());
-                        None
-                    }
-                    Verdict::TempFail(_) => Some(checked),
-                }
+            })),
+            _ => Some(None),
+        };
+        if let Some(found) = cache.get(&key, clock.unix()).and_then(known) {
+            return found;
+        }
+        let _one = self.detecting.lock().await;
+        // Found by the detection this lookup waited for.
+        if let Some(found) = cache.get(&key, clock.unix()).and_then(known) {
+            return found;
+        }
+        let probe = format!("{}@{domain}", random_local_part());
+        let mut checked = self.lookup(cache, clock, &probe).await;
+        // The random address itself is not worth a cache entry; the finding is.
+        cache.remove(&cache.key(&self.id, &probe));
+        match checked.answer.verdict {
+            Verdict::Valid => {
+                cache.insert(key, Verdict::Valid, clock.unix());
+                checked.answer.detail = detail;
+                Some(checked)
             }
+            Verdict::Invalid => {
+                cache.insert(key, Verdict::Invalid, clock.unix());
+                None
+            }
+            Verdict::TempFail(_) => Some(checked),
         }
     }
 
@@ -464,6 +488,45 @@ mod tests {
             .filter(|a| a.starts_with("mxgate-probe-"))
             .collect();
         assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_lookups_of_a_domain_share_one_catch_all_detection() {
+        let all = std::sync::Arc::new(AtomicU64::new(0));
+        let d = std::sync::Arc::new(
+            Destination::new(
+                "callahead:catchall.test",
+                Method::Callahead(ProbePool::new(
+                    accept_all(all.clone()).await,
+                    CallaheadSettings::default(),
+                )),
+                BreakerSettings::default(),
+            )
+            .with_catch_all_detection(),
+        );
+        let cache = std::sync::Arc::new(VerdictCache::new(CacheSettings::default()));
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let (d, cache) = (d.clone(), cache.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = ManualClock {
+                    base: Instant::now(),
+                    offset: AtomicU64::new(0),
+                };
+                d.validate(&cache, &c, &format!("u{i}@catchall.test"))
+                    .await
+                    .answer
+                    .verdict
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Verdict::Valid);
+        }
+        assert_eq!(
+            all.load(Ordering::SeqCst),
+            1,
+            "twelve first lookups, one random-address probe"
+        );
     }
 
     /// An internal server that accepts every RCPT and counts them.

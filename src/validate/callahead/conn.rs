@@ -279,8 +279,8 @@ impl ProbeConn {
         Ok(self)
     }
 
-    /// A courtesy QUIT before giving up a sound plaintext session.
-    async fn quit(&mut self) {
+    /// A courtesy QUIT before giving up a sound session.
+    pub(super) async fn quit(&mut self) {
         let _ = timeout(QUIT_TIMEOUT, self.command("QUIT\r\n")).await;
         let _ = timeout(QUIT_TIMEOUT, self.shutdown()).await;
     }

@@ -268,10 +268,12 @@ impl ProbePool {
     /// A kept-open connection that is still fresh, if any.
     fn take_idle(&self) -> Option<ProbeConn> {
         let mut idle = lock(&self.idle);
-        while let Some(IdleConn(c)) = idle.pop() {
+        while let Some(IdleConn(mut c)) = idle.pop() {
             if c.last_used.elapsed() < self.settings.idle_timeout {
                 return Some(c);
             }
+            // Too old to trust: say goodbye in the background.
+            tokio::spawn(async move { c.quit().await });
         }
         None
     }
@@ -315,6 +317,10 @@ impl ProbePool {
         {
             c.last_used = Instant::now();
             lock(&self.idle).push(IdleConn(c));
+        } else {
+            // Retired, not lost: a QUIT in the background, so the internal server logs a
+            // clean end instead of "lost connection" (and the lookup does not wait for it).
+            tokio::spawn(async move { c.quit().await });
         }
     }
 
