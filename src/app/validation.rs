@@ -130,16 +130,7 @@ async fn save(cache: &Arc<VerdictCache>, path: &std::path::Path, log: &MailLog) 
         return;
     }
     let (c, p) = (cache.clone(), path.to_owned());
-    let r = tokio::task::spawn_blocking(move || {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| persist::PersistError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        persist::save(&c, &p, now())
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || persist::save(&c, &p, now())).await;
     match r {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => log.log(&Event::Note {

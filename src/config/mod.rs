@@ -26,6 +26,8 @@ mod tests_network;
 mod tests_outbound;
 #[cfg(test)]
 mod tests_policies;
+#[cfg(test)]
+mod tests_validation;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, Overrides};

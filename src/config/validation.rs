@@ -377,7 +377,16 @@ fn build_ldap(
     let base = required(&d.base, "base", e);
     let filter = required(&d.filter, "filter", e);
     if let (Some(f), Some(s)) = (&filter, &d.filter) {
-        if !["{address}", "{local}"].iter().any(|p| f.contains(p)) {
+        // Parsed as a search would send it (with a sample address), so a typo fails here,
+        // not as a tempfail at every RCPT.
+        let sample = crate::validate::ldap::build_filter(f, "user@example.com");
+        if ldap3::parse_filter(&sample).is_err() {
+            e.on(
+                s,
+                join(path, "filter"),
+                format!("{f:?} is not an LDAP filter (RFC 4515): check its parentheses, e.g. (mail={{address}})"),
+            );
+        } else if !["{address}", "{local}"].iter().any(|p| f.contains(p)) {
             e.on(
                 s,
                 join(path, "filter"),

@@ -57,10 +57,13 @@ impl CacheKey {
             Some(i) => (&address[..i], &address[i + 1..]),
             None => (address, ""),
         };
+        // ASCII only: Unicode folding would make a different mailbox (`o\u{212A}elly`, with
+        // the Kelvin sign) share the key of a real one (`okelly`), so one probe of the first
+        // could poison the cache for the second.
         let local = if case_sensitive_local {
             local.to_string()
         } else {
-            local.to_lowercase()
+            local.to_ascii_lowercase()
         };
         let at = if address.contains('@') { "@" } else { "" };
         CacheKey(format!(
@@ -378,6 +381,10 @@ mod tests {
         assert_eq!(CacheKey::from_text("a\tb@c").unwrap().address(), "b@c");
         assert!(CacheKey::from_text("no-tab").is_none());
         assert!(CacheKey::from_text("a\tb\tc").is_none());
+        // A Unicode look-alike (the Kelvin sign folds to `k`) keeps a key of its own.
+        let kelvin = CacheKey::new(M, "o\u{212A}elly@example.com", false);
+        assert_ne!(kelvin, CacheKey::new(M, "okelly@example.com", false));
+        assert_eq!(kelvin.address(), "o\u{212A}elly@example.com");
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl RecipientList {
                     list.domains.insert(line[1..].to_ascii_lowercase());
                 }
                 Ok(()) => {
-                    list.addresses.insert(line.to_lowercase());
+                    list.addresses.insert(line.to_ascii_lowercase());
                 }
                 Err(message) => errors.push(ListError::Line {
                     path: path.to_owned(),
@@ -102,7 +102,8 @@ impl RecipientList {
 
     /// Valid when the address or its domain is listed, else Invalid.
     pub fn lookup(&self, address: &str) -> Verdict {
-        let lower = address.to_lowercase();
+        // ASCII folding only (as the cache key): a Unicode look-alike is another address.
+        let lower = address.to_ascii_lowercase();
         let domain = lower.rsplit_once('@').map_or("", |(_, d)| d);
         if self.addresses.contains(&lower) || self.domains.contains(domain) {
             Verdict::Valid
@@ -163,6 +164,9 @@ mod tests {
         assert_eq!(l.lookup("anyone@CatchAll.example"), Verdict::Valid);
         assert_eq!(l.lookup("anyone@sub.catchall.example"), Verdict::Invalid);
         assert_eq!(l.lookup("alice@other.example"), Verdict::Invalid);
+        // Only ASCII case folds: a look-alike with the Kelvin sign is not `kim@`.
+        let l = list("kim@lists.example\n").unwrap();
+        assert_eq!(l.lookup("\u{212A}im@lists.example"), Verdict::Invalid);
     }
 
     #[test]

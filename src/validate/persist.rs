@@ -92,13 +92,35 @@ pub fn load(
             None => report.malformed += 1,
             Some((_, e)) if e.expires <= now => report.expired += 1,
             Some((k, _)) if !is_known(k.method()) => report.unknown_method += 1,
-            Some((k, e)) => {
+            Some((k, mut e)) => {
+                // The file is not trusted further than the settings: an entry never outlives
+                // its TTL (after a lowered `invalid_ttl`, a wrong clock, or a hand edit).
+                let s = cache.settings();
+                let ttl = if e.valid { s.valid_ttl } else { s.invalid_ttl };
+                e.stored = e.stored.min(now);
+                e.expires = e.expires.min(e.stored.saturating_add(ttl));
+                if e.expires <= now {
+                    report.expired += 1;
+                    continue;
+                }
                 cache.insert_entry(k, e, now);
                 report.loaded += 1;
             }
         }
     }
     Ok(report)
+}
+
+/// Creates `dir` (mode 0700) if it is missing.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Writes every unexpired entry of `cache` to `path` durably; returns how many.
@@ -111,13 +133,24 @@ pub fn save(cache: &VerdictCache, path: &Path, now: u64) -> Result<usize, Persis
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_private_dir(dir).map_err(io_err(dir))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let entries = cache.entries(now);
     let write = || -> io::Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp)?);
+        // The file lists which addresses exist: readable by the server's user only, as the
+        // rest of the spool.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
+        let mut w = BufWriter::new(file);
         writeln!(w, "{HEADER}")?;
         for (k, e) in &entries {
             let kind = if e.valid { 'V' } else { 'I' };
@@ -126,7 +159,11 @@ pub fn save(cache: &VerdictCache, path: &Path, now: u64) -> Result<usize, Persis
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()
     };
-    write().map_err(io_err(&tmp))?;
+    if let Err(e) = write() {
+        // A half-written file (a full disk) must not keep the space the spool needs.
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
     fs::rename(&tmp, path).map_err(io_err(path))?;
     // The rename is durable only once the directory is.
     File::open(dir)
@@ -140,6 +177,61 @@ mod tests {
     use super::*;
     use crate::validate::cache::CacheSettings;
     use crate::validate::verdict::Verdict;
+
+    #[test]
+    fn loaded_entries_never_outlive_their_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recipients.cache");
+        // Forever, and stored in the future: both clamped to the invalid TTL (1 h).
+        fs::write(
+            &path,
+            format!(
+                "{HEADER}\nI\t1000\t18446744073709551615\tcallahead:example.com\tceo@example.com\n\
+                 I\t99999\t99999999\tcallahead:example.com\tcfo@example.com\n"
+            ),
+        )
+        .unwrap();
+        let c = VerdictCache::new(CacheSettings::default());
+        let r = load(&c, &path, 2000, |_| true).unwrap();
+        assert_eq!(r.loaded, 2);
+        let e: Vec<(String, u64)> = c
+            .entries(2000)
+            .iter()
+            .map(|(k, e)| (k.address().to_string(), e.expires))
+            .collect();
+        assert!(
+            e.contains(&("ceo@example.com".into(), 1000 + 3600)),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&("cfo@example.com".into(), 2000 + 3600)),
+            "{e:?}"
+        );
+        // Past its TTL at load: expired.
+        let c = VerdictCache::new(CacheSettings::default());
+        let r = load(&c, &path, 1000 + 3600, |_| true).unwrap();
+        assert_eq!((r.loaded, r.expired), (1, 1));
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_tmp_file_and_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("validation/recipients.cache");
+        let c = VerdictCache::new(CacheSettings::default());
+        c.insert(c.key("ldap:corp", "a@example.com"), Verdict::Valid, 1000);
+        save(&c, &path, 1000).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // A full disk: the tmp file is /dev/full (ENOSPC on write); it is removed after.
+        let tmp = dir.path().join("validation/recipients.cache.tmp");
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let err = save(&c, &path, 1000).unwrap_err().to_string();
+        assert!(err.contains("No space left"), "{err}");
+        assert!(fs::symlink_metadata(&tmp).is_err(), "the tmp file is left");
+        assert_eq!(mode(&path), 0o600, "the previous file is kept");
+    }
 
     #[test]
     fn save_then_load_keeps_entries_and_their_times() {

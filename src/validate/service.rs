@@ -164,12 +164,29 @@ impl Validator {
                 Err(detail) => return unanswered(TempFailCause::Refused, detail),
             },
         };
-        let checked = if use_cache {
-            dest.validate(&self.cache, self.clock.as_ref(), &req.address)
-                .await
-        } else {
-            dest.refresh(&self.cache, self.clock.as_ref(), &req.address)
-                .await
+        let lookup = async {
+            if use_cache {
+                dest.validate(&self.cache, self.clock.as_ref(), &req.address)
+                    .await
+            } else {
+                dest.refresh(&self.cache, self.clock.as_ref(), &req.address)
+                    .await
+            }
+        };
+        // One `timeout` bounds a whole call-ahead, catch-all detection included (an LDAP
+        // directory bounds its lookups itself).
+        let checked = match &req.rule.method {
+            ValidationMethod::Callahead => {
+                let limit = self.config.settings.callahead.timeout;
+                match tokio::time::timeout(limit, lookup).await {
+                    Ok(c) => c,
+                    Err(_) => unanswered(
+                        TempFailCause::Timeout,
+                        format!("{}: no answer within {limit:?}", dest.id()),
+                    ),
+                }
+            }
+            _ => lookup.await,
         };
         if let Some(t) = checked.transition {
             crate::metrics::validation::breaker(dest.id(), t);

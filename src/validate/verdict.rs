@@ -101,7 +101,7 @@ impl fmt::Display for TempFailCause {
             TempFailCause::Protocol => "protocol error",
             TempFailCause::Tls => "TLS failure",
             TempFailCause::BreakerOpen => "breaker open",
-            TempFailCause::Shed => "too many waiting lookups",
+            TempFailCause::Shed => "too busy: too many lookups waiting",
             TempFailCause::LdapDown => "LDAP server unreachable",
             TempFailCause::LdapBind => "LDAP bind refused",
             TempFailCause::LdapResult => "LDAP search failed",

@@ -100,6 +100,8 @@ pub(super) struct ProbeConn {
     pub(super) refusals: u32,
     /// A MAIL was accepted since the last RSET: the next probe starts with RSET.
     in_transaction: bool,
+    /// The server offered SMTPUTF8 (in its last EHLO).
+    smtputf8: bool,
 }
 
 impl ProbeConn {
@@ -165,6 +167,7 @@ impl ProbeConn {
             probes: 0,
             refusals: 0,
             in_transaction: false,
+            smtputf8: false,
         };
         let greeting = c.read_reply().await.map_err(|e| fail(e, "greeting"))?;
         if greeting.code != 220 {
@@ -189,7 +192,9 @@ impl ProbeConn {
             .await
             .map_err(|e| fail(e, "EHLO"))?;
         if ehlo.code / 100 == 2 {
-            return Ok(Capabilities::from_ehlo(&ehlo));
+            let caps = Capabilities::from_ehlo(&ehlo);
+            self.smtputf8 = caps.smtputf8;
+            return Ok(caps);
         }
         if ehlo.code / 100 != 5 {
             return Err(refused(dest, &ehlo, "EHLO"));
@@ -199,6 +204,7 @@ impl ProbeConn {
             .await
             .map_err(|e| fail(e, "HELO"))?;
         if r.code / 100 == 2 {
+            self.smtputf8 = false;
             Ok(Capabilities::default())
         } else {
             Err(refused(dest, &r, "HELO"))
@@ -306,8 +312,19 @@ impl ProbeConn {
             }
             self.in_transaction = false;
         }
+        // A non-ASCII address needs SMTPUTF8 (RFC 6531): declared when offered; a server
+        // without it could never receive mail for the address (delivery would bounce).
+        let utf8 = !address.is_ascii();
+        if utf8 && !self.smtputf8 {
+            let a = Answer::new(
+                Verdict::Invalid,
+                format!("probe {dest}: the server does not offer SMTPUTF8 for a non-ASCII address"),
+            );
+            return Ok((a, self));
+        }
+        let param = if utf8 { " SMTPUTF8" } else { "" };
         let r = self
-            .command(&format!("MAIL FROM:<{mail_from}>\r\n"))
+            .command(&format!("MAIL FROM:<{mail_from}>{param}\r\n"))
             .await
             .map_err(|e| (e, false))?;
         if r.code / 100 != 2 {

@@ -247,17 +247,27 @@ impl ProbePool {
         let wait = WaitGuard(&self.waiting);
         let permit = timeout_at(deadline, self.permits.acquire()).await;
         drop(wait);
+        // Waiting for a slot says the pool is busy, not that the server is unwell: such a
+        // tempfail must not open the breaker (cause `Shed`, which it does not count).
         let Ok(Ok(_permit)) = permit else {
             return Answer::temp(
-                TempFailCause::Timeout,
+                TempFailCause::Shed,
                 format!(
                     "probe {dest}: no probe slot within {:?}",
                     self.settings.timeout
                 ),
             );
         };
+        let left = deadline.saturating_duration_since(Instant::now());
         match timeout_at(deadline, self.probe_with_slot(address)).await {
             Ok(a) => a,
+            // A probe that got less than half the time after its wait is not the server's fault.
+            Err(_) if left < self.settings.timeout / 2 => Answer::temp(
+                TempFailCause::Shed,
+                format!(
+                    "probe {dest}: no answer within the {left:?} left after waiting for a slot"
+                ),
+            ),
             Err(_) => Answer::temp(
                 TempFailCause::Timeout,
                 format!("probe {dest}: no answer within {:?}", self.settings.timeout),

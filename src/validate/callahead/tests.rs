@@ -457,3 +457,67 @@ mod starttls {
         assert!(lines(&seen).contains(&"tls:RCPT TO:<alice@example.test>".to_string()));
     }
 }
+
+/// A server that offers SMTPUTF8 when `offer`, and refuses a MAIL for a UTF-8 address
+/// without the parameter (RFC 6531: 553 5.6.7).
+async fn utf8_server(offer: bool) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let rcpts = std::sync::Arc::new(AtomicUsize::new(0));
+    let n = rcpts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let n = n.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 internal.test ESMTP\r\n").await.unwrap();
+                let (mut line, mut declared) = (String::new(), false);
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let reply = if line.starts_with("EHLO") && offer {
+                        "250-internal.test\r\n250 SMTPUTF8\r\n"
+                    } else if line.starts_with("EHLO") {
+                        "250 internal.test\r\n"
+                    } else if line.starts_with("MAIL") {
+                        declared = line.contains(" SMTPUTF8");
+                        "250 2.1.0 Ok\r\n"
+                    } else if line.starts_with("RCPT") {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        if line.is_ascii() || declared {
+                            "250 2.1.5 Ok\r\n"
+                        } else {
+                            "553 5.6.7 SMTPUTF8 needed\r\n"
+                        }
+                    } else {
+                        "250 Ok\r\n"
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, rcpts)
+}
+
+#[tokio::test]
+async fn a_non_ascii_address_is_probed_with_smtputf8_or_not_at_all() {
+    let (addr, rcpts) = utf8_server(true).await;
+    let pool = ProbePool::new(addr, CallaheadSettings::default());
+    let a = pool.check("jürgen@example.test").await;
+    assert_eq!(a.verdict, Verdict::Valid, "{a:?}");
+    assert_eq!(rcpts.load(Ordering::SeqCst), 1);
+    // Without SMTPUTF8 the server could never receive it: invalid, and nothing is asked.
+    let (addr, rcpts) = utf8_server(false).await;
+    let pool = ProbePool::new(addr, CallaheadSettings::default());
+    let a = pool.check("jürgen@example.test").await;
+    assert_eq!(a.verdict, Verdict::Invalid, "{a:?}");
+    assert!(a.detail.contains("SMTPUTF8"), "{}", a.detail);
+    assert_eq!(rcpts.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        pool.check("ascii@example.test").await.verdict,
+        Verdict::Valid
+    );
+}
