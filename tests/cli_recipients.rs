@@ -200,6 +200,10 @@ fn without_a_server_check_answers_from_the_configuration_and_the_cache_file() {
         "answer    invalid, probed from the CLI now (no running server; its cache file is not changed)"
     );
     assert_eq!(
+        line(&out, "cached"),
+        "cached    not stored (probed from the CLI, no running server)"
+    );
+    assert_eq!(
         line(&out, "reply"),
         "reply     550 5.1.1 Recipient address rejected: User unknown"
     );

@@ -52,6 +52,10 @@ pub(super) fn recipients_command(cmd: RecipientsCmd) -> anyhow::Result<ExitCode>
             no_cache,
             config,
         } => {
+            // Checked here: the control line is split at spaces.
+            if address.is_empty() || address.contains(char::is_whitespace) {
+                anyhow::bail!("{address:?} is not an address RCPT TO accepts");
+            }
             let Some(cfg) = config.load_or_report()? else {
                 return Ok(ExitCode::from(1));
             };

@@ -91,6 +91,8 @@ inbound:
       validate: callahead
     - recipient: v.example
       validate: {list: users.txt}
+    - recipient: u.example
+      validate: {list: empty.txt}
 ";
     let validation = "\
 cache: {valid_ttl: 1h, valid_refresh: 2h}
@@ -107,6 +109,7 @@ ldap:
         ("policies/routes.yaml", Some(ROUTES)),
         ("policies/validation.yaml", Some(validation)),
         ("users.txt", Some("fine@z.example\nnot an address\n")),
+        ("empty.txt", Some("# exported by cron\n")),
     ]);
     let errs = errors(&d, &Overrides::default()).join("\n");
     for want in [
@@ -118,6 +121,8 @@ ldap:
         "policies/rat.yaml:16:17: inbound.entries[5].validate: only an accepting entry validates",
         "policies/rat.yaml:18:24: inbound.entries[6].validate.list: ",
         "users.txt:2: \"not an address\"",
+        "policies/rat.yaml:20:24: inbound.entries[7].validate.list: ",
+        "empty.txt lists no address: every recipient of this entry would be refused",
         "policies/validation.yaml:1:39: cache.valid_refresh: must be shorter than valid_ttl",
         "policies/validation.yaml:2:24: callahead.mail_from: \"not an address\" is not an address",
         "callahead.max_concurrency: 0 is out of range",

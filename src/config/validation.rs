@@ -504,6 +504,18 @@ pub(crate) fn build_entry_validation(
             (Some(f), None) => {
                 let full = ctx.dir.join(f.value.trim());
                 match RecipientList::load(&full) {
+                    // An empty export (a failed cron job) would refuse every user for good.
+                    Ok(list) if list.is_empty() => {
+                        e.on(
+                            f,
+                            join(&vpath, "list"),
+                            format!(
+                                "{} lists no address: every recipient of this entry would be refused (an export that failed?)",
+                                full.display()
+                            ),
+                        );
+                        None
+                    }
                     Ok(list) => Some(ValidationMethod::List(Arc::new(list))),
                     Err(errs) => {
                         let text: Vec<String> =

@@ -257,7 +257,12 @@ async fn lookup(
     if !matches!(checked.source, Source::Cache { .. }) {
         r.line("detail", &checked.answer.detail);
     }
-    if let Some(id) = id {
+    if from_cli && checked.source == Source::Lookup {
+        r.line(
+            "cached",
+            "not stored (probed from the CLI, no running server)",
+        );
+    } else if let Some(id) = id {
         match cached(v.cache(), id, &req.address, SystemClocks.unix()) {
             Some(hit) => r.line("cached", cached_text(hit, &req.address)),
             None if verdict.is_temporary() => {
