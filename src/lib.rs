@@ -15,6 +15,7 @@
 //! - [`relay`]: delivery to the internal server — queue manager, SMTP client, outbound TLS, DSNs.
 //! - [`mail_log`]: ESA-format mail-log events, their text and JSON lines, the log file.
 //! - [`metrics`]: Prometheus names, the recorder, `/metrics`, `/health` and `/ready`.
+//! - [`mta_sts`]: the MTA-STS policy endpoint (RFC 8461) — policy text and id, HTTPS server.
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
@@ -30,6 +31,7 @@ pub(crate) mod dns;
 pub mod envelope;
 pub mod mail_log;
 pub mod metrics;
+pub mod mta_sts;
 pub mod net;
 pub mod policy;
 pub mod relay;

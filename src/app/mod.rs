@@ -1,6 +1,7 @@
 //! Wires listeners, spool, mail log and resolver together; owns start-up and shutdown.
 //! [`reload`] runs the started server: reload, certificate watching, signals.
 
+mod mta_sts;
 pub mod reload;
 pub(crate) mod tls_files;
 pub(crate) mod validation;
@@ -107,6 +108,9 @@ pub struct Running {
     shared: Shared,
     /// Every bound address by listener name (useful with port 0).
     pub bound: Vec<(String, SocketAddr)>,
+    /// Bound addresses of the MTA-STS policy endpoint (empty without `policies/mta_sts.yaml`).
+    pub mta_sts_bound: Vec<SocketAddr>,
+    mta_sts: Option<mta_sts::MtaStsEndpoint>,
     /// The metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// `metrics.listen` as configured at start-up (a change needs a restart).
@@ -256,6 +260,9 @@ impl Running {
                 ));
             }
         }
+        mta_sts::MtaStsEndpoint::apply(self.mta_sts.as_ref(), config, &self.mail_log, |w| {
+            self.warn(w)
+        })?;
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
@@ -290,6 +297,7 @@ impl Running {
                 }
             }
         }
+        v.extend(mta_sts::MtaStsEndpoint::certificate_files(config));
         // Inbound client-certificate trust anchors.
         v.extend(
             config
@@ -446,6 +454,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ));
         }
     }
+    let mta_sts = mta_sts::MtaStsEndpoint::start(config, &mail_log, &stop_rx, &mut tasks)?;
     // Listeners are bound and the spool is open: ready for traffic.
     ready.set(true);
     for (name, addr) in &bound {
@@ -458,6 +467,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         slots,
         shared,
         bound,
+        mta_sts_bound: mta_sts
+            .as_ref()
+            .map(|m| m.bound.clone())
+            .unwrap_or_default(),
+        mta_sts,
         metrics_addr,
         metrics_listen: config.global.metrics_listen,
         ready,

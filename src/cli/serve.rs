@@ -10,6 +10,9 @@ pub(super) async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
         // Tests and scripts read this line to learn ports bound as :0.
         eprintln!("mxgate: listener {name} listening on {addr}");
     }
+    for addr in &running.mta_sts_bound {
+        eprintln!("mxgate: mta-sts listening on {addr}");
+    }
     if let Some(addr) = running.metrics_addr {
         eprintln!("mxgate: metrics listening on http://{addr}/metrics");
     }

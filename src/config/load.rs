@@ -3,7 +3,7 @@
 //! Layout of the directory (paths in the files are relative to it):
 //! `mxgate.yaml` (optional), `listeners/*.yaml` (one listener each, in file-name order),
 //! `policies/mail_flow.yaml`, `policies/hat.yaml` and `policies/rat.yaml` (optional),
-//! `policies/routes.yaml` and `policies/destinations.yaml` (optional).
+//! `policies/routes.yaml`, `policies/destinations.yaml` and `policies/mta_sts.yaml` (optional).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -469,6 +469,12 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         rat_accept_all: &tables.rat_accept_all,
     };
     check_listeners(&mut built, &cc, &mut sink);
+    let public_hosts: Vec<String> = built
+        .iter()
+        .filter(|b| b.listener.kind == super::model::ListenerKind::Public)
+        .map(|b| b.listener.hostname.clone())
+        .collect();
+    let mta_sts = super::mta_sts::load_mta_sts(dir, &global.certs_dir, &public_hosts, &mut sink);
     sink.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     let (warnings, errors): (Vec<ConfigError>, Vec<ConfigError>) =
         sink.into_iter().partition(ConfigError::is_warning);
@@ -485,6 +491,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         routes: Arc::new(routes),
         destinations: Arc::new(destinations),
         validation: Arc::new(tables.validation),
+        mta_sts: mta_sts.map(Arc::new),
         warnings,
     })
 }

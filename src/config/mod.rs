@@ -8,6 +8,7 @@ pub(crate) mod error;
 mod listeners;
 pub(crate) mod load;
 pub mod model;
+mod mta_sts;
 pub mod outbound;
 mod policies;
 mod recover;

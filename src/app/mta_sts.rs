@@ -1,0 +1,199 @@
+//! Starts the MTA-STS policy endpoint of `policies/mta_sts.yaml` and applies reloads to it:
+//! new connections get the new policies and certificate; `listen:` needs a restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::AppError;
+use crate::config::model::Config;
+use crate::mail_log::{Event, Level, MailLog};
+use crate::mta_sts::http::Served;
+use crate::mta_sts::{txt_record, MtaStsSettings};
+use crate::net::tls::{self, CertStore, TlsError};
+
+/// The name of the endpoint in logs and bind errors.
+const NAME: &str = "mta-sts";
+
+/// The running endpoint: what a reload swaps.
+pub(crate) struct MtaStsEndpoint {
+    /// `listen:` at start-up.
+    listen: Vec<SocketAddr>,
+    /// The policies served.
+    served: Arc<ArcSwap<Served>>,
+    /// The certificate presented.
+    store: Arc<CertStore>,
+    /// Bound addresses (useful with port 0).
+    pub(crate) bound: Vec<SocketAddr>,
+}
+
+/// The certificate and key files: the configured pair, or the demo certificate made for the
+/// policy host names (its own files: the listeners' demo certificate names other hosts).
+fn certificate(
+    settings: &MtaStsSettings,
+    certs_dir: &Path,
+) -> Result<(PathBuf, PathBuf), AppError> {
+    match &settings.certificate {
+        Some((c, k)) => Ok((c.clone(), k.clone())),
+        None => Ok(ensure_demo(certs_dir, &settings.policy_hosts())?),
+    }
+}
+
+/// Writes `mta-sts-demo.crt`/`.key`, self-signed for `hosts`, unless they exist.
+fn ensure_demo(certs_dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cert = certs_dir.join("mta-sts-demo.crt");
+    let key = certs_dir.join("mta-sts-demo.key");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let err = |e: &dyn std::fmt::Display| TlsError::Generate(format!("mta-sts: {e}"));
+    std::fs::create_dir_all(certs_dir).map_err(|e| err(&e))?;
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| err(&e))?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        hosts.first().cloned().unwrap_or_default(),
+    );
+    dn.push(
+        rcgen::DnType::OrganizationName,
+        "mxgate demo certificate (not verifiable)",
+    );
+    params.distinguished_name = dn;
+    let year = chrono::Datelike::year(&chrono::Utc::now());
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+    let signing = rcgen::KeyPair::generate().map_err(|e| err(&e))?;
+    let signed = params.self_signed(&signing).map_err(|e| err(&e))?;
+    // The key is never briefly world-readable.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .map_err(|e| err(&e))?;
+    f.write_all(signing.serialize_pem().as_bytes())
+        .map_err(|e| err(&e))?;
+    std::fs::write(&cert, signed.pem()).map_err(|e| err(&e))?;
+    Ok((cert, key))
+}
+
+/// Logs each domain's policy id and the TXT record to publish for it.
+fn announce(settings: &MtaStsSettings, log: &MailLog) {
+    for (domain, policy) in &settings.domains {
+        let text = format!(
+            "mta-sts: policy of {domain} mode {} id {}: publish _mta-sts.{domain} TXT \"{}\"",
+            policy.mode,
+            policy.id(),
+            txt_record(policy)
+        );
+        tracing::info!("{text}");
+        log.log(&Event::Note {
+            level: Level::Info,
+            text,
+        });
+    }
+}
+
+impl MtaStsEndpoint {
+    /// Binds and serves `policies/mta_sts.yaml`'s endpoint; `None` without the file.
+    pub(crate) fn start(
+        config: &Config,
+        log: &MailLog,
+        stop: &watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Option<MtaStsEndpoint>, AppError> {
+        let Some(settings) = &config.mta_sts else {
+            return Ok(None);
+        };
+        let (cert, key) = certificate(settings, &config.global.certs_dir)?;
+        let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
+        crate::metrics::certificate_expiry(NAME, &cert);
+        let served = Arc::new(ArcSwap::from_pointee(Served::new(settings)));
+        let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
+        let mut bound = Vec::new();
+        for addr in &settings.listen {
+            let socket = crate::net::bind::bind(*addr).map_err(|cause| AppError::Bind {
+                listener: NAME.into(),
+                addr: *addr,
+                cause,
+            })?;
+            bound.push(socket.local_addr().unwrap_or(*addr));
+            tasks.spawn(crate::mta_sts::server::serve(
+                socket,
+                acceptor.clone(),
+                served.clone(),
+                stop.clone(),
+            ));
+        }
+        for addr in &bound {
+            log.log(&Event::Note {
+                level: Level::Info,
+                text: format!("{NAME} listening on {addr}"),
+            });
+        }
+        announce(settings, log);
+        Ok(Some(MtaStsEndpoint {
+            listen: settings.listen.clone(),
+            served,
+            store,
+            bound,
+        }))
+    }
+
+    /// Applies a reloaded configuration: policies and certificate now; a changed `listen:`,
+    /// a new or a removed file need a restart (`warn` says so). Fails, changing nothing, when
+    /// the certificate cannot be loaded.
+    pub(crate) fn apply(
+        this: Option<&MtaStsEndpoint>,
+        config: &Config,
+        log: &MailLog,
+        warn: impl Fn(String),
+    ) -> Result<(), AppError> {
+        match (this, &config.mta_sts) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => {
+                warn("reload: policies/mta_sts.yaml is new; the MTA-STS endpoint starts after a restart".into());
+                Ok(())
+            }
+            (Some(ep), None) => {
+                warn("reload: policies/mta_sts.yaml was removed; no policy is served, the endpoint stops after a restart".into());
+                ep.served.store(Arc::new(Served::default()));
+                Ok(())
+            }
+            (Some(ep), Some(settings)) => {
+                let (cert, key) = certificate(settings, &config.global.certs_dir)?;
+                let certified = tls::load_certified_key(&cert, &key)?;
+                if settings.listen != ep.listen {
+                    warn(format!(
+                        "reload: mta_sts.yaml listen addresses changed; the change needs a restart (still {})",
+                        ep.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                crate::metrics::certificate_expiry(NAME, &cert);
+                ep.store.replace(certified);
+                ep.served.store(Arc::new(Served::new(settings)));
+                announce(settings, log);
+                Ok(())
+            }
+        }
+    }
+
+    /// The certificate files to watch for renewals.
+    pub(crate) fn certificate_files(config: &Config) -> Vec<PathBuf> {
+        match config.mta_sts.as_deref() {
+            Some(MtaStsSettings {
+                certificate: Some((c, k)),
+                ..
+            }) => vec![c.clone(), k.clone()],
+            _ => Vec::new(),
+        }
+    }
+}
