@@ -69,6 +69,18 @@ fn pem(path: &Path, blocks: &[(&str, &[u8])]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The port of the policy endpoint, from its "listening on" line on stderr.
+fn policy_port(srv: &Mxgate) -> u16 {
+    let prefix = "mxgate: mta-sts listening on ";
+    srv.wait_stderr(prefix);
+    srv.stderr_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .expect("mta-sts address on stderr")
+        .port()
+}
+
 const POLICY_FILE: &str = "\
 listen: [\"127.0.0.1:0\"]
 certificate: mta-sts
@@ -109,14 +121,7 @@ fn curl_fetches_each_policy_and_a_reload_changes_it() {
     pki.write_ca(&ca);
 
     let srv = Mxgate::start(cfg.path(), work.path());
-    srv.wait_stderr("mxgate: mta-sts listening on ");
-    let port: u16 = srv
-        .stderr_text()
-        .lines()
-        .find_map(|l| l.strip_prefix("mxgate: mta-sts listening on "))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .expect("mta-sts address on stderr")
-        .port();
+    let port = policy_port(&srv);
     let path = "/.well-known/mta-sts.txt";
 
     let got = curl("mta-sts.example.com", port, path, &ca, &[]);
@@ -226,4 +231,50 @@ fn curl_fetches_each_policy_and_a_reload_changes_it() {
         "{err}"
     );
     srv.stop();
+}
+
+#[test]
+fn without_a_certificate_a_demo_one_names_every_policy_host() {
+    if !curl_available() {
+        return;
+    }
+    let cfg = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), cfg.path());
+    let file = cfg.path().join("policies/mta_sts.yaml");
+    std::fs::write(&file, POLICY_FILE.replace("certificate: mta-sts\n", "")).unwrap();
+    let srv = Mxgate::start(cfg.path(), work.path());
+    let port = policy_port(&srv);
+    // The self-signed demo certificate is its own trust anchor for curl: it names both hosts.
+    let demo = work.path().join("certs/mta-sts-demo.crt");
+    for host in ["mta-sts.example.com", "mta-sts.example.org"] {
+        let got = curl(host, port, "/.well-known/mta-sts.txt", &demo, &[]);
+        assert_eq!(got.status, "200", "{host}");
+    }
+    srv.stop();
+}
+
+#[test]
+fn check_names_a_missing_certificate() {
+    // `mxgate check` names a configured certificate that is not installed (serve would fail).
+    let cfg = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), cfg.path());
+    std::fs::write(cfg.path().join("policies/mta_sts.yaml"), POLICY_FILE).unwrap();
+    let out = support::mxgate::bin()
+        .arg("check")
+        .args(Mxgate::path_args(cfg.path(), work.path()))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("policies/mta_sts.yaml: certificate: ")
+            && text.contains("mta-sts.crt not found"),
+        "{text}"
+    );
 }

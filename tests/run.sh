@@ -12,6 +12,8 @@ perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e 1 2>/dev/null || need+=(libio-socket-ssl-perl)
 command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
+# curl fetches the MTA-STS policy over HTTPS (tests/mta_sts.rs).
+command -v curl >/dev/null || need+=(curl)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # Postfix ships smtp-sink/smtp-source and plays the internal mail server in relay tests.
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)

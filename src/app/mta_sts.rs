@@ -186,6 +186,19 @@ impl MtaStsEndpoint {
         }
     }
 
+    /// The configured certificate's problem, read without binding (for `mxgate check`).
+    pub(crate) fn check_certificate(config: &Config) -> Option<String> {
+        let (cert, key) = config.mta_sts.as_ref()?.certificate.as_ref()?;
+        let problem = match [cert, key].into_iter().find(|p| !p.exists()) {
+            Some(missing) => format!(
+                "{} not found: `mxgate certs new-self-signed NAME` or `mxgate certs csr NAME` then `mxgate certs install NAME --cert SIGNED` make one",
+                missing.display()
+            ),
+            None => tls::load_certified_key(cert, key).err()?.to_string(),
+        };
+        Some(format!("policies/mta_sts.yaml: certificate: {problem}"))
+    }
+
     /// The certificate files to watch for renewals.
     pub(crate) fn certificate_files(config: &Config) -> Vec<PathBuf> {
         match config.mta_sts.as_deref() {

@@ -56,6 +56,7 @@ pub fn check_tls_files(config: &Config) -> Vec<String> {
             out.push(format!("listener {}: {p}", l.name));
         }
     }
+    out.extend(super::mta_sts::MtaStsEndpoint::check_certificate(config));
     let d = &config.destinations;
     if d.client_certificate.as_deref() != Some("demo") {
         let checked = OutboundTlsContext::new(client_certificate_files(config)).and_then(|ctx| {
