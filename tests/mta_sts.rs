@@ -251,6 +251,21 @@ fn without_a_certificate_a_demo_one_names_every_policy_host() {
         let got = curl(host, port, "/.well-known/mta-sts.txt", &demo, &[]);
         assert_eq!(got.status, "200", "{host}");
     }
+    // A domain added by a reload gets a new demo certificate naming it too.
+    let mark = srv.log_mark();
+    let three = POLICY_FILE.replace("certificate: mta-sts\n", "") + "  example.net: {mode: none}\n";
+    std::fs::write(&file, three).unwrap();
+    let out = srv.ctl(&["reload"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_log_after(mark, "configuration reloaded");
+    for host in ["mta-sts.example.com", "mta-sts.example.net"] {
+        let got = curl(host, port, "/.well-known/mta-sts.txt", &demo, &[]);
+        assert_eq!(got.status, "200", "{host}");
+    }
     srv.stop();
 }
 

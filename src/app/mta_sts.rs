@@ -44,13 +44,23 @@ fn certificate(
     }
 }
 
-/// Writes `mta-sts-demo.crt`/`.key`, self-signed for `hosts`, unless they exist.
+/// True when the leaf of the PEM file `cert` covers every host of `hosts`.
+fn covers(cert: &Path, hosts: &[String]) -> bool {
+    crate::certs::cert::read_certs(cert).is_ok_and(|chain| {
+        chain
+            .first()
+            .is_some_and(|leaf| hosts.iter().all(|h| leaf.covering_name(h).is_some()))
+    })
+}
+
+/// Writes `mta-sts-demo.crt`/`.key`, self-signed for `hosts`, unless they exist and cover
+/// them (a domain added later gets a new demo certificate).
 fn ensure_demo(certs_dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let cert = certs_dir.join("mta-sts-demo.crt");
     let key = certs_dir.join("mta-sts-demo.key");
-    if cert.exists() && key.exists() {
+    if key.exists() && covers(&cert, hosts) {
         return Ok((cert, key));
     }
     let err = |e: &dyn std::fmt::Display| TlsError::Generate(format!("mta-sts: {e}"));
