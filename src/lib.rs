@@ -15,6 +15,7 @@
 //! - [`relay`]: delivery to the internal server — queue manager, SMTP client, outbound TLS, DSNs.
 //! - [`mail_log`]: ESA-format mail-log events, their text and JSON lines, the log file.
 //! - [`metrics`]: Prometheus names, the recorder, `/metrics`, `/health` and `/ready`.
+//! - [`tlsrpt`]: TLS-RPT (RFC 8460) reports from senders — decode, validate, store, count.
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
@@ -35,4 +36,5 @@ pub mod policy;
 pub mod relay;
 pub mod smtp;
 pub mod spool;
+pub mod tlsrpt;
 pub mod validate;
