@@ -14,48 +14,7 @@ use support::mxgate::bin as mxgate;
 
 /// RFC 8460 Appendix B, the `additional-information` string joined onto one line (the RFC
 /// wraps it, which JSON does not allow).
-const RFC_EXAMPLE: &str = r#"{
-     "organization-name": "Company-X",
-     "date-range": {
-       "start-datetime": "2016-04-01T00:00:00Z",
-       "end-datetime": "2016-04-01T23:59:59Z"
-     },
-     "contact-info": "sts-reporting@company-x.example",
-     "report-id": "5065427c-23d3-47ca-b6e0-946ea0e8c4be",
-     "policies": [{
-       "policy": {
-         "policy-type": "sts",
-         "policy-string": ["version: STSv1","mode: testing",
-               "mx: *.mail.company-y.example","max_age: 86400"],
-         "policy-domain": "company-y.example",
-         "mx-host": "*.mail.company-y.example"
-       },
-       "summary": {
-         "total-successful-session-count": 5326,
-         "total-failure-session-count": 303
-       },
-       "failure-details": [{
-         "result-type": "certificate-expired",
-         "sending-mta-ip": "2001:db8:abcd:0012::1",
-         "receiving-mx-hostname": "mx1.mail.company-y.example",
-         "failed-session-count": 100
-       }, {
-         "result-type": "starttls-not-supported",
-         "sending-mta-ip": "2001:db8:abcd:0013::1",
-         "receiving-mx-hostname": "mx2.mail.company-y.example",
-         "receiving-ip": "203.0.113.56",
-         "failed-session-count": 200,
-         "additional-information": "https://reports.company-x.example/report_info ? id = 5065427 c - 23 d3# StarttlsNotSupported "
-       }, {
-         "result-type": "validation-failure",
-         "sending-mta-ip": "198.51.100.62",
-         "receiving-ip": "203.0.113.58",
-         "receiving-mx-hostname": "mx-backup.mail.company-y.example",
-         "failed-session-count": 3,
-         "failure-reason-code": "X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED"
-       }]
-     }]
-   }"#;
+const RFC_EXAMPLE: &str = include_str!("../src/tlsrpt/rfc8460-example.json");
 
 /// The shape Google sends: `mx-host` a list, two policies, one without failures.
 const GOOGLE: &str = r#"{"organization-name":"Google Inc.","date-range":{"start-datetime":"2026-12-01T00:00:00Z","end-datetime":"2026-12-01T23:59:59Z"},"contact-info":"smtp-tls-reporting@google.com","report-id":"2026-12-01T00:00:00Z_example.com","policies":[{"policy":{"policy-type":"sts","policy-string":["version: STSv1","mode: enforce","mx: mx.example.com","max_age: 604800"],"policy-domain":"example.com","mx-host":["mx.example.com"]},"summary":{"total-successful-session-count":812,"total-failure-session-count":0}},{"policy":{"policy-type":"no-policy-found","policy-domain":"lists.example.com"},"summary":{"total-successful-session-count":40,"total-failure-session-count":2},"failure-details":[{"result-type":"starttls-not-supported","receiving-mx-hostname":"mx.lists.example.com","failed-session-count":2}]}]}"#;

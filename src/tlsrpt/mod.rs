@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod domains;
 pub mod ingest;
+pub mod raw;
 pub mod report;
 pub mod reporter;
 pub mod store;

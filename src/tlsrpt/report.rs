@@ -1,8 +1,8 @@
-//! The RFC 8460 §4 report: the raw JSON (`*Def`, serde) and the validated [`Report`].
+//! The validated RFC 8460 §4 report, from the raw JSON of [`super::raw`].
 //! Validation checks what the metrics and the store rely on (required fields, integer counts
 //! within bounds, a sane date range); unknown JSON members are ignored, as reporters add some.
 
-use serde::Deserialize;
+use super::raw::{OneOrMany, PolicyResultDef, ReportDef};
 
 /// The largest session count one number of a report may carry: a day of mail to one domain
 /// from one reporter stays far below it, and a counter that jumped by 2^63 would be useless.
@@ -56,111 +56,6 @@ pub enum ReportError {
     /// The report-id is longer than [`MAX_REPORT_ID_LEN`] or has control characters.
     #[error("report-id is too long or has control characters")]
     BadReportId,
-}
-
-/// One string or a list of them: RFC 8460's example has `mx-host` as a string, the big
-/// reporters send lists.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    /// A single string.
-    One(String),
-    /// A list.
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-/// `date-range` as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct DateRangeDef {
-    /// `start-datetime`.
-    pub start_datetime: Option<String>,
-    /// `end-datetime`.
-    pub end_datetime: Option<String>,
-}
-
-/// `policy` as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct PolicyDef {
-    /// `policy-type`.
-    pub policy_type: Option<String>,
-    /// `policy-string`.
-    pub policy_string: Option<OneOrMany>,
-    /// `policy-domain`.
-    pub policy_domain: Option<String>,
-    /// `mx-host`.
-    pub mx_host: Option<OneOrMany>,
-}
-
-/// `summary` as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct SummaryDef {
-    /// `total-successful-session-count`.
-    pub total_successful_session_count: Option<serde_json::Number>,
-    /// `total-failure-session-count`.
-    pub total_failure_session_count: Option<serde_json::Number>,
-}
-
-/// One `failure-details` entry as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct FailureDetailDef {
-    /// `result-type`.
-    pub result_type: Option<String>,
-    /// `sending-mta-ip`.
-    pub sending_mta_ip: Option<String>,
-    /// `receiving-mx-hostname`.
-    pub receiving_mx_hostname: Option<String>,
-    /// `receiving-mx-helo`.
-    pub receiving_mx_helo: Option<String>,
-    /// `receiving-ip`.
-    pub receiving_ip: Option<String>,
-    /// `failed-session-count`.
-    pub failed_session_count: Option<serde_json::Number>,
-    /// `additional-information`.
-    pub additional_information: Option<String>,
-    /// `failure-reason-code`.
-    pub failure_reason_code: Option<String>,
-}
-
-/// One `policies[]` entry as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct PolicyResultDef {
-    /// `policy`.
-    pub policy: Option<PolicyDef>,
-    /// `summary`.
-    pub summary: Option<SummaryDef>,
-    /// `failure-details` (absent when nothing failed).
-    #[serde(default)]
-    pub failure_details: Vec<FailureDetailDef>,
-}
-
-/// The report as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ReportDef {
-    /// `organization-name`.
-    pub organization_name: Option<String>,
-    /// `date-range`.
-    pub date_range: Option<DateRangeDef>,
-    /// `contact-info` (required by the RFC, missing from some real reports: not enforced).
-    pub contact_info: Option<String>,
-    /// `report-id`.
-    pub report_id: Option<String>,
-    /// `policies`.
-    pub policies: Option<Vec<PolicyResultDef>>,
 }
 
 /// `policy-type`.
@@ -451,48 +346,7 @@ impl PolicyResult {
 /// change: the RFC's text wraps the `additional-information` string over two lines, which
 /// JSON does not allow, so the two halves are joined.
 #[cfg(test)]
-pub(crate) const RFC_EXAMPLE: &str = r#"{
-     "organization-name": "Company-X",
-     "date-range": {
-       "start-datetime": "2016-04-01T00:00:00Z",
-       "end-datetime": "2016-04-01T23:59:59Z"
-     },
-     "contact-info": "sts-reporting@company-x.example",
-     "report-id": "5065427c-23d3-47ca-b6e0-946ea0e8c4be",
-     "policies": [{
-       "policy": {
-         "policy-type": "sts",
-         "policy-string": ["version: STSv1","mode: testing",
-               "mx: *.mail.company-y.example","max_age: 86400"],
-         "policy-domain": "company-y.example",
-         "mx-host": "*.mail.company-y.example"
-       },
-       "summary": {
-         "total-successful-session-count": 5326,
-         "total-failure-session-count": 303
-       },
-       "failure-details": [{
-         "result-type": "certificate-expired",
-         "sending-mta-ip": "2001:db8:abcd:0012::1",
-         "receiving-mx-hostname": "mx1.mail.company-y.example",
-         "failed-session-count": 100
-       }, {
-         "result-type": "starttls-not-supported",
-         "sending-mta-ip": "2001:db8:abcd:0013::1",
-         "receiving-mx-hostname": "mx2.mail.company-y.example",
-         "receiving-ip": "203.0.113.56",
-         "failed-session-count": 200,
-         "additional-information": "https://reports.company-x.example/report_info ? id = 5065427 c - 23 d3# StarttlsNotSupported "
-       }, {
-         "result-type": "validation-failure",
-         "sending-mta-ip": "198.51.100.62",
-         "receiving-ip": "203.0.113.58",
-         "receiving-mx-hostname": "mx-backup.mail.company-y.example",
-         "failed-session-count": 3,
-         "failure-reason-code": "X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED"
-       }]
-     }]
-   }"#;
+pub(crate) const RFC_EXAMPLE: &str = include_str!("rfc8460-example.json");
 
 #[cfg(test)]
 mod tests {
