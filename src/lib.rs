@@ -16,6 +16,7 @@
 //! - [`mail_log`]: ESA-format mail-log events, their text and JSON lines, the log file.
 //! - [`metrics`]: Prometheus names, the recorder, `/metrics`, `/health` and `/ready`.
 //! - [`mta_sts`]: the MTA-STS policy endpoint (RFC 8461) — policy text and id, HTTPS server.
+//! - [`tlsrpt`]: TLS-RPT (RFC 8460) reports from senders — decode, validate, store, count.
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
@@ -37,4 +38,5 @@ pub mod policy;
 pub mod relay;
 pub mod smtp;
 pub mod spool;
+pub mod tlsrpt;
 pub mod validate;

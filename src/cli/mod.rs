@@ -1,7 +1,8 @@
 //! The `mxgate` command line: arguments, and one module per command family.
 //! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
 //! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket),
-//! `recipients` (`recipients check`, `recipients cache list|flush`); `certs` lives in the
+//! `recipients` (`recipients check`, `recipients cache list|flush`), `tlsrpt` (`tlsrpt list|show`,
+//! the stored TLS-RPT reports); `certs` lives in the
 //! library (`mxgate::certs::cli`).
 
 mod hat;
@@ -9,6 +10,7 @@ mod queue;
 mod recipients;
 mod serve;
 mod tables;
+mod tlsrpt;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -67,6 +69,24 @@ enum Cmd {
     Recipients {
         #[command(subcommand)]
         command: RecipientsCmd,
+    },
+    /// TLS-RPT (RFC 8460) reports senders sent about their TLS sessions to us, as stored.
+    Tlsrpt {
+        #[command(subcommand)]
+        command: TlsrptCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsrptCmd {
+    /// List stored reports: reporter, report-id, date range, policy domains, session counts.
+    List(ConfigArgs),
+    /// Show one report: its summary per policy and each failure detail.
+    Show {
+        /// The report's report-id.
+        report_id: String,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -385,6 +405,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Queue { command } => queue::queue_command(command),
         Cmd::Recipients { command } => recipients::recipients_command(command),
+        Cmd::Tlsrpt { command } => tlsrpt::tlsrpt_command(command),
         Cmd::Reload(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));

@@ -5,6 +5,7 @@
 //! `ready` submodule and is re-exported here.
 
 mod ready;
+pub(crate) mod tlsrpt;
 pub(crate) mod validation;
 
 pub(crate) use ready::spool_write_failed;
@@ -172,6 +173,7 @@ fn describe() {
     describe_counter!(REVERSE_DNS, "Reverse-DNS (iprev) results per connection");
     describe_gauge!(BUILD_INFO, "Build information");
     validation::describe();
+    tlsrpt::describe();
 }
 
 /// How long a response of the metrics endpoint may take to write.

@@ -1,0 +1,234 @@
+//! The one entry point of the intakes: a report body in, an [`Outcome`] out. Decode, validate,
+//! store unless a copy is stored, and count — `mxgate_tlsrpt_reports_total` for every body,
+//! `mxgate_tlsrpt_sessions_total` for accepted reports only, so a duplicate never counts its
+//! sessions twice. The caller only turns the outcome into its reply (SMTP or HTTP).
+
+use super::decode::{decode, DecodeError, Limits};
+use super::domains::PolicyDomains;
+use super::report::Report;
+use super::reporter::{reporter, UNKNOWN};
+use super::store::{Store, Stored};
+
+/// What became of one report body.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored and counted.
+    Accepted {
+        /// The report.
+        report: Box<Report>,
+    },
+    /// A report with this report-id was stored before: not stored, not counted again.
+    Duplicate {
+        /// Its report-id.
+        report_id: String,
+    },
+    /// Not a valid report (content type, gzip data, JSON, fields, counts, dates).
+    Malformed(String),
+    /// The body is over the size limit.
+    TooLarge,
+    /// The gzip body expands past the limits.
+    Bomb,
+    /// A valid report that could not be stored (disk): the sender should try again later.
+    StoreFailed(String),
+}
+
+impl Outcome {
+    /// The `outcome` metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Malformed(_) => "malformed",
+            Outcome::TooLarge => "too_large",
+            Outcome::Bomb => "bomb",
+            Outcome::StoreFailed(_) => "store_failed",
+        }
+    }
+
+    /// Whether the sender should send the same body again later.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Outcome::StoreFailed(_))
+    }
+}
+
+/// Decodes, validates, stores and counts one report body of `content_type` received at
+/// `now` (Unix seconds); `domains` bounds the `policy_domain` label.
+pub fn ingest(
+    body: &[u8],
+    content_type: &str,
+    store: &Store,
+    domains: &PolicyDomains,
+    now: i64,
+) -> Outcome {
+    let (outcome, who) = classify(body, content_type, store, now);
+    crate::metrics::tlsrpt::report_outcome(who, outcome.label());
+    if let Outcome::Accepted { report } = &outcome {
+        crate::metrics::tlsrpt::sessions(report, who, domains);
+    }
+    outcome
+}
+
+/// The outcome and the `reporter` label, without counting.
+fn classify(body: &[u8], content_type: &str, store: &Store, now: i64) -> (Outcome, &'static str) {
+    let json = match decode(body, content_type, Limits::default()) {
+        Ok(j) => j,
+        Err(DecodeError::TooLarge { .. }) => return (Outcome::TooLarge, UNKNOWN),
+        Err(DecodeError::Bomb { .. }) => return (Outcome::Bomb, UNKNOWN),
+        Err(e) => return (Outcome::Malformed(e.to_string()), UNKNOWN),
+    };
+    let report = match Report::from_json(&json, now) {
+        Ok(r) => r,
+        Err(e) => return (Outcome::Malformed(e.to_string()), organisation_of(&json)),
+    };
+    let who = reporter(&report.organization_name);
+    let outcome = match store.put(&report.report_id, &json) {
+        Ok(Stored::New) => Outcome::Accepted {
+            report: Box::new(report),
+        },
+        Ok(Stored::Duplicate) => Outcome::Duplicate {
+            report_id: report.report_id,
+        },
+        Err(e) => Outcome::StoreFailed(e.to_string()),
+    };
+    (outcome, who)
+}
+
+/// The reporter of an invalid report, when its JSON names an organisation at all.
+fn organisation_of(json: &[u8]) -> &'static str {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("organization-name")?.as_str().map(reporter))
+        .unwrap_or(UNKNOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tlsrpt::decode::gzip;
+    use crate::tlsrpt::report::RFC_EXAMPLE;
+
+    const NOW: i64 = 1_796_428_800;
+
+    /// The value of one series in the rendered metrics, 0 when absent.
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn the_rfc_example_counts_exactly_once_and_bad_bodies_are_typed() {
+        let handle = crate::metrics::recorder().unwrap();
+        // Unique names: the recorder is process-wide and other tests ingest too.
+        let domain = "ingest-test.example";
+        let json = RFC_EXAMPLE
+            .replace(
+                "company-y.example\",\n         \"mx-host",
+                &format!("{domain}\",\n         \"mx-host"),
+            )
+            .replace("5065427c-23d3-47ca-b6e0-946ea0e8c4be", "ingest-test-1")
+            .replace("Company-X", "Google Inc.");
+        assert!(json.contains(domain));
+        let spool = tempfile::tempdir().unwrap();
+        let store = Store::new(spool.path());
+        let domains = PolicyDomains::new([domain]);
+        let s = |result: &str, rt: &str| {
+            format!(
+                "mxgate_tlsrpt_sessions_total{{policy_domain=\"{domain}\",policy_type=\"sts\",result=\"{result}\",result_type=\"{rt}\",reporter=\"google\"}}"
+            )
+        };
+        let before = handle.render();
+        let o = ingest(
+            &gzip(json.as_bytes()),
+            "application/tlsrpt+gzip",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+        let o = ingest(
+            json.as_bytes(),
+            "application/tlsrpt+json",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(
+            matches!(&o, Outcome::Duplicate { report_id } if report_id == "ingest-test-1"),
+            "{o:?}"
+        );
+        let after = handle.render();
+        let delta = |series: &str| value(&after, series) - value(&before, series);
+        assert_eq!(delta(&s("success", "none")), 5326.0);
+        assert_eq!(delta(&s("failure", "certificate-expired")), 100.0);
+        assert_eq!(delta(&s("failure", "starttls-not-supported")), 200.0);
+        assert_eq!(delta(&s("failure", "validation-failure")), 3.0);
+        assert_eq!(delta(&s("failure", "other")), 0.0);
+        let r = |outcome: &str| {
+            format!("mxgate_tlsrpt_reports_total{{reporter=\"google\",outcome=\"{outcome}\"}}")
+        };
+        assert_eq!(delta(&r("accepted")), 1.0);
+        assert_eq!(delta(&r("duplicate")), 1.0);
+
+        // Not configured: the domain is `other`.
+        let o = ingest(
+            json.replace("ingest-test-1", "ingest-test-2").as_bytes(),
+            "application/tlsrpt+json",
+            &store,
+            &PolicyDomains::default(),
+            NOW,
+        );
+        assert!(matches!(o, Outcome::Accepted { .. }));
+        let last = handle.render();
+        assert!(last.contains("policy_domain=\"other\""), "{last}");
+
+        // Refusals, each with its label and nothing stored.
+        let before = handle.render();
+        let missing = json.replace("\"report-id\": \"ingest-test-1\",", "");
+        let o = ingest(
+            missing.as_bytes(),
+            "application/tlsrpt+json",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(
+            matches!(&o, Outcome::Malformed(m) if m == "missing required field report-id"),
+            "{o:?}"
+        );
+        let o = ingest(
+            b"{not json",
+            "application/tlsrpt+json",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(matches!(o, Outcome::Malformed(_)));
+        let o = ingest(
+            &vec![b' '; (1 << 20) + 1],
+            "application/tlsrpt+json",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(matches!(o, Outcome::TooLarge));
+        let o = ingest(
+            &gzip(&vec![0u8; 4 << 20]),
+            "application/tlsrpt+gzip",
+            &store,
+            &domains,
+            NOW,
+        );
+        assert!(matches!(o, Outcome::Bomb));
+        let after = handle.render();
+        let delta = |series: &str| value(&after, series) - value(&before, series);
+        assert_eq!(delta(&r("malformed")), 1.0);
+        let u = |outcome: &str| {
+            format!("mxgate_tlsrpt_reports_total{{reporter=\"unknown\",outcome=\"{outcome}\"}}")
+        };
+        assert!(delta(&u("malformed")) >= 1.0);
+        assert!(delta(&u("too_large")) >= 1.0);
+        assert!(delta(&u("bomb")) >= 1.0);
+        assert_eq!(store.list().unwrap().0.len(), 2);
+    }
+}
