@@ -153,6 +153,12 @@ impl Destination {
         self.breaker().is_open()
     }
 
+    /// Records a failed lookup that was cut short from outside (the whole-lookup bound), so
+    /// a server that never answers still opens the breaker.
+    pub fn record_failure(&self, clock: &dyn ValidationClock) -> Option<Transition> {
+        self.breaker().record(clock.now(), false)
+    }
+
     fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
         // The breaker is a plain value updated in one call: consistent across a panic.
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())

@@ -50,6 +50,9 @@ impl std::fmt::Debug for Validator {
     }
 }
 
+/// How much longer than `callahead.timeout` a whole call-ahead may take (see its use).
+const WHOLE_LOOKUP_MARGIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The method id (first part of a cache key) of a call-ahead to `route`.
 pub fn route_id(route: &Route) -> String {
     format!("callahead:{}", route.domain)
@@ -177,13 +180,19 @@ impl Validator {
         // directory bounds its lookups itself).
         let checked = match &req.rule.method {
             ValidationMethod::Callahead => {
+                // A little past the probe's own deadline, so a single probe ends by its own
+                // (a busy pool is told apart from a silent server there); this bound only cuts
+                // catch-all detection plus probe, and counts as the server's failure.
                 let limit = self.config.settings.callahead.timeout;
-                match tokio::time::timeout(limit, lookup).await {
+                match tokio::time::timeout(limit + WHOLE_LOOKUP_MARGIN, lookup).await {
                     Ok(c) => c,
-                    Err(_) => unanswered(
-                        TempFailCause::Timeout,
-                        format!("{}: no answer within {limit:?}", dest.id()),
-                    ),
+                    Err(_) => Checked {
+                        transition: dest.record_failure(self.clock.as_ref()),
+                        ..unanswered(
+                            TempFailCause::Timeout,
+                            format!("{}: no answer within {limit:?}", dest.id()),
+                        )
+                    },
                 }
             }
             _ => lookup.await,
