@@ -144,6 +144,7 @@ fn session_params() -> SessionParams {
         tls_available: true,
         rate: RateLimiter::new(Arc::new(SystemClock)),
         env: Arc::new(BenchEnv),
+        reports: None,
     }
 }
 

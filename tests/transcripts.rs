@@ -424,7 +424,12 @@ impl StartTls for ScriptedClient {
 }
 
 /// The spool and mail log: lines and bodies into the replay; `=COMMIT-FAIL` fails a commit.
-struct ScriptedBackend(Shared);
+/// Reports go to the real TLS-RPT intake of the config (`policies/tlsrpt.yaml`), storing in
+/// a temporary directory.
+struct ScriptedBackend(
+    Shared,
+    Option<(mxgate::tlsrpt::intake::Intake, tempfile::TempDir)>,
+);
 
 impl Backend for ScriptedBackend {
     fn log(&mut self, events: &[Event]) {
@@ -451,6 +456,15 @@ impl Backend for ScriptedBackend {
 
     fn abort_message(&mut self) {
         self.0.lock().unwrap().body.clear();
+    }
+
+    async fn ingest_report(&mut self, message: Option<Vec<u8>>) -> mxgate::tlsrpt::ingest::Outcome {
+        let (intake, _) = self
+            .1
+            .as_ref()
+            .expect("a report without policies/tlsrpt.yaml");
+        // The RFC 8460 example's range is in 2016; any later time is fine.
+        intake.mail(message.as_deref(), 1_796_428_800)
     }
 
     async fn validate(&mut self, req: &ValidationRequest) -> Checked {
@@ -604,7 +618,12 @@ fn run_transcript(path: &Path) {
         env: Arc::new(TestEnv {
             mid: AtomicU64::new(1),
         }),
+        reports: cfg.tlsrpt.clone(),
     };
+    let intake = cfg.tlsrpt.clone().map(|t| {
+        let dir = tempfile::tempdir().unwrap();
+        (mxgate::tlsrpt::intake::Intake::new(t, dir.path()), dir)
+    });
     // How the connection opened is decided before the driver runs (conn.rs).
     let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {
         Some("=PREGREET") => (Opening::PreGreet, 1),
@@ -633,7 +652,7 @@ fn run_transcript(path: &Path) {
         Session::new(params),
         labels,
         l.timeouts.clone(),
-        ScriptedBackend(replay.clone()),
+        ScriptedBackend(replay.clone(), intake),
         closing,
     );
     // Paused time: a `=TIMEOUT` waits for the driver's real deadline without taking it.
@@ -727,6 +746,7 @@ transcript_tests! {
     t46_validation_callahead => "46_validation_callahead.txt",
     t47_validation_list_ldap => "47_validation_list_ldap.txt",
     t49_dhap_counts_validation => "49_dhap_counts_validation.txt",
+    t50_tlsrpt_report_address => "50_tlsrpt_report_address.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

@@ -34,6 +34,7 @@ use crate::relay::schedule::RetryPolicy;
 use crate::relay::worker::WorkerContext;
 use crate::smtp::session::SessionEnv;
 use crate::spool::{Spool, SpoolError};
+use crate::tlsrpt::intake::Intake;
 use crate::validate::control::LiveRecipients;
 
 /// Start-up failures.
@@ -151,6 +152,14 @@ struct Shared {
     queue: QueueHandle,
     /// Recipient validation of the current configuration (replaced on reload).
     validator: Arc<crate::validate::service::Validator>,
+    /// The TLS-RPT intake of the current configuration (replaced on reload).
+    tlsrpt: Option<Arc<Intake>>,
+}
+
+/// The TLS-RPT intake of `config` (`policies/tlsrpt.yaml`), storing under its spool.
+fn intake(config: &Config) -> Option<Arc<Intake>> {
+    let settings = config.tlsrpt.clone()?;
+    Some(Arc::new(Intake::new(settings, &config.global.spool_dir)))
 }
 
 /// Loads a listener's certificate (the demo one when none is configured) and builds its context.
@@ -196,6 +205,7 @@ fn build_context(
         env: shared.env.clone(),
         queue: Some(shared.queue.clone()),
         validator: Some(shared.validator.clone()),
+        tlsrpt: shared.tlsrpt.clone(),
     })
 }
 
@@ -215,6 +225,7 @@ impl Running {
                 delivery_hostname(config),
                 outbound.clone(),
             ),
+            tlsrpt: intake(config),
             ..self.shared.clone()
         };
         if config.validation.cache != *self.validation.cache.settings() {
@@ -413,6 +424,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let queue = start_queue(config, &spool, &mail_log, recipients.clone())?;
     let shared = Shared {
         validator,
+        tlsrpt: intake(config),
         resolver,
         rate,
         spool: spool.clone(),
@@ -455,6 +467,9 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         }
     }
     let mta_sts = mta_sts::MtaStsEndpoint::start(config, &mail_log, &stop_rx, &mut tasks)?;
+    if config.mta_sts.is_none() {
+        mta_sts::announce_tlsrpt(config, &mail_log);
+    }
     // Listeners are bound and the spool is open: ready for traffic.
     ready.set(true);
     for (name, addr) in &bound {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -14,8 +14,10 @@ use super::AppError;
 use crate::config::model::Config;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::mta_sts::http::Served;
+use crate::mta_sts::server::Endpoint;
 use crate::mta_sts::{txt_record, MtaStsSettings};
 use crate::net::tls::{self, CertStore, TlsError};
+use crate::tlsrpt::intake::Intake;
 
 /// The name of the endpoint in logs and bind errors.
 const NAME: &str = "mta-sts";
@@ -26,6 +28,8 @@ pub(crate) struct MtaStsEndpoint {
     listen: Vec<SocketAddr>,
     /// The policies served.
     served: Arc<ArcSwap<Served>>,
+    /// The TLS-RPT intake of report POSTs.
+    intake: Arc<ArcSwapOption<Intake>>,
     /// The certificate presented.
     store: Arc<CertStore>,
     /// Bound addresses (useful with port 0).
@@ -95,8 +99,37 @@ fn ensure_demo(certs_dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf),
     Ok((cert, key))
 }
 
-/// Logs each domain's policy id and the TXT record to publish for it.
-fn announce(settings: &MtaStsSettings, log: &MailLog) {
+/// Without an MTA-STS endpoint: logs the TLS-RPT record of each report address's domain.
+pub(crate) fn announce_tlsrpt(config: &Config, log: &MailLog) {
+    let Some(t) = &config.tlsrpt else { return };
+    let mut domains: Vec<&str> = t
+        .addresses
+        .iter()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d))
+        .collect();
+    domains.dedup();
+    for domain in domains {
+        let text = format!(
+            "tlsrpt: reports for {domain}: publish _smtp._tls.{domain} TXT \"v=TLSRPTv1; rua={}\"",
+            t.rua(None)
+        );
+        tracing::info!("{text}");
+        log.log(&Event::Note {
+            level: Level::Info,
+            text,
+        });
+    }
+}
+
+/// The HTTPS report intake of `config`: when `policies/tlsrpt.yaml` sets `https_path`.
+fn https_intake(config: &Config) -> Option<Arc<Intake>> {
+    let settings = config.tlsrpt.clone().filter(|t| t.https_path.is_some())?;
+    Some(Arc::new(Intake::new(settings, &config.global.spool_dir)))
+}
+
+/// Logs each domain's policy id and the TXT record to publish for it, and the TLS-RPT
+/// record when reports are received.
+fn announce(settings: &MtaStsSettings, config: &Config, log: &MailLog) {
     for (domain, policy) in &settings.domains {
         let text = format!(
             "mta-sts: policy of {domain} mode {} id {}: publish _mta-sts.{domain} TXT \"{}\"",
@@ -109,6 +142,18 @@ fn announce(settings: &MtaStsSettings, log: &MailLog) {
             level: Level::Info,
             text,
         });
+        if let Some(t) = &config.tlsrpt {
+            let host = MtaStsSettings::policy_host(domain);
+            let text = format!(
+                "tlsrpt: reports for {domain}: publish _smtp._tls.{domain} TXT \"v=TLSRPTv1; rua={}\"",
+                t.rua(Some(&host))
+            );
+            tracing::info!("{text}");
+            log.log(&Event::Note {
+                level: Level::Info,
+                text,
+            });
+        }
     }
 }
 
@@ -116,7 +161,7 @@ impl MtaStsEndpoint {
     /// Binds and serves `policies/mta_sts.yaml`'s endpoint; `None` without the file.
     pub(crate) fn start(
         config: &Config,
-        log: &MailLog,
+        log: &Arc<MailLog>,
         stop: &watch::Receiver<bool>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Option<MtaStsEndpoint>, AppError> {
@@ -127,6 +172,12 @@ impl MtaStsEndpoint {
         let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
         crate::metrics::certificate_expiry(NAME, &cert);
         let served = Arc::new(ArcSwap::from_pointee(Served::new(settings)));
+        let intake = Arc::new(ArcSwapOption::new(https_intake(config)));
+        let endpoint = Endpoint {
+            served: served.clone(),
+            intake: intake.clone(),
+            log: log.clone(),
+        };
         let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
         let mut bound = Vec::new();
         for addr in &settings.listen {
@@ -139,7 +190,7 @@ impl MtaStsEndpoint {
             tasks.spawn(crate::mta_sts::server::serve(
                 socket,
                 acceptor.clone(),
-                served.clone(),
+                endpoint.clone(),
                 stop.clone(),
             ));
         }
@@ -149,10 +200,11 @@ impl MtaStsEndpoint {
                 text: format!("{NAME} listening on {addr}"),
             });
         }
-        announce(settings, log);
+        announce(settings, config, log);
         Ok(Some(MtaStsEndpoint {
             listen: settings.listen.clone(),
             served,
+            intake,
             store,
             bound,
         }))
@@ -176,6 +228,7 @@ impl MtaStsEndpoint {
             (Some(ep), None) => {
                 warn("reload: policies/mta_sts.yaml was removed; no policy is served, the endpoint stops after a restart".into());
                 ep.served.store(Arc::new(Served::default()));
+                ep.intake.store(None);
                 Ok(())
             }
             (Some(ep), Some(settings)) => {
@@ -190,7 +243,8 @@ impl MtaStsEndpoint {
                 crate::metrics::certificate_expiry(NAME, &cert);
                 ep.store.replace(certified);
                 ep.served.store(Arc::new(Served::new(settings)));
-                announce(settings, log);
+                ep.intake.store(https_intake(config));
+                announce(settings, config, log);
                 Ok(())
             }
         }

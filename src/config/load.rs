@@ -3,7 +3,7 @@
 //! Layout of the directory (paths in the files are relative to it):
 //! `mxgate.yaml` (optional), `listeners/*.yaml` (one listener each, in file-name order),
 //! `policies/mail_flow.yaml`, `policies/hat.yaml` and `policies/rat.yaml` (optional),
-//! `policies/routes.yaml`, `policies/destinations.yaml` and `policies/mta_sts.yaml` (optional).
+//! `policies/routes.yaml`, `policies/destinations.yaml`, `policies/mta_sts.yaml` and `policies/tlsrpt.yaml` (optional).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -475,6 +475,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         .map(|b| b.listener.hostname.clone())
         .collect();
     let mta_sts = super::mta_sts::load_mta_sts(dir, &global.certs_dir, &public_hosts, &mut sink);
+    let tlsrpt = super::tlsrpt::load_tlsrpt(dir, mta_sts.as_ref(), &mut sink);
     sink.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     let (warnings, errors): (Vec<ConfigError>, Vec<ConfigError>) =
         sink.into_iter().partition(ConfigError::is_warning);
@@ -492,6 +493,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         destinations: Arc::new(destinations),
         validation: Arc::new(tables.validation),
         mta_sts: mta_sts.map(Arc::new),
+        tlsrpt: tlsrpt.map(Arc::new),
         warnings,
     })
 }

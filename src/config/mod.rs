@@ -14,6 +14,7 @@ mod policies;
 mod recover;
 mod routes;
 mod tables;
+mod tlsrpt;
 mod validation;
 pub(crate) mod values;
 
@@ -27,6 +28,8 @@ mod tests_network;
 mod tests_outbound;
 #[cfg(test)]
 mod tests_policies;
+#[cfg(test)]
+mod tests_tlsrpt;
 #[cfg(test)]
 mod tests_validation;
 

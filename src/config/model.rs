@@ -190,6 +190,8 @@ pub struct Config {
     pub validation: Arc<crate::validate::settings::ValidationSettings>,
     /// The MTA-STS policy endpoint (`policies/mta_sts.yaml`; `None` when the file is absent).
     pub mta_sts: Option<Arc<crate::mta_sts::MtaStsSettings>>,
+    /// The TLS-RPT intake (`policies/tlsrpt.yaml`; `None` when the file is absent).
+    pub tlsrpt: Option<Arc<crate::tlsrpt::settings::TlsRptSettings>>,
     /// Warnings found while loading (`192.0.2.1/24`), sorted by file and position.
     pub warnings: Vec<super::ConfigError>,
 }

@@ -296,6 +296,26 @@ pub enum Event {
         /// Delivery connection id.
         dcid: u64,
     },
+    /// A TLS-RPT report address accepted as a recipient (`policies/tlsrpt.yaml`).
+    ReportRecipient {
+        /// Message id.
+        mid: u64,
+        /// Connection id.
+        icid: u64,
+        /// The report address.
+        rcpt: String,
+        /// Also delivered to the internal server (`relay: true`).
+        relayed: bool,
+    },
+    /// A TLS-RPT report received by mail or HTTPS, and what became of it.
+    TlsRptReport {
+        /// Where it came from: `MID n` or `HTTPS from ADDR`.
+        via: String,
+        /// The `outcome` label (`accepted`, `duplicate`, `malformed`, ...).
+        outcome: &'static str,
+        /// Which report, or why none.
+        detail: String,
+    },
     /// Free-form line (start-up, warnings).
     Note {
         /// Severity.
@@ -353,6 +373,8 @@ impl Event {
             Event::BounceGenerated { .. } => "bounce_generated",
             Event::MessageFinished { .. } => "message_finished",
             Event::DcidClose { .. } => "dcid_close",
+            Event::ReportRecipient { .. } => "report_recipient",
+            Event::TlsRptReport { .. } => "tlsrpt_report",
             Event::Note { .. } => "note",
         }
     }
@@ -443,6 +465,13 @@ impl Event {
             }
             Event::MessageFinished { mid, how } => format!("Message finished MID {mid} {how}"),
             Event::DcidClose { dcid } => format!("DCID {dcid} close"),
+            Event::ReportRecipient { mid, icid, rcpt, relayed } => format!(
+                "mxgate: ICID {icid} MID {mid} To: <{rcpt}> TLS-RPT report address: {}",
+                if *relayed { "report taken, message relayed too" } else { "report taken, not relayed" }
+            ),
+            Event::TlsRptReport { via, outcome, detail } => {
+                format!("mxgate: TLS-RPT report via {via} {outcome}: {detail}")
+            }
             // A note is mxgate's own line: one that would start like an ESA family gets the prefix.
             Event::Note { text, .. } if ["ICID ", "MID ", "DCID "].iter().any(|f| text.starts_with(f)) => {
                 format!("mxgate: {text}")

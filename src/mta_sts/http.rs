@@ -1,8 +1,10 @@
-//! The answer to one HTTP request of the policy endpoint, decided without I/O.
+//! The answer to one HTTP request of the policy endpoint, decided without I/O: the policy
+//! (GET), or the TLS-RPT intake's answer to a report POST (RFC 8460 §5.4).
 
 use std::collections::BTreeMap;
 
 use super::MtaStsSettings;
+use crate::tlsrpt::ingest::Outcome;
 
 /// The one path a policy is served at (RFC 8461 §3.3).
 pub const WELL_KNOWN_PATH: &str = "/.well-known/mta-sts.txt";
@@ -55,6 +57,36 @@ fn host_name(host: &str) -> String {
         _ => h,
     };
     h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A TLS-RPT report POST to the intake's path: read the body, then [`report_answer`].
+    Report,
+    /// Anything else: [`answer`].
+    Policy,
+}
+
+/// Routes `method path`; `report_path` is the intake's `https_path`, if any.
+pub fn route(method: &str, path: &str, report_path: Option<&str>) -> Route {
+    match report_path {
+        Some(p) if method == "POST" && path == p => Route::Report,
+        _ => Route::Policy,
+    }
+}
+
+/// The answer to a report POST: 200 once stored (or stored before: the reporter must not
+/// send it again), 400 for a body that is no report, 413 past the size limits, 503 when it
+/// could not be stored (the reporter retries).
+pub fn report_answer(outcome: &Outcome) -> Answer {
+    match outcome {
+        Outcome::Accepted { .. } => Answer::error(200, "report accepted"),
+        Outcome::Duplicate { .. } => Answer::error(200, "report received before"),
+        Outcome::Malformed(why) => Answer::error(400, &format!("not a valid TLS report: {why}")),
+        Outcome::TooLarge | Outcome::Bomb => Answer::error(413, "report too large"),
+        Outcome::StoreFailed(_) => Answer::error(503, "report not stored, try again later"),
+    }
 }
 
 /// Answers `method path` for `host` (`None` when the request named no host): the policy

@@ -1,13 +1,14 @@
 //! The accept loop of the policy endpoint: TLS (tokio-rustls), then one HTTP/1.1 request
 //! per connection (hyper), answered by [`super::http::answer`] from the policies current at
-//! that moment (a reload swaps them).
+//! that moment (a reload swaps them), or — a report POST to the TLS-RPT intake's path — by
+//! the intake ([`super::http::report_answer`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use http_body_util::Full;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,7 +17,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::http::{answer, Served};
+use super::http::{answer, report_answer, route, Answer, Route, Served};
+use crate::mail_log::{Event, MailLog};
+use crate::tlsrpt::ingest::{refused, Outcome};
+use crate::tlsrpt::intake::Intake;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -26,12 +30,27 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head hyper buffers (its minimum); a longer one is refused with 431.
 const MAX_REQUEST_HEAD: usize = 8192;
+/// Largest report body read (the decoder's own cap refuses it past 1 MiB; this bounds the
+/// memory a POST can take before that).
+const MAX_REPORT_BODY: usize = (1 << 20) + 1;
+
+/// What the connections share: the policies, the TLS-RPT intake and the mail log; a reload
+/// swaps the first two.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    /// The policies served.
+    pub served: Arc<ArcSwap<Served>>,
+    /// The report intake, when `policies/tlsrpt.yaml` sets `https_path`.
+    pub intake: Arc<ArcSwapOption<Intake>>,
+    /// Where report outcomes are logged.
+    pub log: Arc<MailLog>,
+}
 
 /// Accepts until `stop` turns true; open connections are dropped with the loop.
 pub(crate) async fn serve(
     socket: TcpListener,
     acceptor: TlsAcceptor,
-    served: Arc<ArcSwap<Served>>,
+    endpoint: Endpoint,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -46,10 +65,10 @@ pub(crate) async fn serve(
             _ = stop.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((s, _)) => {
+        let (stream, peer) = match accepted {
+            Ok((s, peer)) => {
                 backoff = Duration::from_millis(10);
-                s
+                (s, peer)
             }
             Err(e) => {
                 // EMFILE and friends: wait instead of spinning.
@@ -60,11 +79,11 @@ pub(crate) async fn serve(
             }
         };
         let acceptor = acceptor.clone();
-        let served = served.clone();
+        let endpoint = endpoint.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection(stream, acceptor, served))
-                .await;
+            let conn = connection(stream, peer, acceptor, endpoint);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
 }
@@ -72,15 +91,16 @@ pub(crate) async fn serve(
 /// One connection: handshake, then one request.
 async fn connection(
     stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     acceptor: TlsAcceptor,
-    served: Arc<ArcSwap<Served>>,
+    endpoint: Endpoint,
 ) {
     let Ok(tls) = acceptor.accept(stream).await else {
         return;
     };
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let served = served.load_full();
-        async move { Ok::<_, Infallible>(respond(&req, &served)) }
+        let endpoint = endpoint.clone();
+        async move { Ok::<_, Infallible>(respond(req, &endpoint, peer).await) }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -93,13 +113,73 @@ async fn connection(
     }
 }
 
-/// The hyper response for a request; its body is never read (a GET has none).
-fn respond(req: &Request<Incoming>, served: &Served) -> Response<Full<Bytes>> {
-    let host = req
-        .uri()
-        .host()
-        .or_else(|| req.headers().get(hyper::header::HOST)?.to_str().ok());
-    let a = answer(req.method().as_str(), req.uri().path(), host, served);
+/// The hyper response for a request; only a report POST's body is read.
+async fn respond(
+    req: Request<Incoming>,
+    endpoint: &Endpoint,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let intake = endpoint.intake.load_full();
+    let report_path = intake
+        .as_ref()
+        .and_then(|i| i.settings().https_path.clone());
+    let method = req.method().as_str().to_owned();
+    let a = match (
+        route(&method, req.uri().path(), report_path.as_deref()),
+        intake,
+    ) {
+        (Route::Report, Some(intake)) => {
+            let outcome = report(req, intake).await;
+            endpoint.log.log(&Event::TlsRptReport {
+                via: format!("HTTPS from {}", peer.ip()),
+                outcome: outcome.label(),
+                detail: outcome.describe(),
+            });
+            report_answer(&outcome)
+        }
+        _ => {
+            let host = req
+                .uri()
+                .host()
+                .or_else(|| req.headers().get(hyper::header::HOST)?.to_str().ok());
+            answer(&method, req.uri().path(), host, &endpoint.served.load())
+        }
+    };
+    http_response(a)
+}
+
+/// Reads a report POST's body (bounded) and hands it to the intake.
+async fn report(req: Request<Incoming>, intake: Arc<Intake>) -> Outcome {
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_REPORT_BODY) {
+        return refused(Outcome::TooLarge);
+    }
+    let body = match Limited::new(req.into_body(), MAX_REPORT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refused(Outcome::TooLarge),
+        // The client went away, or sent a body hyper could not frame.
+        Err(e) => return refused(Outcome::Malformed(format!("request body: {e}"))),
+    };
+    let now = chrono::Utc::now().timestamp();
+    tokio::task::spawn_blocking(move || intake.post(&body, &content_type, now))
+        .await
+        .unwrap_or_else(|e| Outcome::StoreFailed(format!("intake task failed: {e}")))
+}
+
+/// The hyper response of an answer.
+fn http_response(a: Answer) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(a.body)));
     *resp.status_mut() =
         hyper::StatusCode::from_u16(a.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);

@@ -52,6 +52,8 @@ pub(crate) struct ListenerContext {
     pub queue: Option<crate::relay::queue::QueueHandle>,
     /// Recipient validation of this configuration.
     pub validator: Option<Arc<crate::validate::service::Validator>>,
+    /// The TLS-RPT intake of this configuration (`policies/tlsrpt.yaml`).
+    pub tlsrpt: Option<Arc<crate::tlsrpt::intake::Intake>>,
 }
 
 /// Handles one accepted TCP connection to the end.
@@ -161,6 +163,12 @@ pub(crate) async fn handle(
         tls_available: ctx.tls.is_some(),
         rate: ctx.rate.clone(),
         env: ctx.env.clone(),
+        // Report addresses are ours and published: only mail from outside is a report.
+        reports: ctx
+            .tlsrpt
+            .as_ref()
+            .filter(|_| ctx.listener.kind == crate::config::model::ListenerKind::Public)
+            .map(|i| i.settings_arc()),
     };
     let session = Session::new(params);
     let slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
@@ -401,6 +409,18 @@ impl Backend for SpoolBackend<'_> {
                 transition: None,
             },
         }
+    }
+
+    async fn ingest_report(&mut self, message: Option<Vec<u8>>) -> crate::tlsrpt::ingest::Outcome {
+        use crate::tlsrpt::ingest::Outcome;
+        let Some(intake) = self.ctx.tlsrpt.clone() else {
+            return Outcome::StoreFailed("the TLS-RPT intake is not running".into());
+        };
+        let now = self.ctx.env.now_unix() as i64;
+        // Parsing, decompressing and an fsync: not on the runtime's threads.
+        tokio::task::spawn_blocking(move || intake.mail(message.as_deref(), now))
+            .await
+            .unwrap_or_else(|e| Outcome::StoreFailed(format!("intake task failed: {e}")))
     }
 
     fn abort_message(&mut self) {

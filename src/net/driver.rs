@@ -75,6 +75,12 @@ pub trait Backend: Send {
     /// Answers whether a recipient exists (cache, list, call-ahead or LDAP); the driver
     /// bounds it with the command timeout and shutdown.
     fn validate(&mut self, req: &ValidationRequest) -> impl Future<Output = Checked> + Send;
+    /// Takes the TLS-RPT report out of a message to a report address (`None`: the message
+    /// passed the intake's size limit).
+    fn ingest_report(
+        &mut self,
+        message: Option<Vec<u8>>,
+    ) -> impl Future<Output = crate::tlsrpt::ingest::Outcome> + Send;
 }
 
 enum Flow<C> {
@@ -189,6 +195,11 @@ impl<B: Backend> Driver<B> {
                     Action::ValidateRecipient(req) => {
                         self.write_logs(&mut logs);
                         self.validate(req).await;
+                    }
+                    Action::IngestReport(message) => {
+                        self.write_logs(&mut logs);
+                        let outcome = self.backend.ingest_report(message).await;
+                        self.session.report_ingested(outcome);
                     }
                     Action::AbortMessage => {
                         self.backend.abort_message();

@@ -45,6 +45,36 @@ impl Outcome {
         }
     }
 
+    /// What became of the report, for the log: which report, or why none.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Accepted { report } => {
+                let ok: u64 = report.policies.iter().map(|p| p.summary.successful).sum();
+                let failed: u64 = report.policies.iter().map(|p| p.summary.failed).sum();
+                let day = |t: i64| {
+                    chrono::DateTime::from_timestamp(t, 0)
+                        .map(|d| d.format("%Y-%m-%d").to_string())
+                        .unwrap_or_default()
+                };
+                format!(
+                    "report-id <{}> from {:?} for {} to {}: {} policies, {ok} successful and {failed} failed sessions",
+                    report.report_id,
+                    report.organization_name,
+                    day(report.date_range.start),
+                    day(report.date_range.end),
+                    report.policies.len()
+                )
+            }
+            Outcome::Duplicate { report_id } => {
+                format!("report-id <{report_id}> is stored already")
+            }
+            Outcome::Malformed(why) => why.clone(),
+            Outcome::TooLarge => "over the size limit".into(),
+            Outcome::Bomb => "gzip body expands past the limits (decompression bomb)".into(),
+            Outcome::StoreFailed(why) => format!("not stored: {why}"),
+        }
+    }
+
     /// Whether the sender should send the same body again later.
     pub fn is_temporary(&self) -> bool {
         matches!(self, Outcome::StoreFailed(_))
@@ -65,6 +95,13 @@ pub fn ingest(
     if let Outcome::Accepted { report } = &outcome {
         crate::metrics::tlsrpt::sessions(report, who, domains);
     }
+    outcome
+}
+
+/// Counts a body refused before it could be decoded (no report part in a mail, a mail over
+/// its size limit) and returns its outcome.
+pub fn refused(outcome: Outcome) -> Outcome {
+    crate::metrics::tlsrpt::report_outcome(UNKNOWN, outcome.label());
     outcome
 }
 

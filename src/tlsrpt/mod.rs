@@ -3,12 +3,16 @@
 //! capped), parsed and validated ([`report`]), de-duplicated and stored under
 //! `SPOOL/tlsrpt/` ([`store`]), and counted in the `mxgate_tlsrpt_*` metrics with bounded
 //! labels ([`reporter`], [`domains`]). [`ingest::ingest`] does all of it; the mail and HTTPS
-//! intakes call it. Nothing is ever sent back to a reporter (no report loops).
+//! intakes ([`intake`]; the report part of a mail: [`mail`]) call it, as configured in
+//! `policies/tlsrpt.yaml` ([`settings`]). Nothing is ever sent back to a reporter (no report loops).
 
 pub mod decode;
 pub mod domains;
 pub mod ingest;
+pub mod intake;
+pub mod mail;
 pub mod raw;
 pub mod report;
 pub mod reporter;
+pub mod settings;
 pub mod store;

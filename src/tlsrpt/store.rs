@@ -142,6 +142,50 @@ impl Store {
         }
     }
 
+    /// Removes the oldest stored reports (by the time they were stored) until at most
+    /// `max_reports` files of at most `max_bytes` together remain; returns how many went.
+    /// Anyone can send reports, so without this a flood of valid ones would fill the spool.
+    pub fn prune(&self, max_reports: usize, max_bytes: u64) -> Result<usize, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        // Newest first: what is kept is a prefix.
+        files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.2.cmp(&a.2)));
+        let mut bytes = 0u64;
+        let mut removed = 0;
+        for (i, (_, len, path)) in files.iter().enumerate() {
+            bytes += len;
+            if i >= max_reports || bytes > max_bytes {
+                match fs::remove_file(path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(StoreError::Io {
+                            path: path.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every stored report, oldest range first; files that no longer parse are skipped and
     /// their paths returned beside.
     pub fn list(&self) -> Result<(Vec<StoredReport>, Vec<PathBuf>), StoreError> {
@@ -238,6 +282,26 @@ mod tests {
         assert!(got.stored_at > 0);
         let (all, bad) = s.list().unwrap();
         assert_eq!((all.len(), bad.len()), (1, 0));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_within_both_caps() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = Store::new(spool.path());
+        let base = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for i in 0..5u64 {
+            let id = format!("r{i}");
+            s.put(&id, &vec![b'x'; 1000]).unwrap();
+            let f = File::options().write(true).open(s.path_of(&id)).unwrap();
+            f.set_modified(base + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        assert_eq!(s.prune(3, u64::MAX).unwrap(), 2);
+        assert!(!s.contains("r0") && !s.contains("r1") && s.contains("r2"));
+        // 2,500 bytes hold two 1,000-byte reports.
+        assert_eq!(s.prune(10, 2_500).unwrap(), 1);
+        assert!(!s.contains("r2") && s.contains("r3") && s.contains("r4"));
+        assert_eq!(s.prune(10, u64::MAX).unwrap(), 0);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `DATA` and the message: the 354, the size limit, and the answer to the spool commit.
+//! `DATA` and the message: the 354, the size limit, the answer to the spool commit, and the
+//! answer to a message only to TLS-RPT report addresses.
 //!
 //! A stream that cannot be framed safely (smuggling bytes, bare CR/LF) is refused by the DATA
 //! reader itself (`src/smtp/data.rs`): that is framing, not policy.
@@ -7,6 +8,7 @@ use super::mail::limit_denial;
 use super::{Denial, DenialReason, LimitKind, Permit};
 use crate::policy::flow::MailFlowPolicy;
 use crate::smtp::reply::{Enhanced, Reply};
+use crate::tlsrpt::ingest::Outcome;
 
 /// `DATA`: 354 once at least one recipient was accepted.
 pub(crate) fn check_data(recipients: usize) -> Result<Permit, Denial> {
@@ -60,6 +62,40 @@ pub(crate) fn check_commit(mid: u64, result: &Result<(), String>) -> Result<Perm
     }
 }
 
+/// The answer to a message sent only to TLS-RPT report addresses (nothing is queued): 250
+/// once the report is stored or was stored before (a sender must not send it again), 4xx
+/// when it could not be stored, 5xx for a body that is no report. The refusal goes to the
+/// reporter's MTA, never a message from us: no report loop.
+pub(crate) fn check_report(outcome: &Outcome) -> Result<Permit, Denial> {
+    let deny = |code, enhanced, text: &'static str| {
+        Err(Denial::new(
+            Reply::new(code, enhanced, text),
+            DenialReason::Report {
+                outcome: outcome.label(),
+            },
+        ))
+    };
+    match outcome {
+        Outcome::Accepted { .. } => Ok(Permit::with(Reply::new(
+            250,
+            Enhanced(2, 6, 0),
+            "Ok: TLS report accepted",
+        ))),
+        Outcome::Duplicate { .. } => Ok(Permit::with(Reply::new(
+            250,
+            Enhanced(2, 6, 0),
+            "Ok: TLS report received before",
+        ))),
+        Outcome::Malformed(_) => deny(550, Enhanced(5, 6, 0), "Not a valid TLS report (RFC 8460)"),
+        Outcome::TooLarge | Outcome::Bomb => deny(552, Enhanced(5, 3, 4), "TLS report too large"),
+        Outcome::StoreFailed(_) => deny(
+            451,
+            Enhanced(4, 3, 0),
+            "TLS report not stored, try again later",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::outcome;
@@ -84,6 +120,22 @@ mod tests {
                 (452, "4.3.1", "spool"),
             ),
             (msg(&p, 0), (0, "", "permit")),
+            (
+                check_report(&Outcome::Duplicate {
+                    report_id: "r".into(),
+                }),
+                (250, "2.6.0", "permit"),
+            ),
+            (
+                check_report(&Outcome::Malformed("x".into())),
+                (550, "5.6.0", "tlsrpt"),
+            ),
+            (check_report(&Outcome::TooLarge), (552, "5.3.4", "tlsrpt")),
+            (check_report(&Outcome::Bomb), (552, "5.3.4", "tlsrpt")),
+            (
+                check_report(&Outcome::StoreFailed("disk".into())),
+                (451, "4.3.0", "tlsrpt"),
+            ),
         ];
         for (i, (r, (code, enh, label))) in table.into_iter().enumerate() {
             assert_eq!(outcome(&r), (code, enh.to_string(), label), "row {i}");

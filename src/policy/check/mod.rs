@@ -217,6 +217,11 @@ pub enum DenialReason {
         /// The spool error.
         error: String,
     },
+    /// A message only to TLS-RPT report addresses whose report was not taken.
+    Report {
+        /// The intake's outcome label (`malformed`, `too_large`, `bomb`, `store_failed`).
+        outcome: &'static str,
+    },
 }
 
 impl DenialReason {
@@ -251,6 +256,7 @@ impl DenialReason {
             DenialReason::ValidationTempFail { .. } => "validation_tempfail",
             DenialReason::NoRecipients => "no_recipients",
             DenialReason::Spool { .. } => "spool",
+            DenialReason::Report { .. } => "tlsrpt",
         }
     }
 
@@ -288,6 +294,7 @@ impl DenialReason {
             } => Stage::Rcpt,
             DenialReason::NoRecipients
             | DenialReason::Spool { .. }
+            | DenialReason::Report { .. }
             | DenialReason::Limit {
                 kind: LimitKind::MessageSize,
                 ..
@@ -370,6 +377,7 @@ impl fmt::Display for DenialReason {
             }
             DenialReason::NoRecipients => f.write_str("no valid recipients"),
             DenialReason::Spool { error } => write!(f, "spool error: {error}"),
+            DenialReason::Report { outcome } => write!(f, "TLS-RPT report {outcome}"),
         }
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct RcptCtx<'a> {
     pub record_invalid: &'a dyn Fn() -> DhapCount,
     /// The client already passed `max_invalid_recipients_per_hour` this hour.
     pub dhap_exceeded: bool,
+    /// The TLS-RPT intake's settings on a public listener (`policies/tlsrpt.yaml`).
+    pub reports: Option<&'a crate::tlsrpt::settings::TlsRptSettings>,
 }
 
 /// The DHAP refusal for a client past `max_invalid_recipients_per_hour` under `p`; the
@@ -92,6 +94,9 @@ pub(crate) fn count_invalid(ctx: &RcptCtx, invalid: Denial) -> Denial {
 pub(crate) enum RcptPermit {
     /// Accepted, with this reply.
     Accept(Permit),
+    /// A TLS-RPT report address: accepted past the RAT and any validation; the message is
+    /// a report for the intake.
+    Report(Permit),
     /// The RAT entry validates its recipients: ask, then call [`check_rcpt_verdict`].
     Validate {
         /// The entry's rule.
@@ -185,6 +190,22 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
         // harvester learns nothing more from this address until its hour is over.
         return Err(dhap_denial(p, ctx.peer_ip));
     }
+    let per_msg = &p.max_recipients_per_message;
+    let over_per_msg = || {
+        limit_denial(
+            p,
+            &per_msg.reply,
+            per_msg.max,
+            LimitKind::RecipientsPerMessage,
+        )
+    };
+    if ctx.reports.is_some_and(|r| r.is_report_address(ctx.addr)) {
+        // Our own published address: the RAT and the internal server need not know it.
+        if per_msg.is_exceeded_by(ctx.accepted + 1) {
+            return Err(over_per_msg());
+        }
+        return hourly(ctx, None).map(RcptPermit::Report);
+    }
     let mut accept = None;
     let mut validation = None;
     if !relay && !ctx.postmaster {
@@ -212,14 +233,8 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
             }
         }
     }
-    let per_msg = &p.max_recipients_per_message;
     if per_msg.is_exceeded_by(ctx.accepted + 1) {
-        return Err(limit_denial(
-            p,
-            &per_msg.reply,
-            per_msg.max,
-            LimitKind::RecipientsPerMessage,
-        ));
+        return Err(over_per_msg());
     }
     if let Some(rule) = validation {
         // Asked before the hourly budget is taken: an invalid recipient must not spend it.
@@ -264,7 +279,73 @@ mod tests {
         r.map(|p| match p {
             RcptPermit::Accept(p) => p,
             RcptPermit::Validate { .. } => Permit::later(),
+            RcptPermit::Report(p) => p,
         })
+    }
+
+    /// A report address is accepted past a RAT that refuses its domain, without validation,
+    /// within the per-message and hourly limits; only on listeners given the intake.
+    #[test]
+    fn report_addresses_pass_the_rat_but_not_the_limits() {
+        use crate::tlsrpt::settings::TlsRptSettings;
+        let mut p = MailFlowPolicy::builtin_default("ACCEPTED");
+        p.max_recipients_per_message.max = Some(2);
+        let reports = TlsRptSettings {
+            addresses: vec!["tlsrpt@reports.example".into()],
+            relay: false,
+            https_path: None,
+            domains: Default::default(),
+            max_reports: 10,
+            max_store_bytes: 1 << 20,
+        };
+        let table = rat();
+        let run = |to: &str, accepted: u64, budget: bool, intake: bool, dhap: bool| {
+            let to = mailbox(to);
+            let (addr, postmaster) = recipient_address(&to, Some(&table));
+            let take = || budget;
+            let r = check_rcpt(&RcptCtx {
+                policy: &p,
+                rat: Some(&table),
+                to: &to,
+                addr: &addr,
+                postmaster,
+                smtputf8: false,
+                accepted,
+                take_hourly: &take,
+                peer_ip: "198.51.100.7".parse().unwrap(),
+                record_invalid: &|| DhapCount {
+                    count: 1,
+                    exceeded: false,
+                },
+                dhap_exceeded: dhap,
+                reports: intake.then_some(&reports),
+            });
+            let report = matches!(r, Ok(RcptPermit::Report(_)));
+            (outcome(&first_stage(r)), report)
+        };
+        let ok = ((250, "2.1.5".to_string(), "permit"), true);
+        assert_eq!(run("<tlsrpt@reports.example>", 0, true, true, false), ok);
+        assert_eq!(run("<TLSRPT@Reports.Example>", 1, true, true, false), ok);
+        assert_eq!(
+            run("<tlsrpt@reports.example>", 0, true, false, false),
+            ((550, "5.7.1".to_string(), "rat"), false)
+        );
+        assert_eq!(
+            run("<other@reports.example>", 0, true, true, false),
+            ((550, "5.7.1".to_string(), "rat"), false)
+        );
+        assert_eq!(
+            run("<tlsrpt@reports.example>", 2, true, true, false).0 .0,
+            (452, "4.5.3".to_string(), "limit").0
+        );
+        assert_eq!(
+            run("<tlsrpt@reports.example>", 0, false, true, false).0 .2,
+            "limit"
+        );
+        assert_eq!(
+            run("<tlsrpt@reports.example>", 0, true, true, true).0 .2,
+            "dhap"
+        );
     }
 
     #[test]
@@ -431,6 +512,7 @@ mod tests {
                     exceeded: false,
                 },
                 dhap_exceeded: false,
+                reports: None,
             };
             assert_eq!(
                 outcome(&first_stage(check_rcpt(&ctx))),
@@ -474,6 +556,7 @@ mod tests {
                 peer_ip: "198.51.100.7".parse().unwrap(),
                 record_invalid: &record,
                 dhap_exceeded: exceeded,
+                reports: None,
             });
             let text = match &r {
                 Err(d) => d.reason.to_string(),

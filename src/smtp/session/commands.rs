@@ -184,6 +184,7 @@ impl Session {
         };
         let permit = match verdict {
             Ok(RcptPermit::Accept(p)) => p,
+            Ok(RcptPermit::Report(p)) => return self.accept_report(addr, p),
             Ok(RcptPermit::Validate { rule, reply }) => {
                 return self.validate_recipient(to, addr, postmaster, rule, reply)
             }
@@ -226,6 +227,7 @@ impl Session {
             peer_ip: ip,
             record_invalid: &record_invalid,
             dhap_exceeded: first_stage && rate.dhap_exceeded(ip, max_invalid),
+            reports: self.p.reports.as_deref(),
         }))
     }
 

@@ -9,6 +9,7 @@ use crate::smtp::data::{DataReader, DataStatus};
 use crate::smtp::reply::{Enhanced, Reply};
 
 use super::headers::HeaderScanner;
+use super::report::ReportCopy;
 
 /// The inside of an RFC 5321 §4.1.3 address literal: `192.0.2.1` or `IPv6:2001:db8::1`.
 fn address_literal(ip: std::net::IpAddr) -> String {
@@ -28,11 +29,12 @@ impl Session {
         let Some(txn) = &self.txn else {
             return self.reply(Reply::new(503, Enhanced(5, 5, 1), "Need MAIL command"));
         };
-        let permit = match check::data::check_data(txn.rcpts.len()) {
+        let permit = match check::data::check_data(txn.rcpts.len() + txn.reports.len()) {
             Ok(p) => p,
             Err(d) => return self.deny(String::new(), None, d),
         };
         let mid = txn.mid;
+        let report = (!txn.reports.is_empty()).then(ReportCopy::default);
         let received = self.received_header();
         self.actions.push(Action::BeginMessage(mid));
         self.body.extend_from_slice(received.as_bytes());
@@ -42,6 +44,7 @@ impl Session {
             headers: HeaderScanner::default(),
             size: 0,
             too_big: false,
+            report,
         }));
     }
 
@@ -102,6 +105,8 @@ impl Session {
         if st.too_big {
             // Keep reading to the end of DATA so the session stays in sync, but store nothing.
             self.body.truncate(before);
+        } else if let Some(copy) = st.report.as_mut() {
+            copy.push(&self.body[before..]);
         }
         match result {
             Err(e) => {
@@ -176,7 +181,7 @@ impl Session {
             from: from.clone(),
         });
         let Some(txn) = &self.txn else { return };
-        let env = Envelope {
+        let env = (!txn.rcpts.is_empty()).then(|| Envelope {
             mid,
             icid: self.p.icid,
             listener: self.p.listener.clone(),
@@ -192,9 +197,12 @@ impl Session {
                 .as_ref()
                 .map(|t| format!("{} {}", t.protocol, t.cipher)),
             body_8bitmime: txn.body_8bitmime,
-        };
-        self.actions.push(Action::CommitMessage(env));
-        self.phase = Phase::Committing;
+        });
+        // A message to a report address goes to the TLS-RPT intake first.
+        if let Some(env) = self.ingest_report(env, st.report.take()) {
+            self.actions.push(Action::CommitMessage(env));
+            self.phase = Phase::Committing;
+        }
     }
 
     /// Drops the message being received (timeout, shutdown, lost connection).

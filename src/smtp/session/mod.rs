@@ -8,6 +8,7 @@
 mod commands;
 mod data;
 pub(crate) mod headers;
+mod report;
 mod validation;
 
 use std::collections::HashMap;
@@ -90,6 +91,8 @@ pub struct SessionParams {
     pub rate: Arc<RateLimiter>,
     /// Ids and time.
     pub env: Arc<dyn SessionEnv>,
+    /// The TLS-RPT intake's settings, on public listeners when `policies/tlsrpt.yaml` is set.
+    pub reports: Option<Arc<crate::tlsrpt::settings::TlsRptSettings>>,
 }
 
 /// How the connection opened, as the driver saw it before the greeting.
@@ -122,6 +125,9 @@ pub enum Action {
     /// Ask whether this recipient exists (bounded by the command timeout), then call
     /// [`Session::recipient_validated`].
     ValidateRecipient(crate::validate::rule::ValidationRequest),
+    /// Take the TLS-RPT report out of this message (the message as received; `None` when it
+    /// passed the intake's size limit), then call [`Session::report_ingested`].
+    IngestReport(Option<Vec<u8>>),
     /// Flush and close the connection.
     Close,
 }
@@ -133,6 +139,9 @@ enum Phase {
     TlsPending,
     Committing,
     Validating(Box<validation::PendingRcpt>),
+    /// The report of a message is being taken; the envelope (if anything else is to be
+    /// queued) is committed after.
+    Ingesting(Option<Box<Envelope>>),
     Closed,
 }
 
@@ -143,6 +152,8 @@ struct DataState {
     /// Message bytes received (without our `Received:` header).
     size: u64,
     too_big: bool,
+    /// The message as received, kept for the TLS-RPT intake when it has a report address.
+    report: Option<report::ReportCopy>,
 }
 
 #[derive(Debug)]
@@ -157,6 +168,8 @@ struct Transaction {
     rcpts_accepted: u64,
     smtputf8: bool,
     body_8bitmime: bool,
+    /// TLS-RPT report addresses accepted, in order (also in `rcpts` under `relay: true`).
+    reports: Vec<String>,
 }
 
 /// One SMTP session.
@@ -298,9 +311,11 @@ impl Session {
                         break;
                     }
                 }
-                Phase::TlsPending | Phase::Committing | Phase::Validating(_) | Phase::Closed => {
-                    break
-                }
+                Phase::TlsPending
+                | Phase::Committing
+                | Phase::Validating(_)
+                | Phase::Ingesting(_)
+                | Phase::Closed => break,
             }
             if pos >= input.len() && !matches!(self.phase, Phase::Data(_)) {
                 break;
@@ -336,7 +351,7 @@ impl Session {
     pub(crate) fn is_waiting(&self) -> bool {
         matches!(
             self.phase,
-            Phase::TlsPending | Phase::Committing | Phase::Validating(_)
+            Phase::TlsPending | Phase::Committing | Phase::Validating(_) | Phase::Ingesting(_)
         )
     }
 
@@ -587,6 +602,7 @@ impl Session {
             rcpts_accepted: 0,
             smtputf8,
             body_8bitmime: false,
+            reports: Vec::new(),
         });
         Ok(mid)
     }

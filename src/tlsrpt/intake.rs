@@ -1,0 +1,72 @@
+//! The two intakes of reports — mail to a report address and HTTPS POST — over one store.
+//! Each returns the [`Outcome`] its caller turns into a reply (SMTP or HTTP); counting and
+//! storing happen in [`ingest`], pruning to the configured caps after each new report.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::ingest::{ingest, refused, Outcome};
+use super::mail::report_part;
+use super::settings::TlsRptSettings;
+use super::store::Store;
+
+/// Largest report mail kept in memory for its report: a 1 MiB gzip body, base64-encoded, in
+/// its MIME message. A larger one is [`Outcome::TooLarge`] without being parsed.
+pub const MAX_REPORT_MAIL: usize = 2 << 20;
+
+/// The intake of one configuration.
+#[derive(Debug)]
+pub struct Intake {
+    settings: Arc<TlsRptSettings>,
+    store: Store,
+}
+
+impl Intake {
+    /// The intake of `settings`, storing under `spool_dir`.
+    pub fn new(settings: Arc<TlsRptSettings>, spool_dir: &Path) -> Intake {
+        Intake {
+            settings,
+            store: Store::new(spool_dir),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TlsRptSettings {
+        &self.settings
+    }
+
+    /// The settings, shared.
+    pub fn settings_arc(&self) -> Arc<TlsRptSettings> {
+        self.settings.clone()
+    }
+
+    /// A report mail (headers and body as received; `None` when it passed
+    /// [`MAX_REPORT_MAIL`]) received at `now` (Unix seconds).
+    pub fn mail(&self, message: Option<&[u8]>, now: i64) -> Outcome {
+        let Some(message) = message else {
+            return refused(Outcome::TooLarge);
+        };
+        match report_part(message) {
+            Ok(part) => self.body(&part.body, &part.content_type, now),
+            Err(e) => refused(Outcome::Malformed(e.to_string())),
+        }
+    }
+
+    /// A report body POSTed with `content_type`.
+    pub fn post(&self, body: &[u8], content_type: &str, now: i64) -> Outcome {
+        self.body(body, content_type, now)
+    }
+
+    fn body(&self, body: &[u8], content_type: &str, now: i64) -> Outcome {
+        let outcome = ingest(body, content_type, &self.store, &self.settings.domains, now);
+        if let Outcome::Accepted { .. } = outcome {
+            if let Err(e) = self
+                .store
+                .prune(self.settings.max_reports, self.settings.max_store_bytes)
+            {
+                tracing::warn!("tlsrpt: pruning the report store: {e}");
+            }
+        }
+        outcome
+    }
+}
