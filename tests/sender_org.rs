@@ -506,7 +506,7 @@ async fn a_flood_of_ptr_names_and_cipher_suites_stays_within_the_series_budget()
         );
     }
     // Every label value is one of the bounded sets; no PTR name appears anywhere.
-    for ((m, labels), _) in &after {
+    for (m, labels) in after.keys() {
         let org = labels.get("sender_org").map(String::as_str);
         assert!(org.is_some_and(|o| orgs.contains(o)), "{m} {labels:?}");
         if let Some(v) = labels.get("tls_version") {

@@ -151,8 +151,11 @@ pub(crate) struct MetricsDef {
     /// `sender_org` label: organisation name -> PTR suffixes, added to the shipped table
     /// (an entry for a shipped suffix replaces it).
     #[serde(default)]
-    pub sender_orgs: Option<Spanned<NamedMap<Option<Spanned<Vec<SpannedStr>>>>>>,
+    pub sender_orgs: Option<SenderOrgsDef>,
 }
+
+/// `metrics.sender_orgs`: organisation name -> its PTR suffixes (`null` is reported).
+pub(crate) type SenderOrgsDef = Spanned<NamedMap<Option<Spanned<Vec<SpannedStr>>>>>;
 
 /// `listeners/*.yaml`: one listener.
 #[derive(Debug, Default, Deserialize)]

@@ -14,9 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_saphyr::Spanned;
-
-use super::defs::{NamedMap, SpannedStr};
+use super::defs::SenderOrgsDef;
 use super::error::{index, FileErrors};
 use crate::metrics::sender_org::{
     is_org_name, normalize_suffix, SenderOrgs, MAX_CONFIGURED_ORGS, MAX_ORG_NAME,
@@ -27,7 +25,7 @@ const PATH: &str = "metrics.sender_orgs";
 
 /// The shipped table with `def` applied; every problem is recorded in `e`.
 pub(super) fn build_sender_orgs(
-    def: Option<&Spanned<NamedMap<Option<Spanned<Vec<SpannedStr>>>>>>,
+    def: Option<&SenderOrgsDef>,
     e: &mut FileErrors<'_>,
 ) -> Arc<SenderOrgs> {
     let mut table = SenderOrgs::default();
