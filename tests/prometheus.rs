@@ -412,6 +412,24 @@ fn expectations(listeners: usize) -> Vec<Expect> {
         eq(tls("relay", "RELAYLIST", "RELAYED", "not_offered"), 1.0),
         // Rejected and refused connections never reach TLS: no outcome for them.
         eq(sum("mxgate_inbound_tls_total", &[]), 7.0),
+        // The two TLS sessions negotiated TLS 1.3; the other five outcomes carry `none`. Every
+        // series has a sender_org (what 127.0.0.1's PTR gives depends on the system resolver).
+        eq(
+            sum("mxgate_inbound_tls_total", &[("tls_version", "TLSv1.3")]),
+            2.0,
+        ),
+        eq(
+            sum("mxgate_inbound_tls_total", &[("tls_version", "none")]),
+            5.0,
+        ),
+        eq(
+            "sum(mxgate_inbound_tls_total{sender_org=~\"[a-z][a-z0-9_]*\"})".into(),
+            7.0,
+        ),
+        eq(
+            "sum(mxgate_connections_total{sender_org=~\"[a-z][a-z0-9_]*\"})".into(),
+            9.0,
+        ),
         eq(
             sum(
                 "mxgate_inbound_tls_sessions_total",
@@ -698,6 +716,7 @@ fn metrics_source() -> String {
         "src/metrics/mod.rs",
         "src/metrics/validation.rs",
         "src/metrics/tlsrpt.rs",
+        "src/metrics/sender_org.rs",
     ]
     .iter()
     .map(|f| read(f))

@@ -600,6 +600,7 @@ fn run_transcript(path: &Path) {
         listener: l.name.clone(),
         sender_group: classification.group.clone(),
         policy: classification.policy.name.clone(),
+        sender_org: l.sender_orgs.label(&rdns).to_string(),
     };
     let params = SessionParams {
         icid: 1,

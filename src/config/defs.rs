@@ -148,7 +148,14 @@ pub(crate) struct MetricsDef {
     pub listen: Option<Spanned<Option<String>>>,
     /// `/ready` answers 503 while the spool's filesystem has less free space (default 256M).
     pub ready_min_free_space: Option<SpannedStr>,
+    /// `sender_org` label: organisation name -> PTR suffixes, added to the shipped table
+    /// (an entry for a shipped suffix replaces it).
+    #[serde(default)]
+    pub sender_orgs: Option<SenderOrgsDef>,
 }
+
+/// `metrics.sender_orgs`: organisation name -> its PTR suffixes (`null` is reported).
+pub(crate) type SenderOrgsDef = Spanned<NamedMap<Option<Spanned<Vec<SpannedStr>>>>>;
 
 /// `listeners/*.yaml`: one listener.
 #[derive(Debug, Default, Deserialize)]

@@ -60,6 +60,8 @@ pub(crate) struct ListenerContext<'a> {
     pub rats: &'a Named<RecipientAccessTable>,
     /// Whether `policies/rat.yaml` exists (for a hint).
     pub rat_file_exists: bool,
+    /// The `sender_org` suffix table of `mxgate.yaml`.
+    pub sender_orgs: &'a Arc<crate::metrics::sender_org::SenderOrgs>,
 }
 
 /// A HAT that never matches anything, standing in for one that could not be built.
@@ -370,6 +372,7 @@ pub(crate) fn build_listener(
         max_command_line: number(&d.max_command_line, 512, 512, "max_command_line", e) as usize,
         max_bad_commands: number(&d.max_bad_commands, 10, 0, "max_bad_commands", e) as u32,
         proxy_protocol: d.proxy_protocol.as_ref().map(|p| proxy_protocol(p, top, e)),
+        sender_orgs: ctx.sender_orgs.clone(),
     };
     BuiltListener {
         listener,

@@ -297,9 +297,14 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             }
         },
     };
+    let sender_orgs = super::sender_orgs::build_sender_orgs(
+        d.metrics.as_ref().and_then(|m| m.sender_orgs.as_ref()),
+        e,
+    );
     Global {
         delivery,
         per_ip_ipv6_prefix,
+        sender_orgs,
         spool_dir: o.spool_dir.clone().unwrap_or(spool_dir),
         mail_log: o.mail_log.clone().unwrap_or(mail_log),
         mail_log_format,
@@ -448,6 +453,7 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         hats: &tables.hats,
         rats: &tables.rats,
         rat_file_exists: tables.rat_file_exists,
+        sender_orgs: &global.sender_orgs,
     };
     let mut built: Vec<BuiltListener> = Vec::new();
     let mut all_parsed = true;

@@ -13,6 +13,7 @@ pub mod outbound;
 mod policies;
 mod recover;
 mod routes;
+mod sender_orgs;
 mod tables;
 mod tlsrpt;
 mod validation;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::outbound::{DestinationControls, RouteTable};
+use crate::metrics::sender_org::SenderOrgs;
 use crate::policy::flow::MailFlowPolicy;
 use crate::policy::hat::HostAccessTable;
 use crate::policy::rat::RecipientAccessTable;
@@ -96,6 +97,9 @@ pub struct Listener {
     pub max_bad_commands: u32,
     /// PROXY protocol, when the listener sits behind a load balancer.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The `sender_org` label's suffix table (`metrics.sender_orgs` of `mxgate.yaml`, the
+    /// same for every listener).
+    pub sender_orgs: Arc<SenderOrgs>,
 }
 
 /// Where the mail log goes.
@@ -150,6 +154,9 @@ pub struct Global {
     pub delivery: DeliverySettings,
     /// IPv6 clients in one network of this prefix length share the per-IP limits.
     pub per_ip_ipv6_prefix: u8,
+    /// The `sender_org` metrics label's suffix table: the shipped one with
+    /// `metrics.sender_orgs` applied.
+    pub sender_orgs: Arc<SenderOrgs>,
 }
 
 /// `delivery:` settings.

@@ -5,6 +5,7 @@
 //! `ready` submodule and is re-exported here.
 
 mod ready;
+pub mod sender_org;
 pub(crate) mod tlsrpt;
 pub(crate) mod validation;
 
@@ -18,15 +19,17 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Inbound TLS outcome per connection: `{listener, sender_group, policy, outcome, client_cert}`
-/// with outcome `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`,
-/// and client_cert `verified`, `missing`, `failed`, `not_requested`.
+/// Inbound TLS outcome per connection:
+/// `{listener, sender_group, sender_org, tls_version, policy, outcome, client_cert}` with
+/// outcome `success`, `handshake_failed`, `plaintext`, `required_refused`, `not_offered`,
+/// client_cert `verified`, `missing`, `failed`, `not_requested`, tls_version `TLSv1.2`,
+/// `TLSv1.3` or `none` ([`tls_version_label`]), sender_org from [`sender_org::SenderOrgs`].
 pub(crate) const INBOUND_TLS: &str = "mxgate_inbound_tls_total";
-/// Negotiated inbound TLS sessions: `{listener, protocol, cipher}`.
+/// Negotiated inbound TLS sessions: `{listener, sender_org, protocol, cipher}`.
 pub(crate) const INBOUND_TLS_SESSIONS: &str = "mxgate_inbound_tls_sessions_total";
 /// Inbound TLS handshake duration histogram (seconds): `{listener}`.
 pub(crate) const TLS_HANDSHAKE_SECONDS: &str = "mxgate_tls_handshake_seconds";
-/// Connections by HAT action: `{listener, sender_group, action}`.
+/// Connections by HAT action: `{listener, sender_group, sender_org, action}`.
 pub(crate) const CONNECTIONS: &str = "mxgate_connections_total";
 /// Open inbound connections: `{listener}`.
 pub(crate) const CONNECTIONS_ACTIVE: &str = "mxgate_connections_active";
@@ -254,6 +257,8 @@ pub struct InboundLabels {
     pub sender_group: String,
     /// Mail-flow policy name.
     pub policy: String,
+    /// Organisation of the verified PTR name (`other`, `unknown`): [`sender_org::SenderOrgs`].
+    pub sender_org: String,
 }
 
 /// Counts what an inbound mail-log event means for the metrics.
@@ -264,13 +269,14 @@ pub(crate) fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
     match e {
         Event::Hat { action, group, .. } => {
             metrics::counter!(CONNECTIONS, "listener" => listener, "sender_group" => group.clone(),
-                "action" => action.to_ascii_lowercase())
+                "sender_org" => l.sender_org.clone(), "action" => action.to_ascii_lowercase())
             .increment(1);
         }
         Event::TlsSuccess {
             protocol, cipher, ..
         } => {
-            metrics::counter!(INBOUND_TLS_SESSIONS, "listener" => listener, "protocol" => protocol.clone(),
+            metrics::counter!(INBOUND_TLS_SESSIONS, "listener" => listener,
+                "sender_org" => l.sender_org.clone(), "protocol" => protocol.clone(),
                 "cipher" => cipher.clone())
             .increment(1);
         }
@@ -315,11 +321,30 @@ pub(crate) fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
     }
 }
 
-/// Counts the connection's inbound TLS outcome once, at its end.
-pub(crate) fn inbound_tls_outcome(l: &InboundLabels, o: crate::smtp::session::TlsOutcome) {
+/// Counts the connection's inbound TLS outcome once, at its end; `protocol` is the negotiated
+/// version as the mail log names it (`None` without TLS).
+pub(crate) fn inbound_tls_outcome(
+    l: &InboundLabels,
+    o: crate::smtp::session::TlsOutcome,
+    protocol: Option<&str>,
+) {
+    // sender_org and tls_version sit between sender_group and policy: scrapers matching the
+    // older label sequence by prefix and suffix keep matching.
     metrics::counter!(INBOUND_TLS, "listener" => l.listener.clone(), "sender_group" => l.sender_group.clone(),
+        "sender_org" => l.sender_org.clone(), "tls_version" => tls_version_label(protocol),
         "policy" => l.policy.clone(), "outcome" => o.outcome, "client_cert" => o.client_cert)
     .increment(1);
+}
+
+/// The `tls_version` label: `TLSv1.3` or `TLSv1.2` (all the listeners' rustls configuration
+/// negotiates), `none` without TLS, and `other` should another version ever appear.
+pub(crate) fn tls_version_label(protocol: Option<&str>) -> &'static str {
+    match protocol {
+        None => "none",
+        Some("TLSv1.3") => "TLSv1.3",
+        Some("TLSv1.2") => "TLSv1.2",
+        Some(_) => "other",
+    }
 }
 
 /// Tracks one open inbound connection in `mxgate_connections_active`.

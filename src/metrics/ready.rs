@@ -261,6 +261,7 @@ mod tests {
             listener: "l".into(),
             sender_group: "ALL".into(),
             policy: "ACCEPTED".into(),
+            sender_org: "other".into(),
         };
         // Another failure does not count; a full filesystem does.
         spool_write_failed(false);

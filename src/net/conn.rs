@@ -147,6 +147,7 @@ pub(crate) async fn handle(
         listener: ctx.listener.name.clone(),
         sender_group: classification.group.clone(),
         policy: policy.name.clone(),
+        sender_org: ctx.listener.sender_orgs.label(&rdns).to_string(),
     };
     let params = SessionParams {
         icid,

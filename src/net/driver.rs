@@ -148,7 +148,8 @@ impl<B: Backend> Driver<B> {
         self.session.finish();
         self.process_final_actions();
         if let Some(outcome) = self.session.tls_outcome() {
-            metrics::inbound_tls_outcome(&self.labels, outcome);
+            let protocol = self.session.tls().map(|t| t.protocol.as_str());
+            metrics::inbound_tls_outcome(&self.labels, outcome, protocol);
         }
     }
 
