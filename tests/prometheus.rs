@@ -103,6 +103,12 @@ fn configure(dir: &Path, metrics: SocketAddr) {
         rat.replacen("inbound:\n  entries:\n", validated, 1),
     )
     .unwrap();
+    // TLS-RPT: reports mailed to this address count for company-y.example (the RFC example).
+    std::fs::write(
+        dir.join("policies/tlsrpt.yaml"),
+        "addresses: [tlsrpt@reports.test]\ndomains: [company-y.example]\n",
+    )
+    .unwrap();
     // The sink accepts any other address: catch-all detection would (rightly) skip probing.
     std::fs::write(
         dir.join("policies/validation.yaml"),
@@ -297,6 +303,19 @@ async fn drive_sessions(srv: &Server) {
         "cached",
     );
     expect(&c.cmd("RSET").await, "250", "RSET");
+    // TLS-RPT: the RFC 8460 example report, gzip'd in a report mail, then a malformed one.
+    let r = c
+        .send_mail("", &["tlsrpt@reports.test"], &report_mail(RFC_EXAMPLE))
+        .await;
+    expect(&r, "250 2.6.0", "TLS-RPT report");
+    let r = c
+        .send_mail(
+            "",
+            &["tlsrpt@reports.test"],
+            &report_mail("{\"policies\": []}"),
+        )
+        .await;
+    expect(&r, "550 5.6.0", "malformed TLS-RPT report");
     c.cmd("QUIT").await;
 
     // 7. proxied: BLOCKLIST (reject) and REFUSELIST (tcprefuse).
@@ -323,6 +342,31 @@ async fn drive_sessions(srv: &Server) {
     // 9. untrusted_proxy: a PROXY header from outside `trusted` is refused without a reply.
     let mut c = Client::connect(srv.addr("untrusted_proxy"), Some("192.0.2.11")).await;
     assert_eq!(c.reply().await, "", "untrusted PROXY source: closed");
+}
+
+/// The RFC 8460 §4.5 example report (reporter "Company-X", policy domain company-y.example).
+const RFC_EXAMPLE: &str = include_str!("../src/tlsrpt/rfc8460-example.json");
+
+/// A report mail as RFC 8460 §5.3 describes it, with `json` gzip'd and base64-encoded.
+fn report_mail(json: &str) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json.as_bytes()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "Subject: Report Domain: company-y.example Submitter: company-x.example\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"R\"\r\n\r\n\
+         --R\r\nContent-Type: application/tlsrpt+gzip\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--R--\r\n",
+        lines.join("\r\n")
+    )
 }
 
 enum Want {
@@ -412,6 +456,39 @@ fn expectations(listeners: usize) -> Vec<Expect> {
         eq(tls("relay", "RELAYLIST", "RELAYED", "not_offered"), 1.0),
         // Rejected and refused connections never reach TLS: no outcome for them.
         eq(sum("mxgate_inbound_tls_total", &[]), 7.0),
+        // The mailed RFC 8460 example: its session counts exactly; the malformed one counted.
+        eq(
+            sum(
+                "mxgate_tlsrpt_sessions_total",
+                &[
+                    ("policy_domain", "company-y.example"),
+                    ("result", "success"),
+                ],
+            ),
+            5326.0,
+        ),
+        eq(
+            sum("mxgate_tlsrpt_sessions_total", &[("result", "failure")]),
+            303.0,
+        ),
+        eq(
+            sum(
+                "mxgate_tlsrpt_sessions_total",
+                &[
+                    ("result_type", "starttls-not-supported"),
+                    ("reporter", "other"),
+                ],
+            ),
+            200.0,
+        ),
+        eq(
+            sum("mxgate_tlsrpt_reports_total", &[("outcome", "accepted")]),
+            1.0,
+        ),
+        eq(
+            sum("mxgate_tlsrpt_reports_total", &[("outcome", "malformed")]),
+            1.0,
+        ),
         // The two TLS sessions negotiated TLS 1.3; the other five outcomes carry `none`. Every
         // series has a sender_org (what 127.0.0.1's PTR gives depends on the system resolver).
         eq(
@@ -745,9 +822,6 @@ const PANELS_WITHOUT_DATA: &[&str] = &[
     "Configuration reloads",
     "DNS block-list lookups",
     "DHAP drops by sender group",
-    "Reported TLS sessions by result type and reporter",
-    "Reported sessions per reporter and policy domain (since start)",
-    "TLS-RPT reports by outcome",
 ];
 
 async fn check_dashboard(p: &Prometheus, metrics_addr: SocketAddr, failures: &mut Vec<String>) {
