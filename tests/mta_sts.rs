@@ -10,19 +10,6 @@ use std::process::Command;
 use support::pki::TestPki;
 use support::{copy_dir, repo, Mxgate};
 
-/// True when curl is installed; otherwise prints SKIP (and fails under CI).
-fn curl_available() -> bool {
-    if Command::new("curl").arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "curl must be installed in CI"
-    );
-    println!("SKIP: curl not installed");
-    false
-}
-
 /// What curl saw: status, content type and body bytes.
 struct Fetched {
     status: String,
@@ -69,18 +56,6 @@ fn pem(path: &Path, blocks: &[(&str, &[u8])]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// The port of the policy endpoint, from its "listening on" line on stderr.
-fn policy_port(srv: &Mxgate) -> u16 {
-    let prefix = "mxgate: mta-sts listening on ";
-    srv.wait_stderr(prefix);
-    srv.stderr_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .expect("mta-sts address on stderr")
-        .port()
-}
-
 const POLICY_FILE: &str = "\
 listen: [\"127.0.0.1:0\"]
 certificate: mta-sts
@@ -94,7 +69,7 @@ domains:
 
 #[test]
 fn curl_fetches_each_policy_and_a_reload_changes_it() {
-    if !curl_available() {
+    if !support::tools_available(&["curl"]) {
         return;
     }
     let cfg = tempfile::tempdir().unwrap();
@@ -121,7 +96,7 @@ fn curl_fetches_each_policy_and_a_reload_changes_it() {
     pki.write_ca(&ca);
 
     let srv = Mxgate::start(cfg.path(), work.path());
-    let port = policy_port(&srv);
+    let port = srv.mta_sts_port();
     let path = "/.well-known/mta-sts.txt";
 
     let got = curl("mta-sts.example.com", port, path, &ca, &[]);
@@ -235,7 +210,7 @@ fn curl_fetches_each_policy_and_a_reload_changes_it() {
 
 #[test]
 fn without_a_certificate_a_demo_one_names_every_policy_host() {
-    if !curl_available() {
+    if !support::tools_available(&["curl"]) {
         return;
     }
     let cfg = tempfile::tempdir().unwrap();
@@ -244,7 +219,7 @@ fn without_a_certificate_a_demo_one_names_every_policy_host() {
     let file = cfg.path().join("policies/mta_sts.yaml");
     std::fs::write(&file, POLICY_FILE.replace("certificate: mta-sts\n", "")).unwrap();
     let srv = Mxgate::start(cfg.path(), work.path());
-    let port = policy_port(&srv);
+    let port = srv.mta_sts_port();
     // The self-signed demo certificate is its own trust anchor for curl: it names both hosts.
     let demo = work.path().join("certs/mta-sts-demo.crt");
     for host in ["mta-sts.example.com", "mta-sts.example.org"] {

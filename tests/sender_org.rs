@@ -22,9 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme, SupportedCipherSuite};
+use rustls::pki_types::ServerName;
+use rustls::SupportedCipherSuite;
 use support::dnsmasq::Dnsmasq;
 use support::{Client, Mxgate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -105,43 +104,6 @@ fn suites() -> Vec<SupportedCipherSuite> {
     rustls::crypto::aws_lc_rs::default_provider().cipher_suites
 }
 
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A client that offers exactly `suite` (and its protocol version).
 fn connector(suite: SupportedCipherSuite) -> TlsConnector {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -150,7 +112,7 @@ fn connector(suite: SupportedCipherSuite) -> TlsConnector {
         .with_protocol_versions(&[suite.version()])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(Arc::new(support::client::AcceptAny))
         .with_no_client_auth();
     TlsConnector::from(Arc::new(cfg))
 }

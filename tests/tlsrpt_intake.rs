@@ -19,20 +19,6 @@ const RFC_ID: &str = "5065427c-23d3-47ca-b6e0-946ea0e8c4be";
 /// The report address of the test configuration.
 const REPORT_ADDRESS: &str = "tlsrpt@reports.test";
 
-/// True when swaks and curl are installed; otherwise prints SKIP (and fails under CI).
-fn tools_available() -> bool {
-    let have = |tool: &str, arg: &str| Command::new(tool).arg(arg).output().is_ok();
-    if have("swaks", "--version") && have("curl", "--version") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "swaks and curl must be installed in CI"
-    );
-    println!("SKIP: swaks or curl not installed");
-    false
-}
-
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).unwrap();
@@ -94,18 +80,6 @@ fn post(port: u16, ca: &Path, body: &Path, content_type: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The port of the policy endpoint, from its "listening on" line on stderr.
-fn policy_port(srv: &Mxgate) -> u16 {
-    let prefix = "mxgate: mta-sts listening on ";
-    srv.wait_stderr(prefix);
-    srv.stderr_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .expect("mta-sts address on stderr")
-        .port()
 }
 
 /// Every series of the report's sessions, and of the report outcomes, as labels.
@@ -188,7 +162,7 @@ fn configure(cfg: &Path, work: &Path) -> std::path::PathBuf {
 
 #[test]
 fn mailed_and_posted_reports_move_the_metrics_by_their_session_counts() {
-    if !tools_available() {
+    if !support::tools_available(&["swaks", "curl"]) {
         return;
     }
     let cfg = tempfile::tempdir().unwrap();
@@ -200,7 +174,7 @@ fn mailed_and_posted_reports_move_the_metrics_by_their_session_counts() {
         &["--metrics-listen", "127.0.0.1:0"],
     );
     let smtp = srv.port("preferred");
-    let https = policy_port(&srv);
+    let https = srv.mta_sts_port();
     srv.wait_log("tlsrpt: reports for example.com: publish _smtp._tls.example.com TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://mta-sts.example.com/tlsrpt\"");
     let files = tempfile::tempdir().unwrap();
     let file = |name: &str, bytes: &[u8]| {
@@ -301,7 +275,7 @@ fn mailed_and_posted_reports_move_the_metrics_by_their_session_counts() {
 /// the report address as its recipient; the reply is the queue's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_true_also_delivers_the_report_mail() {
-    if !tools_available() {
+    if !support::tools_available(&["swaks", "curl"]) {
         return;
     }
     let sink = support::sink::Sink::start("127.0.0.1:0").await;

@@ -150,8 +150,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// A verifier that accepts any server certificate (tests of our own demo certificates).
 #[derive(Debug)]
-struct AcceptAny;
+pub struct AcceptAny;
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(

@@ -72,6 +72,31 @@ pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::Te
     dir
 }
 
+/// True when every one of `tools` runs (`TOOL --version`); otherwise prints SKIP naming the
+/// missing ones, and fails under CI, where every tool the tests use must be installed.
+pub fn tools_available(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            std::process::Command::new(t)
+                .arg("--version")
+                .output()
+                .is_err()
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} must be installed in CI",
+        missing.join(", ")
+    );
+    println!("SKIP: {} not installed", missing.join(", "));
+    false
+}
+
 /// Polls `f` until it holds; panics naming `what` after 30 s (a generous bound for a loaded
 /// 2-core CI machine; the usual wait is well under a second).
 pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

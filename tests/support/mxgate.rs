@@ -215,6 +215,19 @@ impl Mxgate {
             .unwrap_or(0.0)
     }
 
+    /// The port of the MTA-STS policy endpoint (`policies/mta_sts.yaml` with port 0), from
+    /// its "listening on" line on stderr.
+    pub fn mta_sts_port(&self) -> u16 {
+        let prefix = "mxgate: mta-sts listening on ";
+        self.wait_stderr(prefix);
+        self.stderr_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .expect("mta-sts address on stderr")
+            .port()
+    }
+
     /// What the server wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr

@@ -117,11 +117,11 @@ impl Session {
                 self.permit(permit);
             }
             Err(d) => {
+                self.deny("message".into(), Some(mid), d);
                 self.log(Event::MessageFinished {
                     mid,
                     how: "aborted".into(),
                 });
-                self.deny("message".into(), Some(mid), d);
             }
         }
     }
