@@ -9,6 +9,7 @@
 pub(crate) mod dnsbl;
 pub(crate) mod hosts;
 pub(crate) mod name;
+pub(crate) mod records;
 
 #[cfg(test)]
 use std::net::SocketAddr;
