@@ -215,6 +215,7 @@ impl ReverseResolver {
             resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             timeout: Duration::from_secs(1),
             hosts_file: None,
+            self_check_interval: Duration::ZERO,
         })
         .expect("resolver on 127.0.0.1:53")
     }

@@ -135,11 +135,13 @@ pub(crate) fn check_mx(
                 FIX_RESOLVER,
             )]
         }
-        RecordLookup::NotFound => return vec![Finding::problem(
+        RecordLookup::NotFound => {
+            return vec![Finding::problem(
             subject,
             "no MX record: senders deliver to the domain's own address, which no mx: pattern names",
             format!("publish {domain}. IN MX 10 {}.", suggest.unwrap_or("HOST")),
-        )],
+        )]
+        }
         RecordLookup::Found(hosts) => hosts,
     };
     if hosts.iter().any(String::is_empty) {

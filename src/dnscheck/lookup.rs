@@ -45,12 +45,12 @@ pub(crate) async fn lookups(resolver: &ReverseResolver, domain: &str, hosts: &[S
         _ => Vec::new(),
     };
     names.extend(hosts.iter().cloned());
+    names.sort();
+    names.dedup();
     let mut tlsa = BTreeMap::new();
     for host in names {
-        if !tlsa.contains_key(&host) {
-            let found = resolver.lookup_tlsa(&tlsa_name(&host)).await;
-            tlsa.insert(host, found);
-        }
+        let found = resolver.lookup_tlsa(&tlsa_name(&host)).await;
+        tlsa.insert(host, found);
     }
     Lookups {
         sts,
