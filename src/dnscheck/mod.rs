@@ -4,8 +4,8 @@
 //! `_25._tcp` TLSA records against the served keys (and a staged next key), and the
 //! `_smtp._tls` TXT record; then the records to publish.
 //!
-//! [`facts`] reads what mxgate serves (configuration and certificate files), [`lookup`] asks
-//! DNS; [`checks`], [`tlsa`] and [`txt`] decide, as pure functions over both. The DANE and
+//! `facts` reads what mxgate serves (configuration and certificate files), `lookup` asks
+//! DNS; `checks`, `tlsa` and `txt` decide, as pure functions over both. The DANE and
 //! MTA-STS gauges of the running server reuse the same functions (`src/app/dane.rs`).
 
 pub(crate) mod checks;
