@@ -26,6 +26,9 @@ pub enum DnsCheckError {
     /// The resolver could not be built from `dns:`.
     #[error("{0}")]
     Resolver(String),
+    /// The argument is not a domain name.
+    #[error("{0:?} is not a domain name")]
+    Domain(String),
 }
 
 /// The verdict of one check.
@@ -172,6 +175,10 @@ pub async fn check_domain(
     domain: &str,
     next_certs: &[PathBuf],
 ) -> Result<Report, DnsCheckError> {
+    let name = facts::normalise(domain);
+    if !crate::dns::name::is_host_name(&name) || !name.contains('.') {
+        return Err(DnsCheckError::Domain(domain.to_string()));
+    }
     let resolver = crate::dns::ReverseResolver::new(&config.global.dns)
         .map_err(|e| DnsCheckError::Resolver(e.to_string()))?;
     let facts = facts::gather(config, domain, next_certs);
