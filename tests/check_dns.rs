@@ -8,7 +8,8 @@
 //! (mx3.example.com, wrongly serving mx2's certificate, a TLSA record of another key) and
 //! `fourth` (mx4.example.com, the demo certificate, no TLSA record). Four domains:
 //! example.com is all correct; broken.example has every problem; missing.example publishes
-//! no TXT record and garbled.example two malformed ones.
+//! no TXT record and garbled.example two malformed ones. mxgate takes TLS reports in
+//! (`policies/tlsrpt.yaml`), so the TLS-RPT record to publish names its intake.
 
 mod support;
 
@@ -108,6 +109,12 @@ fn world() -> Option<World> {
         .unwrap();
     }
     std::fs::write(cfg.path().join("policies/mta_sts.yaml"), MTA_STS).unwrap();
+    // mxgate takes TLS reports in: the TLS-RPT record should send them here.
+    std::fs::write(
+        cfg.path().join("policies/tlsrpt.yaml"),
+        "addresses: [tlsrpt@example.com]\nhttps_path: /tlsrpt\n",
+    )
+    .unwrap();
     let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
     std::fs::write(
         cfg.path().join("mxgate.yaml"),
@@ -276,7 +283,7 @@ fn every_problem_is_reported_with_its_fix() {
             // A staged key whose record is not published yet.
             format!("problem  next certificate {} for mx3.example.com: _25._tcp.mx3.example.com has no record for the next key: once it is served, DANE senders refuse to deliver; fix: publish _25._tcp.mx3.example.com. IN TLSA 3 1 1 {} beside the current record, wait at least its TTL (twice is safer), then install the next certificate", next3.display(), hex(&w.next3)),
             // A garbled TLS-RPT record.
-            "problem  _smtp._tls.broken.example TXT: \"v=TLSRPTv1; rua=tlsrpt@broken.example\" is not well-formed: \"tlsrpt@broken.example\" is not a mailto: or https: URI; senders ignore it; fix: publish _smtp._tls.broken.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@broken.example\" (any mailbox or https: URI that collects reports)".into(),
+            "problem  _smtp._tls.broken.example TXT: \"v=TLSRPTv1; rua=tlsrpt@broken.example\" is not well-formed: \"tlsrpt@broken.example\" is not a mailto: or https: URI; senders ignore it; fix: publish _smtp._tls.broken.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://mta-sts.broken.example/tlsrpt\" (mxgate's intake, policies/tlsrpt.yaml)".into(),
             format!("  _mta-sts.broken.example. IN TXT \"v=STSv1; id={id}\""),
             format!("  _25._tcp.mx3.example.com. IN TLSA 3 1 1 {}", hex(&w.mx2)),
             format!("  _25._tcp.mx3.example.com. IN TLSA 3 1 1 {}", hex(&w.next3)),
@@ -292,7 +299,7 @@ fn every_problem_is_reported_with_its_fix() {
         &text,
         &[
             format!("problem  _mta-sts.missing.example TXT: no record: senders never fetch the served policy; fix: publish _mta-sts.missing.example. IN TXT \"v=STSv1; id={id}\""),
-            "problem  _smtp._tls.missing.example TXT: no record: senders send no TLS reports; fix: publish _smtp._tls.missing.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@missing.example\" (any mailbox or https: URI that collects reports)".into(),
+            "problem  _smtp._tls.missing.example TXT: no record: senders send no TLS reports; fix: publish _smtp._tls.missing.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://mta-sts.missing.example/tlsrpt\" (mxgate's intake, policies/tlsrpt.yaml)".into(),
             "5 checks: 2 problems".into(),
         ],
     );
@@ -304,7 +311,7 @@ fn every_problem_is_reported_with_its_fix() {
         &text,
         &[
             format!("problem  _mta-sts.garbled.example TXT: \"v=STSv1 id=abc\" is not well-formed: it must begin with \"v=STSv1;\"; senders ignore it; fix: publish _mta-sts.garbled.example. IN TXT \"v=STSv1; id={id}\" in its place"),
-            "problem  _smtp._tls.garbled.example TXT: \"v=TLSRPTv1;\" is not well-formed: it has no rua=; senders ignore it; fix: publish _smtp._tls.garbled.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@garbled.example\" (any mailbox or https: URI that collects reports)".into(),
+            "problem  _smtp._tls.garbled.example TXT: \"v=TLSRPTv1;\" is not well-formed: it has no rua=; senders ignore it; fix: publish _smtp._tls.garbled.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://mta-sts.garbled.example/tlsrpt\" (mxgate's intake, policies/tlsrpt.yaml)".into(),
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -28,9 +28,17 @@ pub(crate) fn sts_record(domain: &str, policy: &Policy) -> String {
     format!("_mta-sts.{domain}. IN TXT \"{}\"", txt_record(policy))
 }
 
-/// The TLS-RPT record suggested when none is published: reports to `tlsrpt@DOMAIN`.
-pub(crate) fn tlsrpt_suggestion(domain: &str) -> String {
-    format!("_smtp._tls.{domain}. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\"")
+/// The TLS-RPT record to publish: reports to mxgate's intake (`ours`, the `rua=` value of
+/// policies/tlsrpt.yaml), else to `tlsrpt@DOMAIN`.
+pub(crate) fn tlsrpt_suggestion(domain: &str, ours: Option<&str>) -> String {
+    let rua = ours.map_or_else(|| format!("mailto:tlsrpt@{domain}"), str::to_string);
+    format!("_smtp._tls.{domain}. IN TXT \"v=TLSRPTv1; rua={rua}\"")
+}
+
+/// True when a published report URI is one of `ours` (mail addresses without regard to case).
+fn is_our_uri(uri: &str, ours: &str) -> bool {
+    ours.split(',')
+        .any(|o| o == uri || (o.starts_with("mailto:") && o.eq_ignore_ascii_case(uri)))
 }
 
 /// `_25._tcp.HOST. IN TLSA 3 1 1 …` for a chain's leaf key.
@@ -383,18 +391,36 @@ pub(crate) fn check_next(next: &NextCert, hosts: &[String], lookups: &Lookups) -
         .collect()
 }
 
-/// The published `_smtp._tls` record: present and well-formed.
-pub(crate) fn check_tlsrpt(domain: &str, txt: &RecordLookup<String>) -> Finding {
+/// The published `_smtp._tls` record: present, well-formed and, when mxgate takes reports
+/// in (`ours`, policies/tlsrpt.yaml), sending them to mxgate among others.
+pub(crate) fn check_tlsrpt(
+    domain: &str,
+    txt: &RecordLookup<String>,
+    ours: Option<&str>,
+) -> Finding {
     let subject = format!("_smtp._tls.{domain} TXT");
-    let publish = format!(
-        "publish {} (any mailbox or https: URI that collects reports)",
-        tlsrpt_suggestion(domain)
-    );
-    match txt::published(txt, TLSRPT_VERSION, txt::parse_tlsrpt) {
-        Published::One(record, uris) => Finding::ok(
-            subject,
-            format!("\"{record}\": reports go to {}", uris.join(", ")),
+    let publish = match ours {
+        Some(_) => format!(
+            "publish {} (mxgate's intake, policies/tlsrpt.yaml)",
+            tlsrpt_suggestion(domain, ours)
         ),
+        None => format!(
+            "publish {} (any mailbox or https: URI that collects reports)",
+            tlsrpt_suggestion(domain, ours)
+        ),
+    };
+    match txt::published(txt, TLSRPT_VERSION, txt::parse_tlsrpt) {
+        Published::One(record, uris) => match ours {
+            Some(ours) if !uris.iter().any(|u| is_our_uri(u, ours)) => Finding::problem(
+                subject,
+                format!("\"{record}\" sends reports to {}, none of which is mxgate's intake ({ours}): its TLS-RPT metrics stay empty", uris.join(", ")),
+                format!("{publish}, keeping other URIs if reports should go there too"),
+            ),
+            _ => Finding::ok(
+                subject,
+                format!("\"{record}\": reports go to {}", uris.join(", ")),
+            ),
+        },
         Published::Missing(others) if others.is_empty() => {
             Finding::problem(subject, "no record: senders send no TLS reports", publish)
         }
@@ -437,7 +463,7 @@ pub(crate) fn records(facts: &Facts, lookups: &Lookups) -> Vec<String> {
     }
     match txt::published(&lookups.tlsrpt, TLSRPT_VERSION, txt::parse_tlsrpt) {
         Published::One(record, _) => out.push(format!("_smtp._tls.{d}. IN TXT \"{record}\"")),
-        _ => out.push(tlsrpt_suggestion(d)),
+        _ => out.push(tlsrpt_suggestion(d, facts.tlsrpt_rua.as_deref())),
     }
     let mut hosts = mx_hosts(&lookups.mx);
     for h in super::facts::public_hosts(&facts.listeners) {
@@ -493,7 +519,11 @@ pub(crate) fn run(facts: &Facts, lookups: &Lookups) -> Report {
             findings.extend(check_next(next, &hosts, lookups));
         }
     }
-    findings.push(check_tlsrpt(d, &lookups.tlsrpt));
+    findings.push(check_tlsrpt(
+        d,
+        &lookups.tlsrpt,
+        facts.tlsrpt_rua.as_deref(),
+    ));
     Report {
         domain: d.clone(),
         findings,

@@ -275,11 +275,16 @@ fn tlsrpt_record_and_the_records_to_publish() {
     let ok = check_tlsrpt(
         "example.com",
         &txt(&["v=TLSRPTv1; rua=mailto:r@example.com"]),
+        None,
     );
     assert_eq!(ok.line(), "ok       _smtp._tls.example.com TXT: \"v=TLSRPTv1; rua=mailto:r@example.com\": reports go to mailto:r@example.com");
-    let missing = check_tlsrpt("example.com", &RecordLookup::NotFound);
+    let missing = check_tlsrpt("example.com", &RecordLookup::NotFound, None);
     assert_eq!(missing.line(), "problem  _smtp._tls.example.com TXT: no record: senders send no TLS reports; fix: publish _smtp._tls.example.com. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com\" (any mailbox or https: URI that collects reports)");
-    let garbled = check_tlsrpt("example.com", &txt(&["v=TLSRPTv1; rua=r@example.com"]));
+    let garbled = check_tlsrpt(
+        "example.com",
+        &txt(&["v=TLSRPTv1; rua=r@example.com"]),
+        None,
+    );
     assert!(
         garbled
             .line()
@@ -288,6 +293,25 @@ fn tlsrpt_record_and_the_records_to_publish() {
         garbled.line()
     );
 
+    // mxgate takes reports in: the record must send them there (among others).
+    let ours = Some("mailto:tlsrpt@example.com,https://mta-sts.example.com/tlsrpt");
+    let elsewhere = check_tlsrpt(
+        "example.com",
+        &txt(&["v=TLSRPTv1; rua=mailto:r@example.com"]),
+        ours,
+    );
+    assert_eq!(elsewhere.line(), "problem  _smtp._tls.example.com TXT: \"v=TLSRPTv1; rua=mailto:r@example.com\" sends reports to mailto:r@example.com, none of which is mxgate's intake (mailto:tlsrpt@example.com,https://mta-sts.example.com/tlsrpt): its TLS-RPT metrics stay empty; fix: publish _smtp._tls.example.com. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://mta-sts.example.com/tlsrpt\" (mxgate's intake, policies/tlsrpt.yaml), keeping other URIs if reports should go there too");
+    for record in [
+        "v=TLSRPTv1; rua=mailto:r@example.com,mailto:TLSRPT@example.com",
+        "v=TLSRPTv1; rua=https://mta-sts.example.com/tlsrpt",
+    ] {
+        assert_eq!(
+            check_tlsrpt("example.com", &txt(&[record]), ours).status,
+            Status::Ok,
+            "{record}"
+        );
+    }
+
     let c = chain("mx1.example.com");
     let p = policy(&["mx1.example.com"]);
     let facts = Facts {
@@ -295,6 +319,7 @@ fn tlsrpt_record_and_the_records_to_publish() {
         policy: Some(p.clone()),
         listeners: vec![served("inbound", "mx1.example.com", c.clone())],
         next: vec![],
+        tlsrpt_rua: None,
     };
     let lookups = Lookups {
         sts: txt(&[&format!("v=STSv1; id={}", p.id())]),

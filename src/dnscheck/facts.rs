@@ -88,10 +88,20 @@ pub(crate) fn gather(config: &Config, domain: &str, next_certs: &[PathBuf]) -> F
             chain: read_chain(p),
         })
         .collect();
+    // The HTTPS intake answers on the policy host, as the start-up log line announces it.
+    let https_host = policy
+        .as_ref()
+        .map(|_| crate::mta_sts::MtaStsSettings::policy_host(&domain));
+    let tlsrpt_rua = config
+        .tlsrpt
+        .as_ref()
+        .map(|t| t.rua(https_host.as_deref()))
+        .filter(|r| !r.is_empty());
     Facts {
         domain,
         policy,
         listeners,
         next,
+        tlsrpt_rua,
     }
 }

@@ -166,6 +166,8 @@ pub(crate) struct Facts {
     pub(crate) listeners: Vec<ServedCert>,
     /// Certificates staged to replace the served ones.
     pub(crate) next: Vec<NextCert>,
+    /// The `rua=` of mxgate's own TLS-RPT intake (`policies/tlsrpt.yaml`), if configured.
+    pub(crate) tlsrpt_rua: Option<String>,
 }
 
 /// Checks `domain` against `config` with the configured resolvers; `next_certs` are staged
