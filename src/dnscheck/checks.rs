@@ -461,9 +461,14 @@ pub(crate) fn records(facts: &Facts, lookups: &Lookups) -> Vec<String> {
     if let Some(p) = &facts.policy {
         out.push(sts_record(d, p));
     }
+    let ours = facts.tlsrpt_rua.as_deref();
     match txt::published(&lookups.tlsrpt, TLSRPT_VERSION, txt::parse_tlsrpt) {
-        Published::One(record, _) => out.push(format!("_smtp._tls.{d}. IN TXT \"{record}\"")),
-        _ => out.push(tlsrpt_suggestion(d, facts.tlsrpt_rua.as_deref())),
+        Published::One(record, uris)
+            if ours.is_none_or(|o| uris.iter().any(|u| is_our_uri(u, o))) =>
+        {
+            out.push(format!("_smtp._tls.{d}. IN TXT \"{record}\""))
+        }
+        _ => out.push(tlsrpt_suggestion(d, ours)),
     }
     let mut hosts = mx_hosts(&lookups.mx);
     for h in super::facts::public_hosts(&facts.listeners) {
