@@ -4,6 +4,7 @@
 //! What `/ready` checks (start-up, spool free space, failed spool writes) lives in the
 //! `ready` submodule and is re-exported here.
 
+pub(crate) mod dane;
 mod ready;
 pub mod sender_org;
 pub(crate) mod tlsrpt;
@@ -177,6 +178,7 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Build information");
     validation::describe();
     tlsrpt::describe();
+    dane::describe();
 }
 
 /// How long a response of the metrics endpoint may take to write.
