@@ -162,7 +162,11 @@ struct Shared {
 /// The TLS-RPT intake of `config` (`policies/tlsrpt.yaml`), storing under its spool.
 fn intake(config: &Config) -> Option<Arc<Intake>> {
     let settings = config.tlsrpt.clone()?;
-    Some(Arc::new(Intake::new(settings, &config.global.spool_dir)))
+    Some(Arc::new(Intake::new(
+        settings,
+        &config.global.spool_dir,
+        config.global.ready_min_free_space,
+    )))
 }
 
 /// Loads a listener's certificate (the demo one when none is configured) and builds its context.
