@@ -275,7 +275,7 @@ fn every_problem_is_reported_with_its_fix() {
             format!("problem  _mta-sts.broken.example TXT: \"v=STSv1; id=stale1\" has id stale1, not the served policy's id {id}: the policy changed but the id did not, so senders keep the policy they cached; fix: publish _mta-sts.broken.example. IN TXT \"v=STSv1; id={id}\" in place of the old record"),
             "ok       MX mx1.example.com: matches mx: mx1.example.com of the served policy".into(),
             // An MX the policy does not name.
-            "problem  MX mx3.example.com: matches no mx: pattern of the served policy (mx1.example.com): senders enforcing it refuse this MX; fix: list mx3.example.com under domains.broken.example.mx in policies/mta_sts.yaml (then publish the new id below), or point the MX at a host the policy names".into(),
+            "problem  MX mx3.example.com: matches no mx: pattern of the served policy (mx1.example.com): senders enforcing it refuse this MX; fix: list mx3.example.com under domains.broken.example.mx in policies/mta_sts.yaml (then publish the policy's new id: run this check again to get the record), or point the MX at a host the policy names".into(),
             // A certificate whose SANs do not cover the listener's host name.
             format!("problem  certificate for mx3.example.com: {} (listener third) names DNS:mx2.example.com, not mx3.example.com: senders that verify (MTA-STS, DANE-TA) refuse it; fix: install a certificate naming mx3.example.com (`mxgate certs csr NAME --cn mx3.example.com`, then `mxgate certs install NAME --cert SIGNED`)", mx2.display()),
             // A TLSA record of another key.

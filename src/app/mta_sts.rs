@@ -131,6 +131,26 @@ fn https_intake(config: &Config) -> Option<Arc<Intake>> {
     )))
 }
 
+/// Warns at start when senders cannot verify the endpoint's certificate for a policy host:
+/// they then apply no policy (`mxgate check` says the same before).
+fn warn_certificate(settings: &MtaStsSettings, config: &Config, cert: &Path, log: &MailLog) {
+    let text = match &settings.certificate {
+        None => format!(
+            "mta-sts: the endpoint uses the self-signed DEMO certificate {}: senders cannot verify it and apply no MTA-STS policy; install one from a public CA (docs/mta-sts.md)",
+            cert.display()
+        ),
+        Some(_) => match MtaStsEndpoint::check_certificate(config) {
+            Some(problem) => format!("mta-sts: {problem}"),
+            None => return,
+        },
+    };
+    tracing::warn!("{text}");
+    log.log(&Event::Note {
+        level: Level::Warning,
+        text,
+    });
+}
+
 /// Logs each domain's policy id and the TXT record to publish for it, and the TLS-RPT
 /// record when reports are received.
 fn announce(settings: &MtaStsSettings, config: &Config, log: &MailLog) {
@@ -174,6 +194,7 @@ impl MtaStsEndpoint {
         };
         let (cert, key) = certificate(settings, &config.global.certs_dir)?;
         let store = CertStore::new(tls::load_certified_key(&cert, &key)?);
+        warn_certificate(settings, config, &cert, log);
         crate::metrics::certificate_expiry(NAME, &cert);
         let served = Arc::new(ArcSwap::from_pointee(Served::new(settings)));
         let intake = Arc::new(ArcSwapOption::new(https_intake(config)));
@@ -256,13 +277,41 @@ impl MtaStsEndpoint {
 
     /// The configured certificate's problem, read without binding (for `mxgate check`).
     pub(crate) fn check_certificate(config: &Config) -> Option<String> {
-        let (cert, key) = config.mta_sts.as_ref()?.certificate.as_ref()?;
+        let settings = config.mta_sts.as_ref()?;
+        let (cert, key) = settings.certificate.as_ref()?;
+        let hosts = settings.policy_hosts();
+        let name = cert
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let problem = match [cert, key].into_iter().find(|p| !p.exists()) {
+            // Senders that apply MTA-STS fetch the policy with WebPKI validation (RFC 8461
+            // §3.3): only a certificate from a public CA serves.
             Some(missing) => format!(
-                "{} not found: `mxgate certs new-self-signed NAME` or `mxgate certs csr NAME` then `mxgate certs install NAME --cert SIGNED` make one",
-                missing.display()
+                "{} not found: make a key and a request with `mxgate certs csr {name} --cn {} --san {}`, have a public CA sign it (senders check the policy host's certificate like a browser), then `mxgate certs install {name} --cert SIGNED.pem`",
+                missing.display(),
+                hosts.first().cloned().unwrap_or_default(),
+                hosts.join(","),
             ),
-            None => tls::load_certified_key(cert, key).err()?.to_string(),
+            None => {
+                if let Err(e) = tls::load_certified_key(cert, key) {
+                    return Some(format!("policies/mta_sts.yaml: certificate: {e}"));
+                }
+                if covers(cert, &hosts) {
+                    return None;
+                }
+                let missing: Vec<&String> = hosts
+                    .iter()
+                    .filter(|h| !covers(cert, std::slice::from_ref(h)))
+                    .collect();
+                format!(
+                    "{} does not cover {}: senders fetching that policy fail the TLS check and apply none; request a certificate for every policy host (`mxgate certs csr {name} --cn {} --san {}`)",
+                    cert.display(),
+                    missing.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
+                    hosts.first().cloned().unwrap_or_default(),
+                    hosts.join(","),
+                )
+            }
         };
         Some(format!("policies/mta_sts.yaml: certificate: {problem}"))
     }

@@ -378,6 +378,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.policies.len(),
                     cfg.rats.len()
                 );
+                // The optional files: say what they turned on, so a file left commented out
+                // is seen to be off.
+                if let Some(m) = &cfg.mta_sts {
+                    let domains: Vec<&str> = m.domains.iter().map(|(d, _)| d.as_str()).collect();
+                    println!("MTA-STS: policies for {}", domains.join(", "));
+                }
+                if let Some(t) = &cfg.tlsrpt {
+                    let mut to: Vec<String> = t.addresses.clone();
+                    if let Some(p) = &t.https_path {
+                        to.push(format!("HTTPS POST {p}"));
+                    }
+                    println!("TLS-RPT: reports to {}", to.join(", "));
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

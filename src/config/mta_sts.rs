@@ -232,14 +232,30 @@ pub(crate) fn build_mta_sts(
                 }
             }
         }
-        domains.push((
-            name,
-            Policy {
-                mode,
-                mx,
-                max_age: age,
-            },
-        ));
+        let policy = Policy {
+            mode,
+            mx,
+            max_age: age,
+        };
+        // An explicit list that names none of our public listeners: senders applying the
+        // policy would refuse every MX this gateway answers as.
+        if let Some(list) = d.and_then(|d| d.mx.as_ref()) {
+            let ours = public_hosts.iter().any(|h| {
+                crate::dnscheck::checks::matching_pattern(&policy, &h.to_ascii_lowercase())
+                    .is_some()
+            });
+            if ok && !public_hosts.is_empty() && !ours {
+                e.warn_on(
+                    list,
+                    &join(&path, "mx"),
+                    format!(
+                        "no pattern matches a public listener's host name ({}): senders applying the policy refuse an MX it does not list; add them, or check that the MX records name other gateways (`mxgate dns check {name}`)",
+                        public_hosts.join(", ")
+                    ),
+                );
+            }
+        }
+        domains.push((name, policy));
     }
     ok.then_some(MtaStsSettings {
         listen,
@@ -260,11 +276,26 @@ mod tests {
         let mut sink = Vec::new();
         let hosts = vec!["mx.example.com".to_string(), "MX.example.com".to_string()];
         let s = load_mta_sts(dir.path(), Path::new("/c"), &hosts, &mut sink);
+        sink.retain(|e| !e.is_warning());
         if sink.is_empty() {
             Ok(s)
         } else {
             Err(sink.iter().map(ConfigError::render).collect())
         }
+    }
+
+    #[test]
+    fn an_mx_list_naming_none_of_our_listeners_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        let text = "listen: [\"127.0.0.1:8443\"]\ndomains:\n  a.example: {mx: [\"*.example.com\"]}\n  b.example: {mx: [mx1.other.example]}\n";
+        std::fs::write(dir.path().join("policies/mta_sts.yaml"), text).unwrap();
+        let mut sink = Vec::new();
+        let hosts = vec!["mx.example.com".to_string()];
+        assert!(load_mta_sts(dir.path(), Path::new("/c"), &hosts, &mut sink).is_some());
+        let got: Vec<String> = sink.iter().map(ConfigError::render).collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("policies/mta_sts.yaml:4:19: warning: domains.b.example.mx: no pattern matches a public listener's host name (mx.example.com)"), "{got:?}");
     }
 
     #[test]

@@ -57,6 +57,29 @@ fn mistakes_name_file_line_and_field() {
         errs.contains("policies/tlsrpt.yaml:1:13: https_path: reports are POSTed to the MTA-STS endpoint: configure policies/mta_sts.yaml"),
         "{errs}"
     );
+    // Reserved mailboxes, and a commented-out mta_sts.yaml is no endpoint.
+    let d = config_dir(&[
+        (
+            "policies/tlsrpt.yaml",
+            Some("addresses: [Postmaster@example.com]\nhttps_path: /r\n"),
+        ),
+        (
+            "policies/mta_sts.yaml",
+            Some("# listen: [\"0.0.0.0:443\"]\n"),
+        ),
+    ]);
+    let errs = errors(&d, &Overrides::default()).join("\n");
+    assert!(
+        errs.contains(
+            "addresses[0]: \"Postmaster@example.com\": mail to a report address is taken"
+        ),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("https_path: reports are POSTed to the MTA-STS endpoint"),
+        "{errs}"
+    );
+    assert!(!errs.contains("nothing receives reports"), "{errs}");
     let d = config_dir(&[("policies/tlsrpt.yaml", Some("relay: true\n"))]);
     let errs = errors(&d, &Overrides::default()).join("\n");
     assert!(

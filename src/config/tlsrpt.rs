@@ -47,20 +47,39 @@ pub(crate) fn load_tlsrpt(
     mta_sts: Option<&MtaStsSettings>,
     sink: &mut Vec<ConfigError>,
 ) -> Option<TlsRptSettings> {
+    // A broken mta_sts.yaml has its own errors: https_path is not one more. (A file with every
+    // line commented out is no endpoint.)
+    let mta_sts_file = Path::new("policies").join("mta_sts.yaml");
+    let endpoint = mta_sts.is_some() || sink.iter().any(|e| e.file == mta_sts_file);
     let mut e = FileErrors::new(Path::new("policies").join("tlsrpt.yaml"), sink);
-    // A broken mta_sts.yaml has its own errors: https_path is not one more.
-    let endpoint = mta_sts.is_some() || dir.join("policies").join("mta_sts.yaml").exists();
     match read_yaml::<TlsRptDef>(dir, &mut e) {
         Read::Parsed(Some(def)) => build_tlsrpt(&def, mta_sts, endpoint, &mut e),
         Read::Parsed(None) | Read::Missing | Read::Failed => None,
     }
 }
 
+/// Local parts other mail must keep reaching (RFC 2142): never a report address, whose mail
+/// is taken for its report and otherwise refused.
+const RESERVED_LOCAL_PARTS: &[&str] =
+    &["postmaster", "abuse", "hostmaster", "webmaster", "security"];
+
 /// One report address: `local@domain`, lower-cased.
 fn address(s: &SpannedStr, path: &str, e: &mut FileErrors<'_>) -> Option<String> {
     let raw = s.value.trim();
     let bracketed = format!("<{}>", raw.trim_start_matches('<').trim_end_matches('>'));
     match parse_path(&bracketed) {
+        Ok((Some(m), _))
+            if RESERVED_LOCAL_PARTS
+                .iter()
+                .any(|r| m.local.eq_ignore_ascii_case(r)) =>
+        {
+            e.on(
+                s,
+                path,
+                format!("{raw:?}: mail to a report address is taken for its report and otherwise refused, so it cannot be {}@ (RFC 2142); use a dedicated address such as tlsrpt@{}", m.local, m.domain),
+            );
+            None
+        }
         Ok((Some(m), n))
             if n == bracketed.len() && !m.domain.is_empty() && !m.is_relay_attempt() =>
         {
@@ -135,7 +154,7 @@ pub(crate) fn build_tlsrpt(
             Some(p.to_string())
         }
     };
-    if addresses.is_empty() && https_path.is_none() {
+    if def.addresses.is_none() && def.https_path.is_none() {
         e.whole("nothing receives reports: list report addresses (addresses: [tlsrpt@example.com]) and/or set https_path");
         return None;
     }

@@ -173,7 +173,7 @@ pub(crate) fn check_mx(
                     None => Finding::problem(
                         subject,
                         format!("matches no mx: pattern of the served policy ({}): senders enforcing it refuse this MX", p.mx.join(", ")),
-                        format!("list {host} under domains.{domain}.mx in policies/mta_sts.yaml (then publish the new id below), or point the MX at a host the policy names"),
+                        format!("list {host} under domains.{domain}.mx in policies/mta_sts.yaml (then publish the policy's new id: run this check again to get the record), or point the MX at a host the policy names"),
                     ),
                 },
             }

@@ -116,7 +116,7 @@ fn mx_hosts_against_the_policy_patterns() {
     for (i, host) in [(2, "a.b.mx.example.com"), (3, "mx.example.com")] {
         assert_eq!(
             got[i],
-            format!("problem  MX {host}: matches no mx: pattern of the served policy (mx1.example.com, *.mx.example.com): senders enforcing it refuse this MX; fix: list {host} under domains.example.com.mx in policies/mta_sts.yaml (then publish the new id below), or point the MX at a host the policy names")
+            format!("problem  MX {host}: matches no mx: pattern of the served policy (mx1.example.com, *.mx.example.com): senders enforcing it refuse this MX; fix: list {host} under domains.example.com.mx in policies/mta_sts.yaml (then publish the policy's new id: run this check again to get the record), or point the MX at a host the policy names")
         );
     }
     let none = lines(&check_mx(

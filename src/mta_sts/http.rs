@@ -104,16 +104,18 @@ pub fn report_answer(outcome: &Outcome) -> Answer {
 }
 
 /// Answers `method path` for `host` (`None` when the request named no host): the policy
-/// for a known host at [`WELL_KNOWN_PATH`], 405 for anything but GET, 404 otherwise.
+/// for a known host at [`WELL_KNOWN_PATH`], 404 for any other path or host, 405 for
+/// anything but GET at the policy path.
 pub fn answer(method: &str, path: &str, host: Option<&str>, served: &Served) -> Answer {
+    // The path first: a reporter POSTing to a mistyped path is told the path is wrong.
+    if path != WELL_KNOWN_PATH {
+        return Answer::error(404, "not found");
+    }
     if method != "GET" {
         return Answer {
             allow: Some("GET"),
             ..Answer::error(405, "method not allowed")
         };
-    }
-    if path != WELL_KNOWN_PATH {
-        return Answer::error(404, "not found");
     }
     match host.map(host_name).and_then(|h| served.by_host.get(&h)) {
         Some(text) => Answer {

@@ -91,7 +91,13 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| TlsError::Key {
         path: cert.to_path_buf(),
-        message: e.to_string(),
+        message: match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "the key {} is not this certificate's key: install the key the certificate was issued for",
+                key.display()
+            ),
+            e => e.to_string(),
+        },
     })
 }
 
