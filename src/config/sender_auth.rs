@@ -212,3 +212,86 @@ pub(super) fn apply(p: &mut MailFlowPolicy, def: &PolicyDef, e: &mut FileErrors<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{config_dir, errors, loaded};
+    use super::super::Overrides;
+    use crate::policy::sender_auth::{SpfMode, SpfStage};
+    use crate::smtp::reply::Enhanced;
+
+    fn with_flow(flow: &str) -> tempfile::TempDir {
+        config_dir(&[("policies/mail_flow.yaml", Some(flow))])
+    }
+
+    #[test]
+    fn keys_inherit_and_default_to_off() {
+        let d = with_flow(
+            "default:
+  sender_dns_verification:
+    not_exist: {code: 450, text: Unknown sender domain}
+    exceptions: [Lab.test, \"@partner.test\"]
+  spf: tag
+policies:
+  ACCEPTED: {action: accept}
+  BLOCKED: {action: reject, sender_dns_verification: \"off\", spf: \"off\"}
+  RELAYED: {action: relay, spf: reject_fail, spf_reject_softfail: true, spf_at: rcpt}
+",
+        );
+        let c = loaded(&d, &Overrides::default());
+        let a = &c.policies["ACCEPTED"];
+        let v = a.sender_dns_verification.as_ref().unwrap();
+        assert_eq!(
+            (v.not_exist.code, v.not_exist.enhanced, &*v.not_exist.text),
+            (450, Some(Enhanced(4, 1, 8)), "Unknown sender domain")
+        );
+        assert_eq!(v.malformed.code, 553);
+        assert_eq!(*v.exceptions, ["lab.test", "@partner.test"]);
+        assert_eq!(a.spf.mode, SpfMode::Tag);
+        let b = &c.policies["BLOCKED"];
+        assert_eq!(
+            (b.sender_dns_verification.is_none(), b.spf.mode),
+            (true, SpfMode::Off)
+        );
+        let r = &c.policies["RELAYED"];
+        assert_eq!(
+            (r.spf.mode, r.spf.reject_softfail, r.spf.at),
+            (SpfMode::RejectFail, true, SpfStage::Rcpt)
+        );
+        // Without the keys: today's behaviour.
+        let d = with_flow("policies:\n  ACCEPTED: {action: accept}\n  BLOCKED: {action: reject}\n  RELAYED: {action: relay}\n");
+        let c = loaded(&d, &Overrides::default());
+        let a = &c.policies["ACCEPTED"];
+        assert_eq!(
+            (a.sender_dns_verification.is_none(), a.spf.mode),
+            (true, SpfMode::Off)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let d = with_flow(
+            "policies:
+  ACCEPTED:
+    sender_dns_verification:
+      unresolvable: {code: 550}
+      exceptions: [\"not an address\"]
+    spf: strict
+    spf_at: end
+  BLOCKED: {action: reject, sender_dns_verification: maybe}
+  RELAYED: {action: relay}
+",
+        );
+        let e = errors(&d, &Overrides::default());
+        let text = e.join("\n");
+        for want in [
+            "policies/mail_flow.yaml:4:28: policies.ACCEPTED.sender_dns_verification.unresolvable.code: must be 4xx",
+            "policies.ACCEPTED.sender_dns_verification.exceptions[0]",
+            "policies.ACCEPTED.spf: \"strict\": write off, tag or reject_fail",
+            "policies.ACCEPTED.spf_at: \"end\": write mail, rcpt or data",
+            "policies.BLOCKED.sender_dns_verification: \"maybe\": write on or off",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+}
