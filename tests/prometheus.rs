@@ -794,7 +794,6 @@ fn metrics_source() -> String {
         "src/metrics/validation.rs",
         "src/metrics/tlsrpt.rs",
         "src/metrics/sender_org.rs",
-        "src/metrics/sender_auth.rs",
     ]
     .iter()
     .map(|f| read(f))
