@@ -820,6 +820,7 @@ transcript_tests! {
     t49_dhap_counts_validation => "49_dhap_counts_validation.txt",
     t50_tlsrpt_report_address => "50_tlsrpt_report_address.txt",
     t51_sender_auth_pipelined => "51_sender_auth_pipelined.txt",
+    t52_spf_at_data => "52_spf_at_data.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 
