@@ -18,6 +18,8 @@
 //! - [`metrics`]: Prometheus names, the recorder, `/metrics`, `/health` and `/ready`.
 //! - [`mta_sts`]: the MTA-STS policy endpoint (RFC 8461) — policy text and id, HTTPS server.
 //! - [`tlsrpt`]: TLS-RPT (RFC 8460) reports from senders — decode, validate, store, count.
+//! - [`dnscheck`]: `mxgate dns check` — the domain's MTA-STS, TLS-RPT, MX and TLSA records
+//!   against what mxgate serves; the DANE and MTA-STS gauges reuse its checks.
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub(crate) mod dns;
+pub mod dnscheck;
 pub mod envelope;
 pub mod mail_log;
 pub mod metrics;

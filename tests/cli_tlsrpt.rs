@@ -189,3 +189,76 @@ fn tlsrpt_list_on_an_empty_spool_says_so() {
         )
     );
 }
+
+/// Reports are anyone's text: terminal sequences in them reach the admin's terminal escaped;
+/// a second report under a stored report's id but with other content (a stranger's fake sent
+/// first) is stored beside it, and `show` prints both.
+#[test]
+fn hostile_text_is_escaped_and_a_fake_cannot_preempt_a_report() {
+    let spool = spool_with_two_reports();
+    let store = Store::new(spool.path());
+    let hostile = GOOGLE
+        .replace("Google Inc.", "\\u001b]0;pwned\\u0007\\u001b[2JGoogle Inc.")
+        .replace(
+            "\"policy-domain\":\"example.com\"",
+            "\"policy-domain\":\"\\u202eexample.com\"",
+        )
+        .replace("2026-12-01T00:00:00Z_example.com", "hostile-1");
+    let o = ingest(
+        hostile.as_bytes(),
+        "application/tlsrpt+json",
+        &store,
+        &PolicyDomains::default(),
+        NOW,
+    );
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    for args in [
+        &["tlsrpt", "list"][..],
+        &["tlsrpt", "show", "hostile-1"][..],
+    ] {
+        let out = run(args, spool.path());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\\u{1b}") || text.contains("\\u{202e}"),
+            "{text}"
+        );
+    }
+    // The same id as the Google report, other content: stored too, not a "duplicate".
+    let fake = GOOGLE.replace(
+        "\"total-successful-session-count\":812",
+        "\"total-successful-session-count\":1",
+    );
+    let o = ingest(
+        fake.as_bytes(),
+        "application/tlsrpt+json",
+        &store,
+        &PolicyDomains::default(),
+        NOW,
+    );
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    // The real one again, laid out differently: a duplicate.
+    let spaced = GOOGLE.replace(",", ", ");
+    let o = ingest(
+        spaced.as_bytes(),
+        "application/tlsrpt+json",
+        &store,
+        &PolicyDomains::default(),
+        NOW,
+    );
+    assert!(matches!(o, Outcome::Duplicate { .. }), "{o:?}");
+    let out = run(
+        &["tlsrpt", "show", "2026-12-01T00:00:00Z_example.com"],
+        spool.path(),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.matches("Report-ID:     2026-12-01T00:00:00Z_example.com")
+            .count(),
+        2,
+        "{text}"
+    );
+}

@@ -794,6 +794,7 @@ fn metrics_source() -> String {
         "src/metrics/validation.rs",
         "src/metrics/tlsrpt.rs",
         "src/metrics/sender_org.rs",
+        "src/metrics/dane.rs",
     ]
     .iter()
     .map(|f| read(f))
@@ -815,13 +816,15 @@ fn label_values(def: &str) -> Option<(String, String)> {
 /// this run names a block list; `tests/hardening.rs` checks the lookup counter against dnsmasq.
 /// No policy of this run sets `max_invalid_recipients_per_hour`; `tests/dhap.rs` checks the
 /// DHAP drop counter. No validation destination fails here; `tests/validation_e2e.rs` opens a
-/// breaker against a stopped internal server. No TLS-RPT report is ingested in this run yet (the
-/// mail and HTTPS intakes come later); src/tlsrpt/ingest.rs checks the counters' values.
+/// breaker against a stopped internal server. This run has no DNS server with TLSA and
+/// `_mta-sts` records; `tests/check_dns.rs` checks both self-check gauges against dnsmasq.
 const PANELS_WITHOUT_DATA: &[&str] = &[
     "Validation breakers open and trips",
     "Configuration reloads",
     "DNS block-list lookups",
     "DHAP drops by sender group",
+    "DANE: TLSA matches the served key",
+    "MTA-STS: published policy id is current",
 ];
 
 async fn check_dashboard(p: &Prometheus, metrics_addr: SocketAddr, failures: &mut Vec<String>) {

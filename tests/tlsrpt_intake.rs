@@ -261,14 +261,53 @@ fn mailed_and_posted_reports_move_the_metrics_by_their_session_counts() {
     assert_eq!(counts.reports("unknown", "too_large"), 1.0);
     assert_eq!(counts.all_sessions(), after);
 
-    // Two reports stored, private, under the spool.
+    // Another method on the intake's path: 405, and what it takes.
+    let got = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20", "--resolve"])
+        .arg(format!("mta-sts.example.com:{https}:127.0.0.1"))
+        .arg(format!("https://mta-sts.example.com:{https}/tlsrpt"))
+        .arg("--cacert")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&got.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 405") && head.contains("\r\nallow: post\r\n"),
+        "{head}"
+    );
+
+    // The report address in quoted form is the same mailbox: taken, not queued.
+    let third = file(
+        "third.json",
+        RFC_EXAMPLE.replace(RFC_ID, "quoted-1").as_bytes(),
+    );
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{smtp}"), "--timeout", "20"])
+        .args([
+            "--from",
+            "tlsrpt-noreply@company-x.example",
+            "--to",
+            "\"tlsrpt\"@reports.test",
+        ])
+        .args(["--attach-type", "application/tlsrpt+json", "--attach"])
+        .arg(format!("@{}", third.display()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        data_reply(&out),
+        "250 2.6.0 Ok: TLS report accepted",
+        "{out}"
+    );
+
+    // Three reports stored, private, under the spool.
     let dir = srv.spool().join("tlsrpt");
     let stored: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .collect();
-    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored.len(), 3, "{stored:?}");
 }
 
 /// `relay: true`: the report is taken and the mail still goes to the internal server, with

@@ -693,7 +693,7 @@ fn run_transcript(path: &Path) {
     };
     let intake = cfg.tlsrpt.clone().map(|t| {
         let dir = tempfile::tempdir().unwrap();
-        (mxgate::tlsrpt::intake::Intake::new(t, dir.path()), dir)
+        (mxgate::tlsrpt::intake::Intake::new(t, dir.path(), 0), dir)
     });
     // How the connection opened is decided before the driver runs (conn.rs).
     let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {

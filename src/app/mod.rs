@@ -1,6 +1,7 @@
 //! Wires listeners, spool, mail log and resolver together; owns start-up and shutdown.
 //! [`reload`] runs the started server: reload, certificate watching, signals.
 
+mod dane;
 mod mta_sts;
 pub mod reload;
 pub(crate) mod tls_files;
@@ -112,6 +113,8 @@ pub struct Running {
     /// Bound addresses of the MTA-STS policy endpoint (empty without `policies/mta_sts.yaml`).
     pub mta_sts_bound: Vec<SocketAddr>,
     mta_sts: Option<mta_sts::MtaStsEndpoint>,
+    /// The DNS self-check gauges' refresh task, when metrics are on.
+    dane: Option<dane::DaneRefresh>,
     /// The metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// `metrics.listen` as configured at start-up (a change needs a restart).
@@ -159,7 +162,11 @@ struct Shared {
 /// The TLS-RPT intake of `config` (`policies/tlsrpt.yaml`), storing under its spool.
 fn intake(config: &Config) -> Option<Arc<Intake>> {
     let settings = config.tlsrpt.clone()?;
-    Some(Arc::new(Intake::new(settings, &config.global.spool_dir)))
+    Some(Arc::new(Intake::new(
+        settings,
+        &config.global.spool_dir,
+        config.global.ready_min_free_space,
+    )))
 }
 
 /// Loads a listener's certificate (the demo one when none is configured) and builds its context.
@@ -275,6 +282,7 @@ impl Running {
         mta_sts::MtaStsEndpoint::apply(self.mta_sts.as_ref(), config, &self.mail_log, |w| {
             self.warn(w)
         })?;
+        dane::DaneRefresh::apply(self.dane.as_ref(), config, &resolver);
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
@@ -471,6 +479,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     if config.mta_sts.is_none() {
         mta_sts::announce_tlsrpt(config, &mail_log);
     }
+    let dane = dane::DaneRefresh::start(config, &shared.resolver, &stop_rx, &mut tasks);
     // Listeners are bound and the spool is open: ready for traffic.
     ready.set(true);
     for (name, addr) in &bound {
@@ -488,6 +497,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             .map(|m| m.bound.clone())
             .unwrap_or_default(),
         mta_sts,
+        dane,
         metrics_addr,
         metrics_listen: config.global.metrics_listen,
         ready,

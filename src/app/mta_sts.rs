@@ -124,7 +124,11 @@ pub(crate) fn announce_tlsrpt(config: &Config, log: &MailLog) {
 /// The HTTPS report intake of `config`: when `policies/tlsrpt.yaml` sets `https_path`.
 fn https_intake(config: &Config) -> Option<Arc<Intake>> {
     let settings = config.tlsrpt.clone().filter(|t| t.https_path.is_some())?;
-    Some(Arc::new(Intake::new(settings, &config.global.spool_dir)))
+    Some(Arc::new(Intake::new(
+        settings,
+        &config.global.spool_dir,
+        config.global.ready_min_free_space,
+    )))
 }
 
 /// Logs each domain's policy id and the TXT record to publish for it, and the TLS-RPT

@@ -2,9 +2,10 @@
 //! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
 //! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket),
 //! `recipients` (`recipients check`, `recipients cache list|flush`), `tlsrpt` (`tlsrpt list|show`,
-//! the stored TLS-RPT reports); `certs` lives in the
+//! the stored TLS-RPT reports), `dns` (`dns check DOMAIN`, the DNS self-check); `certs` lives in the
 //! library (`mxgate::certs::cli`).
 
+mod dns;
 mod hat;
 mod queue;
 mod recipients;
@@ -74,6 +75,28 @@ enum Cmd {
     Tlsrpt {
         #[command(subcommand)]
         command: TlsrptCmd,
+    },
+    /// What senders find in DNS for a domain, checked against what mxgate serves.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCmd {
+    /// Look up DOMAIN's `_mta-sts` and `_smtp._tls` TXT, MX and `_25._tcp` TLSA records with the
+    /// configured resolvers (or --dns-resolver); one ok/problem line per check with its fix,
+    /// then the records to publish. Exits 1 when a problem was found.
+    Check {
+        /// The mail domain (e.g. example.com).
+        domain: String,
+        /// A certificate (PEM chain) to be served next: its TLSA record must already be
+        /// published at every MX host it names (repeatable).
+        #[arg(long, value_name = "FILE")]
+        next_cert: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -406,6 +429,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Queue { command } => queue::queue_command(command),
         Cmd::Recipients { command } => recipients::recipients_command(command),
         Cmd::Tlsrpt { command } => tlsrpt::tlsrpt_command(command),
+        Cmd::Dns { command } => dns::dns_command(command),
         Cmd::Reload(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));

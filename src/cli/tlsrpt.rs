@@ -24,7 +24,7 @@ pub(super) fn tlsrpt_command(cmd: TlsrptCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         TlsrptCmd::List(_) => {
             let (reports, bad) = store.list()?;
-            print!("{}", render_list(&reports));
+            print!("{}", terminal_safe(&render_list(&reports)));
             println!("{} report(s) in {}", reports.len(), store.dir().display());
             for b in bad {
                 eprintln!(
@@ -34,20 +34,33 @@ pub(super) fn tlsrpt_command(cmd: TlsrptCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TlsrptCmd::Show { report_id, .. } => match store.get(&report_id)? {
-            Some(r) => {
-                print!("{}", render_show(&r));
-                Ok(ExitCode::SUCCESS)
-            }
-            None => {
+        TlsrptCmd::Show { report_id, .. } => {
+            let found = store.get(&report_id)?;
+            if found.is_empty() {
                 eprintln!(
                     "mxgate: no report {report_id:?} in {}",
                     store.dir().display()
                 );
-                Ok(ExitCode::from(1))
+                return Ok(ExitCode::from(1));
             }
-        },
+            // Several reports under one id: different content (one may be forged).
+            let shown: Vec<String> = found.iter().map(render_show).collect();
+            print!("{}", terminal_safe(&shown.join("\n")));
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Reports are anyone's text: every character that could drive the terminal (ESC, ...) or
+/// hide what is printed (bidirectional overrides) is shown escaped, `\u{1b}`.
+fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\n".to_string(),
+            c if mxgate::mail_log::is_unsafe(c) => format!("\\u{{{:x}}}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.

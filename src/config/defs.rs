@@ -137,6 +137,10 @@ pub(crate) struct DnsDef {
     /// A hosts file (e.g. `/etc/hosts`) answering reverse DNS before the servers; default none.
     #[serde(default)]
     pub hosts_file: Option<SpannedStr>,
+    /// How often the running server re-reads the TLSA and `_mta-sts` records behind the
+    /// DANE and MTA-STS gauges (default `1h`, `0` = never).
+    #[serde(default)]
+    pub self_check_interval: Option<SpannedStr>,
 }
 
 /// `metrics:` in `mxgate.yaml`.

@@ -187,6 +187,13 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         "dns.timeout",
         e,
     );
+    let self_check_interval = duration(
+        &dns.and_then(|x| x.self_check_interval.clone()),
+        Duration::from_secs(3600),
+        true,
+        "dns.self_check_interval",
+        e,
+    );
     let hosts_file = match dns.and_then(|x| x.hosts_file.as_ref()) {
         Some(h) if h.value.trim().is_empty() => {
             e.on(h, "dns.hosts_file", "path is empty");
@@ -312,6 +319,7 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
             resolvers: o.dns_resolvers.clone().unwrap_or(resolvers),
             timeout: dns_timeout,
             hosts_file,
+            self_check_interval,
         },
         certs_dir: o.certs_dir.clone().unwrap_or(certs_dir),
         shutdown_grace,

@@ -129,6 +129,8 @@ pub struct DnsSettings {
     pub timeout: Duration,
     /// Hosts file answering before the servers (`dns.hosts_file`); `None` = no hosts file.
     pub hosts_file: Option<PathBuf>,
+    /// How often the DANE and MTA-STS gauges are refreshed from DNS; zero = never.
+    pub self_check_interval: Duration,
 }
 
 /// Settings from the global file (`mxgate.yaml`).

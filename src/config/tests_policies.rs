@@ -341,7 +341,7 @@ fn global_file_values() {
     let global = "\
 spool_dir: queue
 mail_log: {target: log/mail.log, format: json}
-dns: {resolvers: [\"192.0.2.53\", \"[2001:db8::53]:5353\", \"2001:db8::54\"], timeout: 2s}
+dns: {resolvers: [\"192.0.2.53\", \"[2001:db8::53]:5353\", \"2001:db8::54\"], timeout: 2s, self_check_interval: 10m}
 shutdown_grace: 0
 metrics: {listen: null}
 ";
@@ -359,18 +359,21 @@ metrics: {listen: null}
         ["192.0.2.53:53", "[2001:db8::53]:5353", "[2001:db8::54]:53"]
     );
     assert_eq!(g.dns.timeout, Duration::from_secs(2));
+    assert_eq!(g.dns.self_check_interval, Duration::from_secs(600));
     assert_eq!(g.shutdown_grace, Duration::ZERO);
     assert_eq!(g.metrics_listen, None);
     // An empty global file is all defaults; unknown keys are refused.
     let d = config_dir(&[("mxgate.yaml", Some("# defaults\n"))]);
+    let defaults = loaded(&d, &Overrides::default()).global;
     assert_eq!(
-        loaded(&d, &Overrides::default()).global.metrics_listen,
+        defaults.metrics_listen,
         Some("127.0.0.1:9187".parse().unwrap())
     );
+    assert_eq!(defaults.dns.self_check_interval, Duration::from_secs(3600));
     let d = config_dir(&[("mxgate.yaml", Some("dns:\n  resolver: [\"192.0.2.53\"]\n"))]);
     assert_eq!(
         errors(&d, &Overrides::default()),
-        ["mxgate.yaml:2:3: unknown key `resolver`, expected one of resolvers, timeout, hosts_file"]
+        ["mxgate.yaml:2:3: unknown key `resolver`, expected one of resolvers, timeout, hosts_file, self_check_interval"]
     );
 }
 

@@ -1,6 +1,7 @@
 //! Reverse DNS with forward confirmation (FCrDNS) for HAT matching, on hickory-resolver; also
 //! the plain A lookups of DNS block lists ([`crate::dns::dnsbl`]) and the MX and A/AAAA lookups
-//! of `mx_lookup` routes ([`crate::relay::mx`]), on the same resolver.
+//! of `mx_lookup` routes ([`crate::relay::mx`]), and the TXT and TLSA lookups of the DNS
+//! self-check ([`records`]), on the same resolver.
 //!
 //! Only the configured servers answer: the library's hosts-file answers are off, and names it
 //! would answer by itself (`localhost`, the PTR of 127/8 and ::1) are asked of the servers
@@ -9,6 +10,7 @@
 pub(crate) mod dnsbl;
 pub(crate) mod hosts;
 pub(crate) mod name;
+pub(crate) mod records;
 
 #[cfg(test)]
 use std::net::SocketAddr;
@@ -214,6 +216,7 @@ impl ReverseResolver {
             resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             timeout: Duration::from_secs(1),
             hosts_file: None,
+            self_check_interval: Duration::ZERO,
         })
         .expect("resolver on 127.0.0.1:53")
     }

@@ -408,7 +408,7 @@ impl Event {
     /// internal server sent, control characters become spaces: one event, one line.
     pub fn text(&self) -> String {
         let t = self.raw_text();
-        if t.contains(char::is_control) {
+        if t.contains(is_unsafe) {
             printable(&t)
         } else {
             t
@@ -565,11 +565,25 @@ fn rid_list(rids: &[u32]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-/// Keeps log lines one line each whatever a peer sent: control characters become spaces.
+/// Keeps log lines one line each whatever a peer sent: control characters, line and
+/// paragraph separators and bidirectional overrides (which make a viewer show text other
+/// than what is there) become spaces.
 pub fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if is_unsafe(c) { ' ' } else { c })
         .collect()
+}
+
+/// A character that must not reach a log line or a terminal as it is: a control character
+/// (ESC starts terminal sequences), U+2028/U+2029, or a bidirectional format character.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// [`printable`], for a value the line puts in single quotes (a header).

@@ -4,7 +4,7 @@ mod event;
 mod render;
 mod writer;
 
-pub use event::{printable, Event, Level, ReceivingFailure};
+pub use event::{is_unsafe, printable, Event, Level, ReceivingFailure};
 pub use render::{render, timestamp};
 pub use writer::{MailLog, MailLogError};
 

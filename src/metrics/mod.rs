@@ -4,6 +4,7 @@
 //! What `/ready` checks (start-up, spool free space, failed spool writes) lives in the
 //! `ready` submodule and is re-exported here.
 
+pub(crate) mod dane;
 mod ready;
 pub(crate) mod sender_auth;
 pub mod sender_org;
@@ -179,6 +180,7 @@ fn describe() {
     validation::describe();
     sender_auth::describe();
     tlsrpt::describe();
+    dane::describe();
 }
 
 /// How long a response of the metrics endpoint may take to write.

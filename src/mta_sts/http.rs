@@ -37,6 +37,8 @@ pub struct Answer {
     pub content_type: &'static str,
     /// Body.
     pub body: String,
+    /// `Allow` of a 405: the methods the path takes.
+    pub allow: Option<&'static str>,
 }
 
 impl Answer {
@@ -45,6 +47,7 @@ impl Answer {
             status,
             content_type: "text/plain",
             body: format!("{text}\r\n"),
+            allow: None,
         }
     }
 }
@@ -64,6 +67,8 @@ fn host_name(host: &str) -> String {
 pub enum Route {
     /// A TLS-RPT report POST to the intake's path: read the body, then [`report_answer`].
     Report,
+    /// Another method on the intake's path: 405, `Allow: POST`.
+    ReportMethod,
     /// Anything else: [`answer`].
     Policy,
 }
@@ -71,8 +76,17 @@ pub enum Route {
 /// Routes `method path`; `report_path` is the intake's `https_path`, if any.
 pub fn route(method: &str, path: &str, report_path: Option<&str>) -> Route {
     match report_path {
-        Some(p) if method == "POST" && path == p => Route::Report,
+        Some(p) if path == p && method == "POST" => Route::Report,
+        Some(p) if path == p => Route::ReportMethod,
         _ => Route::Policy,
+    }
+}
+
+/// The answer to another method on the intake's path.
+pub fn report_method_answer() -> Answer {
+    Answer {
+        allow: Some("POST"),
+        ..Answer::error(405, "method not allowed: POST a report here")
     }
 }
 
@@ -93,7 +107,10 @@ pub fn report_answer(outcome: &Outcome) -> Answer {
 /// for a known host at [`WELL_KNOWN_PATH`], 405 for anything but GET, 404 otherwise.
 pub fn answer(method: &str, path: &str, host: Option<&str>, served: &Served) -> Answer {
     if method != "GET" {
-        return Answer::error(405, "method not allowed");
+        return Answer {
+            allow: Some("GET"),
+            ..Answer::error(405, "method not allowed")
+        };
     }
     if path != WELL_KNOWN_PATH {
         return Answer::error(404, "not found");
@@ -103,6 +120,7 @@ pub fn answer(method: &str, path: &str, host: Option<&str>, served: &Served) -> 
             status: 200,
             content_type: "text/plain",
             body: text.clone(),
+            allow: None,
         },
         None => Answer::error(404, "no MTA-STS policy for this host"),
     }

@@ -4,6 +4,7 @@
 //! the intake ([`super::http::report_answer`]).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +18,19 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::http::{answer, report_answer, route, Answer, Route, Served};
+use super::http::{answer, report_answer, report_method_answer, route, Answer, Route, Served};
 use crate::mail_log::{Event, MailLog};
 use crate::tlsrpt::ingest::{refused, Outcome};
 use crate::tlsrpt::intake::Intake;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one client (an IPv4 address, an IPv6 /64) holds at once; more are closed at
+/// once. A sender fetching a policy needs one: a few slow clients must not take the slots
+/// every other sender's first policy fetch needs (a failed fetch is a downgrade).
+const MAX_CONNECTIONS_PER_CLIENT: u32 = 8;
+/// Bound on reading a report POST's body once its head is in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a whole connection, handshake included: no slow client keeps a slot longer.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on reading the request head.
@@ -54,6 +61,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Clients::default();
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -78,13 +86,74 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let Some(client) = clients.take(peer.ip()) else {
+            tracing::debug!(
+                "mta-sts: {} holds {MAX_CONNECTIONS_PER_CLIENT} connections, closing another",
+                peer.ip()
+            );
+            continue;
+        };
         let acceptor = acceptor.clone();
         let endpoint = endpoint.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let _client = client;
             let conn = connection(stream, peer, acceptor, endpoint);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
+    }
+}
+
+/// Open connections per client key ([`client_key`]).
+#[derive(Clone, Default)]
+struct Clients(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>>);
+
+/// One connection's place in [`Clients`], given back when dropped.
+struct ClientSlot {
+    clients: Clients,
+    key: IpAddr,
+}
+
+impl Clients {
+    /// A place for a connection from `ip`, unless its client holds the maximum.
+    fn take(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let key = client_key(ip);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.clients.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Who a connection counts for: an IPv4 address, or an IPv6 /64 (one host has a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -137,6 +206,7 @@ async fn respond(
             });
             report_answer(&outcome)
         }
+        (Route::ReportMethod, _) => report_method_answer(),
         _ => {
             let host = req
                 .uri()
@@ -163,10 +233,14 @@ async fn report(req: Request<Incoming>, intake: Arc<Intake>) -> Outcome {
     if declared.is_some_and(|n| n > MAX_REPORT_BODY) {
         return refused(Outcome::TooLarge);
     }
-    let body = match Limited::new(req.into_body(), MAX_REPORT_BODY)
-        .collect()
-        .await
-    {
+    let read = Limited::new(req.into_body(), MAX_REPORT_BODY).collect();
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
+        return refused(Outcome::Malformed(format!(
+            "request body not received within {} s",
+            BODY_TIMEOUT.as_secs()
+        )));
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return refused(Outcome::TooLarge),
         // The client went away, or sent a body hyper could not frame.
@@ -188,11 +262,35 @@ fn http_response(a: Answer) -> Response<Full<Bytes>> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(a.content_type),
     );
-    if a.status == 405 {
+    if let Some(allow) = a.allow {
         headers.insert(
             hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET"),
+            hyper::header::HeaderValue::from_static(allow),
         );
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_its_share_and_gets_it_back() {
+        let c = Clients::default();
+        let ip: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_CLIENT)
+            .map(|i| c.take(if i % 2 == 0 { ip } else { same_64 }).unwrap())
+            .collect();
+        assert!(c.take(ip).is_none() && c.take(same_64).is_none());
+        assert!(c.take("2001:db8:1:3::1".parse().unwrap()).is_some());
+        assert!(c.take("192.0.2.1".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(c.take(ip).is_some());
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+    }
 }

@@ -7,7 +7,7 @@ use super::decode::{decode, DecodeError, Limits};
 use super::domains::PolicyDomains;
 use super::report::Report;
 use super::reporter::{reporter, UNKNOWN};
-use super::store::{Store, Stored};
+use super::store::{dedup_key, Store, Stored};
 
 /// What became of one report body.
 #[derive(Debug)]
@@ -118,7 +118,7 @@ fn classify(body: &[u8], content_type: &str, store: &Store, now: i64) -> (Outcom
         Err(e) => return (Outcome::Malformed(e.to_string()), organisation_of(&json)),
     };
     let who = reporter(&report.organization_name);
-    let outcome = match store.put(&report.report_id, &json) {
+    let outcome = match store.put(&dedup_key(&report, &json), &json) {
         Ok(Stored::New) => Outcome::Accepted {
             report: Box::new(report),
         },

@@ -19,14 +19,21 @@ pub const MAX_REPORT_MAIL: usize = 2 << 20;
 pub struct Intake {
     settings: Arc<TlsRptSettings>,
     store: Store,
+    spool_dir: std::path::PathBuf,
+    /// `ready_min_free_space`: below it, reports are refused for now (the spool's room is
+    /// for mail).
+    min_free: u64,
 }
 
 impl Intake {
-    /// The intake of `settings`, storing under `spool_dir`.
-    pub fn new(settings: Arc<TlsRptSettings>, spool_dir: &Path) -> Intake {
+    /// The intake of `settings`, storing under `spool_dir` while it has `min_free` bytes
+    /// free.
+    pub fn new(settings: Arc<TlsRptSettings>, spool_dir: &Path, min_free: u64) -> Intake {
         Intake {
             settings,
             store: Store::new(spool_dir),
+            spool_dir: spool_dir.to_path_buf(),
+            min_free,
         }
     }
 
@@ -58,6 +65,14 @@ impl Intake {
     }
 
     fn body(&self, body: &[u8], content_type: &str, now: i64) -> Outcome {
+        if let Ok(free) = crate::metrics::free_space(&self.spool_dir) {
+            if free.bytes < self.min_free {
+                return refused(Outcome::StoreFailed(format!(
+                    "the spool has {} bytes free, below ready_min_free_space",
+                    free.bytes
+                )));
+            }
+        }
         let outcome = ingest(body, content_type, &self.store, &self.settings.domains, now);
         if let Outcome::Accepted { .. } = outcome {
             if let Err(e) = self

@@ -1,6 +1,8 @@
-//! Accepted reports on disk: `SPOOL/tlsrpt/<sha256(report-id)>.json`, one file per report,
-//! the JSON as received (decompressed). The name is a digest because a report-id is the
-//! reporter's free text. Each file is written to a tmp file, fsynced, then hard-linked to its
+//! Accepted reports on disk: `SPOOL/tlsrpt/<sha256(key)>.json`, one file per report, the
+//! JSON as received (decompressed). The key ([`dedup_key`]) is the report-id *and* a digest
+//! of the report's content: report-ids are predictable (Google's are a date and the domain),
+//! so a stranger who sent a fake report under a real one's id first must not make the real
+//! one a "duplicate". The name is a digest because a report-id is the reporter's free text. Each file is written to a tmp file, fsynced, then hard-linked to its
 //! name — the link fails if the name exists, so two copies of one report arriving at once
 //! store one file — and the directory fsynced. Files 0600 in a 0700 directory: reports name
 //! the sending MTAs' addresses.
@@ -69,26 +71,25 @@ impl Store {
         &self.dir
     }
 
-    /// The file a report-id is stored in.
-    pub fn path_of(&self, report_id: &str) -> PathBuf {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, report_id.as_bytes());
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{hex}.json"))
+    /// The file the report of `key` ([`dedup_key`]) is stored in.
+    pub fn path_of(&self, key: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.json", sha256_hex(key.as_bytes())))
     }
 
-    /// Whether a report with this id is stored.
-    pub fn contains(&self, report_id: &str) -> bool {
-        self.path_of(report_id).exists()
+    /// Whether the report of `key` is stored.
+    pub fn contains(&self, key: &str) -> bool {
+        self.path_of(key).exists()
     }
 
-    /// Stores `json` (the validated report's bytes) under `report_id` durably, unless a
-    /// report with that id is stored already.
-    pub fn put(&self, report_id: &str, json: &[u8]) -> Result<Stored, StoreError> {
+    /// Stores `json` (the validated report's bytes) under `key` ([`dedup_key`]) durably,
+    /// unless it is stored already.
+    pub fn put(&self, key: &str, json: &[u8]) -> Result<Stored, StoreError> {
         let io_err = |p: &Path| {
             let p = p.to_owned();
             move |source| StoreError::Io { path: p, source }
         };
-        let path = self.path_of(report_id);
+        let path = self.path_of(key);
         if path.exists() {
             return Ok(Stored::Duplicate);
         }
@@ -130,16 +131,14 @@ impl Store {
         Ok(Stored::New)
     }
 
-    /// Reads one stored report by its report-id; `None` when it is not stored.
-    pub fn get(&self, report_id: &str) -> Result<Option<StoredReport>, StoreError> {
-        let path = self.path_of(report_id);
-        match read(&path) {
-            Ok(r) => Ok(r),
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// The stored reports with this report-id (usually one; more when reports with the same
+    /// id but other content arrived).
+    pub fn get(&self, report_id: &str) -> Result<Vec<StoredReport>, StoreError> {
+        let (all, _) = self.list()?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.report.report_id == report_id)
+            .collect())
     }
 
     /// Removes the oldest stored reports (by the time they were stored) until at most
@@ -156,8 +155,20 @@ impl Store {
                 })
             }
         };
+        let now = std::time::SystemTime::now();
+        let entries: Vec<_> = entries.flatten().collect();
+        // Tmp files a crash left behind (a live write takes milliseconds).
+        for e in &entries {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default().as_secs() > 600);
+            if e.file_name().to_string_lossy().starts_with(".tmp.") && stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-            .flatten()
+            .iter()
             .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
@@ -220,6 +231,23 @@ impl Store {
     }
 }
 
+/// Lower-case hex SHA-256.
+fn sha256_hex(data: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The de-duplication key of a report: its report-id and a digest of its content with the
+/// JSON's own layout (spacing, member order) taken out, so the same report mailed and POSTed
+/// (RFC 8460 asks reporters to use every `rua=`) is one report.
+pub fn dedup_key(report: &Report, json: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| serde_json::to_vec(&v).ok())
+        .unwrap_or_else(|| json.to_vec());
+    format!("{}\0{}", report.report_id, sha256_hex(&canonical))
+}
+
 /// One file read and parsed; `Ok(None)` when it is not a valid report.
 fn read(path: &Path) -> Result<Option<StoredReport>, StoreError> {
     let io_err = |source| StoreError::Io {
@@ -254,7 +282,7 @@ mod tests {
     fn a_report_is_stored_once_private_and_read_back() {
         let spool = tempfile::tempdir().unwrap();
         let s = Store::new(spool.path());
-        assert!(s.get(ID).unwrap().is_none());
+        assert!(s.get(ID).unwrap().is_empty());
         assert_eq!(s.list().unwrap().0.len(), 0);
         assert_eq!(s.put(ID, RFC_EXAMPLE.as_bytes()).unwrap(), Stored::New);
         assert_eq!(
@@ -277,7 +305,7 @@ mod tests {
         // One file, no tmp file left.
         let names: Vec<_> = fs::read_dir(s.dir()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        let got = s.get(ID).unwrap().unwrap();
+        let got = s.get(ID).unwrap().remove(0);
         assert_eq!(got.report.report_id, ID);
         assert!(got.stored_at > 0);
         let (all, bad) = s.list().unwrap();

@@ -1,4 +1,5 @@
-//! dnsmasq serving test zones on a free loopback port (reverse DNS, block lists, MX records).
+//! dnsmasq serving test zones on a free loopback port (reverse DNS, block lists, MX, TXT and
+//! TLSA records). [`txt_record`] and [`tlsa_record`] build the options of the last two.
 
 #![allow(dead_code)]
 
@@ -10,7 +11,8 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     /// Starts dnsmasq with `zone_args` (`--local=…`, `--address=…`, `--ptr-record=…`,
-    /// `--mx-host=…`); `None` (after printing `SKIP:`) when dnsmasq is missing outside CI.
+    /// `--mx-host=…`, `--txt-record=…`, `--dns-rr=…`); `None` (after printing `SKIP:`) when
+    /// dnsmasq is missing outside CI.
     pub fn start(zone_args: &[&str]) -> Option<Dnsmasq> {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
@@ -68,4 +70,25 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `--txt-record=NAME,TEXT`: one TXT record of one string. dnsmasq starts a new string at
+/// each comma, so TEXT must have none (a reader joins the strings of a record anyway).
+pub fn txt_record(name: &str, text: &str) -> String {
+    assert!(
+        !text.contains(','),
+        "dnsmasq would split {text:?} at its commas"
+    );
+    format!("--txt-record={name},{text}")
+}
+
+/// `--dns-rr=NAME,52,HEX`: a TLSA record (RFC 6698 wire format: usage, selector, matching
+/// type, association data), which dnsmasq serves as an opaque record of type 52.
+pub fn tlsa_record(name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> String {
+    let hex: String = [usage, selector, matching]
+        .iter()
+        .chain(data)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("--dns-rr={name},52,{hex}")
 }

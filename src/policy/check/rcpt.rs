@@ -199,7 +199,9 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
             LimitKind::RecipientsPerMessage,
         )
     };
-    if ctx.reports.is_some_and(|r| r.is_report_address(ctx.addr)) {
+    // Unquoted: `"tlsrpt"@example.com` is the same mailbox (RFC 5321 §4.1.2).
+    let unquoted = format!("{}@{}", ctx.to.local, ctx.to.domain);
+    if ctx.reports.is_some_and(|r| r.is_report_address(&unquoted)) {
         // Our own published address: the RAT and the internal server need not know it.
         if per_msg.is_exceeded_by(ctx.accepted + 1) {
             return Err(over_per_msg());
@@ -326,6 +328,10 @@ mod tests {
         let ok = ((250, "2.1.5".to_string(), "permit"), true);
         assert_eq!(run("<tlsrpt@reports.example>", 0, true, true, false), ok);
         assert_eq!(run("<TLSRPT@Reports.Example>", 1, true, true, false), ok);
+        assert_eq!(
+            run("<\"tlsrpt\"@reports.example>", 1, true, true, false),
+            ok
+        );
         assert_eq!(
             run("<tlsrpt@reports.example>", 0, true, false, false),
             ((550, "5.7.1".to_string(), "rat"), false)
