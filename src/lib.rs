@@ -8,6 +8,7 @@
 //! - [`app`]: starts listeners, spool, queue and metrics from a config; reload, signals, shutdown.
 //! - [`net`]: I/O edge — accept loops, the connection driver, TLS, PROXY protocol.
 //! - `dns`: reverse DNS (FCrDNS), block lists, MX/address lookups, the one host-name syntax.
+//! - [`auth`]: sender authentication lookups — envelope-sender DNS verification, SPF.
 //! - [`policy`]: pure decisions — HAT sender groups, mail-flow policies, RAT, per-IP limits.
 //! - [`smtp`]: sans-IO SMTP — framing, commands, addresses, DATA reader, replies, the session.
 //! - [`envelope`]: the [`envelope::Envelope`] of a received message (everything but the body).
@@ -28,6 +29,7 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub(crate) mod dns;

@@ -11,6 +11,12 @@
 //!   `tempfail`, `breaker-opens` (a tempfail that opens the breaker) or `breaker-open`. A
 //!   lookup of an address without one fails the test; each lookup adds the log line
 //!   `(lookup) ADDRESS`, so `!L: (lookup) ADDRESS` says it was never asked
+//! - `@sender ADDRESS dns=RESULT spf=RESULT` what sender authentication answers for the
+//!   envelope sender ADDRESS (`<>` for the null sender): `dns=` `pass`, `not_exist` or
+//!   `unresolvable` (an exception or a malformed sender is answered as the request says),
+//!   `spf=` `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror` or `permerror`. A
+//!   check asked for without an answer here fails the test; each request adds the log line
+//!   `(sender) ADDRESS`
 //! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
 //!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
@@ -46,6 +52,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use mxgate::auth::{
+    DnsCheck, DnsVerdict, SenderAnswer, SenderRequest, SpfIdentity, SpfOutcome, SpfVerdict,
+};
 use mxgate::config::{load, Overrides};
 use mxgate::envelope::Envelope;
 use mxgate::mail_log::Event;
@@ -194,6 +203,8 @@ struct Replay {
     bless: Option<Bless>,
     /// `@validate` answers by address.
     answers: std::collections::HashMap<String, String>,
+    /// `@sender` answers by address.
+    senders: std::collections::HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<Replay>>;
@@ -467,6 +478,60 @@ impl Backend for ScriptedBackend {
         intake.mail(message.as_deref(), 1_796_428_800)
     }
 
+    async fn verify_sender(&mut self, req: &SenderRequest) -> SenderAnswer {
+        let mut r = self.0.lock().unwrap();
+        let key = match req.from.as_str() {
+            "" => "<>".to_string(),
+            a => a.to_ascii_lowercase(),
+        };
+        r.logs.push(format!("(sender) {key}"));
+        let script = r.senders.get(&key).cloned().unwrap_or_default();
+        let word = |name: &str| {
+            script
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let dns = match &req.dns {
+            DnsCheck::Skip => None,
+            DnsCheck::Exempt => Some(DnsVerdict::Exempt),
+            DnsCheck::Malformed => Some(DnsVerdict::Malformed),
+            DnsCheck::Lookup(domain) => Some(match word("dns").as_deref() {
+                Some("pass") => DnsVerdict::Exists,
+                Some("not_exist") => DnsVerdict::NotExist(format!("{domain}: NXDOMAIN")),
+                Some("unresolvable") => DnsVerdict::Unresolvable(format!("{domain}: SERVFAIL")),
+                other => r.fail(0, format!("@sender {key}: dns={other:?} is no answer")),
+            }),
+        };
+        let spf = req.spf.then(|| {
+            let result = match word("spf").as_deref() {
+                Some("pass") => SpfVerdict::Pass,
+                Some("fail") => SpfVerdict::Fail,
+                Some("softfail") => SpfVerdict::SoftFail,
+                Some("neutral") => SpfVerdict::Neutral,
+                Some("none") => SpfVerdict::None,
+                Some("temperror") => SpfVerdict::TempError,
+                Some("permerror") => SpfVerdict::PermError,
+                other => r.fail(0, format!("@sender {key}: spf={other:?} is no answer")),
+            };
+            let (identity, address, domain) = match req.from.rsplit_once('@') {
+                Some((_, d)) => (SpfIdentity::MailFrom, req.from.clone(), d.to_string()),
+                None => (
+                    SpfIdentity::Helo,
+                    format!("postmaster@{}", req.helo),
+                    req.helo.clone(),
+                ),
+            };
+            SpfOutcome {
+                result,
+                identity,
+                address,
+                domain,
+            }
+        });
+        SenderAnswer { dns, spf }
+    }
+
     async fn validate(&mut self, req: &ValidationRequest) -> Checked {
         use mxgate::validate::breaker::Transition;
         use mxgate::validate::{Answer, TempFailCause, Verdict};
@@ -546,6 +611,7 @@ fn run_transcript(path: &Path) {
     let mut rdns = ReverseDns::Missing;
     let mut tls_available = true;
     let mut answers = std::collections::HashMap::new();
+    let mut senders = std::collections::HashMap::new();
     let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
@@ -564,6 +630,10 @@ fn run_transcript(path: &Path) {
                 }
             }
             "@tls-available" => tls_available = arg != "no",
+            "@sender" => {
+                let (addr, answer) = arg.split_once(' ').unwrap_or((arg, ""));
+                senders.insert(addr.to_ascii_lowercase(), answer.to_string());
+            }
             "@validate" => {
                 let (addr, answer) = arg.split_once(' ').unwrap_or((arg, ""));
                 answers.insert(addr.to_ascii_lowercase(), answer.to_string());
@@ -648,6 +718,7 @@ fn run_transcript(path: &Path) {
         force_close,
         bless: blessing().then(Bless::default),
         answers,
+        senders,
     }));
     let driver = Driver::new(
         Session::new(params),
@@ -748,6 +819,8 @@ transcript_tests! {
     t47_validation_list_ldap => "47_validation_list_ldap.txt",
     t49_dhap_counts_validation => "49_dhap_counts_validation.txt",
     t50_tlsrpt_report_address => "50_tlsrpt_report_address.txt",
+    t51_sender_auth_pipelined => "51_sender_auth_pipelined.txt",
+    t52_spf_at_data => "52_spf_at_data.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

@@ -213,6 +213,7 @@ fn build_context(
         queue: Some(shared.queue.clone()),
         validator: Some(shared.validator.clone()),
         tlsrpt: shared.tlsrpt.clone(),
+        sender_auth: crate::auth::SenderAuth::new(resolver),
     })
 }
 

@@ -298,6 +298,18 @@ pub(crate) struct PolicyDef {
     /// Wait before the greeting, refusing clients that talk first (`300ms`, `0`; at most 30s).
     #[serde(default)]
     pub pre_greet_pause: Option<SpannedStr>,
+    /// Envelope-sender DNS verification: `on`, `off`, or a map (docs/sender-auth.md).
+    #[serde(default)]
+    pub sender_dns_verification: Option<Spanned<crate::config::sender_auth::SenderDnsDef>>,
+    /// SPF: `off`, `tag` or `reject_fail`.
+    #[serde(default)]
+    pub spf: Option<SpannedStr>,
+    /// Refuse a `softfail` like a `fail` under `spf: reject_fail`: `true` or `false`.
+    #[serde(default)]
+    pub spf_reject_softfail: Option<SpannedStr>,
+    /// The stage that refuses an SPF failure: `mail`, `rcpt` or `data`.
+    #[serde(default)]
+    pub spf_at: Option<SpannedStr>,
 }
 
 /// A limit: a plain value (`10M`, `50`, `unlimited`) or a map that also sets the reply.

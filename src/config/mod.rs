@@ -13,6 +13,7 @@ pub mod outbound;
 mod policies;
 mod recover;
 mod routes;
+pub(crate) mod sender_auth;
 mod sender_orgs;
 mod tables;
 mod tlsrpt;

@@ -339,6 +339,7 @@ fn apply_policy(
             }
         }
     }
+    super::sender_auth::apply(&mut p, def, e, path);
     p
 }
 

@@ -221,6 +221,11 @@ impl ReverseResolver {
         .expect("resolver on 127.0.0.1:53")
     }
 
+    /// The hickory resolver (and its cache) behind this one, for mail-auth (`src/auth/`).
+    pub(crate) fn hickory(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     /// The per-lookup timeout (`dns.timeout`).
     pub fn timeout(&self) -> Duration {
         self.timeout

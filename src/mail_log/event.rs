@@ -109,6 +109,29 @@ pub enum Event {
         /// The address.
         rcpt: String,
     },
+    /// Envelope-sender DNS verification refused the sender (ESA's line).
+    SenderRejected {
+        /// Connection id.
+        icid: u64,
+        /// The envelope sender.
+        address: String,
+        /// Which of the three outcomes.
+        outcome: crate::policy::check::sender::SenderDnsOutcome,
+    },
+    /// The SPF result of a transaction (ESA's line: under the MID once the message has one,
+    /// under the ICID when the MAIL FROM was refused).
+    Spf {
+        /// Connection id.
+        icid: u64,
+        /// Message id, when the transaction opened.
+        mid: Option<u64>,
+        /// `mailfrom` or `helo`.
+        identity: crate::auth::SpfIdentity,
+        /// The identity as an address.
+        address: String,
+        /// The result.
+        result: crate::auth::SpfVerdict,
+    },
     /// MAIL FROM accepted: a message id starts.
     StartMid {
         /// Message id.
@@ -351,6 +374,8 @@ impl Event {
             Event::DhapDrop { .. } => "dhap_drop",
             Event::LdapAcceptRejected { .. } => "ldap_accept_rejected",
             Event::StartMid { .. } => "start_mid",
+            Event::SenderRejected { .. } => "sender_rejected",
+            Event::Spf { .. } => "spf",
             Event::From { .. } => "from",
             Event::To { .. } => "to",
             Event::MessageIdHeader { .. } => "message_id",
@@ -424,6 +449,23 @@ impl Event {
             Event::LdapAcceptRejected { icid, mid, rcpt } => format!("MID {mid} ICID {icid} To: <{rcpt}> Rejected by LDAPACCEPT"),
             Event::StartMid { mid, icid } => format!("Start MID {mid} ICID {icid}"),
             Event::From { mid, icid, from } => format!("MID {mid} ICID {icid} From: <{from}>"),
+            Event::SenderRejected { icid, address, outcome } => format!(
+                "ICID {icid} Address: <{}> sender rejected, {}",
+                printable(address),
+                outcome.esa_words()
+            ),
+            Event::Spf { icid, mid, identity, address, result } => {
+                let who = match mid {
+                    Some(mid) => format!("MID {mid}"),
+                    None => format!("ICID {icid}"),
+                };
+                format!(
+                    "{who} SPF: {} identity {} {}",
+                    identity.log_word(),
+                    printable(address),
+                    result.log_word()
+                )
+            }
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
             Event::MessageIdHeader { mid, message_id } => format!("MID {mid} Message-ID '{}'", sanitize(message_id)),
             Event::Subject { mid, subject } => format!("MID {mid} Subject '{}'", sanitize(subject)),

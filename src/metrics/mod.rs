@@ -6,6 +6,7 @@
 
 pub(crate) mod dane;
 mod ready;
+pub(crate) mod sender_auth;
 pub mod sender_org;
 pub(crate) mod tlsrpt;
 pub(crate) mod validation;
@@ -177,6 +178,7 @@ fn describe() {
     describe_counter!(REVERSE_DNS, "Reverse-DNS (iprev) results per connection");
     describe_gauge!(BUILD_INFO, "Build information");
     validation::describe();
+    sender_auth::describe();
     tlsrpt::describe();
     dane::describe();
 }
@@ -315,6 +317,10 @@ pub(crate) fn observe_inbound(e: &crate::mail_log::Event, l: &InboundLabels) {
             }
             Stage::Connect | Stage::Helo | Stage::Data => {}
         },
+        Event::SenderRejected { outcome, .. } => {
+            metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => outcome.label())
+                .increment(1);
+        }
         Event::ReceivingFailed { reason, .. } => {
             metrics::counter!(MESSAGES_REJECTED, "listener" => listener, "reason" => reason.label())
                 .increment(1);

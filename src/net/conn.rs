@@ -54,6 +54,8 @@ pub(crate) struct ListenerContext {
     pub validator: Option<Arc<crate::validate::service::Validator>>,
     /// The TLS-RPT intake of this configuration (`policies/tlsrpt.yaml`).
     pub tlsrpt: Option<Arc<crate::tlsrpt::intake::Intake>>,
+    /// Sender authentication (DNS verification, SPF) on the same resolver.
+    pub sender_auth: crate::auth::SenderAuth,
 }
 
 /// Handles one accepted TCP connection to the end.
@@ -410,6 +412,13 @@ impl Backend for SpoolBackend<'_> {
                 transition: None,
             },
         }
+    }
+
+    async fn verify_sender(
+        &mut self,
+        req: &crate::auth::SenderRequest,
+    ) -> crate::auth::SenderAnswer {
+        self.ctx.sender_auth.verify(req).await
     }
 
     async fn ingest_report(&mut self, message: Option<Vec<u8>>) -> crate::tlsrpt::ingest::Outcome {

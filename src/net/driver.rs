@@ -75,6 +75,12 @@ pub trait Backend: Send {
     /// Answers whether a recipient exists (cache, list, call-ahead or LDAP); the driver
     /// bounds it with the command timeout and shutdown.
     fn validate(&mut self, req: &ValidationRequest) -> impl Future<Output = Checked> + Send;
+    /// Authenticates an envelope sender (DNS verification, SPF: `src/auth/`); the driver
+    /// bounds it with the command timeout and shutdown.
+    fn verify_sender(
+        &mut self,
+        req: &crate::auth::SenderRequest,
+    ) -> impl Future<Output = crate::auth::SenderAnswer> + Send;
     /// Takes the TLS-RPT report out of a message to a report address (`None`: the message
     /// passed the intake's size limit).
     fn ingest_report(
@@ -197,6 +203,10 @@ impl<B: Backend> Driver<B> {
                         self.write_logs(&mut logs);
                         self.validate(req).await;
                     }
+                    Action::VerifySender(req) => {
+                        self.write_logs(&mut logs);
+                        self.verify_sender(req).await;
+                    }
                     Action::IngestReport(message) => {
                         self.write_logs(&mut logs);
                         let outcome = self.backend.ingest_report(message).await;
@@ -299,6 +309,23 @@ impl<B: Backend> Driver<B> {
             started.elapsed().as_secs_f64(),
         );
         self.session.recipient_validated(checked);
+    }
+
+    /// Runs a sender's authentication for the session, bounded like [`Driver::validate`];
+    /// no answer in time is a temporary failure of each lookup asked for.
+    async fn verify_sender(&mut self, req: crate::auth::SenderRequest) {
+        let until = (Instant::now() + self.timeouts.command).min(self.deadline);
+        let answer = tokio::select! {
+            r = tokio::time::timeout_at(until.into(), self.backend.verify_sender(&req)) => {
+                r.unwrap_or_else(|_| crate::auth::SenderAnswer::timed_out(&req))
+            }
+            _ = self.force_close.changed() => {
+                self.session.shutdown();
+                return;
+            }
+        };
+        metrics::sender_auth::observe(&self.labels, &answer);
+        self.session.sender_verified(answer);
     }
 
     async fn read<C: ClientStream>(&mut self, client: &mut C) -> ReadOutcome {

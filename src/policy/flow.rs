@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::config::model::ListenerKind;
+use crate::policy::sender_auth::{SenderDnsVerification, SpfPolicy};
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Pre-greet pause of a policy that sets none, on a public listener: long enough that a bot
@@ -184,6 +185,10 @@ pub struct MailFlowPolicy {
     /// How long to wait before the greeting, watching for a client that talks first;
     /// `None` = the listener kind's default (see `MailFlowPolicy::pre_greet_pause_on`).
     pub pre_greet_pause: Option<Duration>,
+    /// Envelope-sender DNS verification at `MAIL FROM`; `None` = off (docs/sender-auth.md).
+    pub sender_dns_verification: Option<SenderDnsVerification>,
+    /// SPF evaluation of the `MAIL FROM` (or HELO) identity.
+    pub spf: SpfPolicy,
 }
 
 impl MailFlowPolicy {
@@ -290,6 +295,8 @@ impl MailFlowPolicy {
             tls_verify_client: false,
             tls_mandatory_senders: Vec::new(),
             pre_greet_pause: None,
+            sender_dns_verification: None,
+            spf: SpfPolicy::default(),
         }
     }
 }

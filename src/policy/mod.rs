@@ -9,3 +9,4 @@ pub(crate) mod hat_index;
 pub mod hat_trace;
 pub mod rat;
 pub mod rate;
+pub mod sender_auth;

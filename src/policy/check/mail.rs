@@ -1,7 +1,11 @@
 //! `MAIL FROM`: every reply after the sequence checks (EHLO first, one transaction at a time),
-//! in the order they run.
+//! in the order they run. When the policy asks for sender authentication (DNS verification,
+//! SPF) the 250 waits for the lookups: [`MailPermit::Verify`], then
+//! `sender::check_mail_verdict` decides.
 
+use super::sender::{self, SenderCtx};
 use super::{Denial, DenialReason, LimitKind, Permit};
+use crate::auth::SenderRequest;
 use crate::policy::flow::{ClientCert, MailFlowPolicy};
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::{Body, MailParams};
@@ -22,10 +26,37 @@ pub(crate) struct MailCtx<'a> {
     pub tls: Option<&'a ClientCert>,
     /// Messages already queued on this connection.
     pub messages: u64,
+    /// Client address, HELO name and our host name, for sender authentication.
+    pub sender: SenderCtx<'a>,
 }
 
-/// The checks of `MAIL FROM`, in order; `Ok` carries the 250.
-pub(crate) fn check_mail(ctx: &MailCtx) -> Result<Permit, Denial> {
+/// What a passing `MAIL FROM` gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MailPermit {
+    /// Answer now.
+    Accept(Permit),
+    /// Look the sender up first ([`SenderRequest`]), then decide with
+    /// `sender::check_mail_verdict`; `permit` is the 250 if nothing refuses.
+    Verify {
+        /// What to look up.
+        request: SenderRequest,
+        /// The 250.
+        permit: Permit,
+    },
+}
+
+/// The checks of `MAIL FROM`, in order; `Ok` carries the 250, or says the sender must be
+/// authenticated first.
+pub(crate) fn check_mail(ctx: &MailCtx) -> Result<MailPermit, Denial> {
+    let permit = check_mail_syntax_and_limits(ctx)?;
+    Ok(match sender::request(ctx.policy, ctx.from, &ctx.sender) {
+        Some(request) => MailPermit::Verify { request, permit },
+        None => MailPermit::Accept(permit),
+    })
+}
+
+/// Everything `MAIL FROM` decides without DNS.
+fn check_mail_syntax_and_limits(ctx: &MailCtx) -> Result<Permit, Denial> {
     let p = ctx.policy;
     // After HELO no extension was announced, so none of their parameters may be used
     // (RFC 5321 §4.1.1.1, RFC 6152, RFC 6531).
@@ -135,6 +166,22 @@ mod tests {
 
     fn mailbox(s: &str) -> Mailbox {
         parse_path(s).unwrap().0.unwrap()
+    }
+
+    fn sender_ctx() -> SenderCtx<'static> {
+        SenderCtx {
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            helo: "client.test",
+            host: "mx.test",
+        }
+    }
+
+    /// The policies of the table ask for no sender authentication.
+    fn accepted(p: MailPermit) -> Permit {
+        match p {
+            MailPermit::Accept(p) => p,
+            MailPermit::Verify { .. } => panic!("no lookup expected"),
+        }
     }
 
     #[test]
@@ -337,9 +384,10 @@ mod tests {
                 params,
                 tls,
                 messages,
+                sender: sender_ctx(),
             };
             assert_eq!(
-                outcome(&check_mail(&ctx)),
+                outcome(&check_mail(&ctx).map(accepted)),
                 (code, enh.to_string(), label),
                 "row {i}"
             );
@@ -360,6 +408,7 @@ mod tests {
             params: &params,
             tls: None,
             messages: 0,
+            sender: sender_ctx(),
         })
         .unwrap_err();
         assert_eq!(

@@ -12,6 +12,7 @@
 //! | helo | [`helo`] | whether STARTTLS is offered (EHLO keyword, 502 when not), the `tls: required` gate (530 before STARTTLS) |
 //! | mail | [`mail`] | `MAIL FROM`: parameters after HELO (555), `tls_mandatory_senders` and client certificate (530), messages per connection, declared `SIZE=` (552), `BODY=BINARYMIME` (555), non-ASCII without SMTPUTF8 (553), 250 |
 //! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), DHAP (550, then the connection is dropped), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
+//! | mail (2nd step) | [`sender`] | envelope-sender DNS verification (553 malformed / not existing, 451 unresolvable), SPF under `reject_fail` (550 5.7.23, 451 4.7.24; at `spf_at`) |
 //! | data | [`data`] | `DATA` without recipients (554), 354, the message size (552), the spool commit (250 queued, 452 4.3.1) |
 //!
 //! Syntax and sequence replies (500/501/503/504, including an invalid HELO name) are the
@@ -25,6 +26,7 @@ pub(crate) mod data;
 pub(crate) mod helo;
 pub(crate) mod mail;
 pub(crate) mod rcpt;
+pub(crate) mod sender;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -222,6 +224,24 @@ pub enum DenialReason {
         /// The intake's outcome label (`malformed`, `too_large`, `bomb`, `store_failed`).
         outcome: &'static str,
     },
+    /// Envelope-sender DNS verification refused the sender (`sender::check_mail_verdict`).
+    SenderDns {
+        /// Which of ESA's three outcomes.
+        outcome: sender::SenderDnsOutcome,
+        /// The envelope sender.
+        address: String,
+        /// What DNS said (log only).
+        detail: String,
+    },
+    /// SPF refused the transaction under `spf: reject_fail`.
+    Spf {
+        /// `fail`, `softfail` or `temperror`.
+        result: crate::auth::SpfVerdict,
+        /// The identity checked.
+        address: String,
+        /// The stage that says the refusal (`spf_at`).
+        at: crate::policy::sender_auth::SpfStage,
+    },
 }
 
 impl DenialReason {
@@ -257,6 +277,12 @@ impl DenialReason {
             DenialReason::NoRecipients => "no_recipients",
             DenialReason::Spool { .. } => "spool",
             DenialReason::Report { .. } => "tlsrpt",
+            DenialReason::SenderDns { outcome, .. } => outcome.label(),
+            DenialReason::Spf {
+                result: crate::auth::SpfVerdict::TempError,
+                ..
+            } => "spf_temperror",
+            DenialReason::Spf { .. } => "spf_fail",
         }
     }
 
@@ -292,6 +318,12 @@ impl DenialReason {
                 kind: LimitKind::RecipientsPerMessage | LimitKind::RecipientsPerHour { .. },
                 ..
             } => Stage::Rcpt,
+            // A refused DATA refuses the message: counted with the MAIL refusals.
+            DenialReason::SenderDns { .. } => Stage::Mail,
+            DenialReason::Spf { at, .. } => match at {
+                crate::policy::sender_auth::SpfStage::Rcpt => Stage::Rcpt,
+                _ => Stage::Mail,
+            },
             DenialReason::NoRecipients
             | DenialReason::Spool { .. }
             | DenialReason::Report { .. }
@@ -378,6 +410,20 @@ impl fmt::Display for DenialReason {
             DenialReason::NoRecipients => f.write_str("no valid recipients"),
             DenialReason::Spool { error } => write!(f, "spool error: {error}"),
             DenialReason::Report { outcome } => write!(f, "TLS-RPT report {outcome}"),
+            DenialReason::SenderDns {
+                outcome, detail, ..
+            } if !detail.is_empty() => write!(f, "{outcome} ({detail})"),
+            DenialReason::SenderDns { outcome, .. } => write!(f, "{outcome}"),
+            DenialReason::Spf {
+                result,
+                address,
+                at,
+            } => write!(
+                f,
+                "SPF {} for {address} (spf: reject_fail, spf_at: {})",
+                result.label(),
+                at.as_str()
+            ),
         }
     }
 }

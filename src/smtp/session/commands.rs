@@ -4,9 +4,11 @@
 use super::{Action, Phase, Session};
 use crate::mail_log::{printable, Event};
 use crate::policy::check::helo::{self, HeloCtx};
-use crate::policy::check::mail::{self, MailCtx};
+use crate::policy::check::mail::{self, MailCtx, MailPermit};
 use crate::policy::check::rcpt::{self, RcptCtx, RcptPermit};
+use crate::policy::check::sender::SenderCtx;
 use crate::policy::check::{Denial, DenialReason};
+use crate::policy::sender_auth::SpfStage;
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::{parse_command, Body, Command, CommandError, MailParams};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -33,7 +35,11 @@ impl Session {
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, path, .. } => self.rcpt(to, &path),
-            Command::Data => self.start_data(),
+            Command::Data => {
+                if !self.refuse_for_spf(SpfStage::Data, "DATA".into()) {
+                    self.start_data()
+                }
+            }
             Command::Rset => {
                 self.txn = None;
                 self.reply(Reply::new(250, Enhanced(2, 0, 0), "Ok"));
@@ -132,6 +138,7 @@ impl Session {
             "MAIL FROM: <{}>",
             from.as_ref().map(|m| m.address()).unwrap_or_default()
         );
+        let helo = self.helo.clone().unwrap_or_default();
         let verdict = mail::check_mail(&MailCtx {
             policy: &self.policy,
             esmtp: self.esmtp,
@@ -139,11 +146,32 @@ impl Session {
             params: &params,
             tls: self.tls.as_ref().map(|t| &t.client_cert),
             messages: self.messages,
+            sender: SenderCtx {
+                peer_ip: self.p.peer_ip,
+                helo: &helo,
+                host: &self.hostname,
+            },
         });
-        let permit = match verdict {
-            Ok(p) => p,
-            Err(d) => return self.deny(what, None, d),
-        };
+        match verdict {
+            Ok(MailPermit::Accept(permit)) => {
+                if self.open_transaction(from, params).is_some() {
+                    self.permit(permit);
+                }
+            }
+            Ok(MailPermit::Verify { request, permit }) => {
+                self.verify_sender(request, from, params, permit, what)
+            }
+            Err(d) => self.deny(what, None, d),
+        }
+    }
+
+    /// Opens the transaction of an accepted `MAIL FROM` (the caller answers it); returns its
+    /// MID (`None` when no MID could be allocated: the client got a 451).
+    pub(super) fn open_transaction(
+        &mut self,
+        from: Option<Mailbox>,
+        params: MailParams,
+    ) -> Option<u64> {
         let mid = match self.new_transaction(&from, params.smtputf8) {
             Ok(mid) => mid,
             Err(e) => {
@@ -151,11 +179,12 @@ impl Session {
                     level: crate::mail_log::Level::Warning,
                     text: format!("ICID {} cannot allocate MID: {e}", self.p.icid),
                 });
-                return self.reply(Reply::new(
+                self.reply(Reply::new(
                     451,
                     Enhanced(4, 3, 0),
                     "Local error in processing",
                 ));
+                return None;
             }
         };
         if let Some(t) = self.txn.as_mut() {
@@ -169,7 +198,7 @@ impl Session {
             icid,
             from: from_addr,
         });
-        self.permit(permit);
+        Some(mid)
     }
 
     fn rcpt(&mut self, to: Mailbox, path: &str) {
@@ -177,6 +206,9 @@ impl Session {
             return self.reply(sequence("Need MAIL command"));
         };
         let mid = txn.mid;
+        if self.refuse_for_spf(SpfStage::Rcpt, format!("RCPT TO: <{}>", to.address())) {
+            return;
+        }
         let (addr, postmaster) = rcpt::recipient_address(&to, self.p.rat.as_deref());
         let Some(verdict) = self.with_rcpt_ctx(&to, &addr, postmaster, true, rcpt::check_rcpt)
         else {

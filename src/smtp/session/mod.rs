@@ -9,6 +9,7 @@ mod commands;
 mod data;
 pub(crate) mod headers;
 mod report;
+mod sender;
 mod validation;
 
 use std::collections::HashMap;
@@ -125,6 +126,9 @@ pub enum Action {
     /// Ask whether this recipient exists (bounded by the command timeout), then call
     /// [`Session::recipient_validated`].
     ValidateRecipient(crate::validate::rule::ValidationRequest),
+    /// Authenticate the sender (DNS verification, SPF; bounded by the command timeout), then
+    /// call [`Session::sender_verified`].
+    VerifySender(crate::auth::SenderRequest),
     /// Take the TLS-RPT report out of this message (the message as received; `None` when it
     /// passed the intake's size limit), then call [`Session::report_ingested`].
     IngestReport(Option<Vec<u8>>),
@@ -139,6 +143,7 @@ enum Phase {
     TlsPending,
     Committing,
     Validating(Box<validation::PendingRcpt>),
+    VerifyingSender(Box<sender::PendingMail>),
     /// The report of a message is being taken; the envelope (if anything else is to be
     /// queued) is committed after.
     Ingesting(Option<Box<Envelope>>),
@@ -170,6 +175,10 @@ struct Transaction {
     body_8bitmime: bool,
     /// TLS-RPT report addresses accepted, in order (also in `rcpts` under `relay: true`).
     reports: Vec<String>,
+    /// The SPF result of the transaction (for Authentication-Results).
+    spf: Option<crate::auth::SpfOutcome>,
+    /// An SPF refusal said at `spf_at: rcpt` or `data`.
+    spf_refusal: Option<(crate::policy::sender_auth::SpfStage, Denial)>,
 }
 
 /// One SMTP session.
@@ -314,6 +323,7 @@ impl Session {
                 Phase::TlsPending
                 | Phase::Committing
                 | Phase::Validating(_)
+                | Phase::VerifyingSender(_)
                 | Phase::Ingesting(_)
                 | Phase::Closed => break,
             }
@@ -351,7 +361,11 @@ impl Session {
     pub(crate) fn is_waiting(&self) -> bool {
         matches!(
             self.phase,
-            Phase::TlsPending | Phase::Committing | Phase::Validating(_) | Phase::Ingesting(_)
+            Phase::TlsPending
+                | Phase::Committing
+                | Phase::Validating(_)
+                | Phase::VerifyingSender(_)
+                | Phase::Ingesting(_)
         )
     }
 
@@ -571,6 +585,15 @@ impl Session {
                 rcpt: rcpt.clone(),
             }),
             DenialReason::TlsRequired => self.log_tls_required(),
+            DenialReason::SenderDns {
+                outcome,
+                ref address,
+                ..
+            } => self.log(Event::SenderRejected {
+                icid,
+                address: address.clone(),
+                outcome,
+            }),
             // The reply says all there is (or, for a message, `Receiving Failed` did).
             DenialReason::HatRefuse
             | DenialReason::HatReject
@@ -603,6 +626,8 @@ impl Session {
             smtputf8,
             body_8bitmime: false,
             reports: Vec::new(),
+            spf: None,
+            spf_refusal: None,
         });
         Ok(mid)
     }

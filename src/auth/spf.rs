@@ -1,0 +1,147 @@
+//! SPF (RFC 7208) of one transaction: the MAIL FROM identity, or the HELO identity for the
+//! null sender (§2.4), evaluated by mail-auth (which applies the §4.6.4 lookup limits).
+
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{MessageAuthenticator, SpfResult};
+
+use super::SenderRequest;
+
+/// An SPF result (RFC 7208 §2.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpfVerdict {
+    /// The client is authorized.
+    Pass,
+    /// The client is not authorized.
+    Fail,
+    /// Weak statement that the client is probably not authorized.
+    SoftFail,
+    /// The domain asserts nothing.
+    Neutral,
+    /// No SPF record (or no domain to check).
+    None,
+    /// A transient (DNS) error.
+    TempError,
+    /// The published record could not be interpreted.
+    PermError,
+}
+
+impl SpfVerdict {
+    /// ESA's word in the mail log (`Pass`, `SoftFail`, `TempError`, ...).
+    pub fn log_word(self) -> &'static str {
+        match self {
+            SpfVerdict::Pass => "Pass",
+            SpfVerdict::Fail => "Fail",
+            SpfVerdict::SoftFail => "SoftFail",
+            SpfVerdict::Neutral => "Neutral",
+            SpfVerdict::None => "None",
+            SpfVerdict::TempError => "TempError",
+            SpfVerdict::PermError => "PermError",
+        }
+    }
+
+    /// The RFC 8601 result keyword (`pass`, `softfail`, `temperror`, ...), also the metric's
+    /// `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SpfVerdict::Pass => "pass",
+            SpfVerdict::Fail => "fail",
+            SpfVerdict::SoftFail => "softfail",
+            SpfVerdict::Neutral => "neutral",
+            SpfVerdict::None => "none",
+            SpfVerdict::TempError => "temperror",
+            SpfVerdict::PermError => "permerror",
+        }
+    }
+}
+
+impl From<SpfResult> for SpfVerdict {
+    fn from(r: SpfResult) -> Self {
+        match r {
+            SpfResult::Pass => SpfVerdict::Pass,
+            SpfResult::Fail => SpfVerdict::Fail,
+            SpfResult::SoftFail => SpfVerdict::SoftFail,
+            SpfResult::Neutral => SpfVerdict::Neutral,
+            SpfResult::TempError => SpfVerdict::TempError,
+            SpfResult::PermError => SpfVerdict::PermError,
+            SpfResult::None => SpfVerdict::None,
+        }
+    }
+}
+
+/// Which identity was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpfIdentity {
+    /// The `MAIL FROM` address (RFC 8601 `smtp.mailfrom`).
+    MailFrom,
+    /// The HELO name, for the null sender (RFC 8601 `smtp.helo`).
+    Helo,
+}
+
+impl SpfIdentity {
+    /// ESA's word in the mail log.
+    pub fn log_word(self) -> &'static str {
+        match self {
+            SpfIdentity::MailFrom => "mailfrom",
+            SpfIdentity::Helo => "helo",
+        }
+    }
+}
+
+/// The SPF result of a transaction, kept with it (PART B writes it into
+/// `Authentication-Results: …; spf=<result> smtp.mailfrom=<address>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfOutcome {
+    /// The result.
+    pub result: SpfVerdict,
+    /// The identity checked.
+    pub identity: SpfIdentity,
+    /// The identity as an address: the sender, or `postmaster@<HELO name>`.
+    pub address: String,
+    /// The domain whose record was evaluated.
+    pub domain: String,
+}
+
+impl SpfOutcome {
+    /// The identity `req` asks about, with `result`.
+    fn of(req: &SenderRequest, result: SpfVerdict) -> Self {
+        let (identity, address, domain) = match req.from.rsplit_once('@') {
+            Some((_, d)) if !req.from.is_empty() => (
+                SpfIdentity::MailFrom,
+                req.from.clone(),
+                d.to_ascii_lowercase(),
+            ),
+            _ => (
+                SpfIdentity::Helo,
+                format!("postmaster@{}", req.helo),
+                req.helo.to_ascii_lowercase(),
+            ),
+        };
+        SpfOutcome {
+            result,
+            identity,
+            address,
+            domain,
+        }
+    }
+
+    /// A `temperror` for `req` (no answer in time).
+    pub(crate) fn temp_error(req: &SenderRequest) -> Self {
+        Self::of(req, SpfVerdict::TempError)
+    }
+}
+
+/// Evaluates SPF for `req`'s identity.
+pub(crate) async fn evaluate(auth: &MessageAuthenticator, req: &SenderRequest) -> SpfOutcome {
+    let outcome = SpfOutcome::of(req, SpfVerdict::None);
+    let params = match outcome.identity {
+        SpfIdentity::MailFrom => {
+            SpfParameters::verify_mail_from(req.peer_ip, &req.helo, &req.host, &req.from)
+        }
+        SpfIdentity::Helo => SpfParameters::verify_ehlo(req.peer_ip, &req.helo, &req.host),
+    };
+    let out = auth.verify_spf(params).await;
+    SpfOutcome {
+        result: out.result().into(),
+        ..outcome
+    }
+}
