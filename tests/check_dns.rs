@@ -23,6 +23,7 @@ use support::{copy_dir, repo, Mxgate};
 
 const MTA_STS: &str = "\
 listen: [\"127.0.0.1:0\"]
+certificate: mta-sts
 domains:
   example.com:
     mode: enforce
@@ -133,6 +134,14 @@ fn world() -> Option<World> {
     let next = pki.leaf(&["mx1.example.com"], None);
     let next3 = pki.leaf(&["mx3.example.com"], None);
     let stale = pki.leaf(&["mx3.example.com"], None);
+    // The policy hosts' certificate, from the same (public-CA stand-in) test CA.
+    let policy_hosts = [
+        "mta-sts.example.com",
+        "mta-sts.broken.example",
+        "mta-sts.missing.example",
+        "mta-sts.garbled.example",
+    ];
+    install(&certs, "mta-sts", &pki.leaf(&policy_hosts, None));
     install(&certs, "mx1", &mx1);
     install(&certs, "mx2", &mx2);
     install(&certs, "next", &next);
@@ -238,7 +247,7 @@ fn a_correct_setup_is_all_ok() {
             "  _smtp._tls.example.com. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com\"".into(),
             format!("  _25._tcp.mx1.example.com. IN TLSA 3 1 1 {}", hex(&w.mx1)),
             format!("  _25._tcp.mx2.example.com. IN TLSA 3 1 1 {}", hex(&w.mx2)),
-            "9 checks: all ok".into(),
+            "10 checks: all ok".into(),
         ],
     );
     // The DANE-TA record on the test CA matches mx2's served chain.
@@ -287,7 +296,7 @@ fn every_problem_is_reported_with_its_fix() {
             format!("  _mta-sts.broken.example. IN TXT \"v=STSv1; id={id}\""),
             format!("  _25._tcp.mx3.example.com. IN TLSA 3 1 1 {}", hex(&w.mx2)),
             format!("  _25._tcp.mx3.example.com. IN TLSA 3 1 1 {}", hex(&w.next3)),
-            "9 checks: 6 problems".into(),
+            "10 checks: 6 problems".into(),
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -300,7 +309,7 @@ fn every_problem_is_reported_with_its_fix() {
         &[
             format!("problem  _mta-sts.missing.example TXT: no record: senders never fetch the served policy; fix: publish _mta-sts.missing.example. IN TXT \"v=STSv1; id={id}\""),
             "problem  _smtp._tls.missing.example TXT: no record: senders send no TLS reports; fix: publish _smtp._tls.missing.example. IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://mta-sts.missing.example/tlsrpt\" (mxgate's intake, policies/tlsrpt.yaml)".into(),
-            "5 checks: 2 problems".into(),
+            "6 checks: 2 problems".into(),
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -503,6 +503,11 @@ pub(crate) fn run(facts: &Facts, lookups: &Lookups) -> Report {
     let policy = facts.policy.as_ref();
     let public = super::facts::public_hosts(&facts.listeners);
     let mut findings = vec![check_sts(d, policy, &lookups.sts)];
+    findings.extend(super::webpki::check_policy_host(
+        d,
+        policy,
+        facts.policy_cert.as_ref(),
+    ));
     findings.extend(check_mx(
         d,
         policy,
@@ -512,6 +517,7 @@ pub(crate) fn run(facts: &Facts, lookups: &Lookups) -> Report {
     let hosts = mx_hosts(&lookups.mx);
     for host in &hosts {
         findings.extend(check_certificate(host, &facts.listeners));
+        findings.extend(super::webpki::check_mx(host, &facts.listeners, policy));
         let tlsa = lookups
             .tlsa
             .get(host)

@@ -320,6 +320,10 @@ fn tlsrpt_record_and_the_records_to_publish() {
         listeners: vec![served("inbound", "mx1.example.com", c.clone())],
         next: vec![],
         tlsrpt_rua: None,
+        policy_cert: Some((
+            PathBuf::from("certs/mta-sts.crt"),
+            Ok(chain("mta-sts.example.com")),
+        )),
     };
     let lookups = Lookups {
         sts: txt(&[&format!("v=STSv1; id={}", p.id())]),
@@ -344,8 +348,58 @@ fn tlsrpt_record_and_the_records_to_publish() {
         ]
     );
     assert!(
-        report.render().ends_with("\n5 checks: all ok\n"),
+        report.render().ends_with("\n6 checks: all ok\n"),
         "{}",
         report.render()
     );
+}
+
+/// Under an applied policy a self-signed MX or policy-host certificate is a problem (senders
+/// validate both against public CAs); a CA-signed one, or mode none, is not.
+#[test]
+fn self_signed_certificates_fail_an_applied_policy() {
+    let self_signed = |host: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        vec![crate::certs::cert::Cert::parse(cert.der().clone()).unwrap()]
+    };
+    let p = policy(&["mx1.example.com"]);
+    let demo = vec![served(
+        "inbound",
+        "mx1.example.com",
+        self_signed("mx1.example.com"),
+    )];
+    let got = lines(&super::super::webpki::check_mx(
+        "mx1.example.com",
+        &demo,
+        Some(&p),
+    ));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("problem  certificate for mx1.example.com: certs/inbound.crt (listener inbound) is self-signed: senders applying the MTA-STS policy (mode enforce) check it against public CAs and fail, so they do not deliver; fix: install a certificate from a public CA"), "{got:?}");
+    let ca = vec![served(
+        "inbound",
+        "mx1.example.com",
+        chain("mx1.example.com"),
+    )];
+    assert!(super::super::webpki::check_mx("mx1.example.com", &ca, Some(&p)).is_empty());
+    let mut none = p.clone();
+    none.mode = Mode::None;
+    assert!(super::super::webpki::check_mx("mx1.example.com", &demo, Some(&none)).is_empty());
+
+    let host = |c| {
+        lines(&super::super::webpki::check_policy_host(
+            "example.com",
+            Some(&p),
+            Some(&(PathBuf::from("certs/mta-sts-demo.crt"), Ok(c))),
+        ))
+    };
+    assert!(host(self_signed("mta-sts.example.com"))[0]
+        .contains("is self-signed: senders fetch the policy only over HTTPS"));
+    assert!(host(chain("mta-sts.example.org"))[0]
+        .contains("names DNS:mta-sts.example.org, not mta-sts.example.com"));
+    assert!(host(chain("mta-sts.example.com"))[0]
+        .starts_with("ok       policy host mta-sts.example.com: certs/mta-sts-demo.crt covers it"));
 }

@@ -97,11 +97,17 @@ pub(crate) fn gather(config: &Config, domain: &str, next_certs: &[PathBuf]) -> F
         .as_ref()
         .map(|t| t.rua(https_host.as_deref()))
         .filter(|r| !r.is_empty());
+    let policy_cert = config
+        .mta_sts
+        .as_ref()
+        .filter(|_| policy.is_some())
+        .map(|s| super::webpki::policy_cert(s, &config.global.certs_dir));
     Facts {
         domain,
         policy,
         listeners,
         next,
         tlsrpt_rua,
+        policy_cert,
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod facts;
 pub(crate) mod lookup;
 pub(crate) mod tlsa;
 pub(crate) mod txt;
+pub(crate) mod webpki;
 
 use std::path::PathBuf;
 
@@ -168,6 +169,8 @@ pub(crate) struct Facts {
     pub(crate) next: Vec<NextCert>,
     /// The `rua=` of mxgate's own TLS-RPT intake (`policies/tlsrpt.yaml`), if configured.
     pub(crate) tlsrpt_rua: Option<String>,
+    /// The MTA-STS endpoint's certificate, when it serves a policy for the domain.
+    pub(crate) policy_cert: Option<webpki::PolicyCert>,
 }
 
 /// Checks `domain` against `config` with the configured resolvers; `next_certs` are staged
