@@ -386,7 +386,7 @@ pub(crate) fn build_listener(
 }
 
 /// True when two listen addresses cannot both be bound.
-fn conflicts(a: &SocketAddr, b: &SocketAddr) -> bool {
+pub(crate) fn conflicts(a: &SocketAddr, b: &SocketAddr) -> bool {
     // Port 0 asks the kernel for a fresh port each time: never a conflict.
     if a.port() == 0 || b.port() == 0 {
         return false;

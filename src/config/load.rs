@@ -489,6 +489,27 @@ pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         .map(|b| b.listener.hostname.clone())
         .collect();
     let mta_sts = super::mta_sts::load_mta_sts(dir, &global.certs_dir, &public_hosts, &mut sink);
+    // The policy endpoint binds beside the listeners: the same address fails at start.
+    if let Some(m) = &mta_sts {
+        for addr in &m.listen {
+            let clash = built.iter().find_map(|b| {
+                let l = &b.listener;
+                l.bind
+                    .iter()
+                    .find(|x| super::listeners::conflicts(x, addr))
+                    .map(|x| (l.name.clone(), *x))
+            });
+            if let Some((name, x)) = clash {
+                sink.push(ConfigError {
+                    file: Path::new("policies").join("mta_sts.yaml"),
+                    line: 0,
+                    column: 0,
+                    path: "listen".into(),
+                    message: format!("{addr} clashes with listener {name}'s bind address {x}: give the MTA-STS endpoint its own address or port (usually 443)"),
+                });
+            }
+        }
+    }
     let tlsrpt = super::tlsrpt::load_tlsrpt(dir, mta_sts.as_ref(), &mut sink);
     sink.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     let (warnings, errors): (Vec<ConfigError>, Vec<ConfigError>) =

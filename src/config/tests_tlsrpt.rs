@@ -87,3 +87,16 @@ fn mistakes_name_file_line_and_field() {
         "{errs}"
     );
 }
+
+#[test]
+fn the_policy_endpoint_cannot_take_a_listeners_address() {
+    let d = config_dir(&[(
+        "policies/mta_sts.yaml",
+        Some("listen: [\"0.0.0.0:2525\"]\ndomains:\n  example.com: {}\n"),
+    )]);
+    let errs = errors(&d, &Overrides::default()).join("\n");
+    assert!(
+        errs.contains("policies/mta_sts.yaml: listen: 0.0.0.0:2525 clashes with listener inbound's bind address"),
+        "{errs}"
+    );
+}
