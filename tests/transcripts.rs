@@ -53,7 +53,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use mxgate::auth::{
-    DnsCheck, DnsVerdict, SenderAnswer, SenderRequest, SpfIdentity, SpfOutcome, SpfVerdict,
+    DmarcOutcome, DmarcPolicy, DmarcVerdict, DnsCheck, DnsVerdict, MessageAnswer, MessageRequest,
+    SenderAnswer, SenderRequest, SpfIdentity, SpfOutcome, SpfVerdict,
 };
 use mxgate::config::{load, Overrides};
 use mxgate::envelope::Envelope;
@@ -530,6 +531,25 @@ impl Backend for ScriptedBackend {
             }
         });
         SenderAnswer { dns, spf }
+    }
+
+    /// No DKIM signature, no DMARC record: the transcripts exercise the session's sequencing,
+    /// tests/message_auth.rs the real DKIM and DMARC.
+    async fn authenticate_message(&mut self, req: &MessageRequest) -> MessageAnswer {
+        MessageAnswer {
+            dkim: Vec::new(),
+            spf: req.spf.clone(),
+            spf_now: false,
+            dmarc: req.dmarc.then(|| DmarcOutcome {
+                result: DmarcVerdict::None,
+                from_domain: String::new(),
+                policy: DmarcPolicy::None,
+                pct: 100,
+                spf_aligned: false,
+                dkim_aligned: false,
+            }),
+            sample: 0,
+        }
     }
 
     async fn validate(&mut self, req: &ValidationRequest) -> Checked {
