@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, DmarcResult, Error, MessageAuthenticator, SpfOutput,
+};
 
 use super::{spf, SenderRequest, SpfOutcome, SpfVerdict};
 use crate::dns::ReverseResolver;
@@ -207,6 +210,12 @@ fn random_sample() -> u8 {
 fn dkim_signature(out: &mail_auth::DkimOutput<'_>) -> DkimSignature {
     let (result, reason) = match out.result() {
         DkimResult::Pass => (DkimVerdict::Pass, String::new()),
+        // mail-auth 0.13 says `neutral` here; RFC 6376 §6.1.3 makes it a PERMFAIL, and ESA's
+        // words are these.
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch))
+        | DkimResult::Fail(Error::Dkim(DkimError::FailedBodyHashMatch)) => {
+            (DkimVerdict::Fail, "body hash did not verify".into())
+        }
         DkimResult::Fail(e) => (DkimVerdict::Fail, e.to_string()),
         DkimResult::PermError(e) => (DkimVerdict::PermError, e.to_string()),
         DkimResult::TempError(e) => (DkimVerdict::TempError, e.to_string()),

@@ -1,7 +1,7 @@
 //! The `Authentication-Results` header (RFC 8601) we add, and the removal of incoming ones
 //! that claim our authserv-id (§5: a forgery, or a stale result of ours). Pure text work.
 
-use super::message::MessageAnswer;
+use super::message::{DmarcVerdict, MessageAnswer};
 use super::spf::SpfIdentity;
 
 /// The header we add when a DMARC `quarantine` was applied: the internal server files on it.
@@ -52,7 +52,8 @@ pub fn render(authserv_id: &str, answer: &MessageAnswer, dmarc_asked: bool) -> S
     }
     if let Some(d) = &answer.dmarc {
         let mut p = format!("dmarc={}", d.result.label());
-        if d.result != super::DmarcVerdict::None || !d.from_domain.is_empty() {
+        // The policy means something only when a record was found and evaluated.
+        if matches!(d.result, DmarcVerdict::Pass | DmarcVerdict::Fail) {
             p.push_str(&format!(" (p={})", d.policy.as_str()));
         }
         if !d.from_domain.is_empty() {
@@ -162,7 +163,7 @@ pub fn strip_forged(message: &[u8], ours: &str) -> (Vec<u8>, usize) {
 mod tests {
     use super::*;
     use crate::auth::message::{DkimSignature, DkimVerdict, DmarcOutcome, DmarcPolicy};
-    use crate::auth::{DmarcVerdict, SpfOutcome, SpfVerdict};
+    use crate::auth::{SpfOutcome, SpfVerdict};
 
     #[test]
     fn removes_only_our_authserv_id_and_keeps_folding() {
