@@ -449,7 +449,7 @@ async fn dkim_dmarc_matrix_with_real_dns_and_a_real_signer() {
         ars[1],
         "Authentication-Results: upstream.example; spf=pass smtp.mailfrom=x@y.test\r\n"
     );
-    s.m.wait_log("removed 2 Authentication-Results header(s) claiming mx.test.example");
+    s.m.wait_log("mxgate: MID 9 removed 2 forged header(s) claiming mx.test.example (Authentication-Results, X-Mxgate-DMARC)");
 
     // p=reject failures under `enforce`: refused, nothing delivered.
     let refused = [

@@ -159,7 +159,8 @@ pub enum Event {
         /// The From domain.
         domain: String,
     },
-    /// `Authentication-Results` headers claiming our authserv-id were removed from a message.
+    /// Forged `Authentication-Results` (claiming our authserv-id) and `X-Mxgate-DMARC` headers
+    /// were removed from a message.
     ForgedAuthResults {
         /// Message id.
         mid: u64,
@@ -554,7 +555,7 @@ impl Event {
                 printable(domain)
             ),
             Event::ForgedAuthResults { mid, removed, authserv_id } => format!(
-                "mxgate: MID {mid} removed {removed} Authentication-Results header(s) claiming {authserv_id}"
+                "mxgate: MID {mid} removed {removed} forged header(s) claiming {authserv_id} (Authentication-Results, X-Mxgate-DMARC)"
             ),
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
             Event::MessageIdHeader { mid, message_id } => format!("MID {mid} Message-ID '{}'", sanitize(message_id)),
