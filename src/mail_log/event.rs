@@ -132,43 +132,8 @@ pub enum Event {
         /// The result.
         result: crate::auth::SpfVerdict,
     },
-    /// The result of one DKIM signature of a message (ESA's `DKIM:` line).
-    Dkim {
-        /// Message id.
-        mid: u64,
-        /// The signature's result and identity.
-        signature: crate::auth::DkimSignature,
-    },
-    /// A message without a DKIM signature (ESA's `DKIM: no signature`).
-    DkimNone {
-        /// Message id.
-        mid: u64,
-    },
-    /// The DMARC evaluation of a message (ESA's `DMARC:` line).
-    Dmarc {
-        /// Message id.
-        mid: u64,
-        /// The result, the From domain, the policy and the alignment.
-        outcome: crate::auth::DmarcOutcome,
-    },
-    /// A DMARC `p=quarantine` (or a `p=reject` not sampled by `pct`) applied: the message is
-    /// marked with `X-Mxgate-DMARC: quarantine`.
-    DmarcQuarantined {
-        /// Message id.
-        mid: u64,
-        /// The From domain.
-        domain: String,
-    },
-    /// Forged `Authentication-Results` (claiming our authserv-id) and `X-Mxgate-DMARC` headers
-    /// were removed from a message.
-    ForgedAuthResults {
-        /// Message id.
-        mid: u64,
-        /// How many fields were removed.
-        removed: usize,
-        /// Our authserv-id.
-        authserv_id: String,
-    },
+    /// A message check after DATA: DKIM, DMARC, forged headers removed.
+    MessageAuth(super::message_auth::MessageAuthEvent),
     /// MAIL FROM accepted: a message id starts.
     StartMid {
         /// Message id.
@@ -413,11 +378,7 @@ impl Event {
             Event::StartMid { .. } => "start_mid",
             Event::SenderRejected { .. } => "sender_rejected",
             Event::Spf { .. } => "spf",
-            Event::Dkim { .. } => "dkim",
-            Event::DkimNone { .. } => "dkim_none",
-            Event::Dmarc { .. } => "dmarc",
-            Event::DmarcQuarantined { .. } => "dmarc_quarantined",
-            Event::ForgedAuthResults { .. } => "forged_auth_results",
+            Event::MessageAuth(e) => e.kind(),
             Event::From { .. } => "from",
             Event::To { .. } => "to",
             Event::MessageIdHeader { .. } => "message_id",
@@ -508,55 +469,7 @@ impl Event {
                     result.log_word()
                 )
             }
-            Event::Dkim { mid, signature: s } => {
-                let what = match s.result {
-                    crate::auth::DkimVerdict::Pass => "signature verified".to_string(),
-                    _ => sanitize(&s.reason),
-                };
-                format!(
-                    "MID {mid} DKIM: {} {what} (d={} s={} i={})",
-                    s.result.log_word(),
-                    printable(&s.domain),
-                    printable(&s.selector),
-                    printable(&s.identity)
-                )
-            }
-            Event::DkimNone { mid } => format!("MID {mid} DKIM: no signature"),
-            Event::Dmarc { mid, outcome: o } => {
-                use crate::auth::DmarcVerdict as V;
-                let tf = |b: bool| if b { "True" } else { "False" };
-                let domain = printable(&o.from_domain);
-                match o.result {
-                    _ if o.from_domain.is_empty() => {
-                        format!("MID {mid} DMARC: Verification skipped (no single From domain)")
-                    }
-                    V::Pass => format!(
-                        "MID {mid} DMARC: Message from domain {domain}, DMARC pass (SPF aligned {}, DKIM aligned {})",
-                        tf(o.spf_aligned),
-                        tf(o.dkim_aligned)
-                    ),
-                    V::Fail => format!(
-                        "MID {mid} DMARC: Message from domain {domain}, DMARC fail (SPF aligned {}, DKIM aligned {}), policy {}",
-                        tf(o.spf_aligned),
-                        tf(o.dkim_aligned),
-                        o.policy.as_str()
-                    ),
-                    V::None => format!("MID {mid} DMARC: Message from domain {domain}, DMARC record not found"),
-                    V::TempError => format!(
-                        "MID {mid} DMARC: Message from domain {domain}, DMARC temperror (DNS failure)"
-                    ),
-                    V::PermError => format!(
-                        "MID {mid} DMARC: Message from domain {domain}, DMARC permerror (invalid record)"
-                    ),
-                }
-            }
-            Event::DmarcQuarantined { mid, domain } => format!(
-                "MID {mid} DMARC: Message from domain {}, quarantine applied (X-Mxgate-DMARC: quarantine)",
-                printable(domain)
-            ),
-            Event::ForgedAuthResults { mid, removed, authserv_id } => format!(
-                "mxgate: MID {mid} removed {removed} forged header(s) claiming {authserv_id} (Authentication-Results, X-Mxgate-DMARC)"
-            ),
+            Event::MessageAuth(e) => e.text(),
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
             Event::MessageIdHeader { mid, message_id } => format!("MID {mid} Message-ID '{}'", sanitize(message_id)),
             Event::Subject { mid, subject } => format!("MID {mid} Subject '{}'", sanitize(subject)),
@@ -678,6 +591,6 @@ pub fn is_unsafe(c: char) -> bool {
 }
 
 /// [`printable`], for a value the line puts in single quotes (a header).
-fn sanitize(s: &str) -> String {
+pub(super) fn sanitize(s: &str) -> String {
     printable(s).replace('\'', "\\'")
 }

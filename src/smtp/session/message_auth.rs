@@ -14,7 +14,7 @@ use super::{Action, Phase, Session};
 use crate::auth::results::{self, QUARANTINE_HEADER};
 use crate::auth::{DnsCheck, MessageAnswer, MessageRequest, SenderRequest};
 use crate::envelope::Envelope;
-use crate::mail_log::Event;
+use crate::mail_log::{Event, MessageAuthEvent};
 use crate::policy::check::message_auth::{check_message_auth, Disposition, MessageAuthCtx};
 use crate::policy::sender_auth::DmarcMode;
 
@@ -126,15 +126,18 @@ impl Session {
                 .as_ref()
                 .map(|d| d.from_domain.clone())
                 .unwrap_or_default();
-            self.log(Event::DmarcQuarantined { mid, domain });
+            self.log(Event::MessageAuth(MessageAuthEvent::DmarcQuarantined {
+                mid,
+                domain,
+            }));
         }
         let (message, removed) = results::strip_forged(&p.message, &self.hostname);
         if removed > 0 {
-            self.log(Event::ForgedAuthResults {
+            self.log(Event::MessageAuth(MessageAuthEvent::ForgedHeaders {
                 mid,
                 removed,
                 authserv_id: self.hostname.clone(),
-            });
+            }));
         }
         self.body.extend_from_slice(head.as_bytes());
         self.body.extend_from_slice(&message);
@@ -161,19 +164,19 @@ impl Session {
             return;
         }
         if answer.dkim.is_empty() {
-            self.log(Event::DkimNone { mid });
+            self.log(Event::MessageAuth(MessageAuthEvent::DkimNone { mid }));
         }
         for s in &answer.dkim {
-            self.log(Event::Dkim {
+            self.log(Event::MessageAuth(MessageAuthEvent::Dkim {
                 mid,
                 signature: s.clone(),
-            });
+            }));
         }
         if let Some(d) = &answer.dmarc {
-            self.log(Event::Dmarc {
+            self.log(Event::MessageAuth(MessageAuthEvent::Dmarc {
                 mid,
                 outcome: d.clone(),
-            });
+            }));
         }
     }
 }
