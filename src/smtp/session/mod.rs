@@ -397,7 +397,7 @@ impl Session {
 
     /// A timeout fired: `what` names it for the log.
     pub fn timeout(&mut self, what: &str) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         let d = connect::timeout(what, &self.hostname);
@@ -407,7 +407,7 @@ impl Session {
 
     /// The server is shutting down.
     pub fn shutdown(&mut self) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         let d = connect::shutdown(&self.hostname);
@@ -417,7 +417,7 @@ impl Session {
 
     /// The connection is over (peer closed, or the driver closed it): final log lines.
     pub fn finish(&mut self) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         if self.policy.action == PolicyAction::TcpRefuse {
