@@ -795,6 +795,7 @@ fn metrics_source() -> String {
         "src/metrics/tlsrpt.rs",
         "src/metrics/sender_org.rs",
         "src/metrics/dane.rs",
+        "src/metrics/sender_auth.rs",
     ]
     .iter()
     .map(|f| read(f))
@@ -818,7 +819,11 @@ fn label_values(def: &str) -> Option<(String, String)> {
 /// DHAP drop counter. No validation destination fails here; `tests/validation_e2e.rs` opens a
 /// breaker against a stopped internal server. This run has no DNS server with TLSA and
 /// `_mta-sts` records; `tests/check_dns.rs` checks both self-check gauges against dnsmasq.
+/// No policy of this run turns sender authentication on; `tests/message_auth.rs` checks the
+/// `mxgate_sender_auth_total` counts (dkim, dmarc, spf) and the `dmarc_reject` refusals.
 const PANELS_WITHOUT_DATA: &[&str] = &[
+    "Sender authentication results",
+    "DMARC results and refusals",
     "Validation breakers open and trips",
     "Configuration reloads",
     "DNS block-list lookups",

@@ -20,6 +20,8 @@ command -v curl >/dev/null || need+=(curl)
 # A real Prometheus (and promtool) scrapes mxgate and evaluates the dashboard and alert rules.
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import yaml' 2>/dev/null || need+=(python3 python3-yaml)
+# Debian's dkimpy signs the messages of the DKIM/DMARC tests (tests/message_auth.rs).
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 # HAProxy sends PROXY v1/v2 headers in the load-balancer tests.
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # A private OpenLDAP slapd answers the ldap: recipient-validation tests (tests/validate_ldap.rs).

@@ -16,7 +16,9 @@
 //!   `unresolvable` (an exception or a malformed sender is answered as the request says),
 //!   `spf=` `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror` or `permerror`. A
 //!   check asked for without an answer here fails the test; each request adds the log line
-//!   `(sender) ADDRESS`
+//!   `(sender) ADDRESS`. After DATA (`dmarc:` on), `dkim=pass` (one signature of the sender's
+//!   domain, else none) and `dmarc=RESULT/POLICY` (`pass`, `fail`, `temperror`, `none`;
+//!   `reject`, `quarantine`, `none`; default `none/none`) answer for the sender's message
 //! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
 //!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
@@ -53,7 +55,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use mxgate::auth::{
-    DnsCheck, DnsVerdict, SenderAnswer, SenderRequest, SpfIdentity, SpfOutcome, SpfVerdict,
+    DkimSignature, DkimVerdict, DmarcOutcome, DmarcPolicy, DmarcVerdict, DnsCheck, DnsVerdict,
+    MessageAnswer, MessageRequest, SenderAnswer, SenderRequest, SpfIdentity, SpfOutcome,
+    SpfVerdict,
 };
 use mxgate::config::{load, Overrides};
 use mxgate::envelope::Envelope;
@@ -532,6 +536,61 @@ impl Backend for ScriptedBackend {
         SenderAnswer { dns, spf }
     }
 
+    /// What `@sender … dkim=… dmarc=RESULT/POLICY` says about the message of that sender
+    /// (the From domain is the sender's); without those words, no signature and no record.
+    async fn authenticate_message(&mut self, req: &MessageRequest) -> MessageAnswer {
+        let r = self.0.lock().unwrap();
+        let key = req.sender.from.to_ascii_lowercase();
+        let script = r.senders.get(&key).cloned().unwrap_or_default();
+        let word = |name: &str| {
+            script
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let domain = key
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default();
+        let dkim = match word("dkim").as_deref() {
+            Some("pass") => vec![DkimSignature {
+                result: DkimVerdict::Pass,
+                domain: domain.clone(),
+                selector: "sel".into(),
+                identity: format!("@{domain}"),
+                reason: String::new(),
+            }],
+            _ => Vec::new(),
+        };
+        let dmarc = word("dmarc").unwrap_or_else(|| "none/none".into());
+        let (result, policy) = dmarc.split_once('/').unwrap_or((&dmarc, "none"));
+        let result = match result {
+            "pass" => DmarcVerdict::Pass,
+            "fail" => DmarcVerdict::Fail,
+            "temperror" => DmarcVerdict::TempError,
+            _ => DmarcVerdict::None,
+        };
+        let policy = match policy {
+            "reject" => DmarcPolicy::Reject,
+            "quarantine" => DmarcPolicy::Quarantine,
+            _ => DmarcPolicy::None,
+        };
+        MessageAnswer {
+            dkim,
+            spf: req.spf.clone(),
+            spf_now: false,
+            dmarc: req.dmarc.then(|| DmarcOutcome {
+                result,
+                from_domain: domain.clone(),
+                policy,
+                pct: 100,
+                spf_aligned: result == DmarcVerdict::Pass,
+                dkim_aligned: false,
+            }),
+            sample: 0,
+        }
+    }
+
     async fn validate(&mut self, req: &ValidationRequest) -> Checked {
         use mxgate::validate::breaker::Transition;
         use mxgate::validate::{Answer, TempFailCause, Verdict};
@@ -821,6 +880,7 @@ transcript_tests! {
     t50_tlsrpt_report_address => "50_tlsrpt_report_address.txt",
     t51_sender_auth_pipelined => "51_sender_auth_pipelined.txt",
     t52_spf_at_data => "52_spf_at_data.txt",
+    t53_dmarc_enforce => "53_dmarc_enforce.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

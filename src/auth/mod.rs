@@ -11,11 +11,12 @@
 //! |---|---|
 //! | [`dns_verify`] | classify a sender's domain, look it up (MX, else A/AAAA; null MX) |
 //! | [`spf`] | the SPF result of the MAIL FROM (or HELO) identity |
-//!
-//! PART B (DKIM, DMARC, Authentication-Results) adds its files here and uses
-//! [`SenderAuth::authenticator`] for its lookups.
+//! | [`message`] | after DATA: DKIM of every signature, DMARC (and SPF when not done at MAIL) |
+//! | [`results`] | the `Authentication-Results` header; removing forged ones |
 
 pub mod dns_verify;
+pub mod message;
+pub mod results;
 pub mod spf;
 
 use std::net::IpAddr;
@@ -25,6 +26,10 @@ use mail_auth::MessageAuthenticator;
 
 use crate::dns::ReverseResolver;
 pub use dns_verify::{DnsCheck, DnsVerdict};
+pub use message::{
+    DkimSignature, DkimVerdict, DmarcOutcome, DmarcPolicy, DmarcVerdict, MessageAnswer,
+    MessageRequest,
+};
 pub use spf::{SpfIdentity, SpfOutcome, SpfVerdict};
 
 /// RFC 7208 §4.6.4: a whole SPF evaluation should be bounded by at least 20 seconds.
@@ -95,6 +100,11 @@ impl SenderAuth {
     /// mail-auth's authenticator over the shared resolver.
     pub fn authenticator(&self) -> &MessageAuthenticator {
         &self.authenticator
+    }
+
+    /// Runs the message checks of `req` (DKIM, DMARC; SPF when not done at `MAIL FROM`).
+    pub async fn authenticate_message(&self, req: &MessageRequest) -> MessageAnswer {
+        message::authenticate(&self.authenticator, &self.resolver, req).await
     }
 
     /// Runs the checks `req` asks for, at once (a slow DNS costs one timeout, not the sum).

@@ -310,6 +310,9 @@ pub(crate) struct PolicyDef {
     /// The stage that refuses an SPF failure: `mail`, `rcpt` or `data`.
     #[serde(default)]
     pub spf_at: Option<SpannedStr>,
+    /// DKIM and DMARC after DATA: `off`, `tag` or `enforce`.
+    #[serde(default)]
+    pub dmarc: Option<SpannedStr>,
 }
 
 /// A limit: a plain value (`10M`, `50`, `unlimited`) or a map that also sets the reply.

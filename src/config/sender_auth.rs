@@ -1,5 +1,5 @@
 //! The sender-authentication keys of a mail-flow policy (`sender_dns_verification`, `spf`,
-//! `spf_reject_softfail`, `spf_at`): their `*Def` shapes and how they apply over the
+//! `spf_reject_softfail`, `spf_at`, `dmarc`): their `*Def` shapes and how they apply over the
 //! inherited policy. docs/sender-auth.md describes them.
 
 use std::fmt;
@@ -13,7 +13,7 @@ use super::error::{index, join, FileErrors};
 use super::policies::{merge_reply, Class, Parts};
 use super::values::{check_sender, parse_bool};
 use crate::policy::flow::MailFlowPolicy;
-use crate::policy::sender_auth::{SenderDnsVerification, SpfMode, SpfStage};
+use crate::policy::sender_auth::{DmarcMode, SenderDnsVerification, SpfMode, SpfStage};
 use crate::smtp::reply::Reply;
 
 /// `sender_dns_verification:` a switch (`on`/`off`, `true`/`false`) or a map.
@@ -208,6 +208,18 @@ pub(super) fn apply(p: &mut MailFlowPolicy, def: &PolicyDef, e: &mut FileErrors<
                 s,
                 join(path, "spf_at"),
                 format!("{t:?}: write mail, rcpt or data"),
+            ),
+        }
+    }
+    if let Some(s) = &def.dmarc {
+        match s.value.trim() {
+            "off" | "false" => p.dmarc = DmarcMode::Off,
+            "tag" => p.dmarc = DmarcMode::Tag,
+            "enforce" => p.dmarc = DmarcMode::Enforce,
+            t => e.on(
+                s,
+                join(path, "dmarc"),
+                format!("{t:?}: write off, tag or enforce"),
             ),
         }
     }

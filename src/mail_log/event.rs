@@ -132,6 +132,8 @@ pub enum Event {
         /// The result.
         result: crate::auth::SpfVerdict,
     },
+    /// A message check after DATA: DKIM, DMARC, forged headers removed.
+    MessageAuth(super::message_auth::MessageAuthEvent),
     /// MAIL FROM accepted: a message id starts.
     StartMid {
         /// Message id.
@@ -376,6 +378,7 @@ impl Event {
             Event::StartMid { .. } => "start_mid",
             Event::SenderRejected { .. } => "sender_rejected",
             Event::Spf { .. } => "spf",
+            Event::MessageAuth(e) => e.kind(),
             Event::From { .. } => "from",
             Event::To { .. } => "to",
             Event::MessageIdHeader { .. } => "message_id",
@@ -466,6 +469,7 @@ impl Event {
                     result.log_word()
                 )
             }
+            Event::MessageAuth(e) => e.text(),
             Event::To { mid, icid, rid, rcpt } => format!("MID {mid} ICID {icid} RID {rid} To: <{rcpt}>"),
             Event::MessageIdHeader { mid, message_id } => format!("MID {mid} Message-ID '{}'", sanitize(message_id)),
             Event::Subject { mid, subject } => format!("MID {mid} Subject '{}'", sanitize(subject)),
@@ -587,6 +591,6 @@ pub fn is_unsafe(c: char) -> bool {
 }
 
 /// [`printable`], for a value the line puts in single quotes (a header).
-fn sanitize(s: &str) -> String {
+pub(super) fn sanitize(s: &str) -> String {
     printable(s).replace('\'', "\\'")
 }

@@ -1,21 +1,21 @@
 //! Sender-authentication metrics: one counter of results by method. Labels come from the
 //! configuration (listener, sender group) and typed results, never from an address or a
-//! domain. PART B adds the `dkim` and `dmarc` methods here.
+//! domain.
 
-use crate::auth::SenderAnswer;
+use crate::auth::{MessageAnswer, SenderAnswer};
 use crate::metrics::InboundLabels;
 
 /// Counter: sender-authentication results by listener, sender group, method
-/// (`dns_verification`, `spf`) and result (`pass`, `exempt`, `malformed`, `not_exist`,
-/// `unresolvable` for DNS verification; RFC 8601's `pass`, `fail`, `softfail`, `neutral`,
-/// `none`, `temperror`, `permerror` for SPF).
+/// (`dns_verification`, `spf`, `dkim`, `dmarc`) and result (`pass`, `exempt`, `malformed`,
+/// `not_exist`, `unresolvable` for DNS verification; RFC 8601's keywords for the others:
+/// `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror`).
 pub(crate) const SENDER_AUTH: &str = "mxgate_sender_auth_total";
 
 /// Describes the sender-authentication metrics.
 pub(crate) fn describe() {
     metrics::describe_counter!(
         SENDER_AUTH,
-        "Sender authentication results (DNS verification, SPF) by method and result"
+        "Sender authentication results (DNS verification, SPF, DKIM, DMARC) by method and result"
     );
 }
 
@@ -33,5 +33,24 @@ pub(crate) fn observe(l: &InboundLabels, answer: &SenderAnswer) {
     }
     if let Some(s) = &answer.spf {
         count(l, "spf", s.result.label());
+    }
+}
+
+/// Counts the results of one message's checks: each DKIM signature (`none` when there is
+/// none), DMARC, and SPF when it was evaluated only now.
+pub(crate) fn observe_message(l: &InboundLabels, answer: &MessageAnswer) {
+    if answer.spf_now {
+        if let Some(s) = &answer.spf {
+            count(l, "spf", s.result.label());
+        }
+    }
+    if let Some(d) = &answer.dmarc {
+        if answer.dkim.is_empty() {
+            count(l, "dkim", "none");
+        }
+        for s in &answer.dkim {
+            count(l, "dkim", s.result.label());
+        }
+        count(l, "dmarc", d.result.label());
     }
 }

@@ -421,6 +421,13 @@ impl Backend for SpoolBackend<'_> {
         self.ctx.sender_auth.verify(req).await
     }
 
+    async fn authenticate_message(
+        &mut self,
+        req: &crate::auth::MessageRequest,
+    ) -> crate::auth::MessageAnswer {
+        self.ctx.sender_auth.authenticate_message(req).await
+    }
+
     async fn ingest_report(&mut self, message: Option<Vec<u8>>) -> crate::tlsrpt::ingest::Outcome {
         use crate::tlsrpt::ingest::Outcome;
         let Some(intake) = self.ctx.tlsrpt.clone() else {

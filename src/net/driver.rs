@@ -81,6 +81,12 @@ pub trait Backend: Send {
         &mut self,
         req: &crate::auth::SenderRequest,
     ) -> impl Future<Output = crate::auth::SenderAnswer> + Send;
+    /// Verifies a message's DKIM signatures and DMARC (`src/auth/message.rs`); the driver
+    /// bounds it with the command timeout and shutdown.
+    fn authenticate_message(
+        &mut self,
+        req: &crate::auth::MessageRequest,
+    ) -> impl Future<Output = crate::auth::MessageAnswer> + Send;
     /// Takes the TLS-RPT report out of a message to a report address (`None`: the message
     /// passed the intake's size limit).
     fn ingest_report(
@@ -207,6 +213,10 @@ impl<B: Backend> Driver<B> {
                         self.write_logs(&mut logs);
                         self.verify_sender(req).await;
                     }
+                    Action::AuthenticateMessage(req) => {
+                        self.write_logs(&mut logs);
+                        self.authenticate_message(req).await;
+                    }
                     Action::IngestReport(message) => {
                         self.write_logs(&mut logs);
                         let outcome = self.backend.ingest_report(message).await;
@@ -326,6 +336,23 @@ impl<B: Backend> Driver<B> {
         };
         metrics::sender_auth::observe(&self.labels, &answer);
         self.session.sender_verified(answer);
+    }
+
+    /// Runs a message's DKIM and DMARC for the session, bounded like
+    /// [`Driver::verify_sender`]; no answer in time is a temporary failure.
+    async fn authenticate_message(&mut self, req: crate::auth::MessageRequest) {
+        let until = (Instant::now() + self.timeouts.command).min(self.deadline);
+        let answer = tokio::select! {
+            r = tokio::time::timeout_at(until.into(), self.backend.authenticate_message(&req)) => {
+                r.unwrap_or_else(|_| crate::auth::MessageAnswer::timed_out(&req))
+            }
+            _ = self.force_close.changed() => {
+                self.session.shutdown();
+                return;
+            }
+        };
+        metrics::sender_auth::observe_message(&self.labels, &answer);
+        self.session.message_authenticated(answer);
     }
 
     async fn read<C: ClientStream>(&mut self, client: &mut C) -> ReadOutcome {

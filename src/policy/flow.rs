@@ -189,9 +189,17 @@ pub struct MailFlowPolicy {
     pub sender_dns_verification: Option<SenderDnsVerification>,
     /// SPF evaluation of the `MAIL FROM` (or HELO) identity.
     pub spf: SpfPolicy,
+    /// DKIM and DMARC after DATA (docs/sender-auth.md).
+    pub dmarc: crate::policy::sender_auth::DmarcMode,
 }
 
 impl MailFlowPolicy {
+    /// True when messages get an `Authentication-Results` header (SPF or DMARC is on).
+    pub fn is_message_auth_on(&self) -> bool {
+        self.spf.mode != crate::policy::sender_auth::SpfMode::Off
+            || self.dmarc != crate::policy::sender_auth::DmarcMode::Off
+    }
+
     /// The pre-greet pause on a listener of `kind`: the policy's own, else 300 ms on public
     /// listeners (where bots talk first) and none on private ones (internal hosts).
     pub(crate) fn pre_greet_pause_on(&self, kind: ListenerKind) -> Duration {
@@ -297,6 +305,7 @@ impl MailFlowPolicy {
             pre_greet_pause: None,
             sender_dns_verification: None,
             spf: SpfPolicy::default(),
+            dmarc: crate::policy::sender_auth::DmarcMode::Off,
         }
     }
 }

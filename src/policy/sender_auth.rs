@@ -1,5 +1,5 @@
 //! Sender authentication settings of a mail-flow policy (docs/sender-auth.md): envelope-sender
-//! DNS verification and SPF. Pure data; the decisions over it are in
+//! DNS verification, SPF and DMARC. Pure data; the decisions over it are in
 //! `src/policy/check/sender.rs`, the lookups in `src/auth/`.
 
 use std::sync::Arc;
@@ -121,6 +121,29 @@ impl Default for SpfPolicy {
             mode: SpfMode::Off,
             reject_softfail: false,
             at: SpfStage::Mail,
+        }
+    }
+}
+
+/// `dmarc:` of a policy: DKIM of every signature and DMARC, after DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmarcMode {
+    /// Not evaluated.
+    #[default]
+    Off,
+    /// Evaluated and written into `Authentication-Results`; nothing refused.
+    Tag,
+    /// A failure under `p=reject` refused (550 5.7.1), under `p=quarantine` marked, with `pct`.
+    Enforce,
+}
+
+impl DmarcMode {
+    /// Name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcMode::Off => "off",
+            DmarcMode::Tag => "tag",
+            DmarcMode::Enforce => "enforce",
         }
     }
 }

@@ -33,14 +33,23 @@ pub(crate) struct MessageCtx<'a> {
     pub size: u64,
 }
 
+/// The most a message held in memory for sender authentication may be when the policy's
+/// `max_message_size` is unlimited (docs/sender-auth.md): DKIM needs the whole message.
+pub(crate) const MAX_HELD_MESSAGE: u64 = 100 * 1024 * 1024;
+
 /// The message so far is within `max_message_size`; checked while it streams and at its end.
+/// With sender authentication on, an unlimited size is bounded by [`MAX_HELD_MESSAGE`].
 pub(crate) fn check_message(ctx: &MessageCtx) -> Result<Permit, Denial> {
     let limit = &ctx.policy.max_message_size;
-    if limit.is_exceeded_by(ctx.size) {
+    let max = match limit.max {
+        None if ctx.policy.is_message_auth_on() => Some(MAX_HELD_MESSAGE),
+        m => m,
+    };
+    if max.is_some_and(|m| ctx.size > m) {
         return Err(limit_denial(
             ctx.policy,
             &limit.reply,
-            limit.max,
+            max,
             LimitKind::MessageSize,
         ));
     }
@@ -107,7 +116,19 @@ mod tests {
         p.max_message_size.max = Some(100);
         let mut unlimited = p.clone();
         unlimited.max_message_size.max = None;
+        let mut held = unlimited.clone();
+        held.dmarc = crate::policy::sender_auth::DmarcMode::Tag;
         let msg = |policy, size| check_message(&MessageCtx { policy, size });
+        assert!(
+            msg(&unlimited, MAX_HELD_MESSAGE + 1).is_ok(),
+            "unlimited without auth"
+        );
+        assert!(msg(&held, MAX_HELD_MESSAGE).is_ok());
+        assert_eq!(
+            outcome(&msg(&held, MAX_HELD_MESSAGE + 1)).0,
+            552,
+            "a held message is bounded"
+        );
         let table = [
             (check_data(0), (554, "5.5.1", "no_recipients")),
             (check_data(1), (354, "", "permit")),

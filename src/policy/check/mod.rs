@@ -14,6 +14,7 @@
 //! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), DHAP (550, then the connection is dropped), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
 //! | mail (2nd step) | [`sender`] | envelope-sender DNS verification (553 malformed / not existing, 451 unresolvable), SPF under `reject_fail` (550 5.7.23, 451 4.7.24; at `spf_at`) |
 //! | data | [`data`] | `DATA` without recipients (554), 354, the message size (552), the spool commit (250 queued, 452 4.3.1) |
+//! | data (2nd step) | [`message_auth`] | DMARC under `dmarc: enforce`: `p=reject` failures (550 5.7.1), `p=quarantine` marked; `pct` |
 //!
 //! Syntax and sequence replies (500/501/503/504, including an invalid HELO name) are the
 //! parser's and the session's (`src/smtp/command.rs`, `src/smtp/session/commands.rs`), and a
@@ -25,6 +26,7 @@ pub(crate) mod connect;
 pub(crate) mod data;
 pub(crate) mod helo;
 pub(crate) mod mail;
+pub(crate) mod message_auth;
 pub(crate) mod rcpt;
 pub(crate) mod sender;
 
@@ -242,6 +244,11 @@ pub enum DenialReason {
         /// The stage that says the refusal (`spf_at`).
         at: crate::policy::sender_auth::SpfStage,
     },
+    /// DMARC `p=reject` failure refused under `dmarc: enforce`.
+    Dmarc {
+        /// The RFC 5322 From domain.
+        domain: String,
+    },
 }
 
 impl DenialReason {
@@ -283,6 +290,7 @@ impl DenialReason {
                 ..
             } => "spf_temperror",
             DenialReason::Spf { .. } => "spf_fail",
+            DenialReason::Dmarc { .. } => "dmarc_reject",
         }
     }
 
@@ -324,6 +332,8 @@ impl DenialReason {
                 crate::policy::sender_auth::SpfStage::Rcpt => Stage::Rcpt,
                 _ => Stage::Mail,
             },
+            // Refused after DATA: counted with the MAIL refusals, like a refused DATA.
+            DenialReason::Dmarc { .. } => Stage::Mail,
             DenialReason::NoRecipients
             | DenialReason::Spool { .. }
             | DenialReason::Report { .. }
@@ -424,6 +434,9 @@ impl fmt::Display for DenialReason {
                 result.label(),
                 at.as_str()
             ),
+            DenialReason::Dmarc { domain } => {
+                write!(f, "DMARC fail for {domain} (p=reject, dmarc: enforce)")
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::smtp::data::{DataReader, DataStatus};
 use crate::smtp::reply::{Enhanced, Reply};
 
 use super::headers::HeaderScanner;
+use super::message_auth::HeldMessage;
 use super::report::ReportCopy;
 
 /// The inside of an RFC 5321 §4.1.3 address literal: `192.0.2.1` or `IPv6:2001:db8::1`.
@@ -37,7 +38,13 @@ impl Session {
         let report = (!txn.reports.is_empty()).then(ReportCopy::default);
         let received = self.received_header();
         self.actions.push(Action::BeginMessage(mid));
-        self.body.extend_from_slice(received.as_bytes());
+        // With sender authentication on, the message waits for its Authentication-Results.
+        let held = if self.policy.is_message_auth_on() {
+            Some(HeldMessage::new(received))
+        } else {
+            self.body.extend_from_slice(received.as_bytes());
+            None
+        };
         self.permit(permit);
         self.phase = Phase::Data(Box::new(DataState {
             reader: DataReader::new(),
@@ -45,6 +52,7 @@ impl Session {
             size: 0,
             too_big: false,
             report,
+            held,
         }));
     }
 
@@ -105,8 +113,13 @@ impl Session {
         if st.too_big {
             // Keep reading to the end of DATA so the session stays in sync, but store nothing.
             self.body.truncate(before);
-        } else if let Some(copy) = st.report.as_mut() {
-            copy.push(&self.body[before..]);
+        } else {
+            if let Some(copy) = st.report.as_mut() {
+                copy.push(&self.body[before..]);
+            }
+            if let Some(held) = st.held.as_mut() {
+                held.take_from(&mut self.body, before);
+            }
         }
         match result {
             Err(e) => {
@@ -198,6 +211,9 @@ impl Session {
                 .map(|t| format!("{} {}", t.protocol, t.cipher)),
             body_8bitmime: txn.body_8bitmime,
         });
+        if let Some(held) = st.held.take() {
+            return self.authenticate_message(env, st.report.take(), held);
+        }
         // A message to a report address goes to the TLS-RPT intake first.
         if let Some(env) = self.ingest_report(env, st.report.take()) {
             self.actions.push(Action::CommitMessage(env));

@@ -8,8 +8,10 @@
 mod commands;
 mod data;
 pub(crate) mod headers;
+mod message_auth;
 mod report;
 mod sender;
+mod tls;
 mod validation;
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use crate::envelope::Envelope;
 use crate::mail_log::{Event, ReceivingFailure};
 use crate::policy::check::connect::{self, ConnectCtx};
 use crate::policy::check::{self, Denial, DenialReason, Permit};
-use crate::policy::flow::{Action as PolicyAction, ClientCert, MailFlowPolicy, TlsMode};
+use crate::policy::flow::{Action as PolicyAction, MailFlowPolicy, TlsMode};
 use crate::policy::hat::Classification;
 use crate::policy::rat::RecipientAccessTable;
 use crate::policy::rate::RateLimiter;
@@ -30,6 +32,7 @@ use crate::smtp::line::{LineEvent, LineReader};
 use crate::smtp::reply::{Enhanced, Reply};
 
 use headers::HeaderScanner;
+pub use tls::{TlsInfo, TlsOutcome};
 
 /// What the session needs from the outside world, injectable for tests.
 pub trait SessionEnv: Send + Sync {
@@ -39,26 +42,6 @@ pub trait SessionEnv: Send + Sync {
     fn now_rfc2822(&self) -> String;
     /// Current time in seconds since the Unix epoch.
     fn now_unix(&self) -> u64;
-}
-
-/// The negotiated TLS parameters, as the driver reports them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub protocol: String,
-    /// Cipher suite name.
-    pub cipher: String,
-    /// The client certificate, as the driver's verifier judged it.
-    pub client_cert: ClientCert,
-}
-
-/// The labels of `mxgate_inbound_tls_total` for one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TlsOutcome {
-    /// `success`, `handshake_failed`, `plaintext`, `required_refused` or `not_offered`.
-    pub outcome: &'static str,
-    /// `verified`, `missing`, `failed`, or `not_requested` (no TLS, or the policy did not ask).
-    pub client_cert: &'static str,
 }
 
 /// Everything fixed for one connection, decided before the greeting.
@@ -132,6 +115,9 @@ pub enum Action {
     /// Take the TLS-RPT report out of this message (the message as received; `None` when it
     /// passed the intake's size limit), then call [`Session::report_ingested`].
     IngestReport(Option<Vec<u8>>),
+    /// Verify the message's DKIM signatures and DMARC (bounded by the command timeout), then
+    /// call [`Session::message_authenticated`].
+    AuthenticateMessage(crate::auth::MessageRequest),
     /// Flush and close the connection.
     Close,
 }
@@ -147,6 +133,8 @@ enum Phase {
     /// The report of a message is being taken; the envelope (if anything else is to be
     /// queued) is committed after.
     Ingesting(Option<Box<Envelope>>),
+    /// The message's DKIM and DMARC are being checked.
+    Authenticating(Box<message_auth::PendingMessage>),
     Closed,
 }
 
@@ -159,6 +147,8 @@ struct DataState {
     too_big: bool,
     /// The message as received, kept for the TLS-RPT intake when it has a report address.
     report: Option<report::ReportCopy>,
+    /// The message held back until its `Authentication-Results` is known (auth on).
+    held: Option<message_auth::HeldMessage>,
 }
 
 #[derive(Debug)]
@@ -325,6 +315,7 @@ impl Session {
                 | Phase::Validating(_)
                 | Phase::VerifyingSender(_)
                 | Phase::Ingesting(_)
+                | Phase::Authenticating(_)
                 | Phase::Closed => break,
             }
             if pos >= input.len() && !matches!(self.phase, Phase::Data(_)) {
@@ -366,47 +357,13 @@ impl Session {
                 | Phase::Validating(_)
                 | Phase::VerifyingSender(_)
                 | Phase::Ingesting(_)
+                | Phase::Authenticating(_)
         )
     }
 
     /// True inside DATA (the driver applies the data timeout).
     pub(crate) fn is_in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
-    }
-
-    /// The active TLS parameters.
-    pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.as_ref()
-    }
-
-    /// The inbound TLS outcome of the connection for metrics; `None` for rejected or refused hosts.
-    pub(crate) fn tls_outcome(&self) -> Option<TlsOutcome> {
-        if matches!(
-            self.policy.action,
-            PolicyAction::Reject | PolicyAction::TcpRefuse
-        ) {
-            return None;
-        }
-        let outcome = if self.tls.is_some() {
-            "success"
-        } else if self.tls_failed {
-            "handshake_failed"
-        } else if self.policy.tls == TlsMode::Off || !self.p.tls_available {
-            "not_offered"
-        } else if self.policy.tls == TlsMode::Required {
-            "required_refused"
-        } else {
-            "plaintext"
-        };
-        let client_cert = self
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert.result_label())
-            .unwrap_or("not_requested");
-        Some(TlsOutcome {
-            outcome,
-            client_cert,
-        })
     }
 
     /// The policy applied to this session.
@@ -417,46 +374,6 @@ impl Session {
     /// Connection id.
     pub fn icid(&self) -> u64 {
         self.p.icid
-    }
-
-    /// True when the driver must ask for a client certificate at STARTTLS.
-    pub(crate) fn wants_client_cert(&self) -> bool {
-        self.policy.tls_verify_client
-    }
-
-    /// The handshake succeeded: RFC 3207 §4.2 — forget everything learned before it.
-    pub(crate) fn tls_established(&mut self, info: TlsInfo) {
-        self.log(Event::TlsSuccess {
-            icid: self.p.icid,
-            protocol: info.protocol.clone(),
-            cipher: info.cipher.clone(),
-            client_cert: info.client_cert.clone(),
-        });
-        self.tls = Some(info);
-        self.helo = None;
-        self.esmtp = false;
-        self.txn = None;
-        self.lines = LineReader::new(self.p.max_command_line);
-        self.phase = Phase::Command;
-    }
-
-    /// The handshake failed; the connection cannot continue.
-    pub(crate) fn tls_failed(&mut self, reason: &str) {
-        self.tls_failed = true;
-        self.log(Event::TlsFailed {
-            icid: self.p.icid,
-            reason: reason.to_string(),
-        });
-        self.phase = Phase::Closed;
-        self.actions.push(Action::Close);
-    }
-
-    /// The driver discarded plaintext pipelined behind STARTTLS.
-    pub(crate) fn discarded_after_starttls(&mut self, bytes: usize) {
-        self.log(Event::StartTlsInjection {
-            icid: self.p.icid,
-            bytes,
-        });
     }
 
     /// The spool commit finished.
@@ -480,7 +397,7 @@ impl Session {
 
     /// A timeout fired: `what` names it for the log.
     pub fn timeout(&mut self, what: &str) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         let d = connect::timeout(what, &self.hostname);
@@ -490,7 +407,7 @@ impl Session {
 
     /// The server is shutting down.
     pub fn shutdown(&mut self) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         let d = connect::shutdown(&self.hostname);
@@ -500,7 +417,7 @@ impl Session {
 
     /// The connection is over (peer closed, or the driver closed it): final log lines.
     pub fn finish(&mut self) {
-        if matches!(self.phase, Phase::Data(_)) {
+        if matches!(self.phase, Phase::Data(_) | Phase::Authenticating(_)) {
             self.abort_data();
         }
         if self.policy.action == PolicyAction::TcpRefuse {
