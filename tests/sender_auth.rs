@@ -28,6 +28,11 @@ fn zone(silent_port: u16) -> Option<Dnsmasq> {
         "--txt-record=soft.sa.test,v=spf1 ip4:192.0.2.1 ~all",
         // MX but no SPF record.
         "--mx-host=none.sa.test,mail.sa.test,10",
+        // Two SPF records, one that would pass and one that would fail: a permerror
+        // (RFC 7208 §4.5), whatever order the answer lists them in.
+        "--mx-host=two.sa.test,mail.sa.test,10",
+        "--txt-record=two.sa.test,v=spf1 -all",
+        "--txt-record=two.sa.test,v=spf1 ip4:127.0.0.1 -all",
         // No MX: the address record makes it a mail domain (RFC 5321 §5.1).
         "--host-record=aonly.sa.test,127.0.0.10",
         // RFC 7505 null MX: `MX 0 .`.
@@ -212,6 +217,12 @@ fn dns_verification_outcomes_exceptions_and_spf_against_real_dns() {
     assert!(r.starts_with("451 4.7.24 "), "{r}");
     assert_eq!(mail_reply(reject, "a@soft.sa.test"), "250 2.1.0 Sender ok");
     assert_eq!(mail_reply(reject, "a@pass.sa.test"), "250 2.1.0 Sender ok");
+    let mark = m.log_mark();
+    assert_eq!(mail_reply(reject, "a@two.sa.test"), "250 2.1.0 Sender ok");
+    m.wait_log_after(
+        mark,
+        "Info: MID {n} SPF: mailfrom identity a@two.sa.test PermError",
+    );
     assert_eq!(
         m.metric(
             "mxgate_messages_rejected_total",

@@ -293,7 +293,7 @@ pub(crate) async fn authenticate(
     let spf_now = req.spf.is_none() && req.sender.spf;
     let spf = match &req.spf {
         Some(o) => Some(o.clone()),
-        None if spf_now => Some(spf::evaluate(auth, &req.sender).await),
+        None if spf_now => Some(spf::evaluate(auth, resolver, &req.sender).await),
         None => None,
     };
     let mut answer = MessageAnswer {

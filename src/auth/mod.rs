@@ -122,7 +122,7 @@ impl SenderAuth {
             if !req.spf {
                 return None;
             }
-            let check = spf::evaluate(&self.authenticator, req);
+            let check = spf::evaluate(&self.authenticator, &self.resolver, req);
             Some(
                 tokio::time::timeout(SPF_TIMEOUT, check)
                     .await

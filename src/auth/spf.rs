@@ -130,9 +130,38 @@ impl SpfOutcome {
     }
 }
 
-/// Evaluates SPF for `req`'s identity.
-pub(crate) async fn evaluate(auth: &MessageAuthenticator, req: &SenderRequest) -> SpfOutcome {
+/// True when `record` is an SPF record (RFC 7208 §4.5: `v=spf1` then a space or the end).
+fn is_spf_record(record: &str) -> bool {
+    let r = record.trim_start().as_bytes();
+    r.len() >= 6 && r[..6].eq_ignore_ascii_case(b"v=spf1") && (r.len() == 6 || r[6] == b' ')
+}
+
+/// Evaluates SPF for `req`'s identity. `resolver` (the cache mail-auth shares) counts the
+/// domain's SPF records first: mail-auth takes the first that parses, where RFC 7208 §4.5
+/// makes several a `permerror` (otherwise the answer's order would decide a refusal).
+pub(crate) async fn evaluate(
+    auth: &MessageAuthenticator,
+    resolver: &crate::dns::ReverseResolver,
+    req: &SenderRequest,
+) -> SpfOutcome {
     let outcome = SpfOutcome::of(req, SpfVerdict::None);
+    // A HELO that is not a domain name (an address literal, a single label) has no SPF
+    // record to check (RFC 7208 §2.3): none.
+    if outcome.identity == SpfIdentity::Helo
+        && (req.helo.starts_with('[') || !req.helo.trim_end_matches('.').contains('.'))
+    {
+        return outcome;
+    }
+    if let crate::dns::records::RecordLookup::Found(records) =
+        resolver.lookup_txt(&outcome.domain).await
+    {
+        if records.iter().filter(|r| is_spf_record(r)).count() > 1 {
+            return SpfOutcome {
+                result: SpfVerdict::PermError,
+                ..outcome
+            };
+        }
+    }
     let params = match outcome.identity {
         SpfIdentity::MailFrom => {
             SpfParameters::verify_mail_from(req.peer_ip, &req.helo, &req.host, &req.from)
@@ -143,5 +172,23 @@ pub(crate) async fn evaluate(auth: &MessageAuthenticator, req: &SenderRequest) -
     SpfOutcome {
         result: out.result().into(),
         ..outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spf_records_are_v_spf1_then_a_space_or_the_end() {
+        for (r, want) in [
+            ("v=spf1 -all", true),
+            ("V=SPF1", true),
+            ("  v=spf1 ip4:192.0.2.1", true),
+            ("v=spf10 -all", false),
+            ("v=spf1-all", false),
+            ("spf2.0/pra -all", false),
+            ("google-site-verification=x", false),
+        ] {
+            assert_eq!(super::is_spf_record(r), want, "{r}");
+        }
     }
 }
