@@ -60,42 +60,12 @@ fn covers(cert: &Path, hosts: &[String]) -> bool {
 /// Writes `mta-sts-demo.crt`/`.key`, self-signed for `hosts`, unless they exist and cover
 /// them (a domain added later gets a new demo certificate).
 fn ensure_demo(certs_dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let cert = certs_dir.join("mta-sts-demo.crt");
     let key = certs_dir.join("mta-sts-demo.key");
     if key.exists() && covers(&cert, hosts) {
         return Ok((cert, key));
     }
-    let err = |e: &dyn std::fmt::Display| TlsError::Generate(format!("mta-sts: {e}"));
-    std::fs::create_dir_all(certs_dir).map_err(|e| err(&e))?;
-    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| err(&e))?;
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(
-        rcgen::DnType::CommonName,
-        hosts.first().cloned().unwrap_or_default(),
-    );
-    dn.push(
-        rcgen::DnType::OrganizationName,
-        "mxgate demo certificate (not verifiable)",
-    );
-    params.distinguished_name = dn;
-    let year = chrono::Datelike::year(&chrono::Utc::now());
-    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-    let signing = rcgen::KeyPair::generate().map_err(|e| err(&e))?;
-    let signed = params.self_signed(&signing).map_err(|e| err(&e))?;
-    // The key is never briefly world-readable.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key)
-        .map_err(|e| err(&e))?;
-    f.write_all(signing.serialize_pem().as_bytes())
-        .map_err(|e| err(&e))?;
-    std::fs::write(&cert, signed.pem()).map_err(|e| err(&e))?;
+    tls::write_demo_certificate(certs_dir, hosts, &cert, &key)?;
     Ok((cert, key))
 }
 

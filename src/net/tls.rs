@@ -111,12 +111,27 @@ pub(crate) fn ensure_demo_certificate(
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path, false));
     }
+    write_demo_certificate(certs_dir, &[hostname.to_string()], &cert_path, &key_path)?;
+    Ok((cert_path, key_path, true))
+}
+
+/// Writes a self-signed demo certificate for `hosts` (the first is the CN) to `cert_path`
+/// and its key to `key_path` (0600), creating `certs_dir`.
+pub(crate) fn write_demo_certificate(
+    certs_dir: &Path,
+    hosts: &[String],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
     std::fs::create_dir_all(certs_dir)
         .map_err(|e| TlsError::Generate(format!("{}: {e}", certs_dir.display())))?;
     let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
-    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(gen)?;
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(gen)?;
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, hostname);
+    dn.push(
+        rcgen::DnType::CommonName,
+        hosts.first().cloned().unwrap_or_default(),
+    );
     // Says what it is to anyone who inspects it with openssl.
     dn.push(
         rcgen::DnType::OrganizationName,
@@ -129,13 +144,10 @@ pub(crate) fn ensure_demo_certificate(
     params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
     let signing_key = rcgen::KeyPair::generate().map_err(gen)?;
     let cert = params.self_signed(&signing_key).map_err(gen)?;
-    let write = |p: &Path, data: String| {
-        std::fs::write(p, data).map_err(|e| TlsError::Generate(format!("{}: {e}", p.display())))
-    };
-    write_private(&key_path, signing_key.serialize_pem().as_bytes())
+    write_private(key_path, signing_key.serialize_pem().as_bytes())
         .map_err(|e| TlsError::Generate(format!("{}: {e}", key_path.display())))?;
-    write(&cert_path, cert.pem())?;
-    Ok((cert_path, key_path, true))
+    std::fs::write(cert_path, cert.pem())
+        .map_err(|e| TlsError::Generate(format!("{}: {e}", cert_path.display())))
 }
 
 /// Creates a file readable by its owner only (private keys), never briefly world-readable.

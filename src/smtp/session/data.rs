@@ -175,13 +175,7 @@ impl Session {
                 reason: ReceivingFailure::TooBig,
             });
             self.log_denial("message".into(), Some(mid), d.reason);
-            self.log(Event::MessageFinished {
-                mid,
-                how: "aborted".into(),
-            });
-            self.txn = None;
-            self.body.clear();
-            self.actions.push(Action::AbortMessage);
+            self.drop_refused_message(mid);
             if let Some(r) = d.reply {
                 self.reply(r);
             }
@@ -219,6 +213,18 @@ impl Session {
             self.actions.push(Action::CommitMessage(env));
             self.phase = Phase::Committing;
         }
+    }
+
+    /// A message refused at the end of DATA: its `Message finished … aborted` line, and its
+    /// transaction and spool file gone.
+    pub(super) fn drop_refused_message(&mut self, mid: u64) {
+        self.log(Event::MessageFinished {
+            mid,
+            how: "aborted".into(),
+        });
+        self.txn = None;
+        self.body.clear();
+        self.actions.push(Action::AbortMessage);
     }
 
     /// Drops the message being received (timeout, shutdown, lost connection).

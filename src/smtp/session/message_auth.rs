@@ -106,13 +106,7 @@ impl Session {
             Ok(d) => d,
             Err(d) => {
                 self.deny("message".into(), Some(mid), d);
-                self.log(Event::MessageFinished {
-                    mid,
-                    how: "aborted".into(),
-                });
-                self.txn = None;
-                self.body.clear();
-                self.actions.push(Action::AbortMessage);
+                self.drop_refused_message(mid);
                 return;
             }
         };
