@@ -11,6 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use support::client::Client;
 use support::dnsmasq::Dnsmasq;
 use support::{repo, tools_available, Mxgate};
 
@@ -37,6 +38,10 @@ fn zone(silent_port: u16) -> Option<Dnsmasq> {
         "--host-record=aonly.sa.test,127.0.0.10",
         // RFC 7505 null MX: `MX 0 .`.
         "--mx-host=nullmx.sa.test,.,0",
+        // An internationalized domain, published in its A-label form: bücher.sa.test,
+        // whose SPF record does not authorize 127.0.0.1.
+        "--mx-host=xn--bcher-kva.sa.test,mail.sa.test,10",
+        "--txt-record=xn--bcher-kva.sa.test,v=spf1 ip4:192.0.2.1 -all",
         &flaky,
     ])
 }
@@ -272,4 +277,31 @@ fn a_dns_server_that_does_not_answer_defers_and_never_refuses() {
     assert_eq!(count(&m, "verify", "dns_verification", "unresolvable"), 1.0);
     assert_eq!(count(&m, "spfreject", "spf", "temperror"), 1.0);
     assert_eq!(count(&m, "spftag", "spf", "temperror"), 1.0);
+}
+
+/// An internationalized sender domain (SMTPUTF8) is verified and SPF-checked in its A-label
+/// form, not waved through: `bücher.sa.test` exists as `xn--bcher-kva.sa.test` and its SPF
+/// record refuses us; `nöpe.sa.test` does not exist.
+#[tokio::test]
+async fn an_internationalized_sender_domain_is_checked_in_its_a_label_form() {
+    let (_silent, silent_port) = silent_server();
+    let Some(dns) = zone(silent_port) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let m = start(dns.port, work.path());
+    let addr = format!("127.0.0.1:{}", m.port("guarded")).parse().unwrap();
+    let mut c = Client::connect(addr, None).await;
+    assert!(c.reply().await.starts_with("220 "));
+    assert!(c.cmd("EHLO client.sa.test").await.contains("SMTPUTF8"));
+    let mark = m.log_mark();
+    let r = c.cmd("MAIL FROM:<a@nöpe.sa.test> SMTPUTF8").await;
+    assert!(r.starts_with("553 5.1.8 "), "{r}");
+    m.wait_log_after(
+        mark,
+        "Address: <a@nöpe.sa.test> sender rejected, envelope sender domain does not exist",
+    );
+    let mark = m.log_mark();
+    let r = c.cmd("MAIL FROM:<a@Bücher.sa.test> SMTPUTF8").await;
+    assert!(r.starts_with("550 5.7.23 "), "{r}");
+    m.wait_log_after(mark, "SPF: mailfrom identity a@Bücher.sa.test Fail");
+    drop(dns);
 }

@@ -47,6 +47,11 @@ pub enum DnsVerdict {
 }
 
 impl DnsVerdict {
+    /// True when the sender is refused for it (malformed, does not exist, unresolvable).
+    pub fn refuses(&self) -> bool {
+        !matches!(self, DnsVerdict::Exempt | DnsVerdict::Exists)
+    }
+
     /// The `result` label of `mxgate_sender_auth_total{method="dns_verification"}`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -61,20 +66,29 @@ impl DnsVerdict {
 
 /// The check for a non-null sender: `Malformed` without a domain (`<postmaster>`, `<user>`),
 /// with an address literal, or with a domain that is not a host name of at least two labels;
-/// `Skip` for an internationalized domain (verified only in its A-label form); else `Lookup`.
+/// else `Lookup`. An internationalized domain (SMTPUTF8) is looked up in its A-label form.
 pub(crate) fn classify(from: &Mailbox) -> DnsCheck {
     let domain = from.domain.trim_end_matches('.');
     if domain.is_empty() || from.flags.domain_literal || domain.starts_with('[') {
         return DnsCheck::Malformed;
     }
-    if !domain.is_ascii() {
-        return DnsCheck::Skip;
-    }
-    let domain = domain.to_ascii_lowercase();
+    let Some(domain) = a_label(domain) else {
+        return DnsCheck::Malformed;
+    };
     if !crate::dns::name::is_host_name(&domain) || !domain.contains('.') {
         return DnsCheck::Malformed;
     }
     DnsCheck::Lookup(domain)
+}
+
+/// `domain` as DNS knows it: lower case, and an internationalized (SMTPUTF8) domain in its
+/// A-label form (UTS 46 mapping, then Punycode); `None` when it cannot be mapped.
+pub(crate) fn a_label(domain: &str) -> Option<String> {
+    if domain.is_ascii() {
+        Some(domain.to_ascii_lowercase())
+    } else {
+        idna::domain_to_ascii(domain).ok()
+    }
 }
 
 /// Looks `domain` up: its MX records, and its addresses when it has none.
@@ -121,6 +135,9 @@ mod tests {
         );
         assert_eq!(check("<a@[192.0.2.1]>"), DnsCheck::Malformed);
         assert_eq!(check("<a@localhost>"), DnsCheck::Malformed);
-        assert_eq!(check("<a@bücher.example>"), DnsCheck::Skip);
+        assert_eq!(
+            check("<a@Bücher.example>"),
+            DnsCheck::Lookup("xn--bcher-kva.example".into())
+        );
     }
 }

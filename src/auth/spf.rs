@@ -108,7 +108,7 @@ impl SpfOutcome {
             Some((_, d)) if !req.from.is_empty() => (
                 SpfIdentity::MailFrom,
                 req.from.clone(),
-                d.to_ascii_lowercase(),
+                super::dns_verify::a_label(d).unwrap_or_else(|| d.to_ascii_lowercase()),
             ),
             _ => (
                 SpfIdentity::Helo,
@@ -162,9 +162,12 @@ pub(crate) async fn evaluate(
             };
         }
     }
+    // The local part as sent (the `l` macro), the domain as DNS knows it (A-label).
+    let local = req.from.rsplit_once('@').map_or("", |(l, _)| l);
+    let sender = format!("{local}@{}", outcome.domain);
     let params = match outcome.identity {
         SpfIdentity::MailFrom => {
-            SpfParameters::verify_mail_from(req.peer_ip, &req.helo, &req.host, &req.from)
+            SpfParameters::verify_mail_from(req.peer_ip, &req.helo, &req.host, &sender)
         }
         SpfIdentity::Helo => SpfParameters::verify_ehlo(req.peer_ip, &req.helo, &req.host),
     };

@@ -26,10 +26,14 @@ pub(crate) fn count(l: &InboundLabels, method: &'static str, result: &'static st
     .increment(1);
 }
 
-/// Counts the results of one `MAIL FROM`'s lookups.
+/// Counts the results of one `MAIL FROM`'s lookups. A sender refused by the DNS
+/// verification has no SPF result, in the log as here, although SPF ran alongside.
 pub(crate) fn observe(l: &InboundLabels, answer: &SenderAnswer) {
     if let Some(d) = &answer.dns {
         count(l, "dns_verification", d.label());
+        if d.refuses() {
+            return;
+        }
     }
     if let Some(s) = &answer.spf {
         count(l, "spf", s.result.label());
