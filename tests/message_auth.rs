@@ -449,7 +449,7 @@ async fn dkim_dmarc_matrix_with_real_dns_and_a_real_signer() {
         ars[1],
         "Authentication-Results: upstream.example; spf=pass smtp.mailfrom=x@y.test\r\n"
     );
-    s.m.wait_log("mxgate: MID 9 removed 2 forged header(s) claiming mx.test.example (Authentication-Results, X-Mxgate-DMARC)");
+    s.m.wait_log("mxgate: MID 9 removed forged headers: 1 Authentication-Results claiming mx.test.example, 1 X-Mxgate-DMARC");
 
     // p=reject failures under `enforce`: refused, nothing delivered.
     let refused = [
@@ -530,4 +530,127 @@ async fn dkim_dmarc_matrix_with_real_dns_and_a_real_signer() {
         ),
         2.0
     );
+}
+
+/// What an outsider tried against the checks after DATA: a header section that folds into
+/// ours or that another parser reads differently is refused (550 5.6.0); under `enforce` a
+/// message without one author domain is refused (550 5.7.1), under `tag` it is delivered;
+/// past five signatures, and for rsa-sha1, DKIM is not verified (`policy`), so a flood of
+/// signatures costs no DNS and cannot turn a p=reject failure into a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_would_fool_dmarc_or_fold_into_ours_and_signature_floods() {
+    let Some(s) = setup().await else { return };
+    let malformed = [
+        (
+            "\t; dkim=pass header.d=rej.ma.test;|\tdmarc=pass header.from=rej.ma.test|",
+            "550 5.6.0 Message refused: malformed header section (the first header line is a continuation)",
+        ),
+        (
+            "X-A: 1|garbage|",
+            "550 5.6.0 Message refused: malformed header section (a header line is not a field)",
+        ),
+    ];
+    for (extra, reply) in malformed {
+        for listener in ["enforce", "tag", "spfonly"] {
+            let got = send(
+                &s,
+                (
+                    listener,
+                    "m@other.ma.test",
+                    "m@rej.ma.test",
+                    "-",
+                    false,
+                    extra,
+                ),
+            )
+            .await;
+            assert_eq!(got, reply, "{listener} {extra:?}");
+        }
+    }
+    // Two From fields, or two author domains in one: no DMARC domain.
+    let two_from = "From: <ceo@rej.ma.test>|";
+    let got = send(
+        &s,
+        (
+            "enforce",
+            "n@other.ma.test",
+            "n@other.ma.test",
+            "-",
+            false,
+            two_from,
+        ),
+    )
+    .await;
+    assert_eq!(
+        got,
+        "550 5.7.1 Message refused: DMARC needs one From address (2 From fields, not one)"
+    );
+    let got = send(
+        &s,
+        (
+            "tag",
+            "o@other.ma.test",
+            "o@other.ma.test",
+            "-",
+            false,
+            two_from,
+        ),
+    )
+    .await;
+    assert!(got.starts_with("250 "), "{got}");
+    delivered(&s, "o@other.ma.test").await;
+    s.m.wait_log(
+        "message refused: DMARC needs one From address: 2 From fields, not one (dmarc: enforce)",
+    );
+    assert!(!s
+        .sink
+        .messages()
+        .iter()
+        .any(|m| m.from.starts_with('m') || m.from.starts_with('n')));
+
+    // A real signature, then an rsa-sha1 one and six more: five verified, the rest `policy`.
+    let mut extra = String::from(
+        "DKIM-Signature: v=1; a=rsa-sha1; d=old.ma.test; s=sel; h=from; bh=AAAA; b=AAAA|",
+    );
+    for n in 1..=6 {
+        extra.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=n{n}.ma.test; s=sel; h=from; bh=AAAA; b=AAAA|"
+        ));
+    }
+    let got = send(
+        &s,
+        (
+            "enforce",
+            "p@rej.ma.test",
+            "p@rej.ma.test",
+            "rej.ma.test",
+            false,
+            &extra,
+        ),
+    )
+    .await;
+    assert!(got.starts_with("250 "), "{got}");
+    let h = delivered(&s, "p@rej.ma.test").await;
+    let ar = &h[1];
+    assert!(ar.contains("dkim=pass header.d=rej.ma.test"), "{ar}");
+    assert!(
+        ar.contains(
+            "dkim=policy (rsa-sha1 is not accepted RFC 8301) header.d=old.ma.test header.s=sel"
+        ),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("dkim=policy (signature limit reached) header.d=n5.ma.test"),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("dkim=policy (signature limit reached) header.d=n6.ma.test"),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("dmarc=pass (p=reject) header.from=rej.ma.test"),
+        "{ar}"
+    );
+    assert_eq!(ar.matches("dkim=").count(), 8, "{ar}");
+    s.m.wait_log("DKIM: policy signature limit reached (d=n6.ma.test s=sel i=)");
 }

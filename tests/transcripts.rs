@@ -588,6 +588,8 @@ impl Backend for ScriptedBackend {
                 dkim_aligned: false,
             }),
             sample: 0,
+            // The real structural check: a malformed header section is refused before DNS.
+            header: mxgate::auth::header::structure(&req.message).err(),
         }
     }
 

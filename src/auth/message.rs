@@ -11,6 +11,7 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, Error, MessageAuthenticator, SpfOutput,
 };
 
+use super::header::{self, HeaderProblem, Unverified};
 use super::{spf, SenderRequest, SpfOutcome, SpfVerdict};
 use crate::dns::ReverseResolver;
 
@@ -41,6 +42,8 @@ pub enum DkimVerdict {
     TempError,
     /// Unusable for another reason (mail-auth's `neutral`).
     Neutral,
+    /// Not verified by local policy: over the signature limit, or rsa-sha1 (RFC 8601 §2.7.1).
+    Policy,
 }
 
 impl DkimVerdict {
@@ -52,6 +55,7 @@ impl DkimVerdict {
             DkimVerdict::PermError => "permerror",
             DkimVerdict::TempError => "temperror",
             DkimVerdict::Neutral => "neutral",
+            DkimVerdict::Policy => "policy",
         }
     }
 
@@ -62,6 +66,7 @@ impl DkimVerdict {
             DkimVerdict::Fail | DkimVerdict::PermError => "permfail",
             DkimVerdict::TempError => "tempfail",
             DkimVerdict::Neutral => "neutral",
+            DkimVerdict::Policy => "policy",
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct MessageAnswer {
     pub dmarc: Option<DmarcOutcome>,
     /// A uniform sample in `0..100` against the record's `pct=` (RFC 7489 §6.6.4).
     pub sample: u8,
+    /// What is wrong with the header section, if anything (malformed, or no single From).
+    pub header: Option<HeaderProblem>,
 }
 
 impl MessageAnswer {
@@ -191,6 +198,7 @@ impl MessageAnswer {
             spf_now,
             dmarc: req.dmarc.then(DmarcOutcome::temp_error),
             sample: 0,
+            header: None,
         }
     }
 }
@@ -235,6 +243,17 @@ fn dkim_signature(out: &mail_auth::DkimOutput<'_>) -> DkimSignature {
     }
 }
 
+/// A signature taken out before verification: `policy`, with the reason.
+fn policy_signature(u: Unverified) -> DkimSignature {
+    DkimSignature {
+        result: DkimVerdict::Policy,
+        domain: u.domain,
+        selector: u.selector,
+        identity: u.identity,
+        reason: u.why.to_string(),
+    }
+}
+
 fn dmarc_verdict(r: &DmarcResult) -> DmarcVerdict {
     match r {
         DmarcResult::Pass => DmarcVerdict::Pass,
@@ -245,30 +264,36 @@ fn dmarc_verdict(r: &DmarcResult) -> DmarcVerdict {
     }
 }
 
-/// `pct=` of the DMARC record that applies to `domain`: its own, else the nearest parent's
-/// (mail-auth 0.13 follows DMARCbis and does not keep `pct`). Cached DNS; 100 on any doubt.
-async fn lookup_pct(resolver: &ReverseResolver, domain: &str) -> u8 {
+/// The DMARC record that applies to `domain` (its own, else the nearest parent's): its
+/// `pct=` (mail-auth 0.13 follows DMARCbis and does not keep it; 100 on any doubt), and
+/// whether that name has several records (RFC 7489 §6.6.3: then no policy applies; mail-auth
+/// takes one). Cached DNS.
+async fn lookup_record(resolver: &ReverseResolver, domain: &str) -> (u8, bool) {
     let hickory = resolver.hickory();
     let mut name = domain.trim_end_matches('.');
     loop {
         if let Ok(txt) = hickory.txt_lookup(format!("_dmarc.{name}.")).await {
-            for rec in txt.answers() {
-                let hickory_resolver::proto::rr::RData::TXT(t) = &rec.data else {
-                    continue;
-                };
-                let text: String = t
-                    .txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
-                if text.trim_start().starts_with("v=DMARC1") {
-                    return parse_pct(&text);
-                }
+            let records: Vec<String> = txt
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    hickory_resolver::proto::rr::RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .filter(|text| text.trim_start().starts_with("v=DMARC1"))
+                .collect();
+            if let Some(first) = records.first() {
+                return (parse_pct(first), records.len() > 1);
             }
         }
         match name.split_once('.') {
             Some((_, parent)) if parent.contains('.') => name = parent,
-            _ => return 100,
+            _ => return (100, false),
         }
     }
 }
@@ -302,11 +327,21 @@ pub(crate) async fn authenticate(
         spf_now,
         dmarc: None,
         sample: random_sample(),
+        header: None,
+    };
+    let from_fields = match header::structure(&req.message) {
+        Ok(n) => n,
+        Err(p) => {
+            // Refused whatever DNS says: no lookups.
+            answer.header = Some(p);
+            return answer;
+        }
     };
     if !req.dmarc {
         return answer;
     }
-    let Some(msg) = AuthenticatedMessage::parse(&req.message) else {
+    let (view, unverified) = header::dkim_view(&req.message);
+    let Some(msg) = AuthenticatedMessage::parse(&view) else {
         // Not a parseable message: no signature can be verified, no From domain found.
         answer.dmarc = Some(DmarcOutcome {
             result: DmarcVerdict::None,
@@ -314,8 +349,15 @@ pub(crate) async fn authenticate(
         });
         return answer;
     };
+    answer.header = match from_fields {
+        1 => header::from_problem(&msg.from),
+        n => Some(HeaderProblem::FromFields(n)),
+    };
     let dkim = auth.verify_dkim(&msg).await;
     answer.dkim = dkim.iter().map(dkim_signature).collect();
+    answer
+        .dkim
+        .extend(unverified.into_iter().map(policy_signature));
     let spf_output = match &answer.spf {
         Some(o) => SpfOutput::new(o.domain.clone()).with_result(match o.result {
             SpfVerdict::Pass => mail_auth::SpfResult::Pass,
@@ -347,10 +389,15 @@ pub(crate) async fn authenticate(
         Policy::Quarantine => DmarcPolicy::Quarantine,
         Policy::None | Policy::Unspecified => DmarcPolicy::None,
     };
-    let pct = if result == DmarcVerdict::Fail && policy != DmarcPolicy::None {
-        lookup_pct(resolver, out.domain()).await
+    let (pct, several) = if result == DmarcVerdict::Fail && policy != DmarcPolicy::None {
+        lookup_record(resolver, out.domain()).await
     } else {
-        100
+        (100, false)
+    };
+    let (result, policy) = if several {
+        (DmarcVerdict::None, DmarcPolicy::None)
+    } else {
+        (result, policy)
     };
     answer.dmarc = Some(DmarcOutcome {
         result,

@@ -15,6 +15,7 @@
 //! | [`results`] | the `Authentication-Results` header; removing forged ones |
 
 pub mod dns_verify;
+pub mod header;
 pub mod message;
 pub mod results;
 pub mod spf;

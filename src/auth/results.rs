@@ -1,17 +1,51 @@
 //! The `Authentication-Results` header (RFC 8601) we add, and the removal of incoming ones
 //! that claim our authserv-id (§5: a forgery, or a stale result of ours). Pure text work.
 
+use super::header::{authserv_id, fields, header_end, split_field};
 use super::message::{DmarcVerdict, MessageAnswer};
 use super::spf::SpfIdentity;
 
 /// The header we add when a DMARC `quarantine` was applied: the internal server files on it.
 pub const QUARANTINE_HEADER: &str = "X-Mxgate-DMARC";
 
-/// Keeps a value safe inside a header: printable ASCII without `;`, `(`, `)`, `"` or `\`.
-fn token(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() && !matches!(c, ';' | '(' | ')' | '"' | '\\'))
-        .collect()
+/// Longest property value written; a longer one is left out (keeps lines short).
+const MAX_VALUE: usize = 255;
+
+/// A property value as RFC 8601 §2.2 writes it: `[local-part@]domain` or a token as is,
+/// anything else printable as a quoted-string; `None` (left out) for an empty, over-long or
+/// non-ASCII value. Never drops characters: a value is written whole or not at all.
+fn pvalue(s: &str) -> Option<String> {
+    if s.is_empty() || s.len() > MAX_VALUE || !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return None;
+    }
+    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b);
+    let plain = match s.rsplit_once('@') {
+        Some((l, d)) => {
+            l.bytes().all(atext)
+                && !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+        None => s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b)),
+    };
+    Some(if plain {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    })
+}
+
+/// A domain property value: its A-label form when internationalized.
+fn domain_value(d: &str) -> Option<String> {
+    pvalue(&super::dns_verify::a_label(d).unwrap_or_else(|| d.to_string()))
+}
+
+/// ` name=value`, or nothing when the value cannot be written.
+fn prop(name: &str, value: Option<String>) -> String {
+    value.map(|v| format!(" {name}={v}")).unwrap_or_default()
 }
 
 /// `Authentication-Results: <authserv_id>; spf=…; dkim=…; dmarc=…` with CRLF, folded one
@@ -19,15 +53,18 @@ fn token(s: &str) -> String {
 pub fn render(authserv_id: &str, answer: &MessageAnswer, dmarc_asked: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(o) = &answer.spf {
-        let prop = match o.identity {
+        let name = match o.identity {
             SpfIdentity::MailFrom => "smtp.mailfrom",
             SpfIdentity::Helo => "smtp.helo",
         };
         let value = match o.identity {
-            SpfIdentity::MailFrom => token(&o.address),
-            SpfIdentity::Helo => token(&o.domain),
+            SpfIdentity::MailFrom => match o.address.rsplit_once('@') {
+                Some((l, d)) => domain_value(d).and_then(|d| pvalue(&format!("{l}@{d}"))),
+                None => pvalue(&o.address),
+            },
+            SpfIdentity::Helo => domain_value(&o.domain),
         };
-        parts.push(format!("spf={} {prop}={value}", o.result.label()));
+        parts.push(format!("spf={}{}", o.result.label(), prop(name, value)));
     }
     if dmarc_asked {
         if answer.dkim.is_empty() {
@@ -38,15 +75,9 @@ pub fn render(authserv_id: &str, answer: &MessageAnswer, dmarc_asked: bool) -> S
             if !s.reason.is_empty() {
                 p.push_str(&format!(" ({})", token_words(&s.reason)));
             }
-            if !s.domain.is_empty() {
-                p.push_str(&format!(" header.d={}", token(&s.domain)));
-            }
-            if !s.selector.is_empty() {
-                p.push_str(&format!(" header.s={}", token(&s.selector)));
-            }
-            if !s.identity.is_empty() {
-                p.push_str(&format!(" header.i={}", token(&s.identity)));
-            }
+            p.push_str(&prop("header.d", domain_value(&s.domain)));
+            p.push_str(&prop("header.s", pvalue(&s.selector)));
+            p.push_str(&prop("header.i", pvalue(&s.identity)));
             parts.push(p);
         }
     }
@@ -56,12 +87,10 @@ pub fn render(authserv_id: &str, answer: &MessageAnswer, dmarc_asked: bool) -> S
         if matches!(d.result, DmarcVerdict::Pass | DmarcVerdict::Fail) {
             p.push_str(&format!(" (p={})", d.policy.as_str()));
         }
-        if !d.from_domain.is_empty() {
-            p.push_str(&format!(" header.from={}", token(&d.from_domain)));
-        }
+        p.push_str(&prop("header.from", domain_value(&d.from_domain)));
         parts.push(p);
     }
-    let id = token(authserv_id);
+    let id = pvalue(authserv_id).unwrap_or_else(|| "localhost".into());
     if parts.is_empty() {
         return format!("Authentication-Results: {id}; none\r\n");
     }
@@ -71,86 +100,47 @@ pub fn render(authserv_id: &str, answer: &MessageAnswer, dmarc_asked: bool) -> S
     )
 }
 
-/// A comment's text: words of printable ASCII, parentheses and backslashes dropped.
+/// A comment's text: printable ASCII words without parentheses or backslashes (they would
+/// end or escape the comment), at most [`MAX_VALUE`] bytes.
 fn token_words(s: &str) -> String {
-    s.split_whitespace()
-        .map(token)
+    let mut out = s
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\'))
+                .collect::<String>()
+        })
         .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The authserv-id of an `Authentication-Results` value: its first token, comments skipped.
-fn authserv_id(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    let mut out = String::new();
-    let mut depth = 0u32;
-    for c in text.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            _ if depth > 0 => {}
-            ';' => break,
-            c if c.is_whitespace() => {
-                if !out.is_empty() {
-                    break;
-                }
-            }
-            c => out.push(c),
-        }
-    }
+        .join(" ");
+    out.truncate(MAX_VALUE);
     out
 }
 
-/// The length of the header section of `message` (up to and including the empty line; the
-/// whole message when it has no body).
-fn header_end(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message.len(), |i| i + 2)
+/// How many forged fields [`strip_forged`] removed, by name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forged {
+    /// `Authentication-Results` fields claiming one of our authserv-ids.
+    pub results: usize,
+    /// [`QUARANTINE_HEADER`] fields.
+    pub quarantine: usize,
 }
 
-/// `message` without the `Authentication-Results` fields whose authserv-id is `ours`, and
-/// without any [`QUARANTINE_HEADER`] (only we set it). Returns the bytes and how many fields
-/// were removed.
-pub fn strip_forged(message: &[u8], ours: &str) -> (Vec<u8>, usize) {
+/// `message` without the `Authentication-Results` fields whose authserv-id is one of `ours`
+/// (the one we write, and the listener's host name when `override_hostname` differs: the
+/// internal server may trust either), and without any [`QUARANTINE_HEADER`] (only we set it).
+pub fn strip_forged(message: &[u8], ours: &[&str]) -> (Vec<u8>, Forged) {
     let end = header_end(message);
     let mut out = Vec::with_capacity(message.len());
-    let mut removed = 0;
-    // Split the header section into fields: a line starting with white space continues one.
-    let mut fields: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    let head = &message[..end];
-    while i < head.len() {
-        let line_end = head[i..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(head.len(), |p| i + p + 2);
-        if i > start && !matches!(head[i], b' ' | b'\t') {
-            fields.push(&head[start..i]);
-            start = i;
-        }
-        i = line_end;
-    }
-    if start < head.len() {
-        fields.push(&head[start..]);
-    }
-    for f in fields {
-        let (name, value) = match f.iter().position(|b| *b == b':') {
-            Some(c) => (&f[..c], &f[c + 1..]),
-            None => (f, &f[f.len()..]),
-        };
-        let name = String::from_utf8_lossy(name);
-        let name = name.trim();
-        let forged = (name.eq_ignore_ascii_case("authentication-results")
-            && authserv_id(value).eq_ignore_ascii_case(ours))
-            || name.eq_ignore_ascii_case(QUARANTINE_HEADER);
-        if forged {
-            removed += 1;
+    let mut removed = Forged::default();
+    for f in fields(&message[..end]) {
+        let (name, value) = split_field(f);
+        if name.eq_ignore_ascii_case(b"authentication-results") && {
+            let id = authserv_id(value);
+            ours.iter().any(|o| id.eq_ignore_ascii_case(o))
+        } {
+            removed.results += 1;
+        } else if name.eq_ignore_ascii_case(QUARANTINE_HEADER.as_bytes()) {
+            removed.quarantine += 1;
         } else {
             out.extend_from_slice(f);
         }
@@ -171,8 +161,8 @@ mod tests {
 Authentication-Results: (comment) mx.test.example 1; dkim=pass\r\n\
 Authentication-Results: other.example; dmarc=pass\r\n\
 X-Mxgate-DMARC: none\r\nSubject: s\r\n\r\nAuthentication-Results: mx.test.example; body\r\n";
-        let (out, n) = strip_forged(msg, "mx.test.example");
-        assert_eq!(n, 3);
+        let (out, n) = strip_forged(msg, &["mx.test.example"]);
+        assert_eq!((n.results, n.quarantine), (2, 1));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "Authentication-Results: other.example; dmarc=pass\r\nSubject: s\r\n\r\n\
@@ -181,11 +171,34 @@ Authentication-Results: mx.test.example; body\r\n"
     }
 
     #[test]
+    fn values_are_written_whole_quoted_or_left_out() {
+        assert_eq!(pvalue("a@b.example").as_deref(), Some("a@b.example"));
+        assert_eq!(pvalue("@b.example").as_deref(), Some("@b.example"));
+        assert_eq!(pvalue("sel-2024").as_deref(), Some("sel-2024"));
+        assert_eq!(
+            pvalue("sel d=bank.test").as_deref(),
+            Some("\"sel d=bank.test\"")
+        );
+        assert_eq!(pvalue("a\"b").as_deref(), Some("\"a\\\"b\""));
+        assert_eq!(
+            pvalue("x@evil.test;dmarc=pass").as_deref(),
+            Some("\"x@evil.test;dmarc=pass\"")
+        );
+        assert_eq!(pvalue("b\u{430}nk.test"), None);
+        assert_eq!(pvalue(&"s".repeat(300)), None);
+        assert_eq!(pvalue(""), None);
+        assert_eq!(
+            domain_value("B\u{fc}cher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
     fn header_only_message_and_no_headers() {
-        let (out, n) = strip_forged(b"Authentication-Results: a.b; x", "a.b");
-        assert_eq!((out.as_slice(), n), (&b""[..], 1));
-        let (out, n) = strip_forged(b"\r\nbody", "a.b");
-        assert_eq!((out.as_slice(), n), (&b"\r\nbody"[..], 0));
+        let (out, n) = strip_forged(b"Authentication-Results: a.b; x", &["c.d", "a.b"]);
+        assert_eq!((out.as_slice(), n.results), (&b""[..], 1));
+        let (out, n) = strip_forged(b"\r\nbody", &["a.b"]);
+        assert_eq!((out.as_slice(), n), (&b"\r\nbody"[..], Forged::default()));
     }
 
     #[test]
@@ -223,6 +236,7 @@ Authentication-Results: mx.test.example; body\r\n"
                 dkim_aligned: true,
             }),
             sample: 0,
+            header: None,
         };
         assert_eq!(
             render("mx.test", &answer, true),
@@ -237,6 +251,7 @@ dmarc=pass (p=reject) header.from=a.example\r\n"
             spf_now: false,
             dmarc: None,
             sample: 0,
+            header: None,
         };
         assert_eq!(
             render("mx.test", &none, false),

@@ -152,15 +152,24 @@ pub(crate) async fn evaluate(
     {
         return outcome;
     }
-    if let crate::dns::records::RecordLookup::Found(records) =
-        resolver.lookup_txt(&outcome.domain).await
-    {
-        if records.iter().filter(|r| is_spf_record(r)).count() > 1 {
+    match resolver.lookup_txt(&outcome.domain).await {
+        crate::dns::records::RecordLookup::Found(records)
+            if records.iter().filter(|r| is_spf_record(r)).count() > 1 =>
+        {
             return SpfOutcome {
                 result: SpfVerdict::PermError,
                 ..outcome
             };
         }
+        // The record itself could not be fetched: a temperror now (RFC 7208 §4.4), rather
+        // than mail-auth asking again and a dead DNS server costing its timeout twice more.
+        crate::dns::records::RecordLookup::Failed(_) => {
+            return SpfOutcome {
+                result: SpfVerdict::TempError,
+                ..outcome
+            };
+        }
+        _ => {}
     }
     // The local part as sent (the `l` macro), the domain as DNS knows it (A-label).
     let local = req.from.rsplit_once('@').map_or("", |(l, _)| l);

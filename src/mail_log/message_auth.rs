@@ -2,6 +2,7 @@
 //! and `DMARC:` lines, the quarantine mark, and forged headers removed.
 
 use super::event::{printable, sanitize};
+use crate::auth::results::QUARANTINE_HEADER;
 use crate::auth::{DkimSignature, DkimVerdict, DmarcOutcome, DmarcVerdict};
 
 /// One message-check event.
@@ -39,8 +40,8 @@ pub enum MessageAuthEvent {
     ForgedHeaders {
         /// Message id.
         mid: u64,
-        /// How many fields were removed.
-        removed: usize,
+        /// How many fields were removed, by name.
+        removed: crate::auth::results::Forged,
         /// Our authserv-id.
         authserv_id: String,
     },
@@ -84,10 +85,20 @@ impl MessageAuthEvent {
                 mid,
                 removed,
                 authserv_id,
-            } => format!(
-                "mxgate: MID {mid} removed {removed} forged header(s) claiming {} (Authentication-Results, X-Mxgate-DMARC)",
-                printable(authserv_id)
-            ),
+            } => {
+                let mut what = Vec::new();
+                if removed.results > 0 {
+                    what.push(format!(
+                        "{} Authentication-Results claiming {}",
+                        removed.results,
+                        printable(authserv_id)
+                    ));
+                }
+                if removed.quarantine > 0 {
+                    what.push(format!("{} {QUARANTINE_HEADER}", removed.quarantine));
+                }
+                format!("mxgate: MID {mid} removed forged headers: {}", what.join(", "))
+            }
         }
     }
 }

@@ -33,8 +33,40 @@ pub(crate) struct MessageAuthCtx<'a> {
     pub answer: &'a MessageAnswer,
 }
 
-/// The DMARC decision over a message.
+/// The decision over a message: its header section, then DMARC.
 pub(crate) fn check_message_auth(ctx: &MessageAuthCtx<'_>) -> Result<Disposition, Denial> {
+    if let Some(problem) = ctx.answer.header {
+        // We add `Authentication-Results` on top: a header section the internal server would
+        // read differently from us (or that folds into ours) cannot carry it.
+        if problem.is_malformed() {
+            return Err(Denial::new(
+                Reply::new(
+                    550,
+                    Enhanced(5, 6, 0),
+                    format!(
+                        "Message refused: malformed header section ({})",
+                        problem.describe()
+                    ),
+                ),
+                DenialReason::MalformedHeader { problem },
+            ));
+        }
+        // RFC 7489 §6.6.1: without a single author domain DMARC cannot apply, and a forger
+        // would only need to add a second From.
+        if ctx.policy.dmarc == DmarcMode::Enforce {
+            return Err(Denial::new(
+                Reply::new(
+                    550,
+                    Enhanced(5, 7, 1),
+                    format!(
+                        "Message refused: DMARC needs one From address ({})",
+                        problem.describe()
+                    ),
+                ),
+                DenialReason::DmarcAuthor { problem },
+            ));
+        }
+    }
     if ctx.policy.dmarc != DmarcMode::Enforce {
         return Ok(Disposition::Deliver);
     }
@@ -87,6 +119,7 @@ mod tests {
                 dkim_aligned: false,
             }),
             sample,
+            header: None,
         }
     }
 
@@ -156,6 +189,34 @@ mod tests {
         for (mode, v, p, pct, sample, want) in rows {
             let got = decide(*mode, &answer(*v, *p, *pct, *sample));
             assert_eq!(&got, want, "{mode:?} {v:?} {p:?} pct={pct} sample={sample}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_header_is_refused_in_every_mode_and_no_author_only_under_enforce() {
+        use crate::auth::header::HeaderProblem;
+        let with = |h| MessageAnswer {
+            header: Some(h),
+            ..answer(DmarcVerdict::Pass, DmarcPolicy::Reject, 100, 0)
+        };
+        for mode in [DmarcMode::Off, DmarcMode::Tag, DmarcMode::Enforce] {
+            for h in [
+                HeaderProblem::FoldedFirstLine,
+                HeaderProblem::LineWithoutColon,
+            ] {
+                assert_eq!(
+                    decide(mode, &with(h)),
+                    Err((550, "5.6.0".into())),
+                    "{mode:?}"
+                );
+            }
+        }
+        for h in [HeaderProblem::FromFields(0), HeaderProblem::FromAddress] {
+            assert_eq!(
+                decide(DmarcMode::Enforce, &with(h)),
+                Err((550, "5.7.1".into()))
+            );
+            assert_eq!(decide(DmarcMode::Tag, &with(h)), Ok(Disposition::Deliver));
         }
     }
 }

@@ -181,6 +181,16 @@ pub enum DenialReason {
         /// The RFC 5322 From domain.
         domain: String,
     },
+    /// A header section we cannot authenticate as the internal server will read it.
+    MalformedHeader {
+        /// What is wrong.
+        problem: crate::auth::header::HeaderProblem,
+    },
+    /// No single author domain for DMARC under `dmarc: enforce`.
+    DmarcAuthor {
+        /// What is wrong with the From field(s).
+        problem: crate::auth::header::HeaderProblem,
+    },
 }
 
 impl DenialReason {
@@ -223,6 +233,8 @@ impl DenialReason {
             } => "spf_temperror",
             DenialReason::Spf { .. } => "spf_fail",
             DenialReason::Dmarc { .. } => "dmarc_reject",
+            DenialReason::MalformedHeader { .. } => "malformed_header",
+            DenialReason::DmarcAuthor { .. } => "dmarc_from",
         }
     }
 
@@ -265,7 +277,9 @@ impl DenialReason {
                 _ => Stage::Mail,
             },
             // Refused after DATA: counted with the MAIL refusals, like a refused DATA.
-            DenialReason::Dmarc { .. } => Stage::Mail,
+            DenialReason::Dmarc { .. }
+            | DenialReason::MalformedHeader { .. }
+            | DenialReason::DmarcAuthor { .. } => Stage::Mail,
             DenialReason::NoRecipients
             | DenialReason::Spool { .. }
             | DenialReason::Report { .. }
@@ -368,6 +382,16 @@ impl fmt::Display for DenialReason {
             ),
             DenialReason::Dmarc { domain } => {
                 write!(f, "DMARC fail for {domain} (p=reject, dmarc: enforce)")
+            }
+            DenialReason::MalformedHeader { problem } => {
+                write!(f, "malformed header section: {}", problem.describe())
+            }
+            DenialReason::DmarcAuthor { problem } => {
+                write!(
+                    f,
+                    "DMARC needs one From address: {} (dmarc: enforce)",
+                    problem.describe()
+                )
             }
         }
     }

@@ -125,8 +125,9 @@ impl Session {
                 domain,
             }));
         }
-        let (message, removed) = results::strip_forged(&p.message, &self.hostname);
-        if removed > 0 {
+        let ours = [self.hostname.as_str(), self.p.hostname.as_str()];
+        let (message, removed) = results::strip_forged(&p.message, &ours);
+        if removed != results::Forged::default() {
             self.log(Event::MessageAuth(MessageAuthEvent::ForgedHeaders {
                 mid,
                 removed,
@@ -154,7 +155,8 @@ impl Session {
                 });
             }
         }
-        if self.policy.dmarc == DmarcMode::Off {
+        // A malformed header section is refused before any lookup: nothing to log here.
+        if self.policy.dmarc == DmarcMode::Off || answer.header.is_some_and(|p| p.is_malformed()) {
             return;
         }
         if answer.dkim.is_empty() {
