@@ -883,6 +883,7 @@ transcript_tests! {
     t51_sender_auth_pipelined => "51_sender_auth_pipelined.txt",
     t52_spf_at_data => "52_spf_at_data.txt",
     t53_dmarc_enforce => "53_dmarc_enforce.txt",
+    t54_forged_headers_streaming => "54_forged_headers_streaming.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

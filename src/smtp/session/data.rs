@@ -39,11 +39,11 @@ impl Session {
         let received = self.received_header();
         self.actions.push(Action::BeginMessage(mid));
         // With sender authentication on, the message waits for its Authentication-Results.
-        let held = if self.policy.is_message_auth_on() {
-            Some(HeldMessage::new(received))
+        let (held, head) = if self.policy.is_message_auth_on() {
+            (Some(HeldMessage::new(received)), None)
         } else {
             self.body.extend_from_slice(received.as_bytes());
-            None
+            (None, Some(super::forged::HeadHold::default()))
         };
         self.permit(permit);
         self.phase = Phase::Data(Box::new(DataState {
@@ -53,6 +53,7 @@ impl Session {
             too_big: false,
             report,
             held,
+            head,
         }));
     }
 
@@ -110,6 +111,7 @@ impl Session {
         if !st.too_big && message_check(&self.policy, st.size).is_err() {
             st.too_big = true;
         }
+        let mut head_done = None;
         if st.too_big {
             // Keep reading to the end of DATA so the session stays in sync, but store nothing.
             self.body.truncate(before);
@@ -119,7 +121,14 @@ impl Session {
             }
             if let Some(held) = st.held.as_mut() {
                 held.take_from(&mut self.body, before);
+            } else if let Some(h) = st.head.as_mut() {
+                if h.take_from(&mut self.body, before) {
+                    head_done = st.head.take();
+                }
             }
+        }
+        if let (Some(h), Some(mid)) = (head_done, self.txn.as_ref().map(|t| t.mid)) {
+            self.release_head(mid, h);
         }
         match result {
             Err(e) => {
@@ -164,6 +173,10 @@ impl Session {
             if let Some(h) = st.headers.finish() {
                 self.log_headers(h);
             }
+        }
+        // A message that is all header section: written now.
+        if let (Some(h), Some(mid)) = (st.head.take(), self.txn.as_ref().map(|t| t.mid)) {
+            self.release_head(mid, h);
         }
         let Some(txn) = &self.txn else { return };
         let mid = txn.mid;

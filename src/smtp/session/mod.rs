@@ -7,6 +7,7 @@
 
 mod commands;
 mod data;
+mod forged;
 pub(crate) mod headers;
 mod message_auth;
 mod report;
@@ -149,6 +150,8 @@ struct DataState {
     report: Option<report::ReportCopy>,
     /// The message held back until its `Authentication-Results` is known (auth on).
     held: Option<message_auth::HeldMessage>,
+    /// Otherwise its header section, held until complete to remove forged trust headers.
+    head: Option<forged::HeadHold>,
 }
 
 #[derive(Debug)]
