@@ -2,7 +2,7 @@
 # mxgate against Postfix and OpenSMTPD on this machine, side by side, and against the
 # machine's own limit (issues 7 and 16; results in BENCHMARKS.md).
 #
-#   bench/compare.sh                 # everything, ~20-30 minutes on 2 cores
+#   bench/compare.sh                 # everything, ~35-45 minutes on 2 cores (OpenSMTPD, durable, is slow)
 #   ROUNDS=3 SCENARIOS="a c" bench/compare.sh
 #   ROUNDS=1 MESSAGES=300 BIG_MESSAGES=20 IDLE=300 bench/compare.sh   # a quick check
 #
@@ -43,7 +43,8 @@
 #          of one file per message, the scenario's size, 20 at a time, on the file system of
 #          the servers' queues
 #   The limit of a scenario is the lower of the two; each server's rate is printed as a
-#   fraction of it.
+#   fraction of it. The spool ceiling one commit at a time (concurrency 1) is recorded too:
+#   the ceiling of a queue that commits serially, as OpenSMTPD's single queue process does.
 #
 # Context switches and syscalls per message (PERF=auto|1|0): after the rounds, one more run
 # per load scenario and server under `perf stat -e context-switches,raw_syscalls:sys_enter`
@@ -382,12 +383,19 @@ run_limits() { # scenario round
         --files "$(scenario_messages "$sc")" --size "$(scenario_size "$sc")" --label "spool/$sc/$round")
   python3 -c 'import json,sys; print(json.dumps({"server": "limit-spool", "scenario": sys.argv[1], "round": int(sys.argv[2]),
     "spool": json.loads(sys.argv[3])}))' "$sc" "$round" "$out" >> "$runs"
+  # The same one commit at a time: the ceiling of a queue that commits serially (OpenSMTPD's
+  # single queue process). Not part of the limit.
+  out=$("$loadgen" spool-ceiling --dir "$work/spool-ceiling" --concurrency 1 \
+        --files "$(( $(scenario_messages "$sc") / 4 + 1 ))" --size "$(scenario_size "$sc")" --label "spool1/$sc/$round")
+  python3 -c 'import json,sys; print(json.dumps({"server": "limit-spool-serial", "scenario": sys.argv[1], "round": int(sys.argv[2]),
+    "spool": json.loads(sys.argv[3])}))' "$sc" "$round" "$out" >> "$runs"
   python3 - "$runs" <<'EOF' >&2
 import json, sys
-lines = [json.loads(l) for l in open(sys.argv[1]).readlines()[-2:]]
-s, p = lines[0]["load"], lines[1]["spool"]
+lines = [json.loads(l) for l in open(sys.argv[1]).readlines()[-3:]]
+s, p, p1 = lines[0]["load"], lines[1]["spool"], lines[2]["spool"]
 print(f"  limit     {lines[0]['scenario']:4} round {lines[0]['round']}: sink {s['msg_per_s']:8.1f} msg/s, "
-      f"spool {p['files_per_s']:8.1f} files/s ({p['dir_fsyncs']} directory fsyncs for {p['files']} files)")
+      f"spool {p['files_per_s']:8.1f} files/s ({p['dir_fsyncs']} directory fsyncs for {p['files']} files), "
+      f"one commit at a time {p1['files_per_s']:.1f} files/s")
 EOF
 }
 

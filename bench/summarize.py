@@ -138,6 +138,15 @@ def main():
             row += [cell(sc, s, cpu_ms, 2) for s in servers]
             print("| " + " | ".join(row) + " |")
         print()
+    serial = {sc: med([r["spool"]["files_per_s"] for r in by.get((sc, "limit-spool-serial"), {}).values()])
+              for sc in scenarios}
+    if any(serial.values()):
+        print("Spool ceiling one commit at a time (the bound of a queue that commits serially, "
+              "like OpenSMTPD's single queue process): " + ", ".join(
+                  f"{sc} {fmt(v)}/s" for sc, v in serial.items() if v) + ".\n")
+    if "e" in scenarios:
+        print("(e): a gateway accepts faster than the sink receives (it queues), so its accept "
+              "rate can exceed the sink limit; the end-to-end rate is the one bounded by it.\n")
     if unsupported:
         print("¹ " + "; ".join(sorted({f"{LABEL.get(s, s)}: {why}" for (sc, s), why in unsupported.items()})) + "\n")
 
