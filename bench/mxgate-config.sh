@@ -3,9 +3,14 @@
 # one public listener on 127.0.0.1, RAT example.com, every route to the smtp-sink, metrics off,
 # no per-IP limits (every load comes from 127.0.0.1), reverse DNS against the loadgen DNS stub.
 #
-#   bench/mxgate-config.sh DIR LISTEN_PORT SINK_PORT DNS_PORT CERT KEY
+# With RSA_PORT RSA_CERT RSA_KEY, a second listener on 127.0.0.1:RSA_PORT serves that
+# certificate (same policies, spool and process). DNS is a port on 127.0.0.1 or ADDR:PORT.
+#
+#   bench/mxgate-config.sh DIR LISTEN_PORT SINK_PORT DNS CERT KEY [RSA_PORT RSA_CERT RSA_KEY]
 set -euo pipefail
 dir=$1 port=$2 sink=$3 dns=$4 cert=$5 key=$6
+rsa_port=${7:-} rsa_cert=${8:-} rsa_key=${9:-}
+case $dns in *:*) ;; *) dns=127.0.0.1:$dns ;; esac
 mkdir -p "$dir/listeners" "$dir/policies" "$dir/spool" "$dir/certs" "$dir/log"
 cat > "$dir/mxgate.yaml" <<YAML
 spool_dir: $dir/spool
@@ -14,7 +19,7 @@ mail_log:
   target: $dir/log/mail.log
   format: text
 dns:
-  resolvers: ["127.0.0.1:$dns"]
+  resolvers: ["$dns"]
   timeout: 5s
 shutdown_grace: 1s
 metrics:
@@ -34,6 +39,19 @@ hat: inbound
 rat: inbound
 max_connections: 20000
 YAML
+if [ -n "$rsa_port" ]; then
+  cat > "$dir/listeners/inbound-rsa.yaml" <<YAML
+name: inbound-rsa
+type: public
+bind: ["127.0.0.1:$rsa_port"]
+hostname: mx.example.com
+certificate: $rsa_cert
+key: $rsa_key
+hat: inbound
+rat: inbound
+max_connections: 20000
+YAML
+fi
 cat > "$dir/policies/hat.yaml" <<YAML
 inbound:
   sender_groups:

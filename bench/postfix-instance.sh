@@ -5,11 +5,14 @@
 # (relay_domains, no local delivery), STARTTLS "may" with the given certificate,
 # smtpd_forbid_bare_newline, and relays everything to the smtp-sink on 127.0.0.1:SINK_PORT.
 # Both the smtpd maxproc and default_process_limit are MAXPROC, for the idle-connection test.
+# With RSA_PORT RSA_CERT RSA_KEY, a second smtpd service on 127.0.0.1:RSA_PORT serves that
+# certificate instead (the same instance, queue and processes otherwise).
 #
-#   bench/postfix-instance.sh DIR PORT SINK_PORT CERT KEY MAXPROC
+#   bench/postfix-instance.sh DIR PORT SINK_PORT CERT KEY MAXPROC [RSA_PORT RSA_CERT RSA_KEY]
 # Start it with `postfix -c DIR/conf start`; stop it with `postfix -c DIR/conf stop`.
 set -euo pipefail
 dir=$1 port=$2 sink=$3 cert=$4 key=$5 maxproc=$6
+rsa_port=${7:-} rsa_cert=${8:-} rsa_key=${9:-}
 mkdir -p "$dir/conf" "$dir/queue" "$dir/data" "$dir/log"
 chmod 755 "$dir" "$dir/conf" "$dir/log"
 chown root:root "$dir/queue"
@@ -45,7 +48,8 @@ smtpd_client_event_limit_exceptions = 127.0.0.0/8
 message_size_limit = 20971520
 smtpd_forbid_bare_newline = yes
 
-# STARTTLS offered ("may") with the same ECDSA P-256 certificate mxgate uses.
+# STARTTLS offered ("may") with the same certificate mxgate uses (ECDSA P-256; RSA-2048 on
+# the second port).
 smtpd_tls_security_level = may
 smtpd_tls_chain_files = $key, $cert
 smtpd_tls_loglevel = 0
@@ -82,4 +86,8 @@ scache    unix  - - n - 1     scache
 postlog   unix-dgram n - n - 1 postlogd
 showq     unix  n - n - -     showq
 EOF
+if [ -n "$rsa_port" ]; then
+  echo "127.0.0.1:$rsa_port inet n - n - $maxproc smtpd -o smtpd_tls_chain_files=$rsa_key,$rsa_cert" \
+    >> "$dir/conf/master.cf"
+fi
 postfix -c "$dir/conf" check

@@ -5,6 +5,10 @@
                            including children that already exited and were reaped inside
                            the tree (their time is in the reaper's cutime/cstime)
   proctree.py mem PID   -> "RSS_KIB PSS_KIB PROCESSES" summed over the tree (smaps_rollup)
+  proctree.py ctxt PID  -> context switches (voluntary + involuntary) of every thread of the
+                           tree now alive (a thread that exits takes its count with it: take
+                           the difference over a load during which the threads persist)
+  proctree.py pids PID  -> the PIDs of the tree, comma-separated (for perf stat -p)
 """
 
 import os
@@ -66,14 +70,36 @@ def mem(root):
     return rss, pss, n
 
 
+def ctxt(root):
+    total = 0
+    for p in tree(root):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
 def main():
     what, pid = sys.argv[1], int(sys.argv[2])
     if what == "cpu":
         print(f"{cpu(pid):.2f}")
     elif what == "mem":
         print(*mem(pid))
+    elif what == "ctxt":
+        print(ctxt(pid))
+    elif what == "pids":
+        print(",".join(str(p) for p in tree(pid)))
     else:
-        sys.exit(f"usage: {sys.argv[0]} cpu|mem PID")
+        sys.exit(f"usage: {sys.argv[0]} cpu|mem|ctxt|pids PID")
 
 
 if __name__ == "__main__":

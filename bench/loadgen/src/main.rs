@@ -8,11 +8,14 @@
 //! - `loadgen idle`: opens N connections (greeting + EHLO) and holds them, for memory
 //!   measurements.
 //! - `loadgen dns`: a DNS stub on 127.0.0.1 answering the gateway's reverse-DNS lookups.
+//! - `loadgen spool-ceiling`: commits per second of the file system itself (write, fdatasync,
+//!   rename, group-commit directory fsync) at a given concurrency: the spool's own limit.
 //!
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
 
 mod dns;
 mod smtp;
+mod spool;
 mod stats;
 
 use std::net::SocketAddr;
@@ -48,6 +51,28 @@ enum Cmd {
     Idle(IdleArgs),
     /// Serve a DNS stub on a loopback address (PTR/A for the load generator's address).
     Dns(DnsArgs),
+    /// Commit files like a spool (write, fdatasync, rename, group-commit directory fsync)
+    /// from concurrent threads; print files/s as JSON.
+    SpoolCeiling(SpoolArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct SpoolArgs {
+    /// Directory to work in (on the file system of the spool being compared).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Commits at the same time (the scenario's sessions).
+    #[arg(long, default_value_t = 20)]
+    concurrency: usize,
+    /// Files to commit.
+    #[arg(long, default_value_t = 2000)]
+    files: u64,
+    /// Bytes per file (or with K/M suffix).
+    #[arg(long, default_value = "4K", value_parser = parse_size)]
+    size: usize,
+    /// Label copied into the JSON.
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,9 +111,11 @@ struct RunArgs {
     /// STARTTLS on every connection: off, 1.3 or 1.2.
     #[arg(long, value_enum, default_value = "off")]
     tls: TlsArg,
-    /// Allow TLS session resumption (off by default: every connection pays a full handshake).
-    #[arg(long)]
-    tls_resume: bool,
+    /// Resume TLS sessions (rustls's client session cache: TLS 1.3 tickets when the server
+    /// sends them, TLS 1.2 session ids or tickets); off by default: every connection pays a
+    /// full handshake. The report counts the handshakes that resumed.
+    #[arg(long, visible_alias = "tls-resume")]
+    resume: bool,
     /// SNI / server name sent in the handshake.
     #[arg(long, default_value = "mx.example.com")]
     server_name: String,
@@ -187,6 +214,23 @@ fn parse_size(s: &str) -> Result<usize, String> {
 fn main() {
     let cli = Cli::parse();
     raise_nofile();
+    if let Cmd::SpoolCeiling(a) = cli.cmd {
+        let p = spool::Params {
+            dir: a.dir,
+            concurrency: a.concurrency,
+            files: a.files,
+            size: a.size,
+            label: a.label,
+        };
+        match spool::run(p) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let threads = match &cli.cmd {
         Cmd::Run(a) => a.threads.max(1),
         _ => 1,
@@ -206,6 +250,7 @@ fn main() {
         match cli.cmd {
             Cmd::Run(a) => run(a).await,
             Cmd::Idle(a) => idle(a).await,
+            Cmd::SpoolCeiling(_) => unreachable!("handled before the runtime starts"),
             Cmd::Dns(a) => {
                 match dns::serve(a.listen, a.ptr_name, Duration::from_secs(a.max_secs)).await {
                     Ok(()) => Ok(()),
@@ -253,6 +298,9 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     conns: AtomicU64,
+    /// TLS handshakes completed, and those that resumed a session.
+    handshakes: AtomicU64,
+    resumed: AtomicU64,
     start: Instant,
     deadline: Instant,
     /// Microseconds from start to the latest 250 after a message.
@@ -309,8 +357,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
     }
     let tls = match a.tls {
         TlsArg::Off => None,
-        TlsArg::V13 => Some(smtp::client_config(TlsVersion::V13, a.tls_resume)?),
-        TlsArg::V12 => Some(smtp::client_config(TlsVersion::V12, a.tls_resume)?),
+        TlsArg::V13 => Some(smtp::client_config(TlsVersion::V13, a.resume)?),
+        TlsArg::V12 => Some(smtp::client_config(TlsVersion::V12, a.resume)?),
     }
     .map(TlsConnector::from);
     let server_name =
@@ -329,6 +377,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         conns: AtomicU64::new(0),
+        handshakes: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
         start,
         deadline: start + Duration::from_secs(a.max_secs),
         last_ok_us: AtomicU64::new(0),
@@ -353,6 +403,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let ok = sh.ok.load(Ordering::Relaxed);
     let failed = sh.failed.load(Ordering::Relaxed);
     let conns = sh.conns.load(Ordering::Relaxed);
+    let handshakes = sh.handshakes.load(Ordering::Relaxed);
+    let resumed = sh.resumed.load(Ordering::Relaxed);
     let accept_s = Duration::from_micros(sh.last_ok_us.load(Ordering::Relaxed)).as_secs_f64();
     let accept_s = if accept_s > 0.0 {
         accept_s
@@ -390,7 +442,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         .join(",");
     println!(
         "{{\"label\":{},\"target\":\"{}\",\"sessions\":{},\"messages\":{},\"size\":{},\"per_conn\":{},\
-         \"rcpts\":{},\"tls\":\"{}\",\"pipelining\":{},\"ok\":{ok},\"failed\":{failed},\"connections\":{conns},\
+         \"rcpts\":{},\"tls\":\"{}\",\"resume\":{},\"tls_handshakes\":{handshakes},\"tls_resumed\":{resumed},\"pipelining\":{},\"ok\":{ok},\"failed\":{failed},\"connections\":{conns},\
          \"accept_s\":{accept_s:.4},\"msg_per_s\":{:.1},\"conn_per_s\":{:.1},\"mib_per_s\":{:.2},\
          \"e2e_s\":{e2e},\"e2e_msg_per_s\":{e2e_rate},\"sink_received\":{sink_seen},\
          \"client_cpu_s\":{cpu:.3},\"latency_ms\":{},\"errors\":{},\"error_samples\":[{samples}]}}",
@@ -406,6 +458,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
             TlsArg::V13 => "1.3",
             TlsArg::V12 => "1.2",
         },
+        a.resume,
         a.pipelining,
         ok as f64 / accept_s,
         conns as f64 / all_done.as_secs_f64(),
@@ -511,6 +564,10 @@ async fn session(sh: &Shared, st: &mut Stats, first: u64) {
                 Err(_) => return fail(st, "handshake", StepError::Timeout),
             };
             st.record(Phase::StartTls, t.elapsed());
+            sh.handshakes.fetch_add(1, Ordering::Relaxed);
+            if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                sh.resumed.fetch_add(1, Ordering::Relaxed);
+            }
             let mut c = Smtp::new(stream, sh.timeout);
             if let Err(e) = ehlo(&mut c, sh, st).await {
                 return fail(st, "ehlo after tls", e);
