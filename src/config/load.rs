@@ -358,8 +358,10 @@ fn load_policies(dir: &Path, routes: &RouteTable, sink: &mut Vec<ConfigError>) -
         validation: ValidationSettings::default(),
     };
     if !dir.join("policies").is_dir() {
-        FileErrors::new("policies/", sink)
-            .whole("directory not found: it holds mail_flow.yaml, hat.yaml and rat.yaml");
+        FileErrors::new("policies/", sink).whole(format!(
+            "directory not found in {}: it holds mail_flow.yaml, hat.yaml and rat.yaml (--config-dir names the configuration directory)",
+            dir.display()
+        ));
         return t;
     }
     let mut e = FileErrors::new(Path::new("policies").join("mail_flow.yaml"), sink);
@@ -408,7 +410,10 @@ fn listener_files(dir: &Path, sink: &mut Vec<ConfigError>) -> Vec<PathBuf> {
     let mut e = FileErrors::new("listeners/", sink);
     let ldir = dir.join("listeners");
     if !ldir.is_dir() {
-        e.whole("directory not found: it holds one YAML file per listener");
+        e.whole(format!(
+            "directory not found in {}: it holds one YAML file per listener (--config-dir names the configuration directory)",
+            dir.display()
+        ));
         return Vec::new();
     }
     let entries = match std::fs::read_dir(&ldir) {

@@ -76,7 +76,7 @@ fn parse_switch(s: &str) -> Result<bool, String> {
     match s.trim() {
         "on" | "true" => Ok(true),
         "off" | "false" => Ok(false),
-        t => Err(format!("{t:?}: write on or off")),
+        t => Err(format!("{t:?}: write on or off (true or false)")),
     }
 }
 
@@ -287,7 +287,7 @@ policies:
   ACCEPTED:
     sender_dns_verification:
       unresolvable: {code: 550}
-      exceptions: [\"not an address\"]
+      exceptions: [\"not an address\", \"@@bad.example\"]
     spf: strict
     spf_at: end
   BLOCKED: {action: reject, sender_dns_verification: maybe}
@@ -299,9 +299,10 @@ policies:
         for want in [
             "policies/mail_flow.yaml:4:28: policies.ACCEPTED.sender_dns_verification.unresolvable.code: must be 4xx",
             "policies.ACCEPTED.sender_dns_verification.exceptions[0]",
+            "policies.ACCEPTED.sender_dns_verification.exceptions[1]: \"@@bad.example\" is not an address",
             "policies.ACCEPTED.spf: \"strict\": write off, tag or reject_fail",
             "policies.ACCEPTED.spf_at: \"end\": write mail, rcpt or data",
-            "policies.BLOCKED.sender_dns_verification: \"maybe\": write on or off",
+            "policies.BLOCKED.sender_dns_verification: \"maybe\": write on or off (true or false)",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

@@ -18,11 +18,12 @@ fn listener_names_must_be_unique() {
 #[test]
 fn missing_directories_and_files_are_named() {
     let d = tempfile::tempdir().unwrap();
+    let at = d.path().display();
     assert_eq!(
         errors(&d, &Overrides::default()),
         [
-            "listeners/: directory not found: it holds one YAML file per listener",
-            "policies/: directory not found: it holds mail_flow.yaml, hat.yaml and rat.yaml",
+            format!("listeners/: directory not found in {at}: it holds one YAML file per listener (--config-dir names the configuration directory)"),
+            format!("policies/: directory not found in {at}: it holds mail_flow.yaml, hat.yaml and rat.yaml (--config-dir names the configuration directory)"),
         ]
     );
     let d = config_dir(&[

@@ -213,7 +213,7 @@ pub(crate) fn check_sender(s: &str) -> Result<(), String> {
     let t = s.trim();
     let domain = match t.rsplit_once('@') {
         Some(("", d)) => d,
-        Some((local, d)) if !local.contains(char::is_whitespace) => d,
+        Some((local, d)) if !local.contains(|c: char| c.is_whitespace() || c == '@') => d,
         Some(_) => "",
         None => t,
     };
