@@ -383,6 +383,14 @@ pub(crate) async fn authenticate(
             &spf_output,
         ))
         .await;
+    if answer.header.is_some() {
+        // No single author domain: DMARC cannot apply (mail-auth may still have picked one).
+        answer.dmarc = Some(DmarcOutcome {
+            result: DmarcVerdict::None,
+            ..DmarcOutcome::temp_error()
+        });
+        return answer;
+    }
     let result = dmarc_verdict(&out.result());
     let policy = match out.policy() {
         Policy::Reject => DmarcPolicy::Reject,
