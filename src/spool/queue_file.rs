@@ -113,8 +113,12 @@ pub fn read(queue_dir: &Path, mid: u64) -> Result<QueuedMessage, ReadError> {
 }
 
 /// Opens the body of the message whose queue file is `path`, positioned at its first byte
-/// (blocking). A message queued in the format before this one has its body in `MID.msg`.
+/// (blocking). A message queued in the format before this one has its body in `MID.msg`;
+/// a path not ending in `.mail` is a plain body file, read from its start.
 pub fn open_body(path: &Path) -> io::Result<File> {
+    if path.extension().is_none_or(|e| e != EXT) {
+        return File::open(path);
+    }
     let mut f = match File::open(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(f) = legacy::open_body(path) {
@@ -205,5 +209,11 @@ mod tests {
         assert!(matches!(read(dir.path(), 1), Err(ReadError::Io(_))));
         assert!(open_body(&path(dir.path(), 1)).is_err());
         assert!(matches!(read(dir.path(), 2), Err(ReadError::Missing)));
+        // Not a queue file by name: a plain body, read from its start.
+        let plain = dir.path().join("1.eml");
+        std::fs::write(&plain, b"mxgate-queue 1 body-at 0000000040\n").unwrap();
+        let mut b = Vec::new();
+        open_body(&plain).unwrap().read_to_end(&mut b).unwrap();
+        assert_eq!(b, b"mxgate-queue 1 body-at 0000000040\n");
     }
 }

@@ -21,7 +21,8 @@ pub struct OutgoingMessage {
     pub from: String,
     /// Recipients: (RID, address).
     pub rcpts: Vec<(u32, String)>,
-    /// Queue file with the message (its body: CRLF lines, not dot-stuffed).
+    /// The message's queue file (`queue/MID.mail`, the body after its header), or a file
+    /// holding only the body; CRLF lines, not dot-stuffed.
     pub body_path: PathBuf,
     /// The same bytes in memory when the caller has them (the file is then not read).
     pub body: Option<std::sync::Arc<Vec<u8>>>,
