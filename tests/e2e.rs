@@ -50,14 +50,14 @@ fn assert_no_log(server: &Mxgate, mark: usize, pattern: &str) {
     }
 }
 
-/// Message and envelope names in `<spool>/queue`, sorted (delivery state files left out:
+/// Queue file names in `<spool>/queue`, sorted (delivery state files left out:
 /// the fixture has no route, so the queue manager records its attempts beside them).
 fn queue_files(server: &Mxgate) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(server.spool().join("queue"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".msg") || n.ends_with(".env"))
+                .filter(|n| n.ends_with(".mail"))
                 .collect()
         })
         .unwrap_or_default();
@@ -65,20 +65,19 @@ fn queue_files(server: &Mxgate) -> Vec<String> {
     v
 }
 
-/// Reads `queue/<mid>.msg` and `queue/<mid>.env`.
+/// Reads message `mid`'s queue file: (body, envelope).
 fn read_queued(server: &Mxgate, mid: u64) -> (String, String) {
-    let read = |ext: &str| {
-        let p = server.spool().join(format!("queue/{mid}.{ext}"));
-        let b = std::fs::read(&p).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; queue holds {:?}",
-                p.display(),
-                queue_files(server)
-            )
-        });
-        String::from_utf8(b).unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", p.display()))
-    };
-    (read("msg"), read("env"))
+    let p = server.spool().join(format!("queue/{mid}.mail"));
+    assert!(
+        p.exists(),
+        "{}: missing; queue holds {:?}",
+        p.display(),
+        queue_files(server)
+    );
+    let (env, body) = support::queued_parts(&server.spool(), mid);
+    let body =
+        String::from_utf8(body).unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", p.display()));
+    (body, env)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,7 +262,7 @@ fn python_value(run: &Run, key: &str) -> String {
         .to_string()
 }
 
-/// `<spool>/queue/N.env` rcpt lines.
+/// The envelope's rcpt lines (from `<spool>/queue/N.mail`).
 fn env_rcpts(env: &str) -> Vec<&str> {
     env.lines()
         .filter_map(|l| l.strip_prefix("rcpt "))
@@ -451,10 +450,7 @@ fn swaks_on_tls_required_listener_needs_starttls() {
     wait_log(&server, mark, &format!("MID {mid} queued for delivery"));
     wait_log(&server, mark, &format!("ICID {icid} close"));
     assert_no_log(&server, mark, "TLS was required");
-    assert_eq!(
-        queue_files(&server),
-        [format!("{mid}.env"), format!("{mid}.msg")]
-    );
+    assert_eq!(queue_files(&server), [format!("{mid}.mail")]);
 }
 
 /// Pipelined transaction with one recipient outside the RAT: 550 for it, queued for the rest.

@@ -497,7 +497,7 @@ async fn haproxy_send_proxy_v1_and_v2_present_the_real_client() {
             .await;
         assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{version}: {r}");
         let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
-        let msg = std::fs::read_to_string(srv.spool.join(format!("queue/{mid}.msg"))).unwrap();
+        let msg = support::queued_body(&srv.spool, mid);
         let received = msg.lines().next().unwrap();
         assert!(
             received.starts_with("Received: from client.lb.test (")

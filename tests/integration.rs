@@ -32,12 +32,12 @@ async fn starttls_upgrade_then_mail_is_spooled_before_250() {
         .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
-    // The 250 came after the files were durable: they are there the moment we read it.
-    let msg = std::fs::read_to_string(srv.spool.join(format!("queue/{mid}.msg"))).unwrap();
+    // The 250 came after the file was durable: it is there the moment we read it.
+    let (env, msg) = support::queued_parts(&srv.spool, mid);
+    let msg = String::from_utf8(msg).unwrap();
     assert!(msg.starts_with("Received: from client.test"), "{msg}");
     assert!(msg.contains("(using TLSv1.3 with cipher TLS13_"), "{msg}");
     assert!(msg.ends_with("\r\nhello\r\n"), "{msg:?}");
-    let env = std::fs::read_to_string(srv.spool.join(format!("queue/{mid}.env"))).unwrap();
     assert!(
         env.contains("rcpt bob@example.com\n") && env.ends_with("end\n"),
         "{env}"
@@ -331,7 +331,7 @@ async fn full_disk_answers_452_and_keeps_what_was_accepted() {
         "nothing half-written in queue/, the first message kept"
     );
     for mid in &before {
-        assert!(srv.spool.join(format!("queue/{mid}.msg")).exists());
+        assert!(srv.spool.join(format!("queue/{mid}.mail")).exists());
     }
     assert!(
         std::fs::read_dir(mnt.join("tmp")).unwrap().next().is_none(),

@@ -435,8 +435,7 @@ mod properties {
             } else {
                 let mid = queued_mid(&end);
                 // The 250 came after the commit: the spooled file is complete now.
-                let msg =
-                    std::fs::read_to_string(srv.spool.join(format!("queue/{mid}.msg"))).unwrap();
+                let msg = support::queued_body(&srv.spool, mid);
                 assert_received_then(&msg, mid, b);
             }
         }

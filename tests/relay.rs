@@ -679,7 +679,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
 ) {
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
-    let queued = |mid: u64| spool.join(format!("queue/{mid}.env")).exists();
+    let queued = |mid: u64| spool.join(format!("queue/{mid}.mail")).exists();
     let log = |s: &str| {
         std::fs::read_to_string(work.path().join("mail.log"))
             .unwrap_or_default()

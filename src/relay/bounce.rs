@@ -1,6 +1,5 @@
 //! Queues a DSN for bounced recipients through the same spool and queue.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use crate::envelope::Envelope;
@@ -25,10 +24,11 @@ pub(crate) async fn send_dsn(
     let original = original.clone();
     let failed = failed.to_vec();
     tokio::task::spawn_blocking(move || {
-        let mut head = Vec::new();
-        if let Ok(f) = std::fs::File::open(spool.message_path(original.mid)) {
-            let _ = f.take(MAX_HEADERS as u64).read_to_end(&mut head);
-        }
+        let head = crate::spool::queue_file::read_body_head(
+            &spool.message_path(original.mid),
+            MAX_HEADERS as u64,
+        )
+        .unwrap_or_default();
         let mid = spool.next_mid().map_err(|e| e.to_string())?;
         let now = chrono::Local::now();
         let arrival = chrono::DateTime::from_timestamp(original.received_unix as i64, 0)

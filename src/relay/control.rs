@@ -13,6 +13,7 @@ use tokio::net::UnixListener;
 use crate::envelope::Envelope;
 use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
+use crate::spool::queue_file;
 use crate::validate::control::{self as recipients, LiveRecipients};
 
 /// The control socket's path inside a spool directory.
@@ -134,22 +135,16 @@ pub struct QueueEntry {
 /// Reads every queued message (oldest first).
 pub fn entries(spool_dir: &Path) -> Vec<QueueEntry> {
     let q = spool_dir.join("queue");
-    let mut mids: Vec<u64> = std::fs::read_dir(&q)
+    queue_file::list(&q)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".env")?.parse().ok())
-        .collect();
-    mids.sort_unstable();
-    mids.into_iter()
         .filter_map(|mid| {
-            let env = Envelope::parse(&std::fs::read_to_string(q.join(format!("{mid}.env"))).ok()?)
-                .ok()?;
+            let m = queue_file::read(&q, mid).ok()?;
             let state = DeliveryState::load(&q.join(format!("{mid}.dlv")));
-            let size = std::fs::metadata(q.join(format!("{mid}.msg")))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            Some(QueueEntry { env, state, size })
+            Some(QueueEntry {
+                env: m.env,
+                state,
+                size: m.size,
+            })
         })
         .collect()
 }

@@ -29,11 +29,11 @@
 //!
 //! # Where fsync happens
 //! Never on a runtime thread. Inbound commits run on the blocking pool from the connection
-//! tasks (`spool::Spool::commit`: the second fdatasync on the spool's own fsync threads, the
-//! directory fsync shared by concurrent commits). The manager runs its blocking effects on
-//! the blocking pool and waits for each before the next (state saves in `state`, message
-//! removals, DSN and alert commits in `bounce`), except the removal of delivered messages,
-//! whose directory fsync nobody waits for. The order that makes this durable is written at
+//! tasks (`spool::Spool::commit`: one fdatasync of the message's one file, the directory
+//! fsync shared by concurrent commits). The manager runs its blocking effects on the
+//! blocking pool and waits for each before the next (state saves in `state`, not flushed,
+//! see there; message removals; DSN and alert commits in `bounce`), except the removal of
+//! delivered messages, whose directory fsync nobody waits for. The order that makes this durable is written at
 //! the manager's effect executor and in docs/delivery.md.
 
 pub(crate) mod bounce;

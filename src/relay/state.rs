@@ -1,5 +1,8 @@
-//! Per-message delivery state beside the envelope (`queue/MID.dlv`): which recipients are final,
-//! how many attempts, when to try next. Written atomically after every attempt.
+//! Per-message delivery state beside the queue file (`queue/MID.dlv`): which recipients are
+//! final, how many attempts, when to try next. Replaced atomically (rename) after every
+//! attempt, without an fsync: it only ever records what already happened, so a crash that
+//! loses it (or leaves it empty) sends again what it recorded, never loses a recipient
+//! (docs/spool.md, "What a crash does").
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -85,9 +88,9 @@ impl DeliveryState {
             .unwrap_or_default()
     }
 
-    /// Writes the state durably: tmp file, fsync, rename. On failure the tmp file is removed
-    /// and the previous state (if any) stays: a delivery may be repeated, never lost.
-    /// Blocking: the queue manager calls it on the blocking pool.
+    /// Replaces the state: tmp file, rename, no fsync (see the module doc: a lost or empty
+    /// state repeats deliveries, never loses one). On failure the tmp file is removed and the
+    /// previous state (if any) stays. Blocking: the queue manager calls it on the blocking pool.
     pub(crate) fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("dlv.tmp");
         let result = (|| {
@@ -98,7 +101,6 @@ impl DeliveryState {
             )
             .open(&tmp)?;
             f.write_all(self.to_text().as_bytes())?;
-            f.sync_all()?;
             fs::rename(&tmp, path)
         })();
         if result.is_err() {

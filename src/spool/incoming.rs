@@ -8,27 +8,29 @@ use std::sync::Arc;
 
 use super::error::{io, out_of_space, SpoolError};
 use super::pool::Pool;
+use super::queue_file::RESERVED;
 use super::FILE_MODE;
 
 /// Bodies up to this size are kept in memory until commit (one write, no extra syscalls);
 /// larger ones spill to the temp file as they arrive, so memory stays bounded.
 pub(super) const SPILL_AT: usize = 64 * 1024;
 
-/// A message being received: buffered in memory, spilled to `tmp/` when large.
+/// A message being received: buffered in memory, spilled to `tmp/` when large (after
+/// [`RESERVED`] bytes left for the header, which is written at commit).
 #[derive(Debug)]
 pub struct Incoming {
     pub(super) mid: u64,
-    /// Where the body is written: `tmp/MID.msg` when spilled, else (at commit) possibly a
-    /// recycled file in `free/`.
-    pub(super) tmp_msg: PathBuf,
-    /// Where the envelope was written, once it was.
-    pub(super) tmp_env: Option<PathBuf>,
+    /// Where the queue file is written: `tmp/MID.mail`, or a recycled file in `free/`.
+    pub(super) tmp: PathBuf,
+    /// A second file the commit wrote because the header did not fit in front of a spilled
+    /// body (removed if the commit fails).
+    pub(super) tmp_copy: Option<PathBuf>,
     pub(super) buf: Vec<u8>,
     pub(super) file: Option<File>,
     /// The body went to `tmp/` rather than staying in `buf`.
     pub(super) spilled: bool,
     pub(super) bytes: u64,
-    /// Bytes written to `file`.
+    /// Body bytes written to `file` (after [`RESERVED`]).
     pub(super) on_disk: u64,
     /// Length of the recycled file the body spilled into: longer content is cut at commit.
     pub(super) reused_len: u64,
@@ -69,26 +71,35 @@ impl Incoming {
         self.append(data)
     }
 
-    /// Opens the file the body spills into: a recycled one, else a new one in `tmp/`.
+    /// Opens the file the body spills into (a recycled one, else a new one in `tmp/`),
+    /// positioned after the room for the header.
     fn spill_file(&mut self) -> Result<File, SpoolError> {
-        while let Some((p, e)) = self.pool.take(false) {
+        let mut file = None;
+        while let Some((p, e)) = self.pool.take() {
             match OpenOptions::new().write(true).open(&p) {
                 Ok(f) => {
-                    self.tmp_msg = p;
+                    self.tmp = p;
                     self.reused_len = e.len;
-                    return Ok(f);
+                    file = Some(f);
+                    break;
                 }
                 Err(_) => {
                     let _ = fs::remove_file(&p);
                 }
             }
         }
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&self.tmp_msg)
-            .map_err(io("create", &self.tmp_msg))
+        let mut file = match file {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&self.tmp)
+                .map_err(io("create", &self.tmp))?,
+        };
+        file.seek(SeekFrom::Start(RESERVED))
+            .map_err(io("seek", &self.tmp))?;
+        Ok(file)
     }
 
     /// Writes at the end of the spilled body; when the disk is full, empties the pool of
@@ -100,10 +111,10 @@ impl Incoming {
         let mut result = file.write_all(data);
         if matches!(&result, Err(e) if out_of_space(e)) && self.pool.drain() > 0 {
             result = file
-                .seek(SeekFrom::Start(self.on_disk))
+                .seek(SeekFrom::Start(RESERVED + self.on_disk))
                 .and_then(|_| file.write_all(data));
         }
-        result.map_err(io("write", &self.tmp_msg))?;
+        result.map_err(io("write", &self.tmp))?;
         self.on_disk += data.len() as u64;
         Ok(())
     }

@@ -1,35 +1,35 @@
-//! Durable spool: write a file, fsync, rename into `queue/`, fsync the directory, then 250.
+//! Durable spool: write one file per message (envelope and body, [`queue_file`]), fdatasync,
+//! rename into `queue/`, fsync the directory (shared by concurrent commits), then 250.
 //!
 //! Files of finished messages are recycled rather than deleted: they are renamed into
 //! `free/` and later overwritten (and truncated) for new messages. Creating and deleting
-//! two files per message was the largest CPU cost of the accept path (inode allocation,
+//! a file per message was the largest CPU cost of the accept path (inode allocation,
 //! especially on ext4 without a journal, which scans recently freed inodes); reusing
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
+mod commit;
 pub(crate) mod envelope;
 mod error;
-mod fsync;
 mod group;
 pub(crate) mod ids;
 mod incoming;
+mod legacy;
 pub mod lock;
 mod pool;
+pub mod queue_file;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::envelope::Envelope;
-
 use error::io;
 pub use error::SpoolError;
-use fsync::Flusher;
 use group::DirSync;
 use ids::IdAllocator;
 pub use incoming::Incoming;
 use pool::Pool;
+pub use queue_file::{QueuedMessage, ReadError};
 
 /// Mode of the spool's directories: only the server's user may enter them.
 const DIR_MODE: u32 = 0o700;
@@ -44,8 +44,6 @@ pub struct Spool {
     queue_sync: DirSync,
     /// The exclusive lock on the spool, held while this is open.
     _lock: File,
-    /// Helper threads for the second fdatasync of a commit.
-    flusher: Flusher,
     /// Recycled files in `free/`.
     pool: Arc<Pool>,
     mids: IdAllocator,
@@ -87,7 +85,6 @@ impl Spool {
             root: root.to_path_buf(),
             queue_sync,
             _lock: lock,
-            flusher: Flusher::default(),
             pool: Arc::new(Pool::new(root.join("free"))),
             mids: open("mid.counter")?,
             icids: open("icid.counter")?,
@@ -135,8 +132,11 @@ impl Spool {
     pub fn begin(&self, mid: u64) -> Incoming {
         Incoming {
             mid,
-            tmp_msg: self.root.join("tmp").join(format!("{mid}.msg")),
-            tmp_env: None,
+            tmp: self
+                .root
+                .join("tmp")
+                .join(format!("{mid}.{}", queue_file::EXT)),
+            tmp_copy: None,
             buf: Vec::new(),
             file: None,
             spilled: false,
@@ -147,148 +147,14 @@ impl Spool {
         }
     }
 
-    /// Path of a queued message body.
+    /// Path of a queued message's file (envelope and body, see [`queue_file`]).
     pub fn message_path(&self, mid: u64) -> PathBuf {
-        self.queue_dir().join(format!("{mid}.msg"))
+        queue_file::path(&self.queue_dir(), mid)
     }
 
-    /// Path of a queued envelope.
-    pub(crate) fn envelope_path(&self, mid: u64) -> PathBuf {
-        self.queue_dir().join(format!("{mid}.env"))
-    }
-
-    /// Makes the message durable: fsync body and envelope, rename into `queue/`, fsync the directory.
-    /// The directory fsync is a group commit: one fsync covers every commit whose renames
-    /// completed before it started, and this returns only after such an fsync succeeded.
-    /// Blocking: call from a blocking thread. On error nothing is left in `queue/`.
-    ///
-    /// Returns the body when it was held in memory (not spilled), so the relay can send it
-    /// without reading it back from disk.
-    pub fn commit(&self, mut inc: Incoming, env: &Envelope) -> Result<Option<Vec<u8>>, SpoolError> {
-        let result = self.commit_inner(&mut inc, env);
-        if let Err(e) = result {
-            // Envelope first: an envelope in queue/ always has its body beside it.
-            let _ = fs::remove_file(self.envelope_path(inc.mid));
-            let _ = fs::remove_file(self.message_path(inc.mid));
-            let _ = fs::remove_file(&inc.tmp_msg);
-            if let Some(p) = &inc.tmp_env {
-                let _ = fs::remove_file(p);
-            }
-            return Err(e);
-        }
-        Ok((!inc.spilled).then(|| std::mem::take(&mut inc.buf)))
-    }
-
-    fn tmp_env(&self, mid: u64) -> PathBuf {
-        self.root.join("tmp").join(format!("{mid}.env"))
-    }
-
-    fn commit_inner(&self, inc: &mut Incoming, env: &Envelope) -> Result<(), SpoolError> {
-        let body = match inc.file.take() {
-            // Spilled: the body is in tmp/ already.
-            Some(file) => {
-                inc.spilled = true;
-                inc.file = Some(file);
-                if !inc.buf.is_empty() {
-                    let buf = std::mem::take(&mut inc.buf);
-                    inc.append(&buf)?;
-                }
-                let file = inc.file.take().expect("just put back");
-                // A recycled file may be longer than this body: cut it.
-                if inc.reused_len > inc.on_disk {
-                    file.set_len(inc.on_disk)
-                        .map_err(io("truncate", &inc.tmp_msg))?;
-                }
-                file
-            }
-            None => {
-                let (file, path) = self.write_file(&inc.tmp_msg, &inc.buf, false)?;
-                inc.tmp_msg = path;
-                file
-            }
-        };
-        let (env_file, env_src) =
-            self.write_file(&self.tmp_env(inc.mid), env.to_text().as_bytes(), true)?;
-        inc.tmp_env = Some(env_src.clone());
-        // fdatasync both (the data and what is needed to read it back, such as the size; the
-        // names are made durable by the directory fsync after the renames), at the same time
-        // on a helper thread: two flushes cost the latency of one.
-        let (body_sync, env_sync) = self.flusher.sync_both(body, env_file);
-        body_sync.map_err(io("fsync", &inc.tmp_msg))?;
-        env_sync.map_err(io("fsync", &env_src))?;
-
-        // The body goes first: an envelope in queue/ always has its body beside it.
-        let msg = self.message_path(inc.mid);
-        fs::rename(&inc.tmp_msg, &msg).map_err(io("rename", &msg))?;
-        let envp = self.envelope_path(inc.mid);
-        fs::rename(&env_src, &envp).map_err(io("rename", &envp))?;
-        self.sync_queue_dir()
-    }
-
-    /// Writes `data` (not yet synced) into a recycled file from `free/` when there is one,
-    /// else into a new file at `fresh`; returns the open file and its path. On error the
-    /// file is removed. When the disk is full, empties the pool and tries once more.
-    fn write_file(
-        &self,
-        fresh: &Path,
-        data: &[u8],
-        envelope: bool,
-    ) -> Result<(File, PathBuf), SpoolError> {
-        match self.write_file_once(fresh, data, envelope) {
-            Err(e) if e.is_out_of_space() && self.pool.drain() > 0 => {
-                self.write_file_once(fresh, data, envelope)
-            }
-            r => r,
-        }
-    }
-
-    fn write_file_once(
-        &self,
-        fresh: &Path,
-        data: &[u8],
-        envelope: bool,
-    ) -> Result<(File, PathBuf), SpoolError> {
-        let mut recycled = None;
-        while let Some((p, e)) = self.pool.take(envelope) {
-            match OpenOptions::new().write(true).open(&p) {
-                Ok(f) => {
-                    recycled = Some((f, p, e.len));
-                    break;
-                }
-                Err(_) => {
-                    let _ = fs::remove_file(&p);
-                }
-            }
-        }
-        let (mut f, path, old_len) = match recycled {
-            Some(r) => r,
-            None => (
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(FILE_MODE)
-                    .open(fresh)
-                    .map_err(io("create", fresh))?,
-                fresh.to_path_buf(),
-                0,
-            ),
-        };
-        let result = (|| {
-            // A recycled file may be longer than the new content: cut it (truncating costs
-            // more than asking, so only when it is).
-            if old_len > data.len() as u64 {
-                f.set_len(data.len() as u64)
-                    .map_err(io("truncate", &path))?;
-            }
-            f.write_all(data).map_err(io("write", &path))
-        })();
-        match result {
-            Ok(()) => Ok((f, path)),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+    /// Reads queued message `mid` back (blocking), in either format.
+    pub fn read_queued(&self, mid: u64) -> Result<QueuedMessage, ReadError> {
+        queue_file::read(&self.queue_dir(), mid)
     }
 
     /// Path of a message's delivery state.
@@ -296,8 +162,7 @@ impl Spool {
         self.queue_dir().join(format!("{mid}.dlv"))
     }
 
-    /// Removes a delivered (or deleted) message: envelope first, so a crash never leaves
-    /// an envelope without its body.
+    /// Removes a delivered (or deleted) message and makes that durable.
     pub fn remove_message(&self, mid: u64) {
         self.unlink_message(mid);
         let _ = self.sync_queue_dir();
@@ -311,10 +176,13 @@ impl Spool {
     }
 
     /// [`Spool::unlink_message`], skipping the delivery state file when the caller knows
-    /// none was ever written.
+    /// none was ever written. The message file goes first: a state file without it is
+    /// removed at start-up.
     pub(crate) fn unlink_message_files(&self, mid: u64, state: bool) {
-        self.pool.recycle(&self.envelope_path(mid), true);
-        self.pool.recycle(&self.message_path(mid), false);
+        if !self.pool.recycle(&self.message_path(mid)) {
+            // Queued by a version before the one-file format.
+            legacy::remove(&self.queue_dir(), mid);
+        }
         if state {
             let _ = fs::remove_file(self.state_path(mid));
         }
@@ -329,11 +197,15 @@ impl Spool {
         result.map_err(io("fsync directory", &self.queue_dir()))
     }
 
-    /// Deletes bodies and states whose envelope is gone (a crash mid-commit or mid-removal).
+    /// Deletes what a crash mid-removal (or, in the old format, mid-commit) left behind: a
+    /// delivery state without its message, an old-format body without its envelope, a
+    /// state being written.
     pub(crate) fn remove_orphans(&self) {
-        let Ok(entries) = fs::read_dir(self.queue_dir()) else {
+        let q = self.queue_dir();
+        let Ok(entries) = fs::read_dir(&q) else {
             return;
         };
+        let has = |mid: u64, ext: &str| q.join(format!("{mid}.{ext}")).exists();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some((mid, ext)) = name.split_once('.') else {
@@ -342,7 +214,13 @@ impl Spool {
             let Ok(mid) = mid.parse::<u64>() else {
                 continue;
             };
-            if ext != "env" && !self.envelope_path(mid).exists() {
+            let keep = match ext {
+                queue_file::EXT | legacy::ENVELOPE_EXT => true,
+                legacy::BODY_EXT => has(mid, legacy::ENVELOPE_EXT),
+                "dlv" => has(mid, queue_file::EXT) || has(mid, legacy::ENVELOPE_EXT),
+                _ => false,
+            };
+            if !keep {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -351,23 +229,13 @@ impl Spool {
     /// Drops a message that will not be committed.
     pub fn abort(&self, inc: Incoming) {
         if inc.file.is_some() {
-            let _ = fs::remove_file(&inc.tmp_msg);
+            let _ = fs::remove_file(&inc.tmp);
         }
     }
 
-    /// Message ids with an envelope in `queue/`, oldest first.
+    /// Message ids in `queue/` (either format), oldest first.
     pub fn queued_mids(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = fs::read_dir(self.queue_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".env")?.parse().ok()
-            })
-            .collect();
-        v.sort_unstable();
-        v
+        queue_file::list(&self.queue_dir())
     }
 }
 
@@ -375,6 +243,7 @@ impl Spool {
 mod tests {
     use super::incoming::SPILL_AT;
     use super::*;
+    use crate::envelope::Envelope;
 
     fn env(mid: u64) -> Envelope {
         Envelope {
@@ -406,8 +275,19 @@ mod tests {
         assert!(!err(libc::EIO).is_out_of_space());
     }
 
+    /// The body as read back through [`queue_file::open_body`].
+    fn body_of(spool: &Spool, mid: u64) -> Vec<u8> {
+        use std::io::Read;
+        let mut b = Vec::new();
+        queue_file::open_body(&spool.message_path(mid))
+            .unwrap()
+            .read_to_end(&mut b)
+            .unwrap();
+        b
+    }
+
     #[test]
-    fn small_and_large_messages_commit() {
+    fn small_and_large_messages_commit_as_one_file() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         for size in [10usize, SPILL_AT + 10, 3 * SPILL_AT] {
@@ -418,18 +298,46 @@ mod tests {
                 inc.write(chunk).unwrap();
             }
             let in_memory = spool.commit(inc, &env(mid)).unwrap();
-            assert_eq!(fs::read(spool.message_path(mid)).unwrap(), body);
+            assert_eq!(body_of(&spool, mid), body);
             // The relay gets the body back only when it never left memory.
             if size <= SPILL_AT {
                 assert_eq!(in_memory.as_deref(), Some(&body[..]));
             } else {
                 assert_eq!(in_memory, None);
             }
-            let e =
-                Envelope::parse(&fs::read_to_string(spool.envelope_path(mid)).unwrap()).unwrap();
-            assert_eq!(e, env(mid));
+            let q = spool.read_queued(mid).unwrap();
+            assert_eq!((q.env, q.size), (env(mid), size as u64));
+            // The file: the header line, the envelope as text, the body as received.
+            let file = fs::read(spool.message_path(mid)).unwrap();
+            assert!(file.starts_with(b"mxgate-queue 1 body-at "));
+            assert!(file.ends_with(&body));
         }
+        let names: Vec<_> = fs::read_dir(spool.queue_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "one file per message: {names:?}");
         assert_eq!(spool.queued_mids().len(), 3);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// An envelope too large for the room in front of a spilled body: the body is copied
+    /// behind it into a new file, and nothing stays in tmp/.
+    #[test]
+    fn a_spilled_body_with_a_huge_envelope_is_copied_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mid = spool.next_mid().unwrap();
+        let mut e = env(mid);
+        e.rcpts = (0..500)
+            .map(|i| format!("recipient-{i:04}@example.com"))
+            .collect();
+        let mut inc = spool.begin(mid);
+        let body: Vec<u8> = (0..3 * SPILL_AT).map(|i| (i % 251) as u8).collect();
+        inc.write(&body).unwrap();
+        assert_eq!(spool.commit(inc, &e).unwrap(), None);
+        assert_eq!(body_of(&spool, mid), body);
+        assert_eq!(spool.read_queued(mid).unwrap().env, e);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
@@ -440,21 +348,28 @@ mod tests {
         let free = || fs::read_dir(dir.path().join("free")).unwrap().count();
         let first = spool.next_mid().unwrap();
         let mut inc = spool.begin(first);
-        inc.write(&vec![b'a'; 5000]).unwrap();
+        inc.write(&vec![b'a'; 3 * SPILL_AT]).unwrap();
         spool.commit(inc, &env(first)).unwrap();
         spool.remove_message(first);
-        assert!(!spool.envelope_path(first).exists() && !spool.message_path(first).exists());
-        assert_eq!(free(), 2);
-        // The next message reuses both files; the shorter body must not keep the old tail.
+        assert!(!spool.message_path(first).exists());
+        assert_eq!(free(), 1);
+        // The next message reuses the file; the shorter one must not keep the old tail.
         let mid = spool.next_mid().unwrap();
         let mut inc = spool.begin(mid);
         inc.write(b"short\r\n").unwrap();
         spool.commit(inc, &env(mid)).unwrap();
         assert_eq!(free(), 0);
-        assert_eq!(fs::read(spool.message_path(mid)).unwrap(), b"short\r\n");
-        let e = Envelope::parse(&fs::read_to_string(spool.envelope_path(mid)).unwrap()).unwrap();
-        assert_eq!(e, env(mid));
+        assert_eq!(body_of(&spool, mid), b"short\r\n");
+        assert_eq!(spool.read_queued(mid).unwrap().env, env(mid));
         assert_eq!(spool.queued_mids(), vec![mid]);
+        // A spilled body reuses it too, after the room for its header.
+        spool.remove_message(mid);
+        let mid = spool.next_mid().unwrap();
+        let mut inc = spool.begin(mid);
+        inc.write(&vec![b'b'; SPILL_AT + 1]).unwrap();
+        spool.commit(inc, &env(mid)).unwrap();
+        assert_eq!(free(), 0);
+        assert_eq!(body_of(&spool, mid), vec![b'b'; SPILL_AT + 1]);
         // A restart empties free/ (its files hold nothing of value).
         spool.unlink_message(mid);
         drop(spool);
@@ -469,11 +384,43 @@ mod tests {
         let mid = spool.next_mid().unwrap();
         let mut inc = spool.begin(mid);
         inc.write(b"hello\r\n").unwrap();
-        // Make the rename target unusable: a directory where the envelope should go.
-        fs::create_dir_all(spool.envelope_path(mid)).unwrap();
-        fs::write(spool.envelope_path(mid).join("x"), b"").unwrap();
+        // Make the rename target unusable: a directory where the file should go.
+        fs::create_dir_all(spool.message_path(mid)).unwrap();
+        fs::write(spool.message_path(mid).join("x"), b"").unwrap();
         assert!(spool.commit(inc, &env(mid)).is_err());
-        assert!(!spool.message_path(mid).exists());
+        assert!(!spool.message_path(mid).is_file());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Orphans of a crash are removed at start-up; complete messages of both formats stay.
+    #[test]
+    fn orphans_go_and_messages_of_both_formats_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let q = spool.queue_dir();
+        for name in [
+            "1.mail",
+            "1.dlv",
+            "2.env",
+            "2.msg",
+            "2.dlv",
+            "3.msg",
+            "4.dlv",
+            "5.dlv.tmp",
+        ] {
+            fs::write(q.join(name), b"x").unwrap();
+        }
+        spool.remove_orphans();
+        let mut left: Vec<_> = fs::read_dir(&q)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.dlv", "1.mail", "2.dlv", "2.env", "2.msg"]);
+        assert_eq!(spool.queued_mids(), [1, 2]);
+        // Removing the old-format message removes its two files and its state.
+        spool.remove_message(2);
+        assert_eq!(spool.queued_mids(), [1]);
+        assert_eq!(fs::read_dir(&q).unwrap().count(), 2);
     }
 }

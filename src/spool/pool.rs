@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Recycled files of each kind kept at most.
+/// Recycled files kept at most.
 const MAX_FILES: usize = 4096;
 /// Bytes (allocated on disk) the pool keeps at most.
 pub(super) const MAX_BYTES: u64 = 64 << 20;
@@ -31,28 +31,17 @@ pub(super) struct Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Reusable files by kind (bodies and envelopes differ in size), oldest first.
-    bodies: VecDeque<Entry>,
-    envelopes: VecDeque<Entry>,
+    /// Reusable files, oldest first.
+    reusable: VecDeque<Entry>,
     /// Renamed into `free/` but not yet covered by a `queue/` directory fsync: until then a
     /// crash may bring back the name in `queue/`, so the file must not be overwritten.
-    pending: Vec<(bool, Entry)>,
+    pending: Vec<Entry>,
     /// Allocated bytes of every file in `free/` (reusable and pending).
     bytes: u64,
     /// The last number given to a file in `free/`.
     last: u64,
     /// When free space was last found short, or ample.
     space_checked: Option<(Instant, bool)>,
-}
-
-impl State {
-    fn kind(&mut self, envelope: bool) -> &mut VecDeque<Entry> {
-        if envelope {
-            &mut self.envelopes
-        } else {
-            &mut self.bodies
-        }
-    }
 }
 
 /// The pool of `free/`.
@@ -67,7 +56,7 @@ pub(super) struct Pool {
 
 /// Files recycled before a directory fsync started, released when it succeeded.
 #[derive(Debug)]
-pub(super) struct Covered(Vec<(bool, Entry)>);
+pub(super) struct Covered(Vec<Entry>);
 
 impl Pool {
     /// The pool of the (emptied) directory `dir`.
@@ -98,27 +87,30 @@ impl Pool {
         self.dir.join(n.to_string())
     }
 
-    /// Takes the oldest reusable file of a kind.
-    pub(super) fn take(&self, envelope: bool) -> Option<(PathBuf, Entry)> {
+    /// Takes the oldest reusable file.
+    pub(super) fn take(&self) -> Option<(PathBuf, Entry)> {
         let mut s = self.state();
-        let e = s.kind(envelope).pop_front()?;
+        let e = s.reusable.pop_front()?;
         s.bytes = s.bytes.saturating_sub(e.size);
         drop(s);
         Some((self.path(e.n), e))
     }
 
     /// Moves the file of a finished message at `path` into `free/` (reusable after the next
-    /// directory fsync), or deletes it when the pool is full or space is short.
-    pub(super) fn recycle(&self, path: &Path, envelope: bool) {
-        let short = self.space_short();
+    /// directory fsync), or deletes it when the pool is full or space is short. False when
+    /// there was no file at `path`.
+    pub(super) fn recycle(&self, path: &Path) -> bool {
         let meta = fs::symlink_metadata(path);
+        if meta.is_err() {
+            return false;
+        }
+        let short = self.space_short();
         let n = {
             let mut s = self.state();
             match &meta {
                 Ok(m) if !short => {
                     let size = m.blocks() * 512;
-                    let files = s.kind(envelope).len()
-                        + s.pending.iter().filter(|(k, _)| *k == envelope).count();
+                    let files = s.reusable.len() + s.pending.len();
                     if files >= MAX_FILES || s.bytes + size > self.max_bytes {
                         None
                     } else {
@@ -139,14 +131,15 @@ impl Pool {
         }
         let Some(e) = n else {
             let _ = fs::remove_file(path);
-            return;
+            return true;
         };
         if fs::rename(path, self.path(e.n)).is_ok() {
-            self.state().pending.push((envelope, e));
+            self.state().pending.push(e);
         } else {
             let mut s = self.state();
             s.bytes = s.bytes.saturating_sub(e.size);
         }
+        true
     }
 
     /// Files a directory fsync starting now covers.
@@ -159,9 +152,7 @@ impl Pool {
     pub(super) fn synced(&self, covered: Covered, ok: bool) {
         let mut s = self.state();
         if ok {
-            for (envelope, e) in covered.0 {
-                s.kind(envelope).push_back(e);
-            }
+            s.reusable.extend(covered.0);
         } else {
             s.pending.extend(covered.0);
         }
@@ -172,7 +163,7 @@ impl Pool {
         let drained: Vec<Entry> = {
             let mut guard = self.state();
             let s = &mut *guard;
-            let all: Vec<Entry> = s.bodies.drain(..).chain(s.envelopes.drain(..)).collect();
+            let all: Vec<Entry> = s.reusable.drain(..).collect();
             let freed: u64 = all.iter().map(|e| e.size).sum();
             s.bytes = s.bytes.saturating_sub(freed);
             all
@@ -224,15 +215,16 @@ mod tests {
         fs::create_dir(&free).unwrap();
         let pool = Pool::bounded(free.clone(), 48 << 10);
         for i in 0..4 {
-            pool.recycle(&file(dir.path(), &format!("{i}.msg"), 20 << 10), false);
+            assert!(pool.recycle(&file(dir.path(), &format!("{i}.mail"), 20 << 10)));
         }
         // Two 20 KiB files fit in 48 KiB; the others were deleted.
         assert_eq!(fs::read_dir(&free).unwrap().count(), 2);
         assert!(pool.bytes() <= 48 << 10, "{}", pool.bytes());
-        assert!(pool.take(false).is_none(), "reusable before the fsync");
+        assert!(pool.take().is_none(), "reusable before the fsync");
+        assert!(!pool.recycle(&dir.path().join("absent.mail")));
         let c = pool.covered();
         pool.synced(c, true);
-        let (p, e) = pool.take(false).unwrap();
+        let (p, e) = pool.take().unwrap();
         assert_eq!(e.len, 20 << 10);
         assert!(p.starts_with(&free));
         // Space is short: the rest is deleted.

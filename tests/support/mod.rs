@@ -168,3 +168,26 @@ pub fn id_after(line: &str, key: &str) -> u64 {
 pub fn closed_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
+
+/// Message `mid`'s queue file `<spool>/queue/MID.mail` split as docs/spool.md describes it:
+/// the first line `mxgate-queue 1 body-at N`, the envelope (text, to its `end` line), and the
+/// body from byte N to the end. Panics naming the file when it is missing or malformed.
+pub fn queued_parts(spool: &Path, mid: u64) -> (String, Vec<u8>) {
+    let p = spool.join(format!("queue/{mid}.mail"));
+    let file = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let nl = file.iter().position(|&b| b == b'\n').expect("first line");
+    let first = std::str::from_utf8(&file[..nl]).unwrap();
+    let offset: usize = first
+        .strip_prefix("mxgate-queue 1 body-at ")
+        .unwrap_or_else(|| panic!("{}: first line {first:?}", p.display()))
+        .parse()
+        .unwrap();
+    let env = String::from_utf8(file[nl + 1..offset].to_vec()).unwrap();
+    let end = env.find("\nend\n").expect("envelope end line") + 5;
+    (env[..end].to_string(), file[offset..].to_vec())
+}
+
+/// The body of queued message `mid`, as text (see [`queued_parts`]).
+pub fn queued_body(spool: &Path, mid: u64) -> String {
+    String::from_utf8(queued_parts(spool, mid).1).unwrap()
+}

@@ -113,12 +113,12 @@ impl Server {
         super::log::wait_after_async(&self.log, mark, pattern).await
     }
 
-    /// Message ids with an envelope in spool/queue.
+    /// Message ids with a queue file in spool/queue.
     pub fn queued_mids(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
             .queued()
             .iter()
-            .filter_map(|n| n.strip_suffix(".env")?.parse().ok())
+            .filter_map(|n| n.strip_suffix(".mail")?.parse().ok())
             .collect();
         v.sort_unstable();
         v

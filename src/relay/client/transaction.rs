@@ -21,7 +21,8 @@ pub struct OutgoingMessage {
     pub from: String,
     /// Recipients: (RID, address).
     pub rcpts: Vec<(u32, String)>,
-    /// Spool file with the message (CRLF lines, not dot-stuffed).
+    /// The message's queue file (`queue/MID.mail`, the body after its header), or a file
+    /// holding only the body; CRLF lines, not dot-stuffed.
     pub body_path: PathBuf,
     /// The same bytes in memory when the caller has them (the file is then not read).
     pub body: Option<std::sync::Arc<Vec<u8>>>,
@@ -145,9 +146,14 @@ impl Connection {
         }
         let opened = match &msg.body {
             Some(bytes) => Ok(BodySource::Memory(bytes.clone())),
-            None => tokio::fs::File::open(&msg.body_path)
-                .await
-                .map(BodySource::File),
+            // One hand-off to the blocking pool: open, read the header, seek to the body.
+            None => {
+                let path = msg.body_path.clone();
+                tokio::task::spawn_blocking(move || crate::spool::queue_file::open_body(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+                    .map(|f| BodySource::File(tokio::fs::File::from_std(f)))
+            }
         };
         let body = match opened {
             Ok(b) => b,

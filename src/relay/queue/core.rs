@@ -105,9 +105,9 @@ impl QueueState {
         }
     }
 
-    /// The body file of message `mid` (as [`Spool::message_path`](crate::spool::Spool::message_path)).
+    /// The queue file of message `mid` (as [`Spool::message_path`](crate::spool::Spool::message_path)).
     pub(super) fn message_path(&self, mid: u64) -> PathBuf {
-        self.queue_dir.join(format!("{mid}.msg"))
+        crate::spool::queue_file::path(&self.queue_dir, mid)
     }
 
     /// Takes message `mid` as read back from the spool (unless it is queued already).

@@ -12,13 +12,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::outbound::{DestinationControls, RouteTable};
-use crate::envelope::Envelope;
 use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::state::DeliveryState;
 use crate::relay::worker::{self, Feed, JobResult, ResultSender, WorkerContext};
-use crate::spool::Spool;
+use crate::spool::{ReadError, Spool};
 
 use super::command::{Command, Reconfiguration};
 use super::core::{Loaded, QueueState};
@@ -40,24 +39,20 @@ fn now_unix() -> u64 {
 
 /// Reads message `mid` back from `spool` (blocking).
 fn read_queued(spool: &Spool, mid: u64) -> Loaded {
-    let Ok(text) = std::fs::read_to_string(spool.envelope_path(mid)) else {
-        return Loaded::Missing;
-    };
-    match Envelope::parse(&text) {
-        Ok(env) => Loaded::Found {
-            env: Box::new(env),
+    match spool.read_queued(mid) {
+        Ok(q) => Loaded::Found {
+            env: Box::new(q.env),
             state: DeliveryState::load(&spool.state_path(mid)),
-            size: std::fs::metadata(spool.message_path(mid))
-                .map(|m| m.len())
-                .unwrap_or(0),
+            size: q.size,
         },
+        Err(ReadError::Missing) => Loaded::Missing,
         Err(e) => Loaded::Unreadable(e.to_string()),
     }
 }
 
 /// Runs `f` on tokio's blocking pool and waits for it. Only ever called from the manager's
 /// own (async) task: never from a blocking thread, so a blocking thread never waits for
-/// another (see `spool/fsync.rs`).
+/// another (a pool full of waiters would deadlock).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
 }
@@ -228,10 +223,8 @@ impl QueueManager {
             Command::Enqueued(mid, Some(c)) => {
                 let size = match &c.body {
                     Some(b) => b.bytes.len() as u64,
-                    // Spilled to disk: a stat, not a sync.
-                    None => std::fs::metadata(self.spool.message_path(mid))
-                        .map(|m| m.len())
-                        .unwrap_or(0),
+                    // Spilled to disk: its header read back, not a sync.
+                    None => self.spool.read_queued(mid).map(|q| q.size).unwrap_or(0),
                 };
                 self.core.admit_committed(mid, c.env, c.body, size);
             }
@@ -288,9 +281,8 @@ impl QueueManager {
     ///
     /// Only RemoveFinished is not waited for: one directory fsync, shared with inbound
     /// commits, covers the batch, and a crash before it delivers those messages again (at
-    /// least once). The blocking work runs on tokio's blocking pool (or, inside a commit,
-    /// on the spool's own fsync threads), one level deep: never a blocking task that waits
-    /// for another.
+    /// least once). The blocking work runs on tokio's blocking pool, one level deep: never a
+    /// blocking task that waits for another.
     async fn execute(&mut self, effects: Vec<Effect>) -> bool {
         let mut todo: VecDeque<Effect> = effects.into();
         let mut dsns_committed = true;

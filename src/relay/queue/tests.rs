@@ -427,7 +427,7 @@ async fn trust_06_a_bounce_is_not_saved_while_its_dsn_waits_for_the_rest_of_the_
     };
     m.finish_batch("example.com", vec![delivered]).await;
     // The round is complete: one DSN queued, then the original removed.
-    assert!(!spool.envelope_path(mid).exists());
+    assert!(!spool.message_path(mid).exists());
     let queued = spool.queued_mids();
     assert_eq!(queued.len(), 1, "the DSN");
     assert!(
@@ -458,7 +458,7 @@ async fn the_administrators_bounce_and_delete_reach_the_disk() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     m.command(Command::Delete(deleted, tx)).await;
     assert!(rx.await.unwrap());
-    assert!(!spool.envelope_path(bounced).exists() && !spool.envelope_path(deleted).exists());
+    assert!(!spool.message_path(bounced).exists() && !spool.message_path(deleted).exists());
     assert_eq!(spool.queued_mids().len(), 1, "the DSN");
     let log = std::fs::read_to_string(dir.path().join("mail.log")).unwrap();
     assert!(
