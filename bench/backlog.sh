@@ -43,7 +43,7 @@ mx=$!
 pids+=($mx)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p_mx") 2>/dev/null && break; sleep 0.1; done
 
-queued() { find "$work/mxgate/spool/queue" -name '*.env' | wc -l; }
+queued() { find "$work/mxgate/spool/queue" \( -name '*.mail' -o -name '*.env' \) | wc -l; }
 measure() { # label
   local c0 c1 out
   c0=$(python3 "$bench/proctree.py" cpu "$mx")
