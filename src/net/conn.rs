@@ -297,7 +297,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for Socket<'_, S> {
 }
 
 impl<'a> StartTls for Socket<'a, TcpStream> {
-    type Tls = Socket<'a, TlsStream<TcpStream>>;
+    /// Boxed: the rustls connection is over a kilobyte, and the futures the driver builds
+    /// around the stream would otherwise each keep room for it.
+    type Tls = Socket<'a, Box<TlsStream<TcpStream>>>;
 
     async fn start_tls(self, client_cert: bool) -> Result<(Self::Tls, TlsInfo), String> {
         let ctx = self.ctx;
@@ -322,7 +324,13 @@ impl<'a> StartTls for Socket<'a, TcpStream> {
                 None => ClientCert::NotRequested,
             },
         };
-        Ok((Socket { stream, ctx }, info))
+        Ok((
+            Socket {
+                stream: Box::new(stream),
+                ctx,
+            },
+            info,
+        ))
     }
 }
 

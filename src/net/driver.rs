@@ -459,6 +459,15 @@ impl<B: Backend> Driver<B> {
     }
 
     async fn upgrade<C: StartTls>(&mut self, plain: C) {
+        // A second STARTTLS is refused by the session, so this returns Done. The stream goes
+        // straight into `serve`: no local holds a second copy of it while the session runs.
+        if let Some(tls) = self.handshake(plain).await {
+            let _ = self.serve(tls).await;
+        }
+    }
+
+    /// Runs the TLS handshake under `timeouts.tls_handshake` and tells the session how it went.
+    async fn handshake<C: StartTls>(&mut self, plain: C) -> Option<C::Tls> {
         let started = Instant::now();
         let handshake = Box::pin(plain.start_tls(self.session.wants_client_cert()));
         match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
@@ -466,11 +475,16 @@ impl<B: Backend> Driver<B> {
                 ::metrics::histogram!(metrics::TLS_HANDSHAKE_SECONDS, "listener" => self.labels.listener.clone())
                     .record(started.elapsed().as_secs_f64());
                 self.session.tls_established(info);
-                // A second STARTTLS is refused by the session, so this returns Done.
-                let _ = self.serve(tls).await;
+                Some(tls)
             }
-            Ok(Err(e)) => self.session.tls_failed(&e),
-            Err(_) => self.session.tls_failed("handshake timeout"),
+            Ok(Err(e)) => {
+                self.session.tls_failed(&e);
+                None
+            }
+            Err(_) => {
+                self.session.tls_failed("handshake timeout");
+                None
+            }
         }
     }
 }
