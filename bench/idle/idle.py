@@ -10,9 +10,10 @@ difference divided by N is the cost of one idle connection.
 
     bench/idle/idle.py --mxgate target/release/mxgate --connections 20000 --tls 1.3
 
-Prints one JSON object per run (--json) or a table line. Root is not needed, but opening
-20 000 connections needs RLIMIT_NOFILE above 40 000 for this process and the server: the
-script raises both hard limits when it can (root), else uses what it has.
+Prints one JSON object per run (--json) or a table line. Each side needs one file descriptor
+per connection (plus about 20): the script raises its soft RLIMIT_NOFILE, which the server
+inherits, as far as the hard limit allows. Where the hard limit is 20 000 and cannot be raised
+(no CAP_SYS_RESOURCE), 19 900 connections is the most that fits. Results: bench/idle/RESULTS.md.
 """
 
 import argparse
@@ -232,7 +233,7 @@ async def run(a):
     write_config(d, dns_port)
     log = open(f"{d}/stderr", "w+")
     proc = subprocess.Popen(
-        a.wrap.split() + [a.mxgate, "serve", "--config-dir", f"{d}/cfg", "--spool-dir", f"{d}/spool",
+        [a.mxgate, "serve", "--config-dir", f"{d}/cfg", "--spool-dir", f"{d}/spool",
          "--certs-dir", f"{d}/certs", "--mail-log", f"{d}/mail.log"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
         env={k: v for k, v in os.environ.items() if not k.startswith("MXGATE_")},
@@ -314,8 +315,6 @@ def main():
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--settle", type=float, default=10, help="seconds to wait for RSS to settle")
     p.add_argument("--hold", type=float, default=0, help="seconds to hold after measuring")
-    p.add_argument("--wrap", default="", help="command prefix, e.g. 'heaptrack -o FILE' "
-                   "(the memory read is then the wrapper's, not mxgate's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = p.parse_args()
