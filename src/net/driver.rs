@@ -26,16 +26,16 @@ use crate::validate::destination::{Checked, Source};
 use crate::validate::rule::ValidationRequest;
 use crate::validate::{Answer, TempFailCause};
 
-/// Initial read size; buffers grow only while a message streams in, so idle sessions stay small.
-const READ_CHUNK: usize = 4 * 1024;
-/// Read size during DATA.
+/// Read size during DATA. Outside DATA the driver reserves nothing: [`ClientStream::read`]
+/// allocates only once bytes arrive, so an idle session holds no read buffer.
 const DATA_CHUNK: usize = 64 * 1024;
 
 /// The client's byte stream: plain TCP, or TLS after STARTTLS. The driver bounds every call
 /// with its deadlines and shutdown, so implementations need no timers of their own.
 pub trait ClientStream: Send {
-    /// Appends what the client sent to `buf` (its spare capacity is reserved); `Ok(0)` when
-    /// the client closed.
+    /// Appends what the client sent to `buf`; `Ok(0)` when the client closed. Spare capacity
+    /// of `buf` (reserved in DATA) is read into directly; without it, nothing may be allocated
+    /// before bytes arrive, so a connection waiting for its next command costs no buffer.
     fn read(&mut self, buf: &mut Vec<u8>) -> impl Future<Output = io::Result<usize>> + Send;
     /// Writes all of `bytes` and flushes them.
     fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
@@ -108,6 +108,10 @@ enum ReadOutcome {
 }
 
 /// Runs one classified connection's session from the greeting to the close.
+///
+/// Every connection's task is as large as the largest state of its future, idle or not, so
+/// what the driver awaits besides reads and writes (the backend's lookups, the spool, the TLS
+/// handshake) is boxed: those futures exist only while they run.
 pub struct Driver<B> {
     session: Session,
     labels: InboundLabels,
@@ -155,7 +159,9 @@ impl<B: Backend> Driver<B> {
     pub async fn run<C: StartTls>(mut self, opening: Opening, client: C) {
         self.session.start(opening);
         if let Flow::Upgrade(plain) = self.serve(client).await {
-            self.upgrade(plain).await;
+            // Boxed: the handshake's result holds the TLS stream, and plain sessions should not
+            // carry its room.
+            Box::pin(self.upgrade(plain)).await;
         }
         self.session.finish();
         self.process_final_actions();
@@ -199,7 +205,7 @@ impl<B: Backend> Driver<B> {
                     Action::CommitMessage(env) => {
                         self.write_logs(&mut logs);
                         self.drain_body().await;
-                        let result = self.backend.commit_message(env).await;
+                        let result = Box::pin(self.backend.commit_message(env)).await;
                         if let Err(e) = &result {
                             tracing::error!("spool commit failed: {e}");
                         }
@@ -207,19 +213,19 @@ impl<B: Backend> Driver<B> {
                     }
                     Action::ValidateRecipient(req) => {
                         self.write_logs(&mut logs);
-                        self.validate(req).await;
+                        Box::pin(self.validate(req)).await;
                     }
                     Action::VerifySender(req) => {
                         self.write_logs(&mut logs);
-                        self.verify_sender(req).await;
+                        Box::pin(self.verify_sender(req)).await;
                     }
                     Action::AuthenticateMessage(req) => {
                         self.write_logs(&mut logs);
-                        self.authenticate_message(req).await;
+                        Box::pin(self.authenticate_message(req)).await;
                     }
                     Action::IngestReport(message) => {
                         self.write_logs(&mut logs);
-                        let outcome = self.backend.ingest_report(message).await;
+                        let outcome = Box::pin(self.backend.ingest_report(message)).await;
                         self.session.report_ingested(outcome);
                     }
                     Action::AbortMessage => {
@@ -279,9 +285,7 @@ impl<B: Backend> Driver<B> {
                     return Flow::Done;
                 }
             }
-            if self.buf.capacity() > 2 * DATA_CHUNK && self.buf.is_empty() {
-                self.buf = Vec::new();
-            }
+            self.release_idle_buffers();
             match self.read(&mut client).await {
                 ReadOutcome::Data => {}
                 ReadOutcome::Closed => return Flow::Done,
@@ -360,8 +364,9 @@ impl<B: Backend> Driver<B> {
         let (until, what) = self
             .reads
             .next(in_data, Instant::now(), &self.timeouts, self.deadline);
-        self.buf
-            .reserve(if in_data { DATA_CHUNK } else { READ_CHUNK });
+        if in_data {
+            self.buf.reserve(DATA_CHUNK);
+        }
         if *self.force_close.borrow() {
             return ReadOutcome::Shutdown;
         }
@@ -383,9 +388,24 @@ impl<B: Backend> Driver<B> {
             return Ok(());
         }
         let deadline = self.write_deadline();
-        let r = bounded_write(client.write_all(&self.out), deadline, &mut self.force_close).await;
-        self.out.clear();
-        r
+        let out = std::mem::take(&mut self.out);
+        bounded_write(client.write_all(&out), deadline, &mut self.force_close).await
+    }
+
+    /// Frees the buffers an idle session would otherwise keep while it waits for a command:
+    /// the read buffer once consumed, and the body buffer of the last message. A message
+    /// streaming in keeps its read buffer (up to two DATA chunks) from read to read.
+    fn release_idle_buffers(&mut self) {
+        let in_data = self.session.is_in_data();
+        if self.buf.is_empty() && (!in_data || self.buf.capacity() > 2 * DATA_CHUNK) {
+            self.buf = Vec::new();
+        }
+        if !in_data {
+            let body = self.session.body_mut();
+            if body.is_empty() {
+                *body = Vec::new();
+            }
+        }
     }
 
     /// Until when the next write may block: see [`write_deadline`]; once shutdown forced the
@@ -402,7 +422,7 @@ impl<B: Backend> Driver<B> {
     async fn drain_body(&mut self) {
         let body = self.session.body_mut();
         if !body.is_empty() {
-            self.backend.write_body(body).await;
+            Box::pin(self.backend.write_body(body)).await;
         }
     }
 
@@ -439,18 +459,32 @@ impl<B: Backend> Driver<B> {
     }
 
     async fn upgrade<C: StartTls>(&mut self, plain: C) {
+        // A second STARTTLS is refused by the session, so this returns Done. The stream goes
+        // straight into `serve`: no local holds a second copy of it while the session runs.
+        if let Some(tls) = self.handshake(plain).await {
+            let _ = self.serve(tls).await;
+        }
+    }
+
+    /// Runs the TLS handshake under `timeouts.tls_handshake` and tells the session how it went.
+    async fn handshake<C: StartTls>(&mut self, plain: C) -> Option<C::Tls> {
         let started = Instant::now();
-        let handshake = plain.start_tls(self.session.wants_client_cert());
+        let handshake = Box::pin(plain.start_tls(self.session.wants_client_cert()));
         match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
             Ok(Ok((tls, info))) => {
                 ::metrics::histogram!(metrics::TLS_HANDSHAKE_SECONDS, "listener" => self.labels.listener.clone())
                     .record(started.elapsed().as_secs_f64());
                 self.session.tls_established(info);
-                // A second STARTTLS is refused by the session, so this returns Done.
-                let _ = self.serve(tls).await;
+                Some(tls)
             }
-            Ok(Err(e)) => self.session.tls_failed(&e),
-            Err(_) => self.session.tls_failed("handshake timeout"),
+            Ok(Err(e)) => {
+                self.session.tls_failed(&e);
+                None
+            }
+            Err(_) => {
+                self.session.tls_failed("handshake timeout");
+                None
+            }
         }
     }
 }

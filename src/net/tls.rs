@@ -164,9 +164,24 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// TLS 1.2 sessions kept for clients that resume by session id (those without tickets), per
+/// listener. An entry is about 300 bytes (no client certificate is asked for), so a full cache
+/// costs about 10 MB: room for a day of distinct sending MTAs at a busy MX.
+pub const SESSION_CACHE_ENTRIES: usize = 32 * 1024;
+
+/// The same for the config that asks for client certificates: its entries carry the client's
+/// chain (kilobytes, up to rustls's 64 KiB handshake limit), so they stay few; such clients
+/// resume with tickets, which cost the server no memory.
+pub const VERIFYING_SESSION_CACHE_ENTRIES: usize = 256;
+
 /// A server config: TLS 1.2 and 1.3 only; rustls offers only forward-secret (ECDHE) suites.
+/// Returning clients resume (see `resumption`).
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
-    build_server_config(store, WebPkiClientVerifier::no_client_auth())
+    build_server_config(
+        store,
+        WebPkiClientVerifier::no_client_auth(),
+        SESSION_CACHE_ENTRIES,
+    )
 }
 
 /// The same server config, but asking for a client certificate that `check` judges after the
@@ -180,12 +195,14 @@ pub(crate) fn server_config_verifying(
         Arc::new(AskingVerifier {
             inner: check.inner.clone(),
         }),
+        VERIFYING_SESSION_CACHE_ENTRIES,
     )
 }
 
 fn build_server_config(
     store: Arc<CertStore>,
     verifier: Arc<dyn ClientCertVerifier>,
+    cache_entries: usize,
 ) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
@@ -199,7 +216,25 @@ fn build_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(store);
     cfg.ignore_client_order = true;
+    resumption(&mut cfg, cache_entries);
     Arc::new(cfg)
+}
+
+/// Session resumption for returning senders, so they skip the certificate signature and key
+/// exchange: TLS 1.3 tickets and TLS 1.2 tickets (RFC 5077) from a ticketer whose key rotates
+/// every 6 hours (tickets live 12 hours), which costs the server no memory per session; TLS 1.2
+/// session ids in a cache of `cache_entries`. Each config gets its own ticket key and cache, so
+/// a session from the config that asks for client certificates never resumes in the other one,
+/// nor the other way round (rustls leaves that to us). A reload builds new configs: returning
+/// senders then make one full handshake.
+fn resumption(cfg: &mut ServerConfig, cache_entries: usize) {
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(cache_entries);
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(t) => cfg.ticketer = t,
+        // Only the system's random source can fail here; TLS 1.3 tickets then come from the
+        // session cache (rustls's stateful tickets), TLS 1.2 resumes by session id.
+        Err(e) => tracing::warn!("no TLS ticket key ({e}): resumption uses the session cache only"),
+    }
 }
 
 /// What a listener needs for policies with `tls_verify_client`: a config that asks for a

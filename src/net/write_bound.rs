@@ -53,21 +53,18 @@ pub(super) async fn bounded_write(
     deadline: WriteDeadline,
     force_close: &mut watch::Receiver<bool>,
 ) -> Result<(), WriteStop> {
-    let timed = tokio::time::timeout_at(deadline.at.into(), write);
-    let result = if *force_close.borrow() {
-        // Already closing for shutdown: the deadline above is short; nothing more to race.
-        timed.await
-    } else {
-        let forced = async {
-            // A dropped sender is no shutdown signal: then only the deadline applies.
-            if force_close.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            r = timed => r,
-            _ = forced => return Err(WriteStop::Shutdown),
+    // One select built in place (no future moved from local to local), so the room every
+    // connection's task keeps for its writes stays small.
+    let forced = async {
+        // Already closing for shutdown: the deadline is short; nothing more to race. A dropped
+        // sender is no shutdown signal either: then only the deadline applies.
+        if *force_close.borrow() || force_close.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(deadline.at.into(), write) => r,
+        _ = forced => return Err(WriteStop::Shutdown),
     };
     match result {
         Ok(Ok(())) => Ok(()),

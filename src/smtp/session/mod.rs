@@ -186,7 +186,8 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsInfo>,
-    txn: Option<Transaction>,
+    // Boxed: hundreds of bytes that an idle session (most of them) does not need.
+    txn: Option<Box<Transaction>>,
     messages: u64,
     bad_commands: u32,
     quit: bool,
@@ -537,7 +538,7 @@ impl Session {
 
     fn new_transaction(&mut self, from: &Option<Mailbox>, smtputf8: bool) -> Result<u64, String> {
         let mid = self.p.env.next_mid()?;
-        self.txn = Some(Transaction {
+        self.txn = Some(Box::new(Transaction {
             mid,
             from: from.as_ref().map(|m| m.address()).unwrap_or_default(),
             rcpts: Vec::new(),
@@ -548,7 +549,7 @@ impl Session {
             reports: Vec::new(),
             spf: None,
             spf_refusal: None,
-        });
+        }));
         Ok(mid)
     }
 }
