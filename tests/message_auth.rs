@@ -549,6 +549,12 @@ async fn headers_that_would_fool_dmarc_or_fold_into_ours_and_signature_floods() 
             "X-A: 1|garbage|",
             "550 5.6.0 Message refused: malformed header section (a header line is not a field)",
         ),
+        // A name alone on the first line and its colon on the next: DMARC's parser stops
+        // there, another parser reads on (the outsider's second round).
+        (
+            "X-Foo| : bar|",
+            "550 5.6.0 Message refused: malformed header section (a header line is not a field)",
+        ),
     ];
     for (extra, reply) in malformed {
         for listener in ["enforce", "tag", "spfonly"] {

@@ -12,6 +12,10 @@ pub const MAX_DKIM_SIGNATURES: usize = 5;
 /// grows with names × header fields.
 pub const MAX_SIGNED_HEADERS: usize = 100;
 
+/// Names × header fields the verified signatures may cost together (a signature past the
+/// budget is not verified): a few thousand for real mail, bounded for a hostile one.
+pub const DKIM_WORK_BUDGET: usize = 2_000_000;
+
 /// Why the header section cannot be authenticated as the internal server will read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderProblem {
@@ -25,6 +29,8 @@ pub enum HeaderProblem {
     /// The `From:` field has no address, addresses of several domains, or a domain that
     /// is not a host name: no single author domain for DMARC.
     FromAddress,
+    /// The DKIM/DMARC parser could not read the header section.
+    Unreadable,
 }
 
 impl HeaderProblem {
@@ -32,7 +38,9 @@ impl HeaderProblem {
     pub fn is_malformed(self) -> bool {
         matches!(
             self,
-            HeaderProblem::FoldedFirstLine | HeaderProblem::LineWithoutColon
+            HeaderProblem::FoldedFirstLine
+                | HeaderProblem::LineWithoutColon
+                | HeaderProblem::Unreadable
         )
     }
 
@@ -43,6 +51,7 @@ impl HeaderProblem {
             HeaderProblem::LineWithoutColon => "a header line is not a field".into(),
             HeaderProblem::FromFields(n) => format!("{n} From fields, not one"),
             HeaderProblem::FromAddress => "no single From domain".into(),
+            HeaderProblem::Unreadable => "the header section cannot be read".into(),
         }
     }
 }
@@ -98,8 +107,14 @@ pub fn structure(message: &[u8]) -> Result<usize, HeaderProblem> {
     }
     let mut from = 0;
     for f in fields(head) {
-        let (name, _) = split_field(f);
-        if name.is_empty() {
+        // The name and its colon on the field's first line, the name printable ASCII
+        // (RFC 5322 §2.2; `From :` is the obsolete form, still read): else parsers disagree.
+        let first = f.split(|b| *b == b'\n').next().unwrap_or(f);
+        let Some(colon) = first.iter().position(|b| *b == b':') else {
+            return Err(HeaderProblem::LineWithoutColon);
+        };
+        let name = first[..colon].trim_ascii_end();
+        if name.is_empty() || !name.iter().all(|b| (33..=126).contains(b)) {
             return Err(HeaderProblem::LineWithoutColon);
         }
         if name.eq_ignore_ascii_case(b"from") {
@@ -149,12 +164,23 @@ fn tag(value: &[u8], name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// True when a tag name appears twice (RFC 6376 §3.2: invalid; and we must read the tags
+/// as the verifier does, which takes another occurrence than ours).
+fn repeated_tag(value: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let mut seen = std::collections::HashSet::new();
+    text.split(';')
+        .filter_map(|t| t.split_once('='))
+        .any(|(k, _)| !seen.insert(k.trim().to_ascii_lowercase()))
+}
+
 /// `message` as DKIM verifies it: the first [`MAX_DKIM_SIGNATURES`] acceptable
 /// `DKIM-Signature` fields kept, the others taken out and returned.
 pub fn dkim_view(message: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Vec<Unverified>) {
     let end = header_end(message);
     let all = fields(&message[..end]);
     let mut kept = 0;
+    let mut work = 0usize;
     let mut out = Vec::new();
     let mut skip = vec![false; all.len()];
     for (i, f) in all.iter().enumerate() {
@@ -162,14 +188,20 @@ pub fn dkim_view(message: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Vec<Unverified>
         if !name.eq_ignore_ascii_case(b"dkim-signature") {
             continue;
         }
-        let why = if tag(value, "a").eq_ignore_ascii_case("rsa-sha1") {
+        let names = tag(value, "h").split(':').count();
+        let why = if repeated_tag(value) {
+            Some("a tag is repeated (RFC 6376 3.2)")
+        } else if tag(value, "a").eq_ignore_ascii_case("rsa-sha1") {
             Some("rsa-sha1 is not accepted (RFC 8301)")
-        } else if tag(value, "h").split(':').count() > MAX_SIGNED_HEADERS {
+        } else if names > MAX_SIGNED_HEADERS {
             Some("too many signed header fields")
         } else if kept >= MAX_DKIM_SIGNATURES {
             Some("signature limit reached")
+        } else if work + names * all.len() > DKIM_WORK_BUDGET {
+            Some("too many header fields to verify")
         } else {
             kept += 1;
+            work += names * all.len();
             None
         };
         if let Some(why) = why {
@@ -253,6 +285,16 @@ mod tests {
         );
         assert_eq!(structure(b"From: a\r\nFROM : b\r\n\r\n"), Ok(2));
         assert_eq!(structure(b"\r\nbody without headers"), Ok(0));
+        // A name alone on its line, its colon on the next: mail-auth stops reading there.
+        assert_eq!(
+            structure(b"X-Foo\r\n : bar\r\nFrom: a@b.example\r\n\r\n"),
+            Err(HeaderProblem::LineWithoutColon)
+        );
+        assert_eq!(
+            structure(b"Fr\xc3\xb6m: a@b.example\r\n\r\n"),
+            Err(HeaderProblem::LineWithoutColon)
+        );
+        assert_eq!(structure(b"From : a@b.example\r\n\r\n"), Ok(1));
     }
 
     #[test]
@@ -304,6 +346,20 @@ mod tests {
         let view = String::from_utf8(view.into_owned()).unwrap();
         assert_eq!(view.matches("DKIM-Signature").count(), 5);
         assert!(view.contains("d=4.test; s=s4;\r\n\th=from; b=x\r\nFrom: a@b.test\r\n\r\nbody"));
+        let twice = b"DKIM-Signature: a=rsa-sha256; h=from; d=a.test; h=from:x:y\r\n\r\n";
+        assert_eq!(
+            dkim_view(twice).1[0].why,
+            "a tag is repeated (RFC 6376 3.2)"
+        );
+        let mut many = format!(
+            "DKIM-Signature: v=1; d=w.test; s=s; h={}; b=x\r\n",
+            vec!["x"; MAX_SIGNED_HEADERS].join(":")
+        );
+        many.push_str(&"X: y\r\n".repeat(DKIM_WORK_BUDGET / MAX_SIGNED_HEADERS));
+        assert_eq!(
+            dkim_view(many.as_bytes()).1[0].why,
+            "too many header fields to verify"
+        );
         let plain = b"From: a@b.test\r\n\r\nx";
         assert!(matches!(dkim_view(plain).0, std::borrow::Cow::Borrowed(_)));
     }

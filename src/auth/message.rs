@@ -342,7 +342,13 @@ pub(crate) async fn authenticate(
     }
     let (view, unverified) = header::dkim_view(&req.message);
     let Some(msg) = AuthenticatedMessage::parse(&view) else {
-        // Not a parseable message: no signature can be verified, no From domain found.
+        // No header section at all has no From; anything else mail-auth cannot read is a
+        // header section the internal server may read differently.
+        answer.header = Some(if from_fields == 0 {
+            HeaderProblem::FromFields(0)
+        } else {
+            HeaderProblem::Unreadable
+        });
         answer.dmarc = Some(DmarcOutcome {
             result: DmarcVerdict::None,
             ..DmarcOutcome::temp_error()
@@ -397,7 +403,8 @@ pub(crate) async fn authenticate(
         Policy::Quarantine => DmarcPolicy::Quarantine,
         Policy::None | Policy::Unspecified => DmarcPolicy::None,
     };
-    let (pct, several) = if result == DmarcVerdict::Fail && policy != DmarcPolicy::None {
+    // A record was evaluated: check there was only one (cached, mail-auth just asked).
+    let (pct, several) = if matches!(result, DmarcVerdict::Fail | DmarcVerdict::Pass) {
         lookup_record(resolver, out.domain()).await
     } else {
         (100, false)

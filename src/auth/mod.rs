@@ -104,8 +104,19 @@ impl SenderAuth {
     }
 
     /// Runs the message checks of `req` (DKIM, DMARC; SPF when not done at `MAIL FROM`).
+    /// The work runs on a blocking-pool thread (hashing the signed fields of a large header
+    /// section is CPU): a hostile message cannot stall the workers that serve other clients.
     pub async fn authenticate_message(&self, req: &MessageRequest) -> MessageAnswer {
-        message::authenticate(&self.authenticator, &self.resolver, req).await
+        let (this, owned) = (self.clone(), req.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let work = tokio::task::spawn_blocking(move || {
+            runtime.block_on(message::authenticate(
+                &this.authenticator,
+                &this.resolver,
+                &owned,
+            ))
+        });
+        work.await.unwrap_or_else(|_| MessageAnswer::timed_out(req))
     }
 
     /// Runs the checks `req` asks for, at once (a slow DNS costs one timeout, not the sum).

@@ -8,15 +8,18 @@ use super::spf::SpfIdentity;
 /// The header we add when a DMARC `quarantine` was applied: the internal server files on it.
 pub const QUARANTINE_HEADER: &str = "X-Mxgate-DMARC";
 
-/// Longest property value written; a longer one is left out (keeps lines short).
-const MAX_VALUE: usize = 255;
+/// Longest property value written, quoted; a longer one is left out. Four values and a
+/// comment stay under RFC 5322's 998 characters per line.
+const MAX_VALUE: usize = 200;
+
+/// Longest comment (a reason) written.
+const MAX_COMMENT: usize = 100;
 
 /// A property value as RFC 8601 §2.2 writes it: `[local-part@]domain` or a token as is,
 /// anything else printable as a quoted-string; `None` (left out) for an empty, over-long or
 /// non-ASCII value. Never drops characters: a value is written whole or not at all.
 fn pvalue(s: &str) -> Option<String> {
-    if s.is_empty() || s.len() > MAX_VALUE || !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
-    {
+    if s.is_empty() || !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return None;
     }
     let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b);
@@ -31,11 +34,12 @@ fn pvalue(s: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b)),
     };
-    Some(if plain {
+    let v = if plain {
         s.to_string()
     } else {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-    })
+    };
+    (v.len() <= MAX_VALUE).then_some(v)
 }
 
 /// A domain property value: its A-label form when internationalized.
@@ -112,7 +116,7 @@ fn token_words(s: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    out.truncate(MAX_VALUE);
+    out.truncate(MAX_COMMENT);
     out
 }
 
@@ -185,7 +189,8 @@ Authentication-Results: mx.test.example; body\r\n"
             Some("\"x@evil.test;dmarc=pass\"")
         );
         assert_eq!(pvalue("b\u{430}nk.test"), None);
-        assert_eq!(pvalue(&"s".repeat(300)), None);
+        assert_eq!(pvalue(&"s".repeat(201)), None);
+        assert_eq!(pvalue(&"\"".repeat(150)), None);
         assert_eq!(pvalue(""), None);
         assert_eq!(
             domain_value("B\u{fc}cher.example").as_deref(),
