@@ -50,6 +50,13 @@ impl IdAllocator {
     /// A new file (or one in an older, shorter format) gets its full record at once, so its
     /// block is allocated while there is space and later reservations never allocate.
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
+        Self::open_above(path, 0)
+    }
+
+    /// Like [`IdAllocator::open`], with ids above `used` whatever the file says: a lost or
+    /// restored counter must never hand out the id of a message still queued (its commit
+    /// would replace that message).
+    pub(crate) fn open_above(path: &Path, used: u64) -> std::io::Result<Self> {
         let existed = path.exists();
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -70,7 +77,9 @@ impl IdAllocator {
                 )
             })?,
         };
-        if text.len() != RECORD_LEN {
+        let behind = start <= used;
+        let start = start.max(used + 1);
+        if text.len() != RECORD_LEN || behind {
             persist(&file, start)?;
         }
         if !existed {

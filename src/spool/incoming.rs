@@ -76,7 +76,14 @@ impl Incoming {
     fn spill_file(&mut self) -> Result<File, SpoolError> {
         let mut file = None;
         while let Some((p, e)) = self.pool.take() {
-            match OpenOptions::new().write(true).open(&p) {
+            // A recycled file is reused only as a regular file of ours (no symlink followed)
+            // and with our mode, whatever it was left with.
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .and_then(super::private_file)
+            {
                 Ok(f) => {
                     self.tmp = p;
                     self.reused_len = e.len;

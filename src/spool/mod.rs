@@ -86,7 +86,8 @@ impl Spool {
             queue_sync,
             _lock: lock,
             pool: Arc::new(Pool::new(root.join("free"))),
-            mids: open("mid.counter")?,
+            mids: IdAllocator::open_above(&root.join("mid.counter"), highest_queued_mid(&qdir))
+                .map_err(io("open id counter", &root.join("mid.counter")))?,
             icids: open("icid.counter")?,
             dcids: open("dcid.counter")?,
         })
@@ -239,6 +240,34 @@ impl Spool {
     }
 }
 
+/// `f` with mode [`FILE_MODE`], refused unless a regular file: a file recycled from `free/`
+/// keeps the mode and kind it was left with otherwise.
+pub(super) fn private_file(f: File) -> std::io::Result<File> {
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
+}
+
+/// The highest MID with a file in `queue/` (any format: `N.mail`, `N.env`, `N.msg`, `N.dlv`),
+/// 0 when none.
+fn highest_queued_mid(queue_dir: &Path) -> u64 {
+    fs::read_dir(queue_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    let name = name.to_str()?;
+                    name.split_once('.')?.0.parse::<u64>().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::incoming::SPILL_AT;
@@ -375,6 +404,57 @@ mod tests {
         drop(spool);
         let _spool = Spool::open(dir.path()).unwrap();
         assert_eq!(free(), 0);
+    }
+
+    /// The outsider's findings: a lost `mid.counter` must not hand out a queued message's
+    /// MID (its commit would replace that message); a recycled file is written 0600 only
+    /// when it is a regular file, never through a symlink; a cut file is no empty message.
+    #[test]
+    fn a_lost_counter_a_symlink_in_queue_and_a_cut_file_lose_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut mids = Vec::new();
+        for _ in 0..2 {
+            let mid = spool.next_mid().unwrap();
+            let mut inc = spool.begin(mid);
+            inc.write(b"kept\r\n").unwrap();
+            spool.commit(inc, &env(mid)).unwrap();
+            mids.push(mid);
+        }
+        drop(spool);
+        fs::remove_file(dir.path().join("mid.counter")).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mid = spool.next_mid().unwrap();
+        assert!(mid > mids[1], "{mid} reuses a queued MID");
+        assert_eq!(body_of(&spool, mids[0]), b"kept\r\n");
+
+        // A symlink and a 0644 file in the queue: recycled as neither.
+        let outside = dir.path().join("outside.mail");
+        fs::write(&outside, b"not ours").unwrap();
+        let link = spool.queue_dir().join("900.mail");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        spool.remove_message(900);
+        let loose = spool.message_path(mids[0]);
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+        spool.remove_message(mids[0]);
+        let mut inc = spool.begin(mid);
+        inc.write(b"new\r\n").unwrap();
+        spool.commit(inc, &env(mid)).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"not ours");
+        let mode = fs::metadata(spool.message_path(mid))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Cut before its body: an error, not an empty message.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(spool.message_path(mids[1]))
+            .unwrap();
+        f.set_len(40).unwrap();
+        assert!(queue_file::open_body(&spool.message_path(mids[1])).is_err());
     }
 
     #[test]

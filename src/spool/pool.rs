@@ -108,7 +108,7 @@ impl Pool {
         let n = {
             let mut s = self.state();
             match &meta {
-                Ok(m) if !short => {
+                Ok(m) if !short && m.file_type().is_file() => {
                     let size = m.blocks() * 512;
                     let files = s.reusable.len() + s.pending.len();
                     if files >= MAX_FILES || s.bytes + size > self.max_bytes {

@@ -64,13 +64,21 @@ fn body_offset(first: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Reads the first line of an open queue file: the body offset.
+/// Reads the first line of an open queue file: the body offset. A file that ends at or
+/// before it was cut (every body starts with our `Received:`): never an empty message.
 fn read_offset(f: &File) -> io::Result<u64> {
     let mut first = [0u8; FIRST_LINE];
     f.read_exact_at(&mut first, 0)?;
-    body_offset(&first)
+    let offset = body_offset(&first)
         .filter(|&o| (FIRST_LINE as u64..=MAX_HEADER).contains(&o))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an mxgate queue file"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an mxgate queue file"))?;
+    if f.metadata()?.len() <= offset {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "queue file truncated: it ends before its body",
+        ));
+    }
+    Ok(offset)
 }
 
 /// A queued message as read back from `queue/`: its envelope and where its body is.
