@@ -124,26 +124,7 @@ impl Spool {
         fresh: &Path,
         parts: &[&[u8]],
     ) -> Result<(File, PathBuf), SpoolError> {
-        let mut recycled = None;
-        while let Some((p, e)) = self.pool.take() {
-            // A recycled file is reused only as a regular file of ours (no symlink followed)
-            // and with our mode, whatever it was left with.
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)
-                .and_then(super::private_file)
-            {
-                Ok(f) => {
-                    recycled = Some((f, p, e.len));
-                    break;
-                }
-                Err(_) => {
-                    let _ = fs::remove_file(&p);
-                }
-            }
-        }
-        let (mut f, path, old_len) = match recycled {
+        let (mut f, path, old_len) = match self.pool.take_open() {
             Some(r) => r,
             None => (
                 OpenOptions::new()

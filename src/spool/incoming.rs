@@ -1,6 +1,6 @@
 //! A message being received, before it is committed to the queue.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -74,29 +74,12 @@ impl Incoming {
     /// Opens the file the body spills into (a recycled one, else a new one in `tmp/`),
     /// positioned after the room for the header.
     fn spill_file(&mut self) -> Result<File, SpoolError> {
-        let mut file = None;
-        while let Some((p, e)) = self.pool.take() {
-            // A recycled file is reused only as a regular file of ours (no symlink followed)
-            // and with our mode, whatever it was left with.
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)
-                .and_then(super::private_file)
-            {
-                Ok(f) => {
-                    self.tmp = p;
-                    self.reused_len = e.len;
-                    file = Some(f);
-                    break;
-                }
-                Err(_) => {
-                    let _ = fs::remove_file(&p);
-                }
+        let mut file = match self.pool.take_open() {
+            Some((f, p, len)) => {
+                self.tmp = p;
+                self.reused_len = len;
+                f
             }
-        }
-        let mut file = match file {
-            Some(f) => f,
             None => OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -94,6 +94,26 @@ impl Pool {
         s.bytes = s.bytes.saturating_sub(e.size);
         drop(s);
         Some((self.path(e.n), e))
+    }
+
+    /// A reusable file opened for writing, its path and its length; files that cannot be
+    /// reused are deleted on the way. A recycled file is reused only as a regular file of
+    /// ours (no symlink followed) and with our mode, whatever it was left with.
+    pub(super) fn take_open(&self) -> Option<(fs::File, PathBuf, u64)> {
+        while let Some((p, e)) = self.take() {
+            let opened = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .and_then(super::private_file);
+            match opened {
+                Ok(f) => return Some((f, p, e.len)),
+                Err(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        None
     }
 
     /// Moves the file of a finished message at `path` into `free/` (reusable after the next
