@@ -150,6 +150,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// Sends one message on a new connection (greeting, EHLO, MAIL, RCPT, DATA, QUIT) and returns
+/// the reply to its final dot; an error when the server is down or goes away at any point
+/// (for tests that kill the server under the client's feet, where [`Client`] would panic).
+pub async fn try_send_one(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    body: &str,
+) -> std::io::Result<String> {
+    async fn reply(io: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if io.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Ok(all);
+            }
+        }
+    }
+    let exchange = async {
+        let mut io = BufReader::new(TcpStream::connect(addr).await?);
+        reply(&mut io).await?;
+        let mut last = String::new();
+        for cmd in [
+            "EHLO crash.test".to_string(),
+            format!("MAIL FROM:<{from}>"),
+            format!("RCPT TO:<{to}>"),
+            "DATA".to_string(),
+        ] {
+            io.get_mut()
+                .write_all(format!("{cmd}\r\n").as_bytes())
+                .await?;
+            last = reply(&mut io).await?;
+        }
+        if !last.starts_with("354") {
+            return Ok(last);
+        }
+        io.get_mut()
+            .write_all(format!("{body}.\r\n").as_bytes())
+            .await?;
+        let done = reply(&mut io).await?;
+        let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+        Ok(done)
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// A verifier that accepts any server certificate (tests of our own demo certificates).
 #[derive(Debug)]
 pub struct AcceptAny;

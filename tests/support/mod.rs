@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use client::{tls_connector, Client};
+pub use client::{tls_connector, try_send_one, Client};
 pub use log::match_line;
 pub use mxgate::Mxgate;
 pub use server::Server;

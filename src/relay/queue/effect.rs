@@ -18,7 +18,7 @@ pub(crate) enum Effect {
     LogTogether(Vec<Event>),
     /// Start a delivery task.
     StartBatch(Batch),
-    /// Write message `mid`'s delivery state durably (tmp file, fsync, rename) before the next
+    /// Write message `mid`'s delivery state (tmp file, rename, no fsync) before the next
     /// effect.
     SaveState {
         /// Message id.
@@ -48,9 +48,10 @@ pub(crate) enum Effect {
         /// What failed.
         reason: String,
     },
-    /// Remove message `mid`'s files durably (directory fsync) before the next effect.
+    /// Remove message `mid`'s files before the next effect (the directory fsync that makes
+    /// it survive a power loss follows, not waited for).
     RemoveMessage(u64),
-    /// Remove delivered messages' files (MID, whether a delivery state file may exist), one
-    /// directory fsync for all; nothing waits for it.
+    /// Remove delivered messages' files (MID, whether a delivery state file may exist) before
+    /// the next effect; one directory fsync for all follows, not waited for.
     RemoveFinished(Vec<(u64, bool)>),
 }

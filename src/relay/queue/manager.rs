@@ -16,7 +16,7 @@ use crate::mail_log::{Event, Level, MailLog};
 use crate::metrics;
 use crate::relay::bounce;
 use crate::relay::state::DeliveryState;
-use crate::relay::worker::{self, Feed, JobResult, ResultSender, WorkerContext};
+use crate::relay::worker::{self, Feed, JobResult, Reported, ResultSender, WorkerContext};
 use crate::spool::{ReadError, Spool};
 
 use super::command::{Command, Reconfiguration};
@@ -73,7 +73,7 @@ pub(crate) struct QueueManager {
     /// Bytes of [`CachedBody`](super::CachedBody) alive.
     body_budget: Arc<AtomicUsize>,
     /// Results connections report as each transaction ends (see [`Feed::report_to`]).
-    reported: mpsc::UnboundedReceiver<(String, JobResult)>,
+    reported: mpsc::UnboundedReceiver<Reported>,
     /// The sending end given to each new connection.
     reported_tx: ResultSender,
 }
@@ -196,14 +196,26 @@ impl QueueManager {
         self.execute(effects).await;
     }
 
-    /// Results reported by open connections: `first`, and any others already waiting.
-    async fn apply_reported(&mut self, first: (String, JobResult)) {
+    /// Results reported by open connections: `first`, and any others already waiting. Their
+    /// connections hear back once the effects are carried out (the results recorded).
+    async fn apply_reported(&mut self, first: Reported) {
         let mut reported = vec![first];
         while let Ok(r) = self.reported.try_recv() {
             reported.push(r);
         }
-        let effects = self.core.apply_reported(reported, now_unix());
+        let mut acks = Vec::with_capacity(reported.len());
+        let results = reported
+            .into_iter()
+            .map(|r| {
+                acks.push(r.recorded);
+                (r.domain, r.result)
+            })
+            .collect();
+        let effects = self.core.apply_reported(results, now_unix());
         self.execute(effects).await;
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
 
     /// Reads message `mid` back from the spool into the queue (unless it is there already).
@@ -267,22 +279,27 @@ impl QueueManager {
 
     /// Carries out `effects` in order; false when a DSN among them could not be committed.
     ///
-    /// Durability rests on the order, which this keeps exactly: each effect that makes
-    /// something durable (SaveState, SendDsn, RemoveMessage) is finished before the next
-    /// effect starts, and the core emits them in the order the guarantees need
+    /// Durability rests on the order, which this keeps exactly: each effect that records
+    /// something (SaveState, SendDsn, RemoveMessage, RemoveFinished) is finished before the
+    /// next effect starts, and the core emits them in the order the guarantees need
     /// (docs/delivery.md):
     /// - a DSN is committed before any recipient it covers is saved as bounced: SendDsn
     ///   comes first, and the round's SaveState or RemoveMessage only from
     ///   [`QueueState::dsn_done`], which runs after the commit and whose effects run next;
     /// - a message's files are removed only once its final outcome is durable: after its DSN,
     ///   or (everything delivered) with nothing else to record;
-    /// - what a connection reported is saved before the next report is applied, so a crash
+    /// - what a connection reported is saved before the next report is applied, and before
+    ///   the connection sends its next message, so a crash
     ///   re-delivers at most the message whose reply was just in.
     ///
-    /// Only RemoveFinished is not waited for: one directory fsync, shared with inbound
-    /// commits, covers the batch, and a crash before it delivers those messages again (at
-    /// least once). The blocking work runs on tokio's blocking pool, one level deep: never a
-    /// blocking task that waits for another.
+    /// A delivery state is saved and a finished message's files are unlinked right here, on
+    /// the manager's thread: each is a few short metadata calls into the page cache (no
+    /// fsync), and on the blocking pool they used to queue behind inbound commits' fsyncs,
+    /// the window in which a `kill -9` delivered a message again (docs/spool.md). What a
+    /// crash of the process cannot undo, only a power loss can: the directory fsync that
+    /// makes a removal durable against that is not waited for (one, shared with inbound
+    /// commits, for each batch). DSN commits run on tokio's blocking pool, one level deep:
+    /// never a blocking task that waits for another.
     async fn execute(&mut self, effects: Vec<Effect>) -> bool {
         let mut todo: VecDeque<Effect> = effects.into();
         let mut dsns_committed = true;
@@ -292,27 +309,12 @@ impl QueueManager {
                 Effect::LogTogether(events) => self.log.log_many(&events),
                 Effect::StartBatch(batch) => self.start(batch),
                 Effect::SaveState { mid, state } => {
-                    let spool = self.spool.clone();
-                    let saved = blocking(move || state.save_in(&spool, mid)).await;
-                    if let Some(Err(e)) = saved {
+                    if let Err(e) = state.save_in(&self.spool, mid) {
                         tracing::error!("MID {mid}: cannot save delivery state: {e}");
                     }
                 }
-                Effect::RemoveMessage(mid) => {
-                    let spool = self.spool.clone();
-                    blocking(move || spool.remove_message(mid)).await;
-                }
-                Effect::RemoveFinished(done) => {
-                    // Off the manager's (and the listeners') threads: renames in queue/ can
-                    // wait for its directory fsync.
-                    let spool = self.spool.clone();
-                    tokio::task::spawn_blocking(move || {
-                        for (mid, state) in done {
-                            spool.unlink_message_files(mid, state);
-                        }
-                        spool.sync_queue_dir()
-                    });
-                }
+                Effect::RemoveMessage(mid) => self.remove(&[(mid, true)]),
+                Effect::RemoveFinished(done) => self.remove(&done),
                 Effect::SendDsn {
                     mid,
                     rids,
@@ -355,6 +357,17 @@ impl QueueManager {
             }
         }
         dsns_committed
+    }
+
+    /// Unlinks the files of finished messages (MID, whether a delivery state may exist) now,
+    /// and leaves the directory fsync that makes it survive a power loss to the blocking
+    /// pool, not waited for.
+    fn remove(&self, done: &[(u64, bool)]) {
+        for &(mid, state) in done {
+            self.spool.unlink_message_files(mid, state);
+        }
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.sync_queue_dir());
     }
 
     /// Starts a delivery task for `batch`.

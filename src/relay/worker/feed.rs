@@ -26,7 +26,24 @@ pub(crate) struct Feed {
 }
 
 /// The queue manager's end for results reported while a connection is open.
-pub(crate) type ResultSender = tokio::sync::mpsc::UnboundedSender<(String, JobResult)>;
+pub(crate) type ResultSender = tokio::sync::mpsc::UnboundedSender<Reported>;
+
+/// A transaction's result on its way to the queue manager, with the lane's domain and the
+/// manager's word back once the result is recorded on disk (state saved, or the message's
+/// file removed). The connection sends no other message before that word: a crash then
+/// delivers again at most the one message whose `250` was just in.
+#[derive(Debug)]
+pub(crate) struct Reported {
+    /// The lane's domain.
+    pub domain: String,
+    /// The result.
+    pub result: JobResult,
+    /// Dropped (or sent) once the result is recorded.
+    pub recorded: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Resolves once the manager recorded a reported result (or is gone).
+pub(crate) type Recorded = tokio::sync::oneshot::Receiver<()>;
 
 /// A feed shared by the queue manager (which offers) and one worker (which takes).
 pub(crate) type SharedFeed = Arc<Mutex<Feed>>;
@@ -63,18 +80,25 @@ impl Feed {
         feed.lock().unwrap_or_else(|e| e.into_inner()).report = Some((domain, report));
     }
 
-    /// Hands `result` to the queue manager now; gives it back when nobody takes reports.
-    pub(super) fn report(feed: &SharedFeed, result: JobResult) -> Option<JobResult> {
+    /// Hands `result` to the queue manager now, and what resolves when it is recorded; gives
+    /// the result back when nobody takes reports.
+    pub(super) fn report(feed: &SharedFeed, result: JobResult) -> Result<Recorded, JobResult> {
         let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
         let Some((domain, tx)) = &f.report else {
-            return Some(result);
+            return Err(result);
         };
-        match tx.send((domain.clone(), result)) {
+        let (recorded, done) = tokio::sync::oneshot::channel();
+        let r = Reported {
+            domain: domain.clone(),
+            result,
+            recorded,
+        };
+        match tx.send(r) {
             Ok(()) => {
                 f.reported += 1;
-                None
+                Ok(done)
             }
-            Err(e) => Some(e.0 .1),
+            Err(e) => Err(e.0.result),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::relay::mx::{self, MxError};
 use crate::relay::outbound_tls::OutboundTlsContext;
 use crate::spool::Spool;
 
-pub(crate) use feed::{Feed, ResultSender, SharedFeed};
+pub(crate) use feed::{Feed, Reported, ResultSender, SharedFeed};
 pub(crate) use hosts::{delivery_target, host_order};
 #[cfg(test)]
 pub(crate) use job::all_with;
@@ -268,6 +268,8 @@ async fn send_jobs(
     let mut results = Vec::with_capacity(jobs.len());
     let mut lost = false;
     let mut first = jobs.into_iter();
+    // The previous message's result, until the queue manager has recorded it.
+    let mut recording: Option<feed::Recorded> = None;
     while let Some(job) = first.next().or_else(|| Feed::take(feed)) {
         let job = &job;
         if lost {
@@ -289,6 +291,11 @@ async fn send_jobs(
             smtputf8: job.smtputf8,
             eightbitmime: job.eightbitmime,
         };
+        // Nothing more is delivered while the last `250` is not recorded: a crash repeats
+        // at most one message per connection (an error only means the manager is gone).
+        if let Some(done) = recording.take() {
+            let _ = done.await;
+        }
         let r = conn.send(&msg, log).await;
         lost = r.connection_lost;
         let result = JobResult {
@@ -304,7 +311,10 @@ async fn send_jobs(
         };
         // Saved now, not after QUIT: a crash while the connection is still open (a slow
         // QUIT, more messages to send) must not deliver this message again.
-        results.extend(Feed::report(feed, result));
+        match Feed::report(feed, result) {
+            Ok(done) => recording = Some(done),
+            Err(result) => results.push(result),
+        }
     }
     // Safe on a broken connection too: it skips QUIT but still closes and logs `DCID n close`.
     conn.quit(log).await;
@@ -419,8 +429,10 @@ mod tests {
         Feed::offer(&feed, job(2), 10).unwrap();
         // MID 1 (the first batch) was accepted: its result goes to the queue manager now.
         let done = all_with(&[job(1)], 5, &Outcome::Delivered).remove(0);
-        assert!(Feed::report(&feed, done).is_none());
-        let (domain, r) = rx.try_recv().unwrap();
+        assert!(Feed::report(&feed, done).is_ok());
+        let Reported {
+            domain, result: r, ..
+        } = rx.try_recv().unwrap();
         assert_eq!((domain.as_str(), r.mid, r.dcid), ("example.com", 1, 5));
         assert_eq!(Feed::take(&feed).map(|j| j.mid), Some(2));
         let results = guarded("example.com", &log, vec![job(1)], &feed, async {
