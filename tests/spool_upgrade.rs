@@ -157,3 +157,100 @@ async fn a_queue_in_the_old_format_is_listed_and_each_message_delivered_once() {
 fn summary(got: &[(String, String, Vec<u8>, bool)]) -> Vec<(&str, &str)> {
     got.iter().map(|g| (g.0.as_str(), g.1.as_str())).collect()
 }
+
+/// Damaged queues (issue 16): a file cut inside its body is refused by the server (kept,
+/// logged, never sent short) and listed as damaged, not hidden; a file whose name and
+/// envelope disagree is shown under the envelope's MID with a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_file_is_kept_and_listed_as_damaged_and_a_misnamed_one_is_noted() {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let down = relay_config(support::closed_addr(), "1h");
+    let mut srv = Mxgate::start(down.path(), work.path());
+    let mut mids = Vec::new();
+    for id in ["cut-1", "renamed-2", "whole-3"] {
+        let mut c = Client::connect(srv.addr("preferred"), None).await;
+        c.reply().await;
+        c.cmd("EHLO damage.test").await;
+        let body = format!(
+            "Message-ID: <{id}>\r\nSubject: {id}\r\n\r\n{}\r\n",
+            "x".repeat(300)
+        );
+        let r = c
+            .send_mail("alice@other.example", &["bob@example.com"], &body)
+            .await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        mids.push(
+            r.trim_end()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        c.cmd("QUIT").await;
+    }
+    srv.kill();
+    let (cut, renamed, whole) = (mids[0], mids[1], mids[2]);
+    let q = spool.join("queue");
+    let cut_file = q.join(format!("{cut}.mail"));
+    let len = std::fs::metadata(&cut_file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut_file)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    std::fs::rename(q.join(format!("{renamed}.mail")), q.join("900.mail")).unwrap();
+
+    let (ok, list) = queue(&["list"], &spool);
+    assert!(ok, "{list}");
+    let damaged = format!("{cut:<10} damaged: queue file truncated: body of ");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&damaged)
+                && l.ends_with(&format!("were queued (queue/{cut}.mail)"))),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "file queue/900.mail holds MID {renamed}: its name and its envelope disagree"
+        )),
+        "{list}"
+    );
+    assert!(
+        list.contains("-- 2 message(s) in queue ")
+            && list.contains(", 1 damaged file(s) left alone (see above)"),
+        "{list}"
+    );
+    let (ok, show) = queue(&["show", &cut.to_string()], &spool);
+    assert!(!ok && show.starts_with(&damaged), "{show}");
+    let (ok, show) = queue(&["show", &renamed.to_string()], &spool);
+    assert!(
+        ok && show.contains(&format!("mid {renamed}\n"))
+            && show.contains(&format!("note file queue/900.mail holds MID {renamed}")),
+        "{show}"
+    );
+    let (ok, show) = queue(&["show", "900"], &spool);
+    assert!(
+        !ok && show.contains(&format!("file 900.mail holds MID {renamed}")),
+        "{show}"
+    );
+
+    // The server delivers the others and leaves the cut file alone, saying why.
+    let sink = Sink::start("127.0.0.1:0").await;
+    let up = relay_config(sink.addr, "1h");
+    let srv = Mxgate::start(up.path(), work.path());
+    wait_until("the whole messages delivered", || {
+        let ids = sink.message_ids();
+        ids.contains(&"whole-3".to_string()) && ids.contains(&"renamed-2".to_string())
+    })
+    .await;
+    srv.wait_log(&format!(
+        "Warning: mxgate: MID {cut} queue file unreadable, left in queue: queue file truncated: body of"
+    ));
+    assert!(cut_file.exists(), "the cut file is kept");
+    assert!(!sink.message_ids().contains(&"cut-1".to_string()));
+    let _ = whole;
+    srv.stop();
+}

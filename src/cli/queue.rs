@@ -47,31 +47,40 @@ pub(super) fn queue_command(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(1));
             }
-            let list = control::render_list(&control::entries(&spool), now);
-            let footer = format!(" message(s) in queue {}\n", queue.display());
-            print!("{}", list.replace(" message(s) in queue\n", &footer));
+            let list = control::render_list(&control::scan(&spool), now);
+            let footer = format!(" message(s) in queue {}", queue.display());
+            print!("{}", list.replacen(" message(s) in queue", &footer, 1));
             Ok(ExitCode::SUCCESS)
         }
         QueueCmd::Show { mid, config } => {
             let Some(spool) = spool_of(&config)? else {
                 return Ok(ExitCode::from(1));
             };
-            match control::entries(&spool)
-                .into_iter()
-                .find(|e| e.env.mid == mid)
-            {
-                Some(e) => {
-                    print!("{}", control::render_show(&e));
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!(
-                        "mxgate: MID {mid} is not in the queue {}",
-                        spool.join("queue").display()
-                    );
-                    Ok(ExitCode::from(1))
-                }
+            // The message whose envelope has this MID, whatever its file is called.
+            let scan = control::scan(&spool);
+            if let Some(e) = scan.entries.iter().find(|e| e.env.mid == mid) {
+                print!("{}", control::render_show(e));
+                return Ok(ExitCode::SUCCESS);
             }
+            let queue = spool.join("queue");
+            if let Some(d) = scan.damaged.iter().find(|d| d.mid == mid) {
+                print!("{}", control::render_damaged(d));
+                eprintln!(
+                    "mxgate: MID {mid}'s file in {} cannot be read; the server leaves it alone",
+                    queue.display()
+                );
+            } else if let Some(e) = scan.entries.iter().find(|e| e.file_mid == mid) {
+                eprintln!(
+                    "mxgate: MID {mid} is not in the queue {}: file {mid}.{} holds MID {} (its name and its envelope disagree); see `queue show {}`",
+                    queue.display(),
+                    mxgate::spool::queue_file::EXT,
+                    e.env.mid,
+                    e.env.mid
+                );
+            } else {
+                eprintln!("mxgate: MID {mid} is not in the queue {}", queue.display());
+            }
+            Ok(ExitCode::from(1))
         }
         QueueCmd::Retry { mid, all, config } => match (mid, all) {
             (Some(m), false) => ask(&config, format!("retry {m}")),

@@ -13,7 +13,7 @@ use tokio::net::UnixListener;
 use crate::envelope::Envelope;
 use crate::relay::queue::{Command, QueueHandle};
 use crate::relay::state::{DeliveryState, Final};
-use crate::spool::queue_file;
+use crate::spool::{queue_file, ReadError};
 use crate::validate::control::{self as recipients, LiveRecipients};
 
 /// The control socket's path inside a spool directory.
@@ -124,6 +124,8 @@ pub fn request(spool_dir: &Path, line: &str) -> Result<String, String> {
 /// One queued message as `mxgate queue list` shows it.
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
+    /// The MID in its file's name (the envelope's, unless the file was renamed by hand).
+    pub file_mid: u64,
     /// The envelope.
     pub env: Envelope,
     /// Delivery progress.
@@ -132,21 +134,79 @@ pub struct QueueEntry {
     pub size: u64,
 }
 
-/// Reads every queued message (oldest first).
+/// A file in `queue/` that could not be read as a message: the server leaves it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// The MID in its name.
+    pub mid: u64,
+    /// The file, relative to the spool (`queue/7.mail`).
+    pub file: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// What `queue/` holds: the messages, and the files that could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct QueueScan {
+    /// Readable messages, oldest first.
+    pub entries: Vec<QueueEntry>,
+    /// Unreadable files, oldest first.
+    pub damaged: Vec<Damaged>,
+}
+
+/// Reads every queued message (oldest first); unreadable files are left out: see [`scan`].
 pub fn entries(spool_dir: &Path) -> Vec<QueueEntry> {
+    scan(spool_dir).entries
+}
+
+/// Reads every file of `queue/`: the messages and, not hidden, the files that are damaged.
+pub fn scan(spool_dir: &Path) -> QueueScan {
     let q = spool_dir.join("queue");
-    queue_file::list(&q)
-        .into_iter()
-        .filter_map(|mid| {
-            let m = queue_file::read(&q, mid).ok()?;
-            let state = DeliveryState::load(&q.join(format!("{mid}.dlv")));
-            Some(QueueEntry {
+    let mut out = QueueScan::default();
+    for mid in queue_file::list(&q) {
+        match queue_file::read(&q, mid) {
+            Ok(m) => out.entries.push(QueueEntry {
+                file_mid: mid,
                 env: m.env,
-                state,
+                state: DeliveryState::load(&q.join(format!("{mid}.dlv"))),
                 size: m.size,
-            })
-        })
-        .collect()
+            }),
+            // Gone meanwhile (delivered while we looked).
+            Err(ReadError::Missing) => {}
+            Err(e) => {
+                let name = queue_file::path(&q, mid);
+                let name = if name.exists() {
+                    format!("{mid}.{}", queue_file::EXT)
+                } else {
+                    format!("{mid}.env")
+                };
+                out.damaged.push(Damaged {
+                    mid,
+                    file: format!("queue/{name}"),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The line `queue list` and `queue show` print for a damaged file.
+pub fn render_damaged(d: &Damaged) -> String {
+    format!("{:<10} damaged: {} ({})\n", d.mid, d.reason, d.file)
+}
+
+/// The note for a file whose name and envelope name different MIDs (copied or renamed by
+/// hand): the server goes by the envelope.
+fn misnamed(e: &QueueEntry) -> Option<String> {
+    (e.file_mid != e.env.mid).then(|| {
+        format!(
+            "file queue/{}.{} holds MID {}: its name and its envelope disagree",
+            e.file_mid,
+            queue_file::EXT,
+            e.env.mid
+        )
+    })
 }
 
 fn age(secs: u64) -> String {
@@ -158,8 +218,9 @@ fn age(secs: u64) -> String {
     }
 }
 
-/// The `mxgate queue list` table (like `mailq`).
-pub fn render_list(entries: &[QueueEntry], now: u64) -> String {
+/// The `mxgate queue list` table (like `mailq`), then a line for each damaged file.
+pub fn render_list(scan: &QueueScan, now: u64) -> String {
+    let entries = &scan.entries;
     let mut s = format!(
         "{:<10} {:>6} {:>8} {:>8} {:>9}  {:<30} {}\n",
         "MID", "AGE", "SIZE", "ATTEMPTS", "NEXT TRY", "SENDER", "RECIPIENTS (pending) / LAST ERROR"
@@ -197,8 +258,21 @@ pub fn render_list(entries: &[QueueEntry], now: u64) -> String {
         if let Some(err) = &e.state.last_error {
             s.push_str(&format!("{:>47}  last error: {err}\n", ""));
         }
+        if let Some(note) = misnamed(e) {
+            s.push_str(&format!("{:>47}  {note}\n", ""));
+        }
     }
-    s.push_str(&format!("-- {} message(s) in queue\n", entries.len()));
+    for d in &scan.damaged {
+        s.push_str(&render_damaged(d));
+    }
+    s.push_str(&format!("-- {} message(s) in queue", entries.len()));
+    if !scan.damaged.is_empty() {
+        s.push_str(&format!(
+            ", {} damaged file(s) left alone (see above)",
+            scan.damaged.len()
+        ));
+    }
+    s.push('\n');
     s
 }
 
@@ -241,6 +315,9 @@ pub fn render_show(e: &QueueEntry) -> String {
     }
     if let Some(err) = &e.state.last_error {
         s.push_str(&format!("last_error {err}\n"));
+    }
+    if let Some(note) = misnamed(e) {
+        s.push_str(&format!("note {note}\n"));
     }
     s
 }

@@ -49,7 +49,7 @@ impl Spool {
                 self.finish_spilled(inc, file, env)?
             }
             None => {
-                let header = queue_file::header(env, None);
+                let header = queue_file::header(env, inc.buf.len() as u64, None);
                 let (file, path) = self.write_file(&inc.tmp, &[&header, &inc.buf])?;
                 inc.tmp = path.clone();
                 (file, path)
@@ -71,7 +71,7 @@ impl Spool {
         file: File,
         env: &Envelope,
     ) -> Result<(File, PathBuf), SpoolError> {
-        let header = queue_file::header(env, Some(RESERVED));
+        let header = queue_file::header(env, inc.on_disk, Some(RESERVED));
         if header.len() as u64 == RESERVED {
             let mut result = file.write_all_at(&header, 0);
             if matches!(&result, Err(e) if super::error::out_of_space(e)) && self.pool.drain() > 0 {
@@ -87,7 +87,8 @@ impl Spool {
         }
         drop(file);
         let copy = self.root.join("tmp").join(format!("{}.copy", inc.mid));
-        let (mut out, path) = self.write_file(&copy, &[&queue_file::header(env, None)])?;
+        let (mut out, path) =
+            self.write_file(&copy, &[&queue_file::header(env, inc.on_disk, None)])?;
         inc.tmp_copy = Some(path.clone());
         let copied = (|| {
             let mut body = File::open(&inc.tmp)?;

@@ -36,6 +36,36 @@ pub(super) fn open_body(path: &Path) -> Option<File> {
     File::open(path.with_extension(BODY_EXT)).ok()
 }
 
+/// A message queued in both formats under one MID (`N.mail` beside `N.env`/`N.msg`: only
+/// queues copied together by hand): the old-format one gets a MID of its own, `new_mid`,
+/// and the delivery state `N.dlv` is dropped, since nothing says which of the two it
+/// belongs to. Both are then delivered to all their recipients: some may get a message
+/// twice, none loses one. Order: the state goes first, then the body is linked and the
+/// rewritten envelope renamed in under the new MID, then the old names go (a crash in
+/// between leaves at worst one more copy of the old message, never less).
+pub(super) fn separate(queue_dir: &Path, mid: u64, new_mid: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let old_env = queue_dir.join(format!("{mid}.{ENVELOPE_EXT}"));
+    let old_body = queue_dir.join(format!("{mid}.{BODY_EXT}"));
+    let mut env = Envelope::parse(&fs::read_to_string(&old_env)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    let _ = fs::remove_file(queue_dir.join(format!("{mid}.dlv")));
+    let new_body = queue_dir.join(format!("{new_mid}.{BODY_EXT}"));
+    fs::hard_link(&old_body, &new_body)?;
+    env.mid = new_mid;
+    let tmp = queue_dir.join(format!("{new_mid}.{ENVELOPE_EXT}.tmp"));
+    let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+        fs::File::options().write(true).create_new(true),
+        super::FILE_MODE,
+    )
+    .open(&tmp)?;
+    f.write_all(env.to_text().as_bytes())?;
+    f.sync_data()?;
+    fs::rename(&tmp, queue_dir.join(format!("{new_mid}.{ENVELOPE_EXT}")))?;
+    remove(queue_dir, mid);
+    File::open(queue_dir)?.sync_all()
+}
+
 /// Removes message `mid`'s files from `queue_dir`: the envelope first, so a crash never
 /// leaves an envelope without its body (a body alone is removed at start-up).
 pub(super) fn remove(queue_dir: &Path, mid: u64) {

@@ -80,6 +80,7 @@ impl Spool {
             IdAllocator::open(&p).map_err(io("open id counter", &root.join(name)))
         };
         let qdir = root.join("queue");
+        separate_duplicates(&qdir);
         let queue_sync = DirSync::new(File::open(&qdir).map_err(io("open directory", &qdir))?);
         Ok(Spool {
             root: root.to_path_buf(),
@@ -250,6 +251,34 @@ pub(super) fn private_file(f: File) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Gives each message queued in both formats under one MID (see [`legacy::separate`]) a
+/// MID of its own above every queued one, before the queue is read; says so on stderr.
+fn separate_duplicates(queue_dir: &Path) {
+    let both: Vec<u64> = queue_file::list(queue_dir)
+        .into_iter()
+        .filter(|&mid| {
+            queue_file::path(queue_dir, mid).exists()
+                && queue_dir
+                    .join(format!("{mid}.{}", legacy::ENVELOPE_EXT))
+                    .exists()
+        })
+        .collect();
+    for mid in both {
+        let new_mid = highest_queued_mid(queue_dir) + 1;
+        match legacy::separate(queue_dir, mid, new_mid) {
+            Ok(()) => tracing::warn!(
+                "spool: MID {mid} was queued in both formats ({mid}.mail and {mid}.env/{mid}.msg): \
+                 the old-format message is now MID {new_mid}; the delivery state {mid}.dlv was \
+                 dropped (it could belong to either), so both are delivered to every recipient"
+            ),
+            Err(e) => tracing::error!(
+                "spool: MID {mid} is queued in both formats and the old-format one could not \
+                 be given MID {new_mid}: {e}; {mid}.mail is delivered, {mid}.env/{mid}.msg stay"
+            ),
+        }
+    }
+}
+
 /// The highest MID with a file in `queue/` (any format: `N.mail`, `N.env`, `N.msg`, `N.dlv`),
 /// 0 when none.
 fn highest_queued_mid(queue_dir: &Path) -> u64 {
@@ -338,7 +367,7 @@ mod tests {
             assert_eq!((q.env, q.size), (env(mid), size as u64));
             // The file: the header line, the envelope as text, the body as received.
             let file = fs::read(spool.message_path(mid)).unwrap();
-            assert!(file.starts_with(b"mxgate-queue 1 body-at "));
+            assert!(file.starts_with(b"mxgate-queue 2 body-at "));
             assert!(file.ends_with(&body));
         }
         let names: Vec<_> = fs::read_dir(spool.queue_dir())
@@ -455,6 +484,49 @@ mod tests {
             .unwrap();
         f.set_len(40).unwrap();
         assert!(queue_file::open_body(&spool.message_path(mids[1])).is_err());
+    }
+
+    /// The same MID in both formats (queues copied together by hand): the old-format
+    /// message gets a MID of its own at start-up, and the state both would have shared is
+    /// dropped (repeats, never a recipient skipped for the other message's sake).
+    #[test]
+    fn a_mid_queued_in_both_formats_is_separated_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mid = spool.next_mid().unwrap();
+        assert_eq!(mid, 1);
+        let mut inc = spool.begin(mid);
+        inc.write(b"new format\r\n").unwrap();
+        spool.commit(inc, &env(mid)).unwrap();
+        drop(spool);
+        let q = dir.path().join("queue");
+        let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool_v1/queue");
+        for f in ["1.env", "1.msg"] {
+            fs::copy(old.join(f), q.join(f)).unwrap();
+        }
+        // Says rid 0 is delivered: true of one of the two messages at most.
+        fs::write(
+            q.join("1.dlv"),
+            "attempts 1\nnext_try 0\nrid 0 delivered\nend\n",
+        )
+        .unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut names: Vec<_> = fs::read_dir(&q)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["1.mail", "2.env", "2.msg"]);
+        assert_eq!(spool.read_queued(1).unwrap().env, env(1));
+        let moved = spool.read_queued(2).unwrap();
+        assert_eq!(moved.env.mid, 2);
+        assert_eq!(moved.env.from, "alice@sender.example");
+        assert_eq!(
+            fs::read(q.join("2.msg")).unwrap(),
+            fs::read(old.join("1.msg")).unwrap()
+        );
+        assert!(spool.next_mid().unwrap() > 2);
+        assert_eq!(spool.queued_mids(), [1, 2]);
     }
 
     #[test]

@@ -170,18 +170,19 @@ pub fn closed_addr() -> SocketAddr {
 }
 
 /// Message `mid`'s queue file `<spool>/queue/MID.mail` split as docs/spool.md describes it:
-/// the first line `mxgate-queue 1 body-at N`, the envelope (text, to its `end` line), and the
+/// the first line `mxgate-queue 2 body-at N length L`, the envelope (text, to its `end` line), and the
 /// body from byte N to the end. Panics naming the file when it is missing or malformed.
 pub fn queued_parts(spool: &Path, mid: u64) -> (String, Vec<u8>) {
     let p = spool.join(format!("queue/{mid}.mail"));
     let file = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let nl = file.iter().position(|&b| b == b'\n').expect("first line");
     let first = std::str::from_utf8(&file[..nl]).unwrap();
-    let offset: usize = first
-        .strip_prefix("mxgate-queue 1 body-at ")
-        .unwrap_or_else(|| panic!("{}: first line {first:?}", p.display()))
-        .parse()
-        .unwrap();
+    let (offset, len) = first
+        .strip_prefix("mxgate-queue 2 body-at ")
+        .and_then(|r| r.split_once(" length "))
+        .unwrap_or_else(|| panic!("{}: first line {first:?}", p.display()));
+    let (offset, len): (usize, usize) = (offset.parse().unwrap(), len.parse().unwrap());
+    assert_eq!(file.len() - offset, len, "{}: body length", p.display());
     let env = String::from_utf8(file[nl + 1..offset].to_vec()).unwrap();
     let end = env.find("\nend\n").expect("envelope end line") + 5;
     (env[..end].to_string(), file[offset..].to_vec())

@@ -120,7 +120,7 @@ impl QueueState {
             Loaded::Unreadable(e) => {
                 return vec![Effect::Log(Event::Note {
                     level: Level::Warning,
-                    text: format!("MID {mid} envelope unreadable, left in queue: {e}"),
+                    text: format!("MID {mid} queue file unreadable, left in queue: {e}"),
                 })]
             }
             Loaded::Found { env, state, size } => (*env, state, size),
