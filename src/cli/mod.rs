@@ -2,10 +2,11 @@
 //! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
 //! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket),
 //! `recipients` (`recipients check`, `recipients cache list|flush`), `tlsrpt` (`tlsrpt list|show`,
-//! the stored TLS-RPT reports), `dns` (`dns check DOMAIN`, the DNS self-check); `certs` lives in the
-//! library (`mxgate::certs::cli`).
+//! the stored TLS-RPT reports), `dns` (`dns check DOMAIN`, the DNS self-check), `drain` (rolling
+//! updates); `certs` lives in the library (`mxgate::certs::cli`).
 
 mod dns;
+mod drain;
 mod hat;
 mod queue;
 mod recipients;
@@ -56,6 +57,17 @@ enum Cmd {
     },
     /// Tell the running server to reload configuration and certificates (SIGHUP via its pid file).
     Reload(ConfigArgs),
+    /// Drain the running server for a rolling update: it refuses new connections (421 4.3.2),
+    /// answers 503 on /ready, delivers its queue and exits. Waits for it; exits 0 when the queue
+    /// was emptied, 1 when the deadline passed with mail still queued (it stays in the spool),
+    /// 2 on errors.
+    Drain {
+        /// How long the server may take: sessions finishing and deliveries (e.g. 120s, 5m).
+        #[arg(long, default_value = "120s", value_parser = drain::deadline_arg)]
+        deadline: std::time::Duration,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// The mail queue, like `mailq` / `postqueue`: works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -443,6 +455,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Recipients { command } => recipients::recipients_command(command),
         Cmd::Tlsrpt { command } => tlsrpt::tlsrpt_command(command),
         Cmd::Dns { command } => dns::dns_command(command),
+        Cmd::Drain { deadline, config } => drain::drain(&config, deadline),
         Cmd::Reload(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));
@@ -472,8 +485,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
-            rt.block_on(serve::serve(args, cfg))?;
-            Ok(ExitCode::SUCCESS)
+            rt.block_on(serve::serve(args, cfg))
         }
     }
 }
