@@ -289,6 +289,7 @@ impl Running {
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
+        crate::metrics::config_info::set(&crate::config::hash::config_hash(config));
         let live = LiveRecipients::new(config, shared.validator.clone());
         self.recipients.store(Arc::new(live));
         self.shared
@@ -485,6 +486,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         mta_sts::announce_tlsrpt(config, &mail_log);
     }
     let dane = dane::DaneRefresh::start(config, &shared.resolver, &stop_rx, &mut tasks);
+    crate::metrics::config_info::set(&crate::config::hash::config_hash(config));
     // Listeners are bound and the spool is open: ready for traffic.
     ready.set(true);
     for (name, addr) in &bound {

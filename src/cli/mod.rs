@@ -39,7 +39,13 @@ enum Cmd {
     /// Run the gateway.
     Serve(ConfigArgs),
     /// Load and validate every configuration file; print all errors as file:line:column.
-    Check(ConfigArgs),
+    Check {
+        /// Print only the configuration's hash (as `mxgate_config_info{hash}` exports it).
+        #[arg(long)]
+        print_hash: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Host access table tools.
     Hat {
         #[command(subcommand)]
@@ -371,16 +377,27 @@ impl ConfigArgs {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
-        Cmd::Check(args) => match args.load()? {
+        Cmd::Check {
+            print_hash,
+            config: args,
+        } => match args.load()? {
             Ok(cfg) => {
                 for w in &cfg.warnings {
-                    println!("{}", w.render());
+                    if print_hash {
+                        eprintln!("{}", w.render());
+                    } else {
+                        println!("{}", w.render());
+                    }
                 }
                 // What `serve` would refuse at start-up, though the YAML is fine.
                 let files = mxgate::app::check_tls_files(&cfg);
                 if !files.is_empty() {
                     println!("{}", files.join("\n"));
                     return Ok(ExitCode::from(1));
+                }
+                if print_hash {
+                    println!("{}", mxgate::config::hash::config_hash(&cfg));
+                    return Ok(ExitCode::SUCCESS);
                 }
                 println!(
                     "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
