@@ -1824,6 +1824,7 @@ fn systemd_unit_is_hardened_and_passes_systemd_analyze_verify() {
         "SystemCallFilter=@system-service",
         "LimitNOFILE=65536",
         "Restart=on-failure",
+        "SuccessExitStatus=75",
     ] {
         assert!(
             unit.lines().any(|l| l.trim() == needle),
