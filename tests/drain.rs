@@ -266,3 +266,59 @@ fn drain_without_a_running_server_is_an_error() {
         "a bad --deadline is a usage error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_finishes_its_transaction_then_is_closed_after_the_grace() {
+    if !smtp_sink_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sink = start_smtp_sink(dir.path()).await;
+    let cfg = relay_config(sink.addr, "1s");
+    let work = tempfile::tempdir().unwrap();
+    let mut m = start(cfg.path(), work.path());
+    let addr = m.addr("preferred");
+    // A transaction under way when the drain starts.
+    let mut c = Client::connect(addr, None).await;
+    assert!(c.reply().await.starts_with("220"));
+    c.cmd("EHLO client.test").await;
+    assert!(c
+        .cmd("MAIL FROM:<sender@client.test>")
+        .await
+        .starts_with("250"));
+    assert!(c.cmd("RCPT TO:<user@example.com>").await.starts_with("250"));
+    let mark = m.log_mark();
+    let drain = drain_in_background(&m, "60s");
+    m.wait_log_after(mark, "Info: drain started: deadline 60s, 1 sessions open");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Message-ID: <open@drain.test>\r\n\r\nbody\r\n.\r\n")
+        .await;
+    assert!(
+        c.reply().await.starts_with("250"),
+        "the transaction finishes"
+    );
+    // The session then idles: after shutdown_grace (5s in the fixture) it is closed.
+    let started = Instant::now();
+    assert_eq!(
+        c.read_to_close().await,
+        "421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    m.wait_log_after(mark, "Info: drain: closing 1 sessions still open after 5s");
+    let out = tokio::task::spawn_blocking(move || drain.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert_eq!(
+        delivered_ids(&sink.dir).into_iter().collect::<Vec<_>>(),
+        vec![("open@drain.test".to_string(), 1)]
+    );
+}
