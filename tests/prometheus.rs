@@ -796,6 +796,7 @@ fn metrics_source() -> String {
         "src/metrics/sender_org.rs",
         "src/metrics/dane.rs",
         "src/metrics/sender_auth.rs",
+        "src/metrics/config_info.rs",
     ]
     .iter()
     .map(|f| read(f))
@@ -1582,6 +1583,141 @@ fn deploy_yaml_parses_and_the_files_agree_with_each_other() {
             "k8s: port 25 targets {target:?}, not a container port"
         ));
     }
+
+    // Several nodes: three replicas, at most one disrupted, each drained before it stops
+    // (the drain's deadline, plus the command's 30 s exit margin, inside the grace period).
+    assert_eq!(sts.at("spec/replicas").num(), Some(3.0));
+    let pre_stop: Vec<&str> = c
+        .at("lifecycle/preStop/exec/command")
+        .arr()
+        .iter()
+        .filter_map(Json::str)
+        .collect();
+    assert_eq!(
+        pre_stop[..4],
+        [
+            "/usr/local/bin/mxgate",
+            "drain",
+            "--config-dir",
+            "/etc/mxgate"
+        ]
+    );
+    let deadline = pre_stop
+        .iter()
+        .skip_while(|a| **a != "--deadline")
+        .nth(1)
+        .and_then(|d| d.strip_suffix('s')?.parse::<f64>().ok())
+        .expect("preStop: drain --deadline Ns");
+    let grace = pod
+        .get("terminationGracePeriodSeconds")
+        .num()
+        .unwrap_or(0.0);
+    if grace < deadline + 30.0 {
+        bad.push(format!(
+            "k8s: terminationGracePeriodSeconds {grace} is not above the drain deadline {deadline}s + 30s"
+        ));
+    }
+    let pdb = doc("k8s/pdb.yaml");
+    assert_eq!(pdb.get("kind").str(), Some("PodDisruptionBudget"));
+    assert_eq!(pdb.at("spec/maxUnavailable").num(), Some(1.0));
+    assert_eq!(
+        pdb.at("spec/selector/matchLabels")
+            .get("app.kubernetes.io/name")
+            .str(),
+        sts.at("spec/selector/matchLabels")
+            .get("app.kubernetes.io/name")
+            .str()
+    );
+    if !k
+        .get("resources")
+        .arr()
+        .iter()
+        .any(|r| r.str() == Some("pdb.yaml"))
+    {
+        bad.push("k8s/kustomization.yaml: pdb.yaml is not a resource".into());
+    }
+    let valkey = all.get("k8s/valkey.yaml").arr();
+    let kinds: Vec<&str> = valkey.iter().filter_map(|d| d.get("kind").str()).collect();
+    assert_eq!(kinds, ["Deployment", "Service"], "k8s/valkey.yaml");
+    let k8s_global = read("deploy/k8s/mxgate.yaml");
+    assert!(
+        k8s_global.contains("# shared_state:\n#   url: redis://valkey:6379/0"),
+        "deploy/k8s/mxgate.yaml: the commented shared_state block names the valkey Service"
+    );
+
+    // The two-node Compose example: HAProxy with PROXY v2 in front, both nodes trusting
+    // only HAProxy's fixed address, each with its own spool volume, and Redis.
+    let cluster = doc("docker-compose.cluster.yml");
+    for s in ["haproxy", "mxgate1", "mxgate2", "redis"] {
+        if !cluster.at(&format!("services/{s}")).exists() {
+            bad.push(format!("docker-compose.cluster.yml: no service {s}"));
+        }
+    }
+    let haproxy_ip = cluster
+        .at("services/haproxy/networks/front/ipv4_address")
+        .str()
+        .expect("HAProxy's fixed address on the front network");
+    let inbound = doc("docker/cluster/inbound.yaml");
+    let trusted: Vec<&str> = inbound
+        .at("proxy_protocol/trusted")
+        .arr()
+        .iter()
+        .filter_map(Json::str)
+        .collect();
+    assert_eq!(trusted, [format!("{haproxy_ip}/32").as_str()]);
+    let mut spools = BTreeSet::new();
+    for node in ["mxgate1", "mxgate2"] {
+        let volumes: Vec<&str> = cluster
+            .at(&format!("services/{node}/volumes"))
+            .arr()
+            .iter()
+            .filter_map(Json::str)
+            .collect();
+        for v in &volumes {
+            let src = v.split(':').next().unwrap_or("");
+            if src.starts_with('.') && !deploy.join(src).exists() {
+                bad.push(format!(
+                    "docker-compose.cluster.yml {node}: {src} does not exist"
+                ));
+            }
+            if v.ends_with(":/var/spool/mxgate") {
+                spools.insert(src.to_string());
+            }
+        }
+        for needed in [
+            "./docker/cluster/mxgate.yaml:/etc/mxgate/mxgate.yaml:ro",
+            "./docker/cluster/inbound.yaml:/etc/mxgate/listeners/inbound.yaml:ro",
+        ] {
+            if !volumes.contains(&needed) {
+                bad.push(format!(
+                    "docker-compose.cluster.yml {node}: no volume {needed}"
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        spools.len(),
+        2,
+        "each node its own spool volume: {spools:?}"
+    );
+    let cfg = read("deploy/haproxy/haproxy.cfg");
+    for needle in [
+        "send-proxy-v2",
+        "server mxgate1 mxgate1:2525",
+        "server mxgate2 mxgate2:2525",
+        "GET /ready",
+    ] {
+        if !cfg.contains(needle) {
+            bad.push(format!("deploy/haproxy/haproxy.cfg lacks {needle:?}"));
+        }
+    }
+    assert!(
+        doc("docker/cluster/mxgate.yaml")
+            .at("shared_state/url")
+            .str()
+            .is_some_and(|u| u.starts_with("redis://redis:")),
+        "docker/cluster/mxgate.yaml: shared_state points at the redis service"
+    );
     assert!(bad.is_empty(), "deploy/:\n  {}", bad.join("\n  "));
 }
 
@@ -1596,11 +1732,28 @@ fn deployment_configurations_pass_mxgate_check() {
         read("deploy/k8s/statefulset.yaml").contains(&format!("value: {bind}")),
         "the StatefulSet binds the listeners like the image ({bind})"
     );
-    for file in ["deploy/docker/mxgate.yaml", "deploy/k8s/mxgate.yaml"] {
+    // The cluster nodes' files are mounted over the image's (docker-compose.cluster.yml).
+    let cluster = [
+        ("deploy/docker/cluster/mxgate.yaml", "mxgate.yaml"),
+        (
+            "deploy/docker/cluster/inbound.yaml",
+            "listeners/inbound.yaml",
+        ),
+    ];
+    for file in [
+        "deploy/docker/mxgate.yaml",
+        "deploy/k8s/mxgate.yaml",
+        cluster[0].0,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         support::copy_dir(&repo().join("listeners"), &dir.path().join("listeners"));
         support::copy_dir(&repo().join("policies"), &dir.path().join("policies"));
         std::fs::copy(repo().join(file), dir.path().join("mxgate.yaml")).unwrap();
+        if file == cluster[0].0 {
+            for (from, to) in cluster {
+                std::fs::copy(repo().join(from), dir.path().join(to)).unwrap();
+            }
+        }
         let (ok, out) = prom::run(
             support::mxgate::bin()
                 .arg("check")
@@ -1671,6 +1824,7 @@ fn systemd_unit_is_hardened_and_passes_systemd_analyze_verify() {
         "SystemCallFilter=@system-service",
         "LimitNOFILE=65536",
         "Restart=on-failure",
+        "SuccessExitStatus=75",
     ] {
         assert!(
             unit.lines().any(|l| l.trim() == needle),
@@ -1724,4 +1878,19 @@ fn test_config_rewrite_keeps_everything_but_target_and_intervals() {
     assert!(s.contains("\"127.0.0.1:40123\""));
     assert!(!s.contains("15s") && !s.contains("9187"), "{s}");
     assert!(s.contains("job_name: mxgate") && s.contains("metrics_path: /metrics"));
+}
+
+#[test]
+fn haproxy_cluster_configuration_passes_haproxy_check() {
+    if !support::tools_available(&["haproxy"]) {
+        return;
+    }
+    let (ok, out) = prom::run(
+        Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(repo().join("deploy/haproxy/haproxy.cfg")),
+    );
+    assert!(ok, "haproxy -c -f deploy/haproxy/haproxy.cfg:\n{out}");
+    assert!(out.contains("Configuration file is valid"), "{out}");
 }

@@ -2,6 +2,7 @@
 //! [`reload`] runs the started server: reload, certificate watching, signals.
 
 mod dane;
+pub mod drain;
 mod mta_sts;
 pub mod reload;
 pub(crate) mod tls_files;
@@ -127,6 +128,8 @@ pub struct Running {
     pub spool: Arc<Spool>,
     stop: watch::Sender<bool>,
     force_close: watch::Sender<bool>,
+    /// Draining, and the count of open sessions.
+    admission: Arc<listener::Admission>,
     tasks: JoinSet<()>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     queue_stop: watch::Sender<bool>,
@@ -286,6 +289,7 @@ impl Running {
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
+        crate::metrics::config_info::set(&crate::config::hash::config_hash(config));
         let live = LiveRecipients::new(config, shared.validator.clone());
         self.recipients.store(Arc::new(live));
         self.shared
@@ -446,6 +450,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let (force_tx, force_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut bound = Vec::new();
+    let admission = Arc::new(listener::Admission::default());
     for l in &config.listeners {
         let ctx = Arc::new(ArcSwap::from_pointee(build_context(
             l,
@@ -470,6 +475,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             tasks.spawn(listener::serve(
                 socket,
                 ctx.clone(),
+                admission.clone(),
                 stop_rx.clone(),
                 force_rx.clone(),
             ));
@@ -480,6 +486,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         mta_sts::announce_tlsrpt(config, &mail_log);
     }
     let dane = dane::DaneRefresh::start(config, &shared.resolver, &stop_rx, &mut tasks);
+    crate::metrics::config_info::set(&crate::config::hash::config_hash(config));
     // Listeners are bound and the spool is open: ready for traffic.
     ready.set(true);
     for (name, addr) in &bound {
@@ -506,6 +513,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         spool,
         stop: stop_tx,
         force_close: force_tx,
+        admission,
         tasks,
         queue_stop: queue.stop,
         queue_task: queue.task,

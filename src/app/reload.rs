@@ -1,6 +1,7 @@
 //! The running server after start-up: reload on SIGHUP, `mxgate reload` or a changed
-//! certificate file, reopen the mail log on SIGUSR1, stop on SIGTERM/SIGINT; the pid file
-//! that lets `mxgate reload` find the server.
+//! certificate file, reopen the mail log on SIGUSR1, drain on SIGUSR2 (`mxgate drain`, see
+//! [`super::drain`]), stop on SIGTERM/SIGINT; the pid file that lets `mxgate reload` find
+//! the server.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,14 +15,27 @@ use crate::mail_log::{Event, Level};
 /// How often certificate files are checked for a renewal.
 const CERT_POLL: Duration = Duration::from_secs(2);
 
+/// How the server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT: sessions got the grace period, the queue stays as it is.
+    Signal,
+    /// After a drain; `left` messages stay in the spool (0: everything was delivered).
+    Drained {
+        /// Messages still queued.
+        left: usize,
+    },
+}
+
 /// Serves until SIGTERM or SIGINT, then shuts down within the grace period of the
-/// configuration in force. `load` reads the configuration again (with the command line's
-/// overrides) on each reload; its `Err` holds every error found, one a line.
+/// configuration in force; or, on SIGUSR2, drains and then shuts down. `load` reads the
+/// configuration again (with the command line's overrides) on each reload; its `Err` holds
+/// every error found, one a line.
 pub async fn run(
     running: Running,
     config: &Config,
     load: impl Fn() -> Result<Config, String>,
-) -> Result<(), AppError> {
+) -> Result<Stopped, AppError> {
     let pid_file = config.global.spool_dir.join("mxgate.pid");
     if let Err(e) = write_private(&pid_file, &format!("{}\n", std::process::id())) {
         tracing::warn!(
@@ -33,14 +47,16 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(AppError::Signals)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(AppError::Signals)?;
     // Certificate files are watched so a renewed certificate is used without a signal.
     let mut watched = CertWatch::new(Running::certificate_files(config));
     let mut tick = tokio::time::interval(CERT_POLL);
     let mut grace = config.global.shutdown_grace;
-    loop {
+    let drain = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            _ = usr2.recv() => break Some(super::drain::read_request(&config.global.spool_dir)),
             _ = hup.recv() => {
                 reopen(&running);
                 if let Some(new) = reload(&load, &running) {
@@ -61,16 +77,37 @@ pub async fn run(
                 }
             }
         }
+    };
+    let Some(deadline) = drain else {
+        // Tests and scripts wait for this line on stderr.
+        eprintln!("mxgate: shutting down (grace {grace:?})");
+        running.shutdown(grace).await;
+        let _ = std::fs::remove_file(&pid_file);
+        return Ok(Stopped::Signal);
+    };
+    eprintln!("mxgate: draining (deadline {deadline:?})");
+    let until = tokio::time::Instant::now() + deadline;
+    running.begin_drain(deadline);
+    tokio::select! {
+        _ = running.drain_wait(until, grace) => {}
+        // A stop signal during a drain ends it: what is queued stays.
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    // Tests and scripts wait for this line on stderr.
-    eprintln!("mxgate: shutting down (grace {grace:?})");
-    running.shutdown(grace).await;
+    let spool = running.spool.clone();
+    // Whatever time is left lets deliveries under way finish; sessions are closed by now.
+    running
+        .shutdown(until.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    let left = super::drain::queued(&spool);
+    let _ = std::fs::remove_file(spool.root().join(super::drain::DRAIN_FILE));
     let _ = std::fs::remove_file(&pid_file);
-    Ok(())
+    eprintln!("mxgate: drained, {left} messages left in the spool");
+    Ok(Stopped::Drained { left })
 }
 
 /// Writes a file readable by this user only, like everything in the spool.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

@@ -2,10 +2,11 @@
 //! `serve` (the server, reload and certificate watching), `hat` (`hat trace`), `tables`
 //! (`routes list`, `destinations list`), `queue` (the queue commands over the control socket),
 //! `recipients` (`recipients check`, `recipients cache list|flush`), `tlsrpt` (`tlsrpt list|show`,
-//! the stored TLS-RPT reports), `dns` (`dns check DOMAIN`, the DNS self-check); `certs` lives in the
-//! library (`mxgate::certs::cli`).
+//! the stored TLS-RPT reports), `dns` (`dns check DOMAIN`, the DNS self-check), `drain` (rolling
+//! updates); `certs` lives in the library (`mxgate::certs::cli`).
 
 mod dns;
+mod drain;
 mod hat;
 mod queue;
 mod recipients;
@@ -38,7 +39,13 @@ enum Cmd {
     /// Run the gateway.
     Serve(ConfigArgs),
     /// Load and validate every configuration file; print all errors as file:line:column.
-    Check(ConfigArgs),
+    Check {
+        /// Print only the configuration's hash (as `mxgate_config_info{hash}` exports it).
+        #[arg(long)]
+        print_hash: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Host access table tools.
     Hat {
         #[command(subcommand)]
@@ -56,6 +63,17 @@ enum Cmd {
     },
     /// Tell the running server to reload configuration and certificates (SIGHUP via its pid file).
     Reload(ConfigArgs),
+    /// Drain the running server for a rolling update: it refuses new connections (421 4.3.2),
+    /// answers 503 on /ready, delivers its queue and exits. Waits for it; exits 0 when the queue
+    /// was emptied, 1 when the deadline passed with mail still queued (it stays in the spool),
+    /// 2 on errors.
+    Drain {
+        /// How long the server may take: sessions finishing and deliveries (e.g. 120s, 5m).
+        #[arg(long, default_value = "120s", value_parser = drain::deadline_arg)]
+        deadline: std::time::Duration,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// The mail queue, like `mailq` / `postqueue`: works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -359,16 +377,27 @@ impl ConfigArgs {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Certs { command } => Ok(mxgate::certs::cli::run(command)),
-        Cmd::Check(args) => match args.load()? {
+        Cmd::Check {
+            print_hash,
+            config: args,
+        } => match args.load()? {
             Ok(cfg) => {
                 for w in &cfg.warnings {
-                    println!("{}", w.render());
+                    if print_hash {
+                        eprintln!("{}", w.render());
+                    } else {
+                        println!("{}", w.render());
+                    }
                 }
                 // What `serve` would refuse at start-up, though the YAML is fine.
                 let files = mxgate::app::check_tls_files(&cfg);
                 if !files.is_empty() {
                     println!("{}", files.join("\n"));
                     return Ok(ExitCode::from(1));
+                }
+                if print_hash {
+                    println!("{}", mxgate::config::hash::config_hash(&cfg));
+                    return Ok(ExitCode::SUCCESS);
                 }
                 println!(
                     "{}: configuration OK ({} listeners, {} sender group tables, {} policies, {} RATs)",
@@ -443,6 +472,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Recipients { command } => recipients::recipients_command(command),
         Cmd::Tlsrpt { command } => tlsrpt::tlsrpt_command(command),
         Cmd::Dns { command } => dns::dns_command(command),
+        Cmd::Drain { deadline, config } => drain::drain(&config, deadline),
         Cmd::Reload(args) => {
             let Some(cfg) = args.load_or_report()? else {
                 return Ok(ExitCode::from(1));
@@ -472,8 +502,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             let rt = tokio::runtime::Runtime::new().context("starting tokio runtime")?;
-            rt.block_on(serve::serve(args, cfg))?;
-            Ok(ExitCode::SUCCESS)
+            rt.block_on(serve::serve(args, cfg))
         }
     }
 }

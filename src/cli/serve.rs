@@ -3,8 +3,9 @@
 
 use super::*;
 
-/// Starts the server, prints where it listens, and runs it until it is stopped.
-pub(super) async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
+/// Starts the server, prints where it listens, and runs it until it is stopped; the exit
+/// status says whether a drain left mail in the spool.
+pub(super) async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let running = mxgate::app::start(&cfg).await?;
     for (name, addr) in &running.bound {
         // Tests and scripts read this line to learn ports bound as :0.
@@ -20,6 +21,9 @@ pub(super) async fn serve(args: ConfigArgs, cfg: Config) -> anyhow::Result<()> {
         Ok(result) => result,
         Err(e) => Err(e.to_string()),
     };
-    mxgate::app::reload::run(running, &cfg, load).await?;
-    Ok(())
+    use mxgate::app::reload::Stopped;
+    Ok(match mxgate::app::reload::run(running, &cfg, load).await? {
+        Stopped::Signal | Stopped::Drained { left: 0 } => ExitCode::SUCCESS,
+        Stopped::Drained { .. } => ExitCode::from(mxgate::app::drain::EXIT_MAIL_LEFT),
+    })
 }

@@ -5,6 +5,7 @@
 pub(crate) mod defs;
 mod destinations;
 pub(crate) mod error;
+pub mod hash;
 mod listeners;
 pub(crate) mod load;
 pub mod model;

@@ -4,6 +4,7 @@
 //! What `/ready` checks (start-up, spool free space, failed spool writes) lives in the
 //! `ready` submodule and is re-exported here.
 
+pub(crate) mod config_info;
 pub(crate) mod dane;
 mod ready;
 pub(crate) mod sender_auth;
@@ -222,7 +223,9 @@ pub async fn serve(
                 let (status, ctype, body) = match path {
                     "/metrics" => {
                         handle.run_upkeep();
-                        ("200 OK", "text/plain; version=0.0.4", handle.render())
+                        let mut text = handle.render();
+                        text.push_str(&config_info::render());
+                        ("200 OK", "text/plain; version=0.0.4", text)
                     }
                     "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
                     "/ready" => match ready.check() {

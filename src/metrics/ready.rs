@@ -1,5 +1,5 @@
-//! Readiness (`/ready`): start-up complete, the spool's filesystem has room, and no spool
-//! write failed for lack of space a moment ago.
+//! Readiness (`/ready`): start-up complete, not draining (`mxgate drain`), the spool's
+//! filesystem has room, and no spool write failed for lack of space a moment ago.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +26,8 @@ static OUT_OF_SPACE_AT: Mutex<Option<Instant>> = Mutex::new(None);
 #[derive(Debug, Default)]
 pub struct Readiness {
     started: AtomicBool,
+    /// `mxgate drain` began: 503 at once and for good, so the load balancer moves away.
+    draining: AtomicBool,
     /// The spool directory and the free bytes it must keep.
     spool: Mutex<Option<(PathBuf, u64)>>,
     /// Frees space held only for reuse, before space is called short.
@@ -48,6 +50,11 @@ impl Readiness {
         self.started.store(ready, Ordering::SeqCst);
     }
 
+    /// Marks the gateway as draining: `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     /// Checks the filesystem of `dir` on every `/ready`, requiring `min_free_bytes`.
     pub fn watch_spool(&self, dir: PathBuf, min_free_bytes: u64) {
         if let Ok(mut s) = self.spool.lock() {
@@ -67,6 +74,9 @@ impl Readiness {
     pub fn check(&self) -> Result<(), String> {
         if !self.started.load(Ordering::SeqCst) {
             return Err("starting".into());
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining".into());
         }
         let Some((dir, min_free)) = self.spool.lock().ok().and_then(|s| s.clone()) else {
             return Ok(());

@@ -86,9 +86,19 @@ pub enum SuffixError {
 }
 
 /// The suffix table: organisation per PTR suffix (lower case, no leading or trailing dot).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SenderOrgs {
     by_suffix: HashMap<String, String>,
+}
+
+/// Sorted: the configuration hash is taken over this output, the same in every process.
+impl std::fmt::Debug for SenderOrgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sorted: std::collections::BTreeMap<_, _> = self.by_suffix.iter().collect();
+        f.debug_struct("SenderOrgs")
+            .field("by_suffix", &sorted)
+            .finish()
+    }
 }
 
 impl Default for SenderOrgs {

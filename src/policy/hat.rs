@@ -65,7 +65,7 @@ pub struct SenderGroup {
 }
 
 /// An ordered list of sender groups.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostAccessTable {
     /// Table name (listeners refer to it).
     pub name: String,
@@ -88,6 +88,18 @@ pub struct Classification {
     pub policy: Arc<MailFlowPolicy>,
     /// Groups passed over because their policy said `continue` (for `hat trace`).
     pub continued: Vec<String>,
+}
+
+/// Without the index: it is derived from the groups, and its hash maps print in a different
+/// order in each process (the configuration hash is taken over this output).
+impl std::fmt::Debug for HostAccessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAccessTable")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HostAccessTable {

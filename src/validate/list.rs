@@ -33,11 +33,25 @@ pub enum ListError {
 }
 
 /// The addresses and catch-all domains of one list file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RecipientList {
     path: PathBuf,
     addresses: HashSet<String>,
     domains: HashSet<String>,
+}
+
+/// Sorted: the configuration hash is taken over this output, the same in every process.
+impl std::fmt::Debug for RecipientList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn sorted(s: &HashSet<String>) -> std::collections::BTreeSet<&String> {
+            s.iter().collect()
+        }
+        f.debug_struct("RecipientList")
+            .field("path", &self.path)
+            .field("addresses", &sorted(&self.addresses))
+            .field("domains", &sorted(&self.domains))
+            .finish()
+    }
 }
 
 impl RecipientList {

@@ -193,13 +193,32 @@ impl Mxgate {
 
     /// `GET /metrics` from the metrics endpoint (started with `--metrics-listen 127.0.0.1:0`).
     pub fn metrics_text(&self) -> String {
+        self.http_get_raw("/metrics")
+    }
+
+    /// The whole HTTP response to `GET path` on the metrics endpoint.
+    fn http_get_raw(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.metrics_addr()).expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    /// Status code and body of `GET path` on the metrics endpoint (`/ready`, `/metrics`).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let text = self.http_get_raw(path);
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, body.to_string())
     }
 
     /// The value of the series `name` carrying these `labels` (among others) on `/metrics`;

@@ -3,7 +3,8 @@
 //!
 //! Order at the opening: the HAT decision comes first (a refused or rejected host is treated
 //! as such even when it also spoke early or is over its connection limit), then pre-greeting
-//! talk, then the per-IP connection limit, then the greeting.
+//! talk, then the per-IP connection limit, then the greeting. Before all of them, at accept:
+//! draining (`mxgate drain`), then the listener's connection cap.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,15 +16,30 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// What the accept loop knows when a connection arrives.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AcceptCtx {
+pub(crate) struct AcceptCtx<'a> {
     /// A session slot of the listener was free.
     pub slot_free: bool,
     /// The listener's `max_connections`.
     pub max_connections: usize,
+    /// The server is draining (`mxgate drain`): it takes no new sessions.
+    pub draining: bool,
+    /// The listener's host name (for the draining reply).
+    pub hostname: &'a str,
 }
 
-/// The listener's connection cap: 421 when every session slot is taken.
+/// Whether a new connection gets a session: 421 4.3.2 while draining (the client retries
+/// another MX host or this one after its restart), 421 4.7.0 when every session slot is taken.
 pub(crate) fn check_accept(ctx: &AcceptCtx) -> Result<Permit, Denial> {
+    if ctx.draining {
+        return Err(Denial::new(
+            Reply::new(
+                421,
+                Enhanced(4, 3, 2),
+                format!("{} Service not available, draining", ctx.hostname),
+            ),
+            DenialReason::Draining,
+        ));
+    }
     if ctx.slot_free {
         return Ok(Permit::later());
     }
@@ -222,22 +238,39 @@ mod tests {
         );
     }
 
+    fn accept(slot_free: bool, draining: bool) -> AcceptCtx<'static> {
+        AcceptCtx {
+            slot_free,
+            max_connections: 5,
+            draining,
+            hostname: "mx.example.com",
+        }
+    }
+
+    #[test]
+    fn draining_reply_bytes() {
+        let d = check_accept(&accept(true, true)).unwrap_err();
+        assert_eq!(
+            d.reply.unwrap().to_wire(),
+            "421 4.3.2 mx.example.com Service not available, draining\r\n"
+        );
+    }
+
     #[test]
     fn session_wide_table() {
         let table = [
+            (check_accept(&accept(true, false)), (0, "", "permit")),
             (
-                check_accept(&AcceptCtx {
-                    slot_free: true,
-                    max_connections: 5,
-                }),
-                (0, "", "permit"),
+                check_accept(&accept(false, false)),
+                (421, "4.7.0", "listener_full"),
             ),
             (
-                check_accept(&AcceptCtx {
-                    slot_free: false,
-                    max_connections: 5,
-                }),
-                (421, "4.7.0", "listener_full"),
+                check_accept(&accept(true, true)),
+                (421, "4.3.2", "draining"),
+            ),
+            (
+                check_accept(&accept(false, true)),
+                (421, "4.3.2", "draining"),
             ),
             (Err(no_icid()), (421, "4.3.0", "local_error")),
             (check_bad_commands(3, 3), (0, "", "permit")),

@@ -8,7 +8,7 @@
 //!
 //! | stage | file | decides |
 //! |---|---|---|
-//! | connect | [`connect`] | listener full (421), ICID allocation failure (421), the pre-greet pause, TCPREFUSE, the REJECT banner, pre-greeting talk (554), per-IP connection limit, the greeting; for the whole session: too many bad commands, timeouts, shutdown (421) |
+//! | connect | [`connect`] | draining (421 4.3.2), listener full (421), ICID allocation failure (421), the pre-greet pause, TCPREFUSE, the REJECT banner, pre-greeting talk (554), per-IP connection limit, the greeting; for the whole session: too many bad commands, timeouts, shutdown (421) |
 //! | helo | [`helo`] | whether STARTTLS is offered (EHLO keyword, 502 when not), the `tls: required` gate (530 before STARTTLS) |
 //! | mail | [`mail`] | `MAIL FROM`: parameters after HELO (555), `tls_mandatory_senders` and client certificate (530), messages per connection, declared `SIZE=` (552), `BODY=BINARYMIME` (555), non-ASCII without SMTPUTF8 (553), 250 |
 //! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), DHAP (550, then the connection is dropped), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |

@@ -79,6 +79,8 @@ pub enum DenialReason {
     },
     /// The server is shutting down.
     Shutdown,
+    /// The server is draining (`mxgate drain`): no new connections.
+    Draining,
     /// STARTTLS is not offered (TLS off, or no certificate).
     StartTlsUnavailable,
     /// `tls: required` and the client sent a mail command before STARTTLS.
@@ -207,6 +209,7 @@ impl DenialReason {
             DenialReason::TooManyBadCommands { .. } => "bad_commands",
             DenialReason::Timeout { .. } => "timeout",
             DenialReason::Shutdown => "shutdown",
+            DenialReason::Draining => "draining",
             DenialReason::StartTlsUnavailable => "starttls_unavailable",
             DenialReason::TlsRequired | DenialReason::TlsMandatorySender => "tls_required",
             DenialReason::ParamsNeedEhlo => "params_need_ehlo",
@@ -249,7 +252,8 @@ impl DenialReason {
             | DenialReason::PerIpFull { .. }
             | DenialReason::TooManyBadCommands { .. }
             | DenialReason::Timeout { .. }
-            | DenialReason::Shutdown => Stage::Connect,
+            | DenialReason::Shutdown
+            | DenialReason::Draining => Stage::Connect,
             DenialReason::StartTlsUnavailable | DenialReason::TlsRequired => Stage::Helo,
             DenialReason::ParamsNeedEhlo
             | DenialReason::TlsMandatorySender
@@ -308,6 +312,7 @@ impl fmt::Display for DenialReason {
             }
             DenialReason::Timeout { what } => write!(f, "{what} timeout"),
             DenialReason::Shutdown => f.write_str("shutdown"),
+            DenialReason::Draining => f.write_str("draining"),
             DenialReason::StartTlsUnavailable => f.write_str("STARTTLS not offered"),
             DenialReason::TlsRequired => f.write_str("tls required"),
             DenialReason::ParamsNeedEhlo => f.write_str("MAIL parameters after HELO"),

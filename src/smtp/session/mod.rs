@@ -519,6 +519,7 @@ impl Session {
             DenialReason::HatRefuse
             | DenialReason::HatReject
             | DenialReason::Shutdown
+            | DenialReason::Draining
             | DenialReason::LocalError
             | DenialReason::ListenerFull { .. }
             | DenialReason::StartTlsUnavailable

@@ -1,0 +1,110 @@
+//! The configuration's fingerprint: `mxgate_config_info{hash}` and `mxgate check --print-hash`,
+//! so a dashboard shows nodes running different policies.
+//!
+//! Taken over the validated model, not the files: SHA-256 of the model's `Debug` output (every
+//! table in a stable order), first 16 hex digits. A comment, a reordered key or a YAML quoting
+//! change leaves it as it is; any change in what the gateway does changes it. It covers what a
+//! node does, not where: listener bind addresses, the metrics address and the spool, mail-log
+//! and certificates locations are left out, so nodes with their own `--bind` or `--spool-dir`
+//! still agree. It covers the contents of files the model holds (recipient lists); certificate
+//! and key files are named by path, not hashed: a renewed certificate is not a policy change.
+
+use super::model::Config;
+
+/// The configuration's hash: 16 lower-case hex digits.
+pub fn config_hash(config: &Config) -> String {
+    // Destructured so that a new field is a decision, not an oversight. Left out: where the
+    // files were read from, warnings (their file positions move with comments), and the
+    // node-local locations (cleared below).
+    let Config {
+        dir: _,
+        global,
+        listeners,
+        hats,
+        policies,
+        rats,
+        routes,
+        destinations,
+        validation,
+        mta_sts,
+        tlsrpt,
+        warnings: _,
+    } = config;
+    let mut global = global.clone();
+    global.spool_dir = Default::default();
+    global.mail_log = super::model::MailLogTarget::Stdout;
+    global.certs_dir = Default::default();
+    global.metrics_listen = None;
+    let listeners: Vec<_> = listeners
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.bind.clear();
+            l
+        })
+        .collect();
+    let canonical = format!(
+        "{global:?}\n{listeners:?}\n{hats:?}\n{policies:?}\n{rats:?}\n{routes:?}\n{destinations:?}\n{validation:?}\n{mta_sts:?}\n{tlsrpt:?}\n"
+    );
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load, Overrides};
+    use std::path::Path;
+
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn hash_of(dir: &Path) -> String {
+        config_hash(&load(dir, &Overrides::default()).unwrap())
+    }
+
+    #[test]
+    fn stable_under_comments_changed_by_policy() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e");
+        let dir = tempfile::tempdir().unwrap();
+        copy(&fixture, dir.path());
+        let first = hash_of(dir.path());
+        assert_eq!(first.len(), 16);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Loaded again (every hash map seeded anew): the same.
+        assert_eq!(hash_of(dir.path()), first);
+        // Node-local locations: the same.
+        let local = Overrides {
+            spool_dir: Some("/elsewhere/spool".into()),
+            metrics_listen: Some(Some("127.0.0.1:9999".parse().unwrap())),
+            binds: vec![("preferred".into(), vec!["127.0.0.1:2526".parse().unwrap()])],
+            ..Overrides::default()
+        };
+        assert_eq!(config_hash(&load(dir.path(), &local).unwrap()), first);
+        // A comment: the same.
+        let flow = dir.path().join("policies/mail_flow.yaml");
+        let text = std::fs::read_to_string(&flow).unwrap();
+        std::fs::write(&flow, format!("# a comment\n{text}\n# another\n")).unwrap();
+        assert_eq!(hash_of(dir.path()), first);
+        // A policy change: another hash.
+        let hat = dir.path().join("policies/hat.yaml");
+        let text = std::fs::read_to_string(&hat).unwrap();
+        std::fs::write(
+            &hat,
+            text.replace("match: [127.0.0.7]", "match: [127.0.0.8]"),
+        )
+        .unwrap();
+        assert_ne!(hash_of(dir.path()), first);
+    }
+}
