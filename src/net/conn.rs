@@ -56,6 +56,9 @@ pub(crate) struct ListenerContext {
     pub tlsrpt: Option<Arc<crate::tlsrpt::intake::Intake>>,
     /// Sender authentication (DNS verification, SPF) on the same resolver.
     pub sender_auth: crate::auth::SenderAuth,
+    /// The store shared with other gateways (`shared_state:`), when configured.
+    #[allow(dead_code)] // the counters come in the next commits
+    pub shared_state: Option<crate::shared_state::SharedState>,
 }
 
 /// Handles one accepted TCP connection to the end.
