@@ -57,7 +57,6 @@ pub(crate) struct ListenerContext {
     /// Sender authentication (DNS verification, SPF) on the same resolver.
     pub sender_auth: crate::auth::SenderAuth,
     /// The store shared with other gateways (`shared_state:`), when configured.
-    #[allow(dead_code)] // the counters come in the next commits
     pub shared_state: Option<crate::shared_state::SharedState>,
 }
 
@@ -152,6 +151,8 @@ pub(crate) async fn handle(
         dnslists_listed: dnsbl::peer_entries(&dnslists),
     });
     let policy = classification.policy.clone();
+    // Boxed: the store's future is large, and the task keeps its largest state for life.
+    let slot = Box::pin(per_ip_slot(&ctx, peer_ip, &policy)).await;
     let labels = InboundLabels {
         listener: ctx.listener.name.clone(),
         sender_group: classification.group.clone(),
@@ -179,24 +180,22 @@ pub(crate) async fn handle(
             .as_ref()
             .filter(|_| ctx.listener.kind == crate::config::model::ListenerKind::Public)
             .map(|i| i.settings_arc()),
+        shared_limits: ctx
+            .shared_state
+            .as_ref()
+            .map(|s| s.settings().when_unavailable),
     };
     let session = Session::new(params);
-    let slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
-        None
-    } else {
-        ctx.rate
-            .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
-    };
     // Watch for a client that talks first until the pause is over (time spent on DNS counts);
     // what the session makes of it is decided by `check::connect`.
-    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_none());
+    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_err());
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
-    } else if slot.is_none() && policy.action != PolicyAction::TcpRefuse {
-        // (TCPREFUSE asks for no slot.)
-        Opening::ConcurrencyFull
     } else {
-        Opening::Normal
+        match slot {
+            Err(refused) => refused,
+            Ok(_) => Opening::Normal,
+        }
     };
     let _slot = slot;
     let backend = SpoolBackend {
@@ -215,6 +214,73 @@ pub(crate) async fn handle(
     .with_input(buf)
     .run(opening, client)
     .await;
+}
+
+/// A client's place under `max_concurrent_connections_per_ip`, held for the session.
+#[derive(Debug)]
+#[allow(dead_code)] // held for its drop
+enum PerIpSlot {
+    /// Counted on this node.
+    Local(crate::policy::rate::ConnectionSlot),
+    /// A lease in the shared store.
+    Shared(crate::shared_state::counters::Lease),
+}
+
+/// Takes the client's per-IP connection slot: in the shared store when there is one (which
+/// also tells the client's harvest count across nodes), else here. `Err` is how the
+/// session opens instead (`ConcurrencyFull`, or `SharedStateUnavailable` under
+/// `when_unavailable: tempfail`). TCPREFUSE takes nothing.
+async fn per_ip_slot(
+    ctx: &ListenerContext,
+    ip: std::net::IpAddr,
+    policy: &crate::policy::flow::MailFlowPolicy,
+) -> Result<Option<PerIpSlot>, Opening> {
+    use crate::shared_state::counters;
+    use crate::shared_state::settings::Fallback;
+    if matches!(policy.action, PolicyAction::TcpRefuse) {
+        return Ok(None);
+    }
+    let max = policy.max_concurrent_connections_per_ip.max;
+    let max_invalid = policy.max_invalid_recipients_per_hour.max;
+    let local = || match ctx.rate.try_connect(ip, max) {
+        Some(s) => Ok(Some(PerIpSlot::Local(s))),
+        None => Err(Opening::ConcurrencyFull),
+    };
+    let Some(shared) = ctx.shared_state.as_ref() else {
+        return local();
+    };
+    if max.is_none() && max_invalid.is_none() {
+        return local();
+    }
+    let key = ctx.rate.key(ip).to_string();
+    match counters::take_connection(shared, &key, max).await {
+        Ok(answer) => {
+            if max_invalid.is_some() {
+                ctx.rate.observe_invalid(ip, answer.invalid);
+            }
+            match (max, answer.lease) {
+                (None, _) => local(),
+                (Some(_), Some(lease)) => Ok(Some(PerIpSlot::Shared(lease))),
+                (Some(_), None) => Err(Opening::ConcurrencyFull),
+            }
+        }
+        Err(_) => {
+            let w = shared.settings().when_unavailable;
+            if max_invalid.is_some() {
+                shared.fallback("harvest");
+                if w.harvest == Fallback::Tempfail {
+                    return Err(Opening::SharedStateUnavailable { harvest: true });
+                }
+            }
+            if max.is_some() {
+                shared.fallback("connections");
+                if w.connections == Fallback::Tempfail {
+                    return Err(Opening::SharedStateUnavailable { harvest: false });
+                }
+            }
+            local()
+        }
+    }
 }
 
 /// True when the client sends bytes before `until` (it spoke before our greeting); bytes
@@ -447,6 +513,41 @@ impl Backend for SpoolBackend<'_> {
                 transition: None,
             },
         }
+    }
+
+    async fn take_recipient(
+        &mut self,
+        req: &crate::smtp::session::HourlyRequest,
+    ) -> crate::shared_state::counters::HourlyAnswer {
+        use crate::shared_state::counters::{self, HourlyAnswer};
+        let Some(shared) = &self.ctx.shared_state else {
+            return HourlyAnswer::Unavailable;
+        };
+        let key = self.ctx.rate.key(req.ip).to_string();
+        match counters::take_recipient(shared, &key, req.max).await {
+            Ok(true) => HourlyAnswer::Taken,
+            Ok(false) => HourlyAnswer::Spent,
+            Err(_) => {
+                shared.fallback("recipients_per_hour");
+                HourlyAnswer::Unavailable
+            }
+        }
+    }
+
+    fn count_invalid(&mut self, ip: std::net::IpAddr) {
+        let Some(shared) = self.ctx.shared_state.clone() else {
+            return;
+        };
+        let rate = self.ctx.rate.clone();
+        let key = rate.key(ip).to_string();
+        // Not awaited: the local count already decided this RCPT; the global count raises
+        // it for the next ones.
+        tokio::spawn(async move {
+            match crate::shared_state::counters::count_invalid(&shared, &key).await {
+                Ok(global) => rate.observe_invalid(ip, global),
+                Err(_) => shared.fallback("harvest"),
+            }
+        });
     }
 
     async fn verify_sender(

@@ -72,6 +72,8 @@ struct Inner {
     up: AtomicBool,
     log: Option<Arc<MailLog>>,
     node_id: String,
+    /// This node's connection leases.
+    leases: counters::Leases,
     /// Stops the background tasks when the last handle is dropped.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -110,6 +112,7 @@ impl SharedState {
                 up: AtomicBool::new(false),
                 log,
                 node_id: node_id(),
+                leases: counters::Leases::default(),
                 stop,
             }),
         };
@@ -132,6 +135,10 @@ impl SharedState {
         }
         crate::metrics::shared_state::up(state.is_up());
         tokio::spawn(probe(
+            Arc::downgrade(&state.inner),
+            state.inner.stop.subscribe(),
+        ));
+        tokio::spawn(counters::refresh_leases(
             Arc::downgrade(&state.inner),
             state.inner.stop.subscribe(),
         ));

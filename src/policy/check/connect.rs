@@ -78,6 +78,9 @@ pub(crate) struct ConnectCtx<'a> {
     pub talked_first: bool,
     /// The client's address already holds its maximum of concurrent connections.
     pub per_ip_full: bool,
+    /// The shared store did not answer for this counter and its `when_unavailable` is
+    /// `tempfail`.
+    pub store_unavailable: Option<&'static str>,
 }
 
 /// The opening: the greeting, or why not.
@@ -105,6 +108,19 @@ pub(crate) fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
                 "Protocol error: data sent before greeting",
             ),
             DenialReason::PreGreet,
+        ));
+    }
+    if let Some(counter) = ctx.store_unavailable {
+        return Err(Denial::new(
+            Reply::new(
+                421,
+                Enhanced(4, 3, 0),
+                format!(
+                    "{} Temporary local problem, please try again later",
+                    ctx.hostname
+                ),
+            ),
+            DenialReason::SharedStateUnavailable { counter },
         ));
     }
     if ctx.per_ip_full {
@@ -173,6 +189,7 @@ mod tests {
             group: "G",
             talked_first,
             per_ip_full,
+            store_unavailable: None,
         }
     }
 
