@@ -5,7 +5,8 @@
 //! by `shared_state.timeout`. A failure or a timeout marks the store down (said once in the
 //! mail log, `mxgate_shared_state_up` 0); while down, calls fail at once with
 //! [`SharedError::Down`] so no reply waits for a store known not to answer, and a background
-//! probe PINGs every [`PROBE_EVERY`] until it answers again (said once, gauge 1).
+//! probe PINGs every [`PROBE_EVERY`] (so an idle node notices an outage too) and reconnects
+//! once it answers again (said once, gauge 1).
 
 pub mod counters;
 pub mod settings;
@@ -264,14 +265,22 @@ impl SharedState {
     }
 }
 
-/// While the store is down, tries it every [`PROBE_EVERY`]; ends with the last handle.
+/// Every [`PROBE_EVERY`]: PINGs the store while it is up (an idle node notices an outage
+/// too), tries to reconnect while it is down; ends with the last handle.
 async fn probe(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let state = SharedState { inner: strong };
-        if !state.is_up() {
+        if state.is_up() {
+            // An idle node learns of an outage too (its gauge must not say up meanwhile).
+            let _ = state
+                .run_within(CONNECT_TIMEOUT, |mut c| async move {
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                })
+                .await;
+        } else {
             if let Ok(conn) = state.connect().await {
                 *state.lock() = Some(conn);
                 if !state.inner.up.swap(true, Ordering::SeqCst) {
