@@ -20,10 +20,13 @@ use support::{free_port, wait_until, Client, Mxgate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// The per-IP limits of the `LIMITED` group (clients 127.0.0.9 to 127.0.0.19).
+/// The per-IP limits of the `LIMITED` group (clients 127.0.0.9 to 127.0.0.19); 3 invalid
+/// recipients per hour (harvest protection).
 const PER_HOUR: usize = 20;
 const REFUSED_HOURLY: &str = "452 4.5.3 Too many recipients received this hour\r\n";
 const ACCEPTED: &str = "250 2.1.5 Recipient ok\r\n";
+const MAX_INVALID: usize = 3;
+const DHAP_550: &str = "550 5.7.1 Too many invalid recipients\r\n";
 
 /// A configuration directory: one public listener behind the PROXY protocol, the LIMITED
 /// group (20 recipients per hour, 2 concurrent connections per IP), the shared store at `url`.
@@ -61,7 +64,8 @@ fn config(url: &str, timeout: &str) -> tempfile::TempDir {
             format!(
                 "default:\n  tls: \"off\"\n  pre_greet_pause: 0s\n\
                  policies:\n  ACCEPTED:\n    action: accept\n  LIMITED:\n    action: accept\n    \
-                 max_recipients_per_hour: {PER_HOUR}\n    max_concurrent_connections_per_ip: 2\n"
+                 max_recipients_per_hour: {PER_HOUR}\n    max_concurrent_connections_per_ip: 2\n    \
+                 max_invalid_recipients_per_hour: {MAX_INVALID}\n"
             ),
         ),
         (
@@ -236,6 +240,67 @@ async fn three_nodes_behind_haproxy_share_the_per_ip_limits() {
     .await;
     let (_c4, g4) = client("127.0.0.10", front).await;
     assert!(g4.starts_with("220 "), "{g4}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harvester_refused_on_one_node_is_refused_at_its_first_rcpt_on_the_next() {
+    let Some(redis) = Redis::start() else { return };
+    let Some((nodes, _cfg, _hap, front)) = cluster(&redis) else {
+        return;
+    };
+    wait_gauge(&nodes, 1.0).await;
+    let marks: Vec<usize> = nodes.iter().map(Mxgate::log_mark).collect();
+    let (mut c, greeting) = client("127.0.0.16", front).await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@sender.test>").await.starts_with("250"));
+    for i in 1..=MAX_INVALID {
+        let r = c.cmd(&format!("RCPT TO:<nobody{i}@other.example>")).await;
+        assert!(r.starts_with("550 5.7.1 "), "{r}");
+    }
+    // The 4th invalid recipient passes the limit on this node: refused and dropped.
+    assert_eq!(c.cmd("RCPT TO:<nobody4@other.example>").await, DHAP_550);
+    assert_eq!(c.read_to_close().await, "");
+    let first = (0..3)
+        .find(|&i| {
+            nodes[i]
+                .log_since(marks[i])
+                .contains("address 127.0.0.16 reverse dns")
+        })
+        .unwrap();
+    nodes[first].wait_log(
+        "Dropping connection due to potential Directory Harvest Attack from host=('127.0.0.16'",
+    );
+    // Every invalid recipient was pushed to the store.
+    wait_until("the store counts 4 invalid recipients", || {
+        redis.command(&["GET", "mxgate:dhap:127.0.0.16"]) == "4"
+    })
+    .await;
+    // The next session lands on another node, which learnt the count at connect: even a
+    // valid recipient gets the harvest refusal, at once.
+    let marks: Vec<usize> = nodes.iter().map(Mxgate::log_mark).collect();
+    let (mut c, greeting) = client("127.0.0.16", front).await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    let second = (0..3)
+        .find(|&i| {
+            nodes[i]
+                .log_since(marks[i])
+                .contains("address 127.0.0.16 reverse dns")
+        })
+        .unwrap();
+    assert_ne!(first, second, "round-robin moved the client");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@sender.test>").await.starts_with("250"));
+    assert_eq!(c.cmd("RCPT TO:<r1@example.com>").await, DHAP_550);
+    assert_eq!(c.read_to_close().await, "");
+    nodes[second].wait_log(
+        "RCPT TO: <r1@example.com> refused: max_invalid_recipients_per_hour 3 for 127.0.0.16",
+    );
+    assert_eq!(
+        count(&nodes[second], "Rejected by RAT"),
+        0,
+        "the second node never saw an invalid recipient itself"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
