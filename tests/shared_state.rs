@@ -452,3 +452,72 @@ async fn a_store_that_stops_answering_costs_an_rcpt_at_most_the_timeout() {
     assert!(c.cmd("QUIT").await.starts_with("221"));
     assert_eq!(gauge(&m, "mxgate_shared_state_up"), Some(0.0));
 }
+
+/// PEM text of DER blocks.
+fn pem(label: &str, ders: &[&[u8]]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_file() {
+    let pki = support::pki::TestPki::new();
+    let leaf = pki.leaf(&["localhost"], None);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        certs.path().join("redis.crt"),
+        certs.path().join("redis.key"),
+    );
+    let chain: Vec<&[u8]> = leaf.chain.iter().map(|c| c.as_ref()).collect();
+    std::fs::write(&cert, pem("CERTIFICATE", &chain)).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &[leaf.key.secret_der()])).unwrap();
+    let Some(redis) = Redis::start_tls(&cert, &key, Some("s3cret-pw")) else {
+        return;
+    };
+    let tls_port = redis.tls.as_ref().unwrap().0;
+    // The name in the URL is checked against the certificate (localhost), with the CA of
+    // ca_file; the password comes from its file.
+    let url = format!("rediss://localhost:{tls_port}/0");
+    let cfg = config(&url, "500ms");
+    pki.write_ca(&cfg.path().join("redis-ca.pem"));
+    std::fs::write(cfg.path().join("redis.pass"), "s3cret-pw\n").unwrap();
+    let global = std::fs::read_to_string(cfg.path().join("mxgate.yaml")).unwrap();
+    std::fs::write(
+        cfg.path().join("mxgate.yaml"),
+        format!("{global}  password_file: redis.pass\n  ca_file: redis-ca.pem\n"),
+    )
+    .unwrap();
+    let m = node(cfg.path());
+    wait_gauge(std::slice::from_ref(&m), 1.0).await;
+    let mut c = Client::connect(m.addr("inbound"), Some("127.0.0.17")).await;
+    assert!(c.reply().await.starts_with("220 "));
+    assert!(c.cmd("HELO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@sender.test>").await.starts_with("250"));
+    assert_eq!(c.cmd("RCPT TO:<r1@example.com>").await, ACCEPTED);
+    assert_eq!(redis.command(&["GET", "mxgate:rcpt:127.0.0.17"]), "1");
+    drop(m);
+
+    // Without the private CA the server is not trusted: the store is unavailable.
+    std::fs::write(
+        cfg.path().join("mxgate.yaml"),
+        format!("{global}  password_file: redis.pass\n"),
+    )
+    .unwrap();
+    let m = node(cfg.path());
+    assert_eq!(gauge(&m, "mxgate_shared_state_up"), Some(0.0));
+    let text = m.log_text();
+    assert!(
+        text.contains(&format!("shared state: {url} unavailable (")),
+        "{text}"
+    );
+}
