@@ -39,7 +39,9 @@
 //!   is paused and jumps there); the mail log must then name the `what timeout`
 //! - `=SHUTDOWN` the server shuts down (the driver's `force_close` turns true) during a read
 //! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke
-//!   first (first directive only: how the connection opened)
+//!   first; `=SHARED-UNAVAILABLE connections|harvest` the shared store did not answer for
+//!   that counter under `when_unavailable: tempfail` (first directive only: how the
+//!   connection opened)
 //!
 //! The script is checked when the driver asks it for more: at each read (replies and log
 //! lines up to the next input), at the handshake, and after the driver returns. Every reply
@@ -372,7 +374,7 @@ impl Replay {
                     }
                 }
                 "=COMMIT-FAIL" => self.commit_fail = true,
-                "=CONCURRENCY-FULL" | "=PREGREET" => {
+                "=CONCURRENCY-FULL" | "=PREGREET" | "=SHARED-UNAVAILABLE" => {
                     self.fail(lineno, format!("{tag} must come before anything else"))
                 }
                 other => self.fail(lineno, format!("unknown directive {other:?}")),
@@ -797,6 +799,12 @@ fn run_transcript(path: &Path) {
     let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {
         Some("=PREGREET") => (Opening::PreGreet, 1),
         Some("=CONCURRENCY-FULL") => (Opening::ConcurrencyFull, 1),
+        Some("=SHARED-UNAVAILABLE") => (
+            Opening::SharedStateUnavailable {
+                harvest: steps[0].arg == "harvest",
+            },
+            1,
+        ),
         _ => (Opening::Normal, 0),
     };
     let (force_close, closing) = watch::channel(false);
@@ -924,6 +932,7 @@ transcript_tests! {
     t54_forged_headers_streaming => "54_forged_headers_streaming.txt",
     t55_shared_hourly_pipelined => "55_shared_hourly_pipelined.txt",
     t56_shared_hourly_tempfail => "56_shared_hourly_tempfail.txt",
+    t57_shared_connect_tempfail => "57_shared_connect_tempfail.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 
