@@ -211,6 +211,11 @@ async fn three_nodes_behind_haproxy_share_the_per_ip_limits() {
     let (_c2, g2) = client("127.0.0.10", front).await;
     assert!(g1.starts_with("220 ") && g2.starts_with("220 "), "{g1}{g2}");
     assert_eq!(redis.command(&["ZCARD", "mxgate:conn:127.0.0.10"]), ":2");
+    // Leases expire unless their node refreshes them (a dead node's slots free themselves).
+    let pttl: i64 = redis.command(&["PTTL", "mxgate:conn:127.0.0.10"])[1..]
+        .parse()
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 60_000, "PTTL {pttl}");
     let marks: Vec<usize> = nodes.iter().map(Mxgate::log_mark).collect();
     let (mut c3, g3) = client("127.0.0.10", front).await;
     assert_eq!(
