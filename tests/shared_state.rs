@@ -309,6 +309,34 @@ async fn a_harvester_refused_on_one_node_is_refused_at_its_first_rcpt_on_the_nex
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_keep_their_leases_fresh() {
+    let Some(redis) = Redis::start() else { return };
+    let cfg = config(&redis.url(), "500ms");
+    let m = node(cfg.path());
+    wait_gauge(std::slice::from_ref(&m), 1.0).await;
+    let mut c = Client::connect(m.addr("inbound"), Some("127.0.0.18")).await;
+    assert!(c.reply().await.starts_with("220 "));
+    let pttl = || -> i64 {
+        redis.command(&["PTTL", "mxgate:conn:127.0.0.18"])[1..]
+            .parse()
+            .unwrap()
+    };
+    let first = pttl();
+    assert!(first > 50_000 && first <= 60_000, "PTTL {first}");
+    // A lease lives 60 s; the node extends its open leases every 20 s. After 25 s an
+    // unrefreshed lease would have 35 s left.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let later = pttl();
+    assert!(later > 38_000, "PTTL {later}: the lease was not refreshed");
+    assert_eq!(redis.command(&["ZCARD", "mxgate:conn:127.0.0.18"]), ":1");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    wait_until("the lease is given back", || {
+        redis.command(&["EXISTS", "mxgate:conn:127.0.0.18"]) == ":0"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_mail_flows_under_local_limits_and_counting_resumes() {
     let Some(mut redis) = Redis::start() else {
         return;
