@@ -111,16 +111,9 @@ pub(crate) fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
         ));
     }
     if let Some(counter) = ctx.store_unavailable {
-        return Err(Denial::new(
-            Reply::new(
-                421,
-                Enhanced(4, 3, 0),
-                format!(
-                    "{} Temporary local problem, please try again later",
-                    ctx.hostname
-                ),
-            ),
-            DenialReason::SharedStateUnavailable { counter },
+        return Err(super::shared::store_unavailable_at_connect(
+            ctx.hostname,
+            counter,
         ));
     }
     if ctx.per_ip_full {

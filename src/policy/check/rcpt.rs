@@ -100,7 +100,7 @@ pub(crate) enum RcptPermit {
     /// a report for the intake.
     Report(Permit),
     /// Accepted if the shared store gives one recipient of the hourly budget: ask, then
-    /// call [`check_hourly_answer`].
+    /// call [`super::shared::check_hourly_answer`].
     TakeHourly {
         /// The reply once taken.
         permit: Permit,
@@ -138,49 +138,13 @@ fn hourly(ctx: &RcptCtx, reply: Option<Reply>, report: bool) -> Result<RcptPermi
 }
 
 /// The refusal of a client whose `max_recipients_per_hour` is spent.
-fn hourly_denial(p: &MailFlowPolicy, ip: std::net::IpAddr) -> Denial {
+pub(super) fn hourly_denial(p: &MailFlowPolicy, ip: std::net::IpAddr) -> Denial {
     let per_hour = &p.max_recipients_per_hour;
     limit_denial(
         p,
         &per_hour.reply,
         per_hour.max,
         LimitKind::RecipientsPerHour { ip },
-    )
-}
-
-/// Decides a [`RcptPermit::TakeHourly`] from the store's answer; without one, by
-/// `when_unavailable.recipients_per_hour`: `local` takes from this node's count
-/// (`take_local`), `tempfail` refuses with 451 4.3.0.
-pub(crate) fn check_hourly_answer(
-    p: &MailFlowPolicy,
-    ip: std::net::IpAddr,
-    answer: HourlyAnswer,
-    fallback: crate::shared_state::settings::Fallback,
-    take_local: &dyn Fn() -> bool,
-) -> Result<(), Denial> {
-    use crate::shared_state::settings::Fallback;
-    match (answer, fallback) {
-        (HourlyAnswer::Taken, _) => Ok(()),
-        (HourlyAnswer::Spent, _) => Err(hourly_denial(p, ip)),
-        (HourlyAnswer::Unavailable, Fallback::Local) => match take_local() {
-            true => Ok(()),
-            false => Err(hourly_denial(p, ip)),
-        },
-        (HourlyAnswer::Unavailable, Fallback::Tempfail) => {
-            Err(shared_unavailable("recipients_per_hour"))
-        }
-    }
-}
-
-/// 451 4.3.0 for a counter whose store does not answer under `when_unavailable: tempfail`.
-pub(crate) fn shared_unavailable(counter: &'static str) -> Denial {
-    Denial::new(
-        Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "Temporary local problem, please try again later",
-        ),
-        DenialReason::SharedStateUnavailable { counter },
     )
 }
 

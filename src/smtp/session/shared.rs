@@ -1,12 +1,13 @@
 //! `RCPT TO` when the hourly budget is in the shared store (`shared_state:`): the session
 //! asks the driver ([`Action::TakeRecipient`]) and waits in `Phase::TakingRecipient`; the
 //! answer comes back through [`Session::recipient_taken`], and
-//! [`rcpt::check_hourly_answer`] decides (the store's answer, else `when_unavailable`).
+//! [`shared::check_hourly_answer`] decides (the store's answer, else `when_unavailable`).
 //! Pipelined commands behind the RCPT wait in the driver's buffer, so replies stay in order.
 
 use super::{Action, Phase, Session};
 use crate::mail_log::Event;
-use crate::policy::check::rcpt::{self, HourlyAnswer};
+use crate::policy::check::rcpt::HourlyAnswer;
+use crate::policy::check::shared;
 use crate::policy::check::Permit;
 use crate::shared_state::settings::Fallback;
 
@@ -69,7 +70,7 @@ impl Session {
         let (rate, ip) = (&self.p.rate, self.p.peer_ip);
         let max = self.policy.max_recipients_per_hour.max;
         let take_local = || rate.try_recipient(ip, max);
-        match rcpt::check_hourly_answer(&self.policy, ip, answer, fallback, &take_local) {
+        match shared::check_hourly_answer(&self.policy, ip, answer, fallback, &take_local) {
             Ok(()) => {
                 if let Some(e) = p.note {
                     self.log(e);
