@@ -145,6 +145,7 @@ fn session_params() -> SessionParams {
         rate: RateLimiter::new(Arc::new(SystemClock)),
         env: Arc::new(BenchEnv),
         reports: None,
+        shared_limits: None,
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`tlsrpt`]: TLS-RPT (RFC 8460) reports from senders — decode, validate, store, count.
 //! - [`dnscheck`]: `mxgate dns check` — the domain's MTA-STS, TLS-RPT, MX and TLSA records
 //!   against what mxgate serves; the DANE and MTA-STS gauges reuse its checks.
+//! - [`shared_state`]: counters several gateways share in Redis/Valkey (`shared_state:`).
 //! - [`certs`]: certificate files behind `mxgate certs` (self-signed, CSR, install, PKCS#12).
 //!
 //! The `mxgate` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these.
@@ -41,6 +42,7 @@ pub mod mta_sts;
 pub mod net;
 pub mod policy;
 pub mod relay;
+pub mod shared_state;
 pub mod smtp;
 pub mod spool;
 pub mod tlsrpt;

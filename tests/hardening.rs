@@ -16,15 +16,16 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::client::connect_from;
 use support::dnsmasq::Dnsmasq;
+use support::haproxy::Haproxy;
 use support::{copy_dir, free_port, repo, Client, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Connects to a PROXY listener presenting `ip` (v1 header, TCP4 or TCP6).
 async fn connect_as(addr: SocketAddr, ip: &str) -> Client<TcpStream> {
@@ -342,87 +343,6 @@ async fn a_dns_server_that_never_answers_costs_one_timeout_not_the_sum() {
 // ---------------------------------------------------------------------------------------------
 // PROXY protocol behind a real HAProxy
 // ---------------------------------------------------------------------------------------------
-
-/// HAProxy in TCP mode: frontend name -> (port, PROXY version it sends to the backend).
-struct Haproxy {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    /// `routes`: (frontend port, backend address, `send-proxy` or `send-proxy-v2`).
-    fn start(routes: &[(u16, SocketAddr, &str)]) -> Option<Haproxy> {
-        let bin = "/usr/sbin/haproxy";
-        if !Path::new(bin).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "haproxy must be installed in CI (Debian package haproxy)"
-            );
-            eprintln!("SKIP: haproxy not installed");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = String::from(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
-        );
-        for (i, (port, backend, send)) in routes.iter().enumerate() {
-            cfg.push_str(&format!(
-                "frontend f{i}\n  bind 127.0.0.1:{port}\n  default_backend b{i}\nbackend b{i}\n  server s{i} {backend} {send}\n"
-            ));
-        }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, &cfg).unwrap();
-        let check = std::process::Command::new(bin)
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .expect("haproxy -c");
-        assert!(
-            check.status.success(),
-            "haproxy config:\n{cfg}\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = std::process::Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start haproxy");
-        let h = Haproxy { child, _dir: dir };
-        // Ready once every frontend port is taken. Probing with a connection would make
-        // HAProxy open a backend connection (and send a PROXY header) for the probe.
-        for (port, _, _) in routes {
-            let mut up = false;
-            for _ in 0..250 {
-                if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
-                    up = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert!(up, "haproxy did not listen on {port}");
-        }
-        Some(h)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Connects to `to` from the loopback address `from` (any of 127/8 works on Linux).
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
-        .unwrap();
-    sock.connect(to).await.unwrap()
-}
 
 /// Reads exactly one PROXY header (v1 line or v2 binary) as a backend receives it.
 async fn read_proxy_header(s: &mut TcpStream) -> Vec<u8> {

@@ -24,6 +24,8 @@ command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 # HAProxy sends PROXY v1/v2 headers in the load-balancer tests.
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# A private redis-server holds the counters several gateways share (tests/shared_state.rs).
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 # A private OpenLDAP slapd answers the ldap: recipient-validation tests (tests/validate_ldap.rs).
 [ -x /usr/sbin/slapd ] || need+=(slapd ldap-utils)
 if [ ${#need[@]} -gt 0 ]; then

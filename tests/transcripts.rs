@@ -19,6 +19,10 @@
 //!   `(sender) ADDRESS`. After DATA (`dmarc:` on), `dkim=pass` (one signature of the sender's
 //!   domain, else none) and `dmarc=RESULT/POLICY` (`pass`, `fail`, `temperror`, `none`;
 //!   `reject`, `quarantine`, `none`; default `none/none`) answer for the sender's message
+//! - `@shared local|tempfail` the hourly recipient budget is in the shared store, with this
+//!   `when_unavailable`; `@hourly ANSWER...` what the store answers to the takes, in order:
+//!   `taken`, `spent` or `unavailable`. Each take adds the log line `(hourly) IP max N`; a
+//!   take without an answer fails the test
 //! - `C: line` a command line (CRLF appended); consecutive C:/R: lines are one packet, which
 //!   the driver gets from one read
 //! - `R: text` raw bytes with escapes `\r \n \t \0 \\ \xNN`, no CRLF appended (joins the packet)
@@ -35,7 +39,9 @@
 //!   is paused and jumps there); the mail log must then name the `what timeout`
 //! - `=SHUTDOWN` the server shuts down (the driver's `force_close` turns true) during a read
 //! - `=CONCURRENCY-FULL` refuse as the per-IP connection limit does; `=PREGREET` client spoke
-//!   first (first directive only: how the connection opened)
+//!   first; `=SHARED-UNAVAILABLE connections|harvest` the shared store did not answer for
+//!   that counter under `when_unavailable: tempfail` (first directive only: how the
+//!   connection opened)
 //!
 //! The script is checked when the driver asks it for more: at each read (replies and log
 //! lines up to the next input), at the handshake, and after the driver returns. Every reply
@@ -67,7 +73,9 @@ use mxgate::net::driver::{Backend, ClientStream, Driver, StartTls};
 use mxgate::policy::flow::ClientCert;
 use mxgate::policy::hat::{Peer, ReverseDns};
 use mxgate::policy::rate::RateLimiter;
-use mxgate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
+use mxgate::shared_state::counters::HourlyAnswer;
+use mxgate::shared_state::settings::{Fallback, WhenUnavailable};
+use mxgate::smtp::session::{HourlyRequest, Opening, Session, SessionEnv, SessionParams, TlsInfo};
 use mxgate::validate::destination::{Checked, Source};
 use mxgate::validate::rule::{ValidationMethod, ValidationRequest};
 
@@ -209,6 +217,8 @@ struct Replay {
     answers: std::collections::HashMap<String, String>,
     /// `@sender` answers by address.
     senders: std::collections::HashMap<String, String>,
+    /// `@hourly` answers, in the order the takes come.
+    hourly: VecDeque<String>,
 }
 
 type Shared = Arc<Mutex<Replay>>;
@@ -364,7 +374,7 @@ impl Replay {
                     }
                 }
                 "=COMMIT-FAIL" => self.commit_fail = true,
-                "=CONCURRENCY-FULL" | "=PREGREET" => {
+                "=CONCURRENCY-FULL" | "=PREGREET" | "=SHARED-UNAVAILABLE" => {
                     self.fail(lineno, format!("{tag} must come before anything else"))
                 }
                 other => self.fail(lineno, format!("unknown directive {other:?}")),
@@ -480,6 +490,20 @@ impl Backend for ScriptedBackend {
             .expect("a report without policies/tlsrpt.yaml");
         // The RFC 8460 example's range is in 2016; any later time is fine.
         intake.mail(message.as_deref(), 1_796_428_800)
+    }
+
+    async fn take_recipient(&mut self, req: &HourlyRequest) -> HourlyAnswer {
+        let mut r = self.0.lock().unwrap();
+        r.logs.push(format!("(hourly) {} max {}", req.ip, req.max));
+        match r.hourly.pop_front().as_deref() {
+            Some("taken") => HourlyAnswer::Taken,
+            Some("spent") => HourlyAnswer::Spent,
+            Some("unavailable") => HourlyAnswer::Unavailable,
+            other => r.fail(
+                0,
+                format!("hourly take without an @hourly answer: {other:?}"),
+            ),
+        }
     }
 
     async fn verify_sender(&mut self, req: &SenderRequest) -> SenderAnswer {
@@ -673,6 +697,8 @@ fn run_transcript(path: &Path) {
     let mut tls_available = true;
     let mut answers = std::collections::HashMap::new();
     let mut senders = std::collections::HashMap::new();
+    let mut hourly = VecDeque::new();
+    let mut shared_limits = None;
     let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (directive, arg) = line.split_once(' ').unwrap_or((line, ""));
@@ -695,6 +721,18 @@ fn run_transcript(path: &Path) {
                 let (addr, answer) = arg.split_once(' ').unwrap_or((arg, ""));
                 senders.insert(addr.to_ascii_lowercase(), answer.to_string());
             }
+            "@shared" => {
+                let fallback = match arg {
+                    "local" => Fallback::Local,
+                    "tempfail" => Fallback::Tempfail,
+                    _ => panic!("{name}:{}: bad @shared", i + 1),
+                };
+                shared_limits = Some(WhenUnavailable {
+                    recipients_per_hour: fallback,
+                    ..WhenUnavailable::default()
+                });
+            }
+            "@hourly" => hourly.extend(arg.split_whitespace().map(str::to_string)),
             "@validate" => {
                 let (addr, answer) = arg.split_once(' ').unwrap_or((arg, ""));
                 answers.insert(addr.to_ascii_lowercase(), answer.to_string());
@@ -751,6 +789,7 @@ fn run_transcript(path: &Path) {
             mid: AtomicU64::new(1),
         }),
         reports: cfg.tlsrpt.clone(),
+        shared_limits,
     };
     let intake = cfg.tlsrpt.clone().map(|t| {
         let dir = tempfile::tempdir().unwrap();
@@ -760,6 +799,12 @@ fn run_transcript(path: &Path) {
     let (opening, first) = match steps.first().map(|s| s.tag.as_str()) {
         Some("=PREGREET") => (Opening::PreGreet, 1),
         Some("=CONCURRENCY-FULL") => (Opening::ConcurrencyFull, 1),
+        Some("=SHARED-UNAVAILABLE") => (
+            Opening::SharedStateUnavailable {
+                harvest: steps[0].arg == "harvest",
+            },
+            1,
+        ),
         _ => (Opening::Normal, 0),
     };
     let (force_close, closing) = watch::channel(false);
@@ -780,6 +825,7 @@ fn run_transcript(path: &Path) {
         bless: blessing().then(Bless::default),
         answers,
         senders,
+        hourly,
     }));
     let driver = Driver::new(
         Session::new(params),
@@ -884,6 +930,9 @@ transcript_tests! {
     t52_spf_at_data => "52_spf_at_data.txt",
     t53_dmarc_enforce => "53_dmarc_enforce.txt",
     t54_forged_headers_streaming => "54_forged_headers_streaming.txt",
+    t55_shared_hourly_pipelined => "55_shared_hourly_pipelined.txt",
+    t56_shared_hourly_tempfail => "56_shared_hourly_tempfail.txt",
+    t57_shared_connect_tempfail => "57_shared_connect_tempfail.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

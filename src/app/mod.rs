@@ -61,6 +61,9 @@ pub enum AppError {
     /// Outbound TLS (client certificate) problem.
     #[error(transparent)]
     OutboundTls(#[from] crate::relay::outbound_tls::OutboundTlsError),
+    /// The shared-state client could not be built.
+    #[error(transparent)]
+    SharedState(#[from] crate::shared_state::SharedStateError),
     /// A bind address could not be bound.
     #[error("listener {listener}: cannot bind {addr}: {cause}")]
     Bind {
@@ -160,6 +163,8 @@ struct Shared {
     validator: Arc<crate::validate::service::Validator>,
     /// The TLS-RPT intake of the current configuration (replaced on reload).
     tlsrpt: Option<Arc<Intake>>,
+    /// The store shared with other gateways (`shared_state:`; a change needs a restart).
+    shared_state: Option<crate::shared_state::SharedState>,
 }
 
 /// The TLS-RPT intake of `config` (`policies/tlsrpt.yaml`), storing under its spool.
@@ -217,6 +222,7 @@ fn build_context(
         validator: Some(shared.validator.clone()),
         tlsrpt: shared.tlsrpt.clone(),
         sender_auth: crate::auth::SenderAuth::new(resolver),
+        shared_state: shared.shared_state.clone(),
     })
 }
 
@@ -265,6 +271,10 @@ impl Running {
                 slot,
                 build_context(l, &shared, &resolver, &config.global.certs_dir, false)?,
             ));
+        }
+        let running = self.shared.shared_state.as_ref().map(|s| s.settings());
+        if config.global.shared_state.as_deref() != running {
+            self.warn("reload: shared_state changed; the change needs a restart".into());
         }
         if config.global.metrics_listen != self.metrics_listen {
             let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
@@ -435,7 +445,15 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let live = LiveRecipients::new(config, validator.clone());
     let recipients = Arc::new(ArcSwap::from_pointee(live));
     let queue = start_queue(config, &spool, &mail_log, recipients.clone())?;
+    let shared_state = match &config.global.shared_state {
+        Some(settings) => Some(
+            crate::shared_state::SharedState::start(settings.clone(), Some(mail_log.clone()))
+                .await?,
+        ),
+        None => None,
+    };
     let shared = Shared {
+        shared_state,
         validator,
         tlsrpt: intake(config),
         resolver,

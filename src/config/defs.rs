@@ -80,6 +80,9 @@ pub(crate) struct GlobalDef {
     /// How the mail-flow policies' per-IP limits count clients.
     #[serde(default)]
     pub per_ip: Option<PerIpDef>,
+    /// Counters shared with other gateways in Redis/Valkey (default: none, all local).
+    #[serde(default)]
+    pub shared_state: Option<Spanned<super::shared_state::SharedStateDef>>,
 }
 
 /// `per_ip:` in `mxgate.yaml`.

@@ -140,6 +140,11 @@ impl<'a> FileErrors<'a> {
         self.at(Pos::of(s), "", message);
     }
 
+    /// Errors and warnings recorded so far (in every file of the sink).
+    pub(crate) fn count(&self) -> usize {
+        self.sink.len()
+    }
+
     /// Records an error about the whole file.
     pub(crate) fn whole(&mut self, message: impl Into<String>) {
         self.at(Pos::default(), "", message);

@@ -308,7 +308,9 @@ fn build_global(dir: &Path, d: &GlobalDef, o: &Overrides, e: &mut FileErrors<'_>
         d.metrics.as_ref().and_then(|m| m.sender_orgs.as_ref()),
         e,
     );
+    let shared_state = super::shared_state::build_shared_state(d.shared_state.as_ref(), dir, e);
     Global {
+        shared_state,
         delivery,
         per_ip_ipv6_prefix,
         sender_orgs,

@@ -16,6 +16,7 @@ mod recover;
 mod routes;
 pub(crate) mod sender_auth;
 mod sender_orgs;
+mod shared_state;
 mod tables;
 mod tlsrpt;
 mod validation;
@@ -31,6 +32,8 @@ mod tests_network;
 mod tests_outbound;
 #[cfg(test)]
 mod tests_policies;
+#[cfg(test)]
+mod tests_shared_state;
 #[cfg(test)]
 mod tests_tlsrpt;
 #[cfg(test)]

@@ -159,6 +159,8 @@ pub struct Global {
     /// The `sender_org` metrics label's suffix table: the shipped one with
     /// `metrics.sender_orgs` applied.
     pub sender_orgs: Arc<SenderOrgs>,
+    /// Counters shared with other gateways (`shared_state:`); `None` = everything local.
+    pub shared_state: Option<Arc<crate::shared_state::settings::SharedStateSettings>>,
 }
 
 /// `delivery:` settings.

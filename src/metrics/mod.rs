@@ -9,6 +9,7 @@ pub(crate) mod dane;
 mod ready;
 pub(crate) mod sender_auth;
 pub mod sender_org;
+pub(crate) mod shared_state;
 pub(crate) mod tlsrpt;
 pub(crate) mod validation;
 
@@ -182,6 +183,7 @@ fn describe() {
     sender_auth::describe();
     tlsrpt::describe();
     dane::describe();
+    shared_state::describe();
 }
 
 /// How long a response of the metrics endpoint may take to write.

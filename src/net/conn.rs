@@ -24,7 +24,7 @@ use crate::net::proxy::{self, ProxyParse};
 use crate::net::tls;
 use crate::net::write_bound::{bounded_write, write_deadline};
 use crate::policy::check::connect;
-use crate::policy::flow::{Action as PolicyAction, ClientCert};
+use crate::policy::flow::ClientCert;
 use crate::policy::hat::{Peer, ReverseDns};
 use crate::policy::rate::RateLimiter;
 use crate::smtp::session::{Opening, Session, SessionEnv, SessionParams, TlsInfo};
@@ -56,6 +56,8 @@ pub(crate) struct ListenerContext {
     pub tlsrpt: Option<Arc<crate::tlsrpt::intake::Intake>>,
     /// Sender authentication (DNS verification, SPF) on the same resolver.
     pub sender_auth: crate::auth::SenderAuth,
+    /// The store shared with other gateways (`shared_state:`), when configured.
+    pub shared_state: Option<crate::shared_state::SharedState>,
 }
 
 /// Handles one accepted TCP connection to the end.
@@ -149,6 +151,8 @@ pub(crate) async fn handle(
         dnslists_listed: dnsbl::peer_entries(&dnslists),
     });
     let policy = classification.policy.clone();
+    // Boxed: the store's future is large, and the task keeps its largest state for life.
+    let slot = Box::pin(crate::net::per_ip::per_ip_slot(&ctx, peer_ip, &policy)).await;
     let labels = InboundLabels {
         listener: ctx.listener.name.clone(),
         sender_group: classification.group.clone(),
@@ -176,24 +180,22 @@ pub(crate) async fn handle(
             .as_ref()
             .filter(|_| ctx.listener.kind == crate::config::model::ListenerKind::Public)
             .map(|i| i.settings_arc()),
+        shared_limits: ctx
+            .shared_state
+            .as_ref()
+            .map(|s| s.settings().when_unavailable),
     };
     let session = Session::new(params);
-    let slot = if matches!(policy.action, PolicyAction::TcpRefuse) {
-        None
-    } else {
-        ctx.rate
-            .try_connect(peer_ip, policy.max_concurrent_connections_per_ip.max)
-    };
     // Watch for a client that talks first until the pause is over (time spent on DNS counts);
     // what the session makes of it is decided by `check::connect`.
-    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_none());
+    let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_err());
     let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
         Opening::PreGreet
-    } else if slot.is_none() && policy.action != PolicyAction::TcpRefuse {
-        // (TCPREFUSE asks for no slot.)
-        Opening::ConcurrencyFull
     } else {
-        Opening::Normal
+        match slot {
+            Err(refused) => refused,
+            Ok(_) => Opening::Normal,
+        }
     };
     let _slot = slot;
     let backend = SpoolBackend {
@@ -444,6 +446,41 @@ impl Backend for SpoolBackend<'_> {
                 transition: None,
             },
         }
+    }
+
+    async fn take_recipient(
+        &mut self,
+        req: &crate::smtp::session::HourlyRequest,
+    ) -> crate::shared_state::counters::HourlyAnswer {
+        use crate::shared_state::counters::{self, HourlyAnswer};
+        let Some(shared) = &self.ctx.shared_state else {
+            return HourlyAnswer::Unavailable;
+        };
+        let key = self.ctx.rate.key(req.ip).to_string();
+        match counters::take_recipient(shared, &key, req.max).await {
+            Ok(true) => HourlyAnswer::Taken,
+            Ok(false) => HourlyAnswer::Spent,
+            Err(_) => {
+                shared.fallback("recipients_per_hour");
+                HourlyAnswer::Unavailable
+            }
+        }
+    }
+
+    fn count_invalid(&mut self, ip: std::net::IpAddr) {
+        let Some(shared) = self.ctx.shared_state.clone() else {
+            return;
+        };
+        let rate = self.ctx.rate.clone();
+        let key = rate.key(ip).to_string();
+        // Not awaited: the local count already decided this RCPT; the global count raises
+        // it for the next ones.
+        tokio::spawn(async move {
+            match crate::shared_state::counters::count_invalid(&shared, &key).await {
+                Ok(global) => rate.observe_invalid(ip, global),
+                Err(_) => shared.fallback("harvest"),
+            }
+        });
     }
 
     async fn verify_sender(

@@ -87,6 +87,20 @@ pub trait Backend: Send {
         &mut self,
         req: &crate::auth::MessageRequest,
     ) -> impl Future<Output = crate::auth::MessageAnswer> + Send;
+    /// Takes one recipient of a client's hourly budget from the shared store (bounded by
+    /// `shared_state.timeout` inside; the driver adds shutdown). Without a store: unavailable.
+    fn take_recipient(
+        &mut self,
+        req: &crate::smtp::session::HourlyRequest,
+    ) -> impl Future<Output = crate::shared_state::counters::HourlyAnswer> + Send {
+        let _ = req;
+        async { crate::shared_state::counters::HourlyAnswer::Unavailable }
+    }
+    /// Counts one invalid recipient of `ip` in the shared store, in the background (the
+    /// global count it answers raises the local one). Without a store: nothing.
+    fn count_invalid(&mut self, ip: std::net::IpAddr) {
+        let _ = ip;
+    }
     /// Takes the TLS-RPT report out of a message to a report address (`None`: the message
     /// passed the intake's size limit).
     fn ingest_report(
@@ -215,6 +229,11 @@ impl<B: Backend> Driver<B> {
                         self.write_logs(&mut logs);
                         Box::pin(self.validate(req)).await;
                     }
+                    Action::TakeRecipient(req) => {
+                        self.write_logs(&mut logs);
+                        Box::pin(self.take_recipient(req)).await;
+                    }
+                    Action::CountInvalid(ip) => self.backend.count_invalid(ip),
                     Action::VerifySender(req) => {
                         self.write_logs(&mut logs);
                         Box::pin(self.verify_sender(req)).await;
@@ -323,6 +342,19 @@ impl<B: Backend> Driver<B> {
             started.elapsed().as_secs_f64(),
         );
         self.session.recipient_validated(checked);
+    }
+
+    /// Takes a recipient of the hourly budget from the shared store for the session; the
+    /// backend bounds it with `shared_state.timeout`. Shutdown interrupts it.
+    async fn take_recipient(&mut self, req: crate::smtp::session::HourlyRequest) {
+        let answer = tokio::select! {
+            a = self.backend.take_recipient(&req) => a,
+            _ = self.force_close.changed() => {
+                self.session.shutdown();
+                return;
+            }
+        };
+        self.session.recipient_taken(answer);
     }
 
     /// Runs a sender's authentication for the session, bounded like [`Driver::validate`];

@@ -114,7 +114,7 @@ impl RateLimiter {
     }
 
     /// The key `ip` is counted under: the IPv4 address, or the IPv6 address's network.
-    fn key(&self, ip: IpAddr) -> IpAddr {
+    pub(crate) fn key(&self, ip: IpAddr) -> IpAddr {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let mask = u128::MAX
@@ -207,6 +207,24 @@ impl RateLimiter {
             count: e.invalid,
             exceeded: e.invalid > max,
         }
+    }
+
+    /// Raises `ip`'s invalid-recipient count to `global`, the count every node together
+    /// has (from the shared store): the local decision then sees what other nodes saw.
+    /// Never lowers it; starts a window if none runs.
+    pub(crate) fn observe_invalid(&self, ip: IpAddr, global: u64) {
+        if global == 0 {
+            return;
+        }
+        let now = self.clock.now();
+        let key = self.key(ip);
+        let mut t = self.lock();
+        let e = t.entry(key).or_default();
+        if e.invalid_now(now) == 0 {
+            e.invalid_window_start = Some(now);
+            e.invalid = 0;
+        }
+        e.invalid = e.invalid.max(global);
     }
 
     /// True when `ip` already passed `max` invalid recipients this hour: every further

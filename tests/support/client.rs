@@ -13,6 +13,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+/// Connects to `to` from the loopback address `from` (any of 127/8 works on Linux): a
+/// client address a load balancer passes on.
+pub async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    sock.connect(to).await.unwrap()
+}
+
 /// Line-level SMTP client over any stream.
 pub struct Client<S> {
     pub io: BufReader<S>,

@@ -7,16 +7,19 @@
 //! - [`Dnsmasq`](dnsmasq::Dnsmasq) serves test zones, [`pki`] makes test certificates;
 //! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
 //! - [`slapd`] runs a private OpenLDAP slapd loaded from an LDIF;
+//! - [`haproxy`] runs a private HAProxy sending PROXY headers, [`redis`] a private redis-server;
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod dnsmasq;
+pub mod haproxy;
 pub mod log;
 pub mod mxgate;
 pub mod pki;
 pub mod postfix;
+pub mod redis;
 pub mod server;
 pub mod sink;
 pub mod slapd;

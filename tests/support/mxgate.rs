@@ -79,8 +79,13 @@ impl Mxgate {
 
     /// [`Mxgate::start`] with a fresh temporary work directory, removed with the guard.
     pub fn start_in_temp(cfg: &Path) -> Mxgate {
+        Self::start_in_temp_with(cfg, &[])
+    }
+
+    /// [`Mxgate::start_in_temp`] with `extra` arguments, as [`Mxgate::start_with`].
+    pub fn start_in_temp_with(cfg: &Path, extra: &[&str]) -> Mxgate {
         let tmp = tempfile::tempdir().unwrap();
-        let mut m = Self::start(cfg, tmp.path());
+        let mut m = Self::start_with(cfg, tmp.path(), extra);
         m._tmp = Some(tmp);
         m
     }

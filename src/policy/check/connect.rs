@@ -94,6 +94,9 @@ pub(crate) struct ConnectCtx<'a> {
     pub talked_first: bool,
     /// The client's address already holds its maximum of concurrent connections.
     pub per_ip_full: bool,
+    /// The shared store did not answer for this counter and its `when_unavailable` is
+    /// `tempfail`.
+    pub store_unavailable: Option<&'static str>,
 }
 
 /// The opening: the greeting, or why not.
@@ -121,6 +124,12 @@ pub(crate) fn check_connect(ctx: &ConnectCtx) -> Result<Permit, Denial> {
                 "Protocol error: data sent before greeting",
             ),
             DenialReason::PreGreet,
+        ));
+    }
+    if let Some(counter) = ctx.store_unavailable {
+        return Err(super::shared::store_unavailable_at_connect(
+            ctx.hostname,
+            counter,
         ));
     }
     if ctx.per_ip_full {
@@ -189,6 +198,7 @@ mod tests {
             group: "G",
             talked_first,
             per_ip_full,
+            store_unavailable: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! | rcpt | [`rcpt`] | `RCPT TO`: non-ASCII without SMTPUTF8 (553), relay tricks (550), DHAP (550, then the connection is dropped), the RAT (550 or its own 250), recipients per message and per hour (452), 250 |
 //! | mail (2nd step) | [`sender`] | envelope-sender DNS verification (553 malformed / not existing, 451 unresolvable), SPF under `reject_fail` (550 5.7.23, 451 4.7.24; at `spf_at`) |
 //! | data | [`data`] | `DATA` without recipients (554), 354, the message size (552), the spool commit (250 queued, 452 4.3.1) |
+//! | rcpt (shared state) | [`shared`] | recipients per hour from the shared store's answer (452), or without one by `when_unavailable` (the local count, or 451 4.3.0); the 421 4.3.0 at connect |
 //! | data (2nd step) | [`message_auth`] | DMARC under `dmarc: enforce`: `p=reject` failures (550 5.7.1), `p=quarantine` marked; `pct` |
 //!
 //! Syntax and sequence replies (500/501/503/504, including an invalid HELO name) are the
@@ -30,6 +31,7 @@ pub(crate) mod message_auth;
 pub(crate) mod rcpt;
 mod reason;
 pub(crate) mod sender;
+pub(crate) mod shared;
 
 use crate::smtp::reply::Reply;
 

@@ -10,6 +10,7 @@ use super::{Denial, DenialReason, LimitKind, Permit};
 use crate::policy::flow::{Action, MailFlowPolicy};
 use crate::policy::rat::RecipientAccessTable;
 use crate::policy::rate::DhapCount;
+pub(crate) use crate::shared_state::counters::HourlyAnswer;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::validate::destination::{Checked, Source};
@@ -52,8 +53,9 @@ pub(crate) struct RcptCtx<'a> {
     pub accepted: u64,
     /// Takes one recipient from the client's hourly budget (`max_recipients_per_hour`);
     /// false when it is spent. Called last, and only when every other check passed, because
-    /// taking counts.
-    pub take_hourly: &'a dyn Fn() -> bool,
+    /// taking counts. `None` when the budget is in the shared store: the check then says
+    /// it must be taken there ([`RcptPermit::TakeHourly`]).
+    pub take_hourly: Option<&'a dyn Fn() -> bool>,
     /// The client address, for the log.
     pub peer_ip: std::net::IpAddr,
     /// Counts one invalid recipient for the client (`max_invalid_recipients_per_hour`, DHAP).
@@ -97,6 +99,14 @@ pub(crate) enum RcptPermit {
     /// A TLS-RPT report address: accepted past the RAT and any validation; the message is
     /// a report for the intake.
     Report(Permit),
+    /// Accepted if the shared store gives one recipient of the hourly budget: ask, then
+    /// call [`super::shared::check_hourly_answer`].
+    TakeHourly {
+        /// The reply once taken.
+        permit: Permit,
+        /// It is a TLS-RPT report address ([`RcptPermit::Report`] once taken).
+        report: bool,
+    },
     /// The RAT entry validates its recipients: ask, then call [`check_rcpt_verdict`].
     Validate {
         /// The entry's rule.
@@ -111,19 +121,31 @@ fn accepted(reply: Option<Reply>) -> Permit {
     Permit::with(reply.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")))
 }
 
-/// The hourly budget, last: taking from it counts.
-fn hourly(ctx: &RcptCtx, reply: Option<Reply>) -> Result<Permit, Denial> {
-    let p = ctx.policy;
-    let per_hour = &p.max_recipients_per_hour;
-    if !(ctx.take_hourly)() {
-        return Err(limit_denial(
-            p,
-            &per_hour.reply,
-            per_hour.max,
-            LimitKind::RecipientsPerHour { ip: ctx.peer_ip },
-        ));
+/// The hourly budget, last: taking from it counts. `report`: the recipient is a TLS-RPT
+/// report address.
+fn hourly(ctx: &RcptCtx, reply: Option<Reply>, report: bool) -> Result<RcptPermit, Denial> {
+    let permit = accepted(reply);
+    let Some(take) = ctx.take_hourly else {
+        return Ok(RcptPermit::TakeHourly { permit, report });
+    };
+    if !take() {
+        return Err(hourly_denial(ctx.policy, ctx.peer_ip));
     }
-    Ok(accepted(reply))
+    Ok(match report {
+        true => RcptPermit::Report(permit),
+        false => RcptPermit::Accept(permit),
+    })
+}
+
+/// The refusal of a client whose `max_recipients_per_hour` is spent.
+pub(super) fn hourly_denial(p: &MailFlowPolicy, ip: std::net::IpAddr) -> Denial {
+    let per_hour = &p.max_recipients_per_hour;
+    limit_denial(
+        p,
+        &per_hour.reply,
+        per_hour.max,
+        LimitKind::RecipientsPerHour { ip },
+    )
 }
 
 /// The second stage of `RCPT TO`, after a validation lookup: the lookup's answer decides
@@ -134,7 +156,7 @@ pub(crate) fn check_rcpt_verdict(
     rule: &RecipientValidation,
     reply: Option<Reply>,
     checked: &Checked,
-) -> Result<Permit, Denial> {
+) -> Result<RcptPermit, Denial> {
     let method = rule.method.label();
     let detail = checked.answer.detail.clone();
     let cached = match checked.source {
@@ -142,7 +164,7 @@ pub(crate) fn check_rcpt_verdict(
         Source::Lookup | Source::Breaker => None,
     };
     match checked.answer.verdict {
-        Verdict::Valid => hourly(ctx, reply),
+        Verdict::Valid => hourly(ctx, reply, false),
         // A recipient the directory does not know counts towards the harvest limit.
         Verdict::Invalid => Err(count_invalid(
             ctx,
@@ -157,7 +179,7 @@ pub(crate) fn check_rcpt_verdict(
             ),
         )),
         Verdict::TempFail(cause) => match rule.on_tempfail {
-            OnTempFail::Accept => hourly(ctx, reply),
+            OnTempFail::Accept => hourly(ctx, reply, false),
             OnTempFail::TempFail => Err(Denial::new(
                 rule.tempfail_reply.clone(),
                 DenialReason::ValidationTempFail {
@@ -206,7 +228,7 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
         if per_msg.is_exceeded_by(ctx.accepted + 1) {
             return Err(over_per_msg());
         }
-        return hourly(ctx, None).map(RcptPermit::Report);
+        return hourly(ctx, None, true);
     }
     let mut accept = None;
     let mut validation = None;
@@ -245,7 +267,7 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
             reply: accept,
         });
     }
-    hourly(ctx, accept).map(RcptPermit::Accept)
+    hourly(ctx, accept, false)
 }
 
 #[cfg(test)]
@@ -282,6 +304,7 @@ mod tests {
             RcptPermit::Accept(p) => p,
             RcptPermit::Validate { .. } => Permit::later(),
             RcptPermit::Report(p) => p,
+            RcptPermit::TakeHourly { permit, .. } => permit,
         })
     }
 
@@ -313,7 +336,7 @@ mod tests {
                 postmaster,
                 smtputf8: false,
                 accepted,
-                take_hourly: &take,
+                take_hourly: Some(&take),
                 peer_ip: "198.51.100.7".parse().unwrap(),
                 record_invalid: &|| DhapCount {
                     count: 1,
@@ -511,7 +534,7 @@ mod tests {
                 postmaster,
                 smtputf8,
                 accepted,
-                take_hourly: &take,
+                take_hourly: Some(&take),
                 peer_ip: "192.0.2.1".parse().unwrap(),
                 record_invalid: &|| DhapCount {
                     count: 1,
@@ -558,7 +581,7 @@ mod tests {
                 postmaster,
                 smtputf8: false,
                 accepted: 0,
-                take_hourly: &take,
+                take_hourly: Some(&take),
                 peer_ip: "198.51.100.7".parse().unwrap(),
                 record_invalid: &record,
                 dhap_exceeded: exceeded,

@@ -193,6 +193,12 @@ pub enum DenialReason {
         /// What is wrong with the From field(s).
         problem: crate::auth::header::HeaderProblem,
     },
+    /// The shared-state store did not answer and the counter's `when_unavailable` is
+    /// `tempfail`.
+    SharedStateUnavailable {
+        /// `connections`, `recipients_per_hour` or `harvest`.
+        counter: &'static str,
+    },
 }
 
 impl DenialReason {
@@ -238,6 +244,7 @@ impl DenialReason {
             DenialReason::Dmarc { .. } => "dmarc_reject",
             DenialReason::MalformedHeader { .. } => "malformed_header",
             DenialReason::DmarcAuthor { .. } => "dmarc_from",
+            DenialReason::SharedStateUnavailable { .. } => "shared_state_unavailable",
         }
     }
 
@@ -253,7 +260,11 @@ impl DenialReason {
             | DenialReason::TooManyBadCommands { .. }
             | DenialReason::Timeout { .. }
             | DenialReason::Shutdown
-            | DenialReason::Draining => Stage::Connect,
+            | DenialReason::Draining
+            | DenialReason::SharedStateUnavailable {
+                counter: "connections",
+            } => Stage::Connect,
+            DenialReason::SharedStateUnavailable { .. } => Stage::Rcpt,
             DenialReason::StartTlsUnavailable | DenialReason::TlsRequired => Stage::Helo,
             DenialReason::ParamsNeedEhlo
             | DenialReason::TlsMandatorySender
@@ -398,6 +409,10 @@ impl fmt::Display for DenialReason {
                     problem.describe()
                 )
             }
+            DenialReason::SharedStateUnavailable { counter } => write!(
+                f,
+                "shared state unavailable ({counter}: when_unavailable tempfail)"
+            ),
         }
     }
 }

@@ -217,6 +217,9 @@ impl Session {
         let permit = match verdict {
             Ok(RcptPermit::Accept(p)) => p,
             Ok(RcptPermit::Report(p)) => return self.accept_report(addr, p),
+            Ok(RcptPermit::TakeHourly { permit, report }) => {
+                return self.take_recipient(addr, permit, report, None)
+            }
             Ok(RcptPermit::Validate { rule, reply }) => {
                 return self.validate_recipient(to, addr, postmaster, rule, reply)
             }
@@ -233,7 +236,7 @@ impl Session {
     /// harvest check of the first stage (`first_stage`) refuses a client already past
     /// `max_invalid_recipients_per_hour` before anything is asked.
     pub(super) fn with_rcpt_ctx<R>(
-        &self,
+        &mut self,
         to: &Mailbox,
         addr: &str,
         postmaster: bool,
@@ -245,8 +248,14 @@ impl Session {
         let per_hour = self.policy.max_recipients_per_hour.max;
         let max_invalid = self.policy.max_invalid_recipients_per_hour.max;
         let take_hourly = || rate.try_recipient(ip, per_hour);
-        let record_invalid = || rate.record_invalid(ip, max_invalid);
-        Some(f(&RcptCtx {
+        // In the shared store only with a limit: unlimited counts nothing anywhere.
+        let shared_hourly = self.p.shared_limits.is_some() && per_hour.is_some();
+        let counted_invalid = std::cell::Cell::new(false);
+        let record_invalid = || {
+            counted_invalid.set(true);
+            rate.record_invalid(ip, max_invalid)
+        };
+        let r = f(&RcptCtx {
             policy: &self.policy,
             rat: self.p.rat.as_deref(),
             to,
@@ -255,12 +264,18 @@ impl Session {
             smtputf8: txn.smtputf8,
             // Limits count every accepted RCPT, duplicates included: what the client sent.
             accepted: txn.rcpts_accepted,
-            take_hourly: &take_hourly,
+            take_hourly: (!shared_hourly).then_some(&take_hourly as &dyn Fn() -> bool),
             peer_ip: ip,
             record_invalid: &record_invalid,
             dhap_exceeded: first_stage && rate.dhap_exceeded(ip, max_invalid),
             reports: self.p.reports.as_deref(),
-        }))
+        });
+        // The local count decided; the shared one learns of it (and raises the local count
+        // to what every node together saw).
+        if counted_invalid.get() && max_invalid.is_some() && self.p.shared_limits.is_some() {
+            self.actions.push(Action::CountInvalid(ip));
+        }
+        Some(r)
     }
 
     /// Adds an accepted recipient to the transaction and answers it.

@@ -12,6 +12,7 @@ pub(crate) mod headers;
 mod message_auth;
 mod report;
 mod sender;
+mod shared;
 mod tls;
 mod validation;
 
@@ -33,6 +34,7 @@ use crate::smtp::line::{LineEvent, LineReader};
 use crate::smtp::reply::{Enhanced, Reply};
 
 use headers::HeaderScanner;
+pub use shared::HourlyRequest;
 pub use tls::{TlsInfo, TlsOutcome};
 
 /// What the session needs from the outside world, injectable for tests.
@@ -78,6 +80,9 @@ pub struct SessionParams {
     pub env: Arc<dyn SessionEnv>,
     /// The TLS-RPT intake's settings, on public listeners when `policies/tlsrpt.yaml` is set.
     pub reports: Option<Arc<crate::tlsrpt::settings::TlsRptSettings>>,
+    /// The per-IP budgets are in the shared store (`shared_state:`), with what each does
+    /// when it does not answer; `None` = counted here alone.
+    pub shared_limits: Option<crate::shared_state::settings::WhenUnavailable>,
 }
 
 /// How the connection opened, as the driver saw it before the greeting.
@@ -89,6 +94,12 @@ pub enum Opening {
     PreGreet,
     /// The client's IP already holds its maximum of concurrent connections.
     ConcurrencyFull,
+    /// The shared store did not answer for the connection count (`harvest: false`) or the
+    /// harvest count (`true`) and that counter's `when_unavailable` is `tempfail`: 421 4.3.0.
+    SharedStateUnavailable {
+        /// The harvest count, not the connection count.
+        harvest: bool,
+    },
 }
 
 /// Something the driver must do, in order.
@@ -119,6 +130,11 @@ pub enum Action {
     /// Verify the message's DKIM signatures and DMARC (bounded by the command timeout), then
     /// call [`Session::message_authenticated`].
     AuthenticateMessage(crate::auth::MessageRequest),
+    /// Take one recipient of the client's hourly budget from the shared store (bounded by
+    /// `shared_state.timeout`), then call [`Session::recipient_taken`].
+    TakeRecipient(HourlyRequest),
+    /// Count one invalid recipient of this client in the shared store; not awaited.
+    CountInvalid(std::net::IpAddr),
     /// Flush and close the connection.
     Close,
 }
@@ -130,6 +146,8 @@ enum Phase {
     TlsPending,
     Committing,
     Validating(Box<validation::PendingRcpt>),
+    /// Waiting for the shared store's answer on the hourly budget.
+    TakingRecipient(Box<shared::PendingTake>),
     VerifyingSender(Box<sender::PendingMail>),
     /// The report of a message is being taken; the envelope (if anything else is to be
     /// queued) is committed after.
@@ -237,6 +255,11 @@ impl Session {
             group: &c.group,
             talked_first: opening == Opening::PreGreet,
             per_ip_full: opening == Opening::ConcurrencyFull,
+            store_unavailable: match opening {
+                Opening::SharedStateUnavailable { harvest: true } => Some("harvest"),
+                Opening::SharedStateUnavailable { harvest: false } => Some("connections"),
+                _ => None,
+            },
         });
         let action = self.policy.action;
         if let Err(Denial {
@@ -317,6 +340,7 @@ impl Session {
                 Phase::TlsPending
                 | Phase::Committing
                 | Phase::Validating(_)
+                | Phase::TakingRecipient(_)
                 | Phase::VerifyingSender(_)
                 | Phase::Ingesting(_)
                 | Phase::Authenticating(_)
@@ -359,6 +383,7 @@ impl Session {
             Phase::TlsPending
                 | Phase::Committing
                 | Phase::Validating(_)
+                | Phase::TakingRecipient(_)
                 | Phase::VerifyingSender(_)
                 | Phase::Ingesting(_)
                 | Phase::Authenticating(_)

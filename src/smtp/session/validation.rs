@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Action, Phase, Session};
 use crate::mail_log::{Event, Level};
-use crate::policy::check::rcpt;
+use crate::policy::check::rcpt::{self, RcptPermit};
 use crate::policy::check::DenialReason;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::Reply;
@@ -86,19 +86,34 @@ impl Session {
         let Some(verdict) = verdict else { return };
         match verdict {
             Ok(permit) => {
-                if let Verdict::TempFail(_) = checked.answer.verdict {
-                    debug_assert_eq!(p.rule.on_tempfail, OnTempFail::Accept);
-                    self.log(Event::Note {
-                        level: Level::Info,
-                        text: format!(
-                            "ICID {icid} MID {mid} RCPT TO: <{}> accepted unverified: validate {}: no answer ({}) (on_tempfail accept)",
-                            p.addr,
-                            p.rule.method.label(),
-                            checked.answer.detail
-                        ),
-                    });
+                let note = match checked.answer.verdict {
+                    Verdict::TempFail(_) => {
+                        debug_assert_eq!(p.rule.on_tempfail, OnTempFail::Accept);
+                        Some(Event::Note {
+                            level: Level::Info,
+                            text: format!(
+                                "ICID {icid} MID {mid} RCPT TO: <{}> accepted unverified: validate {}: no answer ({}) (on_tempfail accept)",
+                                p.addr,
+                                p.rule.method.label(),
+                                checked.answer.detail
+                            ),
+                        })
+                    }
+                    _ => None,
+                };
+                match permit {
+                    RcptPermit::TakeHourly { permit, report } => {
+                        self.take_recipient(p.addr, permit, report, note)
+                    }
+                    RcptPermit::Accept(permit) | RcptPermit::Report(permit) => {
+                        if let Some(e) = note {
+                            self.log(e);
+                        }
+                        self.accept_recipient(p.addr, permit);
+                    }
+                    // The second stage never asks to validate again.
+                    RcptPermit::Validate { .. } => {}
                 }
-                self.accept_recipient(p.addr, permit);
             }
             Err(d) => {
                 let ldap = matches!(d.reason, DenialReason::InvalidRecipient { .. })
