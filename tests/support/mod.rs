@@ -7,6 +7,7 @@
 //! - [`Dnsmasq`](dnsmasq::Dnsmasq) serves test zones, [`pki`] makes test certificates;
 //! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
 //! - [`slapd`] runs a private OpenLDAP slapd loaded from an LDIF;
+//! - [`redis`] runs a private redis-server (the `shared_state:` store);
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]
@@ -17,6 +18,7 @@ pub mod log;
 pub mod mxgate;
 pub mod pki;
 pub mod postfix;
+pub mod redis;
 pub mod server;
 pub mod sink;
 pub mod slapd;
