@@ -26,6 +26,8 @@ command -v curl >/dev/null || need+=(curl)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # A private OpenLDAP slapd answers the ldap: recipient-validation tests (tests/validate_ldap.rs).
 [ -x /usr/sbin/slapd ] || need+=(slapd ldap-utils)
+# A private redis-server is the shared_state: store of the multi-node tests (tests/shared_state*.rs).
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo_cmd=""
