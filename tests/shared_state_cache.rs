@@ -136,7 +136,7 @@ fn verdict_keys(redis: &Redis) -> Vec<String> {
 #[tokio::test]
 async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
     let rdir = tempfile::tempdir().unwrap();
-    let Some(redis) = support::redis::start_or_skip(rdir.path()) else {
+    let Some(mut redis) = support::redis::start_or_skip(rdir.path()) else {
         return;
     };
     let pfdir = tempfile::tempdir().unwrap();
@@ -236,6 +236,37 @@ async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
         "{said}"
     );
     assert!(verdict_keys(&redis).is_empty());
+
+    // The store gone: B asks Postfix itself (the same answer), counts the fallback and says
+    // the outage once; a flush says the store was not flushed.
+    redis.kill();
+    assert_eq!(rcpt_once(&b, "dave@example.test").await, UNKNOWN);
+    assert_eq!(rcpt_once(&b, "erin@example.test").await, UNKNOWN);
+    pf.wait_for("to=<erin@example.test>").await;
+    assert_eq!(pf.rejects("dave@example.test"), 1, "{}", pf.maillog());
+    assert_eq!(
+        b.metric(
+            "mxgate_shared_state_fallbacks_total",
+            &[("counter", "validation_cache")]
+        ),
+        2.0
+    );
+    b.wait_log("shared state: redis://{w} unavailable (");
+    let outages = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("shared state: redis://") && l.contains(" unavailable ("))
+        .count();
+    assert_eq!(outages, 1);
+    let out = a
+        .ctl(&["recipients", "cache", "flush", "@example.test"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("; the shared store was not flushed: shared state store"),
+        "{said}"
+    );
 }
 
 /// A TLS-RPT report mail (`multipart/report`, the report gzip'd and base64-encoded) from

@@ -188,8 +188,9 @@ impl Validator {
         // the destination finds it as a hit.
         let mut from_shared = false;
         if let (true, Some(shared)) = (use_cache, &self.shared) {
-            if self.cache.get(&key, self.clock.unix()).is_none() {
-                from_shared = shared.fill(&self.cache, &key, self.clock.unix()).await;
+            let now = self.clock.unix();
+            if self.cache.entry(&key, now).is_none() && !self.known_catch_all(&dest, req, now) {
+                from_shared = shared.fill(&self.cache, &key, now).await;
             }
         }
         let lookup = async {
@@ -261,6 +262,16 @@ impl Validator {
             });
         }
         checked
+    }
+
+    /// True when `req`'s domain is cached locally as a catch-all of `dest`: the destination
+    /// answers from that finding, so the store is not asked for the address.
+    fn known_catch_all(&self, dest: &Destination, req: &ValidationRequest, now: u64) -> bool {
+        let Some((_, domain)) = req.address.rsplit_once('@') else {
+            return false;
+        };
+        let marker = self.cache.key(dest.id(), &format!("@{domain}"));
+        self.cache.entry(&marker, now).is_some_and(|e| e.valid)
     }
 
     /// Sends the local entry of `key` (just learned) to the shared store, in the
