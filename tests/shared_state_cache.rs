@@ -3,7 +3,8 @@
 //! 127.0.0.1. An answer node A learned from the internal server (a private Postfix answering
 //! the call-ahead; its maillog counts the probes) is a cache hit on node B, which never asks
 //! Postfix; `mxgate recipients cache flush` on a node clears the shared copy too. The same
-//! TLS-RPT report mailed to A then B: B answers the duplicate reply and only A stores it.
+//! TLS-RPT report mailed to A then B: B answers the duplicate reply and only A stores it; the
+//! HTTPS intake's path likewise. With Redis killed, each node works alone and says so.
 
 mod support;
 
@@ -379,4 +380,72 @@ async fn the_same_report_mailed_to_two_nodes_is_stored_once() {
         ),
         1.0
     );
+}
+
+/// The HTTPS intake's path (`Intake::post`, what the MTA-STS endpoint calls on a blocking
+/// thread) on two nodes' intakes sharing the store: the second POST of the same report is
+/// the duplicate (the endpoint answers `200 report received before`), stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_report_posted_to_two_intakes_is_stored_once() {
+    use mxgate::shared_state::settings::SharedStateSettings;
+    use mxgate::shared_state::SharedState;
+    use mxgate::tlsrpt::ingest::Outcome;
+    use mxgate::tlsrpt::intake::Intake;
+    use mxgate::tlsrpt::shared::SharedReports;
+    use std::sync::Arc;
+
+    let rdir = tempfile::tempdir().unwrap();
+    let Some(redis) = support::redis::start_or_skip(rdir.path()) else {
+        return;
+    };
+    let settings = Arc::new(SharedStateSettings {
+        url: redis.url(),
+        password: None,
+        ca_file: None,
+        key_prefix: "mx:".into(),
+        timeout: std::time::Duration::from_secs(1),
+        when_unavailable: Default::default(),
+    });
+    let tlsrpt = Arc::new(mxgate::tlsrpt::settings::TlsRptSettings {
+        addresses: vec![],
+        relay: false,
+        https_path: Some("/tlsrpt".into()),
+        domains: Default::default(),
+        max_reports: 100,
+        max_store_bytes: 1 << 20,
+    });
+    let mut intakes = Vec::new();
+    let spools = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for spool in &spools {
+        let state = SharedState::start(settings.clone(), None).await.unwrap();
+        assert!(state.is_up());
+        intakes.push(Arc::new(
+            Intake::new(tlsrpt.clone(), spool.path(), 0)
+                .with_shared(Some(SharedReports::new(state))),
+        ));
+    }
+    let post = |i: usize| {
+        let intake = intakes[i].clone();
+        tokio::task::spawn_blocking(move || {
+            intake.post(
+                RFC_EXAMPLE.as_bytes(),
+                "application/tlsrpt+json",
+                1_796_428_800,
+            )
+        })
+    };
+    let first = post(0).await.unwrap();
+    assert!(matches!(first, Outcome::Accepted { .. }), "{first:?}");
+    let second = post(1).await.unwrap();
+    assert!(
+        matches!(&second, Outcome::Duplicate { report_id } if report_id == RFC_ID),
+        "{second:?}"
+    );
+    let files = |i: usize| {
+        std::fs::read_dir(spools[i].path().join("tlsrpt"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((files(0), files(1)), (1, 0));
+    assert_eq!(redis.keys("mx:tlsrpt:*").len(), 1);
 }
