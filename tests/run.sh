@@ -24,10 +24,10 @@ command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 # HAProxy sends PROXY v1/v2 headers in the load-balancer tests.
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# A private redis-server holds the counters several gateways share (tests/shared_state.rs).
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 # A private OpenLDAP slapd answers the ldap: recipient-validation tests (tests/validate_ldap.rs).
 [ -x /usr/sbin/slapd ] || need+=(slapd ldap-utils)
-# A private redis-server is the shared_state: store of the multi-node tests (tests/shared_state*.rs).
-command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   sudo_cmd=""

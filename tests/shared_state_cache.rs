@@ -128,16 +128,26 @@ fn validations(srv: &Mxgate, result: &str) -> f64 {
     )
 }
 
+/// The keys matching `pattern` in the store, sorted (`KEYS`: the test store is small).
+fn keys(redis: &Redis, pattern: &str) -> Vec<String> {
+    let mut c = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut keys: Vec<String> = ::redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+    keys.sort();
+    keys
+}
+
 /// The shared verdict keys in the store.
 fn verdict_keys(redis: &Redis) -> Vec<String> {
-    redis.keys("mx:verdict:*")
+    keys(redis, "mx:verdict:*")
 }
 
 /// Issue 17: "a recipient-validation answer learned on one node is a cache hit on another".
 #[tokio::test]
 async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
-    let rdir = tempfile::tempdir().unwrap();
-    let Some(mut redis) = support::redis::start_or_skip(rdir.path()) else {
+    let Some(mut redis) = Redis::start() else {
         return;
     };
     let pfdir = tempfile::tempdir().unwrap();
@@ -169,22 +179,11 @@ async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
             "mx:verdict:callahead:example.test:nobody@example.test",
         ]
     );
-    let stored = redis
-        .cli(&[
-            "GET",
-            "mx:verdict:callahead:example.test:nobody@example.test",
-        ])
-        .unwrap();
+    let nobody = "mx:verdict:callahead:example.test:nobody@example.test";
+    let stored = redis.command(&["GET", nobody]);
     assert!(stored.starts_with("invalid "), "{stored}");
     // The store forgets it when the local entry would: invalid_ttl, one hour.
-    let ttl: i64 = redis
-        .cli(&[
-            "PTTL",
-            "mx:verdict:callahead:example.test:nobody@example.test",
-        ])
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ttl: i64 = redis.command(&["PTTL", nobody])[1..].parse().unwrap();
     assert!((3_590_000..=3_600_000).contains(&ttl), "{ttl}");
     pf.wait_for("to=<nobody@example.test>").await;
     assert_eq!(pf.rejects("nobody@example.test"), 1, "{}", pf.maillog());
@@ -240,7 +239,7 @@ async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
 
     // The store gone: B asks Postfix itself (the same answer), counts the fallback and says
     // the outage once; a flush says the store was not flushed.
-    redis.kill();
+    redis.stop();
     assert_eq!(rcpt_once(&b, "dave@example.test").await, UNKNOWN);
     assert_eq!(rcpt_once(&b, "erin@example.test").await, UNKNOWN);
     pf.wait_for("to=<erin@example.test>").await;
@@ -330,8 +329,7 @@ fn reports(srv: &Mxgate, outcome: &str) -> f64 {
 /// de-duplicates its own store only (a report new to B is stored there).
 #[tokio::test]
 async fn the_same_report_mailed_to_two_nodes_is_stored_once() {
-    let rdir = tempfile::tempdir().unwrap();
-    let Some(mut redis) = support::redis::start_or_skip(rdir.path()) else {
+    let Some(mut redis) = Redis::start() else {
         return;
     };
     // No call-ahead in this test: a closed port for the route.
@@ -348,9 +346,9 @@ async fn the_same_report_mailed_to_two_nodes_is_stored_once() {
     a.wait_log(&format!(
         "TLS-RPT report via MID {{n}} accepted: report-id <{RFC_ID}> from \"Company-X\""
     ));
-    let claims = redis.keys("mx:tlsrpt:*");
+    let claims = keys(&redis, "mx:tlsrpt:*");
     assert_eq!(claims.len(), 1, "{claims:?}");
-    assert!(redis.cli(&["GET", &claims[0]]).unwrap().contains(':'));
+    assert!(redis.command(&["GET", &claims[0]]).contains(':'));
     assert_eq!(
         mail_report(&b, &message).await,
         "250 2.6.0 Ok: TLS report received before\r\n"
@@ -366,7 +364,7 @@ async fn the_same_report_mailed_to_two_nodes_is_stored_once() {
     assert_eq!(reports(&b, "duplicate"), 1.0);
 
     // The store gone: B decides alone; a report it has not stored is stored, and said.
-    redis.kill();
+    redis.stop();
     let second = report_mail(&RFC_EXAMPLE.replace(RFC_ID, "while-redis-is-down"));
     assert_eq!(
         mail_report(&b, &second).await,
@@ -394,8 +392,7 @@ async fn the_same_report_posted_to_two_intakes_is_stored_once() {
     use mxgate::tlsrpt::shared::SharedReports;
     use std::sync::Arc;
 
-    let rdir = tempfile::tempdir().unwrap();
-    let Some(redis) = support::redis::start_or_skip(rdir.path()) else {
+    let Some(redis) = Redis::start() else {
         return;
     };
     let settings = Arc::new(SharedStateSettings {
@@ -447,5 +444,5 @@ async fn the_same_report_posted_to_two_intakes_is_stored_once() {
             .unwrap_or(0)
     };
     assert_eq!((files(0), files(1)), (1, 0));
-    assert_eq!(redis.keys("mx:tlsrpt:*").len(), 1);
+    assert_eq!(keys(&redis, "mx:tlsrpt:*").len(), 1);
 }

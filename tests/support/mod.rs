@@ -7,7 +7,6 @@
 //! - [`Dnsmasq`](dnsmasq::Dnsmasq) serves test zones, [`pki`] makes test certificates;
 //! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
 //! - [`slapd`] runs a private OpenLDAP slapd loaded from an LDIF;
-//! - [`redis`] runs a private redis-server (the `shared_state:` store);
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]

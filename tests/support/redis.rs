@@ -1,137 +1,161 @@
-//! A private Debian `redis-server` on 127.0.0.1: a free port, no persistence, its files in a
-//! temp dir; killed when dropped, and killable and restartable on the same port (a store that
-//! goes away mid-test and comes back).
+//! A private redis-server (Debian `redis-server`) on 127.0.0.1 for the shared-state tests:
+//! its own port (picked free: `--port 0` is not allowed), no persistence, a temporary
+//! directory; optionally a TLS port and a password ([`Redis::start_tls`]). [`Redis::stop`] kills it (the store goes down) and [`Redis::restart`] brings
+//! it back empty on the same port. Killed on drop.
 
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running (or stopped) private redis-server.
+/// The server binary.
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A private redis-server; killed on drop.
 pub struct Redis {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    dir: PathBuf,
     child: Option<Child>,
-}
-
-/// True when `redis-server` is installed; otherwise prints SKIP (a failure under CI).
-pub fn redis_available() -> bool {
-    super::tools_available(&["redis-server"])
-}
-
-/// A private redis-server in `dir`, or `None` after printing SKIP (a failure under CI).
-pub fn start_or_skip(dir: &Path) -> Option<Redis> {
-    if !redis_available() {
-        return None;
-    }
-    let mut r = Redis {
-        addr: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
-        dir: dir.to_path_buf(),
-        child: None,
-    };
-    r.start();
-    Some(r)
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its TLS port, with the certificate and key files it presents.
+    pub tls: Option<(u16, PathBuf, PathBuf)>,
+    /// The password it requires (`requirepass`).
+    pub password: Option<String>,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// Starts one, or prints SKIP and returns `None` where redis-server is not installed
+    /// (CI must have it: it fails there).
+    pub fn start() -> Option<Redis> {
+        if !super::tools_available(&[REDIS_SERVER]) {
+            return None;
+        }
+        let mut r = Redis {
+            child: None,
+            port: super::free_port(),
+            tls: None,
+            password: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        Some(r)
+    }
+
+    /// [`Redis::start`] with a TLS port presenting `cert`/`key` (PEM files) and, with
+    /// `password`, `requirepass` on both ports.
+    pub fn start_tls(cert: &Path, key: &Path, password: Option<&str>) -> Option<Redis> {
+        if !super::tools_available(&[REDIS_SERVER]) {
+            return None;
+        }
+        let mut r = Redis {
+            child: None,
+            port: super::free_port(),
+            tls: Some((super::free_port(), cert.to_path_buf(), key.to_path_buf())),
+            password: password.map(str::to_string),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        Some(r)
+    }
+
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://{}/0", self.addr)
+        format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Starts it (again) on its port and waits until it answers PING.
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.addr.port().to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer PING:\n{}",
-                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills it (SIGKILL: a store that is simply gone) and waits for it to exit.
-    pub fn kill(&mut self) {
+    /// Kills the server: every connection to it breaks, new ones are refused.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// One command over RESP on a fresh connection: the reply as text (`None` when it did not
-    /// answer). Simple strings, integers and bulk strings; a nil bulk is `(nil)`.
-    pub fn cli(&self, args: &[&str]) -> Option<String> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
+    /// (Re)starts the server on its port, empty, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new(REDIS_SERVER);
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.try_command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one command; its first reply line (`+OK`, `:3`, `$2` then the value for a bulk
+    /// string: the value is returned). Panics when the server does not answer.
+    pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|| panic!("redis on {} did not answer {args:?}", self.port))
+    }
+
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let mut req = String::new();
+        let auth;
+        let mut commands: Vec<&[&str]> = Vec::new();
+        if let Some(p) = &self.password {
+            auth = ["AUTH", p.as_str()];
+            commands.push(&auth);
+        }
+        commands.push(args);
+        for c in &commands {
+            req.push_str(&format!("*{}\r\n", c.len()));
+            for a in c.iter() {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
         }
         s.write_all(req.as_bytes()).ok()?;
         let mut r = BufReader::new(s);
         let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        match kind {
-            "+" | ":" | "-" => Some(rest.to_string()),
-            "$" => {
-                let n: i64 = rest.parse().ok()?;
-                if n < 0 {
-                    return Some("(nil)".into());
-                }
-                let mut buf = vec![0; n as usize + 2];
-                r.read_exact(&mut buf).ok()?;
-                buf.truncate(n as usize);
-                String::from_utf8(buf).ok()
+        if self.password.is_some() {
+            r.read_line(&mut line).ok()?;
+            if line.trim_end() != "+OK" {
+                return None;
             }
-            _ => None,
-        }
-    }
-
-    /// The keys matching `pattern` (`KEYS`: test stores are small), sorted.
-    pub fn keys(&self, pattern: &str) -> Vec<String> {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).unwrap();
-        let req = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
-        s.write_all(req.as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let n: usize = line.trim_end().trim_start_matches('*').parse().unwrap();
-        let mut keys = Vec::new();
-        for _ in 0..n {
             line.clear();
-            r.read_line(&mut line).unwrap();
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            keys.push(line.trim_end().to_string());
         }
-        keys.sort();
-        keys
+        r.read_line(&mut line).ok()?;
+        let line = line.trim_end().to_string();
+        if line.starts_with('$') && line != "$-1" {
+            let mut value = String::new();
+            r.read_line(&mut value).ok()?;
+            return Some(value.trim_end().to_string());
+        }
+        Some(line)
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
