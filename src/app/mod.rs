@@ -168,13 +168,23 @@ struct Shared {
 }
 
 /// The TLS-RPT intake of `config` (`policies/tlsrpt.yaml`), storing under its spool.
-fn intake(config: &Config) -> Option<Arc<Intake>> {
+fn intake(
+    config: &Config,
+    shared: Option<&crate::shared_state::SharedState>,
+) -> Option<Arc<Intake>> {
     let settings = config.tlsrpt.clone()?;
-    Some(Arc::new(Intake::new(
-        settings,
-        &config.global.spool_dir,
-        config.global.ready_min_free_space,
-    )))
+    Some(Arc::new(
+        Intake::new(
+            settings,
+            &config.global.spool_dir,
+            config.global.ready_min_free_space,
+        )
+        .with_shared(
+            shared
+                .cloned()
+                .map(crate::tlsrpt::shared::SharedReports::new),
+        ),
+    ))
 }
 
 /// Loads a listener's certificate (the demo one when none is configured) and builds its context.
@@ -242,7 +252,7 @@ impl Running {
                 delivery_hostname(config),
                 outbound.clone(),
             ),
-            tlsrpt: intake(config),
+            tlsrpt: intake(config, self.shared.shared_state.as_ref()),
             ..self.shared.clone()
         };
         if config.validation.cache != *self.validation.cache.settings() {
@@ -436,7 +446,15 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         }
         None => (None, None),
     };
-    let validation = validation::ValidationRuntime::start(config, &mail_log);
+    let shared_state = match &config.global.shared_state {
+        Some(settings) => Some(
+            crate::shared_state::SharedState::start(settings.clone(), Some(mail_log.clone()))
+                .await?,
+        ),
+        None => None,
+    };
+    let mut validation = validation::ValidationRuntime::start(config, &mail_log);
+    validation.share(shared_state.as_ref());
     let validator = validation.validator(
         config,
         delivery_hostname(config),
@@ -445,17 +463,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let live = LiveRecipients::new(config, validator.clone());
     let recipients = Arc::new(ArcSwap::from_pointee(live));
     let queue = start_queue(config, &spool, &mail_log, recipients.clone())?;
-    let shared_state = match &config.global.shared_state {
-        Some(settings) => Some(
-            crate::shared_state::SharedState::start(settings.clone(), Some(mail_log.clone()))
-                .await?,
-        ),
-        None => None,
-    };
+    let tlsrpt = intake(config, shared_state.as_ref());
     let shared = Shared {
         shared_state,
         validator,
-        tlsrpt: intake(config),
+        tlsrpt,
         resolver,
         rate,
         spool: spool.clone(),
@@ -499,7 +511,13 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             ));
         }
     }
-    let mta_sts = mta_sts::MtaStsEndpoint::start(config, &mail_log, &stop_rx, &mut tasks)?;
+    let mta_sts = mta_sts::MtaStsEndpoint::start(
+        config,
+        &mail_log,
+        shared.shared_state.as_ref(),
+        &stop_rx,
+        &mut tasks,
+    )?;
     if config.mta_sts.is_none() {
         mta_sts::announce_tlsrpt(config, &mail_log);
     }

@@ -18,6 +18,7 @@ use crate::mta_sts::server::Endpoint;
 use crate::mta_sts::{txt_record, MtaStsSettings};
 use crate::net::tls::{self, CertStore, TlsError};
 use crate::tlsrpt::intake::Intake;
+use crate::tlsrpt::shared::SharedReports;
 
 /// The name of the endpoint in logs and bind errors.
 const NAME: &str = "mta-sts";
@@ -34,6 +35,8 @@ pub(crate) struct MtaStsEndpoint {
     store: Arc<CertStore>,
     /// Bound addresses (useful with port 0).
     pub(crate) bound: Vec<SocketAddr>,
+    /// Report claims shared with other gateways (`shared_state:`; a change needs a restart).
+    shared: Option<SharedReports>,
 }
 
 /// The certificate and key files: the configured pair, or the demo certificate made for the
@@ -92,13 +95,16 @@ pub(crate) fn announce_tlsrpt(config: &Config, log: &MailLog) {
 }
 
 /// The HTTPS report intake of `config`: when `policies/tlsrpt.yaml` sets `https_path`.
-fn https_intake(config: &Config) -> Option<Arc<Intake>> {
+fn https_intake(config: &Config, shared: Option<&SharedReports>) -> Option<Arc<Intake>> {
     let settings = config.tlsrpt.clone().filter(|t| t.https_path.is_some())?;
-    Some(Arc::new(Intake::new(
-        settings,
-        &config.global.spool_dir,
-        config.global.ready_min_free_space,
-    )))
+    Some(Arc::new(
+        Intake::new(
+            settings,
+            &config.global.spool_dir,
+            config.global.ready_min_free_space,
+        )
+        .with_shared(shared.cloned()),
+    ))
 }
 
 /// Warns at start when senders cannot verify the endpoint's certificate for a policy host:
@@ -156,9 +162,11 @@ impl MtaStsEndpoint {
     pub(crate) fn start(
         config: &Config,
         log: &Arc<MailLog>,
+        shared: Option<&crate::shared_state::SharedState>,
         stop: &watch::Receiver<bool>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Option<MtaStsEndpoint>, AppError> {
+        let shared = shared.cloned().map(SharedReports::new);
         let Some(settings) = &config.mta_sts else {
             return Ok(None);
         };
@@ -167,7 +175,7 @@ impl MtaStsEndpoint {
         warn_certificate(settings, config, &cert, log);
         crate::metrics::certificate_expiry(NAME, &cert);
         let served = Arc::new(ArcSwap::from_pointee(Served::new(settings)));
-        let intake = Arc::new(ArcSwapOption::new(https_intake(config)));
+        let intake = Arc::new(ArcSwapOption::new(https_intake(config, shared.as_ref())));
         let endpoint = Endpoint {
             served: served.clone(),
             intake: intake.clone(),
@@ -202,6 +210,7 @@ impl MtaStsEndpoint {
             intake,
             store,
             bound,
+            shared,
         }))
     }
 
@@ -238,7 +247,7 @@ impl MtaStsEndpoint {
                 crate::metrics::certificate_expiry(NAME, &cert);
                 ep.store.replace(certified);
                 ep.served.store(Arc::new(Served::new(settings)));
-                ep.intake.store(https_intake(config));
+                ep.intake.store(https_intake(config, ep.shared.as_ref()));
                 announce(settings, config, log);
                 Ok(())
             }

@@ -12,6 +12,7 @@ use crate::validate::cache::VerdictCache;
 use crate::validate::destination::{SystemClocks, ValidationClock};
 use crate::validate::persist;
 use crate::validate::service::{Validator, ValidatorConfig};
+use crate::validate::shared::SharedVerdicts;
 
 /// Where the cache is kept, under the spool directory.
 pub(crate) fn cache_path(spool_dir: &std::path::Path) -> PathBuf {
@@ -25,6 +26,8 @@ pub(crate) struct ValidationRuntime {
     path: PathBuf,
     log: Arc<MailLog>,
     saver: tokio::task::JoinHandle<()>,
+    /// The verdicts shared with other gateways (`shared_state:`), given to every validator.
+    shared: Option<SharedVerdicts>,
 }
 
 /// True when a cache entry's method id still names something configured.
@@ -90,7 +93,13 @@ impl ValidationRuntime {
             path,
             log: log.clone(),
             saver,
+            shared: None,
         }
+    }
+
+    /// Shares the verdicts of the validators made from now on in `state`.
+    pub(crate) fn share(&mut self, state: Option<&crate::shared_state::SharedState>) {
+        self.shared = state.cloned().map(SharedVerdicts::new);
     }
 
     /// The validator of `config`, around the shared cache.
@@ -101,17 +110,20 @@ impl ValidationRuntime {
         tls: Arc<OutboundTlsContext>,
     ) -> Arc<Validator> {
         let clock: Arc<dyn ValidationClock> = Arc::new(SystemClocks);
-        Arc::new(Validator::new(
-            ValidatorConfig {
-                settings: config.validation.clone(),
-                routes: config.routes.clone(),
-                helo_name,
-                destinations: config.destinations.clone(),
-                tls,
-            },
-            self.cache.clone(),
-            clock,
-        ))
+        Arc::new(
+            Validator::new(
+                ValidatorConfig {
+                    settings: config.validation.clone(),
+                    routes: config.routes.clone(),
+                    helo_name,
+                    destinations: config.destinations.clone(),
+                    tls,
+                },
+                self.cache.clone(),
+                clock,
+            )
+            .with_shared(self.shared.clone()),
+        )
     }
 
     /// Stops the saver and saves once more (at shutdown).

@@ -14,6 +14,10 @@ pub(crate) const VALIDATION_CACHE_ENTRIES: &str = "mxgate_recipient_validation_c
 /// Gauge: 1 while a destination's circuit breaker is open.
 pub(crate) const VALIDATION_BREAKER_OPEN: &str = "mxgate_recipient_validation_breaker_open";
 
+/// Counter: answers taken from the verdict cache, by where the entry came from: `local`
+/// (this node's cache) or `shared` (another gateway's answer, from the `shared_state:` store).
+pub(crate) const VALIDATION_CACHE_HITS: &str = "mxgate_recipient_validation_cache_hits_total";
+
 /// Counter: times a destination's circuit breaker opened (again).
 pub(crate) const VALIDATION_BREAKER_TRIPS: &str = "mxgate_recipient_validation_breaker_trips_total";
 
@@ -39,8 +43,8 @@ pub(crate) fn describe() {
         "Recipient validation cache entries"
     );
     describe_counter!(
-        VALIDATION_BREAKER_TRIPS,
-        "Times a validation destination's circuit breaker opened"
+        VALIDATION_CACHE_HITS,
+        "Recipient validation answers taken from the verdict cache, by origin (local, shared)"
     );
     describe_counter!(
         VALIDATION_BREAKER_TRIPS,
@@ -64,6 +68,11 @@ pub(crate) fn observe(listener: &str, method: &'static str, c: &Checked, seconds
     if c.source == Source::Lookup && method != "list" {
         metrics::histogram!(VALIDATION_SECONDS, "method" => method).record(seconds);
     }
+}
+
+/// Counts one answer taken from the cache; `from` is `local` or `shared`.
+pub(crate) fn cache_hit(from: &'static str) {
+    metrics::counter!(VALIDATION_CACHE_HITS, "from" => from).increment(1);
 }
 
 /// Sets the cache gauge.

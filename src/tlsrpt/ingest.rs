@@ -7,6 +7,7 @@ use super::decode::{decode, DecodeError, Limits};
 use super::domains::PolicyDomains;
 use super::report::Report;
 use super::reporter::{reporter, UNKNOWN};
+use super::shared::{Claim, SharedReports};
 use super::store::{dedup_key, Store, Stored};
 
 /// What became of one report body.
@@ -90,7 +91,20 @@ pub fn ingest(
     domains: &PolicyDomains,
     now: i64,
 ) -> Outcome {
-    let (outcome, who) = classify(body, content_type, store, now);
+    ingest_shared(body, content_type, store, None, domains, now)
+}
+
+/// [`ingest`] with the report claimed in the store `shared` with other gateways first, so
+/// only one of them stores it; on a blocking thread of a runtime (the claim is awaited there).
+pub fn ingest_shared(
+    body: &[u8],
+    content_type: &str,
+    store: &Store,
+    shared: Option<&SharedReports>,
+    domains: &PolicyDomains,
+    now: i64,
+) -> Outcome {
+    let (outcome, who) = classify(body, content_type, store, shared, now);
     crate::metrics::tlsrpt::report_outcome(who, outcome.label());
     if let Outcome::Accepted { report } = &outcome {
         crate::metrics::tlsrpt::sessions(report, who, domains);
@@ -106,7 +120,13 @@ pub fn refused(outcome: Outcome) -> Outcome {
 }
 
 /// The outcome and the `reporter` label, without counting.
-fn classify(body: &[u8], content_type: &str, store: &Store, now: i64) -> (Outcome, &'static str) {
+fn classify(
+    body: &[u8],
+    content_type: &str,
+    store: &Store,
+    shared: Option<&SharedReports>,
+    now: i64,
+) -> (Outcome, &'static str) {
     let json = match decode(body, content_type, Limits::default()) {
         Ok(j) => j,
         Err(DecodeError::TooLarge { .. }) => return (Outcome::TooLarge, UNKNOWN),
@@ -118,14 +138,32 @@ fn classify(body: &[u8], content_type: &str, store: &Store, now: i64) -> (Outcom
         Err(e) => return (Outcome::Malformed(e.to_string()), organisation_of(&json)),
     };
     let who = reporter(&report.organization_name);
-    let outcome = match store.put(&dedup_key(&report, &json), &json) {
+    let key = dedup_key(&report, &json);
+    // A copy in this node's store is a duplicate without asking anyone; otherwise the first
+    // node to claim the report stores it.
+    let claim = match shared {
+        Some(shared) if !store.contains(&key) => shared.claim_blocking(&key),
+        _ => Claim::Unavailable,
+    };
+    if claim == Claim::Taken {
+        let outcome = Outcome::Duplicate {
+            report_id: report.report_id,
+        };
+        return (outcome, who);
+    }
+    let outcome = match store.put(&key, &json) {
         Ok(Stored::New) => Outcome::Accepted {
             report: Box::new(report),
         },
         Ok(Stored::Duplicate) => Outcome::Duplicate {
             report_id: report.report_id,
         },
-        Err(e) => Outcome::StoreFailed(e.to_string()),
+        Err(e) => {
+            if let (Claim::Won, Some(shared)) = (claim, shared) {
+                shared.release_blocking(&key);
+            }
+            Outcome::StoreFailed(e.to_string())
+        }
     };
     (outcome, who)
 }

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::ingest::{ingest, refused, Outcome};
+use super::ingest::{ingest_shared, refused, Outcome};
 use super::mail::report_part;
 use super::settings::TlsRptSettings;
+use super::shared::SharedReports;
 use super::store::Store;
 
 /// Largest report mail kept in memory for its report: a 1 MiB gzip body, base64-encoded, in
@@ -23,6 +24,8 @@ pub struct Intake {
     /// `ready_min_free_space`: below it, reports are refused for now (the spool's room is
     /// for mail).
     min_free: u64,
+    /// Report claims shared with other gateways (`shared_state:`).
+    shared: Option<SharedReports>,
 }
 
 impl Intake {
@@ -34,7 +37,15 @@ impl Intake {
             store: Store::new(spool_dir),
             spool_dir: spool_dir.to_path_buf(),
             min_free,
+            shared: None,
         }
+    }
+
+    /// This intake storing a report only when it claimed it in `shared` first (another
+    /// gateway's copy is a duplicate).
+    pub fn with_shared(mut self, shared: Option<SharedReports>) -> Intake {
+        self.shared = shared;
+        self
     }
 
     /// The settings.
@@ -73,7 +84,14 @@ impl Intake {
                 )));
             }
         }
-        let outcome = ingest(body, content_type, &self.store, &self.settings.domains, now);
+        let outcome = ingest_shared(
+            body,
+            content_type,
+            &self.store,
+            self.shared.as_ref(),
+            &self.settings.domains,
+            now,
+        );
         if let Outcome::Accepted { .. } = outcome {
             if let Err(e) = self
                 .store

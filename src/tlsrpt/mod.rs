@@ -4,7 +4,8 @@
 //! `SPOOL/tlsrpt/` ([`store`]), and counted in the `mxgate_tlsrpt_*` metrics with bounded
 //! labels ([`reporter`], [`domains`]). [`ingest::ingest`] does all of it; the mail and HTTPS
 //! intakes ([`intake`]; the report part of a mail: [`mail`]) call it, as configured in
-//! `policies/tlsrpt.yaml` ([`settings`]). Nothing is ever sent back to a reporter (no report loops).
+//! `policies/tlsrpt.yaml` ([`settings`]); with `shared_state:` a report
+//! is stored by the one gateway that claims it first ([`shared`]). Nothing is ever sent back to a reporter (no report loops).
 
 pub mod decode;
 pub mod domains;
@@ -15,4 +16,5 @@ pub mod raw;
 pub mod report;
 pub mod reporter;
 pub mod settings;
+pub mod shared;
 pub mod store;

@@ -232,7 +232,8 @@ impl Store {
 }
 
 /// Lower-case hex SHA-256.
-fn sha256_hex(data: &[u8]) -> String {
+/// Lower-case hex SHA-256 of `data` (file names, shared-store keys).
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -233,6 +233,16 @@ impl VerdictCache {
         })
     }
 
+    /// The entry of `key` as stored, when it has not expired at `now` (a hit is not
+    /// recorded).
+    pub fn entry(&self, key: &CacheKey, now: u64) -> Option<Entry> {
+        self.shard(key)
+            .map
+            .get(key)
+            .filter(|e| e.expires > now)
+            .copied()
+    }
+
     /// Stores a fresh answer obtained at `now`. A tempfail is not stored (returns false).
     pub fn insert(&self, key: CacheKey, verdict: Verdict, now: u64) -> bool {
         let (valid, ttl) = match verdict {

@@ -17,6 +17,7 @@
 //!   lookup: cache, breaker, method, cache store, breaker record).
 //! - [`control`]: the control socket's `validate`, `cache-list` and `cache-flush` verbs
 //!   (`mxgate recipients ...`).
+//! - [`shared`]: the verdicts shared with other gateways in the `shared_state:` store.
 
 pub mod breaker;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod persist;
 pub mod rule;
 pub mod service;
 pub mod settings;
+pub mod shared;
 pub mod verdict;
 
 pub use verdict::{Answer, TempFailCause, Verdict};

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use super::breaker::Transition;
-use super::cache::VerdictCache;
+use super::cache::{CacheKey, VerdictCache};
 use super::callahead::{CallaheadSettings, ProbePool, ProbeTls};
 use super::destination::{Checked, Destination, Method, Source, ValidationClock};
 use super::ldap::{LdapDirectory, LdapSettings};
 use super::rule::{ValidationMethod, ValidationRequest};
 use super::settings::ValidationSettings;
+use super::shared::SharedVerdicts;
 use super::verdict::{Answer, TempFailCause};
 use crate::config::outbound::{DestinationControls, Route, RouteTable};
 use crate::relay::outbound_tls::OutboundTlsContext;
@@ -40,6 +41,8 @@ pub struct Validator {
     clock: Arc<dyn ValidationClock>,
     ldap: HashMap<String, Arc<Destination>>,
     callahead: Mutex<HashMap<String, Arc<Destination>>>,
+    /// The verdicts other gateways learned (`shared_state:`), asked after a local miss.
+    shared: Option<SharedVerdicts>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -121,7 +124,20 @@ impl Validator {
             clock,
             ldap,
             callahead: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// This validator asking `shared` after a local cache miss and publishing what it
+    /// learns there.
+    pub fn with_shared(mut self, shared: Option<SharedVerdicts>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared verdicts, when `shared_state:` is configured.
+    pub fn shared(&self) -> Option<&SharedVerdicts> {
+        self.shared.as_ref()
     }
 
     /// The shared verdict cache.
@@ -167,6 +183,16 @@ impl Validator {
                 Err(detail) => return unanswered(TempFailCause::Refused, detail),
             },
         };
+        let key = self.cache.key(dest.id(), &req.address);
+        // Another gateway's answer before the directory: filled into the local cache, where
+        // the destination finds it as a hit.
+        let mut from_shared = false;
+        if let (true, Some(shared)) = (use_cache, &self.shared) {
+            let now = self.clock.unix();
+            if self.cache.entry(&key, now).is_none() && !self.known_catch_all(&dest, req, now) {
+                from_shared = shared.fill(&self.cache, &key, now).await;
+            }
+        }
         let lookup = async {
             if use_cache {
                 dest.validate(&self.cache, self.clock.as_ref(), &req.address)
@@ -200,16 +226,31 @@ impl Validator {
         if let Some(t) = checked.transition {
             crate::metrics::validation::breaker(dest.id(), t);
         }
-        if checked.source == Source::Lookup {
-            // A lookup may have added an entry (hits change nothing): keep the gauge current.
-            let (valid, invalid) = self.cache.counts();
-            crate::metrics::validation::set_cache_entries(valid, invalid);
+        match checked.source {
+            Source::Cache { .. } => {
+                crate::metrics::validation::cache_hit(if from_shared { "shared" } else { "local" })
+            }
+            Source::Lookup => {
+                // A lookup may have added an entry (hits change nothing): keep the gauge
+                // current.
+                let (valid, invalid) = self.cache.counts();
+                crate::metrics::validation::set_cache_entries(valid, invalid);
+                self.publish(&key);
+            }
+            Source::Breaker => {}
         }
         if checked.refresh_due {
             let (dest, cache, clock) = (dest.clone(), self.cache.clone(), self.clock.clone());
             let address = req.address.clone();
+            let shared = self.shared.clone();
             tokio::spawn(async move {
                 let c = dest.refresh(&cache, clock.as_ref(), &address).await;
+                if let Some(shared) = shared {
+                    let now = clock.unix();
+                    if let Some(entry) = cache.entry(&key, now) {
+                        shared.publish(&key, entry, now).await;
+                    }
+                }
                 if let Some(t) = c.transition {
                     crate::metrics::validation::breaker(dest.id(), t);
                     tracing::warn!(
@@ -221,6 +262,29 @@ impl Validator {
             });
         }
         checked
+    }
+
+    /// True when `req`'s domain is cached locally as a catch-all of `dest`: the destination
+    /// answers from that finding, so the store is not asked for the address.
+    fn known_catch_all(&self, dest: &Destination, req: &ValidationRequest, now: u64) -> bool {
+        let Some((_, domain)) = req.address.rsplit_once('@') else {
+            return false;
+        };
+        let marker = self.cache.key(dest.id(), &format!("@{domain}"));
+        self.cache.entry(&marker, now).is_some_and(|e| e.valid)
+    }
+
+    /// Sends the local entry of `key` (just learned) to the shared store, in the
+    /// background: no reply waits for it. A tempfail left no entry, so nothing goes.
+    fn publish(&self, key: &CacheKey) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = self.clock.unix();
+        if let Some(entry) = self.cache.entry(key, now) {
+            let key = key.clone();
+            tokio::spawn(async move { shared.publish(&key, entry, now).await });
+        }
     }
 
     /// The call-ahead destination of the recipient domain's route, created on first use.

@@ -152,15 +152,35 @@ pub async fn execute(live: &LiveRecipients, verb: &str, rest: &str) -> String {
             Err(e) => Err(e),
         },
         "cache-list" => CacheFilter::parse(rest, true).map(|f| list(cache, &f, now)),
-        "cache-flush" => CacheFilter::parse(rest, false).map(|f| {
-            let answer = flush(cache, &f, now);
-            let (valid, invalid) = cache.counts();
-            crate::metrics::validation::set_cache_entries(valid, invalid);
-            answer
-        }),
+        "cache-flush" => match CacheFilter::parse(rest, false) {
+            Ok(f) => {
+                let mut answer = flush(cache, &f, now);
+                let (valid, invalid) = cache.counts();
+                crate::metrics::validation::set_cache_entries(valid, invalid);
+                if let Some(shared) = live.validator.shared() {
+                    let said = shared_flushed(shared.flush(f.address.as_deref()).await);
+                    // After the local answer, on its line: `ok ...; shared store: ...`.
+                    answer.truncate(answer.trim_end().len());
+                    answer.push_str(&format!("; {said}\n"));
+                }
+                Ok(answer)
+            }
+            Err(e) => Err(e),
+        },
         _ => Err(format!("usage: {USAGE}")),
     };
     answer.unwrap_or_else(|e| format!("error {e}\n"))
+}
+
+/// What a flush did to the shared store: other gateways keep their local copies.
+fn shared_flushed(r: Result<usize, crate::shared_state::SharedError>) -> String {
+    match r {
+        Ok(n) => format!(
+            "{} removed from the shared store (other gateways keep their local copies until they expire or are flushed there)",
+            entries(n)
+        ),
+        Err(e) => format!("the shared store was not flushed: {e}"),
+    }
 }
 
 /// Which cache entries `cache-list` and `cache-flush` mean.
