@@ -399,14 +399,9 @@ impl Backend for SpoolBackend<'_> {
     async fn commit_message(&mut self, env: Envelope) -> Result<(), String> {
         match (self.incoming.take(), self.body_error.take()) {
             (Some(inc), None) => {
-                let spool = self.ctx.spool.clone();
-                match tokio::task::spawn_blocking(move || {
-                    let r = spool.commit(inc, &env);
-                    (r, env)
-                })
-                .await
-                {
-                    Ok((Ok(body), env)) => {
+                // The spool's commit thread does the work, batched with the other sessions'.
+                match self.ctx.spool.commit_async(inc, &env).await {
+                    Ok(body) => {
                         // The queue manager gets envelope and body as they are:
                         // the first delivery reads nothing back from disk.
                         if let Some(q) = &self.ctx.queue {
@@ -414,11 +409,10 @@ impl Backend for SpoolBackend<'_> {
                         }
                         Ok(())
                     }
-                    Ok((Err(e), _)) => {
+                    Err(e) => {
                         metrics::spool_write_failed(e.is_out_of_space());
                         Err(e.to_string())
                     }
-                    Err(e) => Err(format!("commit task failed: {e}")),
                 }
             }
             (Some(inc), Some(err)) => {

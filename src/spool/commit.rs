@@ -1,42 +1,40 @@
-//! Committing a message: its queue file (header and body) written, flushed with one
-//! `fdatasync`, renamed into `queue/` with one rename, then the `queue/` directory fsync
-//! shared by every commit under way (group commit).
+//! What one commit writes, on the commit thread ([`super::committer`]): the message's queue
+//! file (header and body) in `tmp/` or over a recycled file, ready for its `fdatasync` and
+//! its rename into `queue/`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-
-use crate::envelope::Envelope;
+use std::sync::Arc;
 
 use super::error::{io, SpoolError};
 use super::incoming::Incoming;
+use super::pool::Pool;
 use super::queue_file::{self, RESERVED};
-use super::{Spool, FILE_MODE};
+use super::FILE_MODE;
 
-impl Spool {
-    /// Makes the message durable: its queue file is fdatasynced, renamed into `queue/`, and
-    /// the directory fsynced. The directory fsync is a group commit: one fsync covers every
-    /// commit whose rename completed before it started, and this returns only after such
-    /// an fsync succeeded. Blocking: call from a blocking thread. On error nothing is left
-    /// in `queue/`.
-    ///
-    /// Returns the body when it was held in memory (not spilled), so the relay can send it
-    /// without reading it back from disk.
-    pub fn commit(&self, mut inc: Incoming, env: &Envelope) -> Result<Option<Vec<u8>>, SpoolError> {
-        if let Err(e) = self.commit_inner(&mut inc, env) {
-            let _ = fs::remove_file(self.message_path(inc.mid));
-            let _ = fs::remove_file(&inc.tmp);
-            if let Some(p) = &inc.tmp_copy {
-                let _ = fs::remove_file(p);
-            }
-            return Err(e);
-        }
-        Ok((!inc.spilled).then(|| std::mem::take(&mut inc.buf)))
-    }
+/// Writes queue files; owned by the commit thread.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    /// `tmp/`.
+    pub(super) tmp_dir: PathBuf,
+    /// `queue/`.
+    pub(super) queue_dir: PathBuf,
+    /// Recycled files in `free/`.
+    pub(super) pool: Arc<Pool>,
+}
 
-    fn commit_inner(&self, inc: &mut Incoming, env: &Envelope) -> Result<(), SpoolError> {
-        let (file, src) = match inc.file.take() {
+impl Writer {
+    /// Writes `inc`'s queue file with `header` in front of its body (not yet synced);
+    /// returns the open file and its path. `header` is padded to [`RESERVED`] when the body
+    /// spilled and the envelope fits in front of it.
+    pub(super) fn write(
+        &self,
+        inc: &mut Incoming,
+        header: &[u8],
+    ) -> Result<(File, PathBuf), SpoolError> {
+        match inc.file.take() {
             // Spilled: the body is in its file already, after the room for the header.
             Some(file) => {
                 inc.spilled = true;
@@ -46,21 +44,14 @@ impl Spool {
                     inc.append(&buf)?;
                 }
                 let file = inc.file.take().expect("just put back");
-                self.finish_spilled(inc, file, env)?
+                self.finish_spilled(inc, file, header)
             }
             None => {
-                let header = queue_file::header(env, inc.buf.len() as u64, None);
-                let (file, path) = self.write_file(&inc.tmp, &[&header, &inc.buf])?;
+                let (file, path) = self.write_file(&inc.tmp, &[header, &inc.buf])?;
                 inc.tmp = path.clone();
-                (file, path)
+                Ok((file, path))
             }
-        };
-        // The data and what is needed to read it back (the size); the name is made durable
-        // by the directory fsync after the rename.
-        file.sync_data().map_err(io("fsync", &src))?;
-        let dst = self.message_path(inc.mid);
-        fs::rename(&src, &dst).map_err(io("rename", &dst))?;
-        self.sync_queue_dir()
+        }
     }
 
     /// Puts the header in front of a spilled body: into the room left for it, or, when it
@@ -69,13 +60,12 @@ impl Spool {
         &self,
         inc: &mut Incoming,
         file: File,
-        env: &Envelope,
+        header: &[u8],
     ) -> Result<(File, PathBuf), SpoolError> {
-        let header = queue_file::header(env, inc.on_disk, Some(RESERVED));
         if header.len() as u64 == RESERVED {
-            let mut result = file.write_all_at(&header, 0);
+            let mut result = file.write_all_at(header, 0);
             if matches!(&result, Err(e) if super::error::out_of_space(e)) && self.pool.drain() > 0 {
-                result = file.write_all_at(&header, 0);
+                result = file.write_all_at(header, 0);
             }
             result.map_err(io("write", &inc.tmp))?;
             // A recycled file may be longer than this message: cut it.
@@ -86,9 +76,9 @@ impl Spool {
             return Ok((file, inc.tmp.clone()));
         }
         drop(file);
-        let copy = self.root.join("tmp").join(format!("{}.copy", inc.mid));
-        let (mut out, path) =
-            self.write_file(&copy, &[&queue_file::header(env, inc.on_disk, None)])?;
+        // Longer than the room: not padded, the body goes right behind it.
+        let copy = self.tmp_dir.join(format!("{}.copy", inc.mid));
+        let (mut out, path) = self.write_file(&copy, &[header])?;
         inc.tmp_copy = Some(path.clone());
         let copied = (|| {
             let mut body = File::open(&inc.tmp)?;
@@ -155,6 +145,27 @@ impl Spool {
             }
         }
     }
+
+    /// Removes what a failed commit of `inc` left: its file in `queue/` (when the failure
+    /// came after the rename) and its files in `tmp/` or `free/`.
+    pub(super) fn clean_up(&self, inc: &Incoming) {
+        let _ = fs::remove_file(queue_file::path(&self.queue_dir, inc.mid));
+        let _ = fs::remove_file(&inc.tmp);
+        if let Some(p) = &inc.tmp_copy {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// The header of `inc`'s queue file: padded to the room in front of a spilled body (or, when
+/// longer than that room, not padded: [`Writer::write`] then copies the body behind it).
+pub(super) fn header_for(inc: &Incoming, env: &crate::envelope::Envelope) -> Vec<u8> {
+    // A spilled body gets what is still buffered appended before the header is written.
+    let body_len = match inc.file {
+        Some(_) => inc.on_disk + inc.buf.len() as u64,
+        None => inc.buf.len() as u64,
+    };
+    queue_file::header(env, body_len, inc.file.is_some().then_some(RESERVED))
 }
 
 /// Writes every part in order, in as few `writev` calls as the kernel allows (one, as a rule).

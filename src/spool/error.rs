@@ -25,6 +25,9 @@ pub enum SpoolError {
         /// Who holds it (`mxgate pid N`).
         holder: String,
     },
+    /// The spool's commit thread is gone (it panicked): nothing can be committed.
+    #[error("the spool's commit thread stopped")]
+    Stopped,
 }
 
 impl SpoolError {

@@ -8,9 +8,9 @@
 //! them costs a rename. `free/` holds nothing of value and is emptied at start-up.
 
 mod commit;
+mod committer;
 pub(crate) mod envelope;
 mod error;
-mod group;
 pub(crate) mod ids;
 mod incoming;
 mod legacy;
@@ -23,9 +23,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use commit::Writer;
+use committer::Committer;
 use error::io;
 pub use error::SpoolError;
-use group::DirSync;
 use ids::IdAllocator;
 pub use incoming::Incoming;
 use pool::Pool;
@@ -39,9 +40,9 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// The spool directory with its id counters.
 #[derive(Debug)]
 pub struct Spool {
+    /// The commit thread; first, so that it has stopped before the lock is let go.
+    committer: Committer,
     root: PathBuf,
-    /// Group commit of `queue/` directory fsyncs, shared by concurrent commits.
-    queue_sync: DirSync,
     /// The exclusive lock on the spool, held while this is open.
     _lock: File,
     /// Recycled files in `free/`.
@@ -81,12 +82,20 @@ impl Spool {
         };
         let qdir = root.join("queue");
         separate_duplicates(&qdir);
-        let queue_sync = DirSync::new(File::open(&qdir).map_err(io("open directory", &qdir))?);
+        let queue_dir = File::open(&qdir).map_err(io("open directory", &qdir))?;
+        let pool = Arc::new(Pool::new(root.join("free")));
+        let writer = Writer {
+            tmp_dir: root.join("tmp"),
+            queue_dir: qdir.clone(),
+            pool: pool.clone(),
+        };
+        let committer =
+            Committer::start(writer, queue_dir).map_err(io("start the commit thread", &qdir))?;
         Ok(Spool {
+            committer,
             root: root.to_path_buf(),
-            queue_sync,
             _lock: lock,
-            pool: Arc::new(Pool::new(root.join("free"))),
+            pool,
             mids: IdAllocator::open_above(&root.join("mid.counter"), highest_queued_mid(&qdir))
                 .map_err(io("open id counter", &root.join("mid.counter")))?,
             icids: open("icid.counter")?,
@@ -188,15 +197,6 @@ impl Spool {
         if state {
             let _ = fs::remove_file(self.state_path(mid));
         }
-    }
-
-    /// Fsyncs `queue/`, sharing the fsync with concurrent commits (blocking).
-    /// Files recycled before the call are reusable once it succeeded.
-    pub fn sync_queue_dir(&self) -> Result<(), SpoolError> {
-        let covered = self.pool.covered();
-        let result = self.queue_sync.sync();
-        self.pool.synced(covered, result.is_ok());
-        result.map_err(io("fsync directory", &self.queue_dir()))
     }
 
     /// Deletes what a crash mid-removal (or, in the old format, mid-commit) left behind: a
