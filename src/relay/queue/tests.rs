@@ -381,12 +381,14 @@ fn manager(spool: Arc<Spool>, log_path: std::path::PathBuf) -> QueueManager {
     .0
 }
 
-fn queue_one(spool: &Spool) -> u64 {
+/// Queues one message (from async tests: the blocking `commit` would block the runtime).
+async fn queue_one(spool: &Spool) -> u64 {
     let mid = spool.next_mid().unwrap();
     let mut inc = spool.begin(mid);
     inc.write(b"Subject: x\r\n\r\nbody\r\n").unwrap();
     spool
-        .commit(inc, &env(mid, &["c@example.com", "d@example.com"], 1))
+        .commit_async(inc, &env(mid, &["c@example.com", "d@example.com"], 1))
+        .await
         .unwrap();
     mid
 }
@@ -395,7 +397,7 @@ fn queue_one(spool: &Spool) -> u64 {
 async fn trust_06_a_bounce_is_not_saved_while_its_dsn_waits_for_the_rest_of_the_round() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
-    let mid = queue_one(&spool);
+    let mid = queue_one(&spool).await;
     let mut m = manager(spool.clone(), dir.path().join("mail.log"));
     m.load(mid).await;
     // Two jobs in flight (e.g. two connections); the first bounces RID 0.
@@ -447,8 +449,8 @@ async fn trust_06_a_bounce_is_not_saved_while_its_dsn_waits_for_the_rest_of_the_
 async fn the_administrators_bounce_and_delete_reach_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
-    let bounced = queue_one(&spool);
-    let deleted = queue_one(&spool);
+    let bounced = queue_one(&spool).await;
+    let deleted = queue_one(&spool).await;
     let mut m = manager(spool.clone(), dir.path().join("mail.log"));
     m.load(bounced).await;
     m.load(deleted).await;
