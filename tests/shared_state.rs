@@ -554,3 +554,46 @@ async fn rediss_with_a_private_ca_and_a_password_file() {
         "{text}"
     );
 }
+
+/// Found by an outsider: a store that answers every write with an error (here out of memory)
+/// counted as up, and counts written into the store by someone else (negative, without an
+/// expiry) lifted the limits or refused valid recipients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_writes_is_down_and_foreign_counts_lift_no_limit() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let Some((nodes, _cfg, _hap, front)) = cluster(&redis) else {
+        return;
+    };
+    wait_gauge(&nodes, 1.0).await;
+    // A negative recipient count is no budget without end: 20, then the refusal.
+    assert_eq!(
+        redis.command(&["SET", "mxgate:rcpt:127.0.0.15", "-1000"]),
+        "+OK"
+    );
+    let (r, _) = recipients(&nodes, "127.0.0.15", front, 1, PER_HOUR + 1).await;
+    assert!(r[..PER_HOUR].iter().all(|x| x == ACCEPTED), "{r:?}");
+    assert_eq!(r[PER_HOUR], REFUSED_HOURLY);
+    // A negative harvest count is none: a valid recipient is accepted, not dropped.
+    assert_eq!(
+        redis.command(&["SET", "mxgate:dhap:127.0.0.16", "-1"]),
+        "+OK"
+    );
+    let (r, _) = recipients(&nodes, "127.0.0.16", front, 1, 1).await;
+    assert_eq!(r, [ACCEPTED]);
+
+    // Out of memory: every write fails. The store is down on every node (the gauge says
+    // so, and the log once), mail flows under local limits, and it comes back by itself.
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]), "+OK");
+    wait_gauge(&nodes, 0.0).await;
+    let (r, _) = recipients(&nodes, "127.0.0.17", front, 1, 1).await;
+    assert_eq!(r, [ACCEPTED]);
+    let down = format!("shared state: {} unavailable (", redis.url());
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(count(n, &down), 1, "node {i}:\n{}", n.log_text());
+        assert!(n.log_text().contains("OOM"), "node {i} names the cause");
+    }
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
+    wait_gauge(&nodes, 1.0).await;
+}

@@ -26,9 +26,17 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often the sessions and the queue are looked at.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Parses `--deadline`: a duration such as `120s`, `2m`, `1h`, or a bare number of seconds.
+/// The longest drain deadline: a rolling update that waits longer has lost its way.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `--deadline`: a duration such as `120s`, `2m`, `1h`, or a bare number of seconds;
+/// at most [`MAX_DEADLINE`].
 pub fn parse_deadline(s: &str) -> Result<Duration, String> {
-    crate::config::values::parse_duration(s)
+    let d = crate::config::values::parse_duration(s)?;
+    if d > MAX_DEADLINE {
+        return Err(format!("{s}: a drain deadline is at most 24h"));
+    }
+    Ok(d)
 }
 
 /// Asks for a drain with `deadline`: writes [`DRAIN_FILE`] in `spool` (the caller then sends
@@ -40,12 +48,14 @@ pub fn write_request(spool: &Path, deadline: Duration) -> std::io::Result<()> {
     )
 }
 
-/// The deadline a drain was asked with; [`DEFAULT_DEADLINE`] without a readable request.
+/// The deadline a drain was asked with ([`MAX_DEADLINE`] at most); [`DEFAULT_DEADLINE`]
+/// without a readable request.
 pub(crate) fn read_request(spool: &Path) -> Duration {
     std::fs::read_to_string(spool.join(DRAIN_FILE))
         .ok()
         .and_then(|t| t.trim().parse::<u64>().ok())
         .map_or(DEFAULT_DEADLINE, Duration::from_secs)
+        .min(MAX_DEADLINE)
 }
 
 /// Messages in the spool's queue.
@@ -62,6 +72,23 @@ impl Running {
             "drain started: deadline {}s, {} sessions open, {} messages queued; new connections get 421 4.3.2, /ready answers 503",
             deadline.as_secs(),
             self.admission.sessions(),
+            queued(&self.spool)
+        ));
+    }
+
+    /// A second `mxgate drain` during the drain: its deadline counts from now.
+    pub fn drain_deadline_changed(&self, deadline: Duration) {
+        self.info(format!(
+            "drain: new deadline {}s from now ({} messages queued)",
+            deadline.as_secs(),
+            queued(&self.spool)
+        ));
+    }
+
+    /// A stop signal ended the drain before its deadline: what is queued stays.
+    pub fn drain_cut_short(&self, signal: &str) {
+        self.info(format!(
+            "drain ended by {signal} before its deadline: {} messages stay in the spool for the next start",
             queued(&self.spool)
         ));
     }
@@ -126,6 +153,8 @@ mod tests {
         assert_eq!(parse_deadline("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_deadline("90"), Ok(Duration::from_secs(90)));
         assert!(parse_deadline("soon").is_err());
+        assert_eq!(parse_deadline("24h"), Ok(MAX_DEADLINE));
+        assert!(parse_deadline("99999999999999s").is_err());
     }
 
     #[test]

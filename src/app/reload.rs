@@ -86,13 +86,27 @@ pub async fn run(
         return Ok(Stopped::Signal);
     };
     eprintln!("mxgate: draining (deadline {deadline:?})");
-    let until = tokio::time::Instant::now() + deadline;
+    let mut until = tokio::time::Instant::now() + deadline;
     running.begin_drain(deadline);
-    tokio::select! {
-        _ = running.drain_wait(until, grace) => {}
-        // A stop signal during a drain ends it: what is queued stays.
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = running.drain_wait(until, grace) => break,
+            // A second `mxgate drain` sets a new deadline, counted from now.
+            _ = usr2.recv() => {
+                let deadline = super::drain::read_request(&config.global.spool_dir);
+                until = tokio::time::Instant::now() + deadline;
+                running.drain_deadline_changed(deadline);
+            }
+            // A stop signal during a drain ends it: what is queued stays.
+            _ = term.recv() => {
+                running.drain_cut_short("SIGTERM");
+                break;
+            }
+            _ = int.recv() => {
+                running.drain_cut_short("SIGINT");
+                break;
+            }
+        }
     }
     let spool = running.spool.clone();
     // Whatever time is left lets deliveries under way finish; sessions are closed by now.

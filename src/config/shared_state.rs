@@ -52,6 +52,9 @@ pub(crate) struct WhenUnavailableDef {
     pub harvest: Option<SpannedStr>,
 }
 
+/// The longest `shared_state.timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default `shared_state.timeout`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -145,6 +148,16 @@ pub(super) fn build_shared_state(
             );
             String::new()
         }
+        // Empty, the keys would mix with whatever else the store holds; long, every
+        // command carries it.
+        Some(k) if k.value.is_empty() || k.value.len() > 64 => {
+            e.on(
+                k,
+                "shared_state.key_prefix",
+                "must be 1 to 64 bytes (e.g. \"mxgate:\")",
+            );
+            String::new()
+        }
         Some(k) => k.value.clone(),
         None => "mxgate:".to_string(),
     };
@@ -155,6 +168,15 @@ pub(super) fn build_shared_state(
         "shared_state.timeout",
         e,
     );
+    // Every SMTP reply that needs the store may wait this long: past a few seconds a
+    // client's own command timeout is near, and the local fallback is the better answer.
+    if let Some(t) = def.timeout.as_ref().filter(|_| timeout > MAX_TIMEOUT) {
+        e.on(
+            t,
+            "shared_state.timeout",
+            "is at most 5s (an SMTP reply waits this long for the store)",
+        );
+    }
     let w = def.when_unavailable.as_ref();
     let mut fallback = |v: Option<&SpannedStr>, key: &str| match v {
         None => Fallback::Local,
@@ -205,6 +227,21 @@ fn check_url(url: &str) -> Result<(), String> {
     if let Some((userinfo, _)) = authority.rsplit_once('@') {
         if userinfo.contains(':') {
             return Err("a password in the url is not allowed: use password_file".into());
+        }
+    }
+    // The query is not where the client takes a password from (`?password=` would be sent
+    // nowhere and printed everywhere): only the protocol may be chosen there.
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split('=').next().unwrap_or("");
+            if name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("pass") {
+                return Err("a password in the url is not allowed: use password_file".into());
+            }
+            if !name.eq_ignore_ascii_case("protocol") {
+                return Err(format!(
+                    "url parameter {name:?} is not supported (only protocol=)"
+                ));
+            }
         }
     }
     redis::Client::open(url)

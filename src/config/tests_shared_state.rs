@@ -77,6 +77,22 @@ fn errors_name_file_line_and_field() {
             "mxgate.yaml:2:8: shared_state.url: a password in the url is not allowed: use password_file",
         ),
         (
+            "shared_state:\n  url: redis://127.0.0.1:6379/0?password=s3cret\n",
+            "mxgate.yaml:2:8: shared_state.url: a password in the url is not allowed: use password_file",
+        ),
+        (
+            "shared_state:\n  url: redis://127.0.0.1:6379/0?db=2\n",
+            "mxgate.yaml:2:8: shared_state.url: url parameter \"db\" is not supported (only protocol=)",
+        ),
+        (
+            "shared_state:\n  url: redis://127.0.0.1:6379/0\n  timeout: 100h\n",
+            "mxgate.yaml:3:12: shared_state.timeout: is at most 5s (an SMTP reply waits this long for the store)",
+        ),
+        (
+            "shared_state:\n  url: redis://127.0.0.1:6379/0\n  key_prefix: \"\"\n",
+            "mxgate.yaml:3:15: shared_state.key_prefix: must be 1 to 64 bytes (e.g. \"mxgate:\")",
+        ),
+        (
             "shared_state:\n  url: http://127.0.0.1:6379\n",
             "mxgate.yaml:2:8: shared_state.url: \"http://127.0.0.1:6379\" is not a redis:// or rediss:// url (e.g. redis://127.0.0.1:6379/0)",
         ),

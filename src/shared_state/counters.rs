@@ -25,6 +25,11 @@ static TAKE_RECIPIENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('INCR', KEYS[1])
+if n < 1 then
+  -- A negative count (written by someone else) would be a budget without end.
+  redis.call('SET', KEYS[1], 1)
+  n = 1
+end
 if n == 1 or redis.call('TTL', KEYS[1]) < 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
@@ -47,7 +52,14 @@ static TAKE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local dhap = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- A value that is not a count (written by someone else) counts as none, and an invalid
+-- count without an expiry gets the hour it should have had.
+local dhap = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if dhap < 0 then dhap = 0 end
+if dhap > 0 and redis.call('TTL', KEYS[2]) == -1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+dhap = math.floor(dhap)
 if tonumber(ARGV[1]) < 0 then
   return {1, dhap}
 end
@@ -61,8 +73,8 @@ return {1, dhap}
     )
 });
 
-/// Refreshes this node's leases: `KEYS[i]` holds member `ARGV[i+1]`; only leases still
-/// there are extended (ZADD XX), so a lease the store dropped is not brought back.
+/// Refreshes this node's leases: `KEYS[i]` holds member `ARGV[i+1]`. A lease the store lost
+/// (an outage longer than the lease, a restarted store) is added back: its session is open.
 static REFRESH_LEASES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -70,9 +82,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  if redis.call('ZADD', key, 'XX', 'CH', now + lease, ARGV[i + 1]) >= 0 then
-    redis.call('PEXPIRE', key, lease)
-  end
+  redis.call('ZADD', key, now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, lease)
 end
 return #KEYS
 ",
@@ -84,6 +95,10 @@ static COUNT_INVALID: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('INCR', KEYS[1])
+if n < 1 then
+  redis.call('SET', KEYS[1], 1)
+  n = 1
+end
 if n == 1 or redis.call('TTL', KEYS[1]) < 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
@@ -154,7 +169,7 @@ pub async fn take_connection(
     let id = s.inner.leases.next.fetch_add(1, Ordering::Relaxed);
     let member = format!("{}:{id}", s.node_id());
     let (k, m) = (key.clone(), member.clone());
-    let (taken, invalid) = s
+    let answer = s
         .run(|mut c| async move {
             TAKE_CONNECTION
                 .key(k)
@@ -162,10 +177,26 @@ pub async fn take_connection(
                 .arg(max_arg)
                 .arg(LEASE.as_millis() as u64)
                 .arg(m)
+                .arg(HOUR_SECONDS)
                 .invoke_async::<(i64, u64)>(&mut c)
                 .await
         })
-        .await?;
+        .await;
+    let (taken, invalid) = match answer {
+        Ok(a) => a,
+        // The script may still run once the store wakes up: the slot it would take is
+        // owned by nobody, so it is given back as soon as the store answers again.
+        Err(e @ (SharedError::Timeout(_) | SharedError::Store(_))) => {
+            s.inner
+                .leases
+                .orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((key, member, std::time::Instant::now()));
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let lease = (taken == 1 && max.is_some()).then(|| {
         s.inner
             .leases
@@ -189,6 +220,37 @@ pub(super) struct Leases {
     next: AtomicU64,
     /// Lease id -> (key, member).
     open: Mutex<HashMap<u64, (String, String)>>,
+    /// Slots asked for without an answer (key, member, when): removed again while the
+    /// store answers, for as long as such a slot could live.
+    orphans: Mutex<Vec<(String, String, std::time::Instant)>>,
+}
+
+/// Gives back the slots of connection scripts that got no answer (see [`take_connection`]);
+/// the probe calls this while the store is up. Each is removed again until a lease could
+/// have expired, since the script may run late.
+pub(super) async fn release_orphans(s: &SharedState) {
+    let pending: Vec<(String, String)> = {
+        let mut o = s
+            .inner
+            .leases
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.retain(|(_, _, at)| at.elapsed() < LEASE);
+        o.iter().map(|(k, m, _)| (k.clone(), m.clone())).collect()
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let _ = s
+        .run_within(Duration::from_secs(1), |mut c| async move {
+            let mut pipe = redis::pipe();
+            for (key, member) in &pending {
+                pipe.cmd("ZREM").arg(key).arg(member).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await;
 }
 
 /// A connection slot held in the store; given back (ZREM, not awaited) when dropped.

@@ -200,6 +200,7 @@ impl SharedState {
                     || e.is_connection_refusal()
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
+                    || refuses_everything(e.code())
                 {
                     self.down(&text);
                 }
@@ -242,13 +243,37 @@ impl SharedState {
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(|_| conn)
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(c)) => Ok(c),
+        let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+        };
+        self.health(&mut conn, true).await?;
+        Ok(conn)
+    }
+
+    /// Up means: the store takes a write (not out of memory, not a read-only replica, not
+    /// loading) and, to come back up (`fast`), answers within `timeout`: a store slower than
+    /// that would only make every decision wait and then fall back, and the gauge flap.
+    async fn health(&self, conn: &mut MultiplexedConnection, fast: bool) -> Result<(), String> {
+        let limit = self.inner.settings.timeout;
+        let started = std::time::Instant::now();
+        let mut set = redis::cmd("SET");
+        set.arg(self.key("health", &self.inner.node_id))
+            .arg(1)
+            .arg("PX")
+            .arg(PROBE_EVERY.as_millis() as u64 * 5);
+        let write = set.query_async::<()>(conn);
+        match tokio::time::timeout(CONNECT_TIMEOUT, write).await {
+            Ok(Ok(())) if !fast || started.elapsed() <= limit => Ok(()),
+            Ok(Ok(())) => Err(format!(
+                "answers in {} ms, slower than shared_state.timeout ({} ms)",
+                started.elapsed().as_millis(),
+                limit.as_millis()
+            )),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
         }
@@ -275,14 +300,18 @@ async fn probe(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Rece
         let state = SharedState { inner: strong };
         if state.is_up() {
             // An idle node learns of an outage too (its gauge must not say up meanwhile).
-            let _ = state
-                .run_within(CONNECT_TIMEOUT, |mut c| async move {
-                    redis::cmd("PING").query_async::<String>(&mut c).await
-                })
-                .await;
+            let conn = state.lock().clone();
+            if let Some(mut conn) = conn {
+                // Slowness alone is left to the decisions' own timeouts.
+                if let Err(why) = state.health(&mut conn, false).await {
+                    state.down(&why);
+                }
+            }
+            counters::release_orphans(&state).await;
         } else {
             if let Ok(conn) = state.connect().await {
                 *state.lock() = Some(conn);
+                counters::release_orphans(&state).await;
                 if !state.inner.up.swap(true, Ordering::SeqCst) {
                     crate::metrics::shared_state::up(true);
                     state.say(
@@ -302,6 +331,27 @@ async fn probe(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Rece
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Error codes that refuse every command, not just one key's: the store cannot count now
+/// (out of memory, a read-only replica, loading, not authenticated …), so it is down.
+fn refuses_everything(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "OOM"
+                | "READONLY"
+                | "LOADING"
+                | "NOAUTH"
+                | "WRONGPASS"
+                | "NOPERM"
+                | "MASTERDOWN"
+                | "MISCONF"
+                | "BUSY"
+                | "CLUSTERDOWN"
+                | "TRYAGAIN"
+        )
+    )
 }
 
 /// The client for the settings: password from its file, trust anchors from `ca_file`.
