@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::Output;
 
 use mxgate::tlsrpt::domains::PolicyDomains;
 use mxgate::tlsrpt::ingest::{ingest, Outcome};
 use mxgate::tlsrpt::store::Store;
 use support::mxgate::bin as mxgate;
+use support::tlsrpt::gzip;
 
 /// RFC 8460 Appendix B, the `additional-information` string joined onto one line (the RFC
 /// wraps it, which JSON does not allow).
@@ -21,12 +21,6 @@ const GOOGLE: &str = r#"{"organization-name":"Google Inc.","date-range":{"start-
 
 /// 2026-12-05.
 const NOW: i64 = 1_796_428_800;
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
 
 fn spool_with_two_reports() -> tempfile::TempDir {
     let spool = tempfile::tempdir().unwrap();

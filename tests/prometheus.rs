@@ -356,23 +356,14 @@ const RFC_EXAMPLE: &str = include_str!("../src/tlsrpt/rfc8460-example.json");
 
 /// A report mail as RFC 8460 §5.3 describes it, with `json` gzip'd and base64-encoded.
 fn report_mail(json: &str) -> String {
-    use base64::Engine;
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json.as_bytes()).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
+    let lines = support::tlsrpt::gzip_base64_lines(json);
     format!(
         "Subject: Report Domain: company-y.example Submitter: company-x.example\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"R\"\r\n\r\n\
          --R\r\nContent-Type: application/tlsrpt+gzip\r\n\
          Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--R--\r\n",
-        lines.join("\r\n")
+        lines
     )
 }
 

@@ -32,9 +32,10 @@ const DHAP_550: &str = "550 5.7.1 Too many invalid recipients\r\n";
 /// group (20 recipients per hour, 2 concurrent connections per IP), the shared store at `url`.
 fn config(url: &str, timeout: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    let hosts: String = (1..=30)
+    let mut hosts: String = (1..=30)
         .map(|i| format!("127.0.0.{i} c{i}.test\n"))
         .collect();
+    hosts.push_str("2001:db8:1:2::9 v6a.test\n2001:db8:1:2:ffff::1 v6b.test\n");
     let files = [
         (
             "mxgate.yaml",
@@ -56,7 +57,7 @@ fn config(url: &str, timeout: &str) -> tempfile::TempDir {
         (
             "policies/hat.yaml",
             "inbound:\n  sender_groups:\n    - name: LIMITED\n      policy: LIMITED\n      \
-             match: [127.0.0.9-127.0.0.19]\n  default_policy: ACCEPTED\n"
+             match: [127.0.0.9-127.0.0.19, \"2001:db8:1::/48\"]\n  default_policy: ACCEPTED\n"
                 .to_string(),
         ),
         (
@@ -596,4 +597,117 @@ async fn a_store_refusing_writes_is_down_and_foreign_counts_lift_no_limit() {
     }
     assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
     wait_gauge(&nodes, 1.0).await;
+}
+
+/// A client connection straight to `node` with a PROXY v1 header claiming `from` (IPv4 or
+/// IPv6), greeted.
+async fn proxied(node: SocketAddr, from: &str) -> (Client<TcpStream>, String) {
+    let mut s = TcpStream::connect(node).await.unwrap();
+    let family = if from.contains(':') { "TCP6" } else { "TCP4" };
+    let to = if from.contains(':') {
+        "2001:db8::25"
+    } else {
+        "127.0.0.1"
+    };
+    s.write_all(format!("PROXY {family} {from} {to} 40000 25\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut c = Client {
+        io: BufReader::new(s),
+    };
+    let greeting = c.reply().await;
+    (c, greeting)
+}
+
+/// Found by an outsider: a connection script the store got but answered only after the
+/// timeout took a slot nobody owned, for the lease's whole minute; and an IPv6 client's key
+/// did not say which prefix length it counts, so nodes with different `per_ip.ipv6_prefix`
+/// added up different networks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answered_slot_is_given_back_and_ipv6_keys_carry_the_prefix() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cfg = config(&redis.url(), "500ms");
+    let m = node(cfg.path());
+    wait_gauge(std::slice::from_ref(&m), 1.0).await;
+    let addr = m.addr("inbound");
+    let key = "mxgate:conn:127.0.0.18";
+
+    // One session first: the store learns the script (a hanging store cannot).
+    let (mut c, greeting) = proxied(addr, "127.0.0.18").await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert_eq!(redis.command(&["ZCARD", key]), ":1");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    wait_until("the first lease given back", || {
+        redis.command(&["EXISTS", key]) == ":0"
+    })
+    .await;
+    assert_eq!(redis.command(&["CONFIG", "RESETSTAT"]), "+OK");
+
+    // The store hangs while a client connects: after `timeout` the session opens under the
+    // local count, and ends.
+    redis.pause();
+    let asked = Instant::now();
+    let (mut c, greeting) = proxied(addr, "127.0.0.18").await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(asked.elapsed() >= Duration::from_millis(500));
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    wait_gauge(std::slice::from_ref(&m), 0.0).await;
+    // It wakes up and runs the script it was sent (a lease for a session that is over);
+    // the node gives that slot back as soon as the store answers, not a minute later.
+    redis.resume();
+    let woke = Instant::now();
+    wait_gauge(std::slice::from_ref(&m), 1.0).await;
+    wait_until("the late slot given back", || {
+        redis.command(&["EXISTS", key]) == ":0"
+    })
+    .await;
+    assert!(
+        woke.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        woke.elapsed()
+    );
+    assert!(redis.calls("zadd") >= 1, "the late script took a slot");
+    assert!(redis.calls("zrem") >= 1, "the node gave it back");
+
+    // Two IPv6 clients of one /64 count under one key that names the prefix length.
+    for (i, from) in ["2001:db8:1:2::9", "2001:db8:1:2:ffff::1"]
+        .iter()
+        .enumerate()
+    {
+        let (mut c, greeting) = proxied(addr, from).await;
+        assert!(greeting.starts_with("220 "), "{from}: {greeting}");
+        assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<s@sender.test>").await.starts_with("250"));
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<v6{i}@example.com>")).await,
+            ACCEPTED
+        );
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+    }
+    assert_eq!(
+        redis.command(&["GET", "mxgate:rcpt:2001:db8:1:2::/64"]),
+        "2"
+    );
+}
+
+/// A Redis Cluster node is not a store the counters can use (scripts over two keys, slots
+/// owned elsewhere): the node says so and counts locally instead of counting wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_node_is_refused_with_the_reason() {
+    let Some(redis) = Redis::start_cluster_node() else {
+        return;
+    };
+    let cfg = config(&redis.url(), "500ms");
+    let m = node(cfg.path());
+    assert_eq!(gauge(&m, "mxgate_shared_state_up"), Some(0.0));
+    m.wait_log("it is a Redis Cluster node; shared_state needs a single primary");
+    let (mut c, greeting) = proxied(m.addr("inbound"), "127.0.0.19").await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@sender.test>").await.starts_with("250"));
+    assert_eq!(c.cmd("RCPT TO:<r1@example.com>").await, ACCEPTED);
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    assert_eq!(redis.command(&["DBSIZE"]), ":0");
 }

@@ -8,11 +8,9 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use base64::Engine;
 use support::postfix::{start_or_skip, PostfixOptions};
 use support::redis::Redis;
 use support::{wait_until, Client, Mxgate};
@@ -33,52 +31,22 @@ const RFC_ID: &str = "5065427c-23d3-47ca-b6e0-946ea0e8c4be";
 /// RAT accepting example.test with `validate: callahead` to `internal`, the TLS-RPT intake
 /// at [`REPORT_ADDRESS`], and `shared_state:` at `redis_url`.
 fn config(internal: SocketAddr, redis_url: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("listeners")).unwrap();
-    std::fs::create_dir_all(d.join("policies")).unwrap();
-    let mxgate = format!(
-        "spool_dir: spool\nmail_log:\n  target: stdout\nmetrics:\n  listen: null\n\
-         shutdown_grace: 5s\ndelivery:\n  retry_initial: 1s\n  retry_max: 1s\n  \
-         hostname: mx.test.example\nshared_state:\n  url: {redis_url}\n  key_prefix: \"mx:\"\n  \
-         timeout: 1s\n"
-    );
     let routes = format!(
         "routes:\n  - domain: example.test\n    hosts: [{{host: {}, port: {}}}]\n",
         internal.ip(),
         internal.port()
     );
-    let files = [
-        ("mxgate.yaml", mxgate.as_str()),
-        (
-            "listeners/inbound.yaml",
-            "name: inbound\ntype: public\nbind: [\"127.0.0.1:0\"]\nhostname: mx.test.example\n\
-             hat: inbound\nrat: inbound\n",
-        ),
-        (
-            "policies/hat.yaml",
-            "inbound:\n  sender_groups: []\n  default_policy: ACCEPTED\n",
-        ),
-        (
-            "policies/mail_flow.yaml",
-            "default:\n  max_message_size: 1M\n  max_messages_per_connection: 10\n  \
-             max_recipients_per_message: 50\n  max_recipients_per_hour: unlimited\n  \
-             tls: \"off\"\n  pre_greet_pause: 0s\npolicies:\n  ACCEPTED:\n    action: accept\n",
-        ),
-        (
-            "policies/rat.yaml",
-            "inbound:\n  entries:\n    - recipient: example.test\n      validate: callahead\n",
-        ),
-        ("policies/routes.yaml", routes.as_str()),
-        ("policies/validation.yaml", "cache:\n  save_every: 1h\n"),
-        (
-            "policies/tlsrpt.yaml",
-            "addresses: [tlsrpt@reports.test]\ndomains: [company-y.example]\n",
-        ),
-    ];
-    for (name, text) in files {
-        std::fs::write(d.join(name), text).unwrap();
-    }
+    let dir = support::validation::config(
+        &format!("shared_state:\n  url: {redis_url}\n  key_prefix: \"mx:\"\n  timeout: 1s\n"),
+        "    - recipient: example.test\n      validate: callahead\n",
+        &routes,
+        Some("cache:\n  save_every: 1h\n"),
+    );
+    std::fs::write(
+        dir.path().join("policies/tlsrpt.yaml"),
+        "addresses: [tlsrpt@reports.test]\ndomains: [company-y.example]\n",
+    )
+    .unwrap();
     dir
 }
 
@@ -272,14 +240,7 @@ async fn an_answer_learned_on_one_node_is_a_cache_hit_on_another() {
 /// A TLS-RPT report mail (`multipart/report`, the report gzip'd and base64-encoded) from
 /// company-x's reporter.
 fn report_mail(json: &str) -> String {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json.as_bytes()).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
+    let lines = support::tlsrpt::gzip_base64_lines(json);
     format!(
         "From: tlsrpt-noreply@company-x.example\r\nTo: {REPORT_ADDRESS}\r\n\
          Subject: Report Domain: company-y.example Submitter: company-x.example\r\n\
@@ -289,7 +250,7 @@ fn report_mail(json: &str) -> String {
          --b1\r\nContent-Type: application/tlsrpt+gzip\r\n\
          Content-Transfer-Encoding: base64\r\n\
          Content-Disposition: attachment; filename=\"report.json.gz\"\r\n\r\n{}\r\n--b1--\r\n.\r\n",
-        lines.join("\r\n")
+        lines
     )
 }
 

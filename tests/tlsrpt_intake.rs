@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
 use support::pki::TestPki;
+use support::tlsrpt::gzip;
 use support::{copy_dir, repo, Mxgate};
 
 /// The RFC 8460 §4.5 example report (policy domain company-y.example, reporter "Company-X").
@@ -18,12 +18,6 @@ const RFC_EXAMPLE: &str = include_str!("../src/tlsrpt/rfc8460-example.json");
 const RFC_ID: &str = "5065427c-23d3-47ca-b6e0-946ea0e8c4be";
 /// The report address of the test configuration.
 const REPORT_ADDRESS: &str = "tlsrpt@reports.test";
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
 
 /// swaks to the report address with `file` attached as `content_type`; its output.
 fn swaks_report(port: u16, file: &Path, content_type: &str) -> String {

@@ -6,8 +6,11 @@
 //! change leaves it as it is; any change in what the gateway does changes it. It covers what a
 //! node does, not where: listener bind addresses, the metrics address and the spool, mail-log
 //! and certificates locations are left out, so nodes with their own `--bind` or `--spool-dir`
-//! still agree. It covers the contents of files the model holds (recipient lists); certificate
-//! and key files are named by path, not hashed: a renewed certificate is not a policy change.
+//! still agree. It covers the contents of files the model holds (recipient lists) and of
+//! `dns.hosts_file` (its answers decide FCrDNS and so the sender group), not its path;
+//! certificate and key files are named by path, not hashed: a renewed certificate is not a
+//! policy change. Listeners are taken in name order, so renaming a listener's file (which
+//! only changes the load order) leaves the hash as it is.
 
 use super::model::Config;
 
@@ -31,11 +34,16 @@ pub fn config_hash(config: &Config) -> String {
         warnings: _,
     } = config;
     let mut global = global.clone();
+    let hosts = global
+        .dns
+        .hosts_file
+        .take()
+        .map(|path| hosts_file_contents(&path));
     global.spool_dir = Default::default();
     global.mail_log = super::model::MailLogTarget::Stdout;
     global.certs_dir = Default::default();
     global.metrics_listen = None;
-    let listeners: Vec<_> = listeners
+    let mut listeners: Vec<_> = listeners
         .iter()
         .map(|l| {
             let mut l = l.clone();
@@ -43,14 +51,34 @@ pub fn config_hash(config: &Config) -> String {
             l
         })
         .collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
     let canonical = format!(
-        "{global:?}\n{listeners:?}\n{hats:?}\n{policies:?}\n{rats:?}\n{routes:?}\n{destinations:?}\n{validation:?}\n{mta_sts:?}\n{tlsrpt:?}\n"
+        "{global:?}\n{hosts:?}\n{listeners:?}\n{hats:?}\n{policies:?}\n{rats:?}\n{routes:?}\n{destinations:?}\n{validation:?}\n{mta_sts:?}\n{tlsrpt:?}\n"
     );
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
     digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The hosts file as the resolver reads it (lines without comments or blank ones, so a
+/// comment changes nothing); a file that cannot be read hashes as its error, which differs
+/// from any contents.
+fn hosts_file_contents(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.kind().to_string())?;
+    Ok(text
+        .lines()
+        .map(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 #[cfg(test)]
@@ -106,5 +134,42 @@ mod tests {
         )
         .unwrap();
         assert_ne!(hash_of(dir.path()), first);
+    }
+
+    #[test]
+    fn hosts_file_by_contents_listeners_by_name() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e");
+        let dir = tempfile::tempdir().unwrap();
+        copy(&fixture, dir.path());
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "192.0.2.1 mail.example.org\n").unwrap();
+        let global = dir.path().join("mxgate.yaml");
+        let text = std::fs::read_to_string(&global).unwrap();
+        std::fs::write(
+            &global,
+            text.replace("  timeout: 2s", "  timeout: 2s\n  hosts_file: hosts"),
+        )
+        .unwrap();
+        let first = hash_of(dir.path());
+        // A comment or blank line in the hosts file: the same.
+        std::fs::write(&hosts, "# ours\n\n192.0.2.1   mail.example.org # the MX\n").unwrap();
+        assert_eq!(hash_of(dir.path()), first);
+        // The same contents under another name: the same.
+        std::fs::rename(&hosts, dir.path().join("hosts2")).unwrap();
+        let text = std::fs::read_to_string(&global).unwrap();
+        std::fs::write(
+            &global,
+            text.replace("hosts_file: hosts", "hosts_file: hosts2"),
+        )
+        .unwrap();
+        assert_eq!(hash_of(dir.path()), first);
+        // Another answer: another hash (FCrDNS, and so the sender group, may change).
+        std::fs::write(dir.path().join("hosts2"), "192.0.2.9 mail.example.org\n").unwrap();
+        let other = hash_of(dir.path());
+        assert_ne!(other, first);
+        // A listener's file renamed (it now loads first): the same.
+        let listeners = dir.path().join("listeners");
+        std::fs::rename(listeners.join("tiny.yaml"), listeners.join("0-tiny.yaml")).unwrap();
+        assert_eq!(hash_of(dir.path()), other);
     }
 }

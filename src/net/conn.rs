@@ -450,7 +450,7 @@ impl Backend for SpoolBackend<'_> {
         let Some(shared) = &self.ctx.shared_state else {
             return HourlyAnswer::Unavailable;
         };
-        let key = self.ctx.rate.key(req.ip).to_string();
+        let key = self.ctx.rate.shared_key(req.ip);
         match counters::take_recipient(shared, &key, req.max).await {
             Ok(true) => HourlyAnswer::Taken,
             Ok(false) => HourlyAnswer::Spent,
@@ -466,7 +466,7 @@ impl Backend for SpoolBackend<'_> {
             return;
         };
         let rate = self.ctx.rate.clone();
-        let key = rate.key(ip).to_string();
+        let key = rate.shared_key(ip);
         // Not awaited: the local count already decided this RCPT; the global count raises
         // it for the next ones.
         tokio::spawn(async move {

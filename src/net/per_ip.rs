@@ -42,7 +42,7 @@ pub(crate) async fn per_ip_slot(
     if max.is_none() && max_invalid.is_none() {
         return local();
     }
-    let key = ctx.rate.key(ip).to_string();
+    let key = ctx.rate.shared_key(ip);
     match counters::take_connection(shared, &key, max).await {
         Ok(answer) => {
             if max_invalid.is_some() {

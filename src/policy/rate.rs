@@ -126,6 +126,16 @@ impl RateLimiter {
         }
     }
 
+    /// The key in the shared store (docs/shared-state.md): the IPv4 address, or the IPv6
+    /// network with its length (`2001:db8:1::/64`), so nodes configured with different
+    /// `per_ip.ipv6_prefix` values never add up counts of different networks.
+    pub(crate) fn shared_key(&self, ip: IpAddr) -> String {
+        match self.key(ip) {
+            IpAddr::V6(net) => format!("{net}/{}", self.ipv6_prefix),
+            v4 => v4.to_string(),
+        }
+    }
+
     /// A limiter on the system clock.
     pub fn system() -> Arc<Self> {
         Self::new(Arc::new(SystemClock))
@@ -194,6 +204,18 @@ impl RateLimiter {
                 exceeded: false,
             };
         };
+        self.in_invalid_window(ip, |e| {
+            e.invalid = e.invalid.saturating_add(1);
+            DhapCount {
+                count: e.invalid,
+                exceeded: e.invalid > max,
+            }
+        })
+    }
+
+    /// Runs `f` on `ip`'s entry with its invalid-recipient window current (a new one starts
+    /// at zero when none runs).
+    fn in_invalid_window<R>(&self, ip: IpAddr, f: impl FnOnce(&mut PerIp) -> R) -> R {
         let now = self.clock.now();
         let key = self.key(ip);
         let mut t = self.lock();
@@ -202,11 +224,7 @@ impl RateLimiter {
             e.invalid_window_start = Some(now);
             e.invalid = 0;
         }
-        e.invalid = e.invalid.saturating_add(1);
-        DhapCount {
-            count: e.invalid,
-            exceeded: e.invalid > max,
-        }
+        f(e)
     }
 
     /// Raises `ip`'s invalid-recipient count to `global`, the count every node together
@@ -216,15 +234,7 @@ impl RateLimiter {
         if global == 0 {
             return;
         }
-        let now = self.clock.now();
-        let key = self.key(ip);
-        let mut t = self.lock();
-        let e = t.entry(key).or_default();
-        if e.invalid_now(now) == 0 {
-            e.invalid_window_start = Some(now);
-            e.invalid = 0;
-        }
-        e.invalid = e.invalid.max(global);
+        self.in_invalid_window(ip, |e| e.invalid = e.invalid.max(global));
     }
 
     /// True when `ip` already passed `max` invalid recipients this hour: every further
@@ -270,6 +280,26 @@ pub(crate) mod tests {
         pub(crate) fn advance(&self, d: Duration) {
             *self.0.lock().unwrap() += d;
         }
+    }
+
+    #[test]
+    fn shared_keys_carry_the_ipv6_prefix_length() {
+        let l = RateLimiter::with_ipv6_prefix(manual(), 64);
+        assert_eq!(l.shared_key("192.0.2.7".parse().unwrap()), "192.0.2.7");
+        // An IPv4-mapped client counts as its IPv4 address.
+        assert_eq!(
+            l.shared_key("::ffff:192.0.2.7".parse().unwrap()),
+            "192.0.2.7"
+        );
+        assert_eq!(
+            l.shared_key("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        let wide = RateLimiter::with_ipv6_prefix(manual(), 48);
+        assert_eq!(
+            wide.shared_key("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
     }
 
     #[test]

@@ -251,6 +251,7 @@ impl SharedState {
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
         };
+        not_a_cluster(&mut conn).await?;
         self.health(&mut conn, true).await?;
         Ok(conn)
     }
@@ -330,6 +331,23 @@ async fn probe(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Rece
             _ = tokio::time::sleep(PROBE_EVERY) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// A Redis Cluster node answers only for its own hash slots and refuses scripts over keys of
+/// several slots, which the counters need: mxgate wants one primary (docs/shared-state.md).
+/// A store that does not let us ask (`INFO` refused by an ACL) is taken as it is.
+async fn not_a_cluster(conn: &mut MultiplexedConnection) -> Result<(), String> {
+    let mut ask = redis::cmd("INFO");
+    ask.arg("cluster");
+    let info = ask.query_async::<String>(conn);
+    match tokio::time::timeout(CONNECT_TIMEOUT, info).await {
+        Ok(Ok(text)) if text.lines().any(|l| l.trim() == "cluster_enabled:1") => Err(
+            "it is a Redis Cluster node; shared_state needs a single primary (docs/shared-state.md)"
+                .into(),
+        ),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
     }
 }
 

@@ -428,23 +428,7 @@ mod tests {
     use super::hooks::Step;
     use super::*;
     use crate::spool::incoming::SPILL_AT;
-
-    fn env(mid: u64) -> Envelope {
-        Envelope {
-            mid,
-            icid: 1,
-            listener: "inbound".into(),
-            sender_group: "ALL".into(),
-            policy: "ACCEPTED".into(),
-            peer_ip: "192.0.2.1".parse().unwrap(),
-            helo: "client.example".into(),
-            from: "a@b.example".into(),
-            rcpts: vec!["c@example.com".into()],
-            received_unix: 1_700_000_000,
-            tls: None,
-            body_8bitmime: false,
-        }
-    }
+    use crate::spool::tests::env;
 
     fn pos(steps: &[Step], s: Step) -> usize {
         steps

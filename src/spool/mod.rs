@@ -298,12 +298,13 @@ fn highest_queued_mid(queue_dir: &Path) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::incoming::SPILL_AT;
     use super::*;
     use crate::envelope::Envelope;
 
-    fn env(mid: u64) -> Envelope {
+    /// A one-recipient envelope with message id `mid` (also for the commit thread's tests).
+    pub(crate) fn env(mid: u64) -> Envelope {
         Envelope {
             mid,
             icid: 1,

@@ -8,6 +8,7 @@
 //! - [`postfix`] runs a private Postfix (or Postfix's smtp-sink) as the internal server;
 //! - [`slapd`] runs a private OpenLDAP slapd loaded from an LDIF;
 //! - [`haproxy`] runs a private HAProxy sending PROXY headers, [`redis`] a private redis-server;
+//! - [`tlsrpt`] builds TLS-RPT report bodies, [`validation`] the recipient-validation configuration;
 //! - [`free_port`], [`copy_dir`], [`relay_config`], [`wait_until`], [`tmpfs`] and small helpers.
 
 #![allow(dead_code, unused_imports)]
@@ -23,6 +24,8 @@ pub mod redis;
 pub mod server;
 pub mod sink;
 pub mod slapd;
+pub mod tlsrpt;
+pub mod validation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

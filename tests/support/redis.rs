@@ -1,7 +1,8 @@
 //! A private redis-server (Debian `redis-server`) on 127.0.0.1 for the shared-state tests:
 //! its own port (picked free: `--port 0` is not allowed), no persistence, a temporary
-//! directory; optionally a TLS port and a password ([`Redis::start_tls`]). [`Redis::stop`] kills it (the store goes down) and [`Redis::restart`] brings
-//! it back empty on the same port. Killed on drop.
+//! directory; optionally a TLS port and a password ([`Redis::start_tls`]). [`Redis::stop`]
+//! kills it (the store goes down), [`Redis::restart`] brings it back empty on the same port,
+//! [`Redis::pause`] and [`Redis::resume`] make it hang and wake up. Killed on drop.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -21,6 +22,8 @@ pub struct Redis {
     pub tls: Option<(u16, PathBuf, PathBuf)>,
     /// The password it requires (`requirepass`).
     pub password: Option<String>,
+    /// Started as a Redis Cluster node (`cluster-enabled yes`, no slots assigned).
+    cluster: bool,
     dir: tempfile::TempDir,
 }
 
@@ -28,31 +31,35 @@ impl Redis {
     /// Starts one, or prints SKIP and returns `None` where redis-server is not installed
     /// (CI must have it: it fails there).
     pub fn start() -> Option<Redis> {
-        if !super::tools_available(&[REDIS_SERVER]) {
-            return None;
-        }
-        let mut r = Redis {
-            child: None,
-            port: super::free_port(),
-            tls: None,
-            password: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.restart();
-        Some(r)
+        Self::launch(None, None, false)
+    }
+
+    /// [`Redis::start`] as a lone Redis Cluster node.
+    pub fn start_cluster_node() -> Option<Redis> {
+        Self::launch(None, None, true)
     }
 
     /// [`Redis::start`] with a TLS port presenting `cert`/`key` (PEM files) and, with
     /// `password`, `requirepass` on both ports.
     pub fn start_tls(cert: &Path, key: &Path, password: Option<&str>) -> Option<Redis> {
+        let tls = (super::free_port(), cert.to_path_buf(), key.to_path_buf());
+        Self::launch(Some(tls), password, false)
+    }
+
+    fn launch(
+        tls: Option<(u16, PathBuf, PathBuf)>,
+        password: Option<&str>,
+        cluster: bool,
+    ) -> Option<Redis> {
         if !super::tools_available(&[REDIS_SERVER]) {
             return None;
         }
         let mut r = Redis {
             child: None,
             port: super::free_port(),
-            tls: Some((super::free_port(), cert.to_path_buf(), key.to_path_buf())),
+            tls,
             password: password.map(str::to_string),
+            cluster,
             dir: tempfile::tempdir().unwrap(),
         };
         r.restart();
@@ -70,6 +77,55 @@ impl Redis {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the server's process (SIGSTOP): connections stay open and commands queue up
+    /// unanswered, as with a store that hangs.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT): it answers what queued up meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
+    /// How many times the server ran `command` since the last `CONFIG RESETSTAT` (from
+    /// `INFO commandstats`; calls from scripts count too).
+    pub fn calls(&self, command: &str) -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        r.read_line(&mut head).unwrap();
+        let len: usize = head
+            .trim_end()
+            .trim_start_matches('$')
+            .parse()
+            .expect("bulk");
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("cmdstat_{command}:calls="))?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
     }
 
     /// (Re)starts the server on its port, empty, and waits until it answers PING.
@@ -91,6 +147,9 @@ impl Redis {
         }
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
+        }
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes"]);
         }
         let child = cmd
             .stdout(Stdio::null())
