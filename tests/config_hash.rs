@@ -1,6 +1,7 @@
 //! `mxgate_config_info{hash}` against the built binary: the value `mxgate check --print-hash`
 //! prints is the one the server exports; a policy change changes it; a reload replaces the
-//! exported series (the old hash disappears).
+//! exported series (the old hash disappears), with what the node runs: a change that needs a
+//! restart is not in it until the restart.
 
 mod support;
 
@@ -62,6 +63,33 @@ fn check_prints_the_exported_hash_and_reload_replaces_it() {
 
     let mark = m.log_mark();
     m.signal(libc::SIGHUP);
+    m.wait_log_after(mark, "configuration reloaded");
+    assert_eq!(
+        exported(&m),
+        vec![format!("mxgate_config_info{{hash=\"{after}\"}} 1")]
+    );
+
+    // Found by a new user: a change that needs a restart (here `shared_state:`) was exported
+    // at reload as if it ran. The files now hash anew; the node exports what it runs, so it
+    // shows as different until it is restarted.
+    let global = cfg.path().join("mxgate.yaml");
+    let text = std::fs::read_to_string(&global).unwrap();
+    std::fs::write(
+        &global,
+        format!(
+            "{text}shared_state:\n  url: redis://127.0.0.1:{}/0\n",
+            support::free_port()
+        ),
+    )
+    .unwrap();
+    let files = print_hash(cfg.path(), work.path());
+    assert_ne!(files, after);
+    let mark = m.log_mark();
+    m.signal(libc::SIGHUP);
+    m.wait_log_after(
+        mark,
+        "reload: shared_state changed; the change needs a restart",
+    );
     m.wait_log_after(mark, "configuration reloaded");
     assert_eq!(
         exported(&m),

@@ -219,7 +219,7 @@ async fn drain_deadline_leaves_mail_in_the_spool_for_the_next_start() {
         mark,
         "Info: drain: new deadline 3s from now (3 messages queued)",
     );
-    for d in [drain, first] {
+    for (d, is_first) in [(drain, false), (first, true)] {
         let out = tokio::task::spawn_blocking(move || d.join().unwrap())
             .await
             .unwrap();
@@ -227,6 +227,13 @@ async fn drain_deadline_leaves_mail_in_the_spool_for_the_next_start() {
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(
             stdout.contains("exited with 3 messages still queued"),
+            "{stdout}"
+        );
+        // The first command follows the new deadline (a longer one would otherwise make it
+        // give up on a server that drains as told).
+        assert_eq!(
+            stdout.contains("another mxgate drain set a new deadline: 3s"),
+            is_first,
             "{stdout}"
         );
     }

@@ -309,7 +309,9 @@ impl Running {
         for (slot, ctx) in contexts {
             slot.ctx.store(Arc::new(ctx));
         }
-        crate::metrics::config_info::set(&crate::config::hash::config_hash(config));
+        crate::metrics::config_info::set(&crate::config::hash::config_hash(
+            &self.as_applied(config),
+        ));
         let live = LiveRecipients::new(config, shared.validator.clone());
         self.recipients.store(Arc::new(live));
         self.shared
@@ -324,6 +326,25 @@ impl Running {
                 },
             )));
         Ok(())
+    }
+
+    /// `config` as this process runs it after a reload: the settings that need a restart
+    /// keep their running values and listeners not bound are left out, so the exported hash
+    /// tells a node still waiting for a restart from one that had it.
+    fn as_applied(&self, config: &Config) -> Config {
+        let mut applied = config.clone();
+        applied.global.shared_state = self
+            .shared
+            .shared_state
+            .as_ref()
+            .map(|s| Arc::new(s.settings().clone()));
+        let mut validation = (*config.validation).clone();
+        validation.cache = self.validation.cache.settings().clone();
+        applied.validation = Arc::new(validation);
+        applied
+            .listeners
+            .retain(|l| self.slots.iter().any(|s| s.name == l.name));
+        applied
     }
 
     /// Certificate files of every listener (for change detection).

@@ -49,9 +49,30 @@ pub(super) fn drain(args: &ConfigArgs, deadline: Duration) -> anyhow::Result<Exi
         deadline.as_secs()
     );
     let queue = spool.join("queue");
-    let started = Instant::now();
+    let request = spool.join(drain::DRAIN_FILE);
+    let written = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut asked = written(&request);
+    let mut deadline = deadline;
+    let mut started = Instant::now();
     let mut next_report = started;
     while mxgate::spool::lock::holder(spool)?.is_some() {
+        // Another `mxgate drain` set a new deadline (counted from its signal): follow it, or
+        // this command would give up on a server that drains as it was told.
+        let now_asked = written(&request);
+        if now_asked.is_some() && now_asked != asked {
+            asked = now_asked;
+            if let Some(newer) = std::fs::read_to_string(&request)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                deadline = Duration::from_secs(newer).min(drain::MAX_DEADLINE);
+                started = Instant::now();
+                println!(
+                    "another mxgate drain set a new deadline: {}s",
+                    deadline.as_secs()
+                );
+            }
+        }
         if started.elapsed() > deadline + EXIT_MARGIN {
             anyhow::bail!(
                 "mxgate pid {pid} still runs {}s after the drain deadline",

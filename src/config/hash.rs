@@ -52,6 +52,12 @@ pub fn config_hash(config: &Config) -> String {
         })
         .collect();
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    // Like a listener's bind addresses: where the MTA-STS endpoint listens is node-local.
+    let mta_sts = mta_sts.as_ref().map(|m| {
+        let mut m = (**m).clone();
+        m.listen.clear();
+        m
+    });
     let canonical = format!(
         "{global:?}\n{hosts:?}\n{listeners:?}\n{hats:?}\n{policies:?}\n{rats:?}\n{routes:?}\n{destinations:?}\n{validation:?}\n{mta_sts:?}\n{tlsrpt:?}\n"
     );

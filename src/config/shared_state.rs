@@ -221,7 +221,9 @@ fn check_url(url: &str) -> Result<(), String> {
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
         .ok_or_else(|| {
-            format!("{url:?} is not a redis:// or rediss:// url (e.g. redis://127.0.0.1:6379/0)")
+            let scheme = url.split_once("://").map_or("no scheme", |(s, _)| s);
+            // Not the url itself: whatever it is, it may carry a password.
+            format!("the url ({scheme}) is not a redis:// or rediss:// url (e.g. redis://127.0.0.1:6379/0)")
         })?;
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     if let Some((userinfo, _)) = authority.rsplit_once('@') {
@@ -242,6 +244,14 @@ fn check_url(url: &str) -> Result<(), String> {
                     "url parameter {name:?} is not supported (only protocol=)"
                 ));
             }
+        }
+    }
+    let path = rest.split('?').next().unwrap_or("");
+    if let Some((_, db)) = path.split_once('/') {
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err(format!(
+                "the database after the host is a number (redis://host:port/0), not {db:?}"
+            ));
         }
     }
     redis::Client::open(url)

@@ -93,8 +93,13 @@ fn errors_name_file_line_and_field() {
             "mxgate.yaml:3:15: shared_state.key_prefix: must be 1 to 64 bytes (e.g. \"mxgate:\")",
         ),
         (
-            "shared_state:\n  url: http://127.0.0.1:6379\n",
-            "mxgate.yaml:2:8: shared_state.url: \"http://127.0.0.1:6379\" is not a redis:// or rediss:// url (e.g. redis://127.0.0.1:6379/0)",
+            // Not echoed: a url of another scheme may carry a password too (found by a new user).
+            "shared_state:\n  url: http://u:s3cr3t@127.0.0.1:6379\n",
+            "mxgate.yaml:2:8: shared_state.url: the url (http) is not a redis:// or rediss:// url (e.g. redis://127.0.0.1:6379/0)",
+        ),
+        (
+            "shared_state:\n  url: redis://127.0.0.1:6379/abc\n",
+            "mxgate.yaml:2:8: shared_state.url: the database after the host is a number (redis://host:port/0), not \"abc\"",
         ),
         (
             "shared_state:\n  url: redis://127.0.0.1:6379/0\n  timeout: soon\n",

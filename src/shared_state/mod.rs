@@ -131,7 +131,7 @@ impl SharedState {
             }
             Err(e) => state.say(
                 Level::Warning,
-                format!("shared state: {url} unavailable ({e}); node {node} counts locally until it answers"),
+                format!("shared state: {url} unavailable ({e}); node {node}: counting falls back (shared_state.when_unavailable) until it answers"),
             ),
         }
         crate::metrics::shared_state::up(state.is_up());
