@@ -147,6 +147,11 @@ async fn drain_under_load_delivers_every_acknowledged_message_once() {
     assert_eq!((code, body.as_str()), (503, "not ready: draining\n"));
     let mut c = Client::connect(addr, None).await;
     assert_eq!(c.read_to_close().await, DRAINING);
+    // The log says whom the drain turned away.
+    m.wait_log_after(
+        mark,
+        "Info: interface preferred draining: refused 127.0.0.1",
+    );
 
     for s in senders {
         tokio::time::timeout(Duration::from_secs(30), s)

@@ -155,3 +155,37 @@ async fn trust_22_proxy_v1_header_in_two_writes_or_byte_by_byte() {
     );
     srv.stop().await;
 }
+
+/// A session still in its pre-greet pause when the server stops does not hold the shutdown for
+/// the rest of the pause: it is closed with the shutdown 421 when the grace ends.
+#[tokio::test]
+async fn a_shutdown_ends_the_pre_greet_pause() {
+    let Some(dns) = quick_dns() else { return };
+    let cfg = fixture_with_pauses();
+    let path = cfg.path().join("policies/mail_flow.yaml");
+    let flow = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        flow.replace("    pre_greet_pause: 1s\n", "    pre_greet_pause: 30s\n"),
+    )
+    .unwrap();
+    let mut srv = start_dir(cfg.path(), &dns).await;
+    let mut c = Client::connect(srv.addr("relay"), Some("192.0.2.100")).await;
+    // Nothing is logged before the pause ends (the session starts after it): give the
+    // connection's task time to reach the pause (DNS answers at once here).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    srv.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the shutdown waited {:?} for the pause",
+        started.elapsed()
+    );
+    let all = c.read_to_close().await;
+    assert!(
+        all.ends_with(
+            "421 4.3.2 relay.test.example Service shutting down, closing transmission channel\r\n"
+        ),
+        "{all:?}"
+    );
+}

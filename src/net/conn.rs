@@ -189,7 +189,8 @@ pub(crate) async fn handle(
     // Watch for a client that talks first until the pause is over (time spent on DNS counts);
     // what the session makes of it is decided by `check::connect`.
     let pause = connect::pre_greet_pause(&policy, ctx.listener.kind, slot.is_err());
-    let opening = if !buf.is_empty() || talks_before(&stream, connected + pause).await {
+    let opening = if !buf.is_empty() || talks_before(&stream, connected + pause, &force_close).await
+    {
         Opening::PreGreet
     } else {
         match slot {
@@ -217,13 +218,23 @@ pub(crate) async fn handle(
 }
 
 /// True when the client sends bytes before `until` (it spoke before our greeting); bytes
-/// already there count even when `until` has passed.
-async fn talks_before(stream: &TcpStream, until: tokio::time::Instant) -> bool {
+/// already there count even when `until` has passed. A forced shutdown ends the wait (the
+/// session then closes with 421 at once instead of holding the shutdown for the pause).
+async fn talks_before(
+    stream: &TcpStream,
+    until: tokio::time::Instant,
+    force_close: &watch::Receiver<bool>,
+) -> bool {
     let mut probe = [0u8; 1];
-    matches!(
-        tokio::time::timeout_at(until, stream.peek(&mut probe)).await,
-        Ok(Ok(n)) if n > 0
-    )
+    // A clone: the session's own receiver must still see the change.
+    let mut force = force_close.clone();
+    if *force.borrow_and_update() {
+        return false;
+    }
+    tokio::select! {
+        r = tokio::time::timeout_at(until, stream.peek(&mut probe)) => matches!(r, Ok(Ok(n)) if n > 0),
+        _ = force.changed() => false,
+    }
 }
 
 async fn read_proxy_header(

@@ -440,7 +440,7 @@ impl Session {
             self.abort_data();
         }
         let d = connect::shutdown(&self.hostname);
-        self.deny(String::new(), None, d);
+        self.deny("session".into(), None, d);
         self.close();
     }
 
@@ -543,8 +543,6 @@ impl Session {
             // The reply says all there is (or, for a message, `Receiving Failed` did).
             DenialReason::HatRefuse
             | DenialReason::HatReject
-            | DenialReason::Shutdown
-            | DenialReason::Draining
             | DenialReason::LocalError
             | DenialReason::ListenerFull { .. }
             | DenialReason::StartTlsUnavailable
