@@ -3,24 +3,10 @@
 # mxgate runs under perf stat (inherit: every thread, also those created later), events enabled
 # only from the start of the measured load until mxgate's queue is empty again.
 set -euo pipefail
-mx=$1 lg=$2 label=$3 mode=$4 n=${5:-2000}
+mx=$(realpath "$1") lg=$(realpath "$2") label=$3 mode=$4 n=${5:-2000}
 bench=$(cd "$(dirname "$0")" && pwd)
-w=$(mktemp -d)
-read -r pmx psink pdns < <(python3 -c '
-import socket
-s=[socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1",0))
-print(*[x.getsockname()[1] for x in s])')
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
-trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -keyout "$w/bench.key" -out "$w/bench.crt" -subj /CN=mx.example.com \
-  -addext subjectAltName=DNS:mx.example.com 2>/dev/null
-chmod 644 "$w/bench.key" "$w/bench.crt"
-smtp-sink -c -u nobody -m 1000 "127.0.0.1:$psink" 1024 > "$w/sink.out" 2>&1 & pids+=($!)
-"$lg" dns --listen "127.0.0.1:$pdns" --max-secs 3600 2> "$w/dns.log" & pids+=($!)
-bash "$bench/mxgate-config.sh" "$w/mx" "$pmx" "$psink" "127.0.0.1:$pdns" "$w/bench.crt" "$w/bench.key"
+# shellcheck source=bench/single-setup.sh
+source "$bench/single-setup.sh"
 mkfifo "$w/ctl" "$w/ack"
 ev=context-switches,task-clock,raw_syscalls:sys_enter
 for s in fdatasync fsync futex write writev sendto recvfrom read epoll_wait epoll_pwait io_uring_enter rename renameat2 openat close ftruncate pwrite64 statfs sched_yield; do

@@ -8,22 +8,8 @@
 set -euo pipefail
 mx=$(realpath "$1") lg=$(realpath "$2") n=${3:-20000} mode=${4:-plain}
 bench=$(cd "$(dirname "$0")" && pwd)
-w=$(mktemp -d)
-read -r pmx psink pdns < <(python3 -c '
-import socket
-s=[socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1",0))
-print(*[x.getsockname()[1] for x in s])')
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
-trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -keyout "$w/bench.key" -out "$w/bench.crt" -subj /CN=mx.example.com \
-  -addext subjectAltName=DNS:mx.example.com 2>/dev/null
-chmod 644 "$w/bench.key" "$w/bench.crt"
-smtp-sink -c -u nobody -m 1000 "127.0.0.1:$psink" 1024 > "$w/sink.out" 2>&1 & pids+=($!)
-"$lg" dns --listen "127.0.0.1:$pdns" --max-secs 3600 2> "$w/dns.log" & pids+=($!)
-bash "$bench/mxgate-config.sh" "$w/mx" "$pmx" "$psink" "127.0.0.1:$pdns" "$w/bench.crt" "$w/bench.key"
+# shellcheck source=bench/single-setup.sh
+source "$bench/single-setup.sh"
 (cd "$w/mx" && exec "$mx" serve --config-dir "$w/mx" > "$w/mx.log" 2>&1) & mxpid=$!; pids+=($mxpid)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pmx") 2>/dev/null && break; sleep 0.1; done
 tls=(); [ "$mode" = tls ] && tls=(--tls 1.3)

@@ -416,7 +416,7 @@ async fn haproxy_send_proxy_v1_and_v2_present_the_real_client() {
             )
             .await;
         assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{version}: {r}");
-        let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+        let mid = support::queued_mid(&r);
         let msg = support::queued_body(&srv.spool, mid);
         let received = msg.lines().next().unwrap();
         assert!(

@@ -31,7 +31,7 @@ async fn starttls_upgrade_then_mail_is_spooled_before_250() {
         .send_mail("a@other.example", &["bob@example.com"], MSG)
         .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     // The 250 came after the file was durable: it is there the moment we read it.
     let (env, msg) = support::queued_parts(&srv.spool, mid);
     let msg = String::from_utf8(msg).unwrap();

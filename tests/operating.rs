@@ -238,7 +238,7 @@ async fn send_to(addr: std::net::SocketAddr, to: &str) -> u64 {
         .await;
     c.cmd("QUIT").await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    r.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    support::queued_mid(&r)
 }
 
 /// A spool holding one message whose delivery failed once (next try in an hour), written

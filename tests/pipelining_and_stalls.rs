@@ -42,13 +42,7 @@ fn assert_received_then(msg: &str, mid: u64, body: &str) {
 /// The MID of a `250 2.0.0 Ok: queued as MID` reply.
 fn queued_mid(reply: &str) -> u64 {
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply:?}");
-    reply
-        .trim_end()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    support::queued_mid(reply)
 }
 
 #[tokio::test]

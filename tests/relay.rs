@@ -34,7 +34,7 @@ async fn accepted_mail_is_relayed_and_leaves_the_queue() {
     )
     .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     wait_until("delivery", || !sink.messages().is_empty()).await;
     let m = &sink.messages()[0];
     assert_eq!(m.from, "alice@other.example");
@@ -278,7 +278,7 @@ async fn a_5xx_recipient_bounces_with_an_rfc3464_dsn() {
         "b1",
     )
     .await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     srv.wait_log(&format!(
         "Info: Bounced: DCID {{n}} MID {mid} to RID 1 - 5.1.1 - ('550', ['No such user'])"
     ))
@@ -339,7 +339,7 @@ async fn trust_16_control_characters_from_the_internal_server_are_filtered() {
     let cfg = relay_config(sink.addr, "1s");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let r = send(&srv, "alice@other.example", &["ctrl@example.com"], "c1").await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     let gen = srv
         .wait_log(&format!(r"was generated for bounce of MID {mid}"))
         .await;
@@ -393,7 +393,7 @@ async fn trust_23_body_8bitmime_is_stored_relayed_and_marks_dsns() {
         .cmd("Message-ID: <e1>\r\nSubject: Grüße\r\n\r\nÄrger über Öl\r\n.")
         .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     c.cmd("QUIT").await;
     bounced_and_done(&srv, mid).await;
     let msgs = sink.messages();
@@ -442,7 +442,7 @@ async fn a_bounce_of_a_bounce_is_dropped() {
     let cfg = relay_config(sink.addr, "1s");
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let r = send(&srv, "", &["nouser@example.com"], "dbl").await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     srv.wait_log(&format!(
         "Warning: mxgate: MID {mid} double bounce: the sender is null, no DSN generated, dropped"
     ))
@@ -466,7 +466,7 @@ async fn trust_06_a_dsn_that_cannot_be_queued_keeps_the_original_queued() {
     let spool = mnt.clone();
     let mut srv = Server::start_dir(cfg.path(), |o, _| o.spool_dir = Some(spool)).await;
     let r = send(&srv, "alice@other.example", &["nouser@example.com"], "dsn1").await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     srv.wait_log(&format!(
         r"Info: Delayed: DCID {{n}} MID {mid} to RID [0] - 4.4.1"
     ))
@@ -519,14 +519,7 @@ async fn queue_cli_lists_retries_deletes_and_bounces_on_a_running_server() {
     let mut mids = Vec::new();
     for id in ["q1", "q2", "q3"] {
         let r = send(&srv, "alice@other.example", &["bob@example.com"], id).await;
-        mids.push(
-            r.trim_end()
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        mids.push(support::queued_mid(&r));
     }
     for m in &mids {
         srv.wait_log(&format!(
@@ -699,14 +692,7 @@ async fn trust_11_a_message_acknowledged_on_a_connection_still_open_is_not_deliv
         c.cmd("EHLO once.test").await;
         let r = c.send_mail("alice@other.example", &[rcpt], &msg(id)).await;
         assert!(r.starts_with("250 2.0.0"), "{r}");
-        mids.push(
-            r.trim_end()
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        mids.push(support::queued_mid(&r));
         c.cmd("QUIT").await;
     }
     let (m1, m2) = (mids[0], mids[1]);
@@ -778,7 +764,7 @@ async fn a_message_older_than_the_queue_lifetime_bounces() {
     .unwrap();
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let r = send(&srv, "alice@other.example", &["bob@example.com"], "old").await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     srv.wait_log(&format!(r"Info: Bounced: DCID {{n}} MID {mid} to RID 0 - 4.4.7 - message expired in queue, last error: ")).await;
     srv.wait_log(&format!("was generated for bounce of MID {mid}"))
         .await;
@@ -800,7 +786,7 @@ async fn required_tls_failure_logs_a_warning_and_mails_the_admin_once() {
     .unwrap();
     let mut srv = Server::start_dir(cfg.path(), |_, _| {}).await;
     let r = send(&srv, "alice@other.example", &["bob@example.com"], "tls1").await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     srv.wait_log(r"IP 127.0.0.1 TLS was required but could not be successfully negotiated (destination example.com)")
         .await;
     srv.wait_log("Warning: ALERT: required TLS to destination example.com failed")

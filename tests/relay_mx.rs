@@ -24,7 +24,7 @@ async fn send(srv: &Server, to: &str, id: &str) -> u64 {
     let r = c.send_mail("alice@other.example", &[to], &msg(id)).await;
     c.cmd("QUIT").await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    r.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    support::queued_mid(&r)
 }
 
 /// The DCID of a `New SMTP DCID n ...` line.

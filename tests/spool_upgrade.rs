@@ -142,7 +142,7 @@ async fn a_queue_in_the_old_format_is_listed_and_each_message_delivered_once() {
             "Subject: new\r\n\r\nhi\r\n",
         )
         .await;
-    let mid: u64 = r.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    let mid = support::queued_mid(&r);
     assert!(mid > 3, "{r}");
     wait_until("the new message delivered", || {
         sink.messages()
@@ -180,14 +180,7 @@ async fn a_cut_file_is_kept_and_listed_as_damaged_and_a_misnamed_one_is_noted() 
             .send_mail("alice@other.example", &["bob@example.com"], &body)
             .await;
         assert!(r.starts_with("250 2.0.0"), "{r}");
-        mids.push(
-            r.trim_end()
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        mids.push(support::queued_mid(&r));
         c.cmd("QUIT").await;
     }
     srv.kill();

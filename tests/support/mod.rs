@@ -170,6 +170,16 @@ pub fn id_after(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key:?} number in {line:?}"))
 }
 
+/// The message id at the end of a `250 2.0.0 … queued as MID` reply.
+pub fn queued_mid(reply: &str) -> u64 {
+    reply
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MID at the end of {reply:?}"))
+}
+
 /// [`free_port`] on 127.0.0.1: the address of an internal server that is down.
 pub fn closed_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
