@@ -26,6 +26,8 @@ pub(crate) struct MailCtx<'a> {
     pub tls: Option<&'a ClientCert>,
     /// Messages already queued on this connection.
     pub messages: u64,
+    /// `MAIL FROM` commands since the last queued message (or the start), this one excluded.
+    pub without_message: u64,
     /// Client address, HELO name and our host name, for sender authentication.
     pub sender: SenderCtx<'a>,
 }
@@ -45,6 +47,12 @@ pub(crate) enum MailPermit {
     },
 }
 
+/// `MAIL FROM` commands a connection may send without a message being queued (each opens a
+/// transaction, takes a MID and writes log lines; `RSET` or a refusal ends it): past this the
+/// connection is closed with 421, so a client looping MAIL/RSET cannot fill the log's disk.
+/// Postfix bounds the same loop with `smtpd_junk_command_limit` (100).
+pub(crate) const MAX_TRANSACTIONS_WITHOUT_MESSAGE: u64 = 100;
+
 /// The checks of `MAIL FROM`, in order; `Ok` carries the 250, or says the sender must be
 /// authenticated first.
 pub(crate) fn check_mail(ctx: &MailCtx) -> Result<MailPermit, Denial> {
@@ -58,6 +66,18 @@ pub(crate) fn check_mail(ctx: &MailCtx) -> Result<MailPermit, Denial> {
 /// Everything `MAIL FROM` decides without DNS.
 fn check_mail_syntax_and_limits(ctx: &MailCtx) -> Result<Permit, Denial> {
     let p = ctx.policy;
+    if ctx.without_message >= MAX_TRANSACTIONS_WITHOUT_MESSAGE {
+        return Err(Denial::new(
+            Reply::new(
+                421,
+                Enhanced(4, 7, 0),
+                "Too many transactions without a message, closing connection",
+            ),
+            DenialReason::TooManyTransactions {
+                max: MAX_TRANSACTIONS_WITHOUT_MESSAGE,
+            },
+        ));
+    }
     // After HELO no extension was announced, so none of their parameters may be used
     // (RFC 5321 §4.1.1.1, RFC 6152, RFC 6531).
     if !ctx.esmtp && *ctx.params != MailParams::default() {
@@ -384,6 +404,7 @@ mod tests {
                 params,
                 tls,
                 messages,
+                without_message: 0,
                 sender: sender_ctx(),
             };
             assert_eq!(
@@ -408,12 +429,44 @@ mod tests {
             params: &params,
             tls: None,
             messages: 0,
+            without_message: 0,
             sender: sender_ctx(),
         })
         .unwrap_err();
         assert_eq!(
             d.reason.to_string(),
             "max_message_size 10485760 < SIZE=20000000 (policy THROTTLED)"
+        );
+    }
+
+    /// Found by an outsider: MAIL/RSET in a loop took a MID and wrote two log lines each,
+    /// without end (a million lines in 5 s). The 101st MAIL without a message closes.
+    #[test]
+    fn a_loop_of_transactions_without_a_message_is_closed() {
+        let p = MailFlowPolicy::builtin_default("ACCEPTED");
+        let params = MailParams::default();
+        let at = |without_message| {
+            check_mail(&MailCtx {
+                policy: &p,
+                esmtp: true,
+                from: None,
+                params: &params,
+                tls: None,
+                messages: 3,
+                without_message,
+                sender: sender_ctx(),
+            })
+            .map(accepted)
+        };
+        assert_eq!(
+            outcome(&at(MAX_TRANSACTIONS_WITHOUT_MESSAGE - 1)),
+            (250, "2.1.0".to_string(), "permit")
+        );
+        let closed = at(MAX_TRANSACTIONS_WITHOUT_MESSAGE);
+        assert_eq!(outcome(&closed), (421, "4.7.0".to_string(), "transactions"));
+        assert_eq!(
+            closed.unwrap_err().reason.to_string(),
+            "100 transactions without a message"
         );
     }
 }

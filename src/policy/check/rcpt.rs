@@ -207,9 +207,12 @@ pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {
             DenialReason::RelayAttempt,
         ));
     }
-    if ctx.dhap_exceeded {
+    let to_postmaster = ctx.postmaster || ctx.to.local.eq_ignore_ascii_case("postmaster");
+    if ctx.dhap_exceeded && !to_postmaster {
         // Past the DHAP limit every recipient gets the same refusal, valid or not: the
-        // harvester learns nothing more from this address until its hour is over.
+        // harvester learns nothing more from this address until its hour is over. Postmaster
+        // stays reachable (RFC 5321 §4.5.1): other senders behind the same address (a
+        // shared provider's) can still report the block; it tells a harvester nothing.
         return Err(dhap_denial(p, ctx.peer_ip));
     }
     let per_msg = &p.max_recipients_per_message;
@@ -607,7 +610,9 @@ mod tests {
         assert_eq!(run("<z@other.example>", false), dhap, "the third crosses 2");
         // Already past the limit: refused before the RAT, counted no further.
         assert_eq!(run("<a@example.com>", true), dhap);
-        assert_eq!(run("<Postmaster>", true), dhap);
+        // Except postmaster (RFC 5321 §4.5.1), in either form.
+        assert_eq!(run("<Postmaster>", true).0 .2, "permit");
+        assert_eq!(run("<postmaster@example.com>", true).0 .2, "permit");
         assert_eq!(count.get(), 3);
         assert_eq!(run("<a@example.com>", false).0 .2, "permit");
     }

@@ -72,6 +72,12 @@ pub enum DenialReason {
         /// The listener's `max_bad_commands`.
         max: u32,
     },
+    /// More `MAIL FROM` commands without a queued message than
+    /// [`MAX_TRANSACTIONS_WITHOUT_MESSAGE`](super::mail::MAX_TRANSACTIONS_WITHOUT_MESSAGE).
+    TooManyTransactions {
+        /// The limit.
+        max: u64,
+    },
     /// A timeout fired (`command`, `data`, `session`, ...).
     Timeout {
         /// Which timeout.
@@ -213,6 +219,7 @@ impl DenialReason {
             DenialReason::PreGreet => "pre_greet",
             DenialReason::PerIpFull { .. } => "per_ip_full",
             DenialReason::TooManyBadCommands { .. } => "bad_commands",
+            DenialReason::TooManyTransactions { .. } => "transactions",
             DenialReason::Timeout { .. } => "timeout",
             DenialReason::Shutdown => "shutdown",
             DenialReason::Draining => "draining",
@@ -269,6 +276,7 @@ impl DenialReason {
             DenialReason::ParamsNeedEhlo
             | DenialReason::TlsMandatorySender
             | DenialReason::ClientCert { .. }
+            | DenialReason::TooManyTransactions { .. }
             | DenialReason::BinaryMime
             | DenialReason::Limit {
                 kind: LimitKind::MessagesPerConnection | LimitKind::DeclaredSize { .. },
@@ -320,6 +328,9 @@ impl fmt::Display for DenialReason {
             ),
             DenialReason::TooManyBadCommands { max } => {
                 write!(f, "max_bad_commands {max} exceeded")
+            }
+            DenialReason::TooManyTransactions { max } => {
+                write!(f, "{max} transactions without a message")
             }
             DenialReason::Timeout { what } => write!(f, "{what} timeout"),
             DenialReason::Shutdown => f.write_str("shutdown"),
@@ -470,6 +481,10 @@ mod tests {
             (
                 DenialReason::TooManyBadCommands { max: 3 },
                 "max_bad_commands 3 exceeded",
+            ),
+            (
+                DenialReason::TooManyTransactions { max: 100 },
+                "100 transactions without a message",
             ),
             (
                 DenialReason::Timeout {

@@ -139,6 +139,8 @@ impl Session {
             from.as_ref().map(|m| m.address()).unwrap_or_default()
         );
         let helo = self.helo.clone().unwrap_or_default();
+        let without_message = self.mail_without_message;
+        self.mail_without_message += 1;
         let verdict = mail::check_mail(&MailCtx {
             policy: &self.policy,
             esmtp: self.esmtp,
@@ -146,6 +148,7 @@ impl Session {
             params: &params,
             tls: self.tls.as_ref().map(|t| &t.client_cert),
             messages: self.messages,
+            without_message,
             sender: SenderCtx {
                 peer_ip: self.p.peer_ip,
                 helo: &helo,

@@ -207,6 +207,8 @@ pub struct Session {
     // Boxed: hundreds of bytes that an idle session (most of them) does not need.
     txn: Option<Box<Transaction>>,
     messages: u64,
+    /// `MAIL FROM` commands since the last queued message (check::mail's loop bound).
+    mail_without_message: u64,
     bad_commands: u32,
     quit: bool,
     tls_failed: bool,
@@ -236,6 +238,7 @@ impl Session {
             tls: None,
             txn: None,
             messages: 0,
+            mail_without_message: 0,
             bad_commands: 0,
             quit: false,
             tls_failed: false,
@@ -412,6 +415,7 @@ impl Session {
         match check::data::check_commit(txn.mid, &result) {
             Ok(permit) => {
                 self.messages += 1;
+                self.mail_without_message = 0;
                 self.log(Event::Queued { mid: txn.mid });
                 self.permit(permit);
             }

@@ -110,6 +110,7 @@ impl Session {
         match check_report(&outcome) {
             Ok(permit) => {
                 self.messages += 1;
+                self.mail_without_message = 0;
                 self.log(Event::MessageFinished {
                     mid,
                     how: "done".into(),
