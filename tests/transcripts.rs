@@ -934,6 +934,7 @@ transcript_tests! {
     t56_shared_hourly_tempfail => "56_shared_hourly_tempfail.txt",
     t57_shared_connect_tempfail => "57_shared_connect_tempfail.txt",
     t58_mail_rset_loop => "58_mail_rset_loop.txt",
+    t59_refused_recipients_loop => "59_refused_recipients_loop.txt",
     t48_dhap_shipped_default => "48_dhap_shipped_default.txt",
 }
 

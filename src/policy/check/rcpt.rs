@@ -192,6 +192,30 @@ pub(crate) fn check_rcpt_verdict(
     }
 }
 
+/// Refused `RCPT TO` commands a connection may send without a message being queued: each is
+/// a log line, and a client could otherwise send them without end. Past this the connection
+/// is closed with 421. Far above what a legitimate client meets (a message to many more
+/// recipients than `max_recipients_per_message` gets a refusal for each extra one, up to
+/// this); Postfix bounds the same with `smtpd_recipient_overshoot_limit` (1000).
+pub(crate) const MAX_REFUSED_RECIPIENTS: u64 = 1000;
+
+/// Before any other check of `RCPT TO`: the connection's budget of refused recipients.
+pub(crate) fn check_refused_budget(refused: u64) -> Result<Permit, Denial> {
+    if refused < MAX_REFUSED_RECIPIENTS {
+        return Ok(Permit::later());
+    }
+    Err(Denial::new(
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            "Too many refused recipients, closing connection",
+        ),
+        DenialReason::TooManyRefusedRecipients {
+            max: MAX_REFUSED_RECIPIENTS,
+        },
+    ))
+}
+
 /// The checks of `RCPT TO`, in order; `Ok` carries the 250 (or the RAT entry's own), or
 /// says the recipient must be validated first.
 pub(crate) fn check_rcpt(ctx: &RcptCtx) -> Result<RcptPermit, Denial> {

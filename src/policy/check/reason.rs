@@ -78,6 +78,12 @@ pub enum DenialReason {
         /// The limit.
         max: u64,
     },
+    /// More refused `RCPT TO` commands without a queued message than
+    /// [`MAX_REFUSED_RECIPIENTS`](super::rcpt::MAX_REFUSED_RECIPIENTS).
+    TooManyRefusedRecipients {
+        /// The limit.
+        max: u64,
+    },
     /// A timeout fired (`command`, `data`, `session`, ...).
     Timeout {
         /// Which timeout.
@@ -220,6 +226,7 @@ impl DenialReason {
             DenialReason::PerIpFull { .. } => "per_ip_full",
             DenialReason::TooManyBadCommands { .. } => "bad_commands",
             DenialReason::TooManyTransactions { .. } => "transactions",
+            DenialReason::TooManyRefusedRecipients { .. } => "refused_recipients",
             DenialReason::Timeout { .. } => "timeout",
             DenialReason::Shutdown => "shutdown",
             DenialReason::Draining => "draining",
@@ -285,6 +292,7 @@ impl DenialReason {
             // Decided at RCPT as well; never logged as `Refused`, so never counted.
             DenialReason::NeedsSmtputf8 => Stage::Mail,
             DenialReason::RelayAttempt
+            | DenialReason::TooManyRefusedRecipients { .. }
             | DenialReason::Rat { .. }
             | DenialReason::Dhap { .. }
             | DenialReason::InvalidRecipient { .. }
@@ -331,6 +339,9 @@ impl fmt::Display for DenialReason {
             }
             DenialReason::TooManyTransactions { max } => {
                 write!(f, "{max} transactions without a message")
+            }
+            DenialReason::TooManyRefusedRecipients { max } => {
+                write!(f, "{max} refused recipients without a message")
             }
             DenialReason::Timeout { what } => write!(f, "{what} timeout"),
             DenialReason::Shutdown => f.write_str("shutdown"),
@@ -485,6 +496,10 @@ mod tests {
             (
                 DenialReason::TooManyTransactions { max: 100 },
                 "100 transactions without a message",
+            ),
+            (
+                DenialReason::TooManyRefusedRecipients { max: 1000 },
+                "1000 refused recipients without a message",
             ),
             (
                 DenialReason::Timeout {

@@ -209,6 +209,9 @@ impl Session {
             return self.reply(sequence("Need MAIL command"));
         };
         let mid = txn.mid;
+        if let Err(d) = rcpt::check_refused_budget(self.refused_rcpts) {
+            return self.deny(format!("RCPT TO: <{}>", to.address()), Some(mid), d);
+        }
         if self.refuse_for_spf(SpfStage::Rcpt, format!("RCPT TO: <{}>", to.address())) {
             return;
         }

@@ -209,6 +209,8 @@ pub struct Session {
     messages: u64,
     /// `MAIL FROM` commands since the last queued message (check::mail's loop bound).
     mail_without_message: u64,
+    /// Refused `RCPT TO` commands since the last queued message (check::rcpt's bound).
+    refused_rcpts: u64,
     bad_commands: u32,
     quit: bool,
     tls_failed: bool,
@@ -239,6 +241,7 @@ impl Session {
             txn: None,
             messages: 0,
             mail_without_message: 0,
+            refused_rcpts: 0,
             bad_commands: 0,
             quit: false,
             tls_failed: false,
@@ -416,6 +419,7 @@ impl Session {
             Ok(permit) => {
                 self.messages += 1;
                 self.mail_without_message = 0;
+                self.refused_rcpts = 0;
                 self.log(Event::Queued { mid: txn.mid });
                 self.permit(permit);
             }
@@ -514,6 +518,9 @@ impl Session {
             DenialReason::Dhap { max, .. } => Some(*max),
             _ => None,
         };
+        if d.reason.stage() == check::Stage::Rcpt {
+            self.refused_rcpts += 1;
+        }
         self.log_denial(what, mid, d.reason);
         if let Some(r) = d.reply {
             self.reply(r);

@@ -111,6 +111,7 @@ impl Session {
             Ok(permit) => {
                 self.messages += 1;
                 self.mail_without_message = 0;
+                self.refused_rcpts = 0;
                 self.log(Event::MessageFinished {
                     mid,
                     how: "done".into(),
