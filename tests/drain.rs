@@ -263,14 +263,7 @@ async fn drain_deadline_leaves_mail_in_the_spool_for_the_next_start() {
     // The next start delivers them, once the internal server is back.
     let dir = tempfile::tempdir().unwrap();
     let sink = start_smtp_sink(dir.path()).await;
-    std::fs::write(
-        cfg.path().join("policies/routes.yaml"),
-        format!(
-            "routes:\n  - domain: ALL\n    hosts:\n      - host: 127.0.0.1\n        port: {}\n",
-            sink.addr.port()
-        ),
-    )
-    .unwrap();
+    support::route_all_to(cfg.path(), sink.addr);
     let m = start(cfg.path(), work.path());
     support::wait_until("the queued mail delivered after the restart", || {
         delivered_ids(&sink.dir).len() == 3

@@ -148,14 +148,7 @@ async fn setup() -> Option<Setup> {
     let sink = Sink::start("127.0.0.1:0").await;
     let cfg = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("tests/fixtures/message_auth"), cfg.path());
-    std::fs::write(
-        cfg.path().join("policies/routes.yaml"),
-        format!(
-            "routes:\n  - domain: ALL\n    hosts:\n      - host: 127.0.0.1\n        port: {}\n",
-            sink.addr.port()
-        ),
-    )
-    .unwrap();
+    support::route_all_to(cfg.path(), sink.addr);
     let work = tempfile::tempdir().unwrap();
     let resolver = format!("127.0.0.1:{}", dns.port);
     let m = Mxgate::start_with(

@@ -56,12 +56,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of the e2e fixture whose default route goes to `downstream`, with fast retries.
-pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&repo().join("tests/fixtures/e2e"), dir.path());
+/// Writes `policies/routes.yaml` in the configuration `dir`: every domain to `downstream`.
+pub fn route_all_to(dir: &Path, downstream: SocketAddr) {
     std::fs::write(
-        dir.path().join("policies/routes.yaml"),
+        dir.join("policies/routes.yaml"),
         format!(
             "routes:\n  - domain: ALL\n    hosts:\n      - host: {}\n        port: {}\n",
             downstream.ip(),
@@ -69,6 +67,24 @@ pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::Te
         ),
     )
     .unwrap();
+}
+
+/// Status code and body of a whole HTTP response.
+pub fn parse_http(text: &str) -> (u16, String) {
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+/// A copy of the e2e fixture whose default route goes to `downstream`, with fast retries.
+pub fn relay_config(downstream: SocketAddr, retry_initial: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("tests/fixtures/e2e"), dir.path());
+    route_all_to(dir.path(), downstream);
     let global = std::fs::read_to_string(dir.path().join("mxgate.yaml")).unwrap();
     std::fs::write(
         dir.path().join("mxgate.yaml"),

@@ -217,13 +217,7 @@ impl Mxgate {
     /// Status code and body of `GET path` on the metrics endpoint (`/ready`, `/metrics`).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let text = self.http_get_raw(path);
-        let code = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {text:?}"));
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (code, body.to_string())
+        super::parse_http(&text)
     }
 
     /// The value of the series `name` carrying these `labels` (among others) on `/metrics`;

@@ -78,13 +78,7 @@ impl Server {
             .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
-        let code = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {text:?}"));
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (code, body.to_string())
+        super::parse_http(&text)
     }
 
     /// The value of the series `name` with these `labels` (among others) on `/metrics`; 0 when
